@@ -1,0 +1,125 @@
+"""aiohttp application factory: routes, the upstream sessions, the pipeline, startup and graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from .config import Settings
+from .metrics import Metrics
+from .pipeline import Pipeline
+from .pricing import Pricing
+from .providers import Router, build_providers
+from .proxy import Proxy
+from .sinks import open_sink
+
+log = logging.getLogger("modeltrack")
+
+SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
+PROXY: web.AppKey[Proxy] = web.AppKey("proxy", Proxy)
+PIPELINE: web.AppKey[Pipeline] = web.AppKey("pipeline", Pipeline)
+METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
+SESSIONS: web.AppKey[dict[str, aiohttp.ClientSession]] = web.AppKey("sessions", dict)
+
+
+def _session(settings: Settings) -> aiohttp.ClientSession:
+    """One long-lived session per upstream family: its own keep-alive pool, no cookie jar (cookies from one
+    caller's upstream response must never be replayed on another caller's request), no env proxies, and
+    ``auto_decompress=False`` so compressed bodies pass through byte-for-byte."""
+    connector = aiohttp.TCPConnector(
+        limit=0,
+        limit_per_host=0,
+        ttl_dns_cache=300,
+        keepalive_timeout=60,
+        enable_cleanup_closed=True,
+        ssl=ssl.create_default_context(),
+    )
+    timeout = aiohttp.ClientTimeout(
+        total=None,
+        connect=settings.connect_timeout,
+        sock_connect=settings.connect_timeout,
+        sock_read=settings.read_timeout,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        timeout=timeout,
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        trust_env=False,
+        requote_redirect_url=False,
+        read_bufsize=2**16,
+    )
+
+
+def create_app(settings: Settings, pricing: Pricing | None = None) -> web.Application:
+    app = web.Application(client_max_size=settings.max_body_bytes)
+    metrics = Metrics(label_cap=settings.metrics_label_cap)
+    pipeline = Pipeline(
+        open_sink(settings.store),
+        metrics,
+        spool_dir=settings.spool_dir,
+        batch_size=settings.batch_size,
+        flush_interval=settings.flush_interval_ms / 1000.0,
+        max_queue=settings.queue_size,
+    )
+    providers = build_providers(settings.base_urls, settings.inject_stream_usage, settings.azure_deployments)
+    sessions: dict[str, aiohttp.ClientSession] = {}
+    proxy = Proxy(Router(providers), pipeline, metrics, pricing or Pricing.load(settings.pricing_file or None), sessions)
+    app[SETTINGS] = settings
+    app[PROXY] = proxy
+    app[PIPELINE] = pipeline
+    app[METRICS] = metrics
+    app[SESSIONS] = sessions
+
+    async def startup(app: web.Application) -> None:
+        for name in providers:
+            sessions[name] = _session(settings)
+        await pipeline.start()
+        log.info("modeltrack ready: store=%s providers=%s", pipeline.sink.name, ",".join(sorted(providers)))
+
+    async def cleanup(app: web.Application) -> None:
+        await asyncio.gather(*(s.close() for s in sessions.values()), return_exceptions=True)
+        await pipeline.close(timeout=max(settings.shutdown_grace, 1.0))
+
+    app.on_startup.append(startup)
+    app.on_cleanup.append(cleanup)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_view)
+    app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    return app
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    pipeline = request.app[PIPELINE]
+    settings = request.app[SETTINGS]
+    problems = []
+    if pipeline.depth > settings.queue_size * 0.8:
+        problems.append("queue_saturated")
+    if pipeline.failing_since is not None and time.monotonic() - pipeline.failing_since > 30:
+        problems.append("store_failing")
+    if not await pipeline.sink.ping():
+        problems.append("store_unreachable")
+    body: dict[str, Any] = {"status": "ok" if not problems else "unready", "queue_depth": pipeline.depth}
+    if problems:
+        body["problems"] = problems
+    return web.json_response(body, status=200 if not problems else 503)
+
+
+async def metrics_view(request: web.Request) -> web.Response:
+    metrics = request.app[METRICS]
+    metrics.queue_depth.set(request.app[PIPELINE].depth)
+    resp = web.Response(body=generate_latest(metrics.registry))
+    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
+    return resp

@@ -1,0 +1,75 @@
+"""The cost event: one per proxied request, metadata only (never keys, prompts, responses or query strings)."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, fields
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+
+def new_request_id() -> str:
+    """``req_`` + 24 hex chars: random, so Firestore document ids spread (no monotonically increasing keys)."""
+    return "req_" + os.urandom(12).hex()
+
+
+def rfc3339(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(slots=True)
+class CostEvent:
+    timestamp: str
+    request_id: str
+    upstream_request_id: str | None
+    provider: str
+    endpoint: str
+    model: str | None
+    status: int
+    stream: bool
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    cost_usd: float | None
+    latency_ms: float
+    ttft_ms: float | None
+    team: str | None
+    app: str | None
+    feature: str | None
+    session_id: str | None
+    cache_hit: bool
+    routed: bool
+    usage_source: str
+    error: str | None
+    # Audit fields beyond the public example event.
+    requested_model: str | None = None
+    cache_write_1h_tokens: int = 0
+    web_search_requests: int = 0
+    service_tier: str | None = None
+    cost_source: str | None = None
+    """``priced`` (our price table), ``provider`` (provider-reported), ``zero`` (free endpoint),
+    ``unpriced`` (unknown model: cost_usd is null, never a silent 0), ``no_usage``."""
+    stream_usage_injected: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CostEvent:
+        names = FIELD_NAMES
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+FIELD_NAMES = frozenset(f.name for f in fields(CostEvent))
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,140 @@
+"""Google Gemini API: ``generateContent``, ``streamGenerateContent`` with ``alt=sse`` and without (JSON array).
+
+Usage mapping: ``promptTokenCount`` INCLUDES ``cachedContentTokenCount``; ``candidatesTokenCount`` EXCLUDES
+``thoughtsTokenCount`` (so output = candidates + thoughts, and reasoning = thoughts); ``toolUsePromptTokenCount``
+is billed as input. Every streamed chunk repeats ``usageMetadata`` with running totals: the last one is
+authoritative, so only the last is decoded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote
+
+import orjson
+
+from ..jsonstream import JSONArraySplitter
+from ..sse import SSEEvent
+from ..usage import Usage, as_int
+from .base import Meter, MeterResult, Provider, RequestInfo, error_code, loads
+from .meters import JSONBodyMeter, SSEMeter
+from .openai import is_sse
+
+
+def gemini_usage(u: Any) -> Usage | None:
+    if not isinstance(u, dict):
+        return None
+    prompt = as_int(u.get("promptTokenCount")) + as_int(u.get("toolUsePromptTokenCount"))
+    cached = as_int(u.get("cachedContentTokenCount"))
+    thoughts = as_int(u.get("thoughtsTokenCount"))
+    audio_in = 0
+    for d in u.get("promptTokensDetails") or ():
+        if isinstance(d, dict) and d.get("modality") == "AUDIO":
+            audio_in += as_int(d.get("tokenCount"))
+    audio_out = 0
+    for d in u.get("candidatesTokensDetails") or ():
+        if isinstance(d, dict) and d.get("modality") == "AUDIO":
+            audio_out += as_int(d.get("tokenCount"))
+    tier = u.get("serviceTier")
+    return Usage(
+        input_tokens=max(prompt - cached, 0),
+        cache_read_tokens=cached,
+        output_tokens=as_int(u.get("candidatesTokenCount")) + thoughts,
+        reasoning_tokens=thoughts,
+        input_audio_tokens=audio_in,
+        output_audio_tokens=audio_out,
+        service_tier=tier if isinstance(tier, str) else None,
+    )
+
+
+def _result(obj: Any, source: str) -> MeterResult:
+    if not isinstance(obj, dict):
+        return MeterResult(error="unexpected_json")
+    if "error" in obj and "usageMetadata" not in obj:
+        return MeterResult(error=error_code(obj["error"]))
+    usage = gemini_usage(obj.get("usageMetadata"))
+    model = obj.get("modelVersion")
+    return MeterResult(
+        model=model if isinstance(model, str) else None,
+        usage=usage,
+        usage_source=source if usage else "missing",
+    )
+
+
+class GeminiJSONMeter(JSONBodyMeter):
+    def from_json(self, obj: Any) -> MeterResult:
+        if isinstance(obj, list):  # a non-SSE stream read as a whole also lands here if cut short
+            obj = next((o for o in reversed(obj) if isinstance(o, dict) and "usageMetadata" in o), obj[-1:] or None)
+            if isinstance(obj, list):
+                obj = obj[0] if obj else None
+        return _result(obj, "response")
+
+
+class GeminiSSEMeter(SSEMeter):
+    def __init__(self, info: RequestInfo, status: int) -> None:
+        super().__init__(info, status)
+        self._last: bytes | None = None
+
+    def on_event(self, ev: SSEEvent) -> None:
+        if b'"usageMetadata"' in ev.data:
+            self._last = ev.data
+        elif b'"error"' in ev.data[:32]:
+            self.error_from(ev.data)
+
+    def result(self, complete: bool) -> MeterResult:
+        if self._last is None:
+            return MeterResult(usage_source="missing")
+        return _result(loads(self._last), "stream" if complete else "partial")
+
+
+class GeminiArrayMeter:
+    """``streamGenerateContent`` without ``alt=sse``: an incrementally sent JSON array."""
+
+    def __init__(self, info: RequestInfo, status: int) -> None:
+        self.info = info
+        self._splitter = JSONArraySplitter()
+        self._last: bytes | None = None
+        self._error: str | None = None
+
+    def feed(self, chunk: bytes) -> None:
+        for element in self._splitter.feed(chunk):
+            if b'"usageMetadata"' in element:
+                self._last = element
+            elif b'"error"' in element[:32]:
+                obj = loads(element)
+                self._error = error_code(obj.get("error") if isinstance(obj, dict) else None)
+
+    def finish(self, complete: bool) -> MeterResult:
+        if self._last is None:
+            return MeterResult(model=self.info.model, error=self._error or self._splitter.error)
+        done = complete and self._splitter.complete
+        res = _result(loads(self._last), "stream" if done else "partial")
+        res.model = res.model or self.info.model
+        res.error = res.error or self._error or self._splitter.error or (None if done else "truncated")
+        return res
+
+
+class Gemini(Provider):
+    name = "gemini"
+    default_base_url = "https://generativelanguage.googleapis.com"
+
+    def request_info(self, method: str, path: str, query: str, body: Any) -> RequestInfo:
+        # The model is in the path: /v1beta/models/{model}:generateContent (possibly %-encoded).
+        model = None
+        marker = "/models/"
+        i = path.find(marker)
+        if i >= 0:
+            rest = unquote(path[i + len(marker) :])
+            model = rest.split(":", 1)[0].split("/", 1)[0] or None
+        stream = ":streamGenerateContent" in path
+        return RequestInfo(method, path, query, model, stream)
+
+    def meter(self, info: RequestInfo, status: int, headers: Any) -> Meter:
+        if is_sse(headers):
+            return GeminiSSEMeter(info, status)
+        if info.stream and status < 400:
+            return GeminiArrayMeter(info, status)
+        return GeminiJSONMeter(info, status)
+
+    def error_body(self, status: int, kind: str, message: str) -> bytes:
+        return orjson.dumps({"error": {"code": status, "message": message, "status": kind.upper()}})

@@ -1,0 +1,248 @@
+"""OpenAI: Chat Completions, Responses, Embeddings, legacy Completions (stream and not).
+
+Usage mapping (written once, here):
+
+* Chat/Completions/Embeddings: ``prompt_tokens`` INCLUDES ``prompt_tokens_details.cached_tokens`` and
+  ``prompt_tokens_details.cache_write_tokens``; so uncached input = prompt - cached - cache_write.
+  ``completion_tokens`` INCLUDES ``completion_tokens_details.reasoning_tokens``.
+  DeepSeek reports ``prompt_cache_hit_tokens`` (a subset of ``prompt_tokens``) instead of/besides cached_tokens.
+  Groq (older API) nests usage under ``x_groq.usage``. OpenRouter adds ``usage.cost`` (USD, provider-reported).
+* Responses: ``input_tokens`` INCLUDES ``input_tokens_details.cached_tokens``; ``output_tokens`` INCLUDES
+  ``output_tokens_details.reasoning_tokens``. Usage arrives on ``response.completed|incomplete|failed``.
+
+Streams: we never JSON-decode a delta. The first event is decoded once (for the model); afterwards only events
+whose bytes contain a non-null ``"usage"`` or an ``"error"`` key are kept, and only the last usage-bearing one is
+decoded at the end.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ..sse import SSEEvent
+from ..usage import Usage, as_int
+from .base import Meter, MeterResult, Provider, RequestInfo, error_code, loads
+from .meters import JSONBodyMeter, SSEMeter, dig
+
+_USAGE_MARKERS = (b'"usage":{', b'"usage": {')
+_RESPONSES_TERMINAL = (b"response.completed", b"response.incomplete", b"response.failed")
+
+
+def openai_usage(u: Any, service_tier: Any = None) -> Usage | None:
+    if not isinstance(u, dict):
+        return None
+    if "prompt_tokens" in u or "completion_tokens" in u:
+        prompt = as_int(u.get("prompt_tokens"))
+        output = as_int(u.get("completion_tokens"))
+        pd = u.get("prompt_tokens_details") or {}
+        cd = u.get("completion_tokens_details") or {}
+        cached = as_int(pd.get("cached_tokens")) if isinstance(pd, dict) else 0
+        if "prompt_cache_hit_tokens" in u:  # DeepSeek
+            cached = as_int(u.get("prompt_cache_hit_tokens"))
+        cache_write = as_int(pd.get("cache_write_tokens")) if isinstance(pd, dict) else 0
+        reasoning = as_int(cd.get("reasoning_tokens")) if isinstance(cd, dict) else 0
+        in_audio = as_int(pd.get("audio_tokens")) if isinstance(pd, dict) else 0
+        out_audio = as_int(cd.get("audio_tokens")) if isinstance(cd, dict) else 0
+    elif "input_tokens" in u or "output_tokens" in u:  # Responses API
+        prompt = as_int(u.get("input_tokens"))
+        output = as_int(u.get("output_tokens"))
+        idt = u.get("input_tokens_details") or {}
+        odt = u.get("output_tokens_details") or {}
+        cached = as_int(idt.get("cached_tokens")) if isinstance(idt, dict) else 0
+        cache_write = as_int(idt.get("cache_write_tokens")) if isinstance(idt, dict) else 0
+        reasoning = as_int(odt.get("reasoning_tokens")) if isinstance(odt, dict) else 0
+        in_audio = out_audio = 0
+    else:
+        return None
+    cost = u.get("cost")
+    return Usage(
+        input_tokens=max(prompt - cached - cache_write, 0),
+        output_tokens=output,
+        cache_read_tokens=cached,
+        cache_write_tokens=cache_write,
+        reasoning_tokens=reasoning,
+        input_audio_tokens=in_audio,
+        output_audio_tokens=out_audio,
+        reported_cost_usd=float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None,
+        service_tier=service_tier if isinstance(service_tier, str) else None,
+    )
+
+
+def _usage_of(obj: Any) -> Usage | None:
+    if not isinstance(obj, dict):
+        return None
+    usage = openai_usage(obj.get("usage"), obj.get("service_tier"))
+    if usage is None:
+        usage = openai_usage(dig(obj, "x_groq", "usage"), obj.get("service_tier"))
+    return usage
+
+
+class OpenAIJSONMeter(JSONBodyMeter):
+    def from_json(self, obj: Any) -> MeterResult:
+        if not isinstance(obj, dict):
+            return MeterResult(error="unexpected_json")
+        if obj.get("object") == "response" or "output" in obj and "usage" in obj and "input_tokens" in (
+            obj.get("usage") or {}
+        ):
+            err = obj.get("error")
+            usage = _usage_of(obj)
+            return MeterResult(
+                model=_str(obj.get("model")),
+                usage=usage,
+                usage_source=_source(usage),
+                error=error_code(err) if err else None,
+            )
+        if "error" in obj and obj["error"] is not None and "usage" not in obj:
+            return MeterResult(error=error_code(obj["error"]))
+        usage = _usage_of(obj)
+        return MeterResult(
+            model=_str(obj.get("model")),
+            usage=usage,
+            usage_source="provider" if usage and usage.reported_cost_usd is not None else _source(usage),
+            error=error_code(obj["error"]) if obj.get("error") else None,
+        )
+
+
+class OpenAIStreamMeter(SSEMeter):
+    """Chat/legacy completions streams: ``data: {json}`` ... ``data: [DONE]``."""
+
+    def __init__(self, info: RequestInfo, status: int) -> None:
+        super().__init__(info, status)
+        self._last_usage: bytes | None = None
+        self._seen_first = False
+
+    def on_event(self, ev: SSEEvent) -> None:
+        data = ev.data
+        if data == b"[DONE]":
+            self.done = True
+            return
+        if ev.event == b"error":
+            self.error_from(data)
+            return
+        if not self._seen_first:
+            self._seen_first = True
+            obj = loads(data)
+            if isinstance(obj, dict):
+                self.model = _str(obj.get("model"))
+        if b'"usage"' in data and (_USAGE_MARKERS[0] in data or _USAGE_MARKERS[1] in data):
+            self._last_usage = data
+        if b'"error"' in data:
+            obj = loads(data)
+            if isinstance(obj, dict) and obj.get("error"):
+                self.error = error_code(obj["error"])
+
+    def result(self, complete: bool) -> MeterResult:
+        usage = None
+        model = self.model
+        if self._last_usage is not None:
+            obj = loads(self._last_usage)
+            usage = _usage_of(obj)
+            if isinstance(obj, dict) and isinstance(obj.get("model"), str):
+                model = obj["model"]
+        if usage is None:
+            return MeterResult(model=model, usage_source="missing")
+        src = "stream" if complete else "partial"
+        if usage.reported_cost_usd is not None:
+            src = "provider"
+        return MeterResult(model=model, usage=usage, usage_source=src)
+
+
+class ResponsesStreamMeter(SSEMeter):
+    """Responses API: only ``response.created`` (model) and the terminal event (usage) are decoded."""
+
+    def __init__(self, info: RequestInfo, status: int) -> None:
+        super().__init__(info, status)
+        self._terminal: bytes | None = None
+
+    def on_event(self, ev: SSEEvent) -> None:
+        name = ev.event
+        data = ev.data
+        if not name:
+            # Some servers omit ``event:``; the type is the first key of the data.
+            head = data[:64]
+            for t in _RESPONSES_TERMINAL + (b"response.created", b'"error"'):
+                if t in head:
+                    name = t.strip(b'"')
+                    break
+        if name in _RESPONSES_TERMINAL:
+            self._terminal = data
+        elif name == b"response.created" and self.model is None:
+            obj = loads(data)
+            self.model = _str(dig(obj, "response", "model"))
+        elif name == b"error":
+            self.error_from(data)
+
+    def error_from(self, data: bytes) -> None:
+        obj = loads(data)
+        if isinstance(obj, dict):
+            err = obj.get("error") if isinstance(obj.get("error"), dict) else obj
+            self.error = error_code({"code": err.get("code"), "type": err.get("type")} if isinstance(err, dict) else err)
+
+    def result(self, complete: bool) -> MeterResult:
+        if self._terminal is None:
+            return MeterResult(model=self.model, usage_source="missing")
+        obj = loads(self._terminal)
+        resp = obj.get("response") if isinstance(obj, dict) else None
+        if not isinstance(resp, dict):
+            return MeterResult(model=self.model, error="invalid_json")
+        usage = _usage_of(resp)
+        err = None
+        if resp.get("status") == "failed":
+            err = error_code(resp.get("error")) if resp.get("error") else "response_failed"
+        elif resp.get("status") == "incomplete":
+            reason = dig(resp, "incomplete_details", "reason")
+            err = f"incomplete:{error_code(reason)}" if reason else None
+        return MeterResult(
+            model=_str(resp.get("model")) or self.model,
+            usage=usage,
+            usage_source=_source(usage, "stream"),
+            error=err,
+        )
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _source(usage: Usage | None, present: str = "response") -> str:
+    return present if usage is not None else "missing"
+
+
+def is_sse(headers: Any) -> bool:
+    return "text/event-stream" in (headers.get("Content-Type") or "").lower()
+
+
+class OpenAI(Provider):
+    name = "openai"
+    default_base_url = "https://api.openai.com"
+    inject_stream_usage_default = True
+
+    def rewrite_body(self, info: RequestInfo, raw: bytes, body: Any) -> bytes:
+        """Ask for usage on chat/completions streams that did not ask, so stream costs are exact.
+
+        Only the minimum changes: when the client sent no ``stream_options`` at all, the field is spliced in
+        right after the opening brace and every other byte stays as the client sent it.
+        """
+        if not (self.inject_stream_usage and info.stream and isinstance(body, dict)):
+            return raw
+        if not info.path.endswith("/completions"):
+            return raw  # the Responses API always reports usage; embeddings do not stream
+        opts = body.get("stream_options")
+        if isinstance(opts, dict) and opts.get("include_usage") is not None:
+            return raw  # the client decided; respect it
+        info.extra["stream_usage_injected"] = True
+        if opts is None:
+            i = raw.find(b"{")
+            return raw[: i + 1] + b'"stream_options":{"include_usage":true},' + raw[i + 1 :]
+        new = dict(body)
+        new["stream_options"] = {**opts, "include_usage": True}
+        return orjson.dumps(new)
+
+    def meter(self, info: RequestInfo, status: int, headers: Any) -> Meter:
+        if is_sse(headers):
+            if "/responses" in info.path:
+                return ResponsesStreamMeter(info, status)
+            return OpenAIStreamMeter(info, status)
+        return OpenAIJSONMeter(info, status)

@@ -1,0 +1,317 @@
+"""Forwarding and the streaming tee: the only module that touches both the client and the upstream socket.
+
+Flow for one request: resolve the provider from the path → read the body (bounded) → build the upstream request
+(same method, raw path, query, body bytes; headers minus hop-by-hop, ``Host`` and ``X-ModelTrack-*``) → copy the
+upstream status and headers → for every chunk: feed the meter, write the same bytes to the client (``write``
+awaits the client's drain, which is the backpressure) → record one cost event, whatever happened.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from .codec import metering_view
+from .events import CostEvent, new_request_id, rfc3339
+from .metrics import Metrics, sanitize
+from .pipeline import Pipeline
+from .pricing import Pricing
+from .providers import MeterResult, Provider, Router
+from .providers.base import loads
+
+log = logging.getLogger("modeltrack.proxy")
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
+        "te", "trailer", "trailers", "transfer-encoding", "upgrade",
+    }
+)
+_DROP_REQUEST = HOP_BY_HOP | {"host", "content-length", "expect"}
+_DROP_RESPONSE = HOP_BY_HOP
+_SKIP_AUTO = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+_UPSTREAM_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "apim-request-id", "x-goog-request-id")
+ATTR_HEADERS = {
+    "x-modeltrack-team": "team",
+    "x-modeltrack-app": "app",
+    "x-modeltrack-feature": "feature",
+    "x-modeltrack-session-id": "session_id",
+}
+MAX_ATTR_LEN = 128
+
+
+def forward_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> tuple[CIMultiDict[str], dict[str, str]]:
+    """Split the client's headers into (headers for the upstream, attribution values).
+
+    Order and duplicates are preserved; values pass through byte-for-byte (latin-1 round-trips every byte).
+    Header names listed in ``Connection`` are hop-by-hop too (RFC 9110 §7.6.1).
+    """
+    out: CIMultiDict[str] = CIMultiDict()
+    attrs: dict[str, str] = {}
+    pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw_headers]
+    extra_hop: set[str] = set()
+    for k, v in pairs:
+        if k.lower() == "connection":
+            extra_hop.update(t.strip().lower() for t in v.split(","))
+    for k, v in pairs:
+        lk = k.lower()
+        if lk in _DROP_REQUEST or lk in extra_hop:
+            continue
+        if lk.startswith("x-modeltrack-"):
+            field = ATTR_HEADERS.get(lk)
+            if field is not None:
+                attrs[field] = sanitize(v, MAX_ATTR_LEN)
+            continue
+        out.add(k, v)
+    return out, attrs
+
+
+def endpoint_kind(path: str) -> str:
+    """A bounded name for the operation: ``chat/completions``, ``messages``, ``generateContent``, ``converse``."""
+    if ":" in path.rsplit("/", 1)[-1]:
+        return path.rsplit(":", 1)[-1]
+    parts = [p for p in path.split("/") if p]
+    if len(parts) >= 3 and parts[0] == "model":  # bedrock: /model/{id}/{op}
+        return parts[-1]
+    if "deployments" in parts:  # azure: /openai/deployments/{d}/{op...}
+        parts = parts[parts.index("deployments") + 2 :]
+    while parts and (parts[0] in ("v1", "v1beta", "openai", "api", "inference") or parts[0].startswith("v1")):
+        parts = parts[1:]
+    return "/".join(parts[:2]) or "/"
+
+
+@dataclass(slots=True)
+class _Timing:
+    start: float
+    upstream_wait: float = 0.0
+    client_wait: float = 0.0
+    first_byte: float | None = None
+
+
+class Proxy:
+    def __init__(
+        self,
+        router: Router,
+        pipeline: Pipeline,
+        metrics: Metrics,
+        pricing: Pricing,
+        sessions: Mapping[str, aiohttp.ClientSession],
+    ) -> None:
+        self.router = router
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.pricing = pricing
+        self.sessions = sessions
+        self.inflight = 0
+
+    # -- errors the proxy itself generates ----------------------------------------------------------------
+    @staticmethod
+    def error(provider: Provider | None, status: int, kind: str, message: str) -> web.Response:
+        body = (provider or Provider()).error_body(status, kind, message)
+        return web.Response(status=status, body=body, content_type="application/json")
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.inflight += 1
+        try:
+            return await self._handle(request)
+        finally:
+            self.inflight -= 1
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        timing = _Timing(perf_counter())
+        wall = time.time()
+        target = request.raw_path
+        if not target.startswith("/"):
+            return self.error(None, 400, "invalid_request_target", "Only origin-form request targets are accepted.")
+        path, _, query = target.partition("?")
+        route = self.router.resolve(path, request.headers)
+        if route is None:
+            return self.error(
+                None, 404, "unknown_route",
+                "No provider for this path. Use /openai/..., /anthropic/..., /gemini/..., /v1/... (see README).",
+            )
+        provider, up_path = route
+        if not provider.base_url:
+            return self.error(
+                provider, 503, "provider_not_configured",
+                f"Set MODELTRACK_{provider.name.upper()}_BASE_URL to use the /{provider.name} route.",
+            )
+        try:
+            raw = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self.error(provider, 413, "request_too_large", "Request body exceeds MODELTRACK_MAX_BODY_BYTES.")
+        body = loads(raw) if raw[:1] in (b"{", b"[") and provider.name != "bedrock" else None
+        info = provider.request_info(request.method, up_path, query, body)
+        send = provider.rewrite_body(info, raw, body)
+        headers, attrs = forward_headers(request.raw_headers)
+        url = URL(provider.base_url + up_path + ("?" + query if query else ""), encoded=True)
+        expected_host = URL(provider.base_url).host
+        if url.host != expected_host:
+            return self.error(provider, 400, "invalid_path", "The request path is not valid for this provider.")
+
+        rid = new_request_id()
+        state: dict[str, Any] = {"status": 0, "error": None, "upstream_id": None}
+        meter = None
+        complete = False
+        try:
+            session = self.sessions[provider.name]
+            try:
+                t = perf_counter()
+                async with session.request(
+                    request.method, url, headers=headers, data=send if send else None,
+                    allow_redirects=False, skip_auto_headers=_SKIP_AUTO,
+                ) as up:
+                    timing.upstream_wait += perf_counter() - t
+                    state["status"] = up.status
+                    for h in _UPSTREAM_ID_HEADERS:
+                        v = up.headers.get(h)
+                        if v:
+                            state["upstream_id"] = sanitize(v, 128)
+                            break
+                    meter = metering_view(provider.meter(info, up.status, up.headers), up.headers.get("Content-Encoding"))
+                    resp = web.StreamResponse(status=up.status, reason=up.reason)
+                    for k, v in up.raw_headers:
+                        name = k.decode("latin-1")
+                        if name.lower() not in _DROP_RESPONSE:
+                            resp.headers.add(name, v.decode("latin-1"))
+                    await resp.prepare(request)
+                    content = up.content
+                    try:
+                        while True:
+                            t = perf_counter()
+                            chunk = await content.readany()
+                            now = perf_counter()
+                            timing.upstream_wait += now - t
+                            if not chunk:
+                                break
+                            if timing.first_byte is None:
+                                timing.first_byte = now
+                            meter.feed(chunk)
+                            t = perf_counter()
+                            await resp.write(chunk)
+                            timing.client_wait += perf_counter() - t
+                    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                        state["error"] = "upstream_reset"
+                        self.metrics.upstream_errors.labels(provider.name, "reset").inc()
+                        log.warning("%s upstream stream broke (%s)", rid, type(exc).__name__)
+                        self._truncate(request)
+                        return resp
+                    except (TimeoutError, aiohttp.ServerTimeoutError):
+                        state["error"] = "upstream_idle_timeout"
+                        self.metrics.upstream_errors.labels(provider.name, "idle_timeout").inc()
+                        self._truncate(request)
+                        return resp
+                    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+                        state["error"] = "client_disconnected"
+                        return resp
+                    complete = True
+                    t = perf_counter()
+                    await resp.write_eof()
+                    timing.client_wait += perf_counter() - t
+                    return resp
+            except (aiohttp.ClientConnectorError, aiohttp.ClientOSError) as exc:
+                return self._fail(provider, state, 502, "upstream_unreachable", "The upstream could not be reached.", exc)
+            except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+                return self._fail(provider, state, 504, "upstream_timeout", "The upstream did not answer in time.", exc)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientResponseError, aiohttp.ClientPayloadError) as exc:
+                return self._fail(provider, state, 502, "upstream_bad_response", "The upstream sent an invalid response.", exc)
+        except asyncio.CancelledError:
+            state["error"] = state["error"] or "client_disconnected"
+            raise
+        finally:
+            self._record(rid, provider, info, path if provider.name else path, up_path, state, meter, complete, timing,
+                         wall, attrs)
+
+    def _fail(
+        self, provider: Provider, state: dict[str, Any], status: int, kind: str, message: str, exc: BaseException
+    ) -> web.Response:
+        # Only the exception *type* is logged: messages can contain URLs (with ?key=) or upstream text.
+        state["error"] = kind
+        state["status"] = status
+        self.metrics.upstream_errors.labels(provider.name, kind).inc()
+        log.warning("upstream failure provider=%s kind=%s exc=%s", provider.name, kind, type(exc).__name__)
+        return self.error(provider, status, kind, message)
+
+    @staticmethod
+    def _truncate(request: web.Request) -> None:
+        """Make the client see the same truncation it would see directly: close without the final chunk."""
+        transport = request.transport
+        if transport is not None:
+            transport.close()
+
+    def _record(
+        self,
+        rid: str,
+        provider: Provider,
+        info: Any,
+        _path: str,
+        up_path: str,
+        state: dict[str, Any],
+        meter: Any,
+        complete: bool,
+        timing: _Timing,
+        wall: float,
+        attrs: dict[str, str],
+    ) -> None:
+        """Build, price, count and enqueue the event. Never raises: a bug here must not break the response."""
+        try:
+            end = perf_counter()
+            result: MeterResult = meter.finish(complete) if meter is not None else MeterResult(model=info.model)
+            usage = result.usage
+            cost, cost_source = self.pricing.cost(provider.name, result, info.model, wall)
+            if cost_source == "unpriced":
+                self.pricing.warn_unpriced(provider.name, result.model or info.model)
+            ev = CostEvent(
+                timestamp=rfc3339(wall),
+                request_id=rid,
+                upstream_request_id=state["upstream_id"],
+                provider=provider.name,
+                endpoint=up_path,
+                model=result.model or info.model,
+                status=state["status"],
+                stream=info.stream,
+                input_tokens=usage.input_tokens if usage else 0,
+                output_tokens=usage.output_tokens if usage else 0,
+                cache_read_tokens=usage.cache_read_tokens if usage else 0,
+                cache_write_tokens=usage.cache_write_tokens if usage else 0,
+                reasoning_tokens=usage.reasoning_tokens if usage else 0,
+                cost_usd=cost,
+                latency_ms=round((end - timing.start) * 1000, 3),
+                ttft_ms=round((timing.first_byte - timing.start) * 1000, 3)
+                if timing.first_byte is not None and info.stream else None,
+                team=attrs.get("team"),
+                app=attrs.get("app"),
+                feature=attrs.get("feature"),
+                session_id=attrs.get("session_id"),
+                cache_hit=bool(usage and usage.cache_read_tokens),
+                routed=False,
+                usage_source=result.usage_source if usage else "missing",
+                error=state["error"] or result.error,
+                requested_model=info.model,
+                cache_write_1h_tokens=usage.cache_write_1h_tokens if usage else 0,
+                web_search_requests=usage.web_search_requests if usage else 0,
+                service_tier=usage.service_tier if usage else None,
+                cost_source=cost_source,
+                stream_usage_injected=bool(info.extra.get("stream_usage_injected")),
+            )
+            self.pipeline.enqueue(ev)
+            overhead = (end - timing.start) - timing.upstream_wait - timing.client_wait
+            self.metrics.observe(ev, overhead, endpoint_kind(up_path))
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug(
+                    "%s provider=%s endpoint=%s status=%s model=%s in=%d out=%d cost=%s source=%s error=%s",
+                    rid, ev.provider, endpoint_kind(up_path), ev.status, ev.model, ev.input_tokens,
+                    ev.output_tokens, ev.cost_usd, ev.usage_source, ev.error,
+                )
+        except Exception:  # noqa: BLE001
+            log.exception("%s failed to record the cost event", rid)

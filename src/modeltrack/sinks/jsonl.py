@@ -1,0 +1,57 @@
+"""JSON Lines store: one event per line, for piping into other tools. Idempotent on ``request_id`` per process
+(a set of ids written), which covers the pipeline's retries; dedupe on read covers restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import orjson
+
+from ..events import CostEvent
+
+
+class JSONLSink:
+    name = "jsonl"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._written: set[str] = set()
+
+    async def open(self) -> None:
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+
+    def _write(self, events: list[CostEvent]) -> None:
+        lines = [e.to_json() + b"\n" for e in events if e.request_id not in self._written]
+        if not lines:
+            return
+        with open(self.path, "ab") as f:
+            f.write(b"".join(lines))
+            f.flush()
+            os.fsync(f.fileno())
+        self._written.update(e.request_id for e in events)
+
+    async def write(self, events: list[CostEvent]) -> None:
+        await asyncio.to_thread(self._write, events)
+
+    def _read(self, since: str | None, limit: int | None) -> list[CostEvent]:
+        if not os.path.exists(self.path):
+            return []
+        seen: dict[str, CostEvent] = {}
+        with open(self.path, "rb") as f:
+            for line in f:
+                if line.strip():
+                    ev = CostEvent.from_dict(orjson.loads(line))
+                    if since is None or ev.timestamp >= since:
+                        seen.setdefault(ev.request_id, ev)
+        out = sorted(seen.values(), key=lambda e: e.timestamp)
+        return out[-limit:] if limit else out
+
+    async def read(self, since: str | None = None, limit: int | None = None) -> list[CostEvent]:
+        return await asyncio.to_thread(self._read, since, limit)
+
+    async def ping(self) -> bool:
+        return os.access(os.path.dirname(os.path.abspath(self.path)), os.W_OK)
+
+    async def close(self) -> None:
+        return None

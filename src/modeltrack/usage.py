@@ -1,0 +1,53 @@
+"""The canonical token ledger every provider's numbers are mapped onto exactly once.
+
+Subset relations (the source of most cost bugs in other proxies) are fixed here, not per call site:
+
+* ``input_tokens``       uncached, non-cache-write input only. Never includes cache reads or writes.
+* ``cache_read_tokens``  input served from the provider's prompt cache.
+* ``cache_write_tokens`` input written to the cache (all TTLs); ``cache_write_1h_tokens`` is the subset at the
+  1-hour TTL (Anthropic prices it higher), so 5-minute writes = ``cache_write_tokens - cache_write_1h_tokens``.
+* ``output_tokens``      all output *including* reasoning/thinking tokens (that is how every provider bills).
+* ``reasoning_tokens``   the reasoning subset of ``output_tokens``, for reporting only; never priced twice.
+* ``input_audio_tokens`` / ``output_audio_tokens``: audio subsets of input / output where reported.
+
+Total billed input = input + cache_read + cache_write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(slots=True)
+class Usage:
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    reasoning_tokens: int = 0
+    input_audio_tokens: int = 0
+    output_audio_tokens: int = 0
+    web_search_requests: int = 0
+    reported_cost_usd: float | None = None
+    """A cost the provider itself reported (OpenRouter ``usage.cost``); preferred over our own price."""
+    service_tier: str | None = None
+
+    @property
+    def total_input_tokens(self) -> int:
+        return self.input_tokens + self.cache_read_tokens + self.cache_write_tokens
+
+    def as_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def as_int(value: object) -> int:
+    """Token counts from JSON: tolerate null/missing/float/str without ever raising into the proxy."""
+    if value is None or isinstance(value, bool):
+        return 0
+    if isinstance(value, int):
+        return max(value, 0)
+    try:
+        return max(int(float(value)), 0)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return 0

@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+
+from modeltrack.app import PIPELINE, create_app
+from modeltrack.config import PROVIDERS, Settings
+from modeltrack.pipeline import Pipeline
+
+from .replay import ReplayUpstream
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+async def replay(aiohttp_server: Any) -> AsyncIterator[tuple[ReplayUpstream, str]]:
+    upstream = ReplayUpstream()
+    server = await aiohttp_server(upstream.app())
+    yield upstream, str(server.make_url("")).rstrip("/")
+
+
+class Proxy:
+    def __init__(self, server: TestServer, settings: Settings) -> None:
+        self.server = server
+        self.settings = settings
+
+    @property
+    def url(self) -> str:
+        return str(self.server.make_url("")).rstrip("/")
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.server.app[PIPELINE]  # type: ignore[union-attr]
+
+    async def events(self) -> list[Any]:
+        await self.pipeline.flush()
+        return await self.pipeline.sink.read()
+
+
+@pytest.fixture
+async def make_proxy(
+    aiohttp_server: Any, tmp_path: Path
+) -> Callable[..., Awaitable[Proxy]]:
+    async def factory(upstream_url: str, **overrides: Any) -> Proxy:
+        base = {p: upstream_url for p in PROVIDERS}
+        settings = Settings.load(
+            env={},
+            overrides={
+                "store": f"sqlite:///{tmp_path}/events.db",
+                "spool_dir": str(tmp_path / "spool"),
+                "base_urls": base,
+                "read_timeout": 10.0,
+                **overrides,
+            },
+        )
+        server = await aiohttp_server(create_app(settings))
+        return Proxy(server, settings)
+
+    return factory

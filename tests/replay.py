@@ -1,0 +1,131 @@
+"""A local upstream that replays the real recorded provider responses in ../shared/fixtures/.
+
+Status, headers and body come from the recording; the body is written in many small chunks at awkward,
+seeded-random offsets (1..97 bytes, so SSE lines, CRLFs, UTF-8 sequences and event-stream frames get split).
+Every request it receives is recorded (method, raw path, headers, body) so tests can assert what the proxy
+forwarded, and every body it sends is kept so tests can compare bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from aiohttp import web
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def fixtures_dir() -> Path:
+    env = os.environ.get("MODELTRACK_FIXTURES")
+    path = Path(env) if env else ROOT.parent / "shared" / "fixtures" / "pydantic-ai-cassettes"
+    if not path.is_dir():
+        raise RuntimeError(f"recorded fixtures not found at {path} (set MODELTRACK_FIXTURES)")
+    return path
+
+
+@dataclass
+class Recording:
+    name: str
+    index: int
+    method: str
+    uri: str
+    status: int
+    reason: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    request_body: Any
+
+    @property
+    def path_qs(self) -> str:
+        rest = self.uri.split("://", 1)[1]
+        return "/" + rest.split("/", 1)[1] if "/" in rest else "/"
+
+
+_SKIP_HEADERS = {"content-length", "transfer-encoding", "content-encoding", "connection", "keep-alive"}
+
+
+def load(name: str, index: int = 0) -> Recording:
+    path = fixtures_dir() / f"{name}.yaml"
+    data = yaml.safe_load(path.read_text())
+    it = data["interactions"][index]
+    rq, rs = it["request"], it["response"]
+    if "parsed_body" in rs:
+        body = orjson.dumps(rs["parsed_body"])
+    else:
+        raw = rs["body"]["string"] if isinstance(rs["body"], dict) else rs["body"]
+        body = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
+    headers = [(k, v) for k, vs in (rs.get("headers") or {}).items() for v in vs if k.lower() not in _SKIP_HEADERS]
+    return Recording(
+        name=name, index=index, method=rq["method"], uri=rq["uri"], status=rs["status"]["code"],
+        reason=rs["status"].get("message") or "", headers=headers, body=body,
+        request_body=rq.get("parsed_body"),
+    )
+
+
+def all_recordings() -> list[Recording]:
+    out = []
+    for p in sorted(fixtures_dir().glob("*.yaml")):
+        n = len(yaml.safe_load(p.read_text())["interactions"])
+        out.extend(load(p.stem, i) for i in range(n))
+    return out
+
+
+def split_awkwardly(body: bytes, seed: int) -> list[bytes]:
+    rnd = random.Random(seed)
+    chunks, i = [], 0
+    while i < len(body):
+        n = rnd.randint(1, 97)
+        chunks.append(body[i : i + n])
+        i += n
+    return chunks
+
+
+@dataclass
+class Received:
+    method: str
+    raw_path: str
+    raw_headers: list[tuple[bytes, bytes]]
+    body: bytes
+
+
+@dataclass
+class ReplayUpstream:
+    """``current`` is the recording served to every request until changed."""
+
+    current: Recording | None = None
+    received: list[Received] = field(default_factory=list)
+    chunked: bool = True
+    delay: float = 0.0
+    seed: int = 1234
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        self.received.append(Received(request.method, request.raw_path, list(request.raw_headers), body))
+        rec = self.current
+        if rec is None:
+            return web.json_response({"error": {"message": "no recording loaded", "type": "replay"}}, status=599)
+        resp = web.StreamResponse(status=rec.status, reason=rec.reason)
+        for k, v in rec.headers:
+            resp.headers.add(k, v)
+        resp.headers["x-request-id"] = f"upstream-{rec.name[:20]}-{rec.index}"
+        if not self.chunked:
+            resp.content_length = len(rec.body)
+        await resp.prepare(request)
+        for chunk in split_awkwardly(rec.body, self.seed) if self.chunked else [rec.body]:
+            await resp.write(chunk)
+            if self.delay:
+                await asyncio.sleep(self.delay)
+        await resp.write_eof()
+        return resp

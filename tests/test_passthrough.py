@@ -1,0 +1,65 @@
+"""Every real recording through the proxy: bytes identical to the upstream's, one correct cost event each."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+import pytest
+
+from .expected import EXPECTED, provider_of
+from .replay import Recording, all_recordings
+
+RECORDINGS = all_recordings()
+
+
+def proxy_path(rec: Recording) -> str:
+    return f"/{provider_of(rec.uri)}{rec.path_qs}"
+
+
+def request_body(rec: Recording) -> bytes:
+    import orjson
+
+    return orjson.dumps(rec.request_body) if rec.request_body is not None else b"{}"
+
+
+async def fetch(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any, bytes]:
+    async with aiohttp.ClientSession(auto_decompress=False) as s, s.post(url, data=body, headers=headers) as r:
+        return r.status, r.headers, await r.read()
+
+
+def test_every_recording_has_expectations() -> None:
+    assert {(r.name, r.index) for r in RECORDINGS} == set(EXPECTED)
+
+
+@pytest.mark.parametrize("rec", RECORDINGS, ids=lambda r: f"{r.name.split('__', 1)[1]}[{r.index}]")
+async def test_recording_through_proxy(rec: Recording, replay: Any, make_proxy: Any) -> None:
+    upstream, upstream_url = replay
+    upstream.current = rec
+    proxy = await make_proxy(upstream_url)
+    body = request_body(rec)
+    headers = {"Content-Type": "application/json", "X-ModelTrack-Team": "search", "X-ModelTrack-App": "web"}
+
+    d_status, d_headers, direct = await fetch(upstream_url + rec.path_qs, body, headers)
+    p_status, p_headers, proxied = await fetch(proxy.url + proxy_path(rec), body, headers)
+
+    assert direct == rec.body
+    assert proxied == direct, "the client must receive exactly the upstream's bytes"
+    assert p_status == d_status == rec.status
+    assert p_headers.get("Content-Type") == d_headers.get("Content-Type")
+    # Attribution headers are consumed, not forwarded.
+    assert not any(k.lower().startswith(b"x-modeltrack") for k, _ in upstream.received[-1].raw_headers)
+
+    events = await proxy.events()
+    assert len(events) == 1
+    ev = events[0].to_dict()
+    expected = {"status": rec.status, "team": "search", "app": "web", **EXPECTED[(rec.name, rec.index)]}
+    for key in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens"):
+        expected.setdefault(key, 0)
+    assert {k: ev[k] for k in expected} == expected
+    assert ev["request_id"].startswith("req_")
+    assert ev["upstream_request_id"] == f"upstream-{rec.name[:20]}-{rec.index}"
+    assert "?" not in ev["endpoint"]
+    assert ev["latency_ms"] > 0
+    if ev["stream"]:
+        assert ev["ttft_ms"] is not None and 0 < ev["ttft_ms"] <= ev["latency_ms"]
