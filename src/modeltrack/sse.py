@@ -47,7 +47,8 @@ class SSESplitter:
             return []
         complete = buf[: end + 1]
         self._buf = buf[end + 1 :]
-        if complete[-1:] == b"\r":
+        if complete[-1:] == b"\r" and not self._buf:
+            # Only when the CR was the very last byte can the next chunk's first byte be its LF.
             self._skip_lf = True
         out: list[SSEEvent] = []
         for line in complete.splitlines():

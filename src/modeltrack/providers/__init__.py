@@ -36,6 +36,10 @@ def build_providers(
     return out
 
 
+def _gemini_method(path: str) -> bool:
+    return "/models/" in path and ":" in path.rsplit("/", 1)[-1]
+
+
 class Router:
     def __init__(self, providers: Mapping[str, Provider]) -> None:
         self.providers = dict(providers)
@@ -51,7 +55,9 @@ class Router:
             return provider, rest
         if path.startswith("/v1/messages") or "anthropic-version" in headers:
             return self.providers["anthropic"], path
-        if path.startswith("/v1beta/"):
+        if path.startswith(("/v1beta/", "/v1alpha/")) or "x-goog-api-key" in headers or _gemini_method(path):
+            # google-genai >= 1.x defaults to /v1/models/{m}:generateContent; a ":method" suffix on a /models/
+            # path is Gemini's REST style and never an OpenAI route.
             return self.providers["gemini"], path
         if path.startswith("/model/"):
             return self.providers["bedrock"], path

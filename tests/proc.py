@@ -1,0 +1,71 @@
+"""Run ``modeltrack serve`` as a real subprocess (the way users run it) for black-box tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+
+from .conftest import free_port
+
+
+class ProxyProcess:
+    def __init__(self, tmp: Path, env: dict[str, str], args: list[str] | None = None) -> None:
+        self.port = free_port()
+        self.log_path = tmp / "proxy.log"
+        self.store = f"sqlite:///{tmp}/events.db"
+        self.env = {
+            **os.environ,
+            "MODELTRACK_PORT": str(self.port),
+            "MODELTRACK_STORE": self.store,
+            "MODELTRACK_SPOOL_DIR": str(tmp / "spool"),
+            "MODELTRACK_FLUSH_INTERVAL_MS": "50",
+            **env,
+        }
+        self.args = args or []
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> None:
+        log = open(self.log_path, "wb")  # noqa: SIM115 - owned by the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "modeltrack", "serve", *self.args], env=self.env, stdout=log, stderr=log
+        )
+        deadline = time.monotonic() + 20
+        async with aiohttp.ClientSession() as s:
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"proxy exited: {self.log_path.read_text()}")
+                try:
+                    async with s.get(self.url + "/healthz") as r:
+                        if r.status == 200:
+                            return
+                except aiohttp.ClientError:
+                    pass
+                await asyncio.sleep(0.05)
+        raise RuntimeError("proxy did not become healthy")
+
+    async def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        for _ in range(int(timeout * 20)):
+            if self.proc.poll() is not None:
+                return self.proc.returncode
+            await asyncio.sleep(0.05)
+        self.proc.kill()
+        raise RuntimeError("proxy did not exit on signal")
+
+    def events_cli(self) -> bytes:
+        return subprocess.run(
+            [sys.executable, "-m", "modeltrack", "events", "--store", self.store],
+            check=True, capture_output=True, env=self.env,
+        ).stdout
