@@ -47,9 +47,7 @@ class Proxy:
 
 
 @pytest.fixture
-async def make_proxy(
-    aiohttp_server: Any, tmp_path: Path
-) -> Callable[..., Awaitable[Proxy]]:
+async def make_proxy(aiohttp_server: Any, tmp_path: Path) -> Callable[..., Awaitable[Proxy]]:
     async def factory(upstream_url: str, **overrides: Any) -> Proxy:
         base = {p: upstream_url for p in PROVIDERS}
         settings = Settings.load(

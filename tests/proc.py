@@ -36,7 +36,7 @@ class ProxyProcess:
         return f"http://127.0.0.1:{self.port}"
 
     async def start(self) -> None:
-        log = open(self.log_path, "wb")  # noqa: SIM115 - owned by the child
+        log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "modeltrack", "serve", *self.args], env=self.env, stdout=log, stderr=log
         )
@@ -67,5 +67,7 @@ class ProxyProcess:
     def events_cli(self) -> bytes:
         return subprocess.run(
             [sys.executable, "-m", "modeltrack", "events", "--store", self.store],
-            check=True, capture_output=True, env=self.env,
+            check=True,
+            capture_output=True,
+            env=self.env,
         ).stdout

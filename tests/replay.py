@@ -63,8 +63,14 @@ def load(name: str, index: int = 0) -> Recording:
         body = raw.encode("utf-8") if isinstance(raw, str) else bytes(raw)
     headers = [(k, v) for k, vs in (rs.get("headers") or {}).items() for v in vs if k.lower() not in _SKIP_HEADERS]
     return Recording(
-        name=name, index=index, method=rq["method"], uri=rq["uri"], status=rs["status"]["code"],
-        reason=rs["status"].get("message") or "", headers=headers, body=body,
+        name=name,
+        index=index,
+        method=rq["method"],
+        uri=rq["uri"],
+        status=rs["status"]["code"],
+        reason=rs["status"].get("message") or "",
+        headers=headers,
+        body=body,
         request_body=rq.get("parsed_body"),
     )
 

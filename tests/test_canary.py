@@ -18,8 +18,10 @@ from .replay import load
 async def test_canary_keys_never_leak(replay: Any, tmp_path: Path) -> None:
     upstream, upstream_url = replay
     tag = uuid.uuid4().hex[:12]
-    canary = {name: f"CANARY{i}x{tag}" for i, name in enumerate(
-        ["bearer", "x-api-key", "api-key", "goog", "query", "sigv4", "amz-token", "prompt"])}
+    canary = {
+        name: f"CANARY{i}x{tag}"
+        for i, name in enumerate(["bearer", "x-api-key", "api-key", "goog", "query", "sigv4", "amz-token", "prompt"])
+    }
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: connection refused
     env = {f"MODELTRACK_{p}_BASE_URL": upstream_url for p in ("OPENAI", "ANTHROPIC", "GEMINI", "BEDROCK", "AZURE")}
     env |= {"MODELTRACK_MISTRAL_BASE_URL": dead, "MODELTRACK_LOG_LEVEL": "debug"}
@@ -29,6 +31,7 @@ async def test_canary_keys_never_leak(replay: Any, tmp_path: Path) -> None:
     prompt = orjson.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": canary["prompt"]}]})
     try:
         async with aiohttp.ClientSession() as s:
+
             async def post(path: str, headers: dict[str, str], rec: Any, body: bytes = prompt) -> int:
                 upstream.current = rec
                 async with s.post(proxy.url + path, data=body, headers=headers) as r:
@@ -42,31 +45,60 @@ async def test_canary_keys_never_leak(replay: Any, tmp_path: Path) -> None:
             anth = load("test_anthropic__test_anthropic_cache_real_api")
             gem = load("test_google__test_google_model_stream")
             bed = load("test_bedrock__test_bedrock_model_stream")
-            sigv4 = (f"AWS4-HMAC-SHA256 Credential={canary['sigv4']}/20261129/us-east-1/bedrock/aws4_request, "
-                     f"SignedHeaders=host;x-amz-date, Signature={canary['sigv4']}")
+            sigv4 = (
+                f"AWS4-HMAC-SHA256 Credential={canary['sigv4']}/20261129/us-east-1/bedrock/aws4_request, "
+                f"SignedHeaders=host;x-amz-date, Signature={canary['sigv4']}"
+            )
 
             assert await post("/v1/chat/completions", {"Authorization": f"Bearer {canary['bearer']}"}, ok) == 200
-            assert upstream.received[-1].raw_headers.count(
-                (b"Authorization", f"Bearer {canary['bearer']}".encode())) == 1
+            assert (
+                upstream.received[-1].raw_headers.count((b"Authorization", f"Bearer {canary['bearer']}".encode())) == 1
+            )
             assert await post("/v1/chat/completions", {"Authorization": f"Bearer {canary['bearer']}"}, err) == 400
             assert await post("/v1/messages", {"x-api-key": canary["x-api-key"]}, anth) == 200
             assert (b"x-api-key", canary["x-api-key"].encode()) in upstream.received[-1].raw_headers
-            assert await post("/azure/openai/deployments/gpt-4o/chat/completions?api-version=2024-12-01-preview",
-                              {"api-key": canary["api-key"]}, ok) == 200
-            assert await post("/v1beta/models/gemini-2.0-flash-exp:streamGenerateContent?alt=sse",
-                              {"x-goog-api-key": canary["goog"]}, gem) == 200
+            assert (
+                await post(
+                    "/azure/openai/deployments/gpt-4o/chat/completions?api-version=2024-12-01-preview",
+                    {"api-key": canary["api-key"]},
+                    ok,
+                )
+                == 200
+            )
+            assert (
+                await post(
+                    "/v1beta/models/gemini-2.0-flash-exp:streamGenerateContent?alt=sse",
+                    {"x-goog-api-key": canary["goog"]},
+                    gem,
+                )
+                == 200
+            )
             q = f"/v1beta/models/gemini-2.0-flash-exp:streamGenerateContent?alt=sse&key={canary['query']}"
             assert await post(q, {}, gem) == 200
             assert upstream.received[-1].raw_path.endswith(f"key={canary['query']}")
-            assert await post("/bedrock/model/us.amazon.nova-micro-v1%3A0/converse-stream",
-                              {"Authorization": sigv4, "X-Amz-Security-Token": canary["amz-token"]}, bed) == 200
+            assert (
+                await post(
+                    "/bedrock/model/us.amazon.nova-micro-v1%3A0/converse-stream",
+                    {"Authorization": sigv4, "X-Amz-Security-Token": canary["amz-token"]},
+                    bed,
+                )
+                == 200
+            )
             assert (b"Authorization", sigv4.encode()) in upstream.received[-1].raw_headers
             # Connection refused, unknown route, malformed body, upstream garbage: all with keys attached.
-            assert await post("/mistral/v1/chat/completions", {"Authorization": f"Bearer {canary['bearer']}"},
-                              None) == 502
+            assert (
+                await post("/mistral/v1/chat/completions", {"Authorization": f"Bearer {canary['bearer']}"}, None) == 502
+            )
             assert await post(f"/nowhere?key={canary['query']}", {"x-api-key": canary["x-api-key"]}, None) == 404
-            assert await post("/v1/chat/completions", {"Authorization": f"Bearer {canary['bearer']}"}, ok,
-                              body=b"{not json " + canary["prompt"].encode()) == 200
+            assert (
+                await post(
+                    "/v1/chat/completions",
+                    {"Authorization": f"Bearer {canary['bearer']}"},
+                    ok,
+                    body=b"{not json " + canary["prompt"].encode(),
+                )
+                == 200
+            )
             async with s.get(proxy.url + "/metrics") as r:
                 metrics = await r.read()
     finally:
@@ -81,6 +113,12 @@ async def test_canary_keys_never_leak(replay: Any, tmp_path: Path) -> None:
     assert b"DEBUG" in logs, "debug logging must be on for this test to mean anything"
     assert len(generated) == 2 and all(b"error" in g for g in generated)
     for name, value in canary.items():
-        for where, blob in (("logs", logs), ("store", db), ("events", events), ("metrics", metrics),
-                            ("spool", spool), ("proxy responses", b"".join(generated))):
+        for where, blob in (
+            ("logs", logs),
+            ("store", db),
+            ("events", events),
+            ("metrics", metrics),
+            ("spool", spool),
+            ("proxy responses", b"".join(generated)),
+        ):
             assert value.encode() not in blob, f"{name} canary leaked into {where}"

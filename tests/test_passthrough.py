@@ -7,7 +7,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from .expected import EXPECTED, provider_of
+from .expected import EXPECTED, expected_cost, provider_of
 from .replay import Recording, all_recordings
 
 RECORDINGS = all_recordings()
@@ -53,7 +53,13 @@ async def test_recording_through_proxy(rec: Recording, replay: Any, make_proxy: 
     events = await proxy.events()
     assert len(events) == 1
     ev = events[0].to_dict()
-    expected = {"status": rec.status, "team": "search", "app": "web", **EXPECTED[(rec.name, rec.index)]}
+    expected = {
+        "status": rec.status,
+        "team": "search",
+        "app": "web",
+        "cost_usd": expected_cost((rec.name, rec.index), ev["timestamp"]),
+        **EXPECTED[(rec.name, rec.index)],
+    }
     for key in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens"):
         expected.setdefault(key, 0)
     assert {k: ev[k] for k in expected} == expected

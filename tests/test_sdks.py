@@ -81,7 +81,9 @@ async def test_openai_chat_streaming(replay: Any, make_proxy: Any) -> None:
 
     async def call(c: openai.AsyncOpenAI) -> Any:
         stream = await c.chat.completions.create(
-            model="gpt-4o-mini", messages=MSG, stream=True,  # type: ignore[arg-type]
+            model="gpt-4o-mini",
+            messages=MSG,
+            stream=True,  # type: ignore[arg-type]
             stream_options={"include_usage": True},
         )
         return [_dump(chunk) async for chunk in stream]
@@ -123,7 +125,9 @@ async def test_openai_responses_streaming(replay: Any, make_proxy: Any) -> None:
     final = direct[-1]["response"]["usage"]
     (ev,) = await proxy.events()
     assert (ev.input_tokens, ev.output_tokens, ev.reasoning_tokens) == (
-        final["input_tokens"], final["output_tokens"], final["output_tokens_details"]["reasoning_tokens"],
+        final["input_tokens"],
+        final["output_tokens"],
+        final["output_tokens_details"]["reasoning_tokens"],
     )
 
 
@@ -164,7 +168,10 @@ async def test_anthropic_non_streaming(replay: Any, make_proxy: Any) -> None:
     (ev,) = await proxy.events()
     u = direct["usage"]
     assert (ev.input_tokens, ev.cache_read_tokens, ev.cache_write_tokens, ev.output_tokens) == (
-        u["input_tokens"], u["cache_read_input_tokens"], u["cache_creation_input_tokens"], u["output_tokens"],
+        u["input_tokens"],
+        u["cache_read_input_tokens"],
+        u["cache_creation_input_tokens"],
+        u["output_tokens"],
     )
 
 

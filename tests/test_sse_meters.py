@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from modeltrack.eventstream import EventStreamDecoder, encode_frame
 from modeltrack.jsonstream import JSONArraySplitter
-from modeltrack.providers import RequestInfo, build_providers
+from modeltrack.providers import build_providers
 from modeltrack.sse import SSEEvent, SSESplitter
 
 from .expected import EXPECTED, provider_of
@@ -44,6 +44,7 @@ def parse(chunks: list[bytes]) -> list[SSEEvent]:
 
 # --- SSE splitter --------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("rec", STREAMS, ids=lambda r: f"{r.name[:50]}[{r.index}]")
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(cuts=st.lists(st.integers(min_value=0, max_value=10**9), max_size=60))
@@ -51,16 +52,20 @@ def test_recorded_streams_split_identically_under_any_chunking(rec: Recording, c
     assert parse(split_at(rec.body, cuts)) == parse([rec.body])
 
 
-_field_text = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=20
-)
+_field_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"), max_size=20)
 
 
 @st.composite
 def sse_streams(draw: Any) -> tuple[bytes, list[SSEEvent]]:
     """An independent model: generate events, serialise them with random line endings and noise."""
-    events = draw(st.lists(st.tuples(st.sampled_from(["", "message_delta", "error", "ping"]),
-                                     st.lists(_field_text, min_size=1, max_size=3)), max_size=8))
+    events = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["", "message_delta", "error", "ping"]), st.lists(_field_text, min_size=1, max_size=3)
+            ),
+            max_size=8,
+        )
+    )
     out = b""
     expected = []
     for name, lines in events:
@@ -93,6 +98,7 @@ def test_sse_missing_final_blank_line_and_split_crlf() -> None:
 
 # --- meters on every recording, chunked awkwardly ------------------------------------------------------------
 
+
 def meter_for(rec: Recording) -> Any:
     provider = PROVIDERS[provider_of(rec.uri)]
     path_qs = rec.path_qs
@@ -119,8 +125,17 @@ def test_meter_results_independent_of_chunking(rec: Recording, cuts: list[int]) 
     got: dict[str, Any] = {"model": res.model, "error": res.error, "usage_source": res.usage_source}
     if res.usage:
         got.update(res.usage.as_dict())
-    for key in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens",
-                "web_search_requests", "model", "error", "usage_source"):
+    for key in (
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "reasoning_tokens",
+        "web_search_requests",
+        "model",
+        "error",
+        "usage_source",
+    ):
         if key in expected:
             assert got.get(key, 0 if key.endswith(("tokens", "requests")) else None) == expected[key], key
 
@@ -134,7 +149,7 @@ def test_cut_stream_is_partial_not_zero(rec: Recording) -> None:
     assert res.error == "truncated" or res.error is not None
 
 
-@pytest.mark.parametrize("rec", all_recordings()[:: 3], ids=lambda r: f"{r.name[:50]}[{r.index}]")
+@pytest.mark.parametrize("rec", all_recordings()[::3], ids=lambda r: f"{r.name[:50]}[{r.index}]")
 @settings(max_examples=60, deadline=None)
 @given(garbage=st.binary(max_size=400), cuts=st.lists(st.integers(min_value=0, max_value=1000), max_size=10))
 def test_garbage_never_raises_out_of_a_meter(rec: Recording, garbage: bytes, cuts: list[int]) -> None:

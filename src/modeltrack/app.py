@@ -71,7 +71,9 @@ def create_app(settings: Settings, pricing: Pricing | None = None) -> web.Applic
     )
     providers = build_providers(settings.base_urls, settings.inject_stream_usage, settings.azure_deployments)
     sessions: dict[str, aiohttp.ClientSession] = {}
-    proxy = Proxy(Router(providers), pipeline, metrics, pricing or Pricing.load(settings.pricing_file or None), sessions)
+    proxy = Proxy(
+        Router(providers), pipeline, metrics, pricing or Pricing.load(settings.pricing_file or None), sessions
+    )
     app[SETTINGS] = settings
     app[PROXY] = proxy
     app[PIPELINE] = pipeline
@@ -87,7 +89,7 @@ def create_app(settings: Settings, pricing: Pricing | None = None) -> web.Applic
 
     async def cleanup(app: web.Application) -> None:
         await asyncio.gather(*(s.close() for s in sessions.values()), return_exceptions=True)
-        await pipeline.close(timeout=max(settings.shutdown_grace, 1.0))
+        await pipeline.close(grace=max(settings.shutdown_grace, 1.0))
 
     app.on_startup.append(startup)
     app.on_cleanup.append(cleanup)

@@ -43,8 +43,9 @@ def _serve(args: argparse.Namespace) -> int:
         access_log=None,
         handler_cancellation=True,
         shutdown_timeout=settings.shutdown_grace,
-        print=lambda msg: print(f"modeltrack {__version__} listening on http://{settings.host}:{settings.port}",
-                                file=sys.stderr, flush=True),
+        print=lambda msg: print(
+            f"modeltrack {__version__} listening on http://{settings.host}:{settings.port}", file=sys.stderr, flush=True
+        ),
         reuse_port=hasattr(socket, "SO_REUSEPORT"),
     )
     return 0

@@ -13,8 +13,19 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 PROVIDERS = (
-    "openai", "anthropic", "gemini", "azure", "bedrock",
-    "groq", "mistral", "deepseek", "xai", "openrouter", "together", "fireworks", "local",
+    "openai",
+    "anthropic",
+    "gemini",
+    "azure",
+    "bedrock",
+    "groq",
+    "mistral",
+    "deepseek",
+    "xai",
+    "openrouter",
+    "together",
+    "fireworks",
+    "local",
 )
 
 
@@ -102,7 +113,7 @@ class Settings:
         for name, url in self.base_urls.items():
             if not (url.startswith("http://") or url.startswith("https://")):
                 raise ConfigError(f"MODELTRACK_{name.upper()}_BASE_URL must be an http(s) URL")
-        if not self.store.split(":", 1)[0] in ("sqlite", "firestore", "jsonl"):
+        if self.store.split(":", 1)[0] not in ("sqlite", "firestore", "jsonl"):
             raise ConfigError("MODELTRACK_STORE must start with sqlite://, firestore:// or jsonl://")
 
 

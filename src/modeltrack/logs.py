@@ -13,8 +13,10 @@ import sys
 
 _PATTERNS = [
     re.compile(r"(?i)(bearer\s+)[^\s,;\"']+"),
-    re.compile(r"(?i)((?:api[-_]?key|key|x-api-key|x-goog-api-key|token|signature|credential|"
-               r"x-amz-security-token)[\"']?\s*[=:]\s*[\"']?)[^\s&,;\"']+"),
+    re.compile(
+        r"(?i)((?:api[-_]?key|key|x-api-key|x-goog-api-key|token|signature|credential|"
+        r"x-amz-security-token)[\"']?\s*[=:]\s*[\"']?)[^\s&,;\"']+"
+    ),
     re.compile(r"\b(sk-[A-Za-z0-9_\-]{4})[A-Za-z0-9_\-]+"),
     re.compile(r"\b(AIza)[A-Za-z0-9_\-]{10,}"),
     re.compile(r"\b((?:AKIA|ASIA))[A-Z0-9]{12,}"),

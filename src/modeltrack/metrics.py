@@ -32,7 +32,7 @@ def sanitize(value: str | None, limit: int = MAX_LABEL_LEN) -> str:
 class LabelCap:
     """Bounded set of seen values for one label."""
 
-    __slots__ = ("cap", "seen", "folded")
+    __slots__ = ("cap", "folded", "seen")
 
     def __init__(self, cap: int, folded: Counter, label: str) -> None:
         self.cap = cap
@@ -64,23 +64,34 @@ class Metrics:
             "modeltrack_unpriced_requests", "Requests with usage but no known price.", ("provider", "model"), registry=r
         )
         self.duration = Histogram(
-            "modeltrack_request_duration_seconds", "Total request time.", ("provider", "stream"),
-            buckets=_DURATION_BUCKETS, registry=r,
+            "modeltrack_request_duration_seconds",
+            "Total request time.",
+            ("provider", "stream"),
+            buckets=_DURATION_BUCKETS,
+            registry=r,
         )
         self.ttft = Histogram(
-            "modeltrack_time_to_first_token_seconds", "Time to the first upstream body byte (streams).",
-            ("provider",), buckets=_TTFT_BUCKETS, registry=r,
+            "modeltrack_time_to_first_token_seconds",
+            "Time to the first upstream body byte (streams).",
+            ("provider",),
+            buckets=_TTFT_BUCKETS,
+            registry=r,
         )
         self.overhead = Histogram(
-            "modeltrack_proxy_overhead_seconds", "Request time not spent waiting on the upstream or the client.",
-            ("provider",), buckets=_OVERHEAD_BUCKETS, registry=r,
+            "modeltrack_proxy_overhead_seconds",
+            "Request time not spent waiting on the upstream or the client.",
+            ("provider",),
+            buckets=_OVERHEAD_BUCKETS,
+            registry=r,
         )
         self.upstream_errors = Counter(
             "modeltrack_upstream_errors", "Upstream failures by type.", ("provider", "type"), registry=r
         )
         self.folded = Counter(
-            "modeltrack_label_values_folded", "Label values folded into __other__ by the cardinality cap.",
-            ("label",), registry=r,
+            "modeltrack_label_values_folded",
+            "Label values folded into __other__ by the cardinality cap.",
+            ("label",),
+            registry=r,
         )
         self.queue_depth = Gauge("modeltrack_queue_depth", "Events waiting in the pipeline queue.", registry=r)
         self.batches = Counter("modeltrack_batches_written", "Batches written to the store.", registry=r)
@@ -89,8 +100,10 @@ class Metrics:
             "modeltrack_batch_size", "Events per written batch.", buckets=(1, 10, 50, 100, 250, 500, 1000), registry=r
         )
         self.flush_latency = Histogram(
-            "modeltrack_flush_duration_seconds", "Time to write one batch.",
-            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30), registry=r,
+            "modeltrack_flush_duration_seconds",
+            "Time to write one batch.",
+            buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30),
+            registry=r,
         )
         self.write_errors = Counter("modeltrack_store_write_errors", "Failed batch writes.", ("type",), registry=r)
         self.retries = Counter("modeltrack_store_retries", "Batch write retries.", registry=r)

@@ -29,8 +29,16 @@ from .sinks import Sink
 log = logging.getLogger("modeltrack.pipeline")
 
 _TRANSIENT_NAMES = {
-    "ServiceUnavailable", "DeadlineExceeded", "Aborted", "ResourceExhausted", "InternalServerError",
-    "RetryError", "TooManyRequests", "GatewayTimeout", "Unknown", "Cancelled",
+    "ServiceUnavailable",
+    "DeadlineExceeded",
+    "Aborted",
+    "ResourceExhausted",
+    "InternalServerError",
+    "RetryError",
+    "TooManyRequests",
+    "GatewayTimeout",
+    "Unknown",
+    "Cancelled",
 }
 
 
@@ -129,7 +137,7 @@ class Pipeline:
 
     # -- request path -----------------------------------------------------------------------------------
     def enqueue(self, ev: CostEvent) -> None:
-        if len(self._q) >= self.max_queue or self._closing and self._task is None:
+        if len(self._q) >= self.max_queue or (self._closing and self._task is None):
             self._spool_now([ev])
             return
         self._q.append(ev)
@@ -146,13 +154,13 @@ class Pipeline:
         await self.replay()
         self._task = asyncio.create_task(self._run(), name="modeltrack-flusher")
 
-    async def close(self, timeout: float = 10.0) -> None:
-        """Drain the queue to the store within ``timeout``; spool whatever is left. Never raises."""
+    async def close(self, grace: float = 10.0) -> None:
+        """Drain the queue to the store within ``grace`` seconds; spool whatever is left. Never raises."""
         self._closing = True
         self._wake.set()
         if self._task is not None:
             try:
-                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+                await asyncio.wait_for(asyncio.shield(self._task), grace)
             except (TimeoutError, asyncio.CancelledError):
                 self._task.cancel()
                 with contextlib.suppress(BaseException):
@@ -199,22 +207,22 @@ class Pipeline:
             t0 = time.perf_counter()
             try:
                 await self.sink.write(batch)
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - any store error is counted, retried or spooled
                 self.metrics.write_errors.labels(type(exc).__name__).inc()
                 if self.failing_since is None:
                     self.failing_since = time.monotonic()
                 if not is_transient(exc):
                     log.error(
                         "store rejected a batch permanently (%s); dead-lettering %d events, first request_id=%s",
-                        type(exc).__name__, len(batch), batch[0].request_id,
+                        type(exc).__name__,
+                        len(batch),
+                        batch[0].request_id,
                     )
                     self._spool_now(batch, dead=True)
                     return
                 attempt += 1
                 if attempt > self.max_retries or self._closing:
-                    log.warning(
-                        "store unavailable (%s); spooling %d events", type(exc).__name__, len(batch)
-                    )
+                    log.warning("store unavailable (%s); spooling %d events", type(exc).__name__, len(batch))
                     self._spool_now(batch)
                     return
                 self.metrics.retries.inc()
@@ -248,7 +256,7 @@ class Pipeline:
             try:
                 for i in range(0, len(events), self.batch_size):
                     await self.sink.write(events[i : i + self.batch_size])
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # noqa: BLE001 - any store error is counted, retried or spooled
                 log.warning("spool replay paused: store unavailable (%s)", type(exc).__name__)
                 self.failing_since = self.failing_since or time.monotonic()
                 return replayed

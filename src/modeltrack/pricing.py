@@ -1,31 +1,500 @@
-"""Placeholder replaced below."""
+"""Prices a ``Usage`` the way the provider's invoice does, from the generated data in ``pricing/``.
+
+Data: ``pricing/prices.json`` is generated from genai-prices (``make pricing``); user overrides come from
+``MODELTRACK_PRICING_FILE`` (YAML or JSON) and win over the data.
+
+Resolution mirrors genai-prices: our provider name → its provider id; the first model whose match clause
+accepts the lower-cased model name (the *response's* model, else the requested one), then the provider's
+fallback providers, then a compact-date retry (``-20251211`` → ``-2025-12-11``). Results are cached, so a
+lookup after the first is one dict hit.
+
+Arithmetic: every rate is converted once, at load, to integer pico-dollars per unit, so a request's cost is a
+sum of integer products, exact for any number of events; ``cost_usd`` is rounded to 1e-9 only at the end.
+
+The ledger mapping (see ``usage.py``) onto price units: total input = uncached + cache reads + cache writes;
+a priced sub-unit (cache read, cache write, 1h write, audio, reasoning, ...) is carved out of its parent
+(genai-prices' leaf decomposition), an unpriced one stays in its parent's price. Tiered prices switch *all*
+tokens of the request to the tier rate when total input exceeds the tier start.
+"""
+
 from __future__ import annotations
 
+import argparse
 import logging
-from typing import Any
+import re
+import sys
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from datetime import time as dtime
+from decimal import Decimal, InvalidOperation
+from fractions import Fraction
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from .providers.base import MeterResult
+    from .usage import Usage
 
 log = logging.getLogger("modeltrack.pricing")
 
+PICO = 10**12
+REPO_PRICES = Path(__file__).resolve().parents[2] / "pricing" / "prices.json"
+PACKAGE_PRICES = Path(__file__).resolve().parent / "_data" / "prices.json"
+
+# ModelTrack provider name → genai-prices provider id.
+PROVIDER_IDS = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "gemini": "google",
+    "azure": "azure",
+    "bedrock": "aws",
+    "groq": "groq",
+    "mistral": "mistral",
+    "deepseek": "deepseek",
+    "xai": "x-ai",
+    "openrouter": "openrouter",
+    "together": "together",
+    "fireworks": "fireworks",
+}
+
+_COMPACT_DATE = re.compile(r"(-)(20\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?=-|:|$)")
+
+Rate = int | Fraction
+
+
+class PricingError(ValueError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Tiered:
+    base: Rate
+    tiers: tuple[tuple[int, Rate], ...]  # (start, rate), ascending
+
+    def at(self, total_input: int) -> Rate:
+        for start, rate in reversed(self.tiers):
+            if total_input > start:
+                return rate
+        return self.base
+
+
+PriceSet = dict[str, Rate | Tiered]  # usage_key -> rate in pico-dollars per unit
+
+
+@dataclass(frozen=True, slots=True)
+class Unit:
+    usage_key: str
+    price_key: str
+    per: int
+    dims: frozenset[tuple[str, str]]
+
+
+@dataclass(slots=True)
+class Model:
+    id: str
+    match: Any
+    prices: list[tuple[Any, PriceSet]]  # (constraint or None, prices); the last active one wins
+    variants: list[tuple[dict[str, str], Any, PriceSet]]
+    provider: str
+    source: str = "genai-prices"
+
+    def price_set(self, when: datetime, context: dict[str, str] | None) -> PriceSet:
+        chosen = self.prices[0][1]
+        for constraint, prices in reversed(self.prices):
+            if constraint is None or constraint(when):
+                chosen = prices
+                break
+        if not context or not self.variants:
+            return chosen
+        overrides: PriceSet = {}
+        for cond, constraint, prices in self.variants:
+            if constraint is not None and not constraint(when):
+                continue
+            if all(context.get(k) == v for k, v in cond.items()):
+                for key, rate in prices.items():
+                    overrides.setdefault(key, rate)
+        return {**chosen, **overrides} if overrides else chosen
+
+
+@dataclass(slots=True)
+class _Provider:
+    id: str
+    models: list[Model]
+    fallbacks: list[str]
+    provider_match: Any
+
+
+# --- loading -------------------------------------------------------------------------------------------------
+
+
+def _clause(spec: Any) -> Any:
+    """Compile a genai-prices match clause into a predicate on the lower-cased model name."""
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise PricingError(f"invalid match clause: {spec!r}")
+    ((kind, arg),) = spec.items()
+    if kind == "equals":
+        v = str(arg).lower()
+        return lambda s: s == v
+    if kind == "starts_with":
+        v = str(arg).lower()
+        return lambda s: s.startswith(v)
+    if kind == "ends_with":
+        v = str(arg).lower()
+        return lambda s: s.endswith(v)
+    if kind == "contains":
+        v = str(arg).lower()
+        return lambda s: v in s
+    if kind == "regex":
+        rx = re.compile(str(arg))
+        return lambda s: rx.search(s) is not None
+    if kind in ("or", "and"):
+        subs = [_clause(x) for x in arg]
+        return (lambda s: any(f(s) for f in subs)) if kind == "or" else (lambda s: all(f(s) for f in subs))
+    raise PricingError(f"unknown match clause {kind!r}")
+
+
+def _constraint(spec: Any) -> Any:
+    if spec is None:
+        return None
+    if "start_date" in spec:
+        d = date.fromisoformat(spec["start_date"])
+        return lambda ts: ts.astimezone(UTC).date() >= d
+    if "start_time" in spec:
+        start = _utc_time(spec["start_time"])
+        end = _utc_time(spec["end_time"])
+
+        def active(ts: datetime) -> bool:
+            t = ts.astimezone(UTC).timetz()
+            return (t >= start or t < end) if end < start else start <= t < end
+
+        return active
+    raise PricingError(f"unknown price constraint: {spec!r}")
+
+
+def _utc_time(raw: str) -> dtime:
+    t = dtime.fromisoformat(raw)
+    if t.tzinfo is None:
+        return t.replace(tzinfo=UTC)
+    return datetime.combine(date(1970, 1, 1), t).astimezone(UTC).timetz()
+
+
+def _rate(raw: Any, per: int, where: str) -> Rate:
+    try:
+        d = Decimal(str(raw))
+    except InvalidOperation:
+        raise PricingError(f"{where}: price {raw!r} is not a number") from None
+    if not d.is_finite() or d < 0:
+        raise PricingError(f"{where}: price {raw!r} must be a finite, non-negative number")
+    exact = Fraction(d) * PICO / per
+    return int(exact) if exact.denominator == 1 else exact
+
 
 class Pricing:
-    def __init__(self) -> None:
+    def __init__(self, data: dict[str, Any], overrides: list[Model] | None = None) -> None:
+        self.source = f"{data.get('source', '?')} {data.get('source_version', '?')}"
+        self.units: dict[str, Unit] = {}
+        self._by_price_key: dict[str, Unit] = {}
+        for key, u in (data.get("units") or {}).items():
+            unit = Unit(key, u["price_key"], int(u["per"]), frozenset(u["dimensions"].items()))
+            self.units[key] = unit
+            self._by_price_key[unit.price_key] = unit
+        self.providers: dict[str, _Provider] = {}
+        for p in data.get("providers") or []:
+            pid = p["id"]
+            models = [self._model(m, pid) for m in p.get("models") or []]
+            pm = _clause(p["provider_match"]) if p.get("provider_match") else None
+            self.providers[pid] = _Provider(pid, models, list(p.get("fallback_model_providers") or []), pm)
+        self.overrides = overrides or []
+        self._cache: dict[tuple[str, str], tuple[Model, bool] | None] = {}
         self._warned: set[str] = set()
+        self._plans: dict[tuple[int, datetime, str | None], Any] = {}
+
+    def _prices(self, raw: dict[str, Any], where: str) -> PriceSet:
+        out: PriceSet = {}
+        for price_key, value in raw.items():
+            unit = self._by_price_key.get(price_key)
+            if unit is None:
+                raise PricingError(f"{where}: unknown price key {price_key!r}")
+            if isinstance(value, dict):
+                tiers = tuple(
+                    (int(t["start"]), _rate(t["price"], unit.per, where))
+                    for t in sorted(value.get("tiers") or [], key=lambda t: int(t["start"]))
+                )
+                out[unit.usage_key] = Tiered(_rate(value["base"], unit.per, where), tiers)
+            else:
+                out[unit.usage_key] = _rate(value, unit.per, where)
+        return out
+
+    def _model(self, m: dict[str, Any], provider: str, source: str = "genai-prices", where: str | None = None) -> Model:
+        where = where or f"{provider}/{m.get('id')}"
+        raw = m.get("prices")
+        if isinstance(raw, list):
+            prices = [(_constraint(c.get("constraint")), self._prices(c["prices"], where)) for c in raw]
+        else:
+            prices = [(None, self._prices(raw or {}, where))]
+        variants = [
+            (dict(v["when"]), _constraint(v.get("constraint")), self._prices(v["prices"], where))
+            for v in m.get("price_variants") or []
+        ]
+        return Model(str(m["id"]), _clause(m["match"]), prices, variants, provider, source)
+
+    # --- public API -----------------------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, overrides: str | None = None) -> "Pricing":
-        return cls()
+    def load(cls, overrides_path: str | None = None, data_path: Path | None = None) -> Pricing:
+        path = data_path or (REPO_PRICES if REPO_PRICES.exists() else PACKAGE_PRICES)
+        try:
+            data = orjson.loads(path.read_bytes())
+        except FileNotFoundError:
+            raise PricingError(f"price data not found at {path}: run `make pricing`") from None
+        pricing = cls(data)
+        if overrides_path:
+            pricing.overrides = pricing.parse_overrides(overrides_path)
+        return pricing
 
-    def cost(self, provider: str, result: Any, requested_model: str | None, ts: float) -> tuple[float | None, str]:
-        if result.usage is None:
+    def parse_overrides(self, path: str) -> list[Model]:
+        """``models: [{provider?, model | match, prices: {input_mtok: .., ...}}]`` — validated, errors name the
+        entry."""
+        import yaml
+
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise PricingError(f"MODELTRACK_PRICING_FILE {path}: {exc.strerror}") from None
+        try:
+            doc = yaml.safe_load(text)  # YAML is a superset of JSON
+        except yaml.YAMLError as exc:
+            raise PricingError(
+                f"MODELTRACK_PRICING_FILE {path}: not valid YAML/JSON ({exc.__class__.__name__})"
+            ) from None
+        entries = doc.get("models") if isinstance(doc, dict) else None
+        if not isinstance(entries, list):
+            raise PricingError(f"MODELTRACK_PRICING_FILE {path}: expected a top-level `models:` list")
+        out = []
+        for i, e in enumerate(entries):
+            name = e.get("model") if isinstance(e, dict) else None
+            where = f"MODELTRACK_PRICING_FILE entry #{i + 1}" + (f" ({name})" if name else "")
+            if not isinstance(e, dict):
+                raise PricingError(f"{where}: expected a mapping")
+            unknown = set(e) - {"provider", "model", "match", "prices", "price_variants"}
+            if unknown:
+                raise PricingError(f"{where}: unknown field(s) {sorted(unknown)}")
+            if bool(e.get("model")) == bool(e.get("match")):
+                raise PricingError(f"{where}: give exactly one of `model` (exact name) or `match` (a clause)")
+            if not isinstance(e.get("prices"), dict) or not e["prices"]:
+                raise PricingError(f"{where}: `prices` must be a non-empty mapping like {{input_mtok: 0.5}}")
+            provider = e.get("provider") or "*"
+            if provider != "*" and provider not in PROVIDER_IDS and provider != "local":
+                raise PricingError(f"{where}: unknown provider {provider!r}")
+            spec = {
+                "id": name or str(e["match"]),
+                "match": {"equals": name} if name else e["match"],
+                "prices": e["prices"],
+                "price_variants": e.get("price_variants"),
+            }
+            try:
+                out.append(self._model(spec, provider, source="override", where=where))
+            except PricingError:
+                raise
+            except (KeyError, TypeError, ValueError) as exc:
+                raise PricingError(f"{where}: invalid entry ({exc.__class__.__name__}: {exc})") from None
+        return out
+
+    def resolve(self, provider: str, model: str | None) -> tuple[Model, bool] | None:
+        """Return (model, matched_directly) or None. ``matched_directly`` is False for fallback providers."""
+        if not model:
+            return None
+        key = (provider, model)
+        try:
+            return self._cache[key]
+        except KeyError:
+            pass
+        ref = model.lower()
+        found = self._resolve(provider, ref)
+        if found is None:
+            normalized = _COMPACT_DATE.sub(_dashed, ref)
+            if normalized != ref:
+                found = self._resolve(provider, normalized)
+        if len(self._cache) > 10_000:
+            self._cache.clear()  # bounded: model names come from responses
+        self._cache[key] = found
+        return found
+
+    def _resolve(self, provider: str, ref: str) -> tuple[Model, bool] | None:
+        for m in self.overrides:
+            if m.provider in ("*", provider) and m.match(ref):
+                return m, True
+        pid = PROVIDER_IDS.get(provider)
+        p = self.providers.get(pid) if pid else None
+        if p is None:
+            return None
+        for m in p.models:
+            if m.match(ref):
+                return m, True
+        for fid in p.fallbacks:
+            fp = self.providers.get(fid)
+            if fp is not None:
+                for m in fp.models:
+                    if m.match(ref):
+                        return m, False
+        return None
+
+    def price_pico(self, model: Model, usage: Usage, when: datetime, direct: bool = True) -> int | Fraction:
+        tier = usage.service_tier if direct else None
+        key = (id(model), when, tier)
+        plan = self._plans.get(key)
+        if plan is None:
+            if len(self._plans) > 10_000:
+                self._plans.clear()
+            plan = self._plans[key] = self._plan(model.price_set(when, {"service_tier": tier} if tier else None))
+        total_input = usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens
+        leaves: list[int] = []
+        total: int | Fraction = 0
+        for getter, rate, descendants in plan:
+            value = getter(usage)
+            for j in descendants:
+                value -= leaves[j]
+            if value < 0:
+                value = 0
+            leaves.append(value)
+            if value:
+                total += (rate.at(total_input) if isinstance(rate, Tiered) else rate) * value
+        return total
+
+    def _plan(self, prices: PriceSet) -> tuple[tuple[Any, Rate | Tiered, tuple[int, ...]], ...]:
+        """genai-prices' leaf decomposition, precomputed: units ordered most-specific first, each with the
+        positions of its priced descendants, whose leaf counts are subtracted from its own count."""
+        order = sorted((self.units[k] for k in prices if k in self.units), key=lambda u: (-len(u.dims), u.usage_key))
+        plan = []
+        for i, unit in enumerate(order):
+            desc = tuple(j for j in range(i) if unit.dims <= order[j].dims)
+            plan.append((_COUNTS.get(unit.usage_key, _zero), prices[unit.usage_key], desc))
+        return tuple(plan)
+
+    def cost(
+        self, provider: str, result: MeterResult, requested_model: str | None, ts: float
+    ) -> tuple[float | None, str]:
+        """(cost_usd, cost_source) for an event. Never a silent zero: unknown models give (None, 'unpriced')."""
+        usage = result.usage
+        if usage is None:
             return None, "no_usage"
         if result.zero_cost:
             return 0.0, "zero"
-        if result.usage.reported_cost_usd is not None:
-            return result.usage.reported_cost_usd, "provider"
-        return None, "unpriced"
+        if usage.reported_cost_usd is not None:
+            return round(usage.reported_cost_usd, 9), "provider"
+        found = self.resolve(provider, result.model) or self.resolve(provider, requested_model)
+        if found is None:
+            return None, "unpriced"
+        model, direct = found
+        pico = self.price_pico(model, usage, _ts(ts), direct)
+        return round(float(pico) / PICO, 9), "priced" if model.source != "override" else "override"
 
     def warn_unpriced(self, provider: str, model: str | None) -> None:
         key = f"{provider}:{model}"
-        if key not in self._warned:
+        if key not in self._warned and len(self._warned) < 10_000:
             self._warned.add(key)
-            log.warning("no price for provider=%s model=%s: cost_usd will be null", provider, model)
+            log.warning(
+                "no price for provider=%s model=%s: cost_usd will be null (add it to MODELTRACK_PRICING_FILE)",
+                provider,
+                model,
+            )
+
+
+def _zero(u: Usage) -> int:
+    return 0
+
+
+# How each price unit's count is read off the ledger (see usage.py for the subset relations).
+_COUNTS: dict[str, Any] = {
+    "input_tokens": lambda u: u.input_tokens + u.cache_read_tokens + u.cache_write_tokens,
+    "cache_read_tokens": lambda u: u.cache_read_tokens,
+    "cache_write_tokens": lambda u: u.cache_write_tokens,
+    "cache_write_1h_tokens": lambda u: u.cache_write_1h_tokens,
+    "cache_write_5m_tokens": lambda u: u.cache_write_tokens - u.cache_write_1h_tokens,
+    "input_audio_tokens": lambda u: u.input_audio_tokens,
+    "output_tokens": lambda u: u.output_tokens,
+    "output_audio_tokens": lambda u: u.output_audio_tokens,
+    "output_reasoning_tokens": lambda u: u.reasoning_tokens,
+    "web_searches": lambda u: u.web_search_requests,
+    "requests": lambda u: 1,
+}
+
+
+@lru_cache(maxsize=4096)
+def _ts_minute(minute: int) -> datetime:
+    return datetime.fromtimestamp(minute * 60, UTC)
+
+
+def _ts(ts: float) -> datetime:
+    # Price constraints have day/time-of-day granularity: minute resolution is exact enough and cacheable.
+    return _ts_minute(int(ts // 60))
+
+
+def _dashed(m: re.Match[str]) -> str:
+    y, mo, d = int(m.group(2)), int(m.group(3)), int(m.group(4))
+    try:
+        date(y, mo, d)
+    except ValueError:
+        return m.group(0)
+    return f"{m.group(1)}{y:04d}-{mo:02d}-{d:02d}"
+
+
+# --- CLI -----------------------------------------------------------------------------------------------------
+
+
+def _fmt(rate: Rate | Tiered, per: int) -> str:
+    def one(r: Rate) -> str:
+        return (
+            f"${Decimal(r.numerator) / Decimal(r.denominator) * per / PICO:f}"
+            if isinstance(r, Fraction)
+            else f"${Decimal(r) * per / PICO:f}"
+        )
+
+    if isinstance(rate, Tiered):
+        return one(rate.base) + "".join(f", >{s:,} input: {one(r)}" for s, r in rate.tiers)
+    return one(rate)
+
+
+def cli(args: argparse.Namespace) -> int:
+    import os
+
+    if args.pricing_cmd == "update":
+        from .pricegen import write
+
+        out = write(Path(args.output) if args.output else REPO_PRICES)
+        print(f"wrote {out}")
+        return 0
+    overrides = os.environ.get("MODELTRACK_PRICING_FILE") or None
+    try:
+        pricing = Pricing.load(overrides)
+    except PricingError as exc:
+        print(f"modeltrack: pricing error: {exc}", file=sys.stderr)
+        return 2
+    if args.pricing_cmd == "check":
+        n = sum(len(p.models) for p in pricing.providers.values())
+        print(f"ok: {n} models from {pricing.source}; {len(pricing.overrides)} override(s)")
+        return 0
+    providers = [args.provider] if args.provider else list(PROVIDER_IDS)
+    for provider in providers:
+        found = pricing.resolve(provider, args.model)
+        if found is None:
+            continue
+        model, _ = found
+        now = datetime.now(UTC)
+        print(f"{args.model} → {provider}/{model.id} ({model.source}; {pricing.source})")
+        for key, rate in sorted(model.price_set(now, None).items()):
+            unit = pricing.units[key]
+            print(f"  {unit.price_key:28s} {_fmt(rate, unit.per)} per {unit.per:,} {key.replace('_', ' ')}")
+        for cond, _, prices in model.variants:
+            print(
+                f"  when {cond}: "
+                + ", ".join(
+                    f"{pricing.units[k].price_key} {_fmt(r, pricing.units[k].per)}" for k, r in sorted(prices.items())
+                )
+            )
+        return 0
+    print(f"no price found for {args.model!r}" + (f" at {args.provider}" if args.provider else ""), file=sys.stderr)
+    return 1

@@ -33,8 +33,16 @@ log = logging.getLogger("modeltrack.proxy")
 
 HOP_BY_HOP = frozenset(
     {
-        "connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization",
-        "te", "trailer", "trailers", "transfer-encoding", "upgrade",
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
     }
 )
 _DROP_REQUEST = HOP_BY_HOP | {"host", "content-length", "expect"}
@@ -137,13 +145,17 @@ class Proxy:
         route = self.router.resolve(path, request.headers)
         if route is None:
             return self.error(
-                None, 404, "unknown_route",
+                None,
+                404,
+                "unknown_route",
                 "No provider for this path. Use /openai/..., /anthropic/..., /gemini/..., /v1/... (see README).",
             )
         provider, up_path = route
         if not provider.base_url:
             return self.error(
-                provider, 503, "provider_not_configured",
+                provider,
+                503,
+                "provider_not_configured",
                 f"Set MODELTRACK_{provider.name.upper()}_BASE_URL to use the /{provider.name} route.",
             )
         try:
@@ -168,17 +180,23 @@ class Proxy:
             try:
                 t = perf_counter()
                 async with session.request(
-                    request.method, url, headers=headers, data=send if send else None,
-                    allow_redirects=False, skip_auto_headers=_SKIP_AUTO,
+                    request.method,
+                    url,
+                    headers=headers,
+                    data=send if send else None,
+                    allow_redirects=False,
+                    skip_auto_headers=_SKIP_AUTO,
                 ) as up:
                     timing.upstream_wait += perf_counter() - t
                     state["status"] = up.status
                     for h in _UPSTREAM_ID_HEADERS:
-                        v = up.headers.get(h)
-                        if v:
-                            state["upstream_id"] = sanitize(v, 128)
+                        upstream_id = up.headers.get(h)
+                        if upstream_id:
+                            state["upstream_id"] = sanitize(upstream_id, 128)
                             break
-                    meter = metering_view(provider.meter(info, up.status, up.headers), up.headers.get("Content-Encoding"))
+                    meter = metering_view(
+                        provider.meter(info, up.status, up.headers), up.headers.get("Content-Encoding")
+                    )
                     resp = web.StreamResponse(status=up.status, reason=up.reason)
                     for k, v in up.raw_headers:
                         name = k.decode("latin-1")
@@ -220,17 +238,31 @@ class Proxy:
                     timing.client_wait += perf_counter() - t
                     return resp
             except (aiohttp.ClientConnectorError, aiohttp.ClientOSError) as exc:
-                return self._fail(provider, state, 502, "upstream_unreachable", "The upstream could not be reached.", exc)
+                return self._fail(
+                    provider, state, 502, "upstream_unreachable", "The upstream could not be reached.", exc
+                )
             except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
                 return self._fail(provider, state, 504, "upstream_timeout", "The upstream did not answer in time.", exc)
             except (aiohttp.ServerDisconnectedError, aiohttp.ClientResponseError, aiohttp.ClientPayloadError) as exc:
-                return self._fail(provider, state, 502, "upstream_bad_response", "The upstream sent an invalid response.", exc)
+                return self._fail(
+                    provider, state, 502, "upstream_bad_response", "The upstream sent an invalid response.", exc
+                )
         except asyncio.CancelledError:
             state["error"] = state["error"] or "client_disconnected"
             raise
         finally:
-            self._record(rid, provider, info, path if provider.name else path, up_path, state, meter, complete, timing,
-                         wall, attrs)
+            self._record(
+                rid,
+                provider,
+                info,
+                up_path,
+                state,
+                meter,
+                complete,
+                timing,
+                wall,
+                attrs,
+            )
 
     def _fail(
         self, provider: Provider, state: dict[str, Any], status: int, kind: str, message: str, exc: BaseException
@@ -254,7 +286,6 @@ class Proxy:
         rid: str,
         provider: Provider,
         info: Any,
-        _path: str,
         up_path: str,
         state: dict[str, Any],
         meter: Any,
@@ -288,7 +319,8 @@ class Proxy:
                 cost_usd=cost,
                 latency_ms=round((end - timing.start) * 1000, 3),
                 ttft_ms=round((timing.first_byte - timing.start) * 1000, 3)
-                if timing.first_byte is not None and info.stream else None,
+                if timing.first_byte is not None and info.stream
+                else None,
                 team=attrs.get("team"),
                 app=attrs.get("app"),
                 feature=attrs.get("feature"),
@@ -310,8 +342,16 @@ class Proxy:
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "%s provider=%s endpoint=%s status=%s model=%s in=%d out=%d cost=%s source=%s error=%s",
-                    rid, ev.provider, endpoint_kind(up_path), ev.status, ev.model, ev.input_tokens,
-                    ev.output_tokens, ev.cost_usd, ev.usage_source, ev.error,
+                    rid,
+                    ev.provider,
+                    endpoint_kind(up_path),
+                    ev.status,
+                    ev.model,
+                    ev.input_tokens,
+                    ev.output_tokens,
+                    ev.cost_usd,
+                    ev.usage_source,
+                    ev.error,
                 )
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("%s failed to record the cost event", rid)

@@ -25,7 +25,7 @@ class SSESplitter:
     (common when an upstream connection drops, and valid input for metering).
     """
 
-    __slots__ = ("_buf", "_skip_lf", "_event", "_data", "_has_data")
+    __slots__ = ("_buf", "_data", "_event", "_has_data", "_skip_lf")
 
     def __init__(self) -> None:
         self._buf = b""

@@ -28,7 +28,11 @@ def build_providers(
     base_urls = base_urls or {}
     inject = inject_stream_usage or {}
     classes: dict[str, type[Provider]] = {
-        "openai": OpenAI, "anthropic": Anthropic, "gemini": Gemini, "bedrock": Bedrock, **COMPATIBLE,
+        "openai": OpenAI,
+        "anthropic": Anthropic,
+        "gemini": Gemini,
+        "bedrock": Bedrock,
+        **COMPATIBLE,
     }
     out: dict[str, Provider] = {n: c(base_urls.get(n), inject.get(n)) for n, c in classes.items()}
     if base_urls.get("azure"):

@@ -67,7 +67,7 @@ class BedrockJSONMeter(JSONBodyMeter):
         if not isinstance(obj, dict):
             return MeterResult(error="unexpected_json")
         if self.status >= 400:
-            return MeterResult(error=error_code(obj.get("__type") or obj.get("message") and "error"))
+            return MeterResult(error=error_code(obj.get("__type") or (obj.get("message") and "error")))
         if isinstance(obj.get("usage"), dict) and "inputTokens" in obj["usage"]:
             return MeterResult(usage=converse_usage(obj["usage"]), usage_source="response")
         if isinstance(obj.get("usage"), dict) and "input_tokens" in obj["usage"]:  # Anthropic model via Invoke
@@ -145,7 +145,9 @@ class BedrockStreamMeter:
         if usage is None:
             return MeterResult(model=self.info.model, error=err)
         src = self._source if complete else "partial"
-        return MeterResult(model=self.info.model, usage=usage, usage_source=src, error=err or (None if complete else "truncated"))
+        return MeterResult(
+            model=self.info.model, usage=usage, usage_source=src, error=err or (None if complete else "truncated")
+        )
 
 
 class Bedrock(Provider):

@@ -19,7 +19,7 @@ MAX_JSON_BODY = 64 * 1024 * 1024
 class JSONBodyMeter:
     """Meters a non-streaming JSON response: collect chunk references, parse once at the end."""
 
-    __slots__ = ("info", "status", "_chunks", "_size", "_overflow")
+    __slots__ = ("_chunks", "_overflow", "_size", "info", "status")
 
     def __init__(self, info: RequestInfo, status: int) -> None:
         self.info = info
@@ -51,7 +51,7 @@ class JSONBodyMeter:
             return MeterResult(model=self.info.model, error=err if complete else "truncated")
         try:
             result = self.from_json(obj)
-        except Exception:  # noqa: BLE001 - a mapping bug must not break the request
+        except Exception:  # noqa: BLE001 - must never raise into the request path
             return MeterResult(model=self.info.model, error="meter_error")
         if result.model is None:
             result.model = self.info.model
@@ -81,7 +81,7 @@ class SSEMeter:
         try:
             for ev in self._splitter.feed(chunk):
                 self.on_event(ev)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - must never raise into the request path
             self.failed = True
             self.error = self.error or "meter_error"
 
@@ -90,12 +90,12 @@ class SSEMeter:
             try:
                 for ev in self._splitter.close():
                     self.on_event(ev)
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - must never raise into the request path
                 self.failed = True
                 self.error = self.error or "meter_error"
         try:
             result = self.result(complete)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - must never raise into the request path
             result = MeterResult(error="meter_error")
         if result.model is None:
             result.model = self.model or self.info.model

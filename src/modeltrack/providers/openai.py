@@ -83,8 +83,8 @@ class OpenAIJSONMeter(JSONBodyMeter):
     def from_json(self, obj: Any) -> MeterResult:
         if not isinstance(obj, dict):
             return MeterResult(error="unexpected_json")
-        if obj.get("object") == "response" or "output" in obj and "usage" in obj and "input_tokens" in (
-            obj.get("usage") or {}
+        if obj.get("object") == "response" or (
+            "output" in obj and "usage" in obj and "input_tokens" in (obj.get("usage") or {})
         ):
             err = obj.get("error")
             usage = _usage_of(obj)
@@ -162,7 +162,7 @@ class ResponsesStreamMeter(SSEMeter):
         if not name:
             # Some servers omit ``event:``; the type is the first key of the data.
             head = data[:64]
-            for t in _RESPONSES_TERMINAL + (b"response.created", b'"error"'):
+            for t in (*_RESPONSES_TERMINAL, b"response.created", b'"error"'):
                 if t in head:
                     name = t.strip(b'"')
                     break
@@ -178,7 +178,9 @@ class ResponsesStreamMeter(SSEMeter):
         obj = loads(data)
         if isinstance(obj, dict):
             err = obj.get("error") if isinstance(obj.get("error"), dict) else obj
-            self.error = error_code({"code": err.get("code"), "type": err.get("type")} if isinstance(err, dict) else err)
+            self.error = error_code(
+                {"code": err.get("code"), "type": err.get("type")} if isinstance(err, dict) else err
+            )
 
     def result(self, complete: bool) -> MeterResult:
         if self._terminal is None:

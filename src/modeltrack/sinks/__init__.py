@@ -48,11 +48,14 @@ def open_sink(url: str) -> Sink:
             raise StoreURLError("firestore:// needs a project: firestore://PROJECT[/COLLECTION]")
         project, _, collection = rest.partition("/")
         return FirestoreSink(project, collection or "modeltrack")
-    raise StoreURLError(f"unsupported store URL scheme (expected sqlite://, jsonl:// or firestore://): {url.split(':', 1)[0]}")
+    raise StoreURLError(
+        f"unsupported store URL scheme (expected sqlite://, jsonl:// or firestore://): {url.split(':', 1)[0]}"
+    )
 
 
 def _fs_path(url: str, scheme: str) -> str:
-    """``sqlite:///./data/x.db`` → ``./data/x.db``; ``sqlite:////abs/x.db`` and ``sqlite:///abs/x.db`` → ``/abs/x.db``."""
+    """``sqlite:///./data/x.db`` → ``./data/x.db``; ``sqlite:////abs/x.db`` and ``sqlite:///abs/x.db`` →
+    ``/abs/x.db``."""
     rest = url[len(scheme) :]
     if not rest.startswith("/"):
         raise StoreURLError(f"{scheme} URL needs three slashes: {scheme}/PATH")

@@ -16,10 +16,11 @@ class JSONLSink:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        self._dir = os.path.dirname(os.path.abspath(path))
         self._written: set[str] = set()
 
     async def open(self) -> None:
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+        await asyncio.to_thread(os.makedirs, self._dir, exist_ok=True)
 
     def _write(self, events: list[CostEvent]) -> None:
         lines = [e.to_json() + b"\n" for e in events if e.request_id not in self._written]
@@ -51,7 +52,7 @@ class JSONLSink:
         return await asyncio.to_thread(self._read, since, limit)
 
     async def ping(self) -> bool:
-        return os.access(os.path.dirname(os.path.abspath(self.path)), os.W_OK)
+        return await asyncio.to_thread(os.access, self._dir, os.W_OK)
 
     async def close(self) -> None:
         return None

@@ -89,18 +89,32 @@ class SQLiteSink:
                     cur = conn.execute(
                         "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?)",
                         (
-                            ev.request_id, ev.timestamp, ev.provider, ev.model,
-                            ev.team, ev.app, ev.feature, ev.cost_usd, ev.to_json(),
+                            ev.request_id,
+                            ev.timestamp,
+                            ev.provider,
+                            ev.model,
+                            ev.team,
+                            ev.app,
+                            ev.feature,
+                            ev.cost_usd,
+                            ev.to_json(),
                         ),
                     )
                     if cur.rowcount == 1:
                         conn.execute(
                             _ROLLUP,
                             (
-                                ev.timestamp[:10], ev.team or "", ev.app or "", ev.feature or "",
-                                ev.provider, ev.model or "",
-                                ev.input_tokens, ev.output_tokens, ev.cache_read_tokens,
-                                ev.cache_write_tokens, ev.reasoning_tokens,
+                                ev.timestamp[:10],
+                                ev.team or "",
+                                ev.app or "",
+                                ev.feature or "",
+                                ev.provider,
+                                ev.model or "",
+                                ev.input_tokens,
+                                ev.output_tokens,
+                                ev.cache_read_tokens,
+                                ev.cache_write_tokens,
+                                ev.reasoning_tokens,
                                 round((ev.cost_usd or 0.0) * 1e9),
                             ),
                         )

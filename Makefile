@@ -1,0 +1,50 @@
+# The two set-up commands of the README: `make run` and `make test`. Everything else is optional.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: run test lint typecheck unit pricing bench bench-peers soak clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.run-deps: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	@touch $@
+
+$(VENV)/.dev-deps: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	@touch $@ $(VENV)/.run-deps
+
+## run: create the venv, install, serve on 127.0.0.1:8080 with the embedded SQLite store
+run: $(VENV)/.run-deps
+	$(BIN)/modeltrack serve
+
+## test: lint, type-check and the whole test suite (needs Java for the Firestore emulator, prometheus via apt)
+test: lint typecheck unit
+
+lint: $(VENV)/.dev-deps
+	$(BIN)/ruff check src tests bench
+	$(BIN)/ruff format --check src tests bench
+
+typecheck: $(VENV)/.dev-deps
+	$(BIN)/mypy
+
+unit: $(VENV)/.dev-deps
+	$(BIN)/pytest
+
+## pricing: regenerate pricing/prices.json from the installed genai-prices (offline, reproducible)
+pricing: $(VENV)/.dev-deps
+	$(BIN)/modeltrack pricing update
+
+## bench: proxy overhead side by side with a direct connection and nginx (writes bench/results/)
+bench: $(VENV)/.dev-deps
+	$(BIN)/python -m bench.run
+
+bench-peers: $(VENV)/.dev-deps
+	$(BIN)/python -m bench.run --peers
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis data

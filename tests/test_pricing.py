@@ -1,0 +1,295 @@
+"""Pricing: golden costs at fixed times, the genai-prices cross-check, tiers, dates, service tiers, overrides,
+unknown models, and reproducible generation."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import genai_prices
+import pytest
+
+from modeltrack.pricing import Pricing, PricingError
+from modeltrack.providers.base import MeterResult
+from modeltrack.usage import Usage
+
+from .expected import COST, DEEPSEEK_OFF_PEAK
+from .replay import all_recordings
+from .test_sse_meters import meter_for
+
+PRICING = Pricing.load()
+ROOT = Path(__file__).resolve().parent.parent
+PEAK = datetime(2026, 11, 2, 12, 0, tzinfo=UTC).timestamp()  # a Monday, 12:00 UTC (DeepSeek peak)
+OFF_PEAK = datetime(2026, 11, 2, 20, 0, tzinfo=UTC).timestamp()
+
+
+def cost(provider: str, model: str, ts: float = PEAK, **usage: Any) -> tuple[float | None, str]:
+    return PRICING.cost(provider, MeterResult(model=model, usage=Usage(**usage)), None, ts)
+
+
+@pytest.mark.parametrize("rec", all_recordings(), ids=lambda r: f"{r.name[:50]}[{r.index}]")
+def test_golden_cost_of_every_recording(rec: Any) -> None:
+    """Meter the recording (streamed or not), price it at a fixed time, compare with the hand arithmetic."""
+    m = meter_for(rec)
+    m.feed(rec.body)
+    res = m.finish(True)
+    provider = rec.uri.split("://")[1]
+    from .expected import provider_of
+
+    got, _ = PRICING.cost(provider_of(rec.uri), res, None, PEAK)
+    assert got == COST[(rec.name, rec.index)], provider
+    if rec.name.startswith("test_deepseek"):
+        assert PRICING.cost("deepseek", res, None, OFF_PEAK)[0] == DEEPSEEK_OFF_PEAK
+
+
+# (provider, model, usage) — spans OpenAI, Anthropic, Google, Bedrock, DeepSeek, xAI, Mistral, Groq, Azure.
+CROSS: list[tuple[str, str, dict[str, Any]]] = [
+    ("openai", "gpt-4o", dict(input_tokens=1200, cache_read_tokens=800, output_tokens=300)),
+    ("openai", "gpt-4o-mini-2024-07-18", dict(input_tokens=53, output_tokens=15)),
+    ("openai", "gpt-4.1", dict(input_tokens=10_000, cache_read_tokens=5_000, output_tokens=2_000)),
+    ("openai", "gpt-4.1-mini", dict(input_tokens=999, output_tokens=1)),
+    ("openai", "gpt-5", dict(input_tokens=53, output_tokens=469, reasoning_tokens=448)),
+    (
+        "openai",
+        "gpt-5-mini",
+        dict(input_tokens=7_000, cache_read_tokens=3_000, output_tokens=900, reasoning_tokens=500),
+    ),
+    ("openai", "gpt-5-nano", dict(input_tokens=100, output_tokens=100)),
+    ("openai", "o3", dict(input_tokens=5_000, output_tokens=12_000, reasoning_tokens=11_000)),
+    ("openai", "o4-mini", dict(input_tokens=5_000, cache_read_tokens=1_000, output_tokens=700)),
+    ("openai", "text-embedding-3-large", dict(input_tokens=8_000)),
+    ("openai", "gpt-5.6-sol", dict(input_tokens=8, cache_write_tokens=4012, output_tokens=4)),
+    ("openai", "gpt-5.6-sol", dict(input_tokens=300_000, cache_read_tokens=10_000, output_tokens=4_000)),
+    (
+        "openai",
+        "gpt-4o-audio-preview",
+        dict(input_tokens=2_000, input_audio_tokens=1_500, output_tokens=800, output_audio_tokens=600),
+    ),
+    ("openai", "gpt-5", dict(input_tokens=1000, output_tokens=1000, service_tier="flex")),
+    ("openai", "gpt-5", dict(input_tokens=1000, output_tokens=1000, service_tier="priority")),
+    ("openai", "gpt-4o-mini", dict(input_tokens=1000, output_tokens=1000, service_tier="priority")),
+    (
+        "anthropic",
+        "claude-sonnet-4-5-20250929",
+        dict(input_tokens=3, cache_read_tokens=1111, cache_write_tokens=418, output_tokens=33),
+    ),
+    ("anthropic", "claude-sonnet-4-5", dict(input_tokens=150_000, cache_read_tokens=60_000, output_tokens=2_000)),
+    ("anthropic", "claude-sonnet-4-20250514", dict(input_tokens=22397, output_tokens=637, web_search_requests=2)),
+    (
+        "anthropic",
+        "claude-opus-4-1-20250805",
+        dict(input_tokens=1_000, cache_write_tokens=2_000, cache_write_1h_tokens=2_000, output_tokens=500),
+    ),
+    (
+        "anthropic",
+        "claude-haiku-4-5-20251001",
+        dict(input_tokens=10, cache_write_tokens=3_000, cache_write_1h_tokens=1_000, output_tokens=50),
+    ),
+    ("anthropic", "claude-3-5-haiku-20241022", dict(input_tokens=4_000, output_tokens=1_000)),
+    ("anthropic", "claude-opus-4-6", dict(input_tokens=250_000, output_tokens=1_000)),
+    ("gemini", "gemini-2.5-pro", dict(input_tokens=100_000, output_tokens=5_000, reasoning_tokens=3_000)),
+    ("gemini", "gemini-2.5-pro", dict(input_tokens=210_000, cache_read_tokens=5_000, output_tokens=5_000)),
+    ("gemini", "gemini-2.5-flash", dict(input_tokens=18, output_tokens=115, reasoning_tokens=35)),
+    ("gemini", "gemini-2.5-flash", dict(input_tokens=5_000, input_audio_tokens=2_000, output_tokens=100)),
+    ("gemini", "gemini-2.0-flash", dict(input_tokens=13, output_tokens=8)),
+    ("gemini", "gemini-2.5-flash-lite", dict(input_tokens=9_000, cache_read_tokens=1_000, output_tokens=400)),
+    ("bedrock", "us.anthropic.claude-sonnet-4-20250514-v1:0", dict(input_tokens=1_000, output_tokens=200)),
+    (
+        "bedrock",
+        "eu.anthropic.claude-haiku-4-5-20251001-v1:0",
+        dict(input_tokens=3, cache_read_tokens=9511, cache_write_tokens=1956, output_tokens=44),
+    ),
+    ("bedrock", "us.amazon.nova-micro-v1:0", dict(input_tokens=13, output_tokens=82)),
+    ("bedrock", "amazon.nova-pro-v1:0", dict(input_tokens=5_000, cache_read_tokens=2_000, output_tokens=300)),
+    ("bedrock", "eu.amazon.nova-lite-v1:0", dict(input_tokens=700, output_tokens=70)),
+    ("bedrock", "meta.llama3-70b-instruct-v1:0", dict(input_tokens=1_234, output_tokens=567)),
+    ("deepseek", "deepseek-chat", dict(input_tokens=1_000, cache_read_tokens=9_000, output_tokens=500)),
+    ("deepseek", "deepseek-reasoner", dict(input_tokens=6, output_tokens=212, reasoning_tokens=198)),
+    ("xai", "grok-4", dict(input_tokens=2_000, cache_read_tokens=500, output_tokens=1_000)),
+    ("xai", "grok-3-mini", dict(input_tokens=3_000, output_tokens=3_000, reasoning_tokens=2_500)),
+    ("xai", "grok-code-fast-1", dict(input_tokens=40_000, cache_read_tokens=20_000, output_tokens=800)),
+    ("mistral", "mistral-large-latest", dict(input_tokens=5_000, output_tokens=1_000)),
+    ("mistral", "mistral-small-latest", dict(input_tokens=5_000, output_tokens=1_000)),
+    ("mistral", "codestral-latest", dict(input_tokens=12_000, output_tokens=300)),
+    ("groq", "llama-3.3-70b-versatile", dict(input_tokens=800, output_tokens=200)),
+    ("groq", "openai/gpt-oss-120b", dict(input_tokens=304, output_tokens=49, reasoning_tokens=23)),
+    ("azure", "gpt-4o-2024-11-20", dict(input_tokens=14, output_tokens=9)),
+]
+GENAI_ID = {"gemini": "google", "bedrock": "aws", "xai": "x-ai"}
+
+
+def genai_usage(u: Usage) -> genai_prices.Usage:
+    """The same numbers in genai-prices' convention, where input_tokens is the TOTAL input."""
+    return genai_prices.Usage(
+        input_tokens=u.input_tokens + u.cache_read_tokens + u.cache_write_tokens,
+        cache_read_tokens=u.cache_read_tokens,
+        cache_write_tokens=u.cache_write_tokens,
+        cache_write_1h_tokens=u.cache_write_1h_tokens,
+        input_audio_tokens=u.input_audio_tokens,
+        output_tokens=u.output_tokens,
+        output_audio_tokens=u.output_audio_tokens,
+        output_reasoning_tokens=u.reasoning_tokens,
+        web_searches=u.web_search_requests,
+    )
+
+
+def test_cross_check_table_is_big_enough() -> None:
+    assert len(CROSS) >= 40
+    assert {p for p, _, _ in CROSS} >= {"openai", "anthropic", "gemini", "bedrock", "deepseek", "xai", "mistral"}
+
+
+@pytest.mark.parametrize(("provider", "model", "usage"), CROSS, ids=lambda x: x if isinstance(x, str) else "")
+def test_cross_check_against_genai_prices(provider: str, model: str, usage: dict[str, Any]) -> None:
+    u = Usage(**usage)
+    when = datetime.fromtimestamp(PEAK, UTC)
+    ctx = {"service_tier": u.service_tier} if u.service_tier else None
+    ref = genai_prices.calc_price(
+        genai_usage(u),
+        model,
+        provider_id=GENAI_ID.get(provider, provider),
+        genai_request_timestamp=when,
+        price_context=ctx,
+    )
+    got, source = PRICING.cost(provider, MeterResult(model=model, usage=u), None, PEAK)
+    assert source == "priced"
+    assert got is not None and abs(Decimal(str(got)) - ref.total_price) <= Decimal("1e-9"), (got, ref.total_price)
+
+
+def test_tier_boundary_is_exclusive() -> None:
+    # gemini-2.5-pro: $1.25 in / $10 out up to 200k input tokens; above, ALL tokens at $2.5 / $15.
+    at, _ = cost("gemini", "gemini-2.5-pro", input_tokens=200_000, output_tokens=1_000)
+    over, _ = cost("gemini", "gemini-2.5-pro", input_tokens=200_001, output_tokens=1_000)
+    assert at == 0.26  # 200000×1.25 + 1000×10 = 260000 µ$
+    assert over == 0.5150025  # 200001×2.5 + 1000×15 = 500002.5 + 15000 µ$
+    # Cache reads count toward the threshold: 199,999 uncached + 2 cached = 200,001 total input.
+    mixed, _ = cost("gemini", "gemini-2.5-pro", input_tokens=199_999, cache_read_tokens=2, output_tokens=0)
+    assert mixed == 0.4999980  # 199999×2.5 + 2×0.25 = 499997.5 + 0.5 µ$
+
+
+def test_date_bounded_price() -> None:
+    # ministral-8b-latest: $0.1/$0.1 until 2025-12-01, then $0.15/$0.15 (start_date 2025-12-02).
+    before = datetime(2025, 12, 1, 23, 59, tzinfo=UTC).timestamp()
+    after = datetime(2025, 12, 2, 0, 0, tzinfo=UTC).timestamp()
+    assert cost("mistral", "ministral-8b-latest", before, input_tokens=1_000_000)[0] == 0.1
+    assert cost("mistral", "ministral-8b-latest", after, input_tokens=1_000_000)[0] == 0.15
+
+
+def test_time_of_day_price() -> None:
+    assert cost("deepseek", "deepseek-chat", PEAK, input_tokens=1_000_000)[0] == 0.27
+    assert cost("deepseek", "deepseek-chat", OFF_PEAK, input_tokens=1_000_000)[0] == 0.135
+
+
+def test_service_tiers() -> None:
+    base = cost("openai", "gpt-5", input_tokens=1_000_000, output_tokens=1_000_000)[0]
+    flex = cost("openai", "gpt-5", input_tokens=1_000_000, output_tokens=1_000_000, service_tier="flex")[0]
+    prio = cost("openai", "gpt-5", input_tokens=1_000_000, output_tokens=1_000_000, service_tier="priority")[0]
+    assert (base, flex, prio) == (11.25, 5.625, 22.5)  # 1.25+10, 0.625+5, 2.5+20
+
+
+def test_reasoning_and_cache_are_not_double_counted() -> None:
+    # Reasoning is a subset of output: 1000 output incl. 900 reasoning costs exactly 1000 output tokens.
+    with_r = cost("openai", "o3", output_tokens=1_000, reasoning_tokens=900)[0]
+    without = cost("openai", "o3", output_tokens=1_000)[0]
+    assert with_r == without
+    # Anthropic: 1h writes are a subset of writes: 1000 writes of which 400 at 1h = 600×3.75 + 400×6 µ$.
+    assert cost("anthropic", "claude-sonnet-4-5", cache_write_tokens=1_000, cache_write_1h_tokens=400)[0] == 0.00465
+
+
+def test_unknown_model_is_null_never_zero(caplog: pytest.LogCaptureFixture) -> None:
+    pricing = Pricing.load()
+    res = MeterResult(model="totally-unknown-model-x", usage=Usage(input_tokens=10))
+    assert pricing.cost("openai", res, None, PEAK) == (None, "unpriced")
+    assert pricing.cost("local", MeterResult(model="llama3", usage=Usage(input_tokens=1)), None, PEAK) == (
+        None,
+        "unpriced",
+    )
+    with caplog.at_level(logging.WARNING, logger="modeltrack.pricing"):
+        pricing.warn_unpriced("openai", "totally-unknown-model-x")
+        pricing.warn_unpriced("openai", "totally-unknown-model-x")
+    assert sum("totally-unknown-model-x" in r.message for r in caplog.records) == 1
+
+
+def test_requested_model_fallback_and_provider_cost() -> None:
+    res = MeterResult(model=None, usage=Usage(input_tokens=1_000_000))
+    assert PRICING.cost("openai", res, "gpt-4o-mini", PEAK) == (0.15, "priced")
+    res = MeterResult(model="anything", usage=Usage(input_tokens=5, reported_cost_usd=0.0123456789012))
+    assert PRICING.cost("openrouter", res, None, PEAK) == (0.012345679, "provider")
+
+
+def test_overrides(tmp_path: Path) -> None:
+    f = tmp_path / "prices.yaml"
+    f.write_text(
+        "models:\n"
+        "  - provider: openai\n    model: ft:gpt-4o-mini:acme::abc\n"
+        "    prices: {input_mtok: 0.3, output_mtok: 1.2, cache_read_mtok: 0.15}\n"
+        "  - provider: local\n    match: {starts_with: llama}\n    prices: {input_mtok: 0, output_mtok: 0}\n"
+        "  - model: gpt-4o\n    prices: {input_mtok: 2.0, output_mtok: 8.0}\n"  # negotiated discount
+    )
+    p = Pricing.load(str(f))
+    r = MeterResult(
+        model="ft:gpt-4o-mini:acme::abc", usage=Usage(input_tokens=1_000, cache_read_tokens=1_000, output_tokens=1_000)
+    )
+    assert p.cost("openai", r, None, PEAK) == (0.00165, "override")  # 1000×0.3 + 1000×0.15 + 1000×1.2 µ$
+    assert p.cost("local", MeterResult(model="llama3.1:8b", usage=Usage(input_tokens=9)), None, PEAK) == (
+        0.0,
+        "override",
+    )
+    assert p.cost("azure", MeterResult(model="gpt-4o", usage=Usage(output_tokens=1_000_000)), None, PEAK) == (
+        8.0,
+        "override",
+    )
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("models:\n  - model: x\n    prices: {input_mtok: -1}\n", "entry #1 (x): price -1 must be"),
+        ("models:\n  - model: y\n    prices: {inptu_mtok: 1}\n", "entry #1 (y): unknown price key 'inptu_mtok'"),
+        ("models:\n  - prices: {input_mtok: 1}\n", "entry #1: give exactly one of"),
+        (
+            "models:\n  - model: a\n    prices: {input_mtok: 1}\n"
+            "  - model: b\n    provider: nope\n    prices: {input_mtok: 1}\n",
+            "entry #2 (b): unknown provider 'nope'",
+        ),
+        ("[1, 2]", "expected a top-level `models:` list"),
+        ("models: [ {", "not valid YAML/JSON"),
+    ],
+)
+def test_bad_overrides_name_the_entry(tmp_path: Path, body: str, message: str) -> None:
+    f = tmp_path / "bad.yaml"
+    f.write_text(body)
+    with pytest.raises(PricingError) as info:
+        Pricing.load(str(f))
+    assert message in str(info.value)
+
+
+def test_pricing_cli_show_and_check(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "modeltrack", "pricing", "show", "gpt-4o-mini-2024-07-18", "--provider", "openai"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "openai/gpt-4o-mini" in out and "input_mtok" in out and "$0.15" in out
+    ok = subprocess.run([sys.executable, "-m", "modeltrack", "pricing", "check"], capture_output=True, text=True)
+    assert ok.returncode == 0 and "genai-prices" in ok.stdout
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"models": [{"model": "m", "prices": {"input_mtok": "abc"}}]}')
+    env = {"MODELTRACK_PRICING_FILE": str(bad), "PATH": "/usr/bin:/bin"}
+    res = subprocess.run(
+        [sys.executable, "-m", "modeltrack", "pricing", "check"], capture_output=True, text=True, env=env
+    )
+    assert res.returncode == 2 and "entry #1 (m)" in res.stderr
+
+
+def test_generation_is_reproducible(tmp_path: Path) -> None:
+    out = tmp_path / "prices.json"
+    subprocess.run(
+        [sys.executable, "-m", "modeltrack", "pricing", "update", "--output", str(out)], check=True, capture_output=True
+    )
+    assert out.read_bytes() == (ROOT / "pricing" / "prices.json").read_bytes()
