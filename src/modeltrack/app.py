@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
+import socket
 import ssl
 import time
 from typing import Any
@@ -126,3 +129,45 @@ async def metrics_view(request: web.Request) -> web.Response:
     resp = web.Response(body=generate_latest(metrics.registry))
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return resp
+
+
+async def serve(settings: Settings, announce: Any = None) -> int:
+    """Run until SIGTERM/SIGINT, then shut down gracefully; a second signal spools the queue and exits at once.
+
+    Graceful = stop accepting connections, let in-flight requests (streams included) finish for up to
+    ``shutdown_grace`` seconds, drain the event queue to the store, spool what could not be written, exit 0.
+    """
+    app = create_app(settings)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=settings.shutdown_grace)
+    await runner.setup()
+    site = web.TCPSite(
+        runner, settings.host, settings.port, reuse_port=hasattr(socket, "SO_REUSEPORT") or None, backlog=1024
+    )
+    await site.start()
+    if announce is not None:
+        announce()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    received = 0
+
+    def on_signal() -> None:
+        nonlocal received
+        received += 1
+        if received == 1:
+            log.info("signal received: draining (grace %.1fs); send again to exit at once", settings.shutdown_grace)
+            stop.set()
+            return
+        pipeline = app[PIPELINE]
+        n = pipeline.spool_queue()
+        if pipeline.journal is not None:
+            pipeline.journal.close()
+        log.warning("second signal: spooled %d queued events, exiting now", n)
+        logging.shutdown()
+        os._exit(0)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
+    await stop.wait()
+    await runner.cleanup()
+    log.info("shutdown complete")
+    return 0

@@ -5,20 +5,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import sys
 from collections.abc import Sequence
 
 from . import __version__, logs
 from .config import ConfigError, Settings, add_arguments
+from .pricing import PricingError
+from .sinks import StoreURLError
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
+    from .app import serve
 
-    from .app import create_app
-
-    overrides = {k: v for k, v in vars(args).items() if k not in ("cmd", "func", "workers")}
+    overrides = {k: v for k, v in vars(args).items() if k not in ("cmd", "func")}
     try:
         settings = Settings.load(overrides=overrides)
     except ConfigError as exc:
@@ -31,24 +30,20 @@ def _serve(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:
         pass
+
+    def announce() -> None:
+        print(
+            f"modeltrack {__version__} listening on http://{settings.host}:{settings.port}", file=sys.stderr, flush=True
+        )
+
     try:
-        app = create_app(settings)
-    except (ConfigError, ValueError) as exc:
+        return asyncio.run(serve(settings, announce))
+    except (ConfigError, PricingError, StoreURLError) as exc:
         print(f"modeltrack: configuration error: {exc}", file=sys.stderr)
         return 2
-    web.run_app(
-        app,
-        host=settings.host,
-        port=settings.port,
-        access_log=None,
-        handler_cancellation=True,
-        shutdown_timeout=settings.shutdown_grace,
-        print=lambda msg: print(
-            f"modeltrack {__version__} listening on http://{settings.host}:{settings.port}", file=sys.stderr, flush=True
-        ),
-        reuse_port=hasattr(socket, "SO_REUSEPORT"),
-    )
-    return 0
+    except OSError as exc:
+        print(f"modeltrack: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
+        return 1
 
 
 def _events(args: argparse.Namespace) -> int:

@@ -60,7 +60,7 @@ class CostEvent:
         return asdict(self)
 
     def to_json(self) -> bytes:
-        return orjson.dumps(self.to_dict())
+        return orjson.dumps(self)  # orjson serialises slotted dataclasses natively (~1 µs)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CostEvent:

@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import fcntl
 import logging
 import os
 import random
 import sqlite3
 import time
+from collections.abc import Iterable
 
 import orjson
 
@@ -50,8 +52,33 @@ def is_transient(exc: BaseException) -> bool:
     return type(exc).__name__ in _TRANSIENT_NAMES
 
 
+def _lock(fd: int, blocking: bool) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        return True
+    except BlockingIOError:
+        return False
+
+
+def _read_events(path: str) -> list[CostEvent]:
+    out = []
+    with open(path, "rb") as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                out.append(CostEvent.from_dict(orjson.loads(line)))
+            except (orjson.JSONDecodeError, TypeError):
+                # A torn last line from a crash mid-write: the event never finished enqueueing.
+                log.warning("skipping a corrupt line in %s", os.path.basename(path))
+    return out
+
+
 class Spool:
-    """Append-only JSONL files: ``spool-*.jsonl`` for replay, ``deadletter.jsonl`` for permanent rejects."""
+    """Append-only JSONL files, fsync'd per batch: ``spool-*.jsonl`` for replay, ``deadletter.jsonl`` for
+    permanent rejects. Files are ``flock``ed while written or replayed, so several workers can share one
+    directory: a replay never reads (and deletes) a file another process is appending to."""
 
     def __init__(self, directory: str) -> None:
         self.dir = directory
@@ -66,44 +93,97 @@ class Spool:
         return self._current
 
     def append(self, events: list[CostEvent], dead: bool = False) -> None:
-        os.makedirs(self.dir, exist_ok=True)
-        path = os.path.join(self.dir, "deadletter.jsonl") if dead else self._path()
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
         data = b"".join(e.to_json() + b"\n" for e in events)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        while True:
+            path = os.path.join(self.dir, "deadletter.jsonl") if dead else self._path()
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            try:
+                _lock(fd, blocking=True)
+                if os.fstat(fd).st_nlink == 0:  # replayed and removed while we waited: start a new file
+                    self._current = None
+                    continue
+                os.write(fd, data)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            break
         if not dead:
             self._lines += len(events)
 
-    def files(self) -> list[str]:
+    def files(self, prefix: str = "spool-") -> list[str]:
         if not os.path.isdir(self.dir):
             return []
         return sorted(
-            os.path.join(self.dir, f) for f in os.listdir(self.dir) if f.startswith("spool-") and f.endswith(".jsonl")
+            os.path.join(self.dir, f) for f in os.listdir(self.dir) if f.startswith(prefix) and f.endswith(".jsonl")
         )
 
-    def read(self, path: str) -> list[CostEvent]:
-        out = []
-        with open(path, "rb") as f:
-            for line in f:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    out.append(CostEvent.from_dict(orjson.loads(line)))
-                except (orjson.JSONDecodeError, TypeError):
-                    log.warning("spool: skipping a corrupt line in %s", os.path.basename(path))
-        return out
-
     def pending(self) -> int:
-        total = 0
-        for p in self.files():
-            with open(p, "rb") as f:
-                total += sum(1 for line in f if line.strip())
-        return total
+        return sum(len(_read_events(p)) for p in self.files() + self.files("journal-"))
+
+
+class Journal:
+    """Write-ahead journal: every event is appended (one unbuffered ``os.write``, no fsync) before ``enqueue``
+    returns, so a crash or ``kill -9`` of the process loses nothing the kernel already has. Events are acked
+    once stored or spooled; a segment is deleted when it is closed and fully acked. Segments of a dead process
+    (not ``flock``ed) are replayed at start-up — idempotently, since stores dedupe on ``request_id``."""
+
+    def __init__(self, directory: str, segment_events: int = 20_000) -> None:
+        self.dir = directory
+        self.segment_events = segment_events
+        self._fd = -1
+        self._seg = 0
+        self._count = 0
+        self._paths: dict[int, str] = {}
+        self._pending: dict[int, int] = {}
+        self.errors = 0
+
+    def _rotate(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # releases our lock; the file is deleted once acked
+            self._fd = -1
+            self._maybe_delete(self._seg)
+        os.makedirs(self.dir, mode=0o700, exist_ok=True)
+        self._seg += 1
+        path = os.path.join(self.dir, f"journal-{os.getpid()}-{time.time_ns()}-{self._seg}.jsonl")
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        _lock(self._fd, blocking=True)
+        self._paths[self._seg] = path
+        self._pending[self._seg] = 0
+        self._count = 0
+
+    def append(self, line: bytes) -> int:
+        """Return the segment id to ack later, or 0 if the journal could not be written (counted)."""
+        try:
+            if self._fd < 0 or self._count >= self.segment_events:
+                self._rotate()
+            os.write(self._fd, line)
+        except OSError:
+            self.errors += 1
+            return 0
+        self._count += 1
+        self._pending[self._seg] += 1
+        return self._seg
+
+    def ack(self, segs: Iterable[int]) -> None:
+        for seg in segs:
+            if seg:
+                self._pending[seg] -= 1
+                if self._pending[seg] == 0 and seg != self._seg:
+                    self._maybe_delete(seg)
+
+    def _maybe_delete(self, seg: int) -> None:
+        if self._pending.get(seg) == 0 and not (seg == self._seg and self._fd >= 0):
+            with contextlib.suppress(OSError):
+                os.remove(self._paths[seg])
+            self._pending.pop(seg, None)
+            self._paths.pop(seg, None)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+            self._maybe_delete(self._seg)
 
 
 class Pipeline:
@@ -119,17 +199,19 @@ class Pipeline:
         max_retries: int = 5,
         backoff_base: float = 0.1,
         backoff_max: float = 5.0,
+        journal: bool = True,
     ) -> None:
         self.sink = sink
         self.metrics = metrics
         self.spool = Spool(spool_dir)
+        self.journal = Journal(spool_dir) if journal else None
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.max_queue = max_queue
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
-        self._q: collections.deque[CostEvent] = collections.deque()
+        self._q: collections.deque[tuple[CostEvent, int]] = collections.deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -137,10 +219,12 @@ class Pipeline:
 
     # -- request path -----------------------------------------------------------------------------------
     def enqueue(self, ev: CostEvent) -> None:
+        """O(1), no awaiting: journal the event, queue it, wake the flusher when a batch is full."""
+        seg = self.journal.append(ev.to_json() + b"\n") if self.journal is not None else 0
         if len(self._q) >= self.max_queue or (self._closing and self._task is None):
-            self._spool_now([ev])
+            self._spool_now([(ev, seg)])
             return
-        self._q.append(ev)
+        self._q.append((ev, seg))
         if len(self._q) >= self.batch_size:
             self._wake.set()
 
@@ -166,11 +250,20 @@ class Pipeline:
                 with contextlib.suppress(BaseException):
                     await self._task
             self._task = None
-        if self._q:
+        self.spool_queue()
+        if self.journal is not None:
+            self.journal.close()
+        with contextlib.suppress(Exception):
+            await self.sink.close()
+
+    def spool_queue(self) -> int:
+        """Move everything still queued to the spool (shutdown, second signal). Synchronous on purpose."""
+        n = len(self._q)
+        if n:
             rest = list(self._q)
             self._q.clear()
             self._spool_now(rest)
-        await self.sink.close()
+        return n
 
     async def flush(self) -> None:
         """Write everything queued now (tests, shutdown)."""
@@ -178,7 +271,7 @@ class Pipeline:
             await self._write_batch(self._take())
 
     # -- flusher ----------------------------------------------------------------------------------------
-    def _take(self) -> list[CostEvent]:
+    def _take(self) -> list[tuple[CostEvent, int]]:
         n = min(self.batch_size, len(self._q))
         return [self._q.popleft() for _ in range(n)]
 
@@ -197,16 +290,23 @@ class Pipeline:
                     await asyncio.wait_for(self._wake.wait(), self.flush_interval)
             if self._q:
                 await self._write_batch(self._take())
-                self.metrics.queue_depth.set(len(self._q))
-                if self.failing_since is None and self.spool.files() and not self._closing:
-                    await self.replay()
+            self.metrics.queue_depth.set(len(self._q))
+            if self.failing_since is None and not self._closing and self._has_backlog():
+                await self.replay()
 
-    async def _write_batch(self, batch: list[CostEvent]) -> None:
+    def _has_backlog(self) -> bool:
+        return bool(self.spool.files()) or any(_unlocked(p) for p in self.spool.files("journal-") if not self._own(p))
+
+    def _own(self, path: str) -> bool:
+        return self.journal is not None and path in self.journal._paths.values()
+
+    async def _write_batch(self, batch: list[tuple[CostEvent, int]]) -> None:
+        events = [ev for ev, _ in batch]
         attempt = 0
         while True:
             t0 = time.perf_counter()
             try:
-                await self.sink.write(batch)
+                await self.sink.write(events)
             except Exception as exc:  # noqa: BLE001 - any store error is counted, retried or spooled
                 self.metrics.write_errors.labels(type(exc).__name__).inc()
                 if self.failing_since is None:
@@ -215,54 +315,85 @@ class Pipeline:
                     log.error(
                         "store rejected a batch permanently (%s); dead-lettering %d events, first request_id=%s",
                         type(exc).__name__,
-                        len(batch),
-                        batch[0].request_id,
+                        len(events),
+                        events[0].request_id,
                     )
                     self._spool_now(batch, dead=True)
                     return
                 attempt += 1
                 if attempt > self.max_retries or self._closing:
-                    log.warning("store unavailable (%s); spooling %d events", type(exc).__name__, len(batch))
+                    log.warning("store unavailable (%s); spooling %d events", type(exc).__name__, len(events))
                     self._spool_now(batch)
                     return
                 self.metrics.retries.inc()
-                delay = random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))
-                await asyncio.sleep(delay)
+                await asyncio.sleep(random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt)))
                 continue
             self.failing_since = None
             self.metrics.flush_latency.observe(time.perf_counter() - t0)
             self.metrics.batches.inc()
-            self.metrics.batch_size.observe(len(batch))
-            self.metrics.events_written.inc(len(batch))
+            self.metrics.batch_size.observe(len(events))
+            self.metrics.events_written.inc(len(events))
+            self._ack(batch)
             return
 
-    def _spool_now(self, events: list[CostEvent], dead: bool = False) -> None:
+    def _ack(self, batch: list[tuple[CostEvent, int]]) -> None:
+        if self.journal is not None:
+            self.journal.ack(seg for _, seg in batch)
+
+    def _spool_now(self, batch: list[tuple[CostEvent, int]], dead: bool = False) -> None:
+        events = [ev for ev, _ in batch]
         try:
             self.spool.append(events, dead=dead)
         except OSError as exc:
+            # Not acked: if the journal has them, they are replayed at the next start.
             self.metrics.dropped.inc(len(events))
             for ev in events:
                 log.error("event dropped: spool unwritable (%s) request_id=%s", type(exc).__name__, ev.request_id)
             return
         (self.metrics.dead_lettered if dead else self.metrics.spooled).inc(len(events))
+        self._ack(batch)
 
     async def replay(self) -> int:
-        """Write spooled events back to the store; a file is removed only after all of it is stored."""
+        """Store spooled events and orphaned journals (of dead processes); a file is removed only once all of it
+        is stored. Files another live process holds are skipped (flock)."""
         replayed = 0
-        for path in self.spool.files():
+        paths = self.spool.files() + [p for p in self.spool.files("journal-") if not self._own(p)]
+        for path in paths:
             if path == self.spool._current:
-                self.spool._current = None  # start a new file; this one is being replayed
-            events = self.spool.read(path)
+                self.spool._current = None  # start a new spool file; this one is being replayed
             try:
-                for i in range(0, len(events), self.batch_size):
-                    await self.sink.write(events[i : i + self.batch_size])
-            except Exception as exc:  # noqa: BLE001 - any store error is counted, retried or spooled
-                log.warning("spool replay paused: store unavailable (%s)", type(exc).__name__)
-                self.failing_since = self.failing_since or time.monotonic()
-                return replayed
-            os.remove(path)
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                if not _lock(fd, blocking=False):
+                    continue  # a live process is writing it
+                if os.fstat(fd).st_nlink == 0:
+                    continue
+                events = await asyncio.to_thread(_read_events, path)
+                try:
+                    for i in range(0, len(events), self.batch_size):
+                        await self.sink.write(events[i : i + self.batch_size])
+                except Exception as exc:  # noqa: BLE001 - store still down: keep the file, try later
+                    log.warning("replay paused: store unavailable (%s)", type(exc).__name__)
+                    self.failing_since = self.failing_since or time.monotonic()
+                    return replayed
+                os.remove(path)
+            finally:
+                os.close(fd)
             replayed += len(events)
             self.metrics.replayed.inc(len(events))
         if replayed:
-            log.info("replayed %d spooled events", replayed)
+            log.info("replayed %d events from the spool/journal", replayed)
         return replayed
+
+
+def _unlocked(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        return _lock(fd, blocking=False)
+    finally:
+        os.close(fd)

@@ -175,6 +175,7 @@ class Proxy:
         state: dict[str, Any] = {"status": 0, "error": None, "upstream_id": None}
         meter = None
         complete = False
+        recorded = False
         try:
             session = self.sessions[provider.name]
             try:
@@ -233,9 +234,11 @@ class Proxy:
                         state["error"] = "client_disconnected"
                         return resp
                     complete = True
-                    t = perf_counter()
+                    # Record (journal) the event *before* the final chunk: a client that has seen the response
+                    # complete can rely on its event surviving even a kill -9 of the proxy.
+                    recorded = True
+                    self._record(rid, provider, info, up_path, state, meter, complete, timing, wall, attrs)
                     await resp.write_eof()
-                    timing.client_wait += perf_counter() - t
                     return resp
             except (aiohttp.ClientConnectorError, aiohttp.ClientOSError) as exc:
                 return self._fail(
@@ -251,18 +254,19 @@ class Proxy:
             state["error"] = state["error"] or "client_disconnected"
             raise
         finally:
-            self._record(
-                rid,
-                provider,
-                info,
-                up_path,
-                state,
-                meter,
-                complete,
-                timing,
-                wall,
-                attrs,
-            )
+            if not recorded:
+                self._record(
+                    rid,
+                    provider,
+                    info,
+                    up_path,
+                    state,
+                    meter,
+                    complete,
+                    timing,
+                    wall,
+                    attrs,
+                )
 
     def _fail(
         self, provider: Provider, state: dict[str, Any], status: int, kind: str, message: str, exc: BaseException

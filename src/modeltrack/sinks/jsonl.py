@@ -21,6 +21,8 @@ class JSONLSink:
 
     async def open(self) -> None:
         await asyncio.to_thread(os.makedirs, self._dir, exist_ok=True)
+        # Remember what is already stored, so replaying a journal after a restart does not duplicate lines.
+        self._written = {e.request_id for e in await self.read()}
 
     def _write(self, events: list[CostEvent]) -> None:
         lines = [e.to_json() + b"\n" for e in events if e.request_id not in self._written]
