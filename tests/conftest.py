@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import os
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ from modeltrack.app import PIPELINE, create_app
 from modeltrack.config import PROVIDERS, Settings
 from modeltrack.pipeline import Pipeline
 
+from .faults import FirestoreEmulator
 from .replay import ReplayUpstream
 
 
@@ -64,3 +67,29 @@ async def make_proxy(aiohttp_server: Any, tmp_path: Path) -> Callable[..., Await
         return Proxy(server, settings)
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def firestore_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FirestoreEmulator]:
+    """The real Firestore emulator on a free loopback port, shared by the session; tests use unique collections."""
+    emu = FirestoreEmulator(free_port(), tmp_path_factory.mktemp("emulator") / "emulator.log")
+    emu.start()
+    old = os.environ.get("FIRESTORE_EMULATOR_HOST")
+    os.environ["FIRESTORE_EMULATOR_HOST"] = emu.host
+    try:
+        yield emu
+    finally:
+        emu.stop()
+        if old is None:
+            os.environ.pop("FIRESTORE_EMULATOR_HOST", None)
+        else:
+            os.environ["FIRESTORE_EMULATOR_HOST"] = old
+
+
+@pytest.fixture(params=["sqlite", "firestore"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh store of each kind: SQLite in tmp_path, or a unique collection in the emulator."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/events.db"
+    request.getfixturevalue("firestore_emulator")
+    return f"firestore://modeltrack-test/t{uuid.uuid4().hex[:12]}"

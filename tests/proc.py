@@ -64,6 +64,14 @@ class ProxyProcess:
         self.proc.kill()
         raise RuntimeError("proxy did not exit on signal")
 
+    async def wait(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        for _ in range(int(timeout * 20)):
+            if self.proc.poll() is not None:
+                return self.proc.returncode
+            await asyncio.sleep(0.05)
+        raise RuntimeError("proxy did not exit")
+
     def events_cli(self) -> bytes:
         return subprocess.run(
             [sys.executable, "-m", "modeltrack", "events", "--store", self.store],

@@ -42,10 +42,13 @@ def rollup_doc_id(key: tuple[str, ...], shard: int | None = None) -> str:
 class FirestoreSink:
     name = "firestore"
 
-    def __init__(self, project: str, collection: str = "modeltrack", shards: int = 1) -> None:
+    def __init__(
+        self, project: str, collection: str = "modeltrack", shards: int = 1, commit_timeout: float = 20.0
+    ) -> None:
         self.project = project
         self.collection = collection
         self.shards = max(1, shards)
+        self.commit_timeout = commit_timeout
         self._client: Any = None
 
     @property
@@ -95,13 +98,15 @@ class FirestoreSink:
             if not events:
                 return
             try:
-                await self._batch(events).commit()
+                await self._batch(events).commit(timeout=self.commit_timeout, retry=None)
                 return
             except gexc.Conflict:
                 # ALREADY_EXISTS: some of these events were stored by an earlier (ambiguous) commit.
                 refs = [self._events().document(ev.request_id) for ev in events]
                 existing = {
-                    snap.id async for snap in self.client.get_all(refs, field_paths=["request_id"]) if snap.exists
+                    snap.id
+                    async for snap in self.client.get_all(refs, field_paths=["request_id"], timeout=self.commit_timeout)
+                    if snap.exists
                 }
                 events = [ev for ev in events if ev.request_id not in existing]
         raise RuntimeError("firestore: conflicts persisted after 3 attempts")  # transient: will be retried

@@ -59,8 +59,9 @@ ON CONFLICT(day, team, app, feature, provider, model) DO UPDATE SET
 class SQLiteSink:
     name = "sqlite"
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, busy_timeout: float = 5.0) -> None:
         self.path = path
+        self.busy_timeout = busy_timeout
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
 
@@ -68,7 +69,7 @@ class SQLiteSink:
         if self._conn is None:
             parent = os.path.dirname(os.path.abspath(self.path))
             os.makedirs(parent, exist_ok=True)
-            conn = sqlite3.connect(self.path, check_same_thread=False, timeout=5.0, isolation_level=None)
+            conn = sqlite3.connect(self.path, check_same_thread=False, timeout=self.busy_timeout, isolation_level=None)
             conn.executescript(SCHEMA)
             self._conn = conn
         return self._conn

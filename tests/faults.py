@@ -1,0 +1,127 @@
+"""Real servers and fault injection for pipeline tests: the Firestore emulator, and a TCP proxy that can cut
+connections or black-hole responses (the "commit applied, answer lost" ambiguity)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+EMULATOR = "/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator"
+
+
+class FirestoreEmulator:
+    def __init__(self, port: int, log: Path) -> None:
+        self.port = port
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        if not os.path.exists(EMULATOR):
+            raise RuntimeError(f"Firestore emulator not found at {EMULATOR}")
+        out = open(self.log, "wb")
+        self.proc = subprocess.Popen(
+            [EMULATOR, "--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"emulator exited: {self.log.read_text()[-2000:]}")
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"http://{self.host}/", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            time.sleep(0.25)
+        raise RuntimeError("Firestore emulator did not start in 90 s")
+
+    def reset(self) -> None:
+        req = urllib.request.Request(
+            f"http://{self.host}/emulator/v1/projects/modeltrack-test/databases/(default)/documents", method="DELETE"
+        )
+        with urllib.request.urlopen(req, timeout=10):
+            pass
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+
+
+class FaultyTCPProxy:
+    """``pass`` forwards both ways; ``cut()`` drops every connection and refuses new ones; ``blackhole()``
+    forwards requests but swallows responses; ``restore()`` goes back to ``pass`` (dropping tainted links)."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self.mode = "pass"
+        self._server: asyncio.Server | None = None
+        self._links: set[asyncio.StreamWriter] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.mode == "cut":
+            writer.close()
+            return
+        try:
+            ur, uw = await asyncio.open_connection("127.0.0.1", self.target_port)
+        except OSError:
+            writer.close()
+            return
+        self._links.update((writer, uw))
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, response: bool) -> None:
+            with contextlib.suppress(Exception):
+                while data := await src.read(65536):
+                    if self.mode == "cut":
+                        break
+                    if response and self.mode == "blackhole":
+                        continue
+                    dst.write(data)
+                    await dst.drain()
+            for w in (dst,):
+                with contextlib.suppress(Exception):
+                    w.close()
+
+        await asyncio.gather(pump(reader, uw, False), pump(ur, writer, True))
+        self._links.difference_update((writer, uw))
+
+    def _drop_links(self) -> None:
+        for w in list(self._links):
+            with contextlib.suppress(Exception):
+                w.transport.abort()
+        self._links.clear()
+
+    def cut(self) -> None:
+        self.mode = "cut"
+        self._drop_links()
+
+    def blackhole(self) -> None:
+        self.mode = "blackhole"
+
+    def restore(self) -> None:
+        self._drop_links()
+        self.mode = "pass"
+
+    async def stop(self) -> None:
+        self._drop_links()
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()

@@ -1,0 +1,375 @@
+"""The event pipeline against real stores (SQLite and the Firestore emulator): exactly once through load, store
+outages, ambiguous commits, kill -9 and SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from modeltrack.events import CostEvent, new_request_id, rfc3339
+from modeltrack.metrics import Metrics
+from modeltrack.pipeline import Pipeline
+from modeltrack.sinks import Sink, open_sink
+from modeltrack.sinks.firestore import FirestoreSink
+from modeltrack.sinks.sqlite import SQLiteSink
+
+from .faults import FaultyTCPProxy
+from .proc import ProxyProcess
+from .replay import load
+
+_TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+
+
+def make_event(i: int) -> CostEvent:
+    return CostEvent(
+        timestamp=rfc3339(time.time()),
+        request_id=new_request_id(),
+        upstream_request_id=None,
+        provider="openai",
+        endpoint="/v1/chat/completions",
+        model="gpt-4o-mini",
+        status=200,
+        stream=False,
+        input_tokens=10 + i % 7,
+        output_tokens=i % 13,
+        cache_read_tokens=i % 3,
+        cache_write_tokens=0,
+        reasoning_tokens=0,
+        cost_usd=round((10 + i % 7) * 0.15e-6 + (i % 13) * 0.6e-6, 9),
+        latency_ms=1.0,
+        ttft_ms=None,
+        team=f"team-{i % 5}",
+        app="app",
+        feature=None,
+        session_id=f"s-{i}",
+        cache_hit=False,
+        routed=False,
+        usage_source="response",
+        error=None,
+    )
+
+
+async def read_all(sink: Sink) -> list[CostEvent]:
+    return await sink.read()
+
+
+async def rollups(sink: Sink) -> list[dict[str, Any]]:
+    if isinstance(sink, SQLiteSink):
+        return await asyncio.to_thread(sink.rollups_sync)
+    assert isinstance(sink, FirestoreSink)
+    return await sink.rollups()
+
+
+async def assert_exactly_once(sink: Sink, sessions: set[str], subset: bool = False) -> list[CostEvent]:
+    events = await read_all(sink)
+    ids = collections.Counter(e.request_id for e in events)
+    assert not [i for i, n in ids.items() if n > 1], "duplicated events"
+    got = collections.Counter(e.session_id for e in events)
+    assert not [s for s, n in got.items() if n > 1], "a request was stored twice"
+    if subset:
+        assert sessions <= set(got), f"missing {len(sessions - set(got))} events"
+    else:
+        assert set(got) == sessions, (len(got), len(sessions))
+    # Rollups equal the sums over the stored events: nothing double-counted, nothing missing.
+    expect: dict[tuple[str, ...], collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for e in events:
+        key = (e.timestamp[:10], e.team or "", e.app or "", e.feature or "", e.provider, e.model or "")
+        expect[key]["requests"] += 1
+        for t in _TOKENS:
+            expect[key][t] += getattr(e, t)
+        expect[key]["cost_nano_usd"] += round((e.cost_usd or 0) * 1e9)
+    actual = {
+        tuple(r[k] for k in ("day", "team", "app", "feature", "provider", "model")): collections.Counter(
+            {k: int(r[k]) for k in ("requests", *_TOKENS, "cost_nano_usd")}
+        )
+        for r in await rollups(sink)
+    }
+    assert actual == {
+        k: collections.Counter({kk: vv for kk, vv in v.items()}) | collections.Counter() for k, v in expect.items()
+    } or all(actual[k][f] == v[f] for k, v in expect.items() for f in ("requests", *_TOKENS, "cost_nano_usd"))
+    assert set(actual) == set(expect)
+    return events
+
+
+def leftovers(spool_dir: Path) -> list[str]:
+    if not spool_dir.exists():
+        return []
+    return sorted(p.name for p in spool_dir.iterdir() if p.name.startswith(("spool-", "journal-", "deadletter")))
+
+
+async def wait_drained(pipeline: Pipeline, spool_dir: Path, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pipeline.depth == 0 and not [n for n in leftovers(spool_dir) if not n.startswith("journal-")]:
+            if pipeline.failing_since is None:
+                return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"pipeline did not drain: depth={pipeline.depth} files={leftovers(spool_dir)}")
+
+
+# --- 10,000 requests through the proxy ----------------------------------------------------------------------
+
+
+async def test_ten_thousand_requests_exactly_once(store_url: str, replay: Any, make_proxy: Any) -> None:
+    upstream, upstream_url = replay
+    upstream.current = load("test_openai_prompt_cache__test_openai_chat_prompt_cache_e2e", 1)
+    upstream.chunked = False
+    proxy = await make_proxy(upstream_url, store=store_url, flush_interval_ms=50)
+    n = 10_000
+    sem = asyncio.Semaphore(64)
+    body = b'{"model":"gpt-5.6-sol","messages":[{"role":"user","content":"hi"}]}'
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as s:
+
+        async def one(i: int) -> None:
+            headers = {
+                "X-ModelTrack-Team": f"team-{i % 7}",
+                "X-ModelTrack-App": f"app-{i % 3}",
+                "X-ModelTrack-Session-Id": f"s-{i}",
+                "Content-Type": "application/json",
+            }
+            async with sem, s.post(proxy.url + "/v1/chat/completions", data=body, headers=headers) as r:
+                assert r.status == 200
+                await r.read()
+
+        await asyncio.gather(*(one(i) for i in range(n)))
+    await proxy.pipeline.flush()
+    events = await assert_exactly_once(proxy.pipeline.sink, {f"s-{i}" for i in range(n)})
+    assert sum(e.cost_usd or 0 for e in events) == pytest.approx(n * 0.0017168)
+
+
+# --- store outage under load ---------------------------------------------------------------------------------
+
+
+class _SQLiteOutage:
+    """Another connection holds an exclusive lock: every write fails with "database is locked"."""
+
+    def __init__(self, path: str) -> None:
+        import sqlite3
+
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+
+    def cut(self) -> None:
+        self.conn.execute("BEGIN EXCLUSIVE")
+
+    def restore(self) -> None:
+        self.conn.execute("ROLLBACK")
+
+
+async def _sink_with_fault(store_url: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Sink, Any]:
+    if store_url.startswith("sqlite"):
+        path = store_url.removeprefix("sqlite:///")
+        sink = SQLiteSink("/" + path.lstrip("/"), busy_timeout=0.05)
+        await sink.open()
+        return sink, _SQLiteOutage(sink.path)
+    proxy = FaultyTCPProxy(int(os.environ["FIRESTORE_EMULATOR_HOST"].rsplit(":", 1)[1]))
+    await proxy.start()
+    monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", f"127.0.0.1:{proxy.port}")
+    project, _, coll = store_url.removeprefix("firestore://").partition("/")
+    sink = FirestoreSink(project, coll, commit_timeout=2.0)
+    await sink.open()
+    return sink, proxy
+
+
+async def _direct(store_url: str) -> Sink:
+    sink = open_sink(store_url)
+    await sink.open()
+    return sink
+
+
+async def test_store_outage_under_load_loses_nothing(
+    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    emulator_host = os.environ.get("FIRESTORE_EMULATOR_HOST")
+    sink, fault = await _sink_with_fault(store_url, monkeypatch)
+    spool = tmp_path / "spool"
+    metrics = Metrics()
+    pipeline = Pipeline(
+        sink,
+        metrics,
+        spool_dir=str(spool),
+        batch_size=100,
+        flush_interval=0.02,
+        max_retries=2,
+        backoff_base=0.01,
+        backoff_max=0.05,
+    )
+    await pipeline.start()
+    n = 3000
+    for i in range(n):
+        if i == 1000:
+            fault.cut()
+        if i == 2000:
+            fault.restore()
+        pipeline.enqueue(make_event(i))
+        if i % 100 == 99:
+            await asyncio.sleep(0.02)
+    await wait_drained(pipeline, spool)
+    await pipeline.close()
+    assert metrics.spooled._value.get() > 0, "the outage must have pushed events to the spool"
+    assert metrics.replayed._value.get() > 0 and metrics.dropped._value.get() == 0
+    assert leftovers(spool) == []
+    if emulator_host:
+        monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", emulator_host)
+    await assert_exactly_once(await _direct(store_url), {f"s-{i}" for i in range(n)})
+    if isinstance(fault, FaultyTCPProxy):
+        await fault.stop()
+
+
+# --- ambiguous commits ---------------------------------------------------------------------------------------
+
+
+class AmbiguousSink:
+    """Commits, then reports a failure (as when the connection drops after the server applied the commit)."""
+
+    def __init__(self, inner: Sink) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.tricked = 0
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def write(self, events: list[CostEvent]) -> None:
+        await self.inner.write(events)
+        if self.tricked < 3:
+            self.tricked += 1
+            raise ConnectionResetError("connection lost after commit")
+
+    async def read(self, since: str | None = None, limit: int | None = None) -> list[CostEvent]:
+        return await self.inner.read(since, limit)
+
+    async def ping(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+async def test_retry_after_ambiguous_commit_does_not_duplicate(store_url: str, tmp_path: Path) -> None:
+    inner = await _direct(store_url)
+    sink = AmbiguousSink(inner)
+    pipeline = Pipeline(
+        sink, Metrics(), spool_dir=str(tmp_path / "spool"), batch_size=50, flush_interval=0.01, backoff_base=0.001
+    )
+    await pipeline.start()
+    for i in range(400):
+        pipeline.enqueue(make_event(i))
+    await pipeline.flush()
+    await pipeline.close()
+    assert sink.tricked == 3
+    await assert_exactly_once(await _direct(store_url), {f"s-{i}" for i in range(400)})
+
+
+async def test_firestore_commit_applied_but_answer_lost(
+    firestore_emulator: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A real ambiguous commit: the TCP proxy forwards the commit and swallows the answer."""
+    url = f"firestore://modeltrack-test/amb{os.getpid()}{int(time.time())}"
+    direct = await _direct(url)
+    sink, fault = await _sink_with_fault(url, monkeypatch)
+    first = [make_event(i) for i in range(100)]
+    await sink.write(first)
+    second = [make_event(i) for i in range(100, 250)]
+    fault.blackhole()
+    with pytest.raises(Exception) as info:  # DeadlineExceeded or RetryError, by client version
+        await sink.write(second)
+    assert (
+        "Deadline" in type(info.value).__name__
+        or "Retry" in type(info.value).__name__
+        or "Timeout" in str(type(info.value))
+    )
+    stored = {e.session_id for e in await direct.read()}
+    assert {e.session_id for e in second} <= stored, "the emulator must have applied the lost commit"
+    fault.restore()
+    await sink.write(second)  # the retry: ALREADY_EXISTS → drop stored ids → nothing left to commit
+    await sink.write([*second[:10], make_event(999)])  # partly stored batch: only the new event lands
+    await assert_exactly_once(direct, {f"s-{i}" for i in [*range(250), 999]})
+    await fault.stop()
+
+
+# --- kill -9 and SIGTERM through the real process ------------------------------------------------------------
+
+
+async def _load(proxy: ProxyProcess, start: int, n: int, done: list[str], conc: int = 16, stream: bool = False) -> None:
+    sem = asyncio.Semaphore(conc)
+    body = b'{"model":"gpt-4o-mini","stream":true,"messages":[]}' if stream else b'{"model":"gpt-4o-mini"}'
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=conc)) as s:
+
+        async def one(i: int) -> None:
+            async with sem:
+                try:
+                    async with s.post(
+                        proxy.url + "/v1/chat/completions", data=body, headers={"X-ModelTrack-Session-Id": f"s-{i}"}
+                    ) as r:
+                        await r.read()
+                        if r.status == 200:
+                            done.append(f"s-{i}")
+                except aiohttp.ClientError:
+                    pass  # the proxy died under us: this request never completed
+
+        await asyncio.gather(*(one(i) for i in range(start, start + n)))
+
+
+async def test_kill9_then_restart_recovers_every_event(store_url: str, replay: Any, tmp_path: Path) -> None:
+    upstream, upstream_url = replay
+    upstream.current = load("test_openai__test_run_stream_sync_streams_real_model", 0)
+    upstream.delay = 0.0005
+    env = {
+        "MODELTRACK_STORE": store_url,
+        "MODELTRACK_OPENAI_BASE_URL": upstream_url,
+        "MODELTRACK_FLUSH_INTERVAL_MS": "1000",
+    }  # a slow flusher: events sit in memory when the kill comes
+    proxy = ProxyProcess(tmp_path, env)
+    await proxy.start()
+    done: list[str] = []
+    load_task = asyncio.create_task(_load(proxy, 0, 600, done, stream=True))
+    while len(done) < 200:
+        await asyncio.sleep(0.01)
+    assert proxy.proc is not None
+    proxy.proc.kill()
+    await load_task
+    proxy.proc.wait()
+    killed_at = len(done)
+    assert killed_at < 600
+
+    again = ProxyProcess(tmp_path, env)
+    await again.start()
+    await _load(again, 1000, 100, done)
+    assert await again.stop() == 0
+    assert leftovers(tmp_path / "spool") == []
+    await assert_exactly_once(await _direct(store_url), set(done), subset=True)
+
+
+async def test_sigterm_under_load_drains_and_exits_zero(store_url: str, replay: Any, tmp_path: Path) -> None:
+    upstream, upstream_url = replay
+    upstream.current = load("test_openai__test_run_stream_sync_streams_real_model", 0)
+    upstream.delay = 0.02  # ~60 chunks: every stream takes ~1.2 s
+    env = {"MODELTRACK_STORE": store_url, "MODELTRACK_OPENAI_BASE_URL": upstream_url}
+    proxy = ProxyProcess(tmp_path, env)
+    await proxy.start()
+    done: list[str] = []
+    task = asyncio.create_task(_load(proxy, 0, 150, done, conc=150, stream=True))
+    while len(upstream.received) < 150:  # every request is in flight (upstream is streaming it)
+        await asyncio.sleep(0.005)
+    in_flight = 150 - len(done)
+    assert in_flight > 100, "most streams must still be running when the signal arrives"
+    assert proxy.proc is not None
+    proxy.proc.send_signal(signal.SIGTERM)
+    await asyncio.sleep(0.05)
+    with pytest.raises(aiohttp.ClientError):
+        async with aiohttp.ClientSession() as s, s.get(proxy.url + "/healthz") as r:
+            await r.read()
+    await task
+    assert await proxy.wait() == 0
+    assert len(done) == 150, "in-flight streams must finish within the grace period"
+    assert leftovers(tmp_path / "spool") == []
+    await assert_exactly_once(await _direct(store_url), set(done))
