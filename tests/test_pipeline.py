@@ -373,3 +373,40 @@ async def test_sigterm_under_load_drains_and_exits_zero(store_url: str, replay: 
     assert len(done) == 150, "in-flight streams must finish within the grace period"
     assert leftovers(tmp_path / "spool") == []
     await assert_exactly_once(await _direct(store_url), set(done))
+
+
+async def test_readyz_reports_store_failure_and_saturation(replay: Any, make_proxy: Any, tmp_path: Path) -> None:
+    _, upstream_url = replay
+    proxy = await make_proxy(upstream_url, queue_size=20, ready_store_fail_seconds=0.2, flush_interval_ms=10)
+    pipeline = proxy.pipeline
+    sink = pipeline.sink
+    assert isinstance(sink, SQLiteSink)
+    sink.busy_timeout = 0.05
+    await sink.close()  # reconnect with the short busy timeout
+    pipeline.backoff_base = pipeline.backoff_max = 0.5
+    async with aiohttp.ClientSession() as s:
+        async with s.get(proxy.url + "/readyz") as r:
+            assert r.status == 200
+        outage = _SQLiteOutage(sink.path)
+        outage.cut()
+        for i in range(19):
+            pipeline.enqueue(make_event(i))
+        await asyncio.sleep(0.3)  # the flusher now holds these 19, retrying against the locked store
+        for i in range(19, 36):
+            pipeline.enqueue(make_event(i))  # 17 queued > 0.8 × 20
+        await asyncio.sleep(0.3)
+        async with s.get(proxy.url + "/readyz") as r:
+            body = await r.json()
+            assert r.status == 503, body
+            assert set(body["problems"]) >= {"store_failing", "queue_saturated"}
+        outage.restore()
+        deadline = time.monotonic() + 20
+        while True:
+            async with s.get(proxy.url + "/readyz") as r:
+                if r.status == 200:
+                    break
+            assert time.monotonic() < deadline, "must turn ready again once the store recovers"
+            await asyncio.sleep(0.1)
+    await pipeline.flush()
+    await wait_drained(pipeline, tmp_path / "spool")
+    assert len(await sink.read()) == 36

@@ -71,6 +71,7 @@ def create_app(settings: Settings, pricing: Pricing | None = None) -> web.Applic
         batch_size=settings.batch_size,
         flush_interval=settings.flush_interval_ms / 1000.0,
         max_queue=settings.queue_size,
+        journal=settings.journal,
     )
     providers = build_providers(settings.base_urls, settings.inject_stream_usage, settings.azure_deployments)
     sessions: dict[str, aiohttp.ClientSession] = {}
@@ -111,9 +112,10 @@ async def readyz(request: web.Request) -> web.Response:
     pipeline = request.app[PIPELINE]
     settings = request.app[SETTINGS]
     problems = []
-    if pipeline.depth > settings.queue_size * 0.8:
+    if pipeline.depth > settings.queue_size * settings.ready_queue_fraction:
         problems.append("queue_saturated")
-    if pipeline.failing_since is not None and time.monotonic() - pipeline.failing_since > 30:
+    failing = pipeline.failing_since
+    if failing is not None and time.monotonic() - failing > settings.ready_store_fail_seconds:
         problems.append("store_failing")
     if not await pipeline.sink.ping():
         problems.append("store_unreachable")

@@ -68,10 +68,22 @@ class Settings:
     read_timeout: float = field(
         default=600.0, metadata={"help": "upstream idle timeout between reads, seconds (not a total limit)"}
     )
-    batch_size: int = field(default=500, metadata={"help": "events per store write (Firestore max 500)"})
+    batch_size: int = field(
+        default=2000, metadata={"help": "events per store write (Firestore commits are split at 500 writes)"}
+    )
     flush_interval_ms: int = field(default=200, metadata={"help": "max wait before writing a partial batch"})
+    journal: bool = field(
+        default=True,
+        metadata={"help": "write-ahead journal: events survive kill -9 (costs one write syscall per request)"},
+    )
     queue_size: int = field(default=100_000, metadata={"help": "in-memory queue bound (overflow spools)"})
     shutdown_grace: float = field(default=8.0, metadata={"help": "seconds in-flight requests get on SIGTERM"})
+    ready_queue_fraction: float = field(
+        default=0.8, metadata={"help": "/readyz fails when the queue is fuller than this fraction"}
+    )
+    ready_store_fail_seconds: float = field(
+        default=30.0, metadata={"help": "/readyz fails when the store has failed for this long"}
+    )
     metrics_label_cap: int = field(default=100, metadata={"help": "distinct values kept per metric label"})
     pricing_file: str = field(default="", metadata={"help": "YAML/JSON price overrides"})
     azure_deployments: dict[str, str] = field(
@@ -108,8 +120,8 @@ class Settings:
             raise ConfigError(f"MODELTRACK_PORT out of range: {self.port}")
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise ConfigError(f"MODELTRACK_LOG_LEVEL must be debug|info|warning|error, not {self.log_level!r}")
-        if not 1 <= self.batch_size <= 500:
-            raise ConfigError("MODELTRACK_BATCH_SIZE must be between 1 and 500 (Firestore's commit limit)")
+        if not 1 <= self.batch_size <= 10_000:
+            raise ConfigError("MODELTRACK_BATCH_SIZE must be between 1 and 10000")
         for name, url in self.base_urls.items():
             if not (url.startswith("http://") or url.startswith("https://")):
                 raise ConfigError(f"MODELTRACK_{name.upper()}_BASE_URL must be an http(s) URL")

@@ -75,6 +75,12 @@ def _read_events(path: str) -> list[CostEvent]:
     return out
 
 
+class Batch(list[CostEvent]):
+    """A list of events that may carry their JSON encodings (``docs``), so sinks need not encode again."""
+
+    docs: list[bytes] | None = None
+
+
 class Spool:
     """Append-only JSONL files, fsync'd per batch: ``spool-*.jsonl`` for replay, ``deadletter.jsonl`` for
     permanent rejects. Files are ``flock``ed while written or replayed, so several workers can share one
@@ -92,9 +98,9 @@ class Spool:
             self._lines = 0
         return self._current
 
-    def append(self, events: list[CostEvent], dead: bool = False) -> None:
+    def append(self, data: bytes, dead: bool = False) -> None:
+        """Append JSON lines (already encoded) and fsync."""
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        data = b"".join(e.to_json() + b"\n" for e in events)
         while True:
             path = os.path.join(self.dir, "deadletter.jsonl") if dead else self._path()
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
@@ -109,7 +115,7 @@ class Spool:
                 os.close(fd)
             break
         if not dead:
-            self._lines += len(events)
+            self._lines += data.count(b"\n")
 
     def files(self, prefix: str = "spool-") -> list[str]:
         if not os.path.isdir(self.dir):
@@ -211,7 +217,7 @@ class Pipeline:
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
-        self._q: collections.deque[tuple[CostEvent, int]] = collections.deque()
+        self._q: collections.deque[tuple[CostEvent, int, bytes]] = collections.deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
@@ -220,11 +226,13 @@ class Pipeline:
     # -- request path -----------------------------------------------------------------------------------
     def enqueue(self, ev: CostEvent) -> None:
         """O(1), no awaiting: journal the event, queue it, wake the flusher when a batch is full."""
-        seg = self.journal.append(ev.to_json() + b"\n") if self.journal is not None else 0
+        line = ev.to_json() + b"\n"  # encoded once: journal, spool and store all reuse these bytes
+        seg = self.journal.append(line) if self.journal is not None else 0
+        item = (ev, seg, line)
         if len(self._q) >= self.max_queue or (self._closing and self._task is None):
-            self._spool_now([(ev, seg)])
+            self._spool_now([item])
             return
-        self._q.append((ev, seg))
+        self._q.append(item)
         if len(self._q) >= self.batch_size:
             self._wake.set()
 
@@ -271,7 +279,7 @@ class Pipeline:
             await self._write_batch(self._take())
 
     # -- flusher ----------------------------------------------------------------------------------------
-    def _take(self) -> list[tuple[CostEvent, int]]:
+    def _take(self) -> list[tuple[CostEvent, int, bytes]]:
         n = min(self.batch_size, len(self._q))
         return [self._q.popleft() for _ in range(n)]
 
@@ -300,8 +308,9 @@ class Pipeline:
     def _own(self, path: str) -> bool:
         return self.journal is not None and path in self.journal._paths.values()
 
-    async def _write_batch(self, batch: list[tuple[CostEvent, int]]) -> None:
-        events = [ev for ev, _ in batch]
+    async def _write_batch(self, batch: list[tuple[CostEvent, int, bytes]]) -> None:
+        events = Batch(ev for ev, _, _ in batch)
+        events.docs = [line for _, _, line in batch]
         attempt = 0
         while True:
             t0 = time.perf_counter()
@@ -336,14 +345,14 @@ class Pipeline:
             self._ack(batch)
             return
 
-    def _ack(self, batch: list[tuple[CostEvent, int]]) -> None:
+    def _ack(self, batch: list[tuple[CostEvent, int, bytes]]) -> None:
         if self.journal is not None:
-            self.journal.ack(seg for _, seg in batch)
+            self.journal.ack(seg for _, seg, _ in batch)
 
-    def _spool_now(self, batch: list[tuple[CostEvent, int]], dead: bool = False) -> None:
-        events = [ev for ev, _ in batch]
+    def _spool_now(self, batch: list[tuple[CostEvent, int, bytes]], dead: bool = False) -> None:
+        events = [ev for ev, _, _ in batch]
         try:
-            self.spool.append(events, dead=dead)
+            self.spool.append(b"".join(line for _, _, line in batch), dead=dead)
         except OSError as exc:
             # Not acked: if the journal has them, they are replayed at the next start.
             self.metrics.dropped.inc(len(events))

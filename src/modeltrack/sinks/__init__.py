@@ -43,11 +43,20 @@ def open_sink(url: str) -> Sink:
     if url.startswith("firestore://"):
         from .firestore import FirestoreSink
 
-        rest = url[len("firestore://") :].strip("/")
+        rest, _, query = url[len("firestore://") :].partition("?")
+        rest = rest.strip("/")
         if not rest:
-            raise StoreURLError("firestore:// needs a project: firestore://PROJECT[/COLLECTION]")
+            raise StoreURLError("firestore:// needs a project: firestore://PROJECT[/COLLECTION][?shards=N]")
         project, _, collection = rest.partition("/")
-        return FirestoreSink(project, collection or "modeltrack")
+        params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+        unknown = set(params) - {"shards"}
+        if unknown:
+            raise StoreURLError(f"unknown firestore:// option(s): {sorted(unknown)} (supported: shards)")
+        try:
+            shards = int(params.get("shards", "1"))
+        except ValueError:
+            raise StoreURLError("firestore:// shards must be an integer") from None
+        return FirestoreSink(project, collection or "modeltrack", shards=shards)
     raise StoreURLError(
         f"unsupported store URL scheme (expected sqlite://, jsonl:// or firestore://): {url.split(':', 1)[0]}"
     )

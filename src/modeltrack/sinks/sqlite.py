@@ -1,8 +1,8 @@
 """Embedded SQLite store (the default): WAL, one writer thread, one transaction per batch.
 
-Idempotency: ``request_id`` is the primary key and inserts are ``INSERT OR IGNORE``; the daily rollup is
-updated in the same transaction only for rows actually inserted (``changes()``), so a retried batch neither
-duplicates an event nor double-counts the rollup.
+Idempotency: ``request_id`` is the primary key; inside one transaction the batch's ids already stored are
+skipped, and the daily rollup is incremented only by the rows actually inserted, so a retried or replayed batch
+neither duplicates an event nor double-counts the rollup.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from ..events import CostEvent
 SCHEMA = """
 PRAGMA journal_mode=WAL;
 PRAGMA synchronous=NORMAL;
+PRAGMA wal_autocheckpoint=10000;
 CREATE TABLE IF NOT EXISTS events (
     request_id TEXT PRIMARY KEY,
     timestamp TEXT NOT NULL,
@@ -44,9 +45,9 @@ CREATE TABLE IF NOT EXISTS rollup_daily (
 """
 
 _ROLLUP = """
-INSERT INTO rollup_daily VALUES (?,?,?,?,?,?,1,?,?,?,?,?,?)
+INSERT INTO rollup_daily VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)
 ON CONFLICT(day, team, app, feature, provider, model) DO UPDATE SET
-  requests = requests + 1,
+  requests = requests + excluded.requests,
   input_tokens = input_tokens + excluded.input_tokens,
   output_tokens = output_tokens + excluded.output_tokens,
   cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,
@@ -82,43 +83,55 @@ class SQLiteSink:
             return fn(*args)
 
     def write_sync(self, events: list[CostEvent]) -> None:
+        """One transaction: skip ids already stored, insert the rest with one ``executemany``, and add their
+        sums to the rollups, merged in memory so each (day, team, app, feature, provider, model) is one upsert."""
         with self._lock:
             conn = self._connect()
             conn.execute("BEGIN IMMEDIATE")
             try:
-                for ev in events:
-                    cur = conn.execute(
-                        "INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?)",
-                        (
-                            ev.request_id,
-                            ev.timestamp,
-                            ev.provider,
-                            ev.model,
-                            ev.team,
-                            ev.app,
-                            ev.feature,
-                            ev.cost_usd,
-                            ev.to_json(),
-                        ),
+                ids = [ev.request_id for ev in events]
+                existing: set[str] = set()
+                for i in range(0, len(ids), 900):
+                    part = ids[i : i + 900]
+                    marks = ",".join("?" * len(part))
+                    existing.update(
+                        r[0] for r in conn.execute(f"SELECT request_id FROM events WHERE request_id IN ({marks})", part)
                     )
-                    if cur.rowcount == 1:
-                        conn.execute(
-                            _ROLLUP,
-                            (
-                                ev.timestamp[:10],
-                                ev.team or "",
-                                ev.app or "",
-                                ev.feature or "",
-                                ev.provider,
-                                ev.model or "",
-                                ev.input_tokens,
-                                ev.output_tokens,
-                                ev.cache_read_tokens,
-                                ev.cache_write_tokens,
-                                ev.reasoning_tokens,
-                                round((ev.cost_usd or 0.0) * 1e9),
-                            ),
+                fresh: dict[str, CostEvent] = {}
+                for ev in events:
+                    if ev.request_id not in existing:
+                        fresh.setdefault(ev.request_id, ev)
+                conn.executemany(
+                    "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?)",
+                    [
+                        (
+                            e.request_id,
+                            e.timestamp,
+                            e.provider,
+                            e.model,
+                            e.team,
+                            e.app,
+                            e.feature,
+                            e.cost_usd,
+                            e.to_json(),
                         )
+                        for e in fresh.values()
+                    ],
+                )
+                merged: dict[tuple[str, ...], list[int]] = {}
+                for e in fresh.values():
+                    key = (e.timestamp[:10], e.team or "", e.app or "", e.feature or "", e.provider, e.model or "")
+                    acc = merged.get(key)
+                    if acc is None:
+                        acc = merged[key] = [0, 0, 0, 0, 0, 0, 0]
+                    acc[0] += 1
+                    acc[1] += e.input_tokens
+                    acc[2] += e.output_tokens
+                    acc[3] += e.cache_read_tokens
+                    acc[4] += e.cache_write_tokens
+                    acc[5] += e.reasoning_tokens
+                    acc[6] += round((e.cost_usd or 0.0) * 1e9)
+                conn.executemany(_ROLLUP, [(*k, *v) for k, v in merged.items()])
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")

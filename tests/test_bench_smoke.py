@@ -1,0 +1,15 @@
+"""The benchmark harnesses work (tiny runs; real numbers come from `make bench`, never from tests)."""
+
+from __future__ import annotations
+
+from bench import pipeline, pricing
+
+
+async def test_pipeline_bench_harness() -> None:
+    rows = await pipeline.main_async(300, firestore=False)
+    assert [r["written"] for r in rows] == [600, 600]
+    assert "enqueue p50" in pipeline.markdown(rows)
+
+
+def test_pricing_bench_harness() -> None:
+    assert pricing.run(500)["events"] == 500
