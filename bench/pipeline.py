@@ -77,9 +77,7 @@ async def run(store: str, n: int, spool: str, journal: bool = True) -> dict[str,
         lat.append(time.perf_counter_ns() - a)
         if i % 500 == 499:
             await asyncio.sleep(0)  # let the flusher run, as a live server's loop would
-    while pipeline.depth:
-        await asyncio.sleep(0.005)
-    await pipeline.flush()
+    await pipeline.drained()
     end_to_end = n / (time.perf_counter() - t0)
 
     drain_events = [event(i) for i in range(n)]

@@ -221,6 +221,7 @@ class Pipeline:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._writing = 0
         self.failing_since: float | None = None
 
     # -- request path -----------------------------------------------------------------------------------
@@ -273,6 +274,11 @@ class Pipeline:
             self._spool_now(rest)
         return n
 
+    async def drained(self, poll: float = 0.002) -> None:
+        """Wait until nothing is queued and no batch is being written."""
+        while self._q or self._writing:  # noqa: ASYNC110 - two conditions, polled rarely (tests, bench)
+            await asyncio.sleep(poll)
+
     async def flush(self) -> None:
         """Write everything queued now (tests, shutdown)."""
         while self._q:
@@ -309,6 +315,13 @@ class Pipeline:
         return self.journal is not None and path in self.journal._paths.values()
 
     async def _write_batch(self, batch: list[tuple[CostEvent, int, bytes]]) -> None:
+        self._writing += 1
+        try:
+            await self._write_batch_inner(batch)
+        finally:
+            self._writing -= 1
+
+    async def _write_batch_inner(self, batch: list[tuple[CostEvent, int, bytes]]) -> None:
         events = Batch(ev for ev, _, _ in batch)
         events.docs = [line for _, _, line in batch]
         attempt = 0
