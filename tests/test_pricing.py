@@ -293,3 +293,13 @@ def test_generation_is_reproducible(tmp_path: Path) -> None:
         [sys.executable, "-m", "modeltrack", "pricing", "update", "--output", str(out)], check=True, capture_output=True
     )
     assert out.read_bytes() == (ROOT / "pricing" / "prices.json").read_bytes()
+
+
+def test_cache_savings() -> None:
+    # gpt-4o-mini: 1000 uncached + 4000 cached input. Uncached would cost 4000×0.15 µ$; cached costs 4000×0.075.
+    res = MeterResult(model="gpt-4o-mini", usage=Usage(input_tokens=1000, cache_read_tokens=4000, output_tokens=10))
+    assert PRICING.cache_savings("openai", res, None, PEAK) == 0.0003  # 4000 × (0.15 − 0.075) = 300 µ$
+    assert (
+        PRICING.cache_savings("openai", MeterResult(model="gpt-4o-mini", usage=Usage(input_tokens=5)), None, PEAK)
+        == 0.0
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 import signal
@@ -99,8 +100,20 @@ def create_app(settings: Settings, pricing: Pricing | None = None) -> web.Applic
     app.on_cleanup.append(cleanup)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_view)
+    metrics.queue_capacity.set(settings.queue_size)
+    if not settings.metrics_port:
+        app.router.add_get("/metrics", metrics_view)
     app.router.add_route("*", "/{tail:.*}", proxy.handle)
+    return app
+
+
+def metrics_app(main: web.Application) -> web.Application:
+    """/metrics alone, for ``MODELTRACK_METRICS_PORT`` (scrape on a port the LLM clients cannot reach)."""
+    app = web.Application()
+    app[SETTINGS] = main[SETTINGS]
+    app[METRICS] = main[METRICS]
+    app[PIPELINE] = main[PIPELINE]
+    app.router.add_get("/metrics", metrics_view)
     return app
 
 
@@ -126,8 +139,17 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics_view(request: web.Request) -> web.Response:
+    token = request.app[SETTINGS].metrics_token
+    if token:
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return web.json_response(
+                {"error": {"type": "unauthorized", "message": "metrics need a bearer token"}}, status=401
+            )
     metrics = request.app[METRICS]
-    metrics.queue_depth.set(request.app[PIPELINE].depth)
+    pipeline = request.app[PIPELINE]
+    metrics.queue_depth.set(pipeline.depth)
+    metrics.store_up.set(0 if pipeline.failing_since is not None else 1)
     resp = web.Response(body=generate_latest(metrics.registry))
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return resp
@@ -146,6 +168,11 @@ async def serve(settings: Settings, announce: Any = None) -> int:
         runner, settings.host, settings.port, reuse_port=hasattr(socket, "SO_REUSEPORT") or None, backlog=1024
     )
     await site.start()
+    metrics_runner = None
+    if settings.metrics_port:
+        metrics_runner = web.AppRunner(metrics_app(app), access_log=None)
+        await metrics_runner.setup()
+        await web.TCPSite(metrics_runner, settings.host, settings.metrics_port, reuse_port=True).start()
     if announce is not None:
         announce()
     loop = asyncio.get_running_loop()
@@ -171,5 +198,7 @@ async def serve(settings: Settings, announce: Any = None) -> int:
         loop.add_signal_handler(sig, on_signal)
     await stop.wait()
     await runner.cleanup()
+    if metrics_runner is not None:
+        await metrics_runner.cleanup()
     log.info("shutdown complete")
     return 0

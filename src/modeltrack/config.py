@@ -84,6 +84,8 @@ class Settings:
     ready_store_fail_seconds: float = field(
         default=30.0, metadata={"help": "/readyz fails when the store has failed for this long"}
     )
+    metrics_port: int = field(default=0, metadata={"help": "serve /metrics on this port instead (0: main port)"})
+    metrics_token: str = field(default="", metadata={"help": "require `Authorization: Bearer TOKEN` on /metrics"})
     metrics_label_cap: int = field(default=100, metadata={"help": "distinct values kept per metric label"})
     pricing_file: str = field(default="", metadata={"help": "YAML/JSON price overrides"})
     azure_deployments: dict[str, str] = field(

@@ -60,6 +60,9 @@ class Metrics:
         )
         self.tokens = Counter("modeltrack_tokens", "Tokens by kind.", (*attr, "kind"), registry=r)
         self.cost = Counter("modeltrack_cost_usd", "Cost in USD (priced requests only).", attr, registry=r)
+        self.cache_savings = Counter(
+            "modeltrack_cache_savings_usd", "USD saved by prompt-cache reads vs. uncached input.", attr, registry=r
+        )
         self.unpriced = Counter(
             "modeltrack_unpriced_requests", "Requests with usage but no known price.", ("provider", "model"), registry=r
         )
@@ -94,6 +97,8 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge("modeltrack_queue_depth", "Events waiting in the pipeline queue.", registry=r)
+        self.queue_capacity = Gauge("modeltrack_queue_capacity", "Pipeline queue bound (overflow spools).", registry=r)
+        self.store_up = Gauge("modeltrack_store_up", "1 when the last store write succeeded.", registry=r)
         self.batches = Counter("modeltrack_batches_written", "Batches written to the store.", registry=r)
         self.events_written = Counter("modeltrack_events_written", "Events written to the store.", registry=r)
         self.batch_size = Histogram(
@@ -117,7 +122,7 @@ class Metrics:
         self.cap_feature = LabelCap(label_cap, self.folded, "feature")
         self.cap_endpoint = LabelCap(label_cap, self.folded, "endpoint")
 
-    def observe(self, ev: CostEvent, overhead_s: float, endpoint_kind: str) -> None:
+    def observe(self, ev: CostEvent, overhead_s: float, endpoint_kind: str, savings_usd: float = 0.0) -> None:
         model = self.cap_model(ev.model or "unknown")
         labels = (ev.provider, model, self.cap_team(ev.team), self.cap_app(ev.app), self.cap_feature(ev.feature))
         status_class = f"{ev.status // 100}xx" if ev.status else "error"
@@ -134,6 +139,8 @@ class Metrics:
                 self.tokens.labels(*labels, kind).inc(n)
         if ev.cost_usd:
             self.cost.labels(*labels).inc(ev.cost_usd)
+        if savings_usd:
+            self.cache_savings.labels(*labels).inc(savings_usd)
         if ev.cost_source == "unpriced":
             self.unpriced.labels(ev.provider, model).inc()
         self.duration.labels(ev.provider, stream).observe(ev.latency_ms / 1000.0)

@@ -23,7 +23,7 @@ import argparse
 import logging
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from datetime import time as dtime
 from decimal import Decimal, InvalidOperation
@@ -391,6 +391,21 @@ class Pricing:
         model, direct = found
         pico = self.price_pico(model, usage, _ts(ts), direct)
         return round(float(pico) / PICO, 9), "priced" if model.source != "override" else "override"
+
+    def cache_savings(self, provider: str, result: MeterResult, requested_model: str | None, ts: float) -> float:
+        """USD saved by prompt-cache reads: the price of the same request with the cache reads billed as
+        uncached input, minus the actual price. 0 when nothing was read from the cache or the model is unknown."""
+        usage = result.usage
+        if usage is None or not usage.cache_read_tokens or usage.reported_cost_usd is not None:
+            return 0.0
+        found = self.resolve(provider, result.model) or self.resolve(provider, requested_model)
+        if found is None:
+            return 0.0
+        model, direct = found
+        when = _ts(ts)
+        uncached = replace(usage, input_tokens=usage.input_tokens + usage.cache_read_tokens, cache_read_tokens=0)
+        diff = self.price_pico(model, uncached, when, direct) - self.price_pico(model, usage, when, direct)
+        return max(round(float(diff) / PICO, 9), 0.0)
 
     def warn_unpriced(self, provider: str, model: str | None) -> None:
         key = f"{provider}:{model}"

@@ -342,7 +342,8 @@ class Proxy:
             )
             self.pipeline.enqueue(ev)
             overhead = (end - timing.start) - timing.upstream_wait - timing.client_wait
-            self.metrics.observe(ev, overhead, endpoint_kind(up_path))
+            savings = self.pricing.cache_savings(provider.name, result, info.model, wall) if ev.cache_hit else 0.0
+            self.metrics.observe(ev, overhead, endpoint_kind(up_path), savings)
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "%s provider=%s endpoint=%s status=%s model=%s in=%d out=%d cost=%s source=%s error=%s",
