@@ -10,10 +10,18 @@ from typing import Any
 
 import orjson
 
+_pool = b""
+_pool_pid = 0
+
 
 def new_request_id() -> str:
-    """``req_`` + 24 hex chars: random, so Firestore document ids spread (no monotonically increasing keys)."""
-    return "req_" + os.urandom(12).hex()
+    """``req_`` + 24 hex chars (96 random bits from the OS), so Firestore document ids spread (no monotonically
+    increasing keys). Randomness is fetched 4 KiB at a time: one syscall per 341 ids, refilled after a fork."""
+    global _pool, _pool_pid
+    if len(_pool) < 12 or _pool_pid != os.getpid():
+        _pool, _pool_pid = os.urandom(4092), os.getpid()
+    rid, _pool = _pool[:12], _pool[12:]
+    return "req_" + rid.hex()
 
 
 def rfc3339(ts: float) -> str:

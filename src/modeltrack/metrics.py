@@ -7,7 +7,7 @@ folded into ``__other__`` and counted in ``modeltrack_label_values_folded_total`
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -121,13 +121,24 @@ class Metrics:
         self.cap_app = LabelCap(label_cap, self.folded, "app")
         self.cap_feature = LabelCap(label_cap, self.folded, "feature")
         self.cap_endpoint = LabelCap(label_cap, self.folded, "endpoint")
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        """``metric.labels(...)`` validates and hashes on every call; the children are cached here instead.
+        The cache is bounded because every label value went through a ``LabelCap``."""
+        key = (id(metric), *labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = metric.labels(*labels)
+        return child
 
     def observe(self, ev: CostEvent, overhead_s: float, endpoint_kind: str, savings_usd: float = 0.0) -> None:
         model = self.cap_model(ev.model or "unknown")
         labels = (ev.provider, model, self.cap_team(ev.team), self.cap_app(ev.app), self.cap_feature(ev.feature))
         status_class = f"{ev.status // 100}xx" if ev.status else "error"
         stream = "true" if ev.stream else "false"
-        self.requests.labels(*labels, self.cap_endpoint(endpoint_kind), status_class, stream).inc()
+        child = self._child
+        child(self.requests, *labels, self.cap_endpoint(endpoint_kind), status_class, stream).inc()
         for kind, n in (
             ("input", ev.input_tokens),
             ("output", ev.output_tokens),
@@ -136,14 +147,14 @@ class Metrics:
             ("reasoning", ev.reasoning_tokens),
         ):
             if n:
-                self.tokens.labels(*labels, kind).inc(n)
+                child(self.tokens, *labels, kind).inc(n)
         if ev.cost_usd:
-            self.cost.labels(*labels).inc(ev.cost_usd)
+            child(self.cost, *labels).inc(ev.cost_usd)
         if savings_usd:
-            self.cache_savings.labels(*labels).inc(savings_usd)
+            child(self.cache_savings, *labels).inc(savings_usd)
         if ev.cost_source == "unpriced":
-            self.unpriced.labels(ev.provider, model).inc()
-        self.duration.labels(ev.provider, stream).observe(ev.latency_ms / 1000.0)
+            child(self.unpriced, ev.provider, model).inc()
+        child(self.duration, ev.provider, stream).observe(ev.latency_ms / 1000.0)
         if ev.ttft_ms is not None:
-            self.ttft.labels(ev.provider).observe(ev.ttft_ms / 1000.0)
-        self.overhead.labels(ev.provider).observe(max(overhead_s, 0.0))
+            child(self.ttft, ev.provider).observe(ev.ttft_ms / 1000.0)
+        child(self.overhead, ev.provider).observe(max(overhead_s, 0.0))

@@ -199,6 +199,11 @@ class Proxy:
                         provider.meter(info, up.status, up.headers), up.headers.get("Content-Encoding")
                     )
                     resp = web.StreamResponse(status=up.status, reason=up.reason)
+                    if up.headers.get("Content-Length") is not None:
+                        # A sized (non-streaming) body: send the headers with the first body bytes, one write
+                        # instead of two. Streams keep aiohttp's default (headers at once) so clients see them
+                        # as early as the upstream sent them.
+                        resp._send_headers_immediately = False
                     for k, v in up.raw_headers:
                         name = k.decode("latin-1")
                         if name.lower() not in _DROP_RESPONSE:

@@ -1,0 +1,471 @@
+"""`make bench`: ModelTrack's own overhead, side by side with a direct connection and nginx, in one run.
+
+Everything talks to the same cheap fake upstream (bench/upstream.py). Load comes from `wrk` (outside Python) for
+request/response scenarios and from a small asyncio client for stream timing. Results are reported as ratios
+to the direct connection and to nginx (the machine is shared and noisy; ratios survive that better than absolute
+numbers) and written to bench/results/latest.md plus a PNG chart.
+
+    python -m bench.run [--quick] [--peers]      (--peers adds LiteLLM proxy, installed in its own venv)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import os
+import platform
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+BODY = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"What is the capital of France?"}]}'
+COMMANDS: list[str] = []
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"port {port} never opened")
+
+
+@dataclass
+class Proc:
+    name: str
+    cmd: list[str]
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, log_dir: Path) -> Proc:
+        COMMANDS.append(" ".join(self.cmd))
+        log = (log_dir / f"{self.name}.log").open("wb")
+        self.proc = subprocess.Popen(self.cmd, env={**os.environ, **self.env}, stdout=log, stderr=log)
+        wait_port(self.port)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+# --- wrk -------------------------------------------------------------------------------------------------------
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(url: str, conns: int, seconds: int, lua: Path, extra_headers: dict[str, str] | None = None) -> dict[str, float]:
+    cmd = ["wrk", "-t", str(min(conns, 2)), "-c", str(conns), "-d", f"{seconds}s", "--latency", "-s", str(lua)]
+    for k, v in (extra_headers or {}).items():
+        cmd += ["-H", f"{k}: {v}"]
+    cmd.append(url)
+    COMMANDS.append(" ".join(cmd))
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    lat = {}
+    for pct, val, unit in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M):
+        lat[f"p{pct}_ms"] = float(val) * _UNITS[unit]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, **lat, "non2xx": float(errors.group(1)) if errors else 0.0}
+
+
+# --- streaming client ------------------------------------------------------------------------------------------
+
+
+async def streams(url: str, concurrency: int, n: int, ms: int, pad: int = 0) -> dict[str, Any]:
+    """``concurrency`` simultaneous streams; TTFB and per-event lateness against the upstream's schedule."""
+    ttfb: list[float] = []
+    late: list[float] = []
+    digests: set[str] = set()
+    nbytes = 0
+    events = 0
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=None)) as s:
+
+        async def one() -> None:
+            nonlocal nbytes, events
+            h = hashlib.sha256()
+            t0 = time.perf_counter()
+            first: float | None = None
+            seen = 0
+            async with s.post(f"{url}/v1/stream?n={n}&ms={ms}&pad={pad}", data=BODY) as r:
+                async for chunk in r.content.iter_any():
+                    now = time.perf_counter()
+                    if first is None:
+                        first = now
+                        ttfb.append(now - t0)
+                    k = chunk.count(b"\n\n")
+                    if ms:
+                        for _ in range(k):
+                            if seen < n:
+                                late.append(now - (first + seen * ms / 1000))
+                            seen += 1
+                    events += k
+                    nbytes += len(chunk)
+                    h.update(chunk)
+            digests.add(h.hexdigest())
+
+        t = time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - t
+    return {
+        "ttfb_p50_ms": pct(ttfb, 0.5) * 1000,
+        "ttfb_p99_ms": pct(ttfb, 0.99) * 1000,
+        "late_p50_ms": pct(late, 0.5) * 1000 if late else 0.0,
+        "late_p99_ms": pct(late, 0.99) * 1000 if late else 0.0,
+        "mb_per_s": nbytes / elapsed / 1e6,
+        "events_per_s": events / elapsed,
+        "digests": digests,
+    }
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    return v[min(len(v) - 1, int(len(v) * p))]
+
+
+async def open_streams_rss(url: str, pid: int, count: int) -> int:
+    """Peak RSS of ``pid`` while ``count`` slow streams are open at once."""
+    peak = 0
+    task = asyncio.create_task(streams(url, count, 10, 400))
+    while not task.done():
+        peak = max(peak, rss_kb(pid))
+        await asyncio.sleep(0.1)
+    await task
+    return peak
+
+
+async def big_stream_rss(url: str, pid: int, total_bytes: int) -> tuple[int, int, float]:
+    before = rss_kb(pid)
+    peak = before
+    pad = 65536
+    n = total_bytes // (pad + 300)
+    task = asyncio.create_task(streams(url, 1, n, 0, pad))
+    while not task.done():
+        peak = max(peak, rss_kb(pid))
+        await asyncio.sleep(0.05)
+    r = await task
+    return before, peak, r["mb_per_s"]
+
+
+# --- peers -----------------------------------------------------------------------------------------------------
+
+
+def nginx(port: int, upstream: int, tmp: Path) -> Proc:
+    conf = tmp / "nginx.conf"
+    conf.write_text(f"""
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {tmp}/ncb; proxy_temp_path {tmp}/npt; fastcgi_temp_path {tmp}/nft;
+  uwsgi_temp_path {tmp}/nut; scgi_temp_path {tmp}/nst;
+  upstream up {{ server 127.0.0.1:{upstream}; keepalive 256; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{
+      proxy_pass http://up;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_buffering off;
+      proxy_request_buffering off;
+    }}
+  }}
+}}
+""")
+    return Proc("nginx", [shutil.which("nginx") or "/usr/sbin/nginx", "-c", str(conf)], port)
+
+
+def litellm(port: int, upstream: int, tmp: Path) -> Proc | None:
+    venv = ROOT / "bench" / ".venv-litellm"
+    exe = venv / "bin" / "litellm"
+    if not exe.exists():
+        print("installing LiteLLM proxy into bench/.venv-litellm (once) ...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "litellm[proxy]"], check=True)
+    cfg = tmp / "litellm.yaml"
+    cfg.write_text(f"""model_list:
+  - model_name: gpt-4o-mini
+    litellm_params:
+      model: openai/gpt-4o-mini
+      api_base: http://127.0.0.1:{upstream}/v1
+      api_key: sk-bench
+""")
+    return Proc(
+        "litellm",
+        [str(exe), "--config", str(cfg), "--port", str(port), "--num_workers", "1"],
+        port,
+        env={"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_MASTER_KEY": "sk-master-bench"},
+    )
+
+
+# --- report ----------------------------------------------------------------------------------------------------
+
+
+def machine() -> list[str]:
+    def ver(pkg: str) -> str:
+        try:
+            return metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            return "-"
+
+    nginx_v = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+    wrk_v = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[:1]
+    return [
+        f"- date: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
+        f"- machine: {os.cpu_count()} cores, {platform.platform()}, {platform.processor() or platform.machine()}",
+        f"- python {platform.python_version()}; modeltrack {ver('modeltrack')}, aiohttp {ver('aiohttp')}, "
+        f"uvloop {ver('uvloop')}, orjson {ver('orjson')}",
+        f"- {nginx_v}; {(wrk_v or ['wrk ?'])[0]}",
+    ]
+
+
+def chart(rows: dict[str, dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(rows)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    axes[0].bar(names, [rows[n]["rps"] for n in names], color=["#888", "#2a7", "#27c", "#c72"][: len(names)])
+    axes[0].set_title("Non-streaming chat, 64 connections (req/s)")
+    axes[1].bar(names, [rows[n].get("c1_p50_ms", 0) for n in names], label="p50")
+    axes[1].bar(
+        names,
+        [rows[n].get("c1_p99_ms", 0) - rows[n].get("c1_p50_ms", 0) for n in names],
+        bottom=[rows[n].get("c1_p50_ms", 0) for n in names],
+        label="p99",
+        alpha=0.6,
+    )
+    axes[1].set_title("Latency at concurrency 1 (ms)")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="short runs (harness smoke test)")
+    ap.add_argument("--peers", action="store_true", help="also benchmark LiteLLM proxy")
+    args = ap.parse_args()
+    secs = 2 if args.quick else 10
+    for tool in ("wrk", "nginx"):
+        if shutil.which(tool) is None and not Path("/usr/sbin/nginx").exists():
+            subprocess.run(["apt-get", "install", "-y", "-qq", tool], check=True)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    tmp = Path(tempfile.mkdtemp(prefix="mt-bench-"))
+    lua = tmp / "post.lua"
+    lua.write_text(
+        f"wrk.method = 'POST'\nwrk.body = '{BODY}'\nwrk.headers['Content-Type'] = 'application/json'\n"
+        "wrk.headers['Authorization'] = 'Bearer sk-bench-not-a-key'\n"
+    )
+    up_port, ng_port, mt_port, ll_port = free_port(), free_port(), free_port(), free_port()
+    procs: dict[str, Proc] = {}
+    try:
+        procs["upstream"] = Proc("upstream", [sys.executable, "-m", "bench.upstream", str(up_port)], up_port).start(tmp)
+        procs["nginx"] = nginx(ng_port, up_port, tmp).start(tmp)
+        procs["modeltrack"] = Proc(
+            "modeltrack",
+            [
+                sys.executable,
+                "-m",
+                "modeltrack",
+                "serve",
+                "--port",
+                str(mt_port),
+                "--log-level",
+                "warning",
+                "--store",
+                f"sqlite:///{tmp}/bench.db",
+                "--spool-dir",
+                str(tmp / "spool"),
+            ],
+            mt_port,
+            env={"MODELTRACK_OPENAI_BASE_URL": f"http://127.0.0.1:{up_port}"},
+        ).start(tmp)
+        targets = {
+            "direct": f"http://127.0.0.1:{up_port}",
+            "nginx": f"http://127.0.0.1:{ng_port}",
+            "modeltrack": f"http://127.0.0.1:{mt_port}",
+        }
+        headers: dict[str, dict[str, str]] = {}
+        if args.peers:
+            ll = litellm(ll_port, up_port, tmp)
+            if ll is not None:
+                procs["litellm"] = ll.start(tmp)
+                time.sleep(3)
+                targets["litellm"] = f"http://127.0.0.1:{ll_port}"
+                headers["litellm"] = {"Authorization": "Bearer sk-master-bench"}
+
+        rows: dict[str, dict[str, float]] = {}
+        for name, url in targets.items():
+            wrk(url + "/v1/chat/completions", 8, 1, lua, headers.get(name))  # warm-up
+            r64 = wrk(url + "/v1/chat/completions", 64, secs, lua, headers.get(name))
+            r1 = wrk(url + "/v1/chat/completions", 1, secs, lua, headers.get(name))
+            rows[name] = {
+                "rps": r64["rps"],
+                "c64_p99_ms": r64.get("p99_ms", 0),
+                "non2xx": r64["non2xx"],
+                "c1_p50_ms": r1.get("p50_ms", 0),
+                "c1_p99_ms": r1.get("p99_ms", 0),
+            }
+            print(name, rows[name], flush=True)
+
+        n_streams = 100 if args.quick else 500
+        paced: dict[str, dict[str, Any]] = {}
+        unpaced: dict[str, dict[str, Any]] = {}
+        for name in ("direct", "nginx", "modeltrack"):
+            paced[name] = asyncio.run(streams(targets[name], n_streams, 100, 20))
+            unpaced[name] = asyncio.run(streams(targets[name], 8, 2000 if args.quick else 20000, 0, 200))
+            print(
+                name,
+                "paced",
+                {k: v for k, v in paced[name].items() if k != "digests"},
+                "unpaced",
+                {k: v for k, v in unpaced[name].items() if k != "digests"},
+                flush=True,
+            )
+        identical = (
+            paced["direct"]["digests"] == paced["modeltrack"]["digests"] and len(paced["direct"]["digests"]) == 1
+        )
+
+        mt_pid = procs["modeltrack"].pid
+        open_rss = asyncio.run(open_streams_rss(targets["modeltrack"], mt_pid, 200 if args.quick else 1000))
+        gb = 50_000_000 if args.quick else 1_000_000_000
+        before, peak, big_mbs = asyncio.run(big_stream_rss(targets["modeltrack"], mt_pid, gb))
+
+        sys.path.insert(0, str(ROOT))
+        from bench import pipeline as pbench
+        from bench import pricing as prbench
+
+        prow = asyncio.run(pbench.main_async(20_000 if args.quick else 100_000, firestore=False))[0]
+        price = prbench.run(20_000 if args.quick else 200_000)
+    finally:
+        for p in reversed(list(procs.values())):
+            p.stop()
+
+    d, ng, mt = rows["direct"], rows["nginx"], rows["modeltrack"]
+    lines = [
+        "# ModelTrack benchmark",
+        "",
+        *machine(),
+        "",
+        "One run, same machine, same fake upstream (bench/upstream.py). Ratios are what to compare.",
+        "",
+        "## Non-streaming chat completions",
+        "",
+        "| target | req/s (64 conns) | vs direct | p99 ms (64) | p50 ms (conc. 1) | p99 ms (conc. 1) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        lines.append(
+            f"| {name} | {r['rps']:,.0f} | {r['rps'] / d['rps']:.0%} | {r['c64_p99_ms']:.2f} | "
+            f"{r['c1_p50_ms']:.3f} | {r['c1_p99_ms']:.3f} |"
+        )
+    lines += [
+        "",
+        f"Added latency at concurrency 1 (ModelTrack − direct): p50 **{mt['c1_p50_ms'] - d['c1_p50_ms']:.3f} ms**, "
+        f"p99 **{mt['c1_p99_ms'] - d['c1_p99_ms']:.3f} ms** (targets ≤ 0.5 / ≤ 1.5 ms). "
+        f"Throughput {mt['rps'] / d['rps']:.0%} of direct (target ≥ 30%), {mt['rps'] / ng['rps']:.0%} of nginx.",
+    ]
+    if "litellm" in rows:
+        lines.append(
+            f"LiteLLM: {rows['litellm']['rps']:,.0f} req/s — ModelTrack is "
+            f"**{mt['rps'] / max(rows['litellm']['rps'], 1e-9):.1f}×** (target ≥ 20×)."
+        )
+    lines += [
+        "",
+        f"## Streams ({n_streams} concurrent, 100 events 20 ms apart; and 8 unpaced streams)",
+        "",
+        "| target | TTFB p50 ms | TTFB p99 ms | event lateness p50 ms | p99 ms | unpaced MB/s | unpaced events/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name in paced:
+        p, u = paced[name], unpaced[name]
+        lines.append(
+            f"| {name} | {p['ttfb_p50_ms']:.2f} | {p['ttfb_p99_ms']:.2f} | {p['late_p50_ms']:.2f} | "
+            f"{p['late_p99_ms']:.2f} | {u['mb_per_s']:.1f} | {u['events_per_s']:,.0f} |"
+        )
+    lines += [
+        "",
+        f"Added by ModelTrack: TTFB p99 **{paced['modeltrack']['ttfb_p99_ms'] - paced['direct']['ttfb_p99_ms']:.2f} ms**, "
+        f"per-event lateness p99 **{paced['modeltrack']['late_p99_ms'] - paced['direct']['late_p99_ms']:.2f} ms** "
+        f"(targets ≤ 1 ms); bytes identical to direct: **{identical}**. Unpaced throughput "
+        f"{unpaced['modeltrack']['mb_per_s'] / unpaced['nginx']['mb_per_s']:.0%} of nginx (target ≥ 50%).",
+        "",
+        "## Memory and the cost pipeline",
+        "",
+        f"- RSS with {200 if args.quick else 1000} concurrent open streams: **{open_rss / 1024:.0f} MB** (target ≤ 150 MB)",
+        f"- one {gb / 1e9:.2f} GB stream: RSS {before / 1024:.0f} → peak {peak / 1024:.0f} MB "
+        f"(**+{(peak - before) / 1024:.1f} MB**, target < 20 MB) at {big_mbs:.0f} MB/s",
+        f"- pipeline into SQLite: drain {prow['drain_per_s']:,.0f} events/s, end-to-end {prow['end_to_end_per_s']:,.0f} "
+        f"events/s (target ≥ 20,000); enqueue p50 {prow['enqueue_p50_us']:.1f} µs, p99 **{prow['enqueue_p99_us']:.1f} µs** "
+        f"(target < 20 µs; includes the crash-safe journal write)",
+        f"- pricing: **{price['us_per_event']:.2f} µs** per event (target < 5 µs)",
+        "",
+        "## Commands",
+        "",
+        "```",
+        *COMMANDS,
+        "```",
+        "",
+    ]
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / ("quick.md" if args.quick else "latest.md")
+    out.write_text("\n".join(lines))
+    chart(rows, out.with_suffix(".png"))
+    print("\n".join(lines))
+    print(f"wrote {out} and {out.with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    main()
