@@ -40,6 +40,9 @@ SSE_HEAD = (
 )
 
 
+_TASKS: set[asyncio.Future[None]] = set()
+
+
 def chunked(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
@@ -81,9 +84,11 @@ class Upstream(asyncio.Protocol):
             assert self.transport is not None
             if target.startswith("/v1/stream"):
                 q = parse_qs(target.partition("?")[2])
-                asyncio.ensure_future(
+                task = asyncio.ensure_future(
                     self.stream(int(q.get("n", ["100"])[0]), int(q.get("ms", ["0"])[0]), int(q.get("pad", ["0"])[0]))
                 )
+                _TASKS.add(task)  # keep a reference until done (the loop holds only weak ones)
+                task.add_done_callback(_TASKS.discard)
             else:
                 self.transport.write(JSON_HEAD % len(CHAT) + CHAT)
 
