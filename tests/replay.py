@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,8 @@ class ReplayUpstream:
     chunked: bool = True
     delay: float = 0.0
     seed: int = 1234
+    finished: list[float] = field(default_factory=list)
+    """monotonic times at which a response ended (completed, or the proxy closed the connection)."""
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -128,10 +131,13 @@ class ReplayUpstream:
         resp.headers["x-request-id"] = f"upstream-{rec.name[:20]}-{rec.index}"
         if not self.chunked:
             resp.content_length = len(rec.body)
-        await resp.prepare(request)
-        for chunk in split_awkwardly(rec.body, self.seed) if self.chunked else [rec.body]:
-            await resp.write(chunk)
-            if self.delay:
-                await asyncio.sleep(self.delay)
-        await resp.write_eof()
+        try:
+            await resp.prepare(request)
+            for chunk in split_awkwardly(rec.body, self.seed) if self.chunked else [rec.body]:
+                await resp.write(chunk)
+                if self.delay:
+                    await asyncio.sleep(self.delay)
+            await resp.write_eof()
+        finally:
+            self.finished.append(time.monotonic())
         return resp

@@ -112,6 +112,9 @@ async def test_canary_keys_never_leak(replay: Any, tmp_path: Path) -> None:
     logs = proxy.log_path.read_bytes()
     assert b"DEBUG" in logs, "debug logging must be on for this test to mean anything"
     assert len(generated) == 2 and all(b"error" in g for g in generated)
+    # Response content (from the recordings the upstream replayed) must not be stored or logged either.
+    canary["response-text"] = "Web search options not supported with this model."
+    canary["response-delta"] = "capital of France"
     for name, value in canary.items():
         for where, blob in (
             ("logs", logs),

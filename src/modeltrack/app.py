@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import logging
 import os
@@ -16,7 +17,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from .config import Settings
+from .config import ConfigError, Settings
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .pricing import Pricing
@@ -62,6 +63,28 @@ def _session(settings: Settings, tls: ssl.SSLContext) -> aiohttp.ClientSession:
     )
 
 
+def load_client_tokens(spec: str) -> frozenset[bytes]:
+    """``tok1,tok2`` (plain tokens) or ``@/path/file`` with one sha256 hex digest per line (``#`` comments)."""
+    if not spec:
+        return frozenset()
+    if not spec.startswith("@"):
+        return frozenset(hashlib.sha256(t.strip().encode()).digest() for t in spec.split(",") if t.strip())
+    digests = set()
+    with open(spec[1:]) as f:
+        for line in f:
+            line = line.split("#", 1)[0].strip()
+            if not line:
+                continue
+            try:
+                raw = bytes.fromhex(line)
+            except ValueError:
+                raw = b""
+            if len(raw) != 32:
+                raise ConfigError("MODELTRACK_CLIENT_TOKENS file: every line must be a sha256 hex digest")
+            digests.add(raw)
+    return frozenset(digests)
+
+
 def create_app(settings: Settings, pricing: Pricing | None = None) -> web.Application:
     app = web.Application(client_max_size=settings.max_body_bytes)
     metrics = Metrics(label_cap=settings.metrics_label_cap)
@@ -79,6 +102,9 @@ def create_app(settings: Settings, pricing: Pricing | None = None) -> web.Applic
     proxy = Proxy(
         Router(providers), pipeline, metrics, pricing or Pricing.load(settings.pricing_file or None), sessions
     )
+    proxy.client_tokens = load_client_tokens(settings.client_tokens)
+    proxy.body_timeout = settings.body_timeout
+    proxy.read_timeout = settings.read_timeout
     app[SETTINGS] = settings
     app[PROXY] = proxy
     app[PIPELINE] = pipeline
@@ -86,7 +112,10 @@ def create_app(settings: Settings, pricing: Pricing | None = None) -> web.Applic
     app[SESSIONS] = sessions
 
     async def startup(app: web.Application) -> None:
-        tls = ssl.create_default_context()  # verification always on; loading the CA store once is ~25 ms
+        # Verification is always on; a custom bundle adds to (never replaces) the system store.
+        tls = ssl.create_default_context()
+        if settings.ca_bundle:
+            tls.load_verify_locations(cafile=settings.ca_bundle)
         for name in providers:
             sessions[name] = _session(settings, tls)
         await pipeline.start()

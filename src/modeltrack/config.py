@@ -68,6 +68,14 @@ class Settings:
     read_timeout: float = field(
         default=600.0, metadata={"help": "upstream idle timeout between reads, seconds (not a total limit)"}
     )
+    client_tokens: str = field(
+        default="",
+        metadata={"help": "comma-separated tokens, or @FILE of sha256 hex digests; required in X-ModelTrack-Key"},
+    )
+    ca_bundle: str = field(
+        default="", metadata={"help": "extra CA bundle (PEM) for upstream TLS; verification is always on"}
+    )
+    body_timeout: float = field(default=60.0, metadata={"help": "seconds a client may take to send its body (408)"})
     batch_size: int = field(
         default=2000, metadata={"help": "events per store write (Firestore commits are split at 500 writes)"}
     )

@@ -34,9 +34,39 @@ class RedactingFormatter(logging.Formatter):
         return scrub(super().format(record))
 
 
+class ContentFreeServerErrors(logging.Filter):
+    """aiohttp logs a malformed request with the offending raw header line (which may hold an API key) and a
+    traceback. Keep the fact, drop the content."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and type(exc).__name__ in _PARSER_ERRORS:
+            record.msg = "rejected a malformed HTTP request (%s)"
+            record.args = (type(exc).__name__,)
+            record.exc_info = None
+            record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+_PARSER_ERRORS = {
+    "BadHttpMessage",
+    "BadHttpMethod",
+    "BadStatusLine",
+    "LineTooLong",
+    "InvalidHeader",
+    "InvalidURLError",
+    "TransferEncodingError",
+    "ContentLengthError",
+    "ContentEncodingError",
+    "HttpProcessingError",
+}
+
+
 def setup(level: str) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(RedactingFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(ContentFreeServerErrors())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

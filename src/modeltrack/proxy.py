@@ -9,6 +9,8 @@ awaits the client's drain, which is the backpressure) → record one cost event,
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
 import time
 from collections.abc import Iterable, Mapping
@@ -121,6 +123,9 @@ class Proxy:
         self.pricing = pricing
         self.sessions = sessions
         self.inflight = 0
+        self.client_tokens: frozenset[bytes] = frozenset()  # sha256 digests; empty = access control off
+        self.body_timeout = 60.0
+        self.read_timeout = 600.0
 
     # -- errors the proxy itself generates ----------------------------------------------------------------
     @staticmethod
@@ -141,6 +146,10 @@ class Proxy:
         target = request.raw_path
         if not target.startswith("/"):
             return self.error(None, 400, "invalid_request_target", "Only origin-form request targets are accepted.")
+        if request.method in ("CONNECT", "TRACE"):
+            return self.error(None, 405, "method_not_allowed", f"{request.method} is not proxied.")
+        if self.client_tokens and not self._authorized(request):
+            return self.error(None, 401, "invalid_client_token", "A valid X-ModelTrack-Key header is required.")
         path, _, query = target.partition("?")
         route = self.router.resolve(path, request.headers)
         if route is None:
@@ -159,9 +168,11 @@ class Proxy:
                 f"Set MODELTRACK_{provider.name.upper()}_BASE_URL to use the /{provider.name} route.",
             )
         try:
-            raw = await request.read()
+            raw = await asyncio.wait_for(request.read(), self.body_timeout)
         except web.HTTPRequestEntityTooLarge:
             return self.error(provider, 413, "request_too_large", "Request body exceeds MODELTRACK_MAX_BODY_BYTES.")
+        except TimeoutError:
+            return self.error(provider, 408, "request_timeout", "The request body was not received in time.")
         body = loads(raw) if raw[:1] in (b"{", b"[") and provider.name != "bedrock" else None
         info = provider.request_info(request.method, up_path, query, body)
         send = provider.rewrite_body(info, raw, body)
@@ -210,20 +221,27 @@ class Proxy:
                             resp.headers.add(name, v.decode("latin-1"))
                     await resp.prepare(request)
                     content = up.content
+                    loop = asyncio.get_running_loop()
                     try:
-                        while True:
-                            t = perf_counter()
-                            chunk = await content.readany()
-                            now = perf_counter()
-                            timing.upstream_wait += now - t
-                            if not chunk:
-                                break
-                            if timing.first_byte is None:
-                                timing.first_byte = now
-                            meter.feed(chunk)
-                            t = perf_counter()
-                            await resp.write(chunk)
-                            timing.client_wait += perf_counter() - t
+                        # An explicit idle deadline per upstream read: aiohttp's socket-read timeout misses an
+                        # upstream that sent unparseable bytes and then went quiet (the reader is never woken).
+                        # It covers only the read, so a slow *client* is never taken for an idle upstream.
+                        async with asyncio.timeout(None) as idle:
+                            while True:
+                                t = perf_counter()
+                                idle.reschedule(loop.time() + self.read_timeout)
+                                chunk = await content.readany()
+                                idle.reschedule(None)
+                                now = perf_counter()
+                                timing.upstream_wait += now - t
+                                if not chunk:
+                                    break
+                                if timing.first_byte is None:
+                                    timing.first_byte = now
+                                meter.feed(chunk)
+                                t = perf_counter()
+                                await resp.write(chunk)
+                                timing.client_wait += perf_counter() - t
                     except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
                         state["error"] = "upstream_reset"
                         self.metrics.upstream_errors.labels(provider.name, "reset").inc()
@@ -272,6 +290,16 @@ class Proxy:
                     wall,
                     attrs,
                 )
+
+    def _authorized(self, request: web.Request) -> bool:
+        """Constant-time check of ``X-ModelTrack-Key`` against the configured token digests. Comparing digests
+        (not tokens) keeps the comparison length-independent and lets operators configure hashes only."""
+        given = request.headers.get("X-ModelTrack-Key", "")
+        digest = hashlib.sha256(given.encode("utf-8", "surrogateescape")).digest()
+        ok = False
+        for expected in self.client_tokens:
+            ok |= hmac.compare_digest(digest, expected)
+        return ok
 
     def _fail(
         self, provider: Provider, state: dict[str, Any], status: int, kind: str, message: str, exc: BaseException

@@ -1,0 +1,459 @@
+"""Security and failure behaviour (SECURITY.md maps each promise to these tests)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from modeltrack.providers import Router, build_providers
+from modeltrack.proxy import forward_headers
+
+from .replay import ReplayUpstream, load
+
+Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+class RawServer:
+    """A TCP server with a hand-written handler: evil upstreams and a canary that must never be contacted."""
+
+    def __init__(self, handler: Handler | None = None) -> None:
+        self.handler = handler
+        self.connections = 0
+        self.closed_at: list[float] = []
+        self.server: asyncio.Server | None = None
+
+    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            if self.handler is not None:
+                await self.handler(r, w)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            self.closed_at.append(time.monotonic())
+            w.close()
+
+    async def __aenter__(self) -> RawServer:
+        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    @property
+    def port(self) -> int:
+        assert self.server is not None
+        return int(self.server.sockets[0].getsockname()[1])
+
+
+async def read_request(r: asyncio.StreamReader) -> bytes:
+    head = await r.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    return head + (await r.readexactly(length) if length else b"")
+
+
+async def raw(port: int, data: bytes, timeout: float = 5.0) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(data)
+    await writer.drain()
+    try:
+        return await asyncio.wait_for(reader.read(65536), timeout)
+    finally:
+        writer.close()
+
+
+def port_of(url: str) -> int:
+    return int(url.rsplit(":", 1)[1])
+
+
+# --- access control ----------------------------------------------------------------------------------------
+
+
+async def test_client_tokens_required_and_stripped(replay: Any, make_proxy: Any) -> None:
+    upstream, upstream_url = replay
+    upstream.current = load("test_embeddings__TestOpenAI.test_documents")
+    proxy = await make_proxy(upstream_url, client_tokens="tok-alpha, tok-beta")
+    async with aiohttp.ClientSession() as s:
+        for headers, status in (
+            ({}, 401),
+            ({"X-ModelTrack-Key": "tok-alph"}, 401),
+            ({"X-ModelTrack-Key": "tok-beta"}, 200),
+        ):
+            async with s.post(proxy.url + "/v1/embeddings", data=b"{}", headers=headers) as r:
+                body = await r.json()
+                assert r.status == status, body
+                if status == 401:
+                    assert body["error"]["type"] == "invalid_client_token"
+    assert len(upstream.received) == 1
+    assert not any(k.lower() == b"x-modeltrack-key" for k, _ in upstream.received[0].raw_headers)
+
+
+# --- no SSRF / open relay ----------------------------------------------------------------------------------
+
+
+async def test_request_targets_never_reach_another_host(replay: Any, make_proxy: Any) -> None:
+    upstream, upstream_url = replay
+    upstream.current = load("test_embeddings__TestOpenAI.test_documents")
+    async with RawServer() as canary:
+        c = f"127.0.0.1:{canary.port}"
+        proxy = await make_proxy(upstream_url)
+        port = port_of(proxy.url)
+        attempts = [
+            f"POST http://{c}/v1/embeddings HTTP/1.1\r\nHost: {c}\r\n",
+            f"POST /v1/embeddings HTTP/1.1\r\nHost: {c}\r\nX-Forwarded-Host: {c}\r\n",
+            f"POST //{c}/v1/embeddings HTTP/1.1\r\nHost: x\r\n",
+            f"POST /openai//{c}/v1/embeddings HTTP/1.1\r\nHost: x\r\n",
+            f"POST /openai@{c}/v1/embeddings HTTP/1.1\r\nHost: x\r\n",
+            f"POST /openai/..%2f..%2f{c}/v1 HTTP/1.1\r\nHost: x\r\n",
+            f"POST /v1/../../{c}/ HTTP/1.1\r\nHost: x\r\n",
+            f"POST /%2F%2F{c}/v1/embeddings HTTP/1.1\r\nHost: x\r\n",
+            f"POST /v1/chat%0d%0aHost:%20{c}/completions HTTP/1.1\r\nHost: x\r\n",
+            f"POST /openai\\\\{c}/v1 HTTP/1.1\r\nHost: x\r\n",
+            f"CONNECT {c} HTTP/1.1\r\nHost: {c}\r\n",
+            "TRACE /v1/embeddings HTTP/1.1\r\nHost: x\r\n",
+        ]
+        statuses = []
+        for a in attempts:
+            resp = await raw(port, a.encode() + b"Content-Length: 2\r\nConnection: close\r\n\r\n{}")
+            statuses.append(resp.split(b" ", 2)[1])
+        await asyncio.sleep(0.2)
+        assert canary.connections == 0, "the proxy connected somewhere it was not configured to"
+        # Whatever was forwarded went to the configured upstream (same origin), nowhere else.
+        assert all(s in (b"200", b"400", b"404", b"405") for s in statuses), statuses
+
+
+async def test_redirects_are_returned_not_followed(make_proxy: Any, aiohttp_server: Any) -> None:
+    async with RawServer() as canary:
+
+        async def redirect(request: web.Request) -> web.Response:
+            return web.Response(status=307, headers={"Location": f"http://127.0.0.1:{canary.port}/steal"})
+
+        app = web.Application()
+        app.router.add_route("*", "/{t:.*}", redirect)
+        server = await aiohttp_server(app)
+        proxy = await make_proxy(str(server.make_url("")).rstrip("/"))
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(proxy.url + "/v1/chat/completions", data=b"{}", allow_redirects=False) as r,
+        ):
+            assert r.status == 307 and r.headers["Location"].endswith("/steal")
+        assert canary.connections == 0
+
+
+# --- bad input ---------------------------------------------------------------------------------------------
+
+
+async def test_bad_input_gets_clear_errors(replay: Any, make_proxy: Any) -> None:
+    upstream, upstream_url = replay
+    upstream.current = load("test_anthropic__test_anthropic_cache_real_api")
+    proxy = await make_proxy(upstream_url, max_body_bytes=1000, body_timeout=0.5)
+    port = port_of(proxy.url)
+    async with aiohttp.ClientSession() as s:
+        async with s.post(proxy.url + "/v1/messages", data=b"x" * 5000) as r:
+            body = await r.json()
+            assert r.status == 413 and body["type"] == "error" and body["error"]["type"] == "request_too_large"
+        async with s.get(proxy.url + "/nope/v9/x") as r:
+            assert r.status == 404 and (await r.json())["error"]["type"] == "unknown_route"
+    # Slow body: headers promise 100 bytes, only 5 arrive.
+    resp = await raw(port, b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhello", timeout=5)
+    assert resp.startswith(b"HTTP/1.1 408") and b"request_timeout" in resp
+    # A control character in a header is a malformed request: aiohttp answers 400 itself.
+    resp = await raw(port, b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nX-ModelTrack-Team: a\x01b\r\n\r\n")
+    assert resp.startswith(b"HTTP/1.0 400") or resp.startswith(b"HTTP/1.1 400")
+    # Oversize and non-UTF-8 attribution: sanitised and capped, the request still served.
+    team = b"\xff\xfe" + b"t" * 5000
+    resp = await raw(
+        port,
+        b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nX-ModelTrack-Team: "
+        + team
+        + b"\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}",
+    )
+    assert resp.startswith(b"HTTP/1.1 200")
+    events = await proxy.events()
+    stored = [e.team for e in events if e.team]
+    assert stored and all(len(t) <= 128 and t.isprintable() for t in stored)
+
+
+# --- garbage and faults from the upstream ------------------------------------------------------------------
+
+SSE = load("test_openai__test_run_stream_sync_streams_real_model").body
+HEAD_SSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+async def evil_non_json(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    await read_request(r)
+    w.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 9\r\n\r\nnot json!")
+    await w.drain()
+
+
+async def evil_wrong_type(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    await read_request(r)
+    w.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(SSE), SSE))
+    await w.drain()
+
+
+async def evil_reset_mid_stream(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    await read_request(r)
+    w.write(HEAD_SSE + chunk(SSE[: len(SSE) // 2]))
+    await w.drain()
+    await asyncio.sleep(0.05)
+    w.transport.abort()  # RST, no terminating chunk
+
+
+async def evil_bad_chunking(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    await read_request(r)
+    w.write(HEAD_SSE + chunk(SSE[:300]))
+    await w.drain()
+    await asyncio.sleep(0.05)  # the client has the headers and the first event by now
+    w.write(b"zz\r\nnot a chunk size\r\n")
+    await w.drain()
+    await asyncio.sleep(0.1)
+
+
+async def evil_huge_headers(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    await read_request(r)
+    w.write(b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 200_000 + b"\r\nContent-Length: 2\r\n\r\n{}")
+    await w.drain()
+
+
+async def evil_hang_after_first_event(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    await read_request(r)
+    w.write(HEAD_SSE + chunk(SSE[:400]))
+    await w.drain()
+    await asyncio.sleep(5)
+
+
+async def evil_bad_crc(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    await read_request(r)
+    frames = bytearray(load("test_bedrock__test_bedrock_model_stream").body)
+    frames[-3] ^= 0xFF  # corrupt the last frame (the metadata event)
+    w.write(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/vnd.amazon.eventstream\r\nContent-Length: %d\r\n\r\n"
+        % len(frames)
+        + bytes(frames)
+    )
+    await w.drain()
+
+
+@pytest.mark.parametrize(
+    ("handler", "path", "client_sees", "event_error"),
+    [
+        (evil_non_json, "/v1/chat/completions", "same", "invalid_json"),
+        (evil_wrong_type, "/v1/chat/completions", "same", "invalid_json"),
+        (evil_reset_mid_stream, "/v1/chat/completions", "truncated", "upstream_reset"),
+        # aiohttp's parser error never wakes the reader; the idle deadline ends it (a regression test for that hang).
+        (evil_bad_chunking, "/v1/chat/completions", "truncated", "upstream_reset|upstream_idle_timeout"),
+        (evil_huge_headers, "/v1/chat/completions", "502", "upstream_bad_response"),
+        (evil_hang_after_first_event, "/v1/chat/completions", "truncated", "upstream_idle_timeout"),
+        (evil_bad_crc, "/bedrock/model/us.amazon.nova-micro-v1%3A0/converse-stream", "same", "message_crc_mismatch"),
+    ],
+    ids=lambda x: getattr(x, "__name__", None),
+)
+async def test_garbage_from_upstream(
+    handler: Handler, path: str, client_sees: str, event_error: str, make_proxy: Any
+) -> None:
+    async with RawServer(handler) as evil:
+        proxy = await make_proxy(f"http://127.0.0.1:{evil.port}", read_timeout=0.5)
+        t0 = time.monotonic()
+        async with aiohttp.ClientSession() as s:
+            try:
+                async with s.post(proxy.url + path, data=b'{"stream":true}') as r:
+                    status = r.status
+                    body = await r.read()
+                    outcome = "502" if status == 502 else "same"
+                    if status == 502:
+                        assert b"upstream_bad_response" in body
+            except aiohttp.ClientPayloadError:
+                outcome = "truncated"
+        assert outcome == client_sees
+        assert time.monotonic() - t0 < 4, "an idle upstream must hit the idle timeout, not hang the client"
+        (ev,) = await proxy.events()
+        assert ev.error in event_error.split("|"), ev
+        assert ev.usage_source in ("missing", "partial")
+        async with aiohttp.ClientSession() as s, s.get(proxy.url + "/healthz") as r:
+            assert r.status == 200  # still serving
+
+
+async def test_client_disconnect_closes_upstream_within_a_second(replay: Any, make_proxy: Any) -> None:
+    upstream, upstream_url = replay
+    upstream.current = load("test_anthropic__test_anthropic_model_web_search_tool_stream")
+    upstream.delay = 0.02  # ~600 chunks: a 12 s stream
+    proxy = await make_proxy(upstream_url)
+    async with aiohttp.ClientSession() as s:
+        r = await s.post(proxy.url + "/v1/messages", data=b'{"stream":true}')
+        seen = b""
+        while b'"message_start"' not in seen or not seen.split(b'"message_start"', 1)[1].count(b"\n\n"):
+            seen += await r.content.readany()  # until the whole first event (with its usage) has passed
+        r.close()  # the client goes away mid-stream
+        t_close = time.monotonic()
+    deadline = t_close + 1.0
+    while not upstream.finished and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert upstream.finished and upstream.finished[-1] - t_close < 1.0, "upstream request not closed within 1 s"
+    await asyncio.sleep(0.1)
+    (ev,) = await proxy.events()
+    assert ev.error == "client_disconnected" and ev.usage_source in ("partial", "missing")
+    assert ev.input_tokens == 2068  # message_start arrived before the disconnect: partial usage is kept
+
+
+# --- untouched pass-through (property test) ----------------------------------------------------------------
+
+
+class Harness:
+    """Replay upstream + proxy on an event loop in a background thread, so hypothesis can drive it."""
+
+    def __init__(self, tmp: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.upstream = ReplayUpstream()
+        self.upstream.current = load("test_embeddings__TestOpenAI.test_documents")
+        self.tmp = tmp
+        self.call(self._start())
+
+    def call(self, coro: Awaitable[Any]) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)  # type: ignore[arg-type]
+
+    async def _start(self) -> None:
+        from modeltrack.app import create_app
+        from modeltrack.config import PROVIDERS, Settings
+
+        self.r1 = web.AppRunner(self.upstream.app())
+        await self.r1.setup()
+        site = web.TCPSite(self.r1, "127.0.0.1", 0)
+        await site.start()
+        up = f"http://127.0.0.1:{self.r1.addresses[0][1]}"
+        settings_ = Settings.load(
+            env={},
+            overrides={
+                "store": f"sqlite:///{self.tmp}/e.db",
+                "spool_dir": f"{self.tmp}/spool",
+                "base_urls": {p: up for p in PROVIDERS},
+            },
+        )
+        self.r2 = web.AppRunner(create_app(settings_), handler_cancellation=True)
+        await self.r2.setup()
+        await web.TCPSite(self.r2, "127.0.0.1", 0).start()
+        self.url = f"http://127.0.0.1:{self.r2.addresses[0][1]}"
+        self.session = aiohttp.ClientSession(skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"))
+
+    async def send(self, headers: list[tuple[str, str]], body: bytes) -> None:
+        from multidict import CIMultiDict
+
+        async with self.session.post(
+            self.url + "/v1/embeddings?x=1&y=%20",
+            headers=CIMultiDict(headers),
+            data=body,
+            skip_auto_headers=("Content-Type",),
+        ) as r:
+            await r.read()
+
+    def close(self) -> None:
+        async def stop() -> None:
+            await self.session.close()
+            await self.r2.cleanup()
+            await self.r1.cleanup()
+
+        self.call(stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+
+
+@pytest.fixture(scope="module")
+def harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Harness]:
+    h = Harness(str(tmp_path_factory.mktemp("prop")))
+    yield h
+    h.close()
+
+
+TOKEN = st.text(alphabet="abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_", min_size=1, max_size=20)
+VALUE = st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0x7E), max_size=60).map(str.strip)
+DROPPED = {
+    "host",
+    "content-length",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "proxy-connection",
+    "expect",
+}
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    headers=st.lists(st.tuples(TOKEN.map(lambda t: "X-" + t), VALUE), max_size=12),
+    auth=VALUE.filter(bool),
+    body=st.binary(max_size=2000).filter(lambda b: not b.startswith((b"{", b"["))),
+    modeltrack=st.lists(
+        st.sampled_from(["X-ModelTrack-Team", "X-ModelTrack-App", "X-ModelTrack-Session-Id"]), max_size=3
+    ),
+)
+def test_upstream_receives_exactly_what_the_client_sent(
+    harness: Harness, headers: list[tuple[str, str]], auth: str, body: bytes, modeltrack: list[str]
+) -> None:
+    sent = [
+        ("Authorization", f"Bearer {auth}"),
+        *headers,
+        *[(m, "v") for m in modeltrack],
+        ("Connection", "keep-alive"),
+        ("x-dup", "1"),
+        ("x-dup", "2"),
+    ]
+    harness.call(harness.send(sent, body))
+    got = harness.upstream.received[-1]
+    forwarded = [
+        (k.decode("latin-1"), v.decode("latin-1"))
+        for k, v in got.raw_headers
+        if k.decode("latin-1").lower() not in DROPPED
+    ]
+    expected = [(k, v) for k, v in sent if k.lower() not in DROPPED and not k.lower().startswith("x-modeltrack-")]
+    assert forwarded == expected  # same names, values, order and duplicates
+    assert got.body == body
+    assert got.raw_path == "/v1/embeddings?x=1&y=%20"
+    assert (b"Authorization", f"Bearer {auth}".encode()) in got.raw_headers
+
+
+# --- fuzzing the route and header parsing ------------------------------------------------------------------
+
+ROUTER = Router(build_providers({"azure": "https://r.openai.azure.com"}))
+
+
+@settings(max_examples=500, deadline=None)
+@given(path=st.text(max_size=80).map(lambda p: "/" + p), anthropic=st.booleans())
+def test_router_never_raises_and_never_changes_origin(path: str, anthropic: bool) -> None:
+    res = ROUTER.resolve(path, {"anthropic-version": "1"} if anthropic else {})
+    if res is not None:
+        provider, rest = res
+        assert rest.startswith("/")
+        from yarl import URL
+
+        assert URL(provider.base_url + rest, encoded=True).host == URL(provider.base_url).host
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.binary(min_size=1, max_size=30), st.binary(max_size=60)), max_size=20))
+def test_header_splitting_never_raises(pairs: list[tuple[bytes, bytes]]) -> None:
+    out, attrs = forward_headers(pairs)
+    assert all(not k.lower().startswith("x-modeltrack-") for k in out)
+    assert all(len(v) <= 128 and v.isprintable() for v in attrs.values())
