@@ -240,6 +240,11 @@ async def evil_hang_after_first_event(r: asyncio.StreamReader, w: asyncio.Stream
     await asyncio.sleep(5)
 
 
+async def evil_never_answers(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+    await read_request(r)
+    await asyncio.sleep(5)
+
+
 async def evil_bad_crc(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
     await read_request(r)
     frames = bytearray(load("test_bedrock__test_bedrock_model_stream").body)
@@ -262,6 +267,7 @@ async def evil_bad_crc(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None
         (evil_bad_chunking, "/v1/chat/completions", "truncated", "upstream_reset|upstream_idle_timeout"),
         (evil_huge_headers, "/v1/chat/completions", "502", "upstream_bad_response"),
         (evil_hang_after_first_event, "/v1/chat/completions", "truncated", "upstream_idle_timeout"),
+        (evil_never_answers, "/v1/chat/completions", "504", "upstream_timeout"),
         (evil_bad_crc, "/bedrock/model/us.amazon.nova-micro-v1%3A0/converse-stream", "same", "message_crc_mismatch"),
     ],
     ids=lambda x: getattr(x, "__name__", None),
@@ -277,9 +283,9 @@ async def test_garbage_from_upstream(
                 async with s.post(proxy.url + path, data=b'{"stream":true}') as r:
                     status = r.status
                     body = await r.read()
-                    outcome = "502" if status == 502 else "same"
-                    if status == 502:
-                        assert b"upstream_bad_response" in body
+                    outcome = str(status) if status in (502, 504) else "same"
+                    if status in (502, 504):
+                        assert event_error.encode() in body  # a clear JSON error in the provider's shape
             except aiohttp.ClientPayloadError:
                 outcome = "truncated"
         assert outcome == client_sees

@@ -50,7 +50,7 @@ def _session(settings: Settings, tls: ssl.SSLContext) -> aiohttp.ClientSession:
         total=None,
         connect=settings.connect_timeout,
         sock_connect=settings.connect_timeout,
-        sock_read=settings.read_timeout,
+        sock_read=None,  # streams: the proxy's own IdleWatchdog (one timer per request, not one per chunk)
     )
     return aiohttp.ClientSession(
         connector=connector,
