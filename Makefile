@@ -48,3 +48,7 @@ bench-peers: $(VENV)/.dev-deps
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis data
+
+## soak: mixed traffic with injected upstream faults (default 10 min; SOAK_MINUTES=1 make soak)
+soak: $(VENV)/.dev-deps
+	$(BIN)/python -m bench.soak --minutes $${SOAK_MINUTES:-10}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import signal
 import subprocess
@@ -13,6 +14,16 @@ from pathlib import Path
 import aiohttp
 
 from .conftest import free_port
+
+_STARTED: list[subprocess.Popen[bytes]] = []
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """A test that fails before ``stop()`` must not leave a proxy running after the session."""
+    for p in _STARTED:
+        if p.poll() is None:
+            p.kill()
 
 
 class ProxyProcess:
@@ -40,6 +51,7 @@ class ProxyProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "modeltrack", "serve", *self.args], env=self.env, stdout=log, stderr=log
         )
+        _STARTED.append(self.proc)
         deadline = time.monotonic() + 20
         async with aiohttp.ClientSession() as s:
             while time.monotonic() < deadline:

@@ -13,3 +13,11 @@ async def test_pipeline_bench_harness() -> None:
 
 def test_pricing_bench_harness() -> None:
     assert pricing.run(500)["events"] == 500
+
+
+async def test_soak_harness() -> None:
+    from bench import soak
+
+    r = await soak.soak(minutes=0.1, concurrency=8, fault_rate=0.2)
+    assert r["requests"] > 20 and r["events_stored"] == r["requests"] and r["exit_code"] == 0
+    assert sum(r["faults_injected"].values()) > 0
