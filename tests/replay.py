@@ -84,6 +84,24 @@ def all_recordings() -> list[Recording]:
     return out
 
 
+def compress(data: bytes, encoding: str) -> bytes:
+    import gzip
+    import zlib
+
+    import brotli
+    import zstandard
+
+    if encoding == "gzip":
+        return gzip.compress(data)
+    if encoding == "deflate":
+        return zlib.compress(data)
+    if encoding == "br":
+        return bytes(brotli.compress(data))
+    if encoding == "zstd":
+        return bytes(zstandard.ZstdCompressor().compress(data))
+    raise ValueError(encoding)
+
+
 def split_awkwardly(body: bytes, seed: int) -> list[bytes]:
     rnd = random.Random(seed)
     chunks, i = [], 0
@@ -111,6 +129,8 @@ class ReplayUpstream:
     chunked: bool = True
     delay: float = 0.0
     seed: int = 1234
+    encoding: str = ""
+    """serve the recorded body compressed with this Content-Encoding (gzip, deflate, br, zstd)"""
     finished: list[float] = field(default_factory=list)
     """monotonic times at which a response ended (completed, or the proxy closed the connection)."""
 
@@ -129,11 +149,14 @@ class ReplayUpstream:
         for k, v in rec.headers:
             resp.headers.add(k, v)
         resp.headers["x-request-id"] = f"upstream-{rec.name[:20]}-{rec.index}"
+        body = compress(rec.body, self.encoding) if self.encoding else rec.body
+        if self.encoding:
+            resp.headers["Content-Encoding"] = self.encoding
         if not self.chunked:
-            resp.content_length = len(rec.body)
+            resp.content_length = len(body)
         try:
             await resp.prepare(request)
-            for chunk in split_awkwardly(rec.body, self.seed) if self.chunked else [rec.body]:
+            for chunk in split_awkwardly(body, self.seed) if self.chunked else [body]:
                 await resp.write(chunk)
                 if self.delay:
                     await asyncio.sleep(self.delay)

@@ -69,3 +69,32 @@ async def test_recording_through_proxy(rec: Recording, replay: Any, make_proxy: 
     assert ev["latency_ms"] > 0
     if ev["stream"]:
         assert ev["ttft_ms"] is not None and 0 < ev["ttft_ms"] <= ev["latency_ms"]
+
+
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "zstd"])
+@pytest.mark.parametrize(
+    "key",
+    [
+        ("test_anthropic__test_anthropic_model_thinking_part_stream", 0),
+        ("test_openai_prompt_cache__test_openai_chat_prompt_cache_e2e", 1),
+    ],
+    ids=["anthropic-stream", "openai-json"],
+)
+async def test_compressed_bodies_pass_through_and_are_metered(
+    encoding: str, key: tuple[str, int], replay: Any, make_proxy: Any
+) -> None:
+    from .replay import load
+
+    upstream, upstream_url = replay
+    rec = load(*key)
+    upstream.current = rec
+    upstream.encoding = encoding
+    proxy = await make_proxy(upstream_url)
+    _, _, direct = await fetch(upstream_url + rec.path_qs, request_body(rec))
+    _, p_headers, proxied = await fetch(proxy.url + proxy_path(rec), request_body(rec))
+    assert proxied == direct != rec.body  # compressed bytes, passed through untouched
+    assert p_headers["Content-Encoding"] == encoding
+    (ev,) = await proxy.events()
+    expected = EXPECTED[key]
+    assert (ev.input_tokens, ev.output_tokens) == (expected["input_tokens"], expected["output_tokens"])
+    assert ev.error is None

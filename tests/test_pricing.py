@@ -97,6 +97,7 @@ CROSS: list[tuple[str, str, dict[str, Any]]] = [
     ("gemini", "gemini-2.5-flash", dict(input_tokens=18, output_tokens=115, reasoning_tokens=35)),
     ("gemini", "gemini-2.5-flash", dict(input_tokens=5_000, input_audio_tokens=2_000, output_tokens=100)),
     ("gemini", "gemini-2.0-flash", dict(input_tokens=13, output_tokens=8)),
+    ("openai", "gpt-image-1", dict(input_tokens=500, input_image_tokens=400, output_tokens=1000)),
     ("gemini", "gemini-2.5-flash-lite", dict(input_tokens=9_000, cache_read_tokens=1_000, output_tokens=400)),
     ("bedrock", "us.anthropic.claude-sonnet-4-20250514-v1:0", dict(input_tokens=1_000, output_tokens=200)),
     (
@@ -131,6 +132,7 @@ def genai_usage(u: Usage) -> genai_prices.Usage:
         cache_write_tokens=u.cache_write_tokens,
         cache_write_1h_tokens=u.cache_write_1h_tokens,
         input_audio_tokens=u.input_audio_tokens,
+        input_image_tokens=u.input_image_tokens,
         output_tokens=u.output_tokens,
         output_audio_tokens=u.output_audio_tokens,
         output_reasoning_tokens=u.reasoning_tokens,

@@ -14,9 +14,16 @@ from .providers.base import Meter, MeterResult
 MAX_INFLATE = 256 * 1024 * 1024  # a decompression bomb must not take the proxy down
 
 
-class _Decoder:
+class _Brotli:
+    """``brotli.Decompressor`` streams with ``process()``; give it the ``decompress()`` the others have."""
+
+    def __init__(self) -> None:
+        import brotli
+
+        self._d = brotli.Decompressor()
+
     def decompress(self, data: bytes) -> bytes:
-        raise NotImplementedError
+        return bytes(self._d.process(data))
 
 
 def _decoder(encoding: str) -> Any:
@@ -26,9 +33,7 @@ def _decoder(encoding: str) -> Any:
     if enc == "deflate":
         return zlib.decompressobj(wbits=47)  # zlib or gzip header, auto-detected
     if enc == "br":
-        import brotli
-
-        return brotli.Decompressor()
+        return _Brotli()
     if enc == "zstd":
         import zstandard
 

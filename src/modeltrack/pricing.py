@@ -430,6 +430,7 @@ _COUNTS: dict[str, Any] = {
     "cache_write_1h_tokens": lambda u: u.cache_write_1h_tokens,
     "cache_write_5m_tokens": lambda u: u.cache_write_tokens - u.cache_write_1h_tokens,
     "input_audio_tokens": lambda u: u.input_audio_tokens,
+    "input_image_tokens": lambda u: u.input_image_tokens,
     "output_tokens": lambda u: u.output_tokens,
     "output_audio_tokens": lambda u: u.output_audio_tokens,
     "output_reasoning_tokens": lambda u: u.reasoning_tokens,

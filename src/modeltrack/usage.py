@@ -8,7 +8,8 @@ Subset relations (the source of most cost bugs in other proxies) are fixed here,
   1-hour TTL (Anthropic prices it higher), so 5-minute writes = ``cache_write_tokens - cache_write_1h_tokens``.
 * ``output_tokens``      all output *including* reasoning/thinking tokens (that is how every provider bills).
 * ``reasoning_tokens``   the reasoning subset of ``output_tokens``, for reporting only; never priced twice.
-* ``input_audio_tokens`` / ``output_audio_tokens``: audio subsets of input / output where reported.
+* ``input_audio_tokens`` / ``output_audio_tokens`` / ``input_image_tokens``: audio and image subsets of input /
+  output where reported (priced at their own rate where the model has one, else at the parent's).
 
 Total billed input = input + cache_read + cache_write.
 """
@@ -28,6 +29,7 @@ class Usage:
     reasoning_tokens: int = 0
     input_audio_tokens: int = 0
     output_audio_tokens: int = 0
+    input_image_tokens: int = 0
     web_search_requests: int = 0
     reported_cost_usd: float | None = None
     """A cost the provider itself reported (OpenRouter ``usage.cost``); preferred over our own price."""

@@ -27,10 +27,12 @@ def gemini_usage(u: Any) -> Usage | None:
     prompt = as_int(u.get("promptTokenCount")) + as_int(u.get("toolUsePromptTokenCount"))
     cached = as_int(u.get("cachedContentTokenCount"))
     thoughts = as_int(u.get("thoughtsTokenCount"))
-    audio_in = 0
+    audio_in = image_in = 0
     for d in u.get("promptTokensDetails") or ():
         if isinstance(d, dict) and d.get("modality") == "AUDIO":
             audio_in += as_int(d.get("tokenCount"))
+        elif isinstance(d, dict) and d.get("modality") == "IMAGE":
+            image_in += as_int(d.get("tokenCount"))
     audio_out = 0
     for d in u.get("candidatesTokensDetails") or ():
         if isinstance(d, dict) and d.get("modality") == "AUDIO":
@@ -43,6 +45,7 @@ def gemini_usage(u: Any) -> Usage | None:
         reasoning_tokens=thoughts,
         input_audio_tokens=audio_in,
         output_audio_tokens=audio_out,
+        input_image_tokens=image_in,
         service_tier=tier if isinstance(tier, str) else None,
     )
 

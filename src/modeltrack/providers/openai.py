@@ -45,6 +45,7 @@ def openai_usage(u: Any, service_tier: Any = None) -> Usage | None:
         reasoning = as_int(cd.get("reasoning_tokens")) if isinstance(cd, dict) else 0
         in_audio = as_int(pd.get("audio_tokens")) if isinstance(pd, dict) else 0
         out_audio = as_int(cd.get("audio_tokens")) if isinstance(cd, dict) else 0
+        in_image = as_int(pd.get("image_tokens")) if isinstance(pd, dict) else 0
     elif "input_tokens" in u or "output_tokens" in u:  # Responses API
         prompt = as_int(u.get("input_tokens"))
         output = as_int(u.get("output_tokens"))
@@ -54,6 +55,7 @@ def openai_usage(u: Any, service_tier: Any = None) -> Usage | None:
         cache_write = as_int(idt.get("cache_write_tokens")) if isinstance(idt, dict) else 0
         reasoning = as_int(odt.get("reasoning_tokens")) if isinstance(odt, dict) else 0
         in_audio = out_audio = 0
+        in_image = as_int(idt.get("image_tokens")) if isinstance(idt, dict) else 0
     else:
         return None
     cost = u.get("cost")
@@ -65,6 +67,7 @@ def openai_usage(u: Any, service_tier: Any = None) -> Usage | None:
         reasoning_tokens=reasoning,
         input_audio_tokens=in_audio,
         output_audio_tokens=out_audio,
+        input_image_tokens=in_image,
         reported_cost_usd=float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None,
         service_tier=service_tier if isinstance(service_tier, str) else None,
     )
