@@ -3,12 +3,17 @@ logging on: the keys reach the upstream unchanged and appear nowhere else."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import logging
 import uuid
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
+import pytest
 
 from .conftest import free_port
 from .proc import ProxyProcess
@@ -125,3 +130,71 @@ async def test_canary_keys_never_leak(replay: Any, tmp_path: Path) -> None:
             ("proxy responses", b"".join(generated)),
         ):
             assert value.encode() not in blob, f"{name} canary leaked into {where}"
+
+
+async def test_canaries_through_timeouts_disconnects_and_a_spooled_shutdown(replay: Any, tmp_path: Path) -> None:
+    """More leak paths: an upstream that hangs (idle timeout), a client that disconnects mid-stream, and a
+    shutdown while the store has been unusable since start-up (every event ends up in the spool)."""
+    from .test_security import RawServer, evil_hang_after_first_event
+
+    upstream, upstream_url = replay
+    upstream.current = load("test_anthropic__test_anthropic_model_web_search_tool_stream")
+    upstream.delay = 0.01
+    key = f"CANARY-{uuid.uuid4().hex}"
+    (tmp_path / "not-a-dir").write_text("a file where the store's directory should be")
+    async with RawServer(evil_hang_after_first_event) as hang:
+        env = {
+            "MODELTRACK_ANTHROPIC_BASE_URL": upstream_url,
+            "MODELTRACK_OPENAI_BASE_URL": f"http://127.0.0.1:{hang.port}",
+            "MODELTRACK_READ_TIMEOUT": "0.5",
+            "MODELTRACK_LOG_LEVEL": "debug",
+            "MODELTRACK_STORE": f"sqlite:///{tmp_path}/not-a-dir/events.db",  # unusable: everything spools
+        }
+        proxy = ProxyProcess(tmp_path, env)
+        await proxy.start()
+        async with aiohttp.ClientSession() as s:
+            with contextlib.suppress(aiohttp.ClientPayloadError):
+                async with s.post(
+                    proxy.url + "/v1/chat/completions",
+                    data=b'{"stream":true}',
+                    headers={"Authorization": f"Bearer {key}"},
+                ) as r:
+                    await r.read()  # truncated after the idle timeout
+            r2 = await s.post(proxy.url + "/v1/messages", data=b'{"stream":true}', headers={"x-api-key": key})
+            await r2.content.readany()
+            r2.close()  # client disconnect mid-stream
+            await asyncio.sleep(0.3)
+            async with s.get(proxy.url + "/readyz") as r:
+                assert r.status == 503 and "store_unreachable" in (await r.json())["problems"]
+        assert await proxy.stop() == 0
+    spooled = b"".join(p.read_bytes() for p in (tmp_path / "spool").glob("*.jsonl"))
+    errors = sorted(json.loads(line)["error"] for line in spooled.splitlines())
+    assert errors == ["client_disconnected", "upstream_idle_timeout"], errors  # both events kept, in the spool
+    for where, blob in (("logs", proxy.log_path.read_bytes()), ("spool", spooled)):
+        assert key.encode() not in blob, f"key leaked into {where}"
+
+
+async def test_a_crashing_meter_costs_the_usage_not_the_event(
+    replay: Any, make_proxy: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from modeltrack.providers.meters import SSEMeter
+
+    secret_output = "response text that must never be logged"
+
+    def explode(self: SSEMeter, complete: bool) -> None:
+        raise ValueError(f"cannot parse {secret_output!r}")
+
+    monkeypatch.setattr(SSEMeter, "finish", explode)
+    upstream, upstream_url = replay
+    upstream.current = load("test_openai__test_run_stream_sync_streams_real_model")
+    proxy = await make_proxy(upstream_url)
+    with caplog.at_level(logging.DEBUG):
+        async with (
+            aiohttp.ClientSession() as s,
+            s.post(proxy.url + "/v1/chat/completions", data=b'{"stream":true}') as r,
+        ):
+            body = await r.read()
+    assert r.status == 200 and body == upstream.current.body  # the client is unaffected
+    (ev,) = await proxy.events()
+    assert ev.error == "meter_error" and ev.usage_source == "missing" and ev.cost_usd is None
+    assert "ValueError" in caplog.text and secret_output not in caplog.text

@@ -243,8 +243,16 @@ class Pipeline:
 
     # -- lifecycle --------------------------------------------------------------------------------------
     async def start(self) -> None:
-        await self.sink.open()
-        await self.replay()
+        """Never fails because the store is down: the proxy serves, events are retried/spooled, /readyz says why."""
+        try:
+            await self.sink.open()
+        except Exception as exc:  # noqa: BLE001 - e.g. an unreachable store at start-up
+            log.error(
+                "store unavailable at start-up (%s); events will be spooled until it recovers", type(exc).__name__
+            )
+            self.failing_since = time.monotonic()
+        else:
+            await self.replay()
         self._task = asyncio.create_task(self._run(), name="modeltrack-flusher")
 
     async def close(self, grace: float = 10.0) -> None:

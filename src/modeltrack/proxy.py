@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import logging
 import time
+import traceback
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from time import perf_counter
@@ -58,6 +59,13 @@ ATTR_HEADERS = {
     "x-modeltrack-session-id": "session_id",
 }
 MAX_ATTR_LEN = 128
+
+
+def log_exception_safely(what: str, exc: BaseException) -> None:
+    """Log where it failed (type and stack frames) but never the exception's message: messages of parse errors
+    can quote response bytes, and those may hold model output."""
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    log.error("%s: %s\n%s", what, type(exc).__name__, frames)
 
 
 def forward_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> tuple[CIMultiDict[str], dict[str, str]]:
@@ -393,7 +401,11 @@ class Proxy:
         """Build, price, count and enqueue the event. Never raises: a bug here must not break the response."""
         try:
             end = perf_counter()
-            result: MeterResult = meter.finish(complete) if meter is not None else MeterResult(model=info.model)
+            try:
+                result: MeterResult = meter.finish(complete) if meter is not None else MeterResult(model=info.model)
+            except Exception as exc:  # noqa: BLE001 - a meter bug costs the usage, never the event
+                log_exception_safely(f"{rid} meter failed", exc)
+                result = MeterResult(model=info.model, error="meter_error")
             usage = result.usage
             cost, cost_source = self.pricing.cost(provider.name, result, info.model, wall)
             if cost_source == "unpriced":
@@ -450,5 +462,5 @@ class Proxy:
                     ev.usage_source,
                     ev.error,
                 )
-        except Exception:
-            log.exception("%s failed to record the cost event", rid)
+        except Exception as exc:  # noqa: BLE001 - recording must never break the response
+            log_exception_safely(f"{rid} failed to record the cost event", exc)

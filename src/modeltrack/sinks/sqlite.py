@@ -169,7 +169,7 @@ class SQLiteSink:
         try:
             await asyncio.to_thread(self._locked, lambda: self._connect().execute("SELECT 1").fetchone())
             return True
-        except sqlite3.Error:
+        except (sqlite3.Error, OSError):  # OSError: the path itself is unusable
             return False
 
     async def close(self) -> None:
