@@ -463,3 +463,31 @@ def test_header_splitting_never_raises(pairs: list[tuple[bytes, bytes]]) -> None
     out, attrs = forward_headers(pairs)
     assert all(not k.lower().startswith("x-modeltrack-") for k in out)
     assert all(len(v) <= 128 and v.isprintable() for v in attrs.values())
+
+
+async def test_slowloris_headers_are_cut_off(tmp_path: Any) -> None:
+    from .proc import ProxyProcess
+
+    proxy = ProxyProcess(tmp_path, {"MODELTRACK_HEADER_TIMEOUT": "1"})
+    await proxy.start()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+        t0 = time.monotonic()
+        writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+        for i in range(10):  # one header line every 0.4 s, never finishing
+            await asyncio.sleep(0.4)
+            try:
+                writer.write(b"X-Slow-%d: y\r\n" % i)
+                await writer.drain()
+                if await asyncio.wait_for(reader.read(1), 0.01) == b"":
+                    break
+            except (ConnectionError, TimeoutError):
+                if reader.at_eof() or writer.is_closing():
+                    break
+        closed_after = time.monotonic() - t0
+        writer.close()
+        assert closed_after < 2.5, "a client trickling headers must be disconnected after MODELTRACK_HEADER_TIMEOUT"
+        async with aiohttp.ClientSession() as s, s.get(proxy.url + "/healthz") as r:
+            assert r.status == 200
+    finally:
+        assert await proxy.stop() == 0

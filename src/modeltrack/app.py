@@ -191,7 +191,14 @@ async def serve(settings: Settings, announce: Any = None) -> int:
     ``shutdown_grace`` seconds, drain the event queue to the store, spool what could not be written, exit 0.
     """
     app = create_app(settings)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=settings.shutdown_grace)
+    # aiohttp's keep-alive timer also runs while a request's headers trickle in, so it bounds slowloris clients.
+    runner = web.AppRunner(
+        app,
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=settings.shutdown_grace,
+        keepalive_timeout=settings.header_timeout,
+    )
     await runner.setup()
     site = web.TCPSite(
         runner, settings.host, settings.port, reuse_port=hasattr(socket, "SO_REUSEPORT") or None, backlog=1024

@@ -75,6 +75,10 @@ class Settings:
     ca_bundle: str = field(
         default="", metadata={"help": "extra CA bundle (PEM) for upstream TLS; verification is always on"}
     )
+    header_timeout: float = field(
+        default=30.0,
+        metadata={"help": "seconds a client may take to send its request headers (slowloris); also keep-alive idle"},
+    )
     body_timeout: float = field(default=60.0, metadata={"help": "seconds a client may take to send its body (408)"})
     batch_size: int = field(
         default=2000, metadata={"help": "events per store write (Firestore commits are split at 500 writes)"}
