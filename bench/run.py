@@ -271,7 +271,10 @@ def chart(rows: dict[str, dict[str, float]], path: Path) -> None:
 
     names = list(rows)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    axes[0].bar(names, [rows[n]["rps"] for n in names], color=["#888", "#2a7", "#27c", "#c72"][: len(names)])
+    palette = ["#888", "#2a7", "#27c", "#58e", "#c72"]
+    axes[0].bar(names, [rows[n]["rps"] for n in names], color=[palette[i % len(palette)] for i in range(len(names))])
+    axes[0].tick_params(axis="x", labelrotation=20)
+    axes[1].tick_params(axis="x", labelrotation=20)
     axes[0].set_title("Non-streaming chat, 64 connections (req/s)")
     axes[1].bar(names, [rows[n].get("c1_p50_ms", 0) for n in names], label="p50")
     axes[1].bar(
@@ -360,6 +363,42 @@ def main() -> None:
             }
             print(name, rows[name], flush=True)
 
+        # Scaling: the same proxy with --workers 2 (SO_REUSEPORT), non-streaming load only.
+        w2_port = free_port()
+        procs["modeltrack-2w"] = Proc(
+            "modeltrack-2w",
+            [
+                sys.executable,
+                "-m",
+                "modeltrack",
+                "serve",
+                "--workers",
+                "2",
+                "--port",
+                str(w2_port),
+                "--log-level",
+                "warning",
+                "--store",
+                f"sqlite:///{tmp}/bench2w.db",
+                "--spool-dir",
+                str(tmp / "spool2w"),
+            ],
+            w2_port,
+            env={"MODELTRACK_OPENAI_BASE_URL": f"http://127.0.0.1:{up_port}"},
+        ).start(tmp)
+        url2 = f"http://127.0.0.1:{w2_port}/v1/chat/completions"
+        wrk(url2, 8, 1, lua)
+        r64 = wrk(url2, 64, secs, lua)
+        r1 = wrk(url2, 1, secs, lua)
+        rows["modeltrack --workers 2"] = {
+            "rps": r64["rps"],
+            "c64_p99_ms": r64.get("p99_ms", 0),
+            "non2xx": r64["non2xx"],
+            "c1_p50_ms": r1.get("p50_ms", 0),
+            "c1_p99_ms": r1.get("p99_ms", 0),
+        }
+        procs.pop("modeltrack-2w").stop()
+
         n_streams = 100 if args.quick else 500
         paced: dict[str, dict[str, Any]] = {}
         unpaced: dict[str, dict[str, Any]] = {}
@@ -420,6 +459,11 @@ def main() -> None:
         f"p99 **{mt['c1_p99_ms'] - d['c1_p99_ms']:.3f} ms** (targets ≤ 0.5 / ≤ 1.5 ms). "
         f"Throughput {mt['rps'] / d['rps']:.0%} of direct (target ≥ 30%), {mt['rps'] / ng['rps']:.0%} of nginx.",
     ]
+    w2 = rows["modeltrack --workers 2"]
+    lines.append(
+        f"Scaling 1 → 2 workers: {mt['rps']:,.0f} → {w2['rps']:,.0f} req/s (**{w2['rps'] / mt['rps']:.2f}×**; "
+        "wrk and the upstream share the same 2 cores)."
+    )
     if "litellm" in rows:
         lines.append(
             f"LiteLLM: {rows['litellm']['rps']:,.0f} req/s — ModelTrack is "

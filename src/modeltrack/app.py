@@ -15,10 +15,10 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from .config import ConfigError, Settings
-from .metrics import Metrics
+from .metrics import Metrics, exposition
 from .pipeline import Pipeline
 from .pricing import Pricing
 from .providers import Router, build_providers
@@ -179,7 +179,7 @@ async def metrics_view(request: web.Request) -> web.Response:
     pipeline = request.app[PIPELINE]
     metrics.queue_depth.set(pipeline.depth)
     metrics.store_up.set(0 if pipeline.failing_since is not None else 1)
-    resp = web.Response(body=generate_latest(metrics.registry))
+    resp = web.Response(body=exposition(metrics.registry))
     resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
     return resp
 

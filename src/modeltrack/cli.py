@@ -31,6 +31,9 @@ def _serve(args: argparse.Namespace) -> int:
     except ImportError:
         pass
 
+    if settings.workers > 1 and not os.environ.get("MODELTRACK_WORKER"):
+        return _supervise(settings)
+
     def announce() -> None:
         print(
             f"modeltrack {__version__} listening on http://{settings.host}:{settings.port}", file=sys.stderr, flush=True
@@ -44,6 +47,34 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"modeltrack: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
         return 1
+
+
+def _supervise(settings: Settings) -> int:
+    """``--workers N``: run N copies of this command on the same port (SO_REUSEPORT: the kernel spreads
+    connections), with Prometheus multiprocess mode so /metrics on any worker reports the sum of all. Signals
+    are forwarded; the exit code is the worst of the workers'."""
+    import shutil
+    import signal
+    import subprocess
+    import tempfile
+
+    metrics_dir = tempfile.mkdtemp(prefix="modeltrack-metrics-")
+    env = {**os.environ, "MODELTRACK_WORKER": "1", "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
+    argv = [sys.executable, "-m", "modeltrack", *sys.argv[1:]]
+    children = [subprocess.Popen(argv, env=env) for _ in range(settings.workers)]
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    try:
+        codes = [child.wait() for child in children]
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return max((abs(c) for c in codes), default=0)
 
 
 def _events(args: argparse.Namespace) -> int:

@@ -61,6 +61,9 @@ class Settings:
         default="sqlite:///./data/modeltrack.db",
         metadata={"help": "sqlite:///PATH | firestore://PROJECT[/COLLECTION] | jsonl:///PATH"},
     )
+    workers: int = field(
+        default=1, metadata={"help": "processes sharing the port (SO_REUSEPORT); /metrics sums all of them"}
+    )
     log_level: str = field(default="info", metadata={"help": "debug|info|warning|error (never logs secrets)"})
     spool_dir: str = field(default="./data/spool", metadata={"help": "where undeliverable events are spooled"})
     max_body_bytes: int = field(default=32 * 1024 * 1024, metadata={"help": "request body limit (413 above)"})
@@ -130,6 +133,8 @@ class Settings:
         return s
 
     def validate(self) -> None:
+        if not 1 <= self.workers <= 64:
+            raise ConfigError("MODELTRACK_WORKERS must be between 1 and 64")
         if not 0 < self.port < 65536:
             raise ConfigError(f"MODELTRACK_PORT out of range: {self.port}")
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):

@@ -7,9 +7,10 @@ folded into ``__other__`` and counted in ``modeltrack_label_values_folded_total`
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 if TYPE_CHECKING:
     from .events import CostEvent
@@ -20,6 +21,16 @@ MAX_LABEL_LEN = 64
 _OVERHEAD_BUCKETS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1)
 _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+
+
+def exposition(registry: CollectorRegistry) -> bytes:
+    """The /metrics body: this process's registry, or — with ``--workers`` (``PROMETHEUS_MULTIPROC_DIR`` set) —
+    every worker's values summed by prometheus-client's multiprocess collector."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        combined = CollectorRegistry()
+        multiprocess.MultiProcessCollector(combined)  # type: ignore[no-untyped-call]
+        return generate_latest(combined)
+    return generate_latest(registry)
 
 
 def sanitize(value: str | None, limit: int = MAX_LABEL_LEN) -> str:
@@ -96,9 +107,19 @@ class Metrics:
             ("label",),
             registry=r,
         )
-        self.queue_depth = Gauge("modeltrack_queue_depth", "Events waiting in the pipeline queue.", registry=r)
-        self.queue_capacity = Gauge("modeltrack_queue_capacity", "Pipeline queue bound (overflow spools).", registry=r)
-        self.store_up = Gauge("modeltrack_store_up", "1 when the last store write succeeded.", registry=r)
+        # multiprocess_mode only matters with --workers (PROMETHEUS_MULTIPROC_DIR): sum live workers, worst store.
+        self.queue_depth = Gauge(
+            "modeltrack_queue_depth", "Events waiting in the pipeline queue.", registry=r, multiprocess_mode="livesum"
+        )
+        self.queue_capacity = Gauge(
+            "modeltrack_queue_capacity",
+            "Pipeline queue bound (overflow spools).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.store_up = Gauge(
+            "modeltrack_store_up", "1 when the last store write succeeded.", registry=r, multiprocess_mode="livemin"
+        )
         self.batches = Counter("modeltrack_batches_written", "Batches written to the store.", registry=r)
         self.events_written = Counter("modeltrack_events_written", "Events written to the store.", registry=r)
         self.batch_size = Histogram(
