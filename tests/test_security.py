@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -491,3 +492,45 @@ async def test_slowloris_headers_are_cut_off(tmp_path: Any) -> None:
             assert r.status == 200
     finally:
         assert await proxy.stop() == 0
+
+
+async def test_upstream_tls_is_verified_and_a_custom_ca_can_be_added(make_proxy: Any, tmp_path: Any) -> None:
+    import ssl
+
+    import trustme
+
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("localhost").configure_cert(server_ctx)
+    upstream = ReplayUpstream()
+    upstream.current = load("test_embeddings__TestOpenAI.test_documents")
+    runner = web.AppRunner(upstream.app())
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx).start()
+    url = f"https://localhost:{runner.addresses[0][1]}"
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    try:
+        untrusted = await make_proxy(url)
+        trusted = await make_proxy(url, ca_bundle=str(bundle))
+        async with aiohttp.ClientSession() as s:
+            async with s.post(untrusted.url + "/v1/embeddings", data=b"{}") as r:
+                assert r.status == 502 and (await r.json())["error"]["type"] == "upstream_unreachable"
+            async with s.post(trusted.url + "/v1/embeddings", data=b"{}") as r:
+                assert r.status == 200 and await r.read() == upstream.current.body
+        assert len(upstream.received) == 1  # the unverified connection never sent the request
+    finally:
+        await runner.cleanup()
+
+
+async def test_read_timeout_per_provider(make_proxy: Any) -> None:
+    async with RawServer(evil_hang_after_first_event) as hang:
+        proxy = await make_proxy(f"http://127.0.0.1:{hang.port}", read_timeout=30.0, read_timeouts={"groq": 0.3})
+        t0 = time.monotonic()
+        async with aiohttp.ClientSession() as s:
+            with contextlib.suppress(aiohttp.ClientPayloadError):
+                async with s.post(proxy.url + "/groq/v1/chat/completions", data=b'{"stream":true}') as r:
+                    await r.read()
+        assert time.monotonic() - t0 < 3, "groq's own 0.3 s idle timeout applies, not the global 30 s"
+        (ev,) = await proxy.events()
+        assert ev.error == "upstream_idle_timeout"

@@ -105,6 +105,7 @@ def create_app(settings: Settings, pricing: Pricing | None = None) -> web.Applic
     proxy.client_tokens = load_client_tokens(settings.client_tokens)
     proxy.body_timeout = settings.body_timeout
     proxy.read_timeout = settings.read_timeout
+    proxy.read_timeouts = dict(settings.read_timeouts)
     app[SETTINGS] = settings
     app[PROXY] = proxy
     app[PIPELINE] = pipeline

@@ -108,6 +108,7 @@ class Settings:
     )
     base_urls: dict[str, str] = field(default_factory=dict, metadata={"env": False})
     inject_stream_usage: dict[str, bool] = field(default_factory=dict, metadata={"env": False})
+    read_timeouts: dict[str, float] = field(default_factory=dict, metadata={"env": False})
 
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
@@ -123,6 +124,9 @@ class Settings:
             url = env.get(f"MODELTRACK_{p.upper()}_BASE_URL")
             if url:
                 s.base_urls[p] = url
+            rt = env.get(f"MODELTRACK_{p.upper()}_READ_TIMEOUT")
+            if rt is not None:
+                s.read_timeouts[p] = _convert(f"{p}_read_timeout", "float", rt)
             inj = env.get(f"MODELTRACK_{p.upper()}_INJECT_STREAM_USAGE")
             if inj is not None:
                 s.inject_stream_usage[p] = _convert(f"{p}_inject_stream_usage", "bool", inj)

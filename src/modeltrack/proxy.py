@@ -179,6 +179,7 @@ class Proxy:
         self.client_tokens: frozenset[bytes] = frozenset()  # sha256 digests; empty = access control off
         self.body_timeout = 60.0
         self.read_timeout = 600.0
+        self.read_timeouts: dict[str, float] = {}  # per provider (MODELTRACK_<PROVIDER>_READ_TIMEOUT)
 
     # -- errors the proxy itself generates ----------------------------------------------------------------
     @staticmethod
@@ -243,7 +244,7 @@ class Proxy:
         watchdog: IdleWatchdog | None = None
         try:
             session = self.sessions[provider.name]
-            watchdog = IdleWatchdog(self.read_timeout)
+            watchdog = IdleWatchdog(self.read_timeouts.get(provider.name, self.read_timeout))
             watchdog.waiting = True  # until the response headers arrive
             try:
                 t = perf_counter()
