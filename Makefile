@@ -26,8 +26,8 @@ run: $(VENV)/.run-deps
 test: lint typecheck unit
 
 lint: $(VENV)/.dev-deps
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench deploy
+	$(BIN)/ruff format --check src tests bench deploy
 
 typecheck: $(VENV)/.dev-deps
 	$(BIN)/mypy

@@ -39,6 +39,15 @@ def panel(
     }
 
 
+def quantiles(title: str, metric: str, x: int) -> dict[str, Any]:
+    """p50/p95/p99 of a histogram, in seconds, on the latency row."""
+    exprs = [
+        (f"histogram_quantile({q}, sum by (le) (rate({metric}_bucket[$__rate_interval])))", f"p{int(q * 100)}")
+        for q in (0.5, 0.95, 0.99)
+    ]
+    return panel(title, exprs, x, 28, 8, unit="s")
+
+
 def var(name: str, label: str) -> dict[str, Any]:
     return {
         "name": name,
@@ -143,48 +152,9 @@ def build() -> dict[str, Any]:
             20,
             unit="percentunit",
         ),
-        panel(
-            "Request duration",
-            [
-                (
-                    f"histogram_quantile({q}, sum by (le) (rate(modeltrack_request_duration_seconds_bucket[{r}])))",
-                    f"p{int(q * 100)}",
-                )
-                for q in (0.5, 0.95, 0.99)
-            ],
-            0,
-            28,
-            8,
-            unit="s",
-        ),
-        panel(
-            "Time to first token",
-            [
-                (
-                    f"histogram_quantile({q}, sum by (le) (rate(modeltrack_time_to_first_token_seconds_bucket[{r}])))",
-                    f"p{int(q * 100)}",
-                )
-                for q in (0.5, 0.95, 0.99)
-            ],
-            8,
-            28,
-            8,
-            unit="s",
-        ),
-        panel(
-            "Proxy overhead (excludes upstream and client wait)",
-            [
-                (
-                    f"histogram_quantile({q}, sum by (le) (rate(modeltrack_proxy_overhead_seconds_bucket[{r}])))",
-                    f"p{int(q * 100)}",
-                )
-                for q in (0.5, 0.95, 0.99)
-            ],
-            16,
-            28,
-            8,
-            unit="s",
-        ),
+        quantiles("Request duration", "modeltrack_request_duration_seconds", 0),
+        quantiles("Time to first token", "modeltrack_time_to_first_token_seconds", 8),
+        quantiles("Proxy overhead (excludes upstream and client wait)", "modeltrack_proxy_overhead_seconds", 16),
         panel(
             "Requests by status class",
             [
