@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 PROVIDERS = (
@@ -168,6 +168,11 @@ def _convert(name: str, typ: Any, raw: str) -> Any:
     return raw
 
 
+def _shown_default(f: Any) -> str:
+    value = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING else "")
+    return str(value) if value not in ("", {}, None) else "none"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     for f in fields(Settings):
         if f.metadata.get("env") is False:
@@ -178,5 +183,5 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             dest=f.name,
             default=None,
             type=lambda raw, _f=f: _convert(_f.name, _f.type, raw),  # type: ignore[misc]
-            help=f"{f.metadata.get('help', '')} [env {env}; default {f.default if f.default is not field else ''}]",
+            help=f"{f.metadata.get('help', '')} [env {env}; default {_shown_default(f)}]",
         )
