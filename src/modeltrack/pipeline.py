@@ -288,9 +288,10 @@ class Pipeline:
             await asyncio.sleep(poll)
 
     async def flush(self) -> None:
-        """Write everything queued now (tests, shutdown)."""
+        """Return when everything queued now is written — including a batch the flusher is writing."""
         while self._q:
             await self._write_batch(self._take())
+        await self.drained()
 
     # -- flusher ----------------------------------------------------------------------------------------
     def _take(self) -> list[tuple[CostEvent, int, bytes]]:
