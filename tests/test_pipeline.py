@@ -410,3 +410,18 @@ async def test_readyz_reports_store_failure_and_saturation(replay: Any, make_pro
     await pipeline.flush()
     await wait_drained(pipeline, tmp_path / "spool")
     assert len(await sink.read()) == 36
+
+
+async def test_unwritable_journal_is_counted_and_events_still_stored(tmp_path: Path) -> None:
+    (tmp_path / "spool").write_text("a file, not a directory: the journal cannot be written")
+    metrics = Metrics()
+    sink = SQLiteSink(str(tmp_path / "events.db"))
+    pipeline = Pipeline(sink, metrics, spool_dir=str(tmp_path / "spool"), batch_size=10, flush_interval=0.01)
+    await pipeline.start()
+    for i in range(25):
+        pipeline.enqueue(make_event(i))
+    await pipeline.flush()
+    assert metrics.journal_errors._value.get() == 25
+    assert metrics.dropped._value.get() == 0
+    await assert_exactly_once(sink, {f"s-{i}" for i in range(25)})
+    await pipeline.close()

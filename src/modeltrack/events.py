@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -77,7 +76,3 @@ class CostEvent:
 
 
 FIELD_NAMES = frozenset(f.name for f in fields(CostEvent))
-
-
-def now() -> float:
-    return time.time()

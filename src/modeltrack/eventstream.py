@@ -103,10 +103,6 @@ class EventStreamDecoder:
         del buf[:offset]
         return frames
 
-    @property
-    def pending(self) -> int:
-        return len(self._buf)
-
 
 def encode_frame(headers: dict[str, str], payload: bytes) -> bytes:
     """Encode a frame with string headers (used by tests and the benchmark upstream, not on the hot path)."""

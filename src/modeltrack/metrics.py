@@ -136,6 +136,9 @@ class Metrics:
         self.spooled = Counter("modeltrack_events_spooled", "Events written to the local spool.", registry=r)
         self.replayed = Counter("modeltrack_events_replayed", "Events replayed from the spool.", registry=r)
         self.dropped = Counter("modeltrack_events_dropped", "Events lost (spool unwritable).", registry=r)
+        self.journal_errors = Counter(
+            "modeltrack_journal_write_errors", "Events that could not be journaled (not crash-safe).", registry=r
+        )
         self.dead_lettered = Counter("modeltrack_events_dead_lettered", "Events rejected by the store.", registry=r)
         self.cap_model = LabelCap(label_cap, self.folded, "model")
         self.cap_team = LabelCap(label_cap, self.folded, "team")

@@ -124,9 +124,6 @@ class Spool:
             os.path.join(self.dir, f) for f in os.listdir(self.dir) if f.startswith(prefix) and f.endswith(".jsonl")
         )
 
-    def pending(self) -> int:
-        return sum(len(_read_events(p)) for p in self.files() + self.files("journal-"))
-
 
 class Journal:
     """Write-ahead journal: every event is appended (one unbuffered ``os.write``, no fsync) before ``enqueue``
@@ -142,7 +139,6 @@ class Journal:
         self._count = 0
         self._paths: dict[int, str] = {}
         self._pending: dict[int, int] = {}
-        self.errors = 0
 
     def _rotate(self) -> None:
         if self._fd >= 0:
@@ -165,7 +161,6 @@ class Journal:
                 self._rotate()
             os.write(self._fd, line)
         except OSError:
-            self.errors += 1
             return 0
         self._count += 1
         self._pending[self._seg] += 1
@@ -222,13 +217,25 @@ class Pipeline:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._writing = 0
+        self._journal_failures = 0
         self.failing_since: float | None = None
 
     # -- request path -----------------------------------------------------------------------------------
     def enqueue(self, ev: CostEvent) -> None:
         """O(1), no awaiting: journal the event, queue it, wake the flusher when a batch is full."""
         line = ev.to_json() + b"\n"  # encoded once: journal, spool and store all reuse these bytes
-        seg = self.journal.append(line) if self.journal is not None else 0
+        seg = 0
+        if self.journal is not None:
+            seg = self.journal.append(line)
+            if not seg:
+                # Not lost (it is queued), but no longer crash-safe: say so, without flooding the log.
+                self.metrics.journal_errors.inc()
+                self._journal_failures += 1
+                if self._journal_failures in (1, 10, 100) or self._journal_failures % 10_000 == 0:
+                    log.warning(
+                        "journal unwritable (%d failures so far); events are not crash-safe until it recovers",
+                        self._journal_failures,
+                    )
         item = (ev, seg, line)
         if len(self._q) >= self.max_queue or (self._closing and self._task is None):
             self._spool_now([item])
