@@ -9,11 +9,28 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
 
 from .conftest import free_port
+
+
+async def wait_http_ok(url: str, timeout: float, alive: Callable[[], bool] = lambda: True) -> bool:
+    """Poll ``url`` until it answers 200 (True), the timeout passes or ``alive()`` turns false (False)."""
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as s:
+        while time.monotonic() < deadline and alive():
+            try:
+                async with s.get(url) as r:
+                    if r.status == 200:
+                        return True
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    return False
+
 
 _STARTED: list[subprocess.Popen[bytes]] = []
 
@@ -52,19 +69,9 @@ class ProxyProcess:
             [sys.executable, "-m", "modeltrack", "serve", *self.args], env=self.env, stdout=log, stderr=log
         )
         _STARTED.append(self.proc)
-        deadline = time.monotonic() + 20
-        async with aiohttp.ClientSession() as s:
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    raise RuntimeError(f"proxy exited: {self.log_path.read_text()}")
-                try:
-                    async with s.get(self.url + "/healthz") as r:
-                        if r.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
-        raise RuntimeError("proxy did not become healthy")
+        proc = self.proc
+        if not await wait_http_ok(self.url + "/healthz", 20, alive=lambda: proc.poll() is None):
+            raise RuntimeError(f"proxy did not become healthy: {self.log_path.read_text()[-2000:]}")
 
     async def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
         assert self.proc is not None

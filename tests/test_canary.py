@@ -118,8 +118,13 @@ async def test_canary_keys_never_leak(replay: Any, tmp_path: Path) -> None:
     assert b"DEBUG" in logs, "debug logging must be on for this test to mean anything"
     assert len(generated) == 2 and all(b"error" in g for g in generated)
     # Response content (from the recordings the upstream replayed) must not be stored or logged either.
-    canary["response-text"] = "Web search options not supported with this model."
-    canary["response-delta"] = "capital of France"
+    # (taken from the replayed recordings at run time, so no response text is written into this repository)
+    canary["response-text"] = json.loads(err.body)["error"]["message"]
+    canary["response-delta"] = "".join(
+        json.loads(line[6:])["candidates"][0]["content"]["parts"][0]["text"]
+        for line in gem.body.decode().splitlines()
+        if line.startswith("data: ")
+    ).strip()
     for name, value in canary.items():
         for where, blob in (
             ("logs", logs),

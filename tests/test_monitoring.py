@@ -20,7 +20,7 @@ import yaml
 
 from .conftest import free_port
 from .expected import provider_of
-from .proc import ProxyProcess
+from .proc import ProxyProcess, wait_http_ok
 from .replay import all_recordings, load
 from .test_passthrough import proxy_path, request_body
 
@@ -114,16 +114,8 @@ class Prometheus:
         return f"http://127.0.0.1:{self.port}"
 
     async def ready(self) -> None:
-        async with aiohttp.ClientSession() as s:
-            for _ in range(200):
-                try:
-                    async with s.get(self.url + "/-/ready") as r:
-                        if r.status == 200:
-                            return
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-        raise RuntimeError(self.log.read_text()[-2000:])
+        if not await wait_http_ok(self.url + "/-/ready", 20, alive=lambda: self.proc.poll() is None):
+            raise RuntimeError(self.log.read_text()[-2000:])
 
     async def query(self, expr: str) -> list[dict[str, Any]]:
         async with (

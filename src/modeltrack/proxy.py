@@ -72,10 +72,13 @@ def forward_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> tuple[CIMulti
     """Split the client's headers into (headers for the upstream, attribution values).
 
     Order and duplicates are preserved; values pass through byte-for-byte (latin-1 round-trips every byte).
-    Header names listed in ``Connection`` are hop-by-hop too (RFC 9110 §7.6.1).
+    Header names listed in ``Connection`` are hop-by-hop too (RFC 9110 §7.6.1). A repeated field name is sent
+    with the spelling of its first occurrence: names are case-insensitive in HTTP, and aiohttp's client would
+    otherwise replace ``X-A: 1`` with a following ``x-a: 2`` instead of sending both.
     """
     out: CIMultiDict[str] = CIMultiDict()
     attrs: dict[str, str] = {}
+    spelling: dict[str, str] = {}
     pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw_headers]
     extra_hop: set[str] = set()
     for k, v in pairs:
@@ -90,7 +93,7 @@ def forward_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> tuple[CIMulti
             if field is not None:
                 attrs[field] = sanitize(v, MAX_ATTR_LEN)
             continue
-        out.add(k, v)
+        out.add(spelling.setdefault(lk, k), v)
     return out, attrs
 
 

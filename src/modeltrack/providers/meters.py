@@ -45,10 +45,13 @@ class JSONBodyMeter:
         self._chunks = []
         obj = loads(raw) if raw else None
         if not isinstance(obj, (dict, list)):
-            err = None if self.status >= 400 else ("invalid_json" if raw else "empty_body")
-            if self.status >= 400:
-                err = f"http_{self.status}"
-            return MeterResult(model=self.info.model, error=err if complete else "truncated")
+            if not complete:
+                err = "truncated"
+            elif self.status >= 400:
+                err = f"http_{self.status}"  # a non-JSON error body: keep the status, not the text
+            else:
+                err = "invalid_json" if raw else "empty_body"
+            return MeterResult(model=self.info.model, error=err)
         try:
             result = self.from_json(obj)
         except Exception:  # noqa: BLE001 - must never raise into the request path
