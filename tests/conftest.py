@@ -8,9 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
 
-from modeltrack.app import PIPELINE, create_app
+from modeltrack.app import ModelTrack
 from modeltrack.config import PROVIDERS, Settings
 from modeltrack.pipeline import Pipeline
 
@@ -32,17 +31,16 @@ async def replay(aiohttp_server: Any) -> AsyncIterator[tuple[ReplayUpstream, str
 
 
 class Proxy:
-    def __init__(self, server: TestServer, settings: Settings) -> None:
-        self.server = server
-        self.settings = settings
+    """A ModelTrack service listening on a free loopback port, inside the test's event loop."""
 
-    @property
-    def url(self) -> str:
-        return str(self.server.make_url("")).rstrip("/")
+    def __init__(self, service: ModelTrack, port: int) -> None:
+        self.service = service
+        self.settings = service.settings
+        self.url = f"http://127.0.0.1:{port}"
 
     @property
     def pipeline(self) -> Pipeline:
-        return self.server.app[PIPELINE]  # type: ignore[union-attr]
+        return self.service.pipeline
 
     async def events(self) -> list[Any]:
         await self.pipeline.flush()
@@ -50,7 +48,9 @@ class Proxy:
 
 
 @pytest.fixture
-async def make_proxy(aiohttp_server: Any, tmp_path: Path) -> Callable[..., Awaitable[Proxy]]:
+async def make_proxy(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Proxy]]]:
+    started: list[ModelTrack] = []
+
     async def factory(upstream_url: str, **overrides: Any) -> Proxy:
         base = {p: upstream_url for p in PROVIDERS}
         settings = Settings.load(
@@ -63,10 +63,15 @@ async def make_proxy(aiohttp_server: Any, tmp_path: Path) -> Callable[..., Await
                 **overrides,
             },
         )
-        server = await aiohttp_server(create_app(settings))
-        return Proxy(server, settings)
+        service = ModelTrack(settings)
+        await service.start()
+        started.append(service)
+        server = await service.listen("127.0.0.1", 0)
+        return Proxy(service, server.sockets[0].getsockname()[1])
 
-    return factory
+    yield factory
+    for service in started:
+        await service.close(grace=0)
 
 
 @pytest.fixture(scope="session")

@@ -114,8 +114,14 @@ class Prometheus:
         return f"http://127.0.0.1:{self.port}"
 
     async def ready(self) -> None:
+        """Ready *and* scraping: Prometheus applies new targets up to ~5 s after start, and a test whose
+        traffic all lands before the first scrape would see flat counters (rate() of 0/0 = NaN)."""
         if not await wait_http_ok(self.url + "/-/ready", 20, alive=lambda: self.proc.poll() is None):
             raise RuntimeError(self.log.read_text()[-2000:])
+        deadline = time.monotonic() + 20
+        while not await self.query("up == 1"):
+            assert time.monotonic() < deadline, "Prometheus never scraped the target"
+            await asyncio.sleep(0.2)
 
     async def query(self, expr: str) -> list[dict[str, Any]]:
         async with (

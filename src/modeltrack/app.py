@@ -1,8 +1,11 @@
-"""aiohttp application factory: routes, the upstream sessions, the pipeline, startup and graceful shutdown."""
+"""The service: wiring (pipeline, pricing, providers, upstream pools, proxy), the few endpoints of its own
+(``/healthz``, ``/readyz``, ``/metrics``), listening sockets, and graceful shutdown."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import hashlib
 import hmac
 import logging
@@ -13,8 +16,7 @@ import ssl
 import time
 from typing import Any
 
-import aiohttp
-from aiohttp import web
+import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .config import ConfigError, Settings
@@ -23,44 +25,22 @@ from .pipeline import Pipeline
 from .pricing import Pricing
 from .providers import Router, build_providers
 from .proxy import Proxy
+from .server import Connection, Request
 from .sinks import open_sink
+from .upstream import Origin, UpstreamPool
 
 log = logging.getLogger("modeltrack")
 
-SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
-PROXY: web.AppKey[Proxy] = web.AppKey("proxy", Proxy)
-PIPELINE: web.AppKey[Pipeline] = web.AppKey("pipeline", Pipeline)
-METRICS: web.AppKey[Metrics] = web.AppKey("metrics", Metrics)
-SESSIONS: web.AppKey[dict[str, aiohttp.ClientSession]] = web.AppKey("sessions", dict)
+_METRICS_TYPE = CONTENT_TYPE_LATEST.encode()
 
 
-def _session(settings: Settings, tls: ssl.SSLContext) -> aiohttp.ClientSession:
-    """One long-lived session per upstream family: its own keep-alive pool, no cookie jar (cookies from one
-    caller's upstream response must never be replayed on another caller's request), no env proxies, and
-    ``auto_decompress=False`` so compressed bodies pass through byte-for-byte."""
-    connector = aiohttp.TCPConnector(
-        limit=0,
-        limit_per_host=0,
-        ttl_dns_cache=300,
-        keepalive_timeout=60,
-        enable_cleanup_closed=True,
-        ssl=tls,
-    )
-    timeout = aiohttp.ClientTimeout(
-        total=None,
-        connect=settings.connect_timeout,
-        sock_connect=settings.connect_timeout,
-        sock_read=None,  # streams: the proxy's own IdleWatchdog (one timer per request, not one per chunk)
-    )
-    return aiohttp.ClientSession(
-        connector=connector,
-        timeout=timeout,
-        auto_decompress=False,
-        cookie_jar=aiohttp.DummyCookieJar(),
-        trust_env=False,
-        requote_redirect_url=False,
-        read_bufsize=2**16,
-    )
+def tls_context(ca_bundle: str = "") -> ssl.SSLContext:
+    """Verification is always on; a custom bundle adds to (never replaces) the system store."""
+    tls = ssl.create_default_context()
+    if ca_bundle:
+        tls.load_verify_locations(cafile=ca_bundle)
+    tls.set_alpn_protocols(["http/1.1"])
+    return tls
 
 
 def load_client_tokens(spec: str) -> frozenset[bytes]:
@@ -85,104 +65,133 @@ def load_client_tokens(spec: str) -> frozenset[bytes]:
     return frozenset(digests)
 
 
-def create_app(settings: Settings, pricing: Pricing | None = None) -> web.Application:
-    app = web.Application(client_max_size=settings.max_body_bytes)
-    metrics = Metrics(label_cap=settings.metrics_label_cap)
-    pipeline = Pipeline(
-        open_sink(settings.store),
-        metrics,
-        spool_dir=settings.spool_dir,
-        batch_size=settings.batch_size,
-        flush_interval=settings.flush_interval_ms / 1000.0,
-        max_queue=settings.queue_size,
-        journal=settings.journal,
-    )
-    providers = build_providers(settings.base_urls, settings.inject_stream_usage, settings.azure_deployments)
-    sessions: dict[str, aiohttp.ClientSession] = {}
-    proxy = Proxy(
-        Router(providers), pipeline, metrics, pricing or Pricing.load(settings.pricing_file or None), sessions
-    )
-    proxy.client_tokens = load_client_tokens(settings.client_tokens)
-    proxy.body_timeout = settings.body_timeout
-    proxy.read_timeout = settings.read_timeout
-    proxy.read_timeouts = dict(settings.read_timeouts)
-    app[SETTINGS] = settings
-    app[PROXY] = proxy
-    app[PIPELINE] = pipeline
-    app[METRICS] = metrics
-    app[SESSIONS] = sessions
+class ModelTrack:
+    """One proxy process: owns the pipeline, the upstream pools and every client connection."""
 
-    async def startup(app: web.Application) -> None:
-        # Verification is always on; a custom bundle adds to (never replaces) the system store.
-        tls = ssl.create_default_context()
-        if settings.ca_bundle:
-            tls.load_verify_locations(cafile=settings.ca_bundle)
-        for name in providers:
-            sessions[name] = _session(settings, tls)
-        await pipeline.start()
-        log.info("modeltrack ready: store=%s providers=%s", pipeline.sink.name, ",".join(sorted(providers)))
+    def __init__(self, settings: Settings, pricing: Pricing | None = None) -> None:
+        self.settings = settings
+        self.metrics = Metrics(label_cap=settings.metrics_label_cap)
+        self.pipeline = Pipeline(
+            open_sink(settings.store),
+            self.metrics,
+            spool_dir=settings.spool_dir,
+            batch_size=settings.batch_size,
+            flush_interval=settings.flush_interval_ms / 1000.0,
+            max_queue=settings.queue_size,
+            journal=settings.journal,
+        )
+        providers = build_providers(settings.base_urls, settings.inject_stream_usage, settings.azure_deployments)
+        self.providers = providers
+        self.pools: dict[str, UpstreamPool] = {}
+        self.proxy = Proxy(
+            Router(providers),
+            self.pipeline,
+            self.metrics,
+            pricing or Pricing.load(settings.pricing_file or None),
+            self.pools,
+        )
+        self.proxy.client_tokens = load_client_tokens(settings.client_tokens)
+        self.proxy.body_timeout = settings.body_timeout
+        self.proxy.read_timeout = settings.read_timeout
+        self.proxy.read_timeouts = dict(settings.read_timeouts)
+        self.metrics.queue_capacity.set(settings.queue_size)
+        self.connections: set[Connection] = set()
+        self.servers: list[asyncio.Server] = []
+        self.draining = False
 
-    async def cleanup(app: web.Application) -> None:
-        await asyncio.gather(*(s.close() for s in sessions.values()), return_exceptions=True)
-        await pipeline.close(grace=max(settings.shutdown_grace, 1.0))
+    async def start(self) -> None:
+        tls = tls_context(self.settings.ca_bundle)
+        for name, provider in self.providers.items():
+            if provider.base_url:
+                self.pools[name] = UpstreamPool(Origin.parse(provider.base_url), tls, self.settings.connect_timeout)
+        await self.pipeline.start()
+        log.info("modeltrack ready: store=%s providers=%s", self.pipeline.sink.name, ",".join(sorted(self.providers)))
 
-    app.on_startup.append(startup)
-    app.on_cleanup.append(cleanup)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    metrics.queue_capacity.set(settings.queue_size)
-    if not settings.metrics_port:
-        app.router.add_get("/metrics", metrics_view)
-    app.router.add_route("*", "/{tail:.*}", proxy.handle)
-    return app
+    # -- serving ------------------------------------------------------------------------------------------
+    def _connection(self, handler: Any) -> Connection:
+        conn = Connection(
+            handler,
+            max_body=self.settings.max_body_bytes,
+            header_timeout=self.settings.header_timeout,
+            on_close=self.connections.discard,
+        )
+        self.connections.add(conn)
+        return conn
 
+    async def listen(
+        self, host: str, port: int, *, metrics_only: bool = False, reuse_port: bool = False
+    ) -> asyncio.Server:
+        handler = self.handle_metrics_port if metrics_only else self.handle
+        server = await asyncio.get_running_loop().create_server(
+            lambda: self._connection(handler), host, port, reuse_port=reuse_port or None, backlog=1024
+        )
+        self.servers.append(server)
+        return server
 
-def metrics_app(main: web.Application) -> web.Application:
-    """/metrics alone, for ``MODELTRACK_METRICS_PORT`` (scrape on a port the LLM clients cannot reach)."""
-    app = web.Application()
-    app[SETTINGS] = main[SETTINGS]
-    app[METRICS] = main[METRICS]
-    app[PIPELINE] = main[PIPELINE]
-    app.router.add_get("/metrics", metrics_view)
-    return app
+    async def handle(self, req: Request, conn: Connection) -> None:
+        if self.draining:
+            conn.keep_alive_off()
+        target = req.target
+        if req.method == "GET" and target[:2] != b"//":
+            path = target.partition(b"?")[0]
+            if path == b"/healthz":
+                return conn.respond(200, b'{"status":"ok"}')
+            if path == b"/readyz":
+                return await self.readyz(conn)
+            if path == b"/metrics" and not self.settings.metrics_port:
+                return self.metrics_view(req, conn)
+        await self.proxy.handle(req, conn)
 
+    async def handle_metrics_port(self, req: Request, conn: Connection) -> None:
+        if req.method == "GET" and req.target.partition(b"?")[0] == b"/metrics":
+            return self.metrics_view(req, conn)
+        conn.respond(404, b'{"error":{"type":"not_found","message":"Only /metrics is served on this port."}}')
 
-async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    async def readyz(self, conn: Connection) -> None:
+        settings, pipeline = self.settings, self.pipeline
+        problems = []
+        if pipeline.depth > settings.queue_size * settings.ready_queue_fraction:
+            problems.append("queue_saturated")
+        failing = pipeline.failing_since
+        if failing is not None and time.monotonic() - failing > settings.ready_store_fail_seconds:
+            problems.append("store_failing")
+        if not await pipeline.sink.ping():
+            problems.append("store_unreachable")
+        body: dict[str, Any] = {"status": "ok" if not problems else "unready", "queue_depth": pipeline.depth}
+        if problems:
+            body["problems"] = problems
+        conn.respond(200 if not problems else 503, orjson.dumps(body))
 
+    def metrics_view(self, req: Request, conn: Connection) -> None:
+        token = self.settings.metrics_token
+        if token:
+            given = req.header(b"authorization") or b""
+            if not hmac.compare_digest(given, f"Bearer {token}".encode()):
+                return conn.respond(401, b'{"error":{"type":"unauthorized","message":"metrics need a bearer token"}}')
+        self.metrics.queue_depth.set(self.pipeline.depth)
+        self.metrics.store_up.set(0 if self.pipeline.failing_since is not None else 1)
+        conn.respond(200, exposition(self.metrics.registry), _METRICS_TYPE)
 
-async def readyz(request: web.Request) -> web.Response:
-    pipeline = request.app[PIPELINE]
-    settings = request.app[SETTINGS]
-    problems = []
-    if pipeline.depth > settings.queue_size * settings.ready_queue_fraction:
-        problems.append("queue_saturated")
-    failing = pipeline.failing_since
-    if failing is not None and time.monotonic() - failing > settings.ready_store_fail_seconds:
-        problems.append("store_failing")
-    if not await pipeline.sink.ping():
-        problems.append("store_unreachable")
-    body: dict[str, Any] = {"status": "ok" if not problems else "unready", "queue_depth": pipeline.depth}
-    if problems:
-        body["problems"] = problems
-    return web.json_response(body, status=200 if not problems else 503)
-
-
-async def metrics_view(request: web.Request) -> web.Response:
-    token = request.app[SETTINGS].metrics_token
-    if token:
-        given = request.headers.get("Authorization", "")
-        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            return web.json_response(
-                {"error": {"type": "unauthorized", "message": "metrics need a bearer token"}}, status=401
-            )
-    metrics = request.app[METRICS]
-    pipeline = request.app[PIPELINE]
-    metrics.queue_depth.set(pipeline.depth)
-    metrics.store_up.set(0 if pipeline.failing_since is not None else 1)
-    resp = web.Response(body=exposition(metrics.registry))
-    resp.headers["Content-Type"] = CONTENT_TYPE_LATEST
-    return resp
+    # -- shutdown -----------------------------------------------------------------------------------------
+    async def close(self, grace: float | None = None) -> None:
+        """Stop accepting, let in-flight requests (streams included) finish for up to ``grace`` seconds, then cut
+        what is left (their events are recorded as client_disconnected), drain the queue to the store."""
+        grace = self.settings.shutdown_grace if grace is None else grace
+        self.draining = True
+        for server in self.servers:
+            server.close()
+        for conn in list(self.connections):
+            conn.keep_alive_off()
+        if self.proxy.inflight:
+            self.proxy.drained = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.proxy.drained.wait(), grace)
+        for conn in list(self.connections):
+            conn.abort()
+        await asyncio.sleep(0.1)  # let the cancelled handlers record their events
+        for pool in self.pools.values():
+            pool.close()
+        await self.pipeline.close(grace=max(self.settings.shutdown_grace, 1.0))
 
 
 async def serve(settings: Settings, announce: Any = None) -> int:
@@ -191,25 +200,16 @@ async def serve(settings: Settings, announce: Any = None) -> int:
     Graceful = stop accepting connections, let in-flight requests (streams included) finish for up to
     ``shutdown_grace`` seconds, drain the event queue to the store, spool what could not be written, exit 0.
     """
-    app = create_app(settings)
-    # aiohttp's keep-alive timer also runs while a request's headers trickle in, so it bounds slowloris clients.
-    runner = web.AppRunner(
-        app,
-        handler_cancellation=True,
-        access_log=None,
-        shutdown_timeout=settings.shutdown_grace,
-        keepalive_timeout=settings.header_timeout,
-    )
-    await runner.setup()
-    site = web.TCPSite(
-        runner, settings.host, settings.port, reuse_port=hasattr(socket, "SO_REUSEPORT") or None, backlog=1024
-    )
-    await site.start()
-    metrics_runner = None
+    app = ModelTrack(settings)
+    await app.start()
+    # Everything allocated so far (price tables, provider plug-ins, metrics) lives as long as the process: move
+    # it out of the collector's sight, so a full collection no longer walks it in the middle of a request.
+    gc.collect()
+    gc.freeze()
+    reuse = hasattr(socket, "SO_REUSEPORT")
+    await app.listen(settings.host, settings.port, reuse_port=reuse)
     if settings.metrics_port:
-        metrics_runner = web.AppRunner(metrics_app(app), access_log=None)
-        await metrics_runner.setup()
-        await web.TCPSite(metrics_runner, settings.host, settings.metrics_port, reuse_port=True).start()
+        await app.listen(settings.host, settings.metrics_port, metrics_only=True, reuse_port=reuse)
     if announce is not None:
         announce()
     loop = asyncio.get_running_loop()
@@ -223,7 +223,7 @@ async def serve(settings: Settings, announce: Any = None) -> int:
             log.info("signal received: draining (grace %.1fs); send again to exit at once", settings.shutdown_grace)
             stop.set()
             return
-        pipeline = app[PIPELINE]
+        pipeline = app.pipeline
         n = pipeline.spool_queue()
         if pipeline.journal is not None:
             pipeline.journal.close()
@@ -234,8 +234,6 @@ async def serve(settings: Settings, announce: Any = None) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
     await stop.wait()
-    await runner.cleanup()
-    if metrics_runner is not None:
-        await metrics_runner.cleanup()
+    await app.close()
     log.info("shutdown complete")
     return 0

@@ -23,8 +23,18 @@ def new_request_id() -> str:
     return "req_" + rid.hex()
 
 
+_SECOND: list[Any] = [None, ""]  # (whole second, its "YYYY-MM-DDTHH:MM:SS" prefix): one datetime per second
+
+
 def rfc3339(ts: float) -> str:
-    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """``2026-11-29T07:25:36.485Z``. Events arrive in time order, so the date part is formatted once a second."""
+    sec = int(ts)
+    us = round((ts - sec) * 1e6)  # as datetime.fromtimestamp rounds, then truncate to milliseconds
+    if us >= 1_000_000:
+        sec, us = sec + 1, us - 1_000_000
+    if _SECOND[0] != sec:
+        _SECOND[0], _SECOND[1] = sec, datetime.fromtimestamp(sec, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{_SECOND[1]}.{us // 1000:03d}Z"
 
 
 @dataclass(slots=True)

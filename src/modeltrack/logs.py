@@ -35,13 +35,14 @@ class RedactingFormatter(logging.Formatter):
 
 
 class ContentFreeServerErrors(logging.Filter):
-    """aiohttp logs a malformed request with the offending raw header line (which may hold an API key) and a
-    traceback. Keep the fact, drop the content."""
+    """A parser error's message can quote the bytes it choked on (a header line with an API key, model output).
+    Should one ever reach a log record with its traceback (asyncio logs exceptions escaping a protocol callback),
+    keep the fact, drop the content."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if exc is not None and type(exc).__name__ in _PARSER_ERRORS:
-            record.msg = "rejected a malformed HTTP request (%s)"
+            record.msg = "rejected malformed HTTP (%s)"
             record.args = (type(exc).__name__,)
             record.exc_info = None
             record.exc_text = None
@@ -50,16 +51,12 @@ class ContentFreeServerErrors(logging.Filter):
 
 
 _PARSER_ERRORS = {
-    "BadHttpMessage",
-    "BadHttpMethod",
-    "BadStatusLine",
-    "LineTooLong",
-    "InvalidHeader",
-    "InvalidURLError",
-    "TransferEncodingError",
-    "ContentLengthError",
-    "ContentEncodingError",
-    "HttpProcessingError",
+    "HttpParserError",
+    "HttpParserCallbackError",
+    "HttpParserInvalidStatusError",
+    "HttpParserInvalidMethodError",
+    "HttpParserInvalidURLError",
+    "HttpParserUpgrade",
 }
 
 
@@ -71,5 +68,5 @@ def setup(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Third-party loggers stay at INFO even in debug mode: their debug output is not ours to vet.
-    for name in ("aiohttp", "asyncio", "google", "grpc", "urllib3"):
+    for name in ("asyncio", "google", "grpc", "urllib3"):
         logging.getLogger(name).setLevel(max(logging.INFO, root.level))

@@ -7,7 +7,10 @@ folded into ``__other__`` and counted in ``modeltrack_label_values_folded_total`
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
@@ -36,6 +39,8 @@ def exposition(registry: CollectorRegistry) -> bytes:
 def sanitize(value: str | None, limit: int = MAX_LABEL_LEN) -> str:
     if not value:
         return ""
+    if len(value) <= limit and value.isprintable():
+        return value  # the common case, checked in C
     clean = "".join(ch for ch in value[: limit * 2] if ch.isprintable())
     return clean[:limit]
 
@@ -51,13 +56,19 @@ class LabelCap:
         self.folded = folded.labels(label=label)
 
     def __call__(self, value: str | None) -> str:
+        v = self.resolve(value)
+        if v is OTHER:
+            self.folded.inc()
+        return v
+
+    def resolve(self, value: str | None) -> str:
+        """The label value to use (``OTHER`` past the cap), without counting the fold."""
         v = sanitize(value)
         if v in self.seen:
             return v
         if len(self.seen) < self.cap:
             self.seen.add(v)
             return v
-        self.folded.inc()
         return OTHER
 
 
@@ -146,6 +157,7 @@ class Metrics:
         self.cap_feature = LabelCap(label_cap, self.folded, "feature")
         self.cap_endpoint = LabelCap(label_cap, self.folded, "endpoint")
         self._children: dict[tuple[Any, ...], Any] = {}
+        self._series: dict[tuple[Any, ...], _Series] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(...)`` validates and hashes on every call; the children are cached here instead.
@@ -157,28 +169,73 @@ class Metrics:
         return child
 
     def observe(self, ev: CostEvent, overhead_s: float, endpoint_kind: str, savings_usd: float = 0.0) -> None:
-        model = self.cap_model(ev.model or "unknown")
-        labels = (ev.provider, model, self.cap_team(ev.team), self.cap_app(ev.app), self.cap_feature(ev.feature))
+        """Count one event. The label work (sanitising, capping, child lookup) is done once per distinct label
+        combination and cached: per event this is a dict lookup and a few ``inc``/``observe`` calls."""
         status_class = f"{ev.status // 100}xx" if ev.status else "error"
-        stream = "true" if ev.stream else "false"
-        child = self._child
-        child(self.requests, *labels, self.cap_endpoint(endpoint_kind), status_class, stream).inc()
-        for kind, n in (
-            ("input", ev.input_tokens),
-            ("output", ev.output_tokens),
-            ("cache_read", ev.cache_read_tokens),
-            ("cache_write", ev.cache_write_tokens),
-            ("reasoning", ev.reasoning_tokens),
-        ):
-            if n:
-                child(self.tokens, *labels, kind).inc(n)
+        key = (ev.provider, ev.model, ev.team, ev.app, ev.feature, endpoint_kind, status_class, ev.stream)
+        series = self._series.get(key)
+        if series is None:
+            if len(self._series) >= 10_000:
+                self._series.clear()  # bounded: raw values (before capping) could be anything
+            series = self._series[key] = self._make_series(ev, endpoint_kind, status_class)
+        series.requests.inc()
+        for fold in series.folds:
+            fold.inc()
+        if ev.input_tokens:
+            series.tokens("input").inc(ev.input_tokens)
+        if ev.output_tokens:
+            series.tokens("output").inc(ev.output_tokens)
+        if ev.cache_read_tokens:
+            series.tokens("cache_read").inc(ev.cache_read_tokens)
+        if ev.cache_write_tokens:
+            series.tokens("cache_write").inc(ev.cache_write_tokens)
+        if ev.reasoning_tokens:
+            series.tokens("reasoning").inc(ev.reasoning_tokens)
         if ev.cost_usd:
-            child(self.cost, *labels).inc(ev.cost_usd)
+            series.cost().inc(ev.cost_usd)
         if savings_usd:
-            child(self.cache_savings, *labels).inc(savings_usd)
+            series.savings().inc(savings_usd)
         if ev.cost_source == "unpriced":
-            child(self.unpriced, ev.provider, model).inc()
-        child(self.duration, ev.provider, stream).observe(ev.latency_ms / 1000.0)
+            series.unpriced().inc()
+        series.duration.observe(ev.latency_ms / 1000.0)
         if ev.ttft_ms is not None:
-            child(self.ttft, ev.provider).observe(ev.ttft_ms / 1000.0)
-        child(self.overhead, ev.provider).observe(max(overhead_s, 0.0))
+            series.ttft().observe(ev.ttft_ms / 1000.0)
+        series.overhead.observe(max(overhead_s, 0.0))
+
+    def _make_series(self, ev: CostEvent, endpoint_kind: str, status_class: str) -> _Series:
+        caps = (self.cap_model, self.cap_team, self.cap_app, self.cap_feature, self.cap_endpoint)
+        raw = (ev.model or "unknown", ev.team, ev.app, ev.feature, endpoint_kind)
+        values = [cap.resolve(v) for cap, v in zip(caps, raw, strict=True)]
+        folds = tuple(cap.folded for cap, v in zip(caps, values, strict=True) if v is OTHER)  # counted per event
+        model, team, app, feature, endpoint = values
+        labels = (ev.provider, model, team, app, feature)
+        stream = "true" if ev.stream else "false"
+        child, lazy = self._child, functools.partial
+        # Series that not every event touches are created on first use: a child exists (and is exported, as 0)
+        # from the moment it is created.
+        return _Series(
+            requests=child(self.requests, *labels, endpoint, status_class, stream),
+            cost=lazy(child, self.cost, *labels),
+            savings=lazy(child, self.cache_savings, *labels),
+            unpriced=lazy(child, self.unpriced, ev.provider, model),
+            duration=child(self.duration, ev.provider, stream),
+            ttft=lazy(child, self.ttft, ev.provider),
+            overhead=child(self.overhead, ev.provider),
+            tokens=lazy(child, self.tokens, *labels),
+            folds=folds,
+        )
+
+
+@dataclass(slots=True, frozen=True)
+class _Series:
+    """The metric children for one label combination."""
+
+    requests: Any
+    cost: Callable[[], Any]
+    savings: Callable[[], Any]
+    unpriced: Callable[[], Any]
+    duration: Any
+    ttft: Callable[[], Any]
+    overhead: Any
+    tokens: Callable[[str], Any]
+    folds: tuple[Any, ...]

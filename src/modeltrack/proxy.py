@@ -1,9 +1,10 @@
 """Forwarding and the streaming tee: the only module that touches both the client and the upstream socket.
 
-Flow for one request: resolve the provider from the path → read the body (bounded) → build the upstream request
-(same method, raw path, query, body bytes; headers minus hop-by-hop, ``Host`` and ``X-ModelTrack-*``) → copy the
-upstream status and headers → for every chunk: feed the meter, write the same bytes to the client (``write``
-awaits the client's drain, which is the backpressure) → record one cost event, whatever happened.
+Flow for one request: resolve the provider from the path → read the body (bounded) → write the upstream request
+(same method, raw path and query, body bytes; the client's header lines byte-for-byte minus hop-by-hop, ``Host``
+and ``X-ModelTrack-*``) → the upstream connection calls the :class:`Exchange` as the response arrives: status and
+headers are copied, every chunk is fed to the meter and written to the client in the same callback → one cost
+event is recorded, whatever happened (success, upstream error, timeout, disconnect).
 """
 
 from __future__ import annotations
@@ -14,51 +15,47 @@ import hmac
 import logging
 import time
 import traceback
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
 from time import perf_counter
 from typing import Any
-
-import aiohttp
-from aiohttp import web
-from multidict import CIMultiDict
-from yarl import URL
 
 from .codec import metering_view
 from .events import CostEvent, new_request_id, rfc3339
 from .metrics import Metrics, sanitize
 from .pipeline import Pipeline
 from .pricing import Pricing
-from .providers import MeterResult, Provider, Router
+from .providers import Meter, MeterResult, Provider, RequestInfo, Router
 from .providers.base import loads
+from .server import BodyTooLarge, Connection, Request
+from .upstream import UpstreamConnection, UpstreamPool
 
 log = logging.getLogger("modeltrack.proxy")
 
 HOP_BY_HOP = frozenset(
     {
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "trailers",
-        "transfer-encoding",
-        "upgrade",
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
     }
 )
-_DROP_REQUEST = HOP_BY_HOP | {"host", "content-length", "expect"}
-_DROP_RESPONSE = HOP_BY_HOP
-_SKIP_AUTO = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
-_UPSTREAM_ID_HEADERS = ("x-request-id", "request-id", "x-amzn-requestid", "apim-request-id", "x-goog-request-id")
+_DROP_REQUEST = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
+_DROP_RESPONSE = HOP_BY_HOP | {b"content-length"}  # the server writes the framing headers itself
+_UPSTREAM_ID_HEADERS = (b"x-request-id", b"request-id", b"x-amzn-requestid", b"apim-request-id", b"x-goog-request-id")
 ATTR_HEADERS = {
-    "x-modeltrack-team": "team",
-    "x-modeltrack-app": "app",
-    "x-modeltrack-feature": "feature",
-    "x-modeltrack-session-id": "session_id",
+    b"x-modeltrack-team": "team",
+    b"x-modeltrack-app": "app",
+    b"x-modeltrack-feature": "feature",
+    b"x-modeltrack-session-id": "session_id",
 }
 MAX_ATTR_LEN = 128
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 
 
 def log_exception_safely(what: str, exc: BaseException) -> None:
@@ -68,33 +65,60 @@ def log_exception_safely(what: str, exc: BaseException) -> None:
     log.error("%s: %s\n%s", what, type(exc).__name__, frames)
 
 
-def forward_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> tuple[CIMultiDict[str], dict[str, str]]:
-    """Split the client's headers into (headers for the upstream, attribution values).
+def forward_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], dict[str, str]]:
+    """Split the client's headers into (header lines for the upstream, attribution values).
 
-    Order and duplicates are preserved; values pass through byte-for-byte (latin-1 round-trips every byte).
-    Header names listed in ``Connection`` are hop-by-hop too (RFC 9110 §7.6.1). A repeated field name is sent
-    with the spelling of its first occurrence: names are case-insensitive in HTTP, and aiohttp's client would
-    otherwise replace ``X-A: 1`` with a following ``x-a: 2`` instead of sending both.
+    Lines pass through byte-for-byte, in order, duplicates and spelling kept. Header names listed in
+    ``Connection`` are hop-by-hop too (RFC 9110 §7.6.1). ``X-ModelTrack-*`` lines are ours: never forwarded.
     """
-    out: CIMultiDict[str] = CIMultiDict()
+    out: list[tuple[bytes, bytes]] = []
     attrs: dict[str, str] = {}
-    spelling: dict[str, str] = {}
-    pairs = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in raw_headers]
-    extra_hop: set[str] = set()
+    extra_hop: set[bytes] = set()
+    pairs = raw_headers if isinstance(raw_headers, list) else list(raw_headers)
     for k, v in pairs:
-        if k.lower() == "connection":
-            extra_hop.update(t.strip().lower() for t in v.split(","))
+        if len(k) == 10 and k.lower() == b"connection":
+            extra_hop.update(t.strip().lower() for t in v.split(b","))
     for k, v in pairs:
         lk = k.lower()
         if lk in _DROP_REQUEST or lk in extra_hop:
             continue
-        if lk.startswith("x-modeltrack-"):
+        if lk.startswith(b"x-modeltrack-"):
             field = ATTR_HEADERS.get(lk)
             if field is not None:
-                attrs[field] = sanitize(v, MAX_ATTR_LEN)
+                attrs[field] = sanitize(v.decode("latin-1"), MAX_ATTR_LEN)
             continue
-        out.add(spelling.setdefault(lk, k), v)
+        out.append((k, v))
     return out, attrs
+
+
+class HeaderView(Mapping[str, str]):
+    """Case-insensitive, read-only view of raw header pairs, decoded on access (first value wins). What the
+    router and the meters need (``"x-goog-api-key" in h``, ``h.get("Content-Type")``) without building a dict
+    of every header for every request."""
+
+    __slots__ = ("_pairs",)
+
+    def __init__(self, pairs: list[tuple[bytes, bytes]]) -> None:
+        self._pairs = pairs
+
+    def __getitem__(self, name: str) -> str:
+        lname = name.lower().encode("latin-1")
+        for k, v in self._pairs:
+            if len(k) == len(lname) and k.lower() == lname:
+                return v.decode("latin-1")
+        raise KeyError(name)
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        lname = name.lower().encode("latin-1")
+        return any(len(k) == len(lname) and k.lower() == lname for k, _ in self._pairs)
+
+    def __iter__(self) -> Any:
+        return iter(k.decode("latin-1") for k, _ in self._pairs)
+
+    def __len__(self) -> int:
+        return len(self._pairs)
 
 
 def endpoint_kind(path: str) -> str:
@@ -112,25 +136,24 @@ def endpoint_kind(path: str) -> str:
 
 
 class IdleWatchdog:
-    """Ends a stream whose upstream has been silent for ``timeout`` seconds while we wait on it.
+    """Calls ``on_idle`` when the upstream has been silent for ``timeout`` seconds while we wait on it.
 
     One timer per request that re-arms itself four times per period, instead of rescheduling a timer for every
-    chunk (aiohttp's ``sock_read`` does that, and it cost ~13% of the proxy's CPU on streams). It also catches
-    what ``sock_read`` misses: an upstream that sent unparseable bytes and went quiet never wakes aiohttp's
-    reader. The reader only counts as idle while ``waiting`` is set, so a slow *client* (we are blocked in the
-    write) is never taken for an idle upstream.
+    chunk (a per-chunk ``sock_read`` timer cost ~13% of the proxy's CPU on streams). It also catches an upstream
+    that sent unparseable bytes and went quiet. The upstream only counts as idle while ``waiting`` is set, so a
+    slow *client* (we paused reading the upstream for it) is never taken for an idle upstream.
     """
 
-    __slots__ = ("_handle", "_idle", "_loop", "_seen", "_task", "_timeout", "fired", "progress", "waiting")
+    __slots__ = ("_handle", "_idle", "_loop", "_on_idle", "_seen", "_timeout", "fired", "progress", "waiting")
 
-    def __init__(self, timeout: float) -> None:
+    def __init__(self, timeout: float, on_idle: Callable[[], None]) -> None:
         self._loop = asyncio.get_running_loop()
-        self._task = asyncio.current_task()
+        self._on_idle = on_idle
         self._timeout = timeout
         self._idle = 0.0
         self._seen = 0
         self.progress = 0  # bumped for every chunk: activity between two ticks resets the idle count
-        self.waiting = False
+        self.waiting = True
         self.fired = False
         self._handle: asyncio.TimerHandle | None = self._loop.call_later(timeout / 4, self._tick)
 
@@ -141,10 +164,10 @@ class IdleWatchdog:
         else:
             self._idle = 0.0
         self._seen = self.progress
-        if self._idle >= self._timeout and self._task is not None:
+        if self._idle >= self._timeout:
             self.fired = True
             self._handle = None
-            self._task.cancel()
+            self._on_idle()
             return
         self._handle = self._loop.call_later(step, self._tick)
 
@@ -152,16 +175,198 @@ class IdleWatchdog:
         if self._handle is not None:
             self._handle.cancel()
             self._handle = None
-        if self.fired and self._task is not None:
-            self._task.uncancel()
 
 
-@dataclass(slots=True)
-class _Timing:
-    start: float
-    upstream_wait: float = 0.0
-    client_wait: float = 0.0
-    first_byte: float | None = None
+class Exchange:
+    """One request's trip through the proxy, driven by the upstream connection's callbacks.
+
+    Also the client connection's flow listener: when the client's buffer is full we stop reading the upstream.
+    """
+
+    __slots__ = (
+        "attrs",
+        "client",
+        "complete",
+        "done",
+        "error",
+        "first_byte",
+        "headed",
+        "info",
+        "meter",
+        "own",
+        "pending_head",
+        "provider",
+        "proxy",
+        "recorded",
+        "remaining",
+        "rid",
+        "start",
+        "status",
+        "tail",
+        "up_path",
+        "upstream",
+        "upstream_id",
+        "wall",
+        "watchdog",
+    )
+
+    def __init__(
+        self,
+        proxy: Proxy,
+        client: Connection,
+        provider: Provider,
+        info: RequestInfo,
+        up_path: str,
+        attrs: dict[str, str],
+        start: float,
+        wall: float,
+    ) -> None:
+        self.proxy = proxy
+        self.client = client
+        self.provider = provider
+        self.info = info
+        self.up_path = up_path
+        self.attrs = attrs
+        self.start = start
+        self.wall = wall
+        self.rid = new_request_id()
+        self.status = 0
+        self.error: str | None = None
+        self.upstream_id: str | None = None
+        self.meter: Meter | None = None
+        self.complete = False
+        self.recorded = False
+        self.headed = False
+        self.first_byte: float | None = None
+        self.own = 0.0  # seconds spent in our own code (the overhead histogram)
+        self.pending_head: tuple[int, bytes, bytes, int] | None = None
+        self.remaining = -1  # bytes still due of a sized body (-1: a stream)
+        self.tail = b""  # a sized body's last bytes: written only after the event is journaled
+        self.upstream: UpstreamConnection | None = None
+        self.watchdog: IdleWatchdog | None = None
+        self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    # -- from the upstream connection ---------------------------------------------------------------------
+    def on_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], length: int | None) -> None:
+        t = perf_counter()
+        self.status = status
+        self.headed = True
+        block = []
+        encoding: str | None = None
+        ids: dict[bytes, bytes] = {}
+        for k, v in headers:
+            lk = k.lower()
+            if lk in _DROP_RESPONSE:
+                continue
+            if lk == b"content-encoding":
+                encoding = v.decode("latin-1")
+            elif lk in _UPSTREAM_ID_HEADERS and v:
+                ids.setdefault(lk, v)
+            block.append(b"%s: %s\r\n" % (k, v))
+        for name in _UPSTREAM_ID_HEADERS:  # in order of preference, not of arrival
+            if name in ids:
+                self.upstream_id = sanitize(ids[name].decode("latin-1"), 128)
+                break
+        try:
+            self.meter = metering_view(self.provider.meter(self.info, status, HeaderView(headers)), encoding)
+        except Exception as exc:  # noqa: BLE001 - a meter bug costs the usage, never the response
+            log_exception_safely(f"{self.rid} meter failed to start", exc)
+        header_block = b"".join(block)
+        if length is not None:
+            # A sized body: send the headers with the first body bytes, one write instead of two.
+            self.pending_head = (status, reason, header_block, length)
+            self.remaining = length
+        else:
+            # A stream: headers at once, so clients see them as early as the upstream sent them.
+            self.client.start(status, reason, header_block, None)
+        self.own += perf_counter() - t
+
+    def on_body(self, data: bytes) -> None:
+        t = perf_counter()
+        if self.first_byte is None:
+            self.first_byte = t
+        wd = self.watchdog
+        if wd is not None:
+            wd.progress += 1
+        meter = self.meter
+        if meter is not None:
+            try:
+                meter.feed(data)
+            except Exception as exc:  # noqa: BLE001
+                log_exception_safely(f"{self.rid} meter failed", exc)
+                self.meter = None
+        if self.remaining >= 0:
+            self.remaining -= len(data)
+            if self.remaining <= 0:
+                self.tail = data  # the last bytes wait for the event (on_complete)
+                self.own += perf_counter() - t
+                return
+        head = self.pending_head
+        if head is not None:
+            self.pending_head = None
+            self.client.start(head[0], head[1], head[2], head[3], data)
+        else:
+            self.client.write(data)
+        self.own += perf_counter() - t
+
+    def on_complete(self) -> None:
+        self.upstream = None
+        self.complete = True
+        # Record (journal) the event *before* the final bytes: a client that has seen the response complete can
+        # rely on its event surviving even a kill -9 of the proxy.
+        self.proxy._record(self)
+        t = perf_counter()
+        head = self.pending_head
+        if head is not None:
+            self.pending_head = None
+            self.client.start(head[0], head[1], head[2], head[3], self.tail)
+        elif self.tail:
+            self.client.write(self.tail)
+        self.client.finish()
+        self.own += perf_counter() - t
+        self._settle()
+
+    def on_error(self, kind: str) -> None:
+        self.upstream = None
+        metrics = self.proxy.metrics
+        if not self.headed:
+            self.error = "upstream_bad_response"  # closed or garbled before a response head: a 502 follows
+        else:
+            self.error = "upstream_reset"
+            metrics.upstream_errors.labels(self.provider.name, "reset").inc()
+            log.warning("%s upstream stream broke", self.rid)
+            self.client.abort()
+        self._settle()
+
+    def on_idle(self) -> None:
+        """The idle watchdog fired: the upstream went silent."""
+        if self.upstream is not None:
+            self.upstream.close()
+            self.upstream = None
+        if not self.headed:
+            self.error = "upstream_timeout"
+        else:
+            self.error = "upstream_idle_timeout"
+            self.proxy.metrics.upstream_errors.labels(self.provider.name, "idle_timeout").inc()
+            self.client.abort()
+        self._settle()
+
+    def _settle(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    # -- flow control from the client connection ----------------------------------------------------------
+    def pause(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.waiting = False
+        if self.upstream is not None:
+            self.upstream.pause()
+
+    def resume(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.waiting = True
+        if self.upstream is not None:
+            self.upstream.resume()
 
 
 class Proxy:
@@ -171,14 +376,15 @@ class Proxy:
         pipeline: Pipeline,
         metrics: Metrics,
         pricing: Pricing,
-        sessions: Mapping[str, aiohttp.ClientSession],
+        pools: Mapping[str, UpstreamPool],
     ) -> None:
         self.router = router
         self.pipeline = pipeline
         self.metrics = metrics
         self.pricing = pricing
-        self.sessions = sessions
+        self.pools = pools
         self.inflight = 0
+        self.drained: asyncio.Event | None = None  # set by a shutdown waiting for in-flight requests
         self.client_tokens: frozenset[bytes] = frozenset()  # sha256 digests; empty = access control off
         self.body_timeout = 60.0
         self.read_timeout = 600.0
@@ -186,223 +392,127 @@ class Proxy:
 
     # -- errors the proxy itself generates ----------------------------------------------------------------
     @staticmethod
-    def error(provider: Provider | None, status: int, kind: str, message: str) -> web.Response:
-        body = (provider or Provider()).error_body(status, kind, message)
-        return web.Response(status=status, body=body, content_type="application/json")
+    def error(conn: Connection, provider: Provider | None, status: int, kind: str, message: str) -> None:
+        conn.respond(status, (provider or Provider()).error_body(status, kind, message))
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
+    async def handle(self, req: Request, conn: Connection) -> None:
         self.inflight += 1
         try:
-            return await self._handle(request)
+            await self._handle(req, conn)
         finally:
             self.inflight -= 1
+            if self.inflight == 0 and self.drained is not None:
+                self.drained.set()
 
-    async def _handle(self, request: web.Request) -> web.StreamResponse:
-        timing = _Timing(perf_counter())
+    async def _handle(self, req: Request, conn: Connection) -> None:
+        start = perf_counter()
         wall = time.time()
-        target = request.raw_path
+        target = req.target.decode("latin-1")
         if not target.startswith("/"):
-            return self.error(None, 400, "invalid_request_target", "Only origin-form request targets are accepted.")
-        if request.method in ("CONNECT", "TRACE"):
-            return self.error(None, 405, "method_not_allowed", f"{request.method} is not proxied.")
-        if self.client_tokens and not self._authorized(request):
-            return self.error(None, 401, "invalid_client_token", "A valid X-ModelTrack-Key header is required.")
+            return self.error(
+                conn, None, 400, "invalid_request_target", "Only origin-form request targets are accepted."
+            )
+        if req.method in ("CONNECT", "TRACE"):
+            return self.error(conn, None, 405, "method_not_allowed", f"{req.method} is not proxied.")
+        if self.client_tokens and not self._authorized(req):
+            return self.error(conn, None, 401, "invalid_client_token", "A valid X-ModelTrack-Key header is required.")
         path, _, query = target.partition("?")
-        route = self.router.resolve(path, request.headers)
+        route = self.router.resolve(path, HeaderView(req.headers))
         if route is None:
             return self.error(
+                conn,
                 None,
                 404,
                 "unknown_route",
                 "No provider for this path. Use /openai/..., /anthropic/..., /gemini/..., /v1/... (see README).",
             )
         provider, up_path = route
-        if not provider.base_url:
+        pool = self.pools.get(provider.name)
+        if pool is None:
             return self.error(
+                conn,
                 provider,
                 503,
                 "provider_not_configured",
                 f"Set MODELTRACK_{provider.name.upper()}_BASE_URL to use the /{provider.name} route.",
             )
         try:
-            raw = await asyncio.wait_for(request.read(), self.body_timeout)
-        except web.HTTPRequestEntityTooLarge:
-            return self.error(provider, 413, "request_too_large", "Request body exceeds MODELTRACK_MAX_BODY_BYTES.")
+            raw = await (req.read() if req.complete else asyncio.wait_for(req.read(), self.body_timeout))
+        except BodyTooLarge:
+            return self.error(
+                conn, provider, 413, "request_too_large", "Request body exceeds MODELTRACK_MAX_BODY_BYTES."
+            )
         except TimeoutError:
-            return self.error(provider, 408, "request_timeout", "The request body was not received in time.")
+            return self.error(conn, provider, 408, "request_timeout", "The request body was not received in time.")
         body = loads(raw) if raw[:1] in (b"{", b"[") and provider.name != "bedrock" else None
-        info = provider.request_info(request.method, up_path, query, body)
+        info = provider.request_info(req.method, up_path, query, body)
         send = provider.rewrite_body(info, raw, body)
-        headers, attrs = forward_headers(request.raw_headers)
-        url = URL(provider.base_url + up_path + ("?" + query if query else ""), encoded=True)
-        expected_host = URL(provider.base_url).host
-        if url.host != expected_host:
-            return self.error(provider, 400, "invalid_path", "The request path is not valid for this provider.")
+        lines, attrs = forward_headers(req.headers)
+        origin = pool.origin
+        up_target = (origin.base_path + up_path + ("?" + query if query else "")).encode("latin-1")
+        parts = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (req.method.encode("ascii"), up_target, origin.host_header)]
+        parts.extend(b"%s: %s\r\n" % kv for kv in lines)
+        if send or req.method in _BODY_METHODS:
+            parts.append(b"Content-Length: %d\r\n" % len(send))
+        parts.append(b"\r\n")
+        head = b"".join(parts)
 
-        rid = new_request_id()
-        state: dict[str, Any] = {"status": 0, "error": None, "upstream_id": None}
-        meter = None
-        complete = False
-        recorded = False
-        watchdog: IdleWatchdog | None = None
+        ex = Exchange(self, conn, provider, info, up_path, attrs, start, wall)
+        ex.watchdog = IdleWatchdog(self.read_timeouts.get(provider.name, self.read_timeout), ex.on_idle)
         try:
-            session = self.sessions[provider.name]
-            watchdog = IdleWatchdog(self.read_timeouts.get(provider.name, self.read_timeout))
-            watchdog.waiting = True  # until the response headers arrive
             try:
-                t = perf_counter()
-                async with session.request(
-                    request.method,
-                    url,
-                    headers=headers,
-                    data=send if send else None,
-                    allow_redirects=False,
-                    skip_auto_headers=_SKIP_AUTO,
-                ) as up:
-                    watchdog.waiting = False
-                    timing.upstream_wait += perf_counter() - t
-                    state["status"] = up.status
-                    for h in _UPSTREAM_ID_HEADERS:
-                        upstream_id = up.headers.get(h)
-                        if upstream_id:
-                            state["upstream_id"] = sanitize(upstream_id, 128)
-                            break
-                    meter = metering_view(
-                        provider.meter(info, up.status, up.headers), up.headers.get("Content-Encoding")
-                    )
-                    resp = web.StreamResponse(status=up.status, reason=up.reason)
-                    if up.headers.get("Content-Length") is not None:
-                        # A sized (non-streaming) body: send the headers with the first body bytes, one write
-                        # instead of two. Streams keep aiohttp's default (headers at once) so clients see them
-                        # as early as the upstream sent them.
-                        resp._send_headers_immediately = False
-                    for k, v in up.raw_headers:
-                        name = k.decode("latin-1")
-                        if name.lower() not in _DROP_RESPONSE:
-                            resp.headers.add(name, v.decode("latin-1"))
-                    await resp.prepare(request)
-                    content = up.content
-                    try:
-                        while True:
-                            t = perf_counter()
-                            watchdog.waiting = True
-                            chunk = await content.readany()
-                            watchdog.waiting = False
-                            watchdog.progress += 1
-                            now = perf_counter()
-                            timing.upstream_wait += now - t
-                            if not chunk:
-                                break
-                            if timing.first_byte is None:
-                                timing.first_byte = now
-                            meter.feed(chunk)
-                            t = perf_counter()
-                            await resp.write(chunk)
-                            timing.client_wait += perf_counter() - t
-                    except asyncio.CancelledError:
-                        if not watchdog.fired:
-                            raise
-                        state["error"] = "upstream_idle_timeout"
-                        self.metrics.upstream_errors.labels(provider.name, "idle_timeout").inc()
-                        self._truncate(request)
-                        return resp
-                    except (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
-                        state["error"] = "upstream_reset"
-                        self.metrics.upstream_errors.labels(provider.name, "reset").inc()
-                        log.warning("%s upstream stream broke (%s)", rid, type(exc).__name__)
-                        self._truncate(request)
-                        return resp
-                    except (TimeoutError, aiohttp.ServerTimeoutError):
-                        state["error"] = "upstream_idle_timeout"
-                        self.metrics.upstream_errors.labels(provider.name, "idle_timeout").inc()
-                        self._truncate(request)
-                        return resp
-                    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-                        state["error"] = "client_disconnected"
-                        return resp
-                    complete = True
-                    # Record (journal) the event *before* the final chunk: a client that has seen the response
-                    # complete can rely on its event surviving even a kill -9 of the proxy.
-                    recorded = True
-                    self._record(rid, provider, info, up_path, state, meter, complete, timing, wall, attrs)
-                    await resp.write_eof()
-                    return resp
-            except (aiohttp.ClientConnectorError, aiohttp.ClientOSError) as exc:
-                return self._fail(
-                    provider, state, 502, "upstream_unreachable", "The upstream could not be reached.", exc
-                )
-            except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-                return self._fail(provider, state, 504, "upstream_timeout", "The upstream did not answer in time.", exc)
-            except (aiohttp.ServerDisconnectedError, aiohttp.ClientResponseError, aiohttp.ClientPayloadError) as exc:
-                return self._fail(
-                    provider, state, 502, "upstream_bad_response", "The upstream sent an invalid response.", exc
-                )
+                upstream = await pool.acquire()
+            except TimeoutError:
+                return self._fail(conn, ex, 504, "upstream_timeout", "The upstream did not answer in time.")
+            except OSError as exc:
+                log.warning("upstream unreachable provider=%s exc=%s", provider.name, type(exc).__name__)
+                return self._fail(conn, ex, 502, "upstream_unreachable", "The upstream could not be reached.")
+            ex.upstream = upstream
+            conn.flow = ex
+            upstream.send(ex, head, send, req.method == "HEAD")
+            ex.own += perf_counter() - start
+            await ex.done
+            if ex.error == "upstream_bad_response":
+                return self._fail(conn, ex, 502, "upstream_bad_response", "The upstream sent an invalid response.")
+            if ex.error == "upstream_timeout":
+                return self._fail(conn, ex, 504, "upstream_timeout", "The upstream did not answer in time.")
         except asyncio.CancelledError:
-            if watchdog is not None and watchdog.fired and not state["status"]:
-                # No response headers within the idle timeout.
-                return self._fail(
-                    provider, state, 504, "upstream_timeout", "The upstream did not answer in time.", TimeoutError()
-                )
-            state["error"] = state["error"] or "client_disconnected"
+            # The client went away (the server cancels the handler): stop the upstream too, keep what was metered.
+            ex.error = ex.error or "client_disconnected"
+            if ex.upstream is not None:
+                ex.upstream.close()
+                ex.upstream = None
             raise
         finally:
-            if watchdog is not None:
-                watchdog.stop()
-            if not recorded:
-                self._record(
-                    rid,
-                    provider,
-                    info,
-                    up_path,
-                    state,
-                    meter,
-                    complete,
-                    timing,
-                    wall,
-                    attrs,
-                )
+            conn.flow = None
+            if ex.watchdog is not None:
+                ex.watchdog.stop()
+            if not ex.recorded:
+                self._record(ex)
 
-    def _authorized(self, request: web.Request) -> bool:
+    def _authorized(self, req: Request) -> bool:
         """Constant-time check of ``X-ModelTrack-Key`` against the configured token digests. Comparing digests
         (not tokens) keeps the comparison length-independent and lets operators configure hashes only."""
-        given = request.headers.get("X-ModelTrack-Key", "")
-        digest = hashlib.sha256(given.encode("utf-8", "surrogateescape")).digest()
+        given = req.header(b"x-modeltrack-key") or b""
+        digest = hashlib.sha256(given).digest()
         ok = False
         for expected in self.client_tokens:
             ok |= hmac.compare_digest(digest, expected)
         return ok
 
-    def _fail(
-        self, provider: Provider, state: dict[str, Any], status: int, kind: str, message: str, exc: BaseException
-    ) -> web.Response:
-        # Only the exception *type* is logged: messages can contain URLs (with ?key=) or upstream text.
-        state["error"] = kind
-        state["status"] = status
-        self.metrics.upstream_errors.labels(provider.name, kind).inc()
-        log.warning("upstream failure provider=%s kind=%s exc=%s", provider.name, kind, type(exc).__name__)
-        return self.error(provider, status, kind, message)
+    def _fail(self, conn: Connection, ex: Exchange, status: int, kind: str, message: str) -> None:
+        # Only the kind is logged: exception messages can contain URLs (with ?key=) or upstream text.
+        ex.error = kind
+        ex.status = status
+        self.metrics.upstream_errors.labels(ex.provider.name, kind).inc()
+        log.warning("upstream failure provider=%s kind=%s", ex.provider.name, kind)
+        self.error(conn, ex.provider, status, kind, message)
 
-    @staticmethod
-    def _truncate(request: web.Request) -> None:
-        """Make the client see the same truncation it would see directly: close without the final chunk."""
-        transport = request.transport
-        if transport is not None:
-            transport.close()
-
-    def _record(
-        self,
-        rid: str,
-        provider: Provider,
-        info: Any,
-        up_path: str,
-        state: dict[str, Any],
-        meter: Any,
-        complete: bool,
-        timing: _Timing,
-        wall: float,
-        attrs: dict[str, str],
-    ) -> None:
+    def _record(self, ex: Exchange) -> None:
         """Build, price, count and enqueue the event. Never raises: a bug here must not break the response."""
+        ex.recorded = True
+        rid, provider, info, up_path, wall, attrs = ex.rid, ex.provider, ex.info, ex.up_path, ex.wall, ex.attrs
+        meter, complete = ex.meter, ex.complete
         try:
             end = perf_counter()
             try:
@@ -417,11 +527,11 @@ class Proxy:
             ev = CostEvent(
                 timestamp=rfc3339(wall),
                 request_id=rid,
-                upstream_request_id=state["upstream_id"],
+                upstream_request_id=ex.upstream_id,
                 provider=provider.name,
                 endpoint=up_path,
                 model=result.model or info.model,
-                status=state["status"],
+                status=ex.status,
                 stream=info.stream,
                 input_tokens=usage.input_tokens if usage else 0,
                 output_tokens=usage.output_tokens if usage else 0,
@@ -429,9 +539,9 @@ class Proxy:
                 cache_write_tokens=usage.cache_write_tokens if usage else 0,
                 reasoning_tokens=usage.reasoning_tokens if usage else 0,
                 cost_usd=cost,
-                latency_ms=round((end - timing.start) * 1000, 3),
-                ttft_ms=round((timing.first_byte - timing.start) * 1000, 3)
-                if timing.first_byte is not None and info.stream
+                latency_ms=round((end - ex.start) * 1000, 3),
+                ttft_ms=round((ex.first_byte - ex.start) * 1000, 3)
+                if ex.first_byte is not None and info.stream
                 else None,
                 team=attrs.get("team"),
                 app=attrs.get("app"),
@@ -440,7 +550,7 @@ class Proxy:
                 cache_hit=bool(usage and usage.cache_read_tokens),
                 routed=False,
                 usage_source=result.usage_source if usage else "missing",
-                error=state["error"] or result.error,
+                error=ex.error or result.error,
                 requested_model=info.model,
                 cache_write_1h_tokens=usage.cache_write_1h_tokens if usage else 0,
                 web_search_requests=usage.web_search_requests if usage else 0,
@@ -449,7 +559,7 @@ class Proxy:
                 stream_usage_injected=bool(info.extra.get("stream_usage_injected")),
             )
             self.pipeline.enqueue(ev)
-            overhead = (end - timing.start) - timing.upstream_wait - timing.client_wait
+            overhead = ex.own + (perf_counter() - end)
             savings = self.pricing.cache_savings(provider.name, result, info.model, wall) if ev.cache_hit else 0.0
             self.metrics.observe(ev, overhead, endpoint_kind(up_path), savings)
             if log.isEnabledFor(logging.DEBUG):
