@@ -257,7 +257,7 @@ def machine() -> list[str]:
     return [
         f"- date: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}",
         f"- machine: {os.cpu_count()} cores, {platform.platform()}, {platform.processor() or platform.machine()}",
-        f"- python {platform.python_version()}; modeltrack {ver('modeltrack')}, aiohttp {ver('aiohttp')}, "
+        f"- python {platform.python_version()}; modeltrack {ver('modeltrack')}, httptools {ver('httptools')}, "
         f"uvloop {ver('uvloop')}, orjson {ver('orjson')}",
         f"- {nginx_v}; {(wrk_v or ['wrk ?'])[0]}",
     ]
