@@ -16,7 +16,7 @@ import pytest
 
 from modeltrack.events import CostEvent, new_request_id, rfc3339
 from modeltrack.metrics import Metrics
-from modeltrack.pipeline import Pipeline
+from modeltrack.pipeline import Journal, Pipeline, _read_events
 from modeltrack.sinks import Sink, open_sink
 from modeltrack.sinks.firestore import FirestoreSink
 from modeltrack.sinks.sqlite import SQLiteSink
@@ -425,3 +425,30 @@ async def test_unwritable_journal_is_counted_and_events_still_stored(tmp_path: P
     assert metrics.dropped._value.get() == 0
     await assert_exactly_once(sink, {f"s-{i}" for i in range(25)})
     await pipeline.close()
+
+
+def test_journal_segments_rotate_replay_and_close_as_plain_jsonl(tmp_path: Path, caplog: Any) -> None:
+    """The memory-mapped journal: segments are reserved up front, so a live (or killed) segment ends in NUL
+    padding that replay must stop at; a closed segment is truncated to exactly the lines written."""
+    events = [make_event(i) for i in range(40)]
+    ids = [e.request_id for e in events]
+    lines = [e.to_json() + b"\n" for e in events]
+    seg_bytes = 4 * max(map(len, lines)) + 10  # room for four lines or a little more: 40 appends rotate
+    journal = Journal(str(tmp_path), segment_bytes=seg_bytes)
+    segs = [journal.append(line) for line in lines]
+    assert 0 not in segs and len(set(segs)) >= 8
+    live = journal._paths[segs[-1]]
+    assert os.path.getsize(live) == seg_bytes  # reserved, NUL-padded
+    in_live = [i for i, s in enumerate(segs) if s == segs[-1]]
+    assert [e.request_id for e in _read_events(live)] == [ids[i] for i in in_live]
+    assert "corrupt" not in caplog.text  # the padding is the end of the data, not a torn line
+    # Nothing acked yet: every closed segment is still there, truncated to its lines, and replays in full.
+    closed = sorted(journal._paths[s] for s in set(segs[:-1]) if s != segs[-1])
+    assert all(open(p, "rb").read().count(b"\x00") == 0 for p in closed)
+    replayed = [e.request_id for p in closed for e in _read_events(p)]
+    assert sorted(replayed) == sorted(ids[: in_live[0]])
+    journal.ack(segs)  # acked closed segments are deleted; the live one stays until closed
+    assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(live)]
+    journal.close()
+    assert list(tmp_path.iterdir()) == []
+    assert journal.append(b"x" * (seg_bytes + 1)) == 0  # a line larger than a segment: counted as unjournaled

@@ -92,37 +92,51 @@ def forward_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> tuple[list[tu
 
 
 class HeaderView(Mapping[str, str]):
-    """Case-insensitive, read-only view of raw header pairs, decoded on access (first value wins). What the
-    router and the meters need (``"x-goog-api-key" in h``, ``h.get("Content-Type")``) without building a dict
-    of every header for every request."""
+    """Case-insensitive, read-only view of raw header pairs (first value wins), built on first use: what the
+    router and the meters ask (``"x-goog-api-key" in h``, ``h.get("Content-Type")``)."""
 
-    __slots__ = ("_pairs",)
+    __slots__ = ("_map", "_pairs")
 
     def __init__(self, pairs: list[tuple[bytes, bytes]]) -> None:
         self._pairs = pairs
+        self._map: dict[str, bytes] | None = None
+
+    def _lookup(self) -> dict[str, bytes]:
+        m = self._map
+        if m is None:
+            m = self._map = {}
+            for k, v in self._pairs:
+                m.setdefault(k.decode("latin-1").lower(), v)
+        return m
 
     def __getitem__(self, name: str) -> str:
-        lname = name.lower().encode("latin-1")
-        for k, v in self._pairs:
-            if len(k) == len(lname) and k.lower() == lname:
-                return v.decode("latin-1")
-        raise KeyError(name)
+        return self._lookup()[name.lower()].decode("latin-1")
 
     def __contains__(self, name: object) -> bool:
-        if not isinstance(name, str):
-            return False
-        lname = name.lower().encode("latin-1")
-        return any(len(k) == len(lname) and k.lower() == lname for k, _ in self._pairs)
+        return isinstance(name, str) and name.lower() in self._lookup()
 
     def __iter__(self) -> Any:
-        return iter(k.decode("latin-1") for k, _ in self._pairs)
+        return iter(self._lookup())
 
     def __len__(self) -> int:
-        return len(self._pairs)
+        return len(self._lookup())
+
+
+_KINDS: dict[str, str] = {}
 
 
 def endpoint_kind(path: str) -> str:
-    """A bounded name for the operation: ``chat/completions``, ``messages``, ``generateContent``, ``converse``."""
+    """A bounded name for the operation: ``chat/completions``, ``messages``, ``generateContent``, ``converse``.
+    Memoised (bounded): a service sees a handful of distinct paths over and over."""
+    kind = _KINDS.get(path)
+    if kind is None:
+        if len(_KINDS) >= 4096:
+            _KINDS.clear()
+        kind = _KINDS[path] = _endpoint_kind(path)
+    return kind
+
+
+def _endpoint_kind(path: str) -> str:
     if ":" in path.rsplit("/", 1)[-1]:
         return path.rsplit(":", 1)[-1]
     parts = [p for p in path.split("/") if p]
