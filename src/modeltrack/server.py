@@ -27,6 +27,7 @@ log = logging.getLogger("modeltrack.server")
 
 MAX_HEADER_BYTES = 64 * 1024
 MAX_HEADERS = 200
+MAX_PIPELINED = 32  # requests parsed ahead of the one being answered, per connection
 _REASONS = {
     200: b"OK",
     400: b"Bad Request",
@@ -150,6 +151,7 @@ class Connection(asyncio.Protocol):
         self._header_bytes = 0
         self._timer: asyncio.TimerHandle | None = None
         self._too_big = False
+        self._reading_paused = False
         self._task: asyncio.Task[None] | None = None
         self._closing_after = False  # close once the current response is done (no keep-alive / parse error)
         self.closed = False
@@ -240,6 +242,9 @@ class Connection(asyncio.Protocol):
         elif (req.header(b"expect") or b"").lower() == b"100-continue":
             req.expect_continue = True
         self._queue.append(req)
+        if len(self._queue) >= MAX_PIPELINED and self.transport is not None:
+            self.transport.pause_reading()  # a client pipelining faster than we answer waits in its own buffers
+            self._reading_paused = True
         if self._task is None:
             self._task = self._loop.create_task(self._serve())
 
@@ -276,6 +281,10 @@ class Connection(asyncio.Protocol):
                         self.abort()
                         return
                 self._queue.popleft()
+                if self._reading_paused and len(self._queue) < MAX_PIPELINED // 2 and not self._closing_after:
+                    self._reading_paused = False
+                    if self.transport is not None:
+                        self.transport.resume_reading()
                 if not self._finished:
                     self.abort()
                     return
@@ -308,6 +317,9 @@ class Connection(asyncio.Protocol):
         HTTP/1.0. ``first`` (body bytes) rides along in the same write."""
         req = self._queue[0]
         self._started = True
+        if status in (204, 304) or status < 200:
+            length = None  # no body and no framing header (RFC 9110 §8.6)
+            self._head_only = True
         if length is None and not self._head_only:
             if req.version == "1.0":
                 req.keep_alive = False
