@@ -97,29 +97,22 @@ class SQLiteSink:
                     existing.update(
                         r[0] for r in conn.execute(f"SELECT request_id FROM events WHERE request_id IN ({marks})", part)
                     )
-                fresh: dict[str, CostEvent] = {}
-                for ev in events:
-                    if ev.request_id not in existing:
-                        fresh.setdefault(ev.request_id, ev)
+                # The pipeline hands over each event's JSON line, encoded once at enqueue: store it without the
+                # newline (a memoryview slice, no copy) instead of encoding again here.
+                lines: list[bytes] | None = getattr(events, "docs", None)
+                fresh: dict[str, tuple[CostEvent, Any]] = {}
+                for i, ev in enumerate(events):
+                    if ev.request_id not in existing and ev.request_id not in fresh:
+                        fresh[ev.request_id] = (ev, memoryview(lines[i])[:-1] if lines else ev.to_json())
                 conn.executemany(
                     "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?)",
                     [
-                        (
-                            e.request_id,
-                            e.timestamp,
-                            e.provider,
-                            e.model,
-                            e.team,
-                            e.app,
-                            e.feature,
-                            e.cost_usd,
-                            e.to_json(),
-                        )
-                        for e in fresh.values()
+                        (e.request_id, e.timestamp, e.provider, e.model, e.team, e.app, e.feature, e.cost_usd, doc)
+                        for e, doc in fresh.values()
                     ],
                 )
                 merged: dict[tuple[str, ...], list[int]] = {}
-                for e in fresh.values():
+                for e, _ in fresh.values():
                     key = (e.timestamp[:10], e.team or "", e.app or "", e.feature or "", e.provider, e.model or "")
                     acc = merged.get(key)
                     if acc is None:
