@@ -16,7 +16,7 @@ import pytest
 
 from modeltrack.events import CostEvent, new_request_id, rfc3339
 from modeltrack.metrics import Metrics
-from modeltrack.pipeline import Journal, Pipeline, _read_events
+from modeltrack.pipeline import Journal, Pipeline, _read_events, is_transient
 from modeltrack.sinks import Sink, open_sink
 from modeltrack.sinks.firestore import FirestoreSink
 from modeltrack.sinks.sqlite import SQLiteSink
@@ -290,8 +290,19 @@ async def test_firestore_commit_applied_but_answer_lost(
     stored = {e.session_id for e in await direct.read()}
     assert {e.session_id for e in second} <= stored, "the emulator must have applied the lost commit"
     fault.restore()
-    await sink.write(second)  # the retry: ALREADY_EXISTS → drop stored ids → nothing left to commit
-    await sink.write([*second[:10], make_event(999)])  # partly stored batch: only the new event lands
+
+    async def write_retrying(events: list[CostEvent]) -> None:
+        # As the pipeline does: after the cut, gRPC's first call on the severed connection may fail UNAVAILABLE.
+        for attempt in range(5):
+            try:
+                return await sink.write(events)
+            except Exception as exc:
+                if not is_transient(exc) or attempt == 4:
+                    raise
+                await asyncio.sleep(0.2)
+
+    await write_retrying(second)  # the retry: ALREADY_EXISTS → drop stored ids → nothing left to commit
+    await write_retrying([*second[:10], make_event(999)])  # partly stored batch: only the new event lands
     await assert_exactly_once(direct, {f"s-{i}" for i in [*range(250), 999]})
     await fault.stop()
 

@@ -451,7 +451,11 @@ class Proxy:
                 f"Set MODELTRACK_{provider.name.upper()}_BASE_URL to use the /{provider.name} route.",
             )
         try:
-            raw = await (req.read() if req.complete else asyncio.wait_for(req.read(), self.body_timeout))
+            if req.complete:
+                raw = await req.read()
+            else:
+                async with asyncio.timeout(self.body_timeout):
+                    raw = await req.read()
         except BodyTooLarge:
             return self.error(
                 conn, provider, 413, "request_too_large", "Request body exceeds MODELTRACK_MAX_BODY_BYTES."

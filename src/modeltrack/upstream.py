@@ -245,7 +245,8 @@ class UpstreamPool:
             ssl=self._tls,
             server_hostname=o.host if self._tls is not None else None,
         )
-        _, proto = await asyncio.wait_for(connect, self._connect_timeout)
+        async with asyncio.timeout(self._connect_timeout):  # no extra task, unlike wait_for
+            _, proto = await connect
         self._all.add(proto)
         return proto
 
