@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import traceback
 
 _PATTERNS = [
     re.compile(r"(?i)(bearer\s+)[^\s,;\"']+"),
@@ -58,6 +59,13 @@ _PARSER_ERRORS = {
     "HttpParserInvalidURLError",
     "HttpParserUpgrade",
 }
+
+
+def log_exception_safely(what: str, exc: BaseException, logger: str = "modeltrack") -> None:
+    """Log where it failed (type and stack frames) but never the exception's message: messages of parse errors
+    can quote response bytes, and those may hold model output or a key."""
+    frames = "".join(traceback.format_tb(exc.__traceback__))
+    logging.getLogger(logger).error("%s: %s\n%s", what, type(exc).__name__, frames)
 
 
 def setup(level: str) -> None:

@@ -14,13 +14,13 @@ import hashlib
 import hmac
 import logging
 import time
-import traceback
 from collections.abc import Callable, Iterable, Mapping
 from time import perf_counter
 from typing import Any
 
 from .codec import metering_view
 from .events import CostEvent, new_request_id, rfc3339
+from .logs import log_exception_safely
 from .metrics import Metrics, sanitize
 from .pipeline import Pipeline
 from .pricing import Pricing
@@ -56,13 +56,6 @@ ATTR_HEADERS = {
 }
 MAX_ATTR_LEN = 128
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-
-
-def log_exception_safely(what: str, exc: BaseException) -> None:
-    """Log where it failed (type and stack frames) but never the exception's message: messages of parse errors
-    can quote response bytes, and those may hold model output."""
-    frames = "".join(traceback.format_tb(exc.__traceback__))
-    log.error("%s: %s\n%s", what, type(exc).__name__, frames)
 
 
 def forward_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], dict[str, str]]:
@@ -284,7 +277,7 @@ class Exchange:
         try:
             self.meter = metering_view(self.provider.meter(self.info, status, HeaderView(headers)), encoding)
         except Exception as exc:  # noqa: BLE001 - a meter bug costs the usage, never the response
-            log_exception_safely(f"{self.rid} meter failed to start", exc)
+            log_exception_safely(f"{self.rid} meter failed to start", exc, log.name)
         header_block = b"".join(block)
         if length is not None:
             # A sized body: send the headers with the first body bytes, one write instead of two.
@@ -307,7 +300,7 @@ class Exchange:
             try:
                 meter.feed(data)
             except Exception as exc:  # noqa: BLE001
-                log_exception_safely(f"{self.rid} meter failed", exc)
+                log_exception_safely(f"{self.rid} meter failed", exc, log.name)
                 self.meter = None
         if self.remaining >= 0:
             self.remaining -= len(data)
@@ -536,7 +529,7 @@ class Proxy:
             try:
                 result: MeterResult = meter.finish(complete) if meter is not None else MeterResult(model=info.model)
             except Exception as exc:  # noqa: BLE001 - a meter bug costs the usage, never the event
-                log_exception_safely(f"{rid} meter failed", exc)
+                log_exception_safely(f"{rid} meter failed", exc, log.name)
                 result = MeterResult(model=info.model, error="meter_error")
             usage = result.usage
             cost, cost_source = self.pricing.cost(provider.name, result, info.model, wall)
@@ -595,4 +588,4 @@ class Proxy:
                     ev.error,
                 )
         except Exception as exc:  # noqa: BLE001 - recording must never break the response
-            log_exception_safely(f"{rid} failed to record the cost event", exc)
+            log_exception_safely(f"{rid} failed to record the cost event", exc, log.name)

@@ -23,6 +23,8 @@ from typing import Protocol, cast
 
 import httptools
 
+from .logs import log_exception_safely
+
 log = logging.getLogger("modeltrack.server")
 
 MAX_HEADER_BYTES = 64 * 1024
@@ -274,7 +276,7 @@ class Connection(asyncio.Protocol):
                         return
                     raise
                 except Exception as exc:  # noqa: BLE001 - a handler bug must not take the connection's peers down
-                    log.error("request handler failed: %s", type(exc).__name__, exc_info=False)
+                    log_exception_safely("request handler failed", exc, log.name)
                     if not self._started:
                         self.respond(500, b'{"error":{"type":"internal_error","message":"ModelTrack failed."}}')
                     else:
