@@ -91,7 +91,7 @@ async def run(store: str, n: int, spool: str, journal: bool = True) -> dict[str,
     t1 = time.perf_counter()
     await pipeline.flush()
     drain = n / (time.perf_counter() - t1)
-    written = metrics.events_written._value.get()
+    written = metrics.registry.get_sample_value("modeltrack_events_written_total") or 0
     await pipeline.close()
     return {
         "store": store.split(":", 1)[0] + ("" if journal else " (journal off)"),
@@ -126,8 +126,9 @@ async def main_async(n: int, firestore: bool) -> list[dict[str, Any]]:
         rows.append(await run(f"sqlite:///{tmp}/bench.db", n, f"{tmp}/spool-sqlite"))
         rows.append(await run(f"sqlite:///{tmp}/bench-nj.db", n, f"{tmp}/spool-nj", journal=False))
         if firestore:
-            from tests.conftest import free_port
             from tests.faults import FirestoreEmulator
+
+            from bench.sysinfo import free_port
 
             emu = FirestoreEmulator(free_port(), Path(tmp) / "emulator.log")
             emu.start()

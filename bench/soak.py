@@ -29,13 +29,7 @@ from tests.expected import provider_of  # noqa: E402
 from tests.proc import ProxyProcess  # noqa: E402
 from tests.replay import Recording, all_recordings, split_awkwardly  # noqa: E402
 
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
+from bench.sysinfo import rss_kb  # noqa: E402
 
 RECS: web.AppKey[dict[str, Recording]] = web.AppKey("recs", dict)
 

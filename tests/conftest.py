@@ -1,13 +1,13 @@
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from bench.sysinfo import free_port
 
 from modeltrack.app import ModelTrack
 from modeltrack.config import PROVIDERS, Settings
@@ -15,12 +15,6 @@ from modeltrack.pipeline import Pipeline
 
 from .faults import FirestoreEmulator
 from .replay import ReplayUpstream
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture

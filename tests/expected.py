@@ -158,7 +158,7 @@ EXPECTED: dict[tuple[str, int], dict[str, Any]] = {
         cache_read_tokens=4012,
         cache_write_tokens=0,
         output_tokens=4,
-        cache_hit=True,
+        cache_hit=False,  # a provider prompt-cache read, not a hit of ModelTrack's response cache
     ),
     ("test_openai_responses__test_openai_responses_model_http_error", 0): dict(
         provider="openai", status=400, error="decimal_below_min_value", usage_source="missing"

@@ -13,8 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
-
-from .conftest import free_port
+from bench.sysinfo import free_port
 
 
 async def wait_http_ok(url: str, timeout: float, alive: Callable[[], bool] = lambda: True) -> bool:

@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from bench.sysinfo import free_port
 
-from .conftest import free_port
 from .proc import ProxyProcess
 from .replay import load
 
@@ -140,7 +140,8 @@ async def test_canary_keys_never_leak(replay: Any, tmp_path: Path) -> None:
 async def test_canaries_through_timeouts_disconnects_and_a_spooled_shutdown(replay: Any, tmp_path: Path) -> None:
     """More leak paths: an upstream that hangs (idle timeout), a client that disconnects mid-stream, and a
     shutdown while the store has been unusable since start-up (every event ends up in the spool)."""
-    from .test_security import RawServer, evil_hang_after_first_event
+    from .rawhttp import RawServer
+    from .test_security import evil_hang_after_first_event
 
     upstream, upstream_url = replay
     upstream.current = load("test_anthropic__test_anthropic_model_web_search_tool_stream")

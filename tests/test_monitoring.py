@@ -17,8 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
+from bench.sysinfo import free_port, rss_kb
 
-from .conftest import free_port
 from .expected import provider_of
 from .proc import ProxyProcess, wait_http_ok
 from .replay import all_recordings, load
@@ -304,13 +304,6 @@ async def test_random_team_flood_keeps_series_bounded(replay: Any, tmp_path: Pat
     assert max(rss) < 150_000, rss
     assert max(rss[3:]) < max(rss[:3]) * 1.30, rss
     assert len(proxy.events_cli().splitlines()) == n  # events keep every (sanitised) team value
-
-
-def rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 async def test_metrics_bearer_token(replay: Any, make_proxy: Any) -> None:

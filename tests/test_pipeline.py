@@ -14,6 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from modeltrack.config import Settings
 from modeltrack.events import CostEvent, new_request_id, rfc3339
 from modeltrack.metrics import Metrics
 from modeltrack.pipeline import Journal, Pipeline, _read_events, is_transient
@@ -192,12 +193,10 @@ async def test_store_outage_under_load_loses_nothing(
     sink, fault = await _sink_with_fault(store_url, monkeypatch)
     spool = tmp_path / "spool"
     metrics = Metrics()
-    pipeline = Pipeline(
+    pipeline = Pipeline.from_settings(
         sink,
         metrics,
-        spool_dir=str(spool),
-        batch_size=100,
-        flush_interval=0.02,
+        Settings(spool_dir=str(spool), batch_size=100, flush_interval_ms=20),
         max_retries=2,
         backoff_base=0.01,
         backoff_max=0.05,
@@ -214,8 +213,9 @@ async def test_store_outage_under_load_loses_nothing(
             await asyncio.sleep(0.02)
     await wait_drained(pipeline, spool)
     await pipeline.close()
-    assert metrics.spooled._value.get() > 0, "the outage must have pushed events to the spool"
-    assert metrics.replayed._value.get() > 0 and metrics.dropped._value.get() == 0
+    sample = metrics.registry.get_sample_value
+    assert sample("modeltrack_events_spooled_total") > 0, "the outage must have pushed events to the spool"
+    assert sample("modeltrack_events_replayed_total") > 0 and sample("modeltrack_events_dropped_total") == 0
     assert leftovers(spool) == []
     if emulator_host:
         monkeypatch.setenv("FIRESTORE_EMULATOR_HOST", emulator_host)
@@ -257,8 +257,11 @@ class AmbiguousSink:
 async def test_retry_after_ambiguous_commit_does_not_duplicate(store_url: str, tmp_path: Path) -> None:
     inner = await _direct(store_url)
     sink = AmbiguousSink(inner)
-    pipeline = Pipeline(
-        sink, Metrics(), spool_dir=str(tmp_path / "spool"), batch_size=50, flush_interval=0.01, backoff_base=0.001
+    pipeline = Pipeline.from_settings(
+        sink,
+        Metrics(),
+        Settings(spool_dir=str(tmp_path / "spool"), batch_size=50, flush_interval_ms=10),
+        backoff_base=0.001,
     )
     await pipeline.start()
     for i in range(400):
@@ -427,13 +430,15 @@ async def test_unwritable_journal_is_counted_and_events_still_stored(tmp_path: P
     (tmp_path / "spool").write_text("a file, not a directory: the journal cannot be written")
     metrics = Metrics()
     sink = SQLiteSink(str(tmp_path / "events.db"))
-    pipeline = Pipeline(sink, metrics, spool_dir=str(tmp_path / "spool"), batch_size=10, flush_interval=0.01)
+    pipeline = Pipeline.from_settings(
+        sink, metrics, Settings(spool_dir=str(tmp_path / "spool"), batch_size=10, flush_interval_ms=10)
+    )
     await pipeline.start()
     for i in range(25):
         pipeline.enqueue(make_event(i))
     await pipeline.flush()
-    assert metrics.journal_errors._value.get() == 25
-    assert metrics.dropped._value.get() == 0
+    assert metrics.registry.get_sample_value("modeltrack_journal_write_errors_total") == 25
+    assert metrics.registry.get_sample_value("modeltrack_events_dropped_total") == 0
     await assert_exactly_once(sink, {f"s-{i}" for i in range(25)})
     await pipeline.close()
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
 import aiohttp
@@ -15,70 +15,11 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from modeltrack.headers import forward_headers
 from modeltrack.providers import Router, build_providers
-from modeltrack.proxy import forward_headers
 
+from .rawhttp import Handler, RawServer, chunk, port_of, raw, read_request
 from .replay import ReplayUpstream, load
-
-Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
-
-
-class RawServer:
-    """A TCP server with a hand-written handler: evil upstreams and a canary that must never be contacted."""
-
-    def __init__(self, handler: Handler | None = None) -> None:
-        self.handler = handler
-        self.connections = 0
-        self.closed_at: list[float] = []
-        self.server: asyncio.Server | None = None
-
-    async def _handle(self, r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        try:
-            if self.handler is not None:
-                await self.handler(r, w)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self.closed_at.append(time.monotonic())
-            w.close()
-
-    async def __aenter__(self) -> RawServer:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.server is not None
-        self.server.close()
-
-    @property
-    def port(self) -> int:
-        assert self.server is not None
-        return int(self.server.sockets[0].getsockname()[1])
-
-
-async def read_request(r: asyncio.StreamReader) -> bytes:
-    head = await r.readuntil(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line.lower().startswith(b"content-length:"):
-            length = int(line.split(b":")[1])
-    return head + (await r.readexactly(length) if length else b"")
-
-
-async def raw(port: int, data: bytes, timeout: float = 5.0) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(data)
-    await writer.drain()
-    try:
-        return await asyncio.wait_for(reader.read(65536), timeout)
-    finally:
-        writer.close()
-
-
-def port_of(url: str) -> int:
-    return int(url.rsplit(":", 1)[1])
-
 
 # --- access control ----------------------------------------------------------------------------------------
 
@@ -192,10 +133,6 @@ async def test_bad_input_gets_clear_errors(replay: Any, make_proxy: Any) -> None
 
 SSE = load("test_openai__test_run_stream_sync_streams_real_model").body
 HEAD_SSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
-
-
-def chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 async def evil_non_json(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:

@@ -1,5 +1,5 @@
 """The service: wiring (pipeline, pricing, providers, upstream pools, proxy), the few endpoints of its own
-(``/healthz``, ``/readyz``, ``/metrics``), listening sockets, and graceful shutdown."""
+(``/healthz``, ``/readyz``, ``/metrics``), listening sockets (plain or TLS), and graceful shutdown."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import hmac
 import logging
 import os
 import signal
-import socket
 import ssl
 import time
 from typing import Any
@@ -19,14 +18,17 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from .accounting import Recorder
 from .config import ConfigError, Settings
+from .egress import EgressError, proxy_variables, route_for
+from .limits import Limits
 from .metrics import Metrics, exposition
 from .pipeline import Pipeline
 from .pricing import Pricing
 from .providers import Router, build_providers
 from .proxy import Proxy
 from .server import Connection, Request
-from .sinks import open_sink
+from .sinks import describe_store, open_sink
 from .upstream import Origin, UpstreamPool
 
 log = logging.getLogger("modeltrack")
@@ -35,33 +37,58 @@ _METRICS_TYPE = CONTENT_TYPE_LATEST.encode()
 
 
 def tls_context(ca_bundle: str = "") -> ssl.SSLContext:
-    """Verification is always on; a custom bundle adds to (never replaces) the system store."""
+    """Upstream TLS: verification is always on; a custom bundle adds to (never replaces) the system store."""
     tls = ssl.create_default_context()
     if ca_bundle:
-        tls.load_verify_locations(cafile=ca_bundle)
+        try:
+            tls.load_verify_locations(cafile=ca_bundle)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"MODELTRACK_CA_BUNDLE={ca_bundle}: cannot load it ({type(exc).__name__})") from None
     tls.set_alpn_protocols(["http/1.1"])
     return tls
 
 
-def load_client_tokens(spec: str) -> frozenset[bytes]:
+def server_tls_context(cert: str, key: str) -> ssl.SSLContext | None:
+    """TLS from the app to the proxy (``MODELTRACK_TLS_CERT`` / ``MODELTRACK_TLS_KEY``)."""
+    if not cert:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"MODELTRACK_TLS_CERT/MODELTRACK_TLS_KEY: cannot load the certificate and key ({type(exc).__name__}); "
+            "write the paths of a PEM certificate chain and its unencrypted PEM private key"
+        ) from None
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def load_token_digests(spec: str, variable: str) -> frozenset[bytes]:
     """``tok1,tok2`` (plain tokens) or ``@/path/file`` with one sha256 hex digest per line (``#`` comments)."""
     if not spec:
         return frozenset()
     if not spec.startswith("@"):
         return frozenset(hashlib.sha256(t.strip().encode()).digest() for t in spec.split(",") if t.strip())
     digests = set()
-    with open(spec[1:]) as f:
-        for line in f:
-            line = line.split("#", 1)[0].strip()
-            if not line:
-                continue
-            try:
-                raw = bytes.fromhex(line)
-            except ValueError:
-                raw = b""
-            if len(raw) != 32:
-                raise ConfigError("MODELTRACK_CLIENT_TOKENS file: every line must be a sha256 hex digest")
-            digests.add(raw)
+    try:
+        with open(spec[1:]) as f:
+            lines = f.read().splitlines()
+    except OSError as exc:
+        raise ConfigError(f"{variable}: cannot read {spec[1:]} ({exc.strerror})") from None
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        try:
+            raw = bytes.fromhex(line)
+        except ValueError:
+            raw = b""
+        if len(raw) != 32:
+            raise ConfigError(
+                f"{variable} file: every line must be a sha256 hex digest (`printf %s TOKEN | sha256sum`)"
+            )
+        digests.add(raw)
     return frozenset(digests)
 
 
@@ -71,41 +98,75 @@ class ModelTrack:
     def __init__(self, settings: Settings, pricing: Pricing | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics(label_cap=settings.metrics_label_cap)
-        self.pipeline = Pipeline(
-            open_sink(settings.store),
-            self.metrics,
-            spool_dir=settings.spool_dir,
-            batch_size=settings.batch_size,
-            flush_interval=settings.flush_interval_ms / 1000.0,
-            max_queue=settings.queue_size,
-            journal=settings.journal,
+        self.pipeline = Pipeline.from_settings(open_sink(settings.store), self.metrics, settings)
+        self.providers = build_providers(settings.base_urls, settings.inject_stream_usage, settings.azure_deployments)
+        self.pools = self._pools(settings)
+        self.recorder = Recorder(
+            self.pipeline, self.metrics, pricing or Pricing.load(settings.pricing_file or None), settings.access_log
         )
-        providers = build_providers(settings.base_urls, settings.inject_stream_usage, settings.azure_deployments)
-        self.providers = providers
-        self.pools: dict[str, UpstreamPool] = {}
         self.proxy = Proxy(
-            Router(providers),
-            self.pipeline,
-            self.metrics,
-            pricing or Pricing.load(settings.pricing_file or None),
+            Router(self.providers),
+            self.recorder,
             self.pools,
+            settings,
+            client_tokens=load_token_digests(settings.client_tokens, "MODELTRACK_CLIENT_TOKENS"),
         )
-        self.proxy.client_tokens = load_client_tokens(settings.client_tokens)
-        self.proxy.body_timeout = settings.body_timeout
-        self.proxy.read_timeout = settings.read_timeout
-        self.proxy.read_timeouts = dict(settings.read_timeouts)
+        self.limits = Limits(settings.max_concurrent_requests, settings.max_buffered_body_bytes)
+        self.server_tls = server_tls_context(settings.tls_cert, settings.tls_key)
         self.metrics.queue_capacity.set(settings.queue_size)
         self.connections: set[Connection] = set()
         self.servers: list[asyncio.Server] = []
         self.draining = False
 
-    async def start(self) -> None:
-        tls = tls_context(self.settings.ca_bundle)
+    def _pools(self, settings: Settings) -> dict[str, UpstreamPool]:
+        tls = tls_context(settings.ca_bundle)
+        variables = proxy_variables(os.environ)
+        pools = {}
         for name, provider in self.providers.items():
-            if provider.base_url:
-                self.pools[name] = UpstreamPool(Origin.parse(provider.base_url), tls, self.settings.connect_timeout)
+            if not provider.base_url:
+                continue
+            origin = Origin.parse(provider.base_url)
+            try:
+                egress = route_for(origin.scheme, origin.host, origin.port, variables)
+            except EgressError as exc:
+                raise ConfigError(str(exc)) from None
+            pools[name] = UpstreamPool(
+                origin,
+                tls,
+                settings.connect_timeout,
+                max_connections=settings.upstream_max_connections,
+                max_idle=settings.upstream_max_idle,
+                egress=egress,
+            )
+        return pools
+
+    async def start(self) -> None:
         await self.pipeline.start()
-        log.info("modeltrack ready: store=%s providers=%s", self.pipeline.sink.name, ",".join(sorted(self.providers)))
+
+    def summary(self) -> str:
+        """What is in effect, for the start-up line: never a secret (tokens show as set/unset, URLs without
+        credentials)."""
+        s = self.settings
+        scheme = "https" if self.server_tls else "http"
+        upstreams = []
+        for name in sorted(self.pools):
+            pool = self.pools[name]
+            via = f" via {pool.egress.describe()}" if pool.egress is not None else ""
+            upstreams.append(f"{name}={pool.origin.url}{pool.origin.base_path}{via}")
+        parts = [
+            f"listen={scheme}://{s.host}:{s.port}",
+            f"metrics={'port ' + str(s.metrics_port) if s.metrics_port else 'main port'}"
+            + (" (token)" if s.metrics_token else ""),
+            f"ui_port={s.ui_port}",
+            f"workers={s.workers}",
+            f"store={describe_store(s.store)}",
+            f"journal={'on' if s.journal else 'off'}",
+            f"client_tokens={'on' if self.proxy.client_tokens else 'off'}",
+            f"controls={'on (' + s.controls_file + ')' if s.controls_file else 'off'}",
+            f"access_log={'on' if s.access_log else 'off'}",
+            "upstreams=" + ", ".join(upstreams),
+        ]
+        return " ".join(parts)
 
     # -- serving ------------------------------------------------------------------------------------------
     def _connection(self, handler: Any) -> Connection:
@@ -113,6 +174,7 @@ class ModelTrack:
             handler,
             max_body=self.settings.max_body_bytes,
             header_timeout=self.settings.header_timeout,
+            limits=self.limits,
             on_close=self.connections.discard,
         )
         self.connections.add(conn)
@@ -121,9 +183,16 @@ class ModelTrack:
     async def listen(
         self, host: str, port: int, *, metrics_only: bool = False, reuse_port: bool = False
     ) -> asyncio.Server:
+        """Bind and listen. ``reuse_port`` only for ``--workers N`` (the workers share the port on purpose); a
+        single process never shares one, so a second ``modeltrack serve`` on a busy port fails here."""
         handler = self.handle_metrics_port if metrics_only else self.handle
         server = await asyncio.get_running_loop().create_server(
-            lambda: self._connection(handler), host, port, reuse_port=reuse_port or None, backlog=1024
+            lambda: self._connection(handler),
+            host,
+            port,
+            reuse_port=reuse_port or None,
+            backlog=1024,
+            ssl=self.server_tls,
         )
         self.servers.append(server)
         return server
@@ -175,7 +244,8 @@ class ModelTrack:
     # -- shutdown -----------------------------------------------------------------------------------------
     async def close(self, grace: float | None = None) -> None:
         """Stop accepting, let in-flight requests (streams included) finish for up to ``grace`` seconds, then cut
-        what is left (their events are recorded as client_disconnected), drain the queue to the store."""
+        what is left (their events are recorded as client_disconnected), drain the queue to the store, and try
+        to store what is in the spool too (on Cloud Run, /tmp is memory: a spool left there is lost)."""
         grace = self.settings.shutdown_grace if grace is None else grace
         self.draining = True
         for server in self.servers:
@@ -201,17 +271,19 @@ async def serve(settings: Settings, announce: Any = None) -> int:
     ``shutdown_grace`` seconds, drain the event queue to the store, spool what could not be written, exit 0.
     """
     app = ModelTrack(settings)
+    reuse = settings.workers > 1
+    # Bind first: a busy port fails before anything says "ready" (and before the store is opened).
+    await app.listen(settings.host, settings.port, reuse_port=reuse)
+    if settings.metrics_port:
+        await app.listen(settings.host, settings.metrics_port, metrics_only=True, reuse_port=reuse)
     await app.start()
     # Everything allocated so far (price tables, provider plug-ins, metrics) lives as long as the process: move
     # it out of the collector's sight, so a full collection no longer walks it in the middle of a request.
     gc.collect()
     gc.freeze()
-    reuse = hasattr(socket, "SO_REUSEPORT")
-    await app.listen(settings.host, settings.port, reuse_port=reuse)
-    if settings.metrics_port:
-        await app.listen(settings.host, settings.metrics_port, metrics_only=True, reuse_port=reuse)
+    log.info("modeltrack ready: %s", app.summary())
     if announce is not None:
-        announce()
+        announce(app)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     received = 0

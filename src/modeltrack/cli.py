@@ -34,9 +34,12 @@ def _serve(args: argparse.Namespace) -> int:
     if settings.workers > 1 and not os.environ.get("MODELTRACK_WORKER"):
         return _supervise(settings)
 
-    def announce() -> None:
+    def announce(app: object) -> None:
+        scheme = "https" if settings.tls_cert else "http"
         print(
-            f"modeltrack {__version__} listening on http://{settings.host}:{settings.port}", file=sys.stderr, flush=True
+            f"modeltrack {__version__} listening on {scheme}://{settings.host}:{settings.port}",
+            file=sys.stderr,
+            flush=True,
         )
 
     try:
@@ -49,6 +52,26 @@ def _serve(args: argparse.Namespace) -> int:
         return 1
 
 
+def _port_free(host: str, port: int) -> str | None:
+    """None if ``host:port`` can be bound by a process that does not share it; else why not. The workers of
+    ``--workers N`` share their port (SO_REUSEPORT), which would also let them join another server's group on a
+    busy port without a word: this check, without SO_REUSEPORT, refuses that before any worker starts."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError as exc:
+        return str(exc.strerror or exc)
+    for family, kind, proto, _, addr in infos[:1]:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind(addr)
+            except OSError as exc:
+                return str(exc.strerror or exc)
+    return None
+
+
 def _supervise(settings: Settings) -> int:
     """``--workers N``: run N copies of this command on the same port (SO_REUSEPORT: the kernel spreads
     connections), with Prometheus multiprocess mode so /metrics on any worker reports the sum of all. Signals
@@ -58,6 +81,11 @@ def _supervise(settings: Settings) -> int:
     import subprocess
     import tempfile
 
+    for port in (settings.port, settings.metrics_port):
+        why = _port_free(settings.host, port) if port else None
+        if why is not None:
+            print(f"modeltrack: cannot listen on {settings.host}:{port}: {why}", file=sys.stderr)
+            return 1
     metrics_dir = tempfile.mkdtemp(prefix="modeltrack-metrics-")
     env = {**os.environ, "MODELTRACK_WORKER": "1", "PROMETHEUS_MULTIPROC_DIR": metrics_dir}
     argv = [sys.executable, "-m", "modeltrack", *sys.argv[1:]]

@@ -1,44 +1,117 @@
 """Decompress a *copy* of a compressed response for metering; the client still gets the compressed bytes.
 
-Only used when the upstream chose a ``Content-Encoding``. Decoder errors stop metering (reported as an error
-type on the event) but never affect the bytes sent to the client.
+Shaped after httpx's ``_decoders.py`` (one small decoder per coding, a multi-decoder for stacked codings), with
+two gaps of the naive approach closed, because a body the meter silently stops reading is a cost silently lost:
+
+* every frame is decoded: a zstd body may be several frames and a gzip body several members (both legal, and
+  what a streaming upstream produces when it flushes); the decoders start over on ``unused_data``;
+* ``deflate`` is zlib-wrapped by the RFC but raw in practice from some servers: the first bytes decide.
+
+Decoder errors stop metering (reported as an error type on the event) but never affect the bytes sent to the
+client.
 """
 
 from __future__ import annotations
 
 import zlib
-from typing import Any
+from typing import Any, Protocol
 
 from .providers.base import Meter, MeterResult
 
 MAX_INFLATE = 256 * 1024 * 1024  # a decompression bomb must not take the proxy down
 
 
-class _Brotli:
-    """``brotli.Decompressor`` streams with ``process()``; give it the ``decompress()`` the others have."""
+class Decoder(Protocol):
+    def decode(self, data: bytes) -> bytes: ...
 
+
+class _Restarting:
+    """Decoders whose stream may hold several independent frames/members back to back."""
+
+    def __init__(self) -> None:
+        self._d = self._new()
+
+    def _new(self) -> Any:
+        raise NotImplementedError
+
+    def decode(self, data: bytes) -> bytes:
+        out = [self._d.decompress(data)]
+        while self._d.eof and self._d.unused_data:
+            rest = self._d.unused_data
+            self._d = self._new()
+            out.append(self._d.decompress(rest))
+        return b"".join(out)
+
+
+class GZipDecoder(_Restarting):
+    def _new(self) -> Any:
+        return zlib.decompressobj(zlib.MAX_WBITS | 16)
+
+
+class ZStandardDecoder(_Restarting):
+    def _new(self) -> Any:
+        import zstandard
+
+        return zstandard.ZstdDecompressor().decompressobj()
+
+
+class DeflateDecoder:
+    """zlib-wrapped deflate (RFC 9110), falling back to raw deflate when the first bytes are not a zlib header."""
+
+    def __init__(self) -> None:
+        self._d: Any = zlib.decompressobj()
+        self._first = True
+
+    def decode(self, data: bytes) -> bytes:
+        first, self._first = self._first, False
+        try:
+            return bytes(self._d.decompress(data))
+        except zlib.error:
+            if not first:
+                raise
+            self._d = zlib.decompressobj(-zlib.MAX_WBITS)
+            return bytes(self._d.decompress(data))
+
+
+class BrotliDecoder:
     def __init__(self) -> None:
         import brotli
 
         self._d = brotli.Decompressor()
 
-    def decompress(self, data: bytes) -> bytes:
-        return bytes(self._d.process(data))
+    def decode(self, data: bytes) -> bytes:
+        return bytes(self._d.process(data)) if data else b""
 
 
-def _decoder(encoding: str) -> Any:
-    enc = encoding.strip().lower()
-    if enc in ("gzip", "x-gzip"):
-        return zlib.decompressobj(wbits=31)
-    if enc == "deflate":
-        return zlib.decompressobj(wbits=47)  # zlib or gzip header, auto-detected
-    if enc == "br":
-        return _Brotli()
-    if enc == "zstd":
-        import zstandard
+class MultiDecoder:
+    """Codings applied one after the other (``Content-Encoding: br, gzip``): undone in reverse order."""
 
-        return zstandard.ZstdDecompressor().decompressobj()
-    return None
+    def __init__(self, children: list[Decoder]) -> None:
+        self._children = list(reversed(children))
+
+    def decode(self, data: bytes) -> bytes:
+        for child in self._children:
+            data = child.decode(data)
+        return data
+
+
+_DECODERS: dict[str, type[Any]] = {
+    "gzip": GZipDecoder,
+    "x-gzip": GZipDecoder,
+    "deflate": DeflateDecoder,
+    "br": BrotliDecoder,
+    "zstd": ZStandardDecoder,
+}
+
+
+def decoder_for(content_encoding: str) -> Decoder | None:
+    """A decoder for a ``Content-Encoding`` value (a comma-separated list), or None if one coding is unknown."""
+    names = [c.strip().lower() for c in content_encoding.split(",") if c.strip() and c.strip().lower() != "identity"]
+    try:
+        children = [_DECODERS[name]() for name in names]
+    except (KeyError, ImportError):
+        return None
+    return children[0] if len(children) == 1 else MultiDecoder(children)
 
 
 class DecodingMeter:
@@ -46,18 +119,19 @@ class DecodingMeter:
         self.inner = inner
         self.error: str | None = None
         self._out = 0
-        try:
-            self._dec = _decoder(encoding)
-        except ImportError:
-            self._dec = None
+        self._dec = decoder_for(encoding)
         if self._dec is None:
             self.error = "unsupported_content_encoding"
+
+    @property
+    def ended(self) -> bool:
+        return self.inner.ended
 
     def feed(self, chunk: bytes) -> None:
         if self._dec is None or self.error:
             return
         try:
-            data = self._dec.decompress(chunk)
+            data = self._dec.decode(chunk)
         except Exception:  # noqa: BLE001 - must never raise into the request path
             self.error = "invalid_compressed_body"
             return

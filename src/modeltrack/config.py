@@ -1,16 +1,24 @@
 """One ``Settings`` object, built from ``MODELTRACK_*`` environment variables and CLI flags, validated at start.
 
 Every setting has an environment variable (the contract) and a ``--flag`` that overrides it; ``modeltrack serve
---help`` lists them all from the table below, so the docs and the parser cannot drift apart.
+--help`` and ``modeltrack ui --help`` list them from the table below, so the docs and the parser cannot drift
+apart. Each default has this one home.
+
+A setting cannot be silently wrong: every number is checked against its range (and NaN and infinities are
+refused), an unknown ``MODELTRACK_*`` variable is an error that names the closest real one, and each message
+says what to write instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import math
 import os
 from collections.abc import Mapping
-from dataclasses import MISSING, dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 PROVIDERS = (
     "openai",
@@ -27,6 +35,26 @@ PROVIDERS = (
     "fireworks",
     "local",
 )
+PER_PROVIDER = {
+    "BASE_URL": "upstream origin, e.g. https://api.openai.com (a path such as /v1 is accepted: the part a request "
+    "path repeats is sent once)",
+    "READ_TIMEOUT": "idle timeout between upstream reads for this provider, seconds",
+    "INJECT_STREAM_USAGE": "true|false: ask chat streams for usage (stream_options.include_usage)",
+}
+OTHER_VARIABLES = {
+    # read elsewhere: the app-side helper (modeltrack.client), the test suite, and the --workers supervisor
+    "MODELTRACK_PROXY_URL",
+    "MODELTRACK_TEAM",
+    "MODELTRACK_APP",
+    "MODELTRACK_FEATURE",
+    "MODELTRACK_USER",
+    "MODELTRACK_SESSION_ID",
+    "MODELTRACK_PROMPT",
+    "MODELTRACK_FIXTURES",
+    "MODELTRACK_ARTIFACTS",
+    "MODELTRACK_WORKER",
+}
+MIB = 1024 * 1024
 
 
 class ConfigError(ValueError):
@@ -39,7 +67,7 @@ def _bool(v: str) -> bool:
         return True
     if s in ("0", "false", "no", "off", ""):
         return False
-    raise ConfigError(f"not a boolean: {v!r}")
+    raise ValueError(f"not a boolean: {v!r} (write true or false)")
 
 
 def _map(v: str) -> dict[str, str]:
@@ -48,88 +76,142 @@ def _map(v: str) -> dict[str, str]:
         if part.strip():
             k, sep, val = part.partition("=")
             if not sep:
-                raise ConfigError(f"expected NAME=VALUE pairs separated by commas, got {part!r}")
+                raise ValueError(f"expected NAME=VALUE pairs separated by commas, got {part!r}")
             out[k.strip()] = val.strip()
     return out
 
 
+def _opt(
+    default: Any,
+    help: str,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+    unit: str = "",
+    secret: bool = False,
+    commands: tuple[str, ...] = ("serve",),
+) -> Any:
+    """A setting: its default, its help, its range (inclusive) and which commands read it."""
+    meta = {"help": help, "lo": lo, "hi": hi, "unit": unit, "secret": secret, "commands": commands}
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class Settings:
-    host: str = field(default="127.0.0.1", metadata={"help": "listen address (containers: 0.0.0.0)"})
-    port: int = field(default=8080, metadata={"help": "listen port"})
-    store: str = field(
-        default="sqlite:///./data/modeltrack.db",
-        metadata={"help": "sqlite:///PATH | firestore://PROJECT[/COLLECTION] | jsonl:///PATH"},
+    host: str = _opt("127.0.0.1", "listen address (containers: 0.0.0.0)")
+    port: int = _opt(8080, "listen port", lo=1, hi=65535)
+    store: str = _opt(
+        "sqlite:///./data/modeltrack.db",
+        "sqlite:///RELATIVE.db | sqlite:////ABSOLUTE.db (SQLAlchemy's convention) | firestore://PROJECT[/COLLECTION] "
+        "| jsonl:///PATH",
+        commands=("serve", "ui", "events", "report", "controls"),
     )
-    workers: int = field(
-        default=1, metadata={"help": "processes sharing the port (SO_REUSEPORT); /metrics sums all of them"}
+    workers: int = _opt(1, "processes sharing the port (SO_REUSEPORT); /metrics sums all of them", lo=1, hi=64)
+    log_level: str = _opt("info", "debug|info|warning|error (never logs secrets)", commands=("serve", "ui"))
+    access_log: bool = _opt(False, "one log line per request: method, route, status, model, tokens, cost, latency")
+    spool_dir: str = _opt("./data/spool", "where undeliverable events are spooled")
+    max_body_bytes: int = _opt(32 * MIB, "request body limit (413 above)", lo=1, hi=2**31, unit="bytes")
+    max_concurrent_requests: int = _opt(
+        4096, "requests in flight at once; more get 503 with Retry-After (0: no cap)", lo=0, hi=10**6
     )
-    log_level: str = field(default="info", metadata={"help": "debug|info|warning|error (never logs secrets)"})
-    spool_dir: str = field(default="./data/spool", metadata={"help": "where undeliverable events are spooled"})
-    max_body_bytes: int = field(default=32 * 1024 * 1024, metadata={"help": "request body limit (413 above)"})
-    connect_timeout: float = field(default=10.0, metadata={"help": "upstream connect timeout, seconds"})
-    read_timeout: float = field(
-        default=600.0, metadata={"help": "upstream idle timeout between reads, seconds (not a total limit)"}
+    max_buffered_body_bytes: int = _opt(
+        512 * MIB,
+        "request-body bytes buffered at once across all requests; more get 503 with Retry-After (0: no cap)",
+        lo=0,
+        hi=2**40,
+        unit="bytes",
     )
-    client_tokens: str = field(
-        default="",
-        metadata={"help": "comma-separated tokens, or @FILE of sha256 hex digests; required in X-ModelTrack-Key"},
+    connect_timeout: float = _opt(10.0, "upstream connect timeout", lo=0.001, hi=3600, unit="seconds")
+    read_timeout: float = _opt(
+        600.0, "upstream idle timeout between reads (not a total limit)", lo=0.001, hi=86400, unit="seconds"
     )
-    ca_bundle: str = field(
-        default="", metadata={"help": "extra CA bundle (PEM) for upstream TLS; verification is always on"}
+    upstream_max_connections: int = _opt(
+        1024,
+        "connections per upstream origin, open or opening (0: no cap); more wait up to the connect timeout",
+        lo=0,
+        hi=10**6,
     )
-    header_timeout: float = field(
-        default=30.0,
-        metadata={"help": "seconds a client may take to send its request headers (slowloris); also keep-alive idle"},
+    upstream_max_idle: int = _opt(128, "idle keep-alive connections kept per upstream origin", lo=0, hi=10**6)
+    client_tokens: str = _opt(
+        "",
+        "comma-separated tokens, or @FILE of sha256 hex digests; required in X-ModelTrack-Key",
+        secret=True,
     )
-    body_timeout: float = field(default=60.0, metadata={"help": "seconds a client may take to send its body (408)"})
-    batch_size: int = field(
-        default=2000, metadata={"help": "events per store write (Firestore commits are split at 500 writes)"}
+    ca_bundle: str = _opt("", "extra CA bundle (PEM) for upstream TLS; verification is always on")
+    tls_cert: str = _opt("", "PEM certificate chain: serve HTTPS (the proxy and /metrics)")
+    tls_key: str = _opt("", "PEM private key for MODELTRACK_TLS_CERT")
+    header_timeout: float = _opt(
+        30.0,
+        "seconds a client may take to send its request headers (slowloris); also keep-alive idle",
+        lo=0.001,
+        hi=3600,
+        unit="seconds",
     )
-    flush_interval_ms: int = field(default=200, metadata={"help": "max wait before writing a partial batch"})
-    journal: bool = field(
-        default=True,
-        metadata={"help": "write-ahead journal: events survive kill -9 (costs one write syscall per request)"},
+    body_timeout: float = _opt(60.0, "seconds a client may take to send its body (408)", lo=0.001, hi=3600)
+    batch_size: int = _opt(2000, "events per store write (Firestore commits are split at 500 writes)", lo=1, hi=10_000)
+    flush_interval_ms: int = _opt(200, "max wait before writing a partial batch", lo=1, hi=60_000, unit="ms")
+    journal: bool = _opt(
+        True,
+        "write-ahead journal: events survive kill -9 (a memory copy into a mapped file per request, no syscall)",
     )
-    queue_size: int = field(default=100_000, metadata={"help": "in-memory queue bound (overflow spools)"})
-    shutdown_grace: float = field(default=8.0, metadata={"help": "seconds in-flight requests get on SIGTERM"})
-    ready_queue_fraction: float = field(
-        default=0.8, metadata={"help": "/readyz fails when the queue is fuller than this fraction"}
+    queue_size: int = _opt(100_000, "in-memory queue bound (overflow spools)", lo=1, hi=10**7)
+    shutdown_grace: float = _opt(8.0, "seconds in-flight requests get on SIGTERM", lo=0, hi=3600, unit="seconds")
+    ready_queue_fraction: float = _opt(
+        0.8, "/readyz fails when the queue is fuller than this fraction", lo=0.01, hi=1.0
     )
-    ready_store_fail_seconds: float = field(
-        default=30.0, metadata={"help": "/readyz fails when the store has failed for this long"}
+    ready_store_fail_seconds: float = _opt(
+        30.0, "/readyz fails when the store has failed for this long", lo=0.001, hi=86400, unit="seconds"
     )
-    metrics_port: int = field(default=0, metadata={"help": "serve /metrics on this port instead (0: main port)"})
-    metrics_token: str = field(default="", metadata={"help": "require `Authorization: Bearer TOKEN` on /metrics"})
-    metrics_label_cap: int = field(default=100, metadata={"help": "distinct values kept per metric label"})
-    pricing_file: str = field(default="", metadata={"help": "YAML/JSON price overrides"})
+    metrics_port: int = _opt(0, "serve /metrics on this port instead (0: main port)", lo=0, hi=65535)
+    metrics_token: str = _opt("", "require `Authorization: Bearer TOKEN` on /metrics", secret=True)
+    metrics_label_cap: int = _opt(100, "distinct values kept per metric label", lo=1, hi=100_000)
+    pricing_file: str = _opt("", "YAML/JSON price overrides", commands=("serve", "ui"))
     azure_deployments: dict[str, str] = field(
-        default_factory=dict, metadata={"help": "deployment=model,... fallback for Azure pricing"}
+        default_factory=dict,
+        metadata={"help": "deployment=model,... fallback for Azure pricing", "commands": ("serve",)},
     )
+    ui_host: str = _opt(
+        "127.0.0.1", "dashboard/API listen address (not loopback: UI tokens required)", commands=("ui",)
+    )
+    ui_port: int = _opt(8081, "dashboard/API listen port", lo=1, hi=65535, commands=("serve", "ui"))
+    ui_tokens: str = _opt(
+        "",
+        "read-only API/dashboard tokens: comma-separated, or @FILE of sha256 hex digests",
+        secret=True,
+        commands=("ui",),
+    )
+    controls_file: str = _opt("", "budgets, routing and cache rules (YAML/JSON)", commands=("serve", "ui", "controls"))
+    # Per provider, from MODELTRACK_<PROVIDER>_{BASE_URL,READ_TIMEOUT,INJECT_STREAM_USAGE}:
     base_urls: dict[str, str] = field(default_factory=dict, metadata={"env": False})
     inject_stream_usage: dict[str, bool] = field(default_factory=dict, metadata={"env": False})
     read_timeouts: dict[str, float] = field(default_factory=dict, metadata={"env": False})
 
     @classmethod
-    def load(cls, env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None) -> Settings:
+    def load(
+        cls, env: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None, strict: bool = True
+    ) -> Settings:
+        """Settings from ``env`` (default: the process environment) and ``overrides`` (CLI flags). ``strict``:
+        refuse unknown ``MODELTRACK_*`` names (off only for tools that read one value, like tests)."""
         env = os.environ if env is None else env
+        if strict:
+            check_names(env)
         s = cls()
         for f in fields(cls):
             if f.metadata.get("env") is False:
                 continue
-            key = "MODELTRACK_" + f.name.upper()
+            key = env_name(f)
             if key in env:
-                setattr(s, f.name, _convert(f.name, f.type, env[key]))
+                setattr(s, f.name, convert(f, env[key]))
         for p in PROVIDERS:
             url = env.get(f"MODELTRACK_{p.upper()}_BASE_URL")
             if url:
                 s.base_urls[p] = url
             rt = env.get(f"MODELTRACK_{p.upper()}_READ_TIMEOUT")
             if rt is not None:
-                s.read_timeouts[p] = _convert(f"{p}_read_timeout", "float", rt)
+                s.read_timeouts[p] = convert(_READ_TIMEOUT, rt, f"MODELTRACK_{p.upper()}_READ_TIMEOUT")
             inj = env.get(f"MODELTRACK_{p.upper()}_INJECT_STREAM_USAGE")
             if inj is not None:
-                s.inject_stream_usage[p] = _convert(f"{p}_inject_stream_usage", "bool", inj)
+                s.inject_stream_usage[p] = convert(_JOURNAL, inj, f"MODELTRACK_{p.upper()}_INJECT_STREAM_USAGE")
         for k, v in (overrides or {}).items():
             if v is not None:
                 setattr(s, k, v)
@@ -137,51 +219,149 @@ class Settings:
         return s
 
     def validate(self) -> None:
-        if not 1 <= self.workers <= 64:
-            raise ConfigError("MODELTRACK_WORKERS must be between 1 and 64")
-        if not 0 < self.port < 65536:
-            raise ConfigError(f"MODELTRACK_PORT out of range: {self.port}")
+        for f in fields(self):
+            if f.metadata.get("lo") is not None or f.metadata.get("hi") is not None:
+                check_range(f, getattr(self, f.name), env_name(f))
+        for p, t in self.read_timeouts.items():
+            check_range(_READ_TIMEOUT, t, f"MODELTRACK_{p.upper()}_READ_TIMEOUT")
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
-            raise ConfigError(f"MODELTRACK_LOG_LEVEL must be debug|info|warning|error, not {self.log_level!r}")
-        if not 1 <= self.batch_size <= 10_000:
-            raise ConfigError("MODELTRACK_BATCH_SIZE must be between 1 and 10000")
+            raise ConfigError(f"MODELTRACK_LOG_LEVEL={self.log_level}: write one of debug, info, warning, error")
         for name, url in self.base_urls.items():
-            if not (url.startswith("http://") or url.startswith("https://")):
-                raise ConfigError(f"MODELTRACK_{name.upper()}_BASE_URL must be an http(s) URL")
-        if self.store.split(":", 1)[0] not in ("sqlite", "firestore", "jsonl"):
-            raise ConfigError("MODELTRACK_STORE must start with sqlite://, firestore:// or jsonl://")
+            check_base_url(name, url)
+        scheme = self.store.split(":", 1)[0]
+        if scheme not in ("sqlite", "firestore", "jsonl"):
+            raise ConfigError(
+                f"MODELTRACK_STORE: unknown scheme {scheme!r}; write sqlite:///data/modeltrack.db, "
+                "firestore://PROJECT[/COLLECTION] or jsonl:///events.jsonl"
+            )
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("MODELTRACK_TLS_CERT and MODELTRACK_TLS_KEY go together: set both (PEM files) or neither")
+        if self.max_buffered_body_bytes and self.max_buffered_body_bytes < self.max_body_bytes:
+            raise ConfigError(
+                f"MODELTRACK_MAX_BUFFERED_BODY_BYTES={self.max_buffered_body_bytes} is below "
+                f"MODELTRACK_MAX_BODY_BYTES={self.max_body_bytes}: a request of the largest allowed size could never "
+                "be admitted; write 0 (no cap) or at least the body limit"
+            )
+        if self.metrics_port and self.metrics_port == self.port:
+            raise ConfigError("MODELTRACK_METRICS_PORT is MODELTRACK_PORT: write another port, or 0 for the main port")
+
+    def shown(self) -> dict[str, str]:
+        """Every setting as the start-up line and ``--help`` may show it: secrets only as set/unset."""
+        out = {}
+        for f in fields(self):
+            if f.metadata.get("env") is False:
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = ("set" if value else "unset") if f.metadata.get("secret") else str(value)
+        return out
 
 
-def _convert(name: str, typ: Any, raw: str) -> Any:
-    t = str(typ)
+_READ_TIMEOUT = next(f for f in fields(Settings) if f.name == "read_timeout")  # per-provider timeouts share its range
+_JOURNAL = next(f for f in fields(Settings) if f.name == "journal")  # any boolean: parsed alike
+
+
+def env_name(f: Field[Any]) -> str:
+    return "MODELTRACK_" + f.name.upper()
+
+
+def known_names() -> set[str]:
+    names = {env_name(f) for f in fields(Settings) if f.metadata.get("env") is not False}
+    names |= {f"MODELTRACK_{p.upper()}_{suffix}" for p in PROVIDERS for suffix in PER_PROVIDER}
+    return names | OTHER_VARIABLES
+
+
+def check_names(env: Mapping[str, str]) -> None:
+    """Refuse ``MODELTRACK_*`` variables nobody reads: a typo must not silently leave a default in effect."""
+    known = known_names()
+    unknown = sorted(k for k in env if k.startswith("MODELTRACK_") and k not in known)
+    if not unknown:
+        return
+    parts = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        parts.append(f"{name} (did you mean {close[0]}?)" if close else name)
+    raise ConfigError(
+        f"unknown variable{'s' if len(parts) > 1 else ''}: {', '.join(parts)}; `modeltrack serve --help` lists them all"
+    )
+
+
+def convert(f: Field[Any], raw: str, name: str | None = None) -> Any:
+    """Parse one value; errors say which variable and what to write."""
+    name = name or env_name(f)
+    t = str(f.type)
     try:
         if t == "int":
-            return int(raw)
+            return int(raw.strip().replace("_", ""))
         if t == "float":
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):
+                raise ValueError("not a finite number")
+            return value
         if t == "bool":
             return _bool(raw)
         if t.startswith("dict"):
             return _map(raw)
     except ValueError as exc:
-        raise ConfigError(f"MODELTRACK_{name.upper()}: {exc}") from None
+        raise ConfigError(f"{name}={raw!r}: {exc}; {_expected(f)}") from None
     return raw
 
 
-def _shown_default(f: Any) -> str:
+def check_range(f: Field[Any], value: Any, name: str) -> None:
+    lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
+    bad = isinstance(value, float) and not math.isfinite(value)
+    if not bad and ((lo is not None and value < lo) or (hi is not None and value > hi)):
+        bad = True
+    if bad:
+        raise ConfigError(f"{name}={value} is out of range; {_expected(f)}")
+
+
+def _expected(f: Field[Any]) -> str:
+    lo, hi, unit = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("unit", "")
+    kind = {"int": "a whole number", "float": "a number", "bool": "true or false"}.get(str(f.type), "a value")
+    if lo is not None and hi is not None:
+        kind += f" from {lo:g} to {hi:g}"
+    return f"write {kind}{f' ({unit})' if unit else ''}"
+
+
+def check_base_url(name: str, url: str) -> None:
+    var = f"MODELTRACK_{name.upper()}_BASE_URL"
+    u = urlsplit(url)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise ConfigError(f"{var}={url!r} is not an http(s) URL; write e.g. {var}=https://api.{name}.com")
+    if u.username or u.password:
+        raise ConfigError(f"{var}: credentials in the URL are not sent anywhere; remove them (clients send their keys)")
+    if u.query or u.fragment:
+        raise ConfigError(f"{var}: a query or fragment is not part of an origin; write {u.scheme}://{u.netloc}{u.path}")
+    try:
+        _ = u.port
+    except ValueError:
+        raise ConfigError(f"{var}: the port is not a number") from None
+
+
+def _shown_default(f: Field[Any]) -> str:
     value = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING else "")
     return str(value) if value not in ("", {}, None) else "none"
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_arguments(parser: argparse.ArgumentParser, command: str = "serve") -> None:
+    """One ``--flag`` per setting the command reads, with its variable, default and range in the help."""
     for f in fields(Settings):
-        if f.metadata.get("env") is False:
+        if f.metadata.get("env") is False or command not in f.metadata.get("commands", ("serve",)):
             continue
-        env = "MODELTRACK_" + f.name.upper()
+        lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
+        rng = f"; {lo:g}..{hi:g}" if lo is not None and hi is not None else ""
         parser.add_argument(
             "--" + f.name.replace("_", "-"),
             dest=f.name,
             default=None,
-            type=lambda raw, _f=f: _convert(_f.name, _f.type, raw),  # type: ignore[misc]
-            help=f"{f.metadata.get('help', '')} [env {env}; default {_shown_default(f)}]",
+            type=lambda raw, _f=f: convert(_f, raw),  # type: ignore[misc]
+            help=f"{f.metadata.get('help', '')} [env {env_name(f)}; default {_shown_default(f)}{rng}]",
         )
+
+
+def provider_epilog() -> str:
+    lines = ["per-provider variables (PROVIDER: " + ", ".join(p.upper() for p in PROVIDERS) + "):"]
+    for suffix, text in PER_PROVIDER.items():
+        lines.append(f"  MODELTRACK_<PROVIDER>_{suffix}: {text}")
+    lines.append("egress: HTTPS_PROXY / HTTP_PROXY / ALL_PROXY / NO_PROXY are honoured for upstream connections")
+    return "\n".join(lines)

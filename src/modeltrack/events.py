@@ -10,15 +10,23 @@ from typing import Any
 import orjson
 
 _pool = b""
-_pool_pid = 0
+
+
+def _new_pool_after_fork() -> None:
+    global _pool
+    _pool = b""  # a forked worker must never repeat its parent's ids
+
+
+os.register_at_fork(after_in_child=_new_pool_after_fork)
 
 
 def new_request_id() -> str:
     """``req_`` + 24 hex chars (96 random bits from the OS), so Firestore document ids spread (no monotonically
-    increasing keys). Randomness is fetched 4 KiB at a time: one syscall per 341 ids, refilled after a fork."""
-    global _pool, _pool_pid
-    if len(_pool) < 12 or _pool_pid != os.getpid():
-        _pool, _pool_pid = os.urandom(4092), os.getpid()
+    increasing keys). Randomness is fetched 4 KiB at a time: one syscall per 341 ids; the pool is emptied in a
+    forked child (``os.register_at_fork``), so no process-id check (a syscall) is needed per id."""
+    global _pool
+    if len(_pool) < 12:
+        _pool = os.urandom(4092)
     rid, _pool = _pool[:12], _pool[12:]
     return "req_" + rid.hex()
 
@@ -72,6 +80,8 @@ class CostEvent:
     """``priced`` (our price table), ``provider`` (provider-reported), ``zero`` (free endpoint),
     ``unpriced`` (unknown model: cost_usd is null, never a silent 0), ``no_usage``."""
     stream_usage_injected: bool = False
+    user: str | None = None
+    """The end user or customer (``X-ModelTrack-User``), for per-user spend."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

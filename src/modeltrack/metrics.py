@@ -7,9 +7,7 @@ folded into ``__other__`` and counted in ``modeltrack_label_values_folded_total`
 
 from __future__ import annotations
 
-import functools
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -181,26 +179,44 @@ class Metrics:
         series.requests.inc()
         for fold in series.folds:
             fold.inc()
+        c = series.children
         if ev.input_tokens:
-            series.tokens("input").inc(ev.input_tokens)
+            (c.get("input") or self._lazy(series, "input")).inc(ev.input_tokens)
         if ev.output_tokens:
-            series.tokens("output").inc(ev.output_tokens)
+            (c.get("output") or self._lazy(series, "output")).inc(ev.output_tokens)
         if ev.cache_read_tokens:
-            series.tokens("cache_read").inc(ev.cache_read_tokens)
+            (c.get("cache_read") or self._lazy(series, "cache_read")).inc(ev.cache_read_tokens)
         if ev.cache_write_tokens:
-            series.tokens("cache_write").inc(ev.cache_write_tokens)
+            (c.get("cache_write") or self._lazy(series, "cache_write")).inc(ev.cache_write_tokens)
         if ev.reasoning_tokens:
-            series.tokens("reasoning").inc(ev.reasoning_tokens)
+            (c.get("reasoning") or self._lazy(series, "reasoning")).inc(ev.reasoning_tokens)
         if ev.cost_usd:
-            series.cost().inc(ev.cost_usd)
+            (c.get("cost") or self._lazy(series, "cost")).inc(ev.cost_usd)
         if savings_usd:
-            series.savings().inc(savings_usd)
+            (c.get("savings") or self._lazy(series, "savings")).inc(savings_usd)
         if ev.cost_source == "unpriced":
-            series.unpriced().inc()
+            (c.get("unpriced") or self._lazy(series, "unpriced")).inc()
         series.duration.observe(ev.latency_ms / 1000.0)
         if ev.ttft_ms is not None:
-            series.ttft().observe(ev.ttft_ms / 1000.0)
+            (c.get("ttft") or self._lazy(series, "ttft")).observe(ev.ttft_ms / 1000.0)
         series.overhead.observe(max(overhead_s, 0.0))
+
+    def _lazy(self, series: _Series, name: str) -> Any:
+        """A child that not every event touches, created on its first use (a child is exported, as 0, from the
+        moment it exists) and kept on the series."""
+        labels = series.labels
+        if name == "cost":
+            child = self._child(self.cost, *labels)
+        elif name == "savings":
+            child = self._child(self.cache_savings, *labels)
+        elif name == "unpriced":
+            child = self._child(self.unpriced, labels[0], labels[1])
+        elif name == "ttft":
+            child = self._child(self.ttft, labels[0])
+        else:
+            child = self._child(self.tokens, *labels, name)
+        series.children[name] = child
+        return child
 
     def _make_series(self, ev: CostEvent, endpoint_kind: str, status_class: str) -> _Series:
         caps = (self.cap_model, self.cap_team, self.cap_app, self.cap_feature, self.cap_endpoint)
@@ -210,32 +226,24 @@ class Metrics:
         model, team, app, feature, endpoint = values
         labels = (ev.provider, model, team, app, feature)
         stream = "true" if ev.stream else "false"
-        child, lazy = self._child, functools.partial
-        # Series that not every event touches are created on first use: a child exists (and is exported, as 0)
-        # from the moment it is created.
+        child = self._child
         return _Series(
             requests=child(self.requests, *labels, endpoint, status_class, stream),
-            cost=lazy(child, self.cost, *labels),
-            savings=lazy(child, self.cache_savings, *labels),
-            unpriced=lazy(child, self.unpriced, ev.provider, model),
             duration=child(self.duration, ev.provider, stream),
-            ttft=lazy(child, self.ttft, ev.provider),
             overhead=child(self.overhead, ev.provider),
-            tokens=lazy(child, self.tokens, *labels),
             folds=folds,
+            labels=labels,
+            children={},
         )
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class _Series:
-    """The metric children for one label combination."""
+    """The metric children for one label combination; ``children`` holds those created on first use."""
 
     requests: Any
-    cost: Callable[[], Any]
-    savings: Callable[[], Any]
-    unpriced: Callable[[], Any]
     duration: Any
-    ttft: Callable[[], Any]
     overhead: Any
-    tokens: Callable[[str], Any]
     folds: tuple[Any, ...]
+    labels: tuple[str, ...]
+    children: dict[str, Any]

@@ -22,12 +22,16 @@ import random
 import sqlite3
 import time
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from .events import CostEvent
 from .metrics import Metrics
 from .sinks import Sink
+
+if TYPE_CHECKING:
+    from .config import Settings
 
 log = logging.getLogger("modeltrack.pipeline")
 
@@ -228,14 +232,17 @@ class Pipeline:
         metrics: Metrics,
         *,
         spool_dir: str,
-        batch_size: int = 500,
-        flush_interval: float = 0.2,
-        max_queue: int = 100_000,
+        batch_size: int,
+        flush_interval: float,
+        max_queue: int,
+        journal: bool,
         max_retries: int = 5,
         backoff_base: float = 0.1,
         backoff_max: float = 5.0,
-        journal: bool = True,
+        probe_interval: float = 1.0,
     ) -> None:
+        """``batch_size``, ``flush_interval``, ``max_queue`` and ``journal`` are settings (their defaults live in
+        ``config.Settings``); the retry and probe timings are the pipeline's own."""
         self.sink = sink
         self.metrics = metrics
         self.spool = Spool(spool_dir)
@@ -246,6 +253,8 @@ class Pipeline:
         self.max_retries = max_retries
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        self.probe_interval = probe_interval
+        self._next_probe = 0.0
         self._q: collections.deque[tuple[CostEvent, int, bytes]] = collections.deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -253,6 +262,19 @@ class Pipeline:
         self._writing = 0
         self._journal_failures = 0
         self.failing_since: float | None = None
+
+    @classmethod
+    def from_settings(cls, sink: Sink, metrics: Metrics, settings: Settings, **tunables: Any) -> Pipeline:
+        return cls(
+            sink,
+            metrics,
+            spool_dir=settings.spool_dir,
+            batch_size=settings.batch_size,
+            flush_interval=settings.flush_interval_ms / 1000.0,
+            max_queue=settings.queue_size,
+            journal=settings.journal,
+            **tunables,
+        )
 
     # -- request path -----------------------------------------------------------------------------------
     def enqueue(self, ev: CostEvent) -> None:
@@ -297,7 +319,10 @@ class Pipeline:
         self._task = asyncio.create_task(self._run(), name="modeltrack-flusher")
 
     async def close(self, grace: float = 10.0) -> None:
-        """Drain the queue to the store within ``grace`` seconds; spool whatever is left. Never raises."""
+        """Drain the queue to the store within ``grace`` seconds; with time left, store the spool too (on Cloud
+        Run ``/tmp`` is memory: a spool left behind there is gone with the instance); spool whatever is left.
+        Never raises."""
+        deadline = time.monotonic() + grace
         self._closing = True
         self._wake.set()
         if self._task is not None:
@@ -309,6 +334,10 @@ class Pipeline:
                     await self._task
             self._task = None
         self.spool_queue()
+        left = deadline - time.monotonic()
+        if left > 0 and self.spool.files():
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.replay(), left)
         if self.journal is not None:
             self.journal.close()
         with contextlib.suppress(Exception):
@@ -355,8 +384,27 @@ class Pipeline:
             if self._q:
                 await self._write_batch(self._take())
             self.metrics.queue_depth.set(len(self._q))
-            if self.failing_since is None and not self._closing and self._has_backlog():
+            if self._closing:
+                continue
+            if self.failing_since is not None:
+                if not self._q:
+                    await self._probe()
+            elif self._has_backlog():
                 await self.replay()
+
+    async def _probe(self) -> None:
+        """The store failed and nothing new is queued to find out whether it is back: ask it ourselves, at most
+        every ``probe_interval`` seconds, so the spool is replayed (and ``/readyz`` recovers) without traffic. An
+        unready pod gets no traffic, so waiting for the next request would wait forever."""
+        now = time.monotonic()
+        if now < self._next_probe:
+            return
+        self._next_probe = now + self.probe_interval
+        if self._has_backlog():
+            await self.replay()  # a write is the real test: it clears the failing state only if it succeeds
+        elif await self.sink.ping():
+            self.failing_since = None
+            log.info("store reachable again")
 
     def _has_backlog(self) -> bool:
         return bool(self.spool.files()) or any(_unlocked(p) for p in self.spool.files("journal-") if not self._own(p))
@@ -447,14 +495,18 @@ class Pipeline:
                     for i in range(0, len(events), self.batch_size):
                         await self.sink.write(events[i : i + self.batch_size])
                 except Exception as exc:  # noqa: BLE001 - store still down: keep the file, try later
-                    log.warning("replay paused: store unavailable (%s)", type(exc).__name__)
-                    self.failing_since = self.failing_since or time.monotonic()
+                    if self.failing_since is None:
+                        log.warning("replay paused: store unavailable (%s)", type(exc).__name__)
+                        self.failing_since = time.monotonic()
                     return replayed
                 os.remove(path)
             finally:
                 os.close(fd)
             replayed += len(events)
             self.metrics.replayed.inc(len(events))
+        if self.failing_since is not None:
+            log.info("store reachable again")
+            self.failing_since = None
         if replayed:
             log.info("replayed %d events from the spool/journal", replayed)
         return replayed

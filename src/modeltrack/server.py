@@ -1,16 +1,27 @@
 """The client-facing HTTP/1.1 server: one small asyncio protocol per connection, parsing with httptools (llhttp).
 
-Why not aiohttp's web server: on the proxy's hot path its per-request machinery (Request/StreamResponse objects,
-router, middleware chain, a task and a payload stream per request) cost more than everything ModelTrack does
-itself — a bare aiohttp forward hop topped out at ~1,500 req/s on the benchmark box, against ~14,000 for a
-protocol-level hop (bench/README.md). Here a connection is a protocol object, a request is a slotted record, and
-flow control is explicit: when the client's socket buffer fills, ``pause_writing`` tells the exchange to pause
-reading from the upstream socket, so a slow client slows its upstream down instead of growing a buffer.
+Why not aiohttp's web server on this path: its per-request machinery (Request/StreamResponse objects, router,
+middleware chain, a task and a payload stream per request) cost more than everything ModelTrack does itself
+(bench/README.md). Here a connection is a protocol object, a request is a slotted record, and flow control is
+explicit: when the client's socket buffer fills, ``pause_writing`` tells the exchange to pause reading from the
+upstream socket, so a slow client slows its upstream down instead of growing a buffer.
 
-What this server promises (and tests/test_security.py checks): bounded header size and header time (slowloris),
-bounded body size (413, before the body is read when ``Content-Length`` says so), HTTP/1.0 and 1.1 keep-alive,
-pipelined requests answered in order, ``Expect: 100-continue``, malformed requests answered 400 and closed, a
-client disconnect cancels the request's handler, and no request or header bytes in any log line.
+What this server promises, held to nginx's and aiohttp's standard (tests/test_server.py, tests/test_protocols.py):
+
+* bounded header size and time (431, slowloris), bounded body size (413, decided before the body is read when
+  ``Content-Length`` says so), and process-wide ceilings on requests in flight and body bytes buffered (503 with
+  ``Retry-After``, :mod:`modeltrack.limits`);
+* strict requests: HTTP/1.0 or 1.1 only (400 for a request line without a version, 505 for others), exactly one
+  ``Host`` on HTTP/1.1 and at most one on 1.0, no ``Transfer-Encoding`` on 1.0 and nothing but ``chunked`` on
+  1.1, framing errors in a body answered 400 at once; a refused request is answered in its turn and the
+  connection closed;
+* chunked trailers are dropped, never merged into the headers (they would be forwarded, or set attribution);
+  a ``#fragment`` never reaches the target; an ``Upgrade:`` is ignored (RFC 9110 §7.8: a server may), so a POST
+  that carries one keeps its body; ``CONNECT`` is parsed and refused by the handler;
+* HTTP/1.0 and 1.1 keep-alive, pipelined requests answered in order, ``Expect: 100-continue`` (1.1 clients
+  only), ``103 Early Hints`` passed on to 1.1 clients;
+* nothing is written after a sized response's ``Content-Length``; a client disconnect cancels the request's
+  handler; no request or header bytes in any log line.
 """
 
 from __future__ import annotations
@@ -23,31 +34,52 @@ from typing import Protocol, cast
 
 import httptools
 
+from .limits import MAX_HEADER_BYTES, MAX_HEADERS, Limits
 from .logs import log_exception_safely
 
 log = logging.getLogger("modeltrack.server")
 
-MAX_HEADER_BYTES = 64 * 1024
-MAX_HEADERS = 200
 MAX_PIPELINED = 32  # requests parsed ahead of the one being answered, per connection
+RETRY_AFTER_SECONDS = 1
 _REASONS = {
     200: b"OK",
     400: b"Bad Request",
     401: b"Unauthorized",
+    403: b"Forbidden",
     404: b"Not Found",
     405: b"Method Not Allowed",
     408: b"Request Timeout",
     413: b"Content Too Large",
+    429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
+    505: b"HTTP Version Not Supported",
 }
 
 
-class BodyTooLarge(Exception):
-    """The request body exceeded the server's limit (answered 413 by the handler)."""
+class RequestError(Exception):
+    """A request that cannot be served as sent: answered with ``status`` and a JSON error, then closed."""
+
+    def __init__(self, status: int, kind: str, message: str) -> None:
+        super().__init__(kind)
+        self.status = status
+        self.kind = kind
+        self.message = message
+
+    @property
+    def extra_headers(self) -> bytes:
+        return b"retry-after: %d\r\n" % RETRY_AFTER_SECONDS if self.status == 503 else b""
+
+
+def _too_large() -> RequestError:
+    return RequestError(413, "request_too_large", "Request body exceeds MODELTRACK_MAX_BODY_BYTES.")
+
+
+def _overloaded() -> RequestError:
+    return RequestError(503, "overloaded", "ModelTrack is at its request or body-buffer ceiling; retry shortly.")
 
 
 class FlowListener(Protocol):
@@ -63,16 +95,19 @@ class Request:
     in the background and is awaited with :meth:`read`."""
 
     __slots__ = (
+        "_admitted",
         "_done",
         "_parts",
+        "_reserved",
         "_size",
         "_waiter",
+        "error",
         "expect_continue",
         "headers",
         "keep_alive",
         "method",
+        "refused",
         "target",
-        "too_large",
         "version",
     )
 
@@ -83,16 +118,19 @@ class Request:
         self.version = version
         self.keep_alive = True
         self.expect_continue = False
-        self.too_large = False
+        self.error: RequestError | None = None  # set: the body will not be read (too large, malformed, refused)
+        self.refused = False  # answered by the server itself, in its turn, without calling the handler
         self._parts: list[bytes] = []
         self._size = 0
         self._done = False
         self._waiter: asyncio.Future[None] | None = None
+        self._admitted = False
+        self._reserved = 0  # body bytes counted against the process's Limits
 
     @property
     def complete(self) -> bool:
-        """The whole body has arrived (or overflowed the limit): :meth:`read` will not wait."""
-        return self._done or self.too_large
+        """The whole body has arrived (or it failed): :meth:`read` will not wait."""
+        return self._done or self.error is not None
 
     def header(self, lname: bytes) -> bytes | None:
         """The first value of a header, by lower-case name (a linear scan: requests carry ~10 headers)."""
@@ -101,31 +139,43 @@ class Request:
                 return v
         return None
 
-    def _feed(self, data: bytes, limit: int) -> None:
-        self._size += len(data)
-        if self._size > limit:
-            self.too_large = True
-            self._parts.clear()
-        elif not self.too_large:
-            self._parts.append(data)
+    def _fail(self, error: RequestError) -> None:
+        if self.error is None:
+            self.error = error
+        self._parts.clear()
+        self._wake()
 
     def _finish(self) -> None:
         self._done = True
+        self._wake()
+
+    def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
     async def read(self) -> bytes:
-        """The whole body. Raises :class:`BodyTooLarge` past the limit; callers bound the wait (slow bodies)."""
-        if not self._done and not self.too_large:
+        """The whole body. Raises :class:`RequestError` (413 too large, 400 malformed, 503 over the buffer
+        ceiling); callers bound the wait (slow bodies)."""
+        if not self.complete:
             self._waiter = asyncio.get_running_loop().create_future()
             await self._waiter
-        if self.too_large:
-            raise BodyTooLarge
+        if self.error is not None:
+            raise self.error
         parts = self._parts
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 Handler = Callable[[Request, "Connection"], Awaitable[None]]
+
+
+class _StopParsing(Exception):
+    """Raised from a parser callback: nothing after a refused request is parsed."""
+
+
+_SYNTHETIC = {
+    False: b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n",
+    True: b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+}
 
 
 class Connection(asyncio.Protocol):
@@ -137,33 +187,46 @@ class Connection(asyncio.Protocol):
         *,
         max_body: int,
         header_timeout: float,
+        limits: Limits | None = None,
         on_close: Callable[[Connection], None] | None = None,
     ) -> None:
         self._handler = handler
         self._max_body = max_body
         self._header_timeout = header_timeout
+        self._limits = limits or Limits()
         self._on_close = on_close
-        self._loop = asyncio.get_running_loop()
+        self.loop = asyncio.get_running_loop()  # looked up once: each lookup checks the process id (a syscall)
         self._parser = httptools.HttpRequestParser(self)
         self.transport: asyncio.Transport | None = None
         self._queue: deque[Request] = deque()
-        self._current: Request | None = None  # the request being parsed
+        self._current: Request | None = None  # the request whose body is being parsed
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
+        self._in_head = False  # between message begin and headers complete: later "headers" are trailers
+        self._synthetic = False  # feeding the synthetic head that resumes a body after an ignored Upgrade
+        self._upgraded: Request | None = None  # a request whose body llhttp left unparsed (Upgrade)
         self._header_bytes = 0
+        # fields the server itself reads, noted as they are parsed (no second scan of the headers)
+        self._hosts = 0
+        self._length: bytes | None = None
+        self._coding: bytes | None = None
+        self._expect: bytes | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._too_big = False
         self._reading_paused = False
         self._task: asyncio.Task[None] | None = None
-        self._closing_after = False  # close once the current response is done (no keep-alive / parse error)
+        self._closing_after = False  # parse nothing more; close once the queued responses are done
+        self._close_now = False  # close after the current response (it was cut short)
+        self._broken = False  # the parser failed: what the client sends next is not read
         self.closed = False
-        self.paused = False
+        self.write_paused = False
         self.flow: FlowListener | None = None
         # per-response state
         self._started = False
         self._chunked = False
         self._finished = False
         self._head_only = False
+        self._left = -1  # bytes still allowed by a sized response's Content-Length (-1: not sized)
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -176,7 +239,9 @@ class Connection(asyncio.Protocol):
         if self._task is not None and not self._task.done():
             self._task.cancel()  # the client is gone: stop the handler (it records what it has)
         for req in self._queue:
+            self._release(req)
             req._finish()
+        self._queue.clear()
         if self._current is not None:
             self._current._finish()
         if self.flow is not None:
@@ -185,39 +250,86 @@ class Connection(asyncio.Protocol):
             self._on_close(self)
 
     def pause_writing(self) -> None:
-        self.paused = True
-        if self.flow is not None:
-            self.flow.pause()
+        if not self.write_paused:
+            self.write_paused = True
+            if self.flow is not None:
+                self.flow.pause()
 
     def resume_writing(self) -> None:
-        self.paused = False
-        if self.flow is not None:
-            self.flow.resume()
+        if self.write_paused:
+            self.write_paused = False
+            if self.flow is not None:
+                self.flow.resume()
 
     def data_received(self, data: bytes) -> None:
+        if self._broken:
+            return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            # Upgrades (WebSocket, h2c) and CONNECT are not proxied; what was parsed is served, then we close.
-            self._closing_after = True
-            if self.transport is not None:
-                self.transport.pause_reading()
-        except httptools.HttpParserError as exc:
-            # The parser's message can quote request bytes: log the type only.
-            if self._too_big:
-                self._parse_failed(431, b"headers_too_large", b"The request headers are too large.")
+        except httptools.HttpParserUpgrade as exc:
+            self._resume_after_upgrade(data[exc.args[0] :])
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _StopParsing):
                 return
-            log.info("malformed request from client: %s", type(exc).__name__)
-            self._parse_failed(400, b"malformed_request", b"The request is not valid HTTP/1.1.")
+            self._parse_error()
+        except httptools.HttpParserError:
+            self._parse_error()
+
+    def _parse_error(self) -> None:
+        # The parser's message can quote request bytes: it is never logged, and neither is its type's detail.
+        self._broken = True
+        if self._too_big:
+            error = RequestError(431, "headers_too_large", "The request headers are too large.")
+        else:
+            log.info("malformed request from client")
+            error = RequestError(400, "malformed_request", "The request is not valid HTTP/1.1.")
+        current = self._current
+        if current is not None and not current._done:
+            # Bad framing in a body (a chunk size, a coding): that request fails now, not at the body timeout.
+            current._fail(error)
+            self._current = None
+            self._close_after_queue()
+        else:
+            self._refuse(Request("", b"", [], "1.1"), error)
+
+    def _resume_after_upgrade(self, rest: bytes) -> None:
+        """llhttp stops at the end of a head that asks for ``Upgrade``; we do not upgrade, so parsing goes on as
+        HTTP/1.1 with a fresh parser. A body the upgrading request announced is parsed by feeding the new parser
+        a synthetic head with the same framing, whose callbacks route the body into that request."""
+        self._parser = httptools.HttpRequestParser(self)
+        req, self._upgraded = self._upgraded, None
+        if req is None:
+            self._close_after_queue()  # CONNECT: refused by the handler; what follows is not HTTP
+            return
+        length = req.header(b"content-length")
+        chunked = req.header(b"transfer-encoding") is not None
+        if req._size == 0 and (chunked or (length is not None and length.strip() not in (b"", b"0"))):
+            self._current = req
+            self._synthetic = True
+            self._parser.feed_data(_SYNTHETIC[True] if chunked else _SYNTHETIC[False] % int(length or b"0"))
+            self._synthetic = False
+        else:
+            req._finish()
+        if rest:
+            self.data_received(rest)
 
     # -- httptools callbacks ------------------------------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self._synthetic:
+            return
+        if self._closing_after:
+            raise _StopParsing
         self._url = b""
         self._headers = []
         self._header_bytes = 0
+        self._hosts = 0
+        self._length = self._coding = self._expect = None
+        self._in_head = True
         self._arm_timer()
 
     def on_url(self, url: bytes) -> None:
+        if self._synthetic:
+            return
         self._url += url
         self._header_bytes += len(url)
         if self._header_bytes > MAX_HEADER_BYTES:
@@ -225,64 +337,165 @@ class Connection(asyncio.Protocol):
             raise _HeadersTooLarge
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a chunked trailer: dropped, never merged into the request's headers
         self._header_bytes += len(name) + len(value) + 4
         if self._header_bytes > MAX_HEADER_BYTES or len(self._headers) >= MAX_HEADERS:
             self._too_big = True
             raise _HeadersTooLarge
         self._headers.append((name, value))
+        n = len(name)
+        if n == 4 or n == 6 or n == 14 or n == 17:
+            lname = name.lower()
+            if lname == b"host":
+                self._hosts += 1
+            elif lname == b"content-length":
+                self._length = value
+            elif lname == b"transfer-encoding":
+                self._coding = value
+            elif lname == b"expect":
+                self._expect = value
 
     def on_headers_complete(self) -> None:
+        if self._synthetic:
+            return
+        self._in_head = False
         self._cancel_timer()
         p = self._parser
         method = p.get_method().decode("ascii", "replace")
-        req = Request(method, self._url, self._headers, p.get_http_version())
+        target = self._url
+        hash_at = target.find(b"#")
+        if hash_at >= 0:
+            target = target[:hash_at]  # a fragment is the client's business, never the upstream's
+        version = p.get_http_version()
+        req = Request(method, target, self._headers, version)
         req.keep_alive = p.should_keep_alive()
+        if version != "1.1" or self._hosts != 1 or self._coding is not None:
+            error = self._check(version)
+            if error is not None:
+                self._refuse(req, error)
+                return
+        length = self._length
+        declared = int(length) if length is not None and length.strip().isdigit() else 0
+        if declared > self._max_body:
+            req.error = _too_large()  # answered 413 without reading the body (and without a 100 Continue)
+        elif not self._limits.admit(declared):
+            self._refuse(req, _overloaded())
+            return
+        else:
+            req._admitted = True
+            req._reserved = declared
+            if self._expect is not None and version == "1.1" and self._expect.lower() == b"100-continue":
+                req.expect_continue = True
+        if p.should_upgrade():
+            self._upgraded = req if method != "CONNECT" else None
         self._current = req
-        length = req.header(b"content-length")
-        if length is not None and length.strip().isdigit() and int(length) > self._max_body:
-            req.too_large = True
-        elif (req.header(b"expect") or b"").lower() == b"100-continue":
-            req.expect_continue = True
-        self._queue.append(req)
-        if len(self._queue) >= MAX_PIPELINED and self.transport is not None:
-            self.transport.pause_reading()  # a client pipelining faster than we answer waits in its own buffers
-            self._reading_paused = True
+        queue = self._queue
+        queue.append(req)
+        if len(queue) >= MAX_PIPELINED:
+            self._pause_reading()  # a client pipelining faster than we answer waits in its own buffers
         if self._task is None:
-            self._task = self._loop.create_task(self._serve())
+            self._task = self.loop.create_task(self._serve())
+
+    def _check(self, version: str) -> RequestError | None:
+        """Requests refused as nginx and aiohttp refuse them, before a byte of their body is read."""
+        if version != "1.1" and version != "1.0":
+            if version == "0.9":
+                return RequestError(400, "malformed_request", "The request line has no HTTP version.")
+            return RequestError(505, "http_version_not_supported", "Only HTTP/1.0 and HTTP/1.1 are supported.")
+        hosts = self._hosts
+        if hosts != 1 and (hosts > 1 or version == "1.1"):
+            return RequestError(400, "invalid_host", "An HTTP/1.1 request needs exactly one Host header.")
+        coding = self._coding
+        if coding is not None:
+            if version == "1.0":
+                return RequestError(400, "malformed_request", "Transfer-Encoding is not allowed in HTTP/1.0.")
+            if coding.strip().lower() != b"chunked":
+                return RequestError(400, "malformed_request", "The only request transfer coding accepted is chunked.")
+        return None
 
     def on_body(self, body: bytes) -> None:
-        if self._current is not None:
-            self._current._feed(body, self._max_body)
+        req = self._current
+        if req is None or req.error is not None:
+            return
+        req._size += len(body)
+        if req._size > self._max_body:
+            req._fail(_too_large())
+        elif req._size > req._reserved and not self._limits.take(len(body)):
+            req._reserved += len(body)
+            req._fail(_overloaded())
+            self._close_after_queue()
+        else:
+            if req._size > req._reserved:
+                req._reserved = req._size
+            req._parts.append(body)
 
     def on_message_complete(self) -> None:
+        if self._upgraded is not None and self._current is self._upgraded:
+            return  # llhttp completes an upgrading request at its head; its body is resumed after the exception
         if self._current is not None:
             self._current._finish()
             self._current = None
 
     # -- serving ------------------------------------------------------------------------------------------
+    def _enqueue(self, req: Request) -> None:
+        self._queue.append(req)
+        if len(self._queue) >= MAX_PIPELINED:
+            self._pause_reading()  # a client pipelining faster than we answer waits in its own buffers
+        if self._task is None and not self.closed:
+            self._task = self.loop.create_task(self._serve())
+
+    def _refuse(self, req: Request, error: RequestError) -> None:
+        """Answer ``req`` with ``error`` in its turn (after what is already queued), then close."""
+        req.error = error
+        req.refused = True
+        req._done = True
+        self._close_after_queue()
+        self._enqueue(req)
+
+    def _close_after_queue(self) -> None:
+        self._closing_after = True
+        self._pause_reading()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _release(self, req: Request) -> None:
+        if req._admitted or req._reserved:
+            self._limits.release(1 if req._admitted else 0, req._reserved)
+            req._admitted = False
+            req._reserved = 0
+
     async def _serve(self) -> None:
         """Answer queued requests one at a time, in order (HTTP/1.1 pipelining)."""
         try:
             while self._queue and not self.closed:
                 req = self._queue[0]
-                self._started = self._finished = self._chunked = False
+                self._started = self._finished = self._chunked = self._close_now = False
+                self._left = -1
                 self._head_only = req.method == "HEAD"
-                if req.expect_continue and not req.too_large and self.transport is not None:
-                    self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-                try:
-                    await self._handler(req, self)
-                except asyncio.CancelledError:
-                    if self.closed:
-                        return
-                    raise
-                except Exception as exc:  # noqa: BLE001 - a handler bug must not take the connection's peers down
-                    log_exception_safely("request handler failed", exc, log.name)
-                    if not self._started:
-                        self.respond(500, b'{"error":{"type":"internal_error","message":"ModelTrack failed."}}')
-                    else:
-                        self.abort()
-                        return
+                if req.refused and req.error is not None:
+                    self.respond_error(req.error)
+                else:
+                    if req.expect_continue and req.error is None and self.transport is not None:
+                        self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                    try:
+                        await self._handler(req, self)
+                    except asyncio.CancelledError:
+                        if self.closed:
+                            return
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - a handler bug must not take the connection's peers down
+                        log_exception_safely("request handler failed", exc, log.name)
+                        if not self._started:
+                            self.respond(500, b'{"error":{"type":"internal_error","message":"ModelTrack failed."}}')
+                        else:
+                            self.abort()
+                            return
                 self._queue.popleft()
+                self._release(req)
                 if self._reading_paused and len(self._queue) < MAX_PIPELINED // 2 and not self._closing_after:
                     self._reading_paused = False
                     if self.transport is not None:
@@ -290,7 +503,13 @@ class Connection(asyncio.Protocol):
                 if not self._finished:
                     self.abort()
                     return
-                if not req.keep_alive or self._closing_after or req.too_large or not req._done:
+                if (
+                    not req.keep_alive
+                    or req.error is not None
+                    or not req._done
+                    or self._close_now
+                    or (self._closing_after and not self._queue)
+                ):
                     # A body we did not read to the end leaves the connection unparseable: close it.
                     self.close()
                     return
@@ -299,20 +518,15 @@ class Connection(asyncio.Protocol):
         finally:
             self._task = None
 
-    def _parse_failed(self, status: int, kind: bytes, message: bytes) -> None:
-        if self.transport is None or self.closed:
-            return
-        if self._task is not None:
-            # A request is being answered: finish it, then close (the rest of the stream is unparseable).
-            self._closing_after = True
-            self.transport.pause_reading()
-            return
-        body = b'{"error":{"type":"%s","message":"%s"}}' % (kind, message)
-        head = _head(status, _REASONS[status], b"content-type: application/json\r\n", len(body), False)
-        self.transport.write(head + body)
-        self.close()
-
     # -- the response writer ------------------------------------------------------------------------------
+    def informational(self, status: int, reason: bytes, header_block: bytes) -> None:
+        """An interim response (``103 Early Hints``) before the final one; HTTP/1.0 clients never get one
+        (RFC 9110 §15.2)."""
+        req = self._queue[0] if self._queue else None
+        if req is None or req.version != "1.1" or self._started:
+            return
+        self._write(b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason, header_block))
+
     def start(self, status: int, reason: bytes, header_block: bytes, length: int | None, first: bytes = b"") -> None:
         """Send the status line and headers (``header_block``: ``name: value\\r\\n`` lines, no framing headers).
         ``length`` None means the body's size is unknown: chunked for HTTP/1.1 clients, close-delimited for
@@ -328,8 +542,16 @@ class Connection(asyncio.Protocol):
             else:
                 self._chunked = True
         head = _head(status, reason, header_block, length, self._chunked, req.keep_alive, req.version == "1.0")
+        if length is not None and not self._head_only:
+            self._left = length
         if first and not self._head_only:
-            head += b"%x\r\n%s\r\n" % (len(first), first) if self._chunked else first
+            if self._chunked:
+                head += b"%x\r\n%s\r\n" % (len(first), first)
+            elif self._left >= len(first):
+                self._left -= len(first)
+                head += first
+            else:
+                head += self._clip(first)
         self._write(head)
 
     def write(self, data: bytes) -> None:
@@ -337,8 +559,24 @@ class Connection(asyncio.Protocol):
             return
         if self._chunked:
             self._write(b"%x\r\n%s\r\n" % (len(data), data))
-        else:
+        elif self._left < 0:
             self._write(data)
+        elif self._left >= len(data):
+            self._left -= len(data)
+            self._write(data)
+        else:
+            self._write(self._clip(data))
+
+    def _clip(self, data: bytes) -> bytes:
+        """Never past a sized response's ``Content-Length``: more would be read by the client as the start of
+        the next response."""
+        left = self._left
+        if len(data) > left:
+            log.warning("response body longer than its Content-Length: truncated and closed")
+            data = data[:left]
+            self._close_now = True
+        self._left = left - len(data)
+        return data
 
     def finish(self) -> None:
         """The response is complete (the terminating chunk for chunked bodies)."""
@@ -356,6 +594,12 @@ class Connection(asyncio.Protocol):
             body,
         )
         self._finished = True
+
+    def respond_error(self, error: RequestError, body: bytes | None = None) -> None:
+        """A refusal: the provider's error shape when the caller knows the provider, a generic one otherwise."""
+        if body is None:
+            body = b'{"error":{"type":"%s","message":"%s"}}' % (error.kind.encode(), error.message.encode())
+        self.respond(error.status, body, extra=error.extra_headers)
 
     def abort(self) -> None:
         """End the connection without completing the response: the client sees the truncation it would see from
@@ -382,7 +626,7 @@ class Connection(asyncio.Protocol):
     # -- timers -------------------------------------------------------------------------------------------
     def _arm_timer(self) -> None:
         self._cancel_timer()
-        self._timer = self._loop.call_later(self._header_timeout, self._timed_out)
+        self._timer = self.loop.call_later(self._header_timeout, self._timed_out)
 
     def _cancel_timer(self) -> None:
         if self._timer is not None:

@@ -6,34 +6,86 @@ metered and written to the client in the same callback that received it — no t
 Backpressure is explicit: the exchange calls :meth:`UpstreamConnection.pause` when the client's socket buffer is
 full, which stops reading this socket, so the upstream's TCP window closes instead of our memory growing.
 
-Connections are only ever opened to the configured origin (scheme, host, port): the request path goes into the
-request line, never into the choice of host, so no request target can make the proxy connect elsewhere.
+One answer, one client. A pooled connection is the easiest place for one client's bytes to reach another, so
+the rules are strict (aiohttp's ``client_proto`` is the model: never reuse an unclean connection):
+
+* a connection is ``IDLE``, ``BUSY`` or ``CLOSED``; only ``IDLE → BUSY`` hands it out and only ``BUSY → IDLE``
+  pools it, so releasing twice is a no-op and a busy connection is never handed out;
+* a response is finished only after the whole read that completed it has been parsed: any byte after a
+  complete response, or any response nobody asked for, closes the connection instead of pooling it;
+* a connection whose reading was paused for a slow client is resumed before it is pooled;
+* a connection the upstream closed (EOF) leaves the pool at once, and one about to be handed out is checked for
+  pending EOF or stray bytes first (urllib3's ``is_connection_dropped``);
+* a request that provably never left (the connection was already closing, or every byte was still in our write
+  buffer when it closed) is retried once on a fresh connection; so is an idempotent request that got no byte
+  back on a reused connection. A POST that may have reached the provider is never sent twice.
+
+Connections are only ever opened to the configured origin (scheme, host, port), directly or through the egress
+proxy the environment names for it (:mod:`modeltrack.egress`): the request path goes into the request line,
+never into the choice of host, so no request target can make the proxy connect elsewhere.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import select
 import ssl
 import time
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol, cast
 from urllib.parse import urlsplit
 
 import httptools
 
-MAX_HEADER_BYTES = 64 * 1024
+from .egress import EgressRoute, open_tunnel
+from .limits import MAX_HEADER_BYTES
+
+IDLE, BUSY, CLOSED = "idle", "busy", "closed"
+FRESH_RELEASE = 0.002
+"""Seconds after its release during which a connection is not reused while a new one may be opened instead. An
+upstream that closes right after answering has its FIN on the way for that long; a busy proxy would otherwise
+write the next request into a connection that is already closed, and a POST that may have reached the
+upstream is never sent twice. Idle connections are reused oldest first, so with steady traffic the oldest one
+is well past this age and the pool settles at a few warm connections; only a burst pays a new connection."""
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
 class Receiver(Protocol):
     """The exchange a connection reports to while it carries that exchange's response."""
 
-    def on_head(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], length: int | None) -> None: ...
+    def on_informational(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None: ...
+
+    def on_head(
+        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], length: int | None, codings: bytes
+    ) -> None:
+        """``length``: the body's size, or None when it is chunked or delimited by the end of the connection.
+        ``codings``: transfer codings other than ``chunked`` that llhttp left on the body (``b"gzip"``); the
+        client must be told of them in ``Content-Encoding``, since the framing header itself is hop-by-hop."""
+        ...
 
     def on_body(self, data: bytes) -> None: ...
 
     def on_complete(self) -> None: ...
 
-    def on_error(self, kind: str) -> None: ...
+    def on_error(self, kind: str, retryable: bool) -> None:
+        """``kind``: ``bad_response`` (no valid head), ``reset`` (broken mid-body). ``retryable``: the request
+        provably never reached the upstream, or it is idempotent and got nothing back on a reused connection."""
+        ...
+
+
+class Unsent(Exception):
+    """The connection was closing before the request was written: nothing left, send it on another one."""
+
+
+class PoolExhausted(Exception):
+    """Every connection the origin may have is busy, and none was released within the connect timeout."""
+
+
+class _OutOfStep(Exception):
+    """Bytes followed the response that was asked for, in the read that completed it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +110,53 @@ class Origin:
         header = shown if port == default else f"{shown}:{port}"
         return cls(u.scheme, host, port, u.path.rstrip("/"), header.encode("idna"))
 
+    @property
+    def url(self) -> str:
+        """``scheme://host[:port]`` (no path, no credentials): what logs and the start-up line show."""
+        return f"{self.scheme}://{self.host_header.decode()}"
+
+    def join(self, path: str) -> str:
+        """The upstream path for a request path: the base path, then the request's path, without repeating the
+        segments they share. ``http://host/v1`` (the form SDK users know) with ``/v1/chat/completions`` is
+        ``/v1/chat/completions``, not ``/v1/v1/chat/completions``; ``/openai`` (Groq) with ``/v1/...`` is
+        ``/openai/v1/...``."""
+        base = self.base_path
+        if not base:
+            return path
+        for i in range(len(base)):
+            if (i == 0 or base[i] == "/") and path.startswith(base[i:]):
+                rest = path[len(base) - i :]
+                if not rest or rest[0] in "/?":
+                    return base[:i] + path
+        return base + path
+
+
+_WATCH = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
+SWEEP_EVERY = 0.001
+"""Idle sockets are checked for a pending EOF or stray bytes (urllib3's ``is_connection_dropped``) by one
+``poll`` over the whole pool at most this often: a system call per acquire would cost several percent of a
+request's CPU, and with ``FRESH_RELEASE`` above it, a FIN that follows its answer within a millisecond has been
+seen before the connection is reused."""
+
+
+def _dropped(fd: int) -> bool:
+    """One socket's check, for the rare reuse of a just-released connection at the connection cap."""
+    if fd < 0:
+        return False
+    p = select.poll()
+    p.register(fd, _WATCH)
+    return bool(p.poll(0))
+
+
+async def _still_open(conn: UpstreamConnection) -> bool:
+    """Yield to the loop once (it reads whatever arrived meanwhile, a FIN included), then check again."""
+    await asyncio.sleep(0)
+    t = conn.transport
+    if conn.state == BUSY and t is not None and not t.is_closing() and not _dropped(conn.fd):
+        return True
+    conn.close()
+    return False
+
 
 class UpstreamConnection(asyncio.Protocol):
     """One HTTP/1.1 connection to an upstream. Carries one exchange at a time."""
@@ -67,64 +166,101 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.receiver: Receiver | None = None
-        self.closed = False
+        self.state = IDLE
+        self.reused = False  # has carried an exchange before the current one
         self.idle_since = 0.0
+        self.reading_paused = False
+        self.fd = -1
+        # per exchange
+        self._method = ""
+        self._head_request = False
+        self._request_bytes = 0
+        self._received = False  # any byte of the response arrived
+        self._complete = False  # the final response's last byte was parsed
+        self._headed = False  # the final response's head was delivered
+        self._close_delimited = False
+        self._keep_alive = True
+        # per message (a 1xx, then the final response)
         self._headers: list[tuple[bytes, bytes]] = []
         self._reason = b""
         self._status = 0
-        self._head_request = False
-        self._headed = False  # the current response's head was delivered
-        self._close_delimited = False
-        self._reusable = True
         self._header_bytes = 0
         self._body: list[bytes] = []  # body pieces parsed from the current read, not yet handed on
 
     # -- sending ------------------------------------------------------------------------------------------
-    def send(self, receiver: Receiver, head: bytes, body: bytes, head_request: bool) -> None:
-        self.receiver = receiver
-        self._head_request = head_request
-        self._headed = False
+    def send(self, receiver: Receiver, method: str, head: bytes, body: bytes) -> None:
+        """Write one request. Raises :class:`Unsent` when the connection is already closing."""
         t = self.transport
-        assert t is not None
+        if t is None or t.is_closing() or self.state != BUSY:
+            self.close()
+            raise Unsent
+        self.receiver = receiver
+        self._method = method
+        self._head_request = method == "HEAD"
+        self._received = self._complete = self._headed = False
+        self._close_delimited = False
+        self._keep_alive = True
+        self._request_bytes = len(head) + len(body)
         if body:
             t.writelines((head, body))
         else:
             t.write(head)
 
     def pause(self) -> None:
-        if self.transport is not None and not self.closed:
+        """Stop reading (the client cannot take more). Idempotent, as uvicorn's ``FlowControl``."""
+        if not self.reading_paused and self.transport is not None and self.state != CLOSED:
+            self.reading_paused = True
             self.transport.pause_reading()
 
     def resume(self) -> None:
-        if self.transport is not None and not self.closed:
+        if self.reading_paused and self.transport is not None and self.state != CLOSED:
+            self.reading_paused = False
             self.transport.resume_reading()
 
     def close(self) -> None:
         """Drop the connection (an abandoned or failed exchange: what is left on it is unusable)."""
         self.receiver = None
-        self._reusable = False
-        if self.transport is not None and not self.closed:
+        if self.state != CLOSED:
+            self.state = CLOSED
+            self._pool._forget(self)
+        if self.transport is not None and not self.transport.is_closing():
             self.transport.abort()
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self.fd = sock.fileno()
+        self._pool.watch(self)
 
     def data_received(self, data: bytes) -> None:
-        if self.receiver is None:
+        if self.receiver is None or self._complete:
             self.close()  # bytes nobody asked for: the connection is out of step
             return
+        self._received = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError:
-            receiver = self.receiver
-            self._body.clear()
-            self.close()
-            if receiver is not None:
-                receiver.on_error("bad_response" if not self._headed else "reset")
-            return
+            if not self._complete:
+                self._fail()
+                return
+            # Bytes after a complete response: an extra response nobody asked for, or garbage. What was asked
+            # for is complete and is delivered; the connection is not reused.
+            self._keep_alive = False
         if self._body:
             self._flush_body()
+        if self._complete:
+            self._finish()
+
+    def _fail(self) -> None:
+        receiver = self.receiver
+        self._body.clear()
+        headed = self._headed
+        self.close()
+        if receiver is not None:
+            receiver.on_error("reset" if headed else "bad_response", False)
 
     def _flush_body(self) -> None:
         """Hand the body bytes parsed from one read to the exchange in one piece: a chunked stream often has one
@@ -136,25 +272,58 @@ class UpstreamConnection(asyncio.Protocol):
         if receiver is not None:
             receiver.on_body(data)
 
+    def _finish(self) -> None:
+        """The response is complete and nothing followed it in this read: pool the connection if it is clean,
+        then let the exchange finish (it writes the client's last bytes and records the event)."""
+        receiver, self.receiver = self.receiver, None
+        if self._keep_alive and not self._head_request and self.state == BUSY:
+            if self.reading_paused:
+                self.resume()  # a pause belonged to the exchange that just ended
+            self._pool.release(self)
+        else:
+            self.close()
+        if receiver is not None:
+            receiver.on_complete()
+
     def eof_received(self) -> bool | None:
+        if self.receiver is None:
+            self.close()  # an idle connection the upstream closed: out of the pool now, not at the next request
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self.closed = True
-        self._pool._forget(self)
+        if self.state != CLOSED:
+            self.state = CLOSED
+            self._pool._forget(self)
         receiver, self.receiver = self.receiver, None
-        if receiver is None:
+        if receiver is None or self._complete:
             return
         if self._headed and self._close_delimited and exc is None:
+            if self._body:
+                self._body.clear()
             receiver.on_complete()  # a body delimited by the end of the connection
+        elif self._headed:
+            receiver.on_error("reset", False)
         else:
-            receiver.on_error("reset" if self._headed else "bad_response")
+            receiver.on_error("bad_response", self._retryable())
+
+    def _retryable(self) -> bool:
+        """Nothing came back. Safe to send again only if nothing left (every byte still in our buffer), or the
+        method is idempotent and the connection was a reused one the upstream had quietly closed."""
+        if self._received:
+            return False
+        t = self.transport
+        unsent = t is not None and t.get_write_buffer_size() >= self._request_bytes > 0
+        return unsent or (self.reused and self._method in _IDEMPOTENT)
 
     # -- httptools callbacks ------------------------------------------------------------------------------
     def on_message_begin(self) -> None:
+        if self._complete:
+            raise _OutOfStep
         self._headers = []
         self._reason = b""
+        self._status = 0
         self._header_bytes = 0
+        self._body.clear()
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
@@ -168,98 +337,237 @@ class UpstreamConnection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         self._status = status
-        if 100 <= status < 200:
-            return  # informational: the real response follows on the same connection
+        if status < 100:
+            raise ValueError("status code out of range")  # a 502
         length: int | None = None
-        chunked = False
+        codings: list[bytes] = []
         for k, v in self._headers:
             lk = k.lower()
             if lk == b"content-length":
                 length = int(v) if v.strip().isdigit() else None
             elif lk == b"transfer-encoding":
-                chunked = b"chunked" in v.lower()
-        if chunked:
+                codings.extend(c.strip().lower() for c in v.split(b",") if c.strip())
+        if status < 200:
+            # An interim response has no body (RFC 9110 §15.2); llhttp reads one for 1xx codes above 103 when a
+            # length or coding says so, and those bytes must never reach the client as if they were a response.
+            if status == 101 or length or codings:
+                raise ValueError("informational response with a body or a protocol switch")
+            receiver = self.receiver
+            if receiver is not None:
+                receiver.on_informational(status, self._reason, self._headers)
+            return
+        chunked = bool(codings) and codings[-1] == b"chunked"
+        if codings:
+            # Framed the way llhttp framed it: chunked when chunked is the final coding, otherwise delimited by
+            # the end of the connection (and Content-Length, if any, is not the framing).
             length = None
+            if chunked:
+                codings.pop()
+            if b"chunked" in codings:
+                raise ValueError("chunked applied twice or not last")
         no_body = self._head_request or status in (204, 304)
         self._close_delimited = length is None and not chunked and not no_body
-        if not self._parser.should_keep_alive():
-            self._reusable = False
+        if not self._parser.should_keep_alive() or self._close_delimited:
+            self._keep_alive = False
         self._headed = True
         receiver = self.receiver
         if receiver is not None:
-            receiver.on_head(status, self._reason or b"", self._headers, 0 if no_body and length is None else length)
+            receiver.on_head(status, self._reason, self._headers, length, b", ".join(codings))
         if self._head_request:
-            # httptools cannot be told the response answers a HEAD (no body follows a Content-Length), so the
-            # exchange ends here and the connection is not reused.
-            self._reusable = False
-            self._done()
+            # The head is all a HEAD gets, whatever its framing headers say; httptools cannot be told the
+            # response answers a HEAD, so the exchange ends here and the connection is not reused.
+            self._complete = True
 
     def on_body(self, body: bytes) -> None:
+        if self._complete:
+            raise _OutOfStep
+        if self._status < 200 or not self._headed:
+            raise ValueError("body before a final response head")
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        if 100 <= self._status < 200 or self._head_request:
-            return
-        self._done()
-
-    def _done(self) -> None:
-        if self._body:
-            self._flush_body()
-        receiver, self.receiver = self.receiver, None
-        if self._reusable and not self.closed:
-            self._pool._release(self)
-        elif self.transport is not None and not self.closed:
-            self.transport.close()
-        if receiver is not None:
-            receiver.on_complete()
+        if self._status >= 200:
+            self._complete = True
 
 
 class UpstreamPool:
-    """Keep-alive connections to one origin, reused most-recently-released first (warm sockets, and the idle
-    ones at the bottom age out). No limit on the number of connections: concurrency is bounded by the clients."""
+    """Keep-alive connections to one origin, reused oldest-released first (see ``FRESH_RELEASE``).
 
-    def __init__(self, origin: Origin, tls: ssl.SSLContext | None, connect_timeout: float, idle_timeout: float = 30.0):
+    ``max_connections`` caps the connections open or opening at once (0: no cap); past it, a request waits up to
+    the connect timeout for one to be released. ``max_idle`` caps how many idle ones are kept.
+    """
+
+    def __init__(
+        self,
+        origin: Origin,
+        tls: ssl.SSLContext | None,
+        connect_timeout: float,
+        *,
+        max_connections: int = 0,
+        max_idle: int = 100,
+        idle_timeout: float = 30.0,
+        egress: EgressRoute | None = None,
+        connector: Callable[[UpstreamConnection], Awaitable[None]] | None = None,
+    ) -> None:
+        """``connector`` opens the socket for a new connection (default: TCP/TLS to the origin, or through the
+        egress proxy); protocol-level tests pass one that attaches a fake transport."""
         self.origin = origin
         self._tls = tls if origin.scheme == "https" else None
         self._connect_timeout = connect_timeout
         self._idle_timeout = idle_timeout
-        self._idle: list[UpstreamConnection] = []
-        self._all: set[UpstreamConnection] = set()
+        self.max_connections = max_connections
+        self.max_idle = max_idle
+        self.egress = egress
+        self._connect = connector or self._open_socket
+        # Plain-HTTP origins behind a forward proxy are asked in absolute form, with the proxy's credentials.
+        forward = egress is not None and origin.scheme == "http"
+        self.target_prefix = origin.url.encode() if forward else b""
+        self.proxy_header = egress.authorization_line if forward and egress is not None else b""
+        self._idle: deque[UpstreamConnection] = deque()  # oldest release first
+        self._watch = select.poll()  # the idle connections' sockets
+        self._watched: dict[int, UpstreamConnection] = {}
+        self._swept = 0.0
+        self._open = 0  # connections open or being opened
+        self._waiters: deque[asyncio.Future[None]] = deque()
 
-    async def acquire(self) -> UpstreamConnection:
-        """A ready connection: an idle pooled one if any, else a new one (``OSError``/``TimeoutError`` if the
-        origin cannot be reached; TLS verification failures are ``ssl.SSLError``, an ``OSError``)."""
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
+    @property
+    def idle_connections(self) -> int:
+        return len(self._idle)
+
+    async def acquire(self, fresh: bool = False) -> UpstreamConnection:
+        """A busy connection for one exchange: an idle pooled one if any (not with ``fresh``), else a new one.
+        ``OSError``/``TimeoutError`` if the origin cannot be reached (TLS verification failures are
+        ``ssl.SSLError``, an ``OSError``); :class:`PoolExhausted` when the per-origin cap holds for too long."""
+        deadline: float | None = None
+        while True:
+            now = time.monotonic()
+            capped = bool(self.max_connections) and self._open >= self.max_connections
+            if not fresh:
+                conn = self._take_idle(now, capped)
+                if conn is not None:
+                    if now - conn.idle_since < FRESH_RELEASE and not await _still_open(conn):
+                        continue
+                    return conn
+            if not capped:
+                break
+            loop = asyncio.get_running_loop()
+            if deadline is None:
+                deadline = loop.time() + self._connect_timeout
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    await waiter
+            except TimeoutError:
+                raise PoolExhausted from None
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+        self._open += 1
+        conn = UpstreamConnection(self)
+        try:
+            async with asyncio.timeout(self._connect_timeout):  # no extra task, unlike wait_for
+                await self._connect(conn)
+        except BaseException:
+            if conn.transport is not None:
+                conn.close()  # counted down by _forget
+            else:
+                self._open -= 1
+                self._wake()
+            raise
+        conn.state = BUSY
+        return conn
+
+    def _take_idle(self, now: float, recent_ok: bool = False) -> UpstreamConnection | None:
+        """The oldest usable idle connection; None if there is none, or only recently released ones and a new
+        connection may be opened instead (``recent_ok`` False)."""
         idle = self._idle
-        now = time.monotonic()
+        if idle and now - self._swept >= SWEEP_EVERY:
+            self._sweep(now)
         while idle:
-            conn = idle.pop()
-            if not conn.closed and now - conn.idle_since < self._idle_timeout:
+            conn = idle[0]
+            if not recent_ok and now - conn.idle_since < FRESH_RELEASE:
+                return None
+            idle.popleft()
+            if conn.state != IDLE:
+                continue  # never hand out, nor close, a connection an exchange holds
+            t = conn.transport
+            if t is not None and not t.is_closing() and now - conn.idle_since < self._idle_timeout:
+                conn.state = BUSY
+                conn.reused = True
                 return conn
             conn.close()
+        return None
+
+    def _sweep(self, now: float) -> None:
+        """Close every idle connection whose socket has a pending EOF, an error or stray bytes (a busy one has
+        bytes pending as a matter of course: its exchange reads them)."""
+        self._swept = now
+        for fd, _ in self._watch.poll(0):
+            conn = self._watched.get(fd)
+            if conn is not None and conn.state == IDLE:
+                conn.close()
+
+    def watch(self, conn: UpstreamConnection) -> None:
+        """Every open socket is in the pool's poll set, registered once (not at each release and reuse)."""
+        if conn.fd >= 0:
+            self._watch.register(conn.fd, _WATCH)
+            self._watched[conn.fd] = conn
+
+    def _unwatch(self, conn: UpstreamConnection) -> None:
+        if self._watched.get(conn.fd) is conn:  # the number may belong to a newer socket by now
+            del self._watched[conn.fd]
+            self._watch.unregister(conn.fd)
+
+    async def _open_socket(self, proto: UpstreamConnection) -> None:
         loop = asyncio.get_running_loop()
         o = self.origin
-        connect = loop.create_connection(
-            lambda: UpstreamConnection(self),
-            o.host,
-            o.port,
-            ssl=self._tls,
-            server_hostname=o.host if self._tls is not None else None,
-        )
-        async with asyncio.timeout(self._connect_timeout):  # no extra task, unlike wait_for
-            _, proto = await connect
-        self._all.add(proto)
-        return proto
+        if self.egress is None:
+            await loop.create_connection(
+                lambda: proto, o.host, o.port, ssl=self._tls, server_hostname=o.host if self._tls else None
+            )
+        elif self._tls is not None:
+            transport = await open_tunnel(loop, self.egress, o.host, o.port)
+            tls_transport = await loop.start_tls(transport, proto, self._tls, server_hostname=o.host)
+            if tls_transport is None:
+                raise ConnectionError("TLS through the egress proxy failed")
+            proto.connection_made(tls_transport)
+        else:
+            await loop.create_connection(lambda: proto, self.egress.host, self.egress.port)
 
-    def _release(self, conn: UpstreamConnection) -> None:
+    def release(self, conn: UpstreamConnection) -> None:
+        """Pool a connection after a clean exchange. Idempotent: only a busy connection becomes idle."""
+        if conn.state != BUSY:
+            return
+        if len(self._idle) >= self.max_idle:
+            conn.close()
+            return
+        conn.state = IDLE
         conn.idle_since = time.monotonic()
         self._idle.append(conn)
+        if self._waiters:
+            self._wake()
 
     def _forget(self, conn: UpstreamConnection) -> None:
-        self._all.discard(conn)
-        if conn in self._idle:
+        """A connection closed: it no longer counts, and is never handed out again."""
+        self._open -= 1
+        self._unwatch(conn)
+        with contextlib.suppress(ValueError):
             self._idle.remove(conn)
+        self._wake()
+
+    def _wake(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     def close(self) -> None:
-        for conn in list(self._all):
+        for conn in list(self._idle):
             conn.close()
         self._idle.clear()

@@ -73,7 +73,6 @@ class AnthropicStreamMeter(SSEMeter):
     def __init__(self, info: RequestInfo, status: int) -> None:
         super().__init__(info, status)
         self.usage: Usage | None = None
-        self.stopped = False
 
     def on_event(self, ev: SSEEvent) -> None:
         name = ev.event
@@ -101,14 +100,14 @@ class AnthropicStreamMeter(SSEMeter):
                     self.usage = Usage()
                 apply_anthropic_usage(self.usage, obj["usage"])
         elif name == b"message_stop":
-            self.stopped = True
+            self.ended = True
         elif name == b"error":
             self.error_from(ev.data)
 
     def result(self, complete: bool) -> MeterResult:
         if self.usage is None:
             return MeterResult(usage_source="missing")
-        return MeterResult(usage=self.usage, usage_source="stream" if complete and self.stopped else "partial")
+        return MeterResult(usage=self.usage, usage_source="stream" if complete and self.ended else "partial")
 
 
 class CountTokensMeter(JSONBodyMeter):

@@ -41,6 +41,13 @@ class RequestInfo:
 
 
 class Meter(Protocol):
+    @property
+    def ended(self) -> bool:
+        """The response's own end marker was seen (``[DONE]``, ``message_stop``, a terminal event, the closing
+        ``]``): the usage is final even if the connection is cut right after (the sync OpenAI SDK hangs up
+        straight after ``[DONE]``)."""
+        ...
+
     def feed(self, chunk: bytes) -> None: ...
 
     def finish(self, complete: bool) -> MeterResult:

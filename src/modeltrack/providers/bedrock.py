@@ -93,7 +93,7 @@ class BedrockStreamMeter:
         self._anthropic: Usage | None = None
         self._source = "missing"
         self._error: str | None = None
-        self._saw_end = False
+        self.ended = False
 
     def feed(self, chunk: bytes) -> None:
         for frame in self._decoder.feed(chunk):
@@ -108,7 +108,7 @@ class BedrockStreamMeter:
                 if isinstance(obj, dict):
                     self._usage = converse_usage(obj.get("usage"))
                     self._source = "stream"
-                self._saw_end = True
+                self.ended = True
             elif etype == "chunk":
                 self._invoke_chunk(frame.payload)
 
@@ -127,7 +127,7 @@ class BedrockStreamMeter:
             if isinstance(doc, dict):
                 self._usage = metrics_usage(doc.get("amazon-bedrock-invocationMetrics"))
                 self._source = "stream"
-                self._saw_end = True
+                self.ended = True
         if b'"message_start"' in inner[:40] or b'"message_delta"' in inner[:40]:
             doc = loads(inner)
             if isinstance(doc, dict):
@@ -140,7 +140,7 @@ class BedrockStreamMeter:
         if self._anthropic is not None:
             # The Anthropic events know the 1h cache split; the metrics know nothing more. Prefer them.
             usage = self._anthropic
-            self._source = "stream" if self._saw_end else "partial"
+            self._source = "stream" if self.ended else "partial"
         err = self._error or self._decoder.error
         if usage is None:
             return MeterResult(model=self.info.model, error=err)

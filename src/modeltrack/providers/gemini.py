@@ -81,6 +81,8 @@ class GeminiSSEMeter(SSEMeter):
     def on_event(self, ev: SSEEvent) -> None:
         if b'"usageMetadata"' in ev.data:
             self._last = ev.data
+            if b'"finishReason"' in ev.data:
+                self.ended = True  # the last candidate chunk: Gemini streams have no separate end marker
         elif b'"error"' in ev.data[:32]:
             self.error_from(ev.data)
 
@@ -98,6 +100,10 @@ class GeminiArrayMeter:
         self._splitter = JSONArraySplitter()
         self._last: bytes | None = None
         self._error: str | None = None
+
+    @property
+    def ended(self) -> bool:
+        return self._last is not None and self._splitter.complete
 
     def feed(self, chunk: bytes) -> None:
         for element in self._splitter.feed(chunk):

@@ -21,6 +21,8 @@ class JSONBodyMeter:
 
     __slots__ = ("_chunks", "_overflow", "_size", "info", "status")
 
+    ended = False  # a sized body is complete only when the exchange says so
+
     def __init__(self, info: RequestInfo, status: int) -> None:
         self.info = info
         self.status = status
@@ -75,7 +77,7 @@ class SSEMeter:
         self._splitter = SSESplitter()
         self.model: str | None = None
         self.error: str | None = None
-        self.done = False
+        self.ended = False  # subclasses set it on the stream's own end marker
         self.failed = False
 
     def feed(self, chunk: bytes) -> None:

@@ -119,7 +119,7 @@ class OpenAIStreamMeter(SSEMeter):
     def on_event(self, ev: SSEEvent) -> None:
         data = ev.data
         if data == b"[DONE]":
-            self.done = True
+            self.ended = True
             return
         if ev.event == b"error":
             self.error_from(data)
@@ -171,6 +171,7 @@ class ResponsesStreamMeter(SSEMeter):
                     break
         if name in _RESPONSES_TERMINAL:
             self._terminal = data
+            self.ended = True
         elif name == b"response.created" and self.model is None:
             obj = loads(data)
             self.model = _str(dig(obj, "response", "model"))

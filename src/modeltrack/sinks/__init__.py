@@ -63,12 +63,32 @@ def open_sink(url: str) -> Sink:
 
 
 def _fs_path(url: str, scheme: str) -> str:
-    """``sqlite:///./data/x.db`` → ``./data/x.db``; ``sqlite:////abs/x.db`` and ``sqlite:///abs/x.db`` →
-    ``/abs/x.db``."""
+    """SQLAlchemy's convention, which users already know: ``sqlite:///relative/x.db`` is relative to the working
+    directory, ``sqlite:////abs/x.db`` (four slashes) is absolute."""
     rest = url[len(scheme) :]
-    if not rest.startswith("/"):
-        raise StoreURLError(f"{scheme} URL needs three slashes: {scheme}/PATH")
-    rest = rest[1:]
-    if rest.startswith("./") or rest.startswith("../") or rest.startswith("/"):
-        return rest
-    return "/" + rest
+    if not rest.startswith("/") or len(rest) < 2:
+        raise StoreURLError(
+            f"{scheme} URL needs three slashes and a path: {scheme}/data/modeltrack.db (relative) or "
+            f"{scheme}//var/lib/modeltrack.db (absolute)"
+        )
+    return rest[1:]
+
+
+def describe_store(url: str) -> str:
+    """The store as the start-up line shows it: the resolved file path, or the project and collection. Never
+    credentials (a URL's user info is dropped)."""
+    import os
+
+    for scheme in ("sqlite://", "jsonl://"):
+        if url.startswith(scheme):
+            try:
+                return f"{scheme[:-3]} {os.path.abspath(_fs_path(url, scheme))}"
+            except StoreURLError:
+                return scheme[:-3] + " (invalid path)"
+    if url.startswith("firestore://"):
+        rest = url[len("firestore://") :].split("?", 1)[0].strip("/")
+        project, _, collection = rest.partition("/")
+        emulator = os.environ.get("FIRESTORE_EMULATOR_HOST")
+        where = f" (emulator {emulator})" if emulator else ""
+        return f"firestore project={project} collection={collection or 'modeltrack'}{where}"
+    return url.split(":", 1)[0]

@@ -1,0 +1,152 @@
+"""One exchange becomes one cost event: meter result → usage → price → event → pipeline, metrics, access log.
+
+This is the only place an event is built, whatever happened to the request (success, upstream error, timeout,
+client disconnect, refusal), so every path is accounted for the same way, and a bug here never breaks a
+response: :meth:`Recorder.record` logs and swallows.
+"""
+
+from __future__ import annotations
+
+import logging
+from time import perf_counter
+from typing import Protocol
+
+from .events import CostEvent, rfc3339
+from .logs import log_exception_safely
+from .metrics import Metrics
+from .pipeline import Pipeline
+from .pricing import Pricing
+from .providers import Meter, MeterResult, RequestInfo
+
+log = logging.getLogger("modeltrack.proxy")
+access = logging.getLogger("modeltrack.access")
+
+
+class Outcome(Protocol):
+    """What the proxy knows of one request when it is over (the exchange carries it); the recorder turns it
+    into the event."""
+
+    rid: str
+    provider_name: str
+    endpoint: str
+    info: RequestInfo
+    wall: float
+    start: float
+    attrs: dict[str, str]
+    status: int
+    error: str | None
+    upstream_id: str | None
+    meter: Meter | None
+    complete: bool
+    first_byte: float | None
+    own: float  # seconds spent in our own code (the overhead histogram)
+
+
+class Recorder:
+    def __init__(self, pipeline: Pipeline, metrics: Metrics, pricing: Pricing, access_log: bool = False) -> None:
+        self.pipeline = pipeline
+        self.metrics = metrics
+        self.pricing = pricing
+        self.access_log = access_log
+
+    def record(self, o: Outcome, endpoint_kind: str) -> CostEvent | None:
+        """Build, price, count and enqueue the event. Never raises: a bug here must not break the response."""
+        try:
+            return self._record(o, endpoint_kind)
+        except Exception as exc:  # noqa: BLE001 - recording must never break the response
+            log_exception_safely(f"{o.rid} failed to record the cost event", exc, log.name)
+            return None
+
+    def _record(self, o: Outcome, endpoint_kind: str) -> CostEvent:
+        end = perf_counter()
+        provider = o.provider_name
+        info, meter = o.info, o.meter
+        # A client that hangs up right after the stream's own end marker ([DONE], message_stop, ...) — the sync
+        # OpenAI SDK does — has had the whole answer: its usage is complete, not partial.
+        ended = meter is not None and meter.ended
+        complete = o.complete or ended
+        error = None if ended and o.error == "client_disconnected" else o.error
+        try:
+            result: MeterResult = meter.finish(complete) if meter is not None else MeterResult(model=info.model)
+        except Exception as exc:  # noqa: BLE001 - a meter bug costs the usage, never the event
+            log_exception_safely(f"{o.rid} meter failed", exc, log.name)
+            result = MeterResult(model=info.model, error="meter_error")
+        usage = result.usage
+        cost, cost_source = self.pricing.cost(provider, result, info.model, o.wall)
+        if cost_source == "unpriced":
+            self.pricing.warn_unpriced(provider, result.model or info.model)
+        attrs = o.attrs
+        ev = CostEvent(
+            timestamp=rfc3339(o.wall),
+            request_id=o.rid,
+            upstream_request_id=o.upstream_id,
+            provider=provider,
+            endpoint=o.endpoint,
+            model=result.model or info.model,
+            status=o.status,
+            stream=info.stream,
+            input_tokens=usage.input_tokens if usage else 0,
+            output_tokens=usage.output_tokens if usage else 0,
+            cache_read_tokens=usage.cache_read_tokens if usage else 0,
+            cache_write_tokens=usage.cache_write_tokens if usage else 0,
+            reasoning_tokens=usage.reasoning_tokens if usage else 0,
+            cost_usd=cost,
+            latency_ms=round((end - o.start) * 1000, 3),
+            ttft_ms=round((o.first_byte - o.start) * 1000, 3) if o.first_byte is not None and info.stream else None,
+            team=attrs.get("team"),
+            app=attrs.get("app"),
+            feature=attrs.get("feature"),
+            session_id=attrs.get("session_id"),
+            cache_hit=False,
+            routed=False,
+            usage_source=result.usage_source if usage else "missing",
+            error=error or result.error,
+            requested_model=info.model,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens if usage else 0,
+            web_search_requests=usage.web_search_requests if usage else 0,
+            service_tier=usage.service_tier if usage else None,
+            cost_source=cost_source,
+            stream_usage_injected=bool(info.extra.get("stream_usage_injected")),
+            user=attrs.get("user"),
+        )
+        self.pipeline.enqueue(ev)
+        overhead = o.own + (perf_counter() - end)
+        savings = self.pricing.cache_savings(provider, result, info.model, o.wall) if ev.cache_read_tokens else 0.0
+        self.metrics.observe(ev, overhead, endpoint_kind, savings)
+        if self.access_log:
+            self._access(ev, info.method)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "%s provider=%s endpoint=%s status=%s model=%s in=%d out=%d cost=%s source=%s error=%s",
+                o.rid,
+                ev.provider,
+                endpoint_kind,
+                ev.status,
+                ev.model,
+                ev.input_tokens,
+                ev.output_tokens,
+                ev.cost_usd,
+                ev.usage_source,
+                ev.error,
+            )
+        return ev
+
+    @staticmethod
+    def _access(ev: CostEvent, method: str) -> None:
+        """One line per request: method, route, status, model, tokens, cost, latency. Never a header value, a
+        query string, a prompt or a body (the route is the endpoint path, which has no query)."""
+        access.info(
+            "%s %s %s status=%d model=%s in=%d out=%d cache_read=%d cache_write=%d cost=%s latency_ms=%.1f%s",
+            method,
+            ev.provider,
+            ev.endpoint,
+            ev.status,
+            ev.model or "-",
+            ev.input_tokens,
+            ev.output_tokens,
+            ev.cache_read_tokens,
+            ev.cache_write_tokens,
+            f"{ev.cost_usd:.9f}" if ev.cost_usd is not None else "unpriced",
+            ev.latency_ms,
+            f" error={ev.error}" if ev.error else "",
+        )

@@ -1,0 +1,174 @@
+"""What of the client's headers goes upstream, what of the upstream's goes back, and what ModelTrack reads.
+
+Request side: the client's header lines pass through byte-for-byte, in order, duplicates and spelling kept, less
+hop-by-hop fields (and those the ``Connection`` header names, RFC 9110 §7.6.1), ``Host`` and the framing
+fields (the proxy writes its own), and ``X-ModelTrack-*``: those are ModelTrack's, read here and never
+forwarded.
+
+Response side: the upstream's fields go back less hop-by-hop ones (and those its ``Connection`` names) and the
+framing fields, which the server writes itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from .metrics import sanitize
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+    }
+)
+_DROP_REQUEST = HOP_BY_HOP | {b"host", b"content-length", b"expect"}
+_DROP_RESPONSE = HOP_BY_HOP | {b"content-length"}
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})  # name no other field: the common case, no extra work
+UPSTREAM_ID_HEADERS = (b"x-request-id", b"request-id", b"x-amzn-requestid", b"apim-request-id", b"x-goog-request-id")
+ATTR_HEADERS = {
+    b"x-modeltrack-team": "team",
+    b"x-modeltrack-app": "app",
+    b"x-modeltrack-feature": "feature",
+    b"x-modeltrack-session-id": "session_id",
+    b"x-modeltrack-user": "user",
+}
+MAX_ATTR_LEN = 128
+
+
+def connection_tokens(pairs: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    """Field names the ``Connection`` header lists: hop-by-hop for this one connection."""
+    out: set[bytes] = set()
+    for k, v in pairs:
+        if len(k) == 10 and k.lower() == b"connection":
+            out.update(t.strip().lower() for t in v.split(b","))
+    return out
+
+
+def forward_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], dict[str, str]]:
+    """Split the client's headers into (header lines for the upstream, attribution values)."""
+    out: list[tuple[bytes, bytes]] = []
+    attrs: dict[str, str] = {}
+    pairs = raw_headers if isinstance(raw_headers, list) else list(raw_headers)
+    extra_hop: set[bytes] = set()
+    for k, v in pairs:
+        if len(k) == 10 and k.lower() == b"connection":
+            extra_hop.update(t.strip().lower() for t in v.split(b","))
+    for k, v in pairs:
+        lk = k.lower()
+        if lk in _DROP_REQUEST or lk in extra_hop:
+            continue
+        if lk.startswith(b"x-modeltrack-"):
+            field = ATTR_HEADERS.get(lk)
+            if field is not None:
+                attrs[field] = sanitize(v.decode("latin-1"), MAX_ATTR_LEN)
+            continue
+        out.append((k, v))
+    return out, attrs
+
+
+class ResponseHead:
+    """The upstream's response head, filtered for the client: the header block to send, the body's
+    ``Content-Encoding`` (for metering) and the provider's request id."""
+
+    __slots__ = ("block", "encoding", "upstream_id")
+
+    def __init__(self, headers: list[tuple[bytes, bytes]], extra_codings: bytes = b"") -> None:
+        block: list[bytes] = []
+        encoding: bytes | None = None
+        ids: dict[bytes, bytes] = {}
+        named: set[bytes] = set()
+        for k, v in headers:
+            lk = k.lower()
+            if lk in _DROP_RESPONSE:
+                if lk == b"connection" and v.lower() not in _PLAIN_CONNECTION:
+                    named |= connection_tokens([(k, v)])
+                continue
+            if lk == b"content-encoding":
+                encoding = v if encoding is None else encoding + b", " + v
+                continue
+            if lk in UPSTREAM_ID_HEADERS and v:
+                ids.setdefault(lk, v)
+            block.append(b"%s: %s\r\n" % (k, v))
+        if named and named - _DROP_RESPONSE:
+            # Fields the Connection header names are hop-by-hop for this connection only (RFC 9110 §7.6.1):
+            # rare enough that a second pass is cheaper than bookkeeping in the first.
+            block = [b"%s: %s\r\n" % (k, v) for k, v in headers if _kept(k.lower(), named)]
+            if b"content-encoding" in named:
+                encoding = None
+        if extra_codings:
+            # Transfer codings other than chunked stay on the body (llhttp does not undo them) and the framing
+            # header naming them is hop-by-hop: the client learns of them here, or it would read coded bytes.
+            encoding = extra_codings if encoding is None else encoding + b", " + extra_codings
+        if encoding is not None:
+            block.append(b"content-encoding: %s\r\n" % encoding)
+        self.block = b"".join(block)
+        self.encoding = encoding.decode("latin-1") if encoding is not None else None
+        self.upstream_id: str | None = None
+        if ids:
+            for name in UPSTREAM_ID_HEADERS:  # in order of preference, not of arrival
+                if name in ids:
+                    self.upstream_id = sanitize(ids[name].decode("latin-1"), 128)
+                    break
+
+
+def _kept(lk: bytes, named: set[bytes]) -> bool:
+    return lk not in _DROP_RESPONSE and lk not in named and lk != b"content-encoding"
+
+
+_CONTROL = bytes(range(9)) + bytes(range(10, 32)) + b"\x7f"
+
+
+def clean_reason(reason: bytes) -> bytes:
+    """The reason phrase without control characters (RFC 9112 §4: HTAB, SP, VCHAR, obs-text only)."""
+    return reason.translate(None, _CONTROL)
+
+
+class HeaderView(Mapping[str, str]):
+    """Case-insensitive, read-only view of raw header pairs (first value wins), built on first use: what the
+    router and the meters ask (``"x-goog-api-key" in h``, ``h.get("Content-Type")``)."""
+
+    __slots__ = ("_map", "_pairs")
+
+    def __init__(self, pairs: list[tuple[bytes, bytes]]) -> None:
+        self._pairs = pairs
+        self._map: dict[str, bytes] | None = None
+
+    def _lookup(self) -> dict[str, bytes]:
+        m = self._map
+        if m is None:
+            m = self._map = {}
+            for k, v in self._pairs:
+                m.setdefault(k.decode("latin-1").lower(), v)
+        return m
+
+    def __getitem__(self, name: str) -> str:
+        return self._lookup()[name.lower()].decode("latin-1")
+
+    def __contains__(self, name: object) -> bool:
+        if not isinstance(name, str):
+            return False
+        if self._map is not None:
+            return name.lower() in self._map
+        # A scan of the raw pairs: the router asks two or three such questions of a request, cheaper than
+        # decoding and lower-casing every name into a map.
+        lname = name.lower().encode("latin-1")
+        n = len(lname)
+        for k, _ in self._pairs:
+            if len(k) == n and k.lower() == lname:
+                return True
+        return False
+
+    def __iter__(self) -> Any:
+        return iter(self._lookup())
+
+    def __len__(self) -> int:
+        return len(self._lookup())
