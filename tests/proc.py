@@ -6,6 +6,7 @@ import asyncio
 import atexit
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -16,13 +17,15 @@ import aiohttp
 from bench.sysinfo import free_port
 
 
-async def wait_http_ok(url: str, timeout: float, alive: Callable[[], bool] = lambda: True) -> bool:
+async def wait_http_ok(
+    url: str, timeout: float, alive: Callable[[], bool] = lambda: True, ssl_ctx: ssl.SSLContext | None = None
+) -> bool:
     """Poll ``url`` until it answers 200 (True), the timeout passes or ``alive()`` turns false (False)."""
     deadline = time.monotonic() + timeout
     async with aiohttp.ClientSession() as s:
         while time.monotonic() < deadline and alive():
             try:
-                async with s.get(url) as r:
+                async with s.get(url, ssl=ssl_ctx if ssl_ctx is not None else True) as r:
                     if r.status == 200:
                         return True
             except aiohttp.ClientError:
@@ -43,8 +46,14 @@ def _kill_leftovers() -> None:
 
 
 class ProxyProcess:
-    def __init__(self, tmp: Path, env: dict[str, str], args: list[str] | None = None) -> None:
+    """``modeltrack serve`` in a subprocess on a free port. ``ca``: serve over TLS (MODELTRACK_TLS_CERT/KEY in
+    ``env``) and trust this CA bundle when checking on it."""
+
+    python = sys.executable
+
+    def __init__(self, tmp: Path, env: dict[str, str], args: list[str] | None = None, ca: str | None = None) -> None:
         self.port = free_port()
+        self.ca = ca
         self.log_path = tmp / "proxy.log"
         self.store = f"sqlite:///{tmp}/events.db"
         self.env = {
@@ -60,7 +69,11 @@ class ProxyProcess:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ca else 'http'}://{'localhost' if self.ca else '127.0.0.1'}:{self.port}"
+
+    @property
+    def metrics_port(self) -> int:
+        return int(self.env.get("MODELTRACK_METRICS_PORT") or self.port)
 
     async def start(self) -> None:
         log = open(self.log_path, "wb")
@@ -69,7 +82,8 @@ class ProxyProcess:
         )
         _STARTED.append(self.proc)
         proc = self.proc
-        if not await wait_http_ok(self.url + "/healthz", 20, alive=lambda: proc.poll() is None):
+        ctx = ssl.create_default_context(cafile=self.ca) if self.ca else None
+        if not await wait_http_ok(self.url + "/healthz", 20, alive=lambda: proc.poll() is None, ssl_ctx=ctx):
             raise RuntimeError(f"proxy did not become healthy: {self.log_path.read_text()[-2000:]}")
 
     async def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:

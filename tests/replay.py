@@ -84,21 +84,36 @@ def all_recordings() -> list[Recording]:
     return out
 
 
+CODINGS = {"gzip-members": "gzip", "zstd-frames": "zstd", "deflate-raw": "deflate"}
+"""Variants a streaming upstream legitimately produces, and the Content-Encoding each is sent as."""
+
+
 def compress(data: bytes, encoding: str) -> bytes:
+    """``encoding`` is a coding, or a variant: ``gzip-members`` (each half its own gzip member, back to back),
+    ``zstd-frames`` (two zstd frames), ``deflate-raw`` (deflate without the zlib wrapper)."""
     import gzip
     import zlib
 
     import brotli
     import zstandard
 
+    half = len(data) // 2
     if encoding == "gzip":
         return gzip.compress(data)
+    if encoding == "gzip-members":
+        return gzip.compress(data[:half]) + gzip.compress(data[half:])
     if encoding == "deflate":
         return zlib.compress(data)
+    if encoding == "deflate-raw":
+        c = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+        return c.compress(data) + c.flush()
     if encoding == "br":
         return bytes(brotli.compress(data))
     if encoding == "zstd":
         return bytes(zstandard.ZstdCompressor().compress(data))
+    if encoding == "zstd-frames":
+        z = zstandard.ZstdCompressor()
+        return bytes(z.compress(data[:half])) + bytes(z.compress(data[half:]))
     raise ValueError(encoding)
 
 
@@ -130,7 +145,10 @@ class ReplayUpstream:
     delay: float = 0.0
     seed: int = 1234
     encoding: str = ""
-    """serve the recorded body compressed with this Content-Encoding (gzip, deflate, br, zstd)"""
+    """serve the recorded body compressed with this Content-Encoding (gzip, deflate, br, zstd, or a variant in
+    ``CODINGS``)"""
+    tail_delay: float = 0.0
+    """seconds to wait before ending a chunked body (the terminating chunk), after all its data was sent"""
     finished: list[float] = field(default_factory=list)
     """monotonic times at which a response ended (completed, or the proxy closed the connection)."""
 
@@ -151,7 +169,7 @@ class ReplayUpstream:
         resp.headers["x-request-id"] = f"upstream-{rec.name[:20]}-{rec.index}"
         body = compress(rec.body, self.encoding) if self.encoding else rec.body
         if self.encoding:
-            resp.headers["Content-Encoding"] = self.encoding
+            resp.headers["Content-Encoding"] = CODINGS.get(self.encoding, self.encoding)
         if not self.chunked:
             resp.content_length = len(body)
         try:
@@ -160,6 +178,8 @@ class ReplayUpstream:
                 await resp.write(chunk)
                 if self.delay:
                     await asyncio.sleep(self.delay)
+            if self.tail_delay:
+                await asyncio.sleep(self.tail_delay)
             await resp.write_eof()
         finally:
             self.finished.append(time.monotonic())

@@ -8,6 +8,7 @@ import collections
 import os
 import signal
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -468,3 +469,88 @@ def test_journal_segments_rotate_replay_and_close_as_plain_jsonl(tmp_path: Path,
     journal.close()
     assert list(tmp_path.iterdir()) == []
     assert journal.append(b"x" * (seg_bytes + 1)) == 0  # a line larger than a segment: counted as unjournaled
+
+
+# --- recovery without traffic --------------------------------------------------------------------------------
+
+
+async def test_spool_is_replayed_when_the_store_recovers_without_new_events(tmp_path: Path) -> None:
+    """Load stops while the store is down: the spooled events must still reach the store once it is back, and
+    the failing state must clear, with no further event to trigger it (the pipeline probes on its own)."""
+    sink = SQLiteSink(str(tmp_path / "events.db"), busy_timeout=0.05)
+    await sink.open()
+    outage = _SQLiteOutage(sink.path)
+    spool = tmp_path / "spool"
+    pipeline = Pipeline.from_settings(
+        sink,
+        Metrics(),
+        Settings(spool_dir=str(spool), batch_size=50, flush_interval_ms=10),
+        max_retries=1,
+        backoff_base=0.01,
+        backoff_max=0.02,
+        probe_interval=0.1,
+    )
+    await pipeline.start()
+    outage.cut()
+    for i in range(200):
+        pipeline.enqueue(make_event(i))
+    deadline = time.monotonic() + 20
+    while not [n for n in leftovers(spool) if n.startswith("spool-")] or pipeline.depth:
+        assert time.monotonic() < deadline, "the events never reached the spool"
+        await asyncio.sleep(0.05)
+    assert pipeline.failing_since is not None
+    outage.restore()  # and no new event from here on
+    await wait_drained(pipeline, spool, timeout=20)
+    assert pipeline.failing_since is None
+    await assert_exactly_once(sink, {f"s-{i}" for i in range(200)})
+    await pipeline.close()
+
+
+async def test_readyz_recovers_and_the_spool_drains_without_traffic(
+    firestore_emulator: Any, replay: Any, tmp_path: Path
+) -> None:
+    """The Kubernetes case: an unready pod gets no traffic, so recovery cannot wait for the next request."""
+    upstream, upstream_url = replay
+    upstream.current = load("test_openai_prompt_cache__test_openai_chat_prompt_cache_e2e", 1)
+    fault = FaultyTCPProxy(firestore_emulator.port)
+    await fault.start()
+    store = f"firestore://modeltrack-test/r{uuid.uuid4().hex[:12]}"
+    proxy = ProxyProcess(
+        tmp_path,
+        {
+            "FIRESTORE_EMULATOR_HOST": f"127.0.0.1:{fault.port}",
+            "MODELTRACK_STORE": store,
+            "MODELTRACK_OPENAI_BASE_URL": upstream_url,
+            "MODELTRACK_READY_STORE_FAIL_SECONDS": "0.5",
+        },
+    )
+    await proxy.start()
+    try:
+        done: list[str] = []
+        await _load(proxy, 0, 20, done)
+        fault.cut()
+        await _load(proxy, 20, 20, done)
+        assert len(done) == 40, "the store being down never fails a request"
+        async with aiohttp.ClientSession() as s:
+            deadline = time.monotonic() + 60
+            while True:  # the batch is retried, then spooled; /readyz turns unready
+                async with s.get(proxy.url + "/readyz") as r:
+                    if r.status == 503 and list((tmp_path / "spool").glob("spool-*.jsonl")):
+                        break
+                assert time.monotonic() < deadline, "never spooled"
+                await asyncio.sleep(0.2)
+            fault.restore()  # no request from here on
+            deadline = time.monotonic() + 60
+            while True:
+                async with s.get(proxy.url + "/readyz") as r:
+                    if r.status == 200 and not list((tmp_path / "spool").glob("spool-*.jsonl")):
+                        break
+                assert time.monotonic() < deadline, "/readyz never recovered without traffic"
+                await asyncio.sleep(0.2)
+    finally:
+        assert await proxy.stop() == 0
+        await fault.stop()
+    sink = open_sink(store)
+    await sink.open()
+    await assert_exactly_once(sink, set(done))
+    await sink.close()

@@ -23,6 +23,7 @@ class FakeTransport:
         self.read_paused = False
         self.pauses = 0
         self.buffered = 0  # what get_write_buffer_size() reports
+        self.eof = False  # write_eof(): a half-close, what a lingering close starts with
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return default
@@ -37,6 +38,17 @@ class FakeTransport:
 
     def close(self) -> None:
         self.closed = True
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        self.eof = True
+
+    @property
+    def ending(self) -> bool:
+        """Closed, or half-closed for a lingering close."""
+        return self.closed or self.eof
 
     def abort(self) -> None:
         self.closed = self.aborted = True
@@ -135,7 +147,7 @@ async def test_strict_request_parsing(request_line: bytes, status: int) -> None:
     out = t.take()
     assert status_of(out) == status, out
     assert b'"error"' in out
-    assert t.closed, "a refused request closes the connection"
+    assert t.ending, "a refused request closes the connection (a lingering close: FIN, then drain)"
     assert rec.requests == [], "the handler never sees a refused request, nor what follows it"
 
 
@@ -156,7 +168,7 @@ async def test_a_bad_chunk_size_is_a_400_at_once_not_a_408_later() -> None:
     out = t.take()
     assert status_of(out) == 400 and b"malformed_request" in out
     assert [e.status for e in rec.errors] == [400]
-    assert t.closed
+    assert t.ending
 
 
 async def test_a_request_after_a_good_one_with_broken_framing_is_refused_in_turn() -> None:
@@ -165,7 +177,7 @@ async def test_a_request_after_a_good_one_with_broken_framing_is_refused_in_turn
     await settle()
     out = t.take()
     assert out.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 400" in out  # answered in order, then closed
-    assert t.closed
+    assert t.ending
 
 
 async def test_post_with_upgrade_keeps_its_body_and_the_connection_stays_in_step() -> None:
@@ -225,7 +237,7 @@ async def test_concurrency_ceiling_answers_503_with_retry_after() -> None:
     c2.data_received(b"GET /b HTTP/1.1\r\nHost: h\r\n\r\n")
     await settle()
     out = t2.take()
-    assert status_of(out) == 503 and b"retry-after: 1\r\n" in out.lower() and t2.closed
+    assert status_of(out) == 503 and b"retry-after: 1\r\n" in out.lower() and t2.ending
     gate.set()
     await settle()
     assert status_of(t1.take()) == 200
@@ -252,14 +264,14 @@ async def test_body_buffer_ceiling_refuses_before_reading_and_while_reading() ->
     c2, t2, _ = server(hold, limits=limits)
     c2.data_received(b"POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 300\r\n\r\n")
     await settle()
-    assert status_of(t2.take()) == 503 and t2.closed
+    assert status_of(t2.take()) == 503 and t2.ending
     # A chunked body that grows past the ceiling: refused as it arrives.
     c3, t3, _ = server(hold, limits=limits)
     c3.data_received(b"POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n")
     c3.data_received(b"64\r\n" + b"y" * 100 + b"\r\n")
     c3.data_received(b"c8\r\n" + b"y" * 200 + b"\r\n")
     await settle()
-    assert status_of(t3.take()) == 503 and t3.closed
+    assert status_of(t3.take()) == 503 and t3.ending
     gate.set()
     await settle()
     assert status_of(t1.take()) == 200

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import time
 from typing import Any
 
 import anthropic
@@ -222,3 +224,40 @@ async def test_gemini_non_streaming(replay: Any, make_proxy: Any) -> None:
     assert proxied == direct
     (ev,) = await proxy.events()
     assert (ev.input_tokens, ev.output_tokens, ev.stream) == (13, 8, False)
+
+
+@pytest.mark.parametrize("flavour", ["openai-sync", "openai-async"])
+async def test_a_stream_the_sdk_closes_after_its_end_marker_is_complete(
+    flavour: str, replay: Any, make_proxy: Any
+) -> None:
+    """The OpenAI SDKs hang up as soon as they have read ``data: [DONE]``, before the HTTP body's terminating
+    chunk (the Anthropic SDK reads to the end of the body). The upstream here holds that chunk back for 1.5 s,
+    so the proxy sees the client leave first: the event must still be complete (the meter saw the end), not
+    ``client_disconnected``."""
+    upstream, upstream_url = replay
+    upstream.tail_delay = 1.5
+    proxy = await make_proxy(upstream_url)
+    upstream.current = load("test_openai__test_run_stream_sync_streams_real_model", 0)
+    kwargs: dict[str, Any] = {"model": "gpt-4o-mini", "messages": MSG, "stream": True}
+    kwargs["stream_options"] = {"include_usage": True}
+
+    def sync_call() -> Any:
+        client = openai.OpenAI(base_url=proxy.url + "/v1", api_key=KEY, max_retries=0)
+        try:
+            return [c.model_dump() for c in client.chat.completions.create(**kwargs)]
+        finally:
+            client.close()
+
+    t0 = time.monotonic()
+    if flavour == "openai-async":
+        aclient = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key=KEY, max_retries=0)
+        result: Any = [c.model_dump() async for c in await aclient.chat.completions.create(**kwargs)]
+        await aclient.close()
+    else:
+        result = await asyncio.to_thread(sync_call)
+    assert time.monotonic() - t0 < 1.4, "the client had what it needed before the upstream's last byte"
+    await asyncio.sleep(0.3)
+    (ev,) = await proxy.events()
+    assert ev.error is None and ev.usage_source == "stream", ev
+    assert ev.latency_ms < 1400, "recorded when the client left, not when the upstream finished"
+    assert ev.output_tokens == result[-1]["usage"]["completion_tokens"]

@@ -7,9 +7,16 @@ clients, oversized headers, bodiless statuses and HEAD.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
-from .rawhttp import RawServer, port_of, post, read_request, read_response
+import aiohttp
+from bench.sysinfo import rss_kb
+
+from .proc import ProxyProcess
+from .rawhttp import RawServer, port_of, post, raw, read_request, read_response
 from .replay import load
 
 EMBEDDINGS = load("test_embeddings__TestOpenAI.test_documents")
@@ -137,3 +144,130 @@ async def test_upstream_connections_are_reused(replay: Any, make_proxy: Any) -> 
         await one()  # be on the way), so a burst settles on a few warm connections, not one per request
     w.close()
     assert pool.open_connections <= 8, pool.open_connections
+
+
+async def test_chunked_trailers_never_reach_the_upstream_or_the_event(replay: Any, make_proxy: Any) -> None:
+    upstream, upstream_url = replay
+    upstream.current = EMBEDDINGS
+    proxy = await make_proxy(upstream_url)
+    r, w = await asyncio.open_connection("127.0.0.1", port_of(proxy.url))
+    w.write(
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer mine\r\nX-ModelTrack-Team: real\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n"
+        b"Authorization: Bearer stolen\r\nX-ModelTrack-Team: forged\r\n\r\n"
+    )
+    await w.drain()
+    head, _ = await asyncio.wait_for(read_response(r), 5)
+    w.close()
+    assert head.startswith(b"HTTP/1.1 200")
+    auth = [v for k, v in upstream.received[-1].raw_headers if k.lower() == b"authorization"]
+    assert auth == [b"Bearer mine"]
+    (ev,) = await proxy.events()
+    assert ev.team == "real"
+
+
+async def test_strict_parsing_through_the_proxy(replay: Any, make_proxy: Any) -> None:
+    upstream, upstream_url = replay
+    upstream.current = EMBEDDINGS
+    proxy = await make_proxy(upstream_url)
+    port = port_of(proxy.url)
+    for request, status in (
+        (b"GET /v1/models\r\n\r\n", b"400"),
+        (b"GET /v1/models HTTP/2.0\r\nHost: x\r\n\r\n", b"505"),
+        (b"POST /v1/embeddings HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n", b"400"),
+        (b"POST /v1/embeddings HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", b"400"),
+        (b"POST /v1/embeddings HTTP/1.1\r\nHost: a\r\nHost: b\r\nContent-Length: 2\r\n\r\n{}", b"400"),
+        (b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n", b"400"),
+    ):
+        t0 = asyncio.get_running_loop().time()
+        out = await raw(port, request)
+        assert out.split(b" ", 2)[1] == status, (request, out)
+        assert asyncio.get_running_loop().time() - t0 < 2, "answered at once, not after a timeout"
+    assert upstream.received == [], "nothing refused reaches the upstream"
+    # A POST that asks for an Upgrade is served as HTTP/1.1, body and all.
+    out = await raw(
+        port,
+        b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nUpgrade: h2c\r\nConnection: Upgrade\r\nContent-Length: 9\r\n"
+        b'\r\n{"a": 1}\n',
+    )
+    assert out.startswith(b"HTTP/1.1 200") and upstream.received[-1].body == b'{"a": 1}\n'
+
+
+async def test_a_flood_of_large_bodies_is_bounded_by_the_buffer_ceiling(tmp_path: Path) -> None:
+    """40 clients each send a 4 MiB body to an upstream that takes its time: without a ceiling the proxy would
+    hold them all at once (a request holds its body about twice while it is forwarded: ~320 MiB); with
+    MODELTRACK_MAX_BUFFERED_BODY_BYTES=16 MiB the surplus gets 503 + Retry-After at once, every client gets
+    its answer (a lingering close: the refusal is not reset away), and RSS stays bounded."""
+    body = b'{"input":"' + b"x" * (4 * 1024 * 1024) + b'"}'
+
+    async def slow_answer(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while True:
+            await read_request(r)
+            await asyncio.sleep(0.3)
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+            await w.drain()
+
+    async with RawServer(slow_answer) as up:
+        proxy = ProxyProcess(
+            tmp_path,
+            {
+                "MODELTRACK_OPENAI_BASE_URL": up.url,
+                "MODELTRACK_MAX_BODY_BYTES": str(8 * 1024 * 1024),
+                "MODELTRACK_MAX_BUFFERED_BODY_BYTES": str(16 * 1024 * 1024),
+            },
+        )
+        await proxy.start()
+        assert proxy.proc is not None
+        before = rss_kb(proxy.proc.pid)
+        peak = before
+        statuses: list[bytes] = []
+
+        async def client() -> None:
+            r, w = await asyncio.open_connection("127.0.0.1", proxy.port)
+            try:
+                w.write(post("/v1/embeddings", body))
+                await w.drain()
+            except ConnectionError:
+                pass  # refused before the body was read: the server closed its side
+            head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 20)
+            statuses.append(head.split(b" ", 2)[1])
+            if b"503" in head[:12]:
+                assert b"retry-after: 1" in head.lower()
+            w.close()
+
+        async def sample() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, rss_kb(proxy.proc.pid))  # type: ignore[union-attr]
+                await asyncio.sleep(0.02)
+
+        sampler = asyncio.create_task(sample())
+        await asyncio.gather(*(client() for _ in range(40)))
+        sampler.cancel()
+        assert await proxy.stop() == 0
+    served, refused = statuses.count(b"200"), statuses.count(b"503")
+    print(f"\nflood: {served} served, {refused} refused with 503, RSS {before // 1024} -> peak {peak // 1024} MB")
+    assert served >= 3 and refused >= 10 and served + refused == 40, statuses
+    assert peak - before < 3 * 16 * 1024, f"RSS grew by {(peak - before) // 1024} MB"
+
+
+async def test_a_second_server_on_a_busy_port_fails_before_saying_ready(tmp_path: Path) -> None:
+    first = ProxyProcess(tmp_path / "a", {})
+    (tmp_path / "a").mkdir()
+    await first.start()
+    try:
+        for args in ([], ["--workers", "2"]):
+            env = {**first.env, "MODELTRACK_SPOOL_DIR": str(tmp_path / "b-spool")}
+            done = subprocess.run(
+                [sys.executable, "-m", "modeltrack", "serve", *args],
+                env=env,
+                capture_output=True,
+                timeout=30,
+            )
+            err = done.stderr.decode()
+            assert done.returncode != 0, err
+            assert "cannot listen" in err and "listening on" not in err and "modeltrack ready" not in err, err
+        async with aiohttp.ClientSession() as s, s.get(first.url + "/healthz") as r:
+            assert r.status == 200
+    finally:
+        assert await first.stop() == 0

@@ -20,7 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from .accounting import Recorder
 from .config import ConfigError, Settings
-from .egress import EgressError, proxy_variables, route_for
+from .egress import EgressError, route_for
 from .limits import Limits
 from .metrics import Metrics, exposition
 from .pipeline import Pipeline
@@ -34,6 +34,7 @@ from .upstream import Origin, UpstreamPool
 log = logging.getLogger("modeltrack")
 
 _METRICS_TYPE = CONTENT_TYPE_LATEST.encode()
+READY_PING_SECONDS = 3.0  # /readyz answers within this even if the store hangs (probes have their own timeouts)
 
 
 def tls_context(ca_bundle: str = "") -> ssl.SSLContext:
@@ -120,7 +121,7 @@ class ModelTrack:
 
     def _pools(self, settings: Settings) -> dict[str, UpstreamPool]:
         tls = tls_context(settings.ca_bundle)
-        variables = proxy_variables(os.environ)
+        variables = settings.egress
         pools = {}
         for name, provider in self.providers.items():
             if not provider.base_url:
@@ -224,7 +225,12 @@ class ModelTrack:
         failing = pipeline.failing_since
         if failing is not None and time.monotonic() - failing > settings.ready_store_fail_seconds:
             problems.append("store_failing")
-        if not await pipeline.sink.ping():
+        try:
+            async with asyncio.timeout(READY_PING_SECONDS):
+                reachable = await pipeline.sink.ping()
+        except TimeoutError:
+            reachable = False
+        if not reachable:
             problems.append("store_unreachable")
         body: dict[str, Any] = {"status": "ok" if not problems else "unready", "queue_depth": pipeline.depth}
         if problems:
@@ -271,19 +277,6 @@ async def serve(settings: Settings, announce: Any = None) -> int:
     ``shutdown_grace`` seconds, drain the event queue to the store, spool what could not be written, exit 0.
     """
     app = ModelTrack(settings)
-    reuse = settings.workers > 1
-    # Bind first: a busy port fails before anything says "ready" (and before the store is opened).
-    await app.listen(settings.host, settings.port, reuse_port=reuse)
-    if settings.metrics_port:
-        await app.listen(settings.host, settings.metrics_port, metrics_only=True, reuse_port=reuse)
-    await app.start()
-    # Everything allocated so far (price tables, provider plug-ins, metrics) lives as long as the process: move
-    # it out of the collector's sight, so a full collection no longer walks it in the middle of a request.
-    gc.collect()
-    gc.freeze()
-    log.info("modeltrack ready: %s", app.summary())
-    if announce is not None:
-        announce(app)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     received = 0
@@ -303,8 +296,22 @@ async def serve(settings: Settings, announce: Any = None) -> int:
         logging.shutdown()
         os._exit(0)
 
+    # Signals first: from the moment the port answers, a SIGTERM means "drain", never the default "die".
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    reuse = settings.workers > 1
+    # Bind next: a busy port fails before anything says "ready" (and before the store is opened).
+    await app.listen(settings.host, settings.port, reuse_port=reuse)
+    if settings.metrics_port:
+        await app.listen(settings.host, settings.metrics_port, metrics_only=True, reuse_port=reuse)
+    await app.start()
+    # Everything allocated so far (price tables, provider plug-ins, metrics) lives as long as the process: move
+    # it out of the collector's sight, so a full collection no longer walks it in the middle of a request.
+    gc.collect()
+    gc.freeze()
+    log.info("modeltrack ready: %s", app.summary())
+    if announce is not None:
+        announce(app)
     await stop.wait()
     await app.close()
     log.info("shutdown complete")

@@ -26,7 +26,8 @@ class Decoder(Protocol):
 
 
 class _Restarting:
-    """Decoders whose stream may hold several independent frames/members back to back."""
+    """Decoders whose stream may hold several independent frames/members back to back: a new decoder starts
+    on what follows a finished frame, whether that is in the same piece or the next one."""
 
     def __init__(self) -> None:
         self._d = self._new()
@@ -35,11 +36,12 @@ class _Restarting:
         raise NotImplementedError
 
     def decode(self, data: bytes) -> bytes:
-        out = [self._d.decompress(data)]
-        while self._d.eof and self._d.unused_data:
-            rest = self._d.unused_data
-            self._d = self._new()
-            out.append(self._d.decompress(rest))
+        out = []
+        while data:
+            if self._d.eof:
+                self._d = self._new()
+            out.append(self._d.decompress(data))
+            data = self._d.unused_data if self._d.eof else b""
         return b"".join(out)
 
 
@@ -56,21 +58,24 @@ class ZStandardDecoder(_Restarting):
 
 
 class DeflateDecoder:
-    """zlib-wrapped deflate (RFC 9110), falling back to raw deflate when the first bytes are not a zlib header."""
+    """zlib-wrapped deflate (RFC 9110), or raw deflate as some servers send it: the first two bytes decide (a
+    zlib header has compression method 8 and a check value divisible by 31), not whether a first piece fails,
+    since a one-byte first piece fails neither way."""
 
     def __init__(self) -> None:
-        self._d: Any = zlib.decompressobj()
-        self._first = True
+        self._d: Any = None
+        self._head = b""
 
     def decode(self, data: bytes) -> bytes:
-        first, self._first = self._first, False
-        try:
-            return bytes(self._d.decompress(data))
-        except zlib.error:
-            if not first:
-                raise
-            self._d = zlib.decompressobj(-zlib.MAX_WBITS)
-            return bytes(self._d.decompress(data))
+        if self._d is None:
+            self._head += data
+            if len(self._head) < 2:
+                return b""
+            cmf, flg = self._head[0], self._head[1]
+            wrapped = cmf & 0x0F == 8 and (cmf << 8 | flg) % 31 == 0
+            self._d = zlib.decompressobj(zlib.MAX_WBITS if wrapped else -zlib.MAX_WBITS)
+            data, self._head = self._head, b""
+        return bytes(self._d.decompress(data))
 
 
 class BrotliDecoder:

@@ -185,6 +185,9 @@ class Settings:
     base_urls: dict[str, str] = field(default_factory=dict, metadata={"env": False})
     inject_stream_usage: dict[str, bool] = field(default_factory=dict, metadata={"env": False})
     read_timeouts: dict[str, float] = field(default_factory=dict, metadata={"env": False})
+    # The standard egress variables (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY), read from the same
+    # environment as everything else:
+    egress: dict[str, str] = field(default_factory=dict, metadata={"env": False})
 
     @classmethod
     def load(
@@ -212,6 +215,9 @@ class Settings:
             inj = env.get(f"MODELTRACK_{p.upper()}_INJECT_STREAM_USAGE")
             if inj is not None:
                 s.inject_stream_usage[p] = convert(_JOURNAL, inj, f"MODELTRACK_{p.upper()}_INJECT_STREAM_USAGE")
+        from .egress import proxy_variables
+
+        s.egress = proxy_variables(env)
         for k, v in (overrides or {}).items():
             if v is not None:
                 setattr(s, k, v)

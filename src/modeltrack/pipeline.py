@@ -237,6 +237,7 @@ class Pipeline:
         max_queue: int,
         journal: bool,
         max_retries: int = 5,
+        retry_budget: float = 10.0,
         backoff_base: float = 0.1,
         backoff_max: float = 5.0,
         probe_interval: float = 1.0,
@@ -251,6 +252,8 @@ class Pipeline:
         self.flush_interval = flush_interval
         self.max_queue = max_queue
         self.max_retries = max_retries
+        self.retry_budget = retry_budget  # seconds one batch may spend on retries before it is spooled
+        self.store_down = False  # a batch was given up on: later ones go to the spool until the store answers
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
         self.probe_interval = probe_interval
@@ -404,6 +407,7 @@ class Pipeline:
             await self.replay()  # a write is the real test: it clears the failing state only if it succeeds
         elif await self.sink.ping():
             self.failing_since = None
+            self.store_down = False
             log.info("store reachable again")
 
     def _has_backlog(self) -> bool:
@@ -420,9 +424,16 @@ class Pipeline:
             self._writing -= 1
 
     async def _write_batch_inner(self, batch: list[tuple[CostEvent, int, bytes]]) -> None:
+        if self.store_down:
+            # A circuit breaker: the store gave up on an earlier batch and has not answered since. Retrying every
+            # batch against a dead store (a cut network makes each attempt wait for its full deadline) would hold
+            # every later event in memory for minutes; the spool holds them instead, and the probe replays it.
+            self._spool_now(batch)
+            return
         events = Batch(ev for ev, _, _ in batch)
         events.docs = [line for _, _, line in batch]
         attempt = 0
+        started = time.monotonic()
         while True:
             t0 = time.perf_counter()
             try:
@@ -441,14 +452,20 @@ class Pipeline:
                     self._spool_now(batch, dead=True)
                     return
                 attempt += 1
-                if attempt > self.max_retries or self._closing:
-                    log.warning("store unavailable (%s); spooling %d events", type(exc).__name__, len(events))
+                if attempt > self.max_retries or self._closing or time.monotonic() - started > self.retry_budget:
+                    log.warning(
+                        "store unavailable (%s); spooling %d events, and later ones until it answers again",
+                        type(exc).__name__,
+                        len(events),
+                    )
+                    self.store_down = True
                     self._spool_now(batch)
                     return
                 self.metrics.retries.inc()
                 await asyncio.sleep(random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt)))
                 continue
             self.failing_since = None
+            self.store_down = False
             self.metrics.flush_latency.observe(time.perf_counter() - t0)
             self.metrics.batches.inc()
             self.metrics.batch_size.observe(len(events))
@@ -507,6 +524,7 @@ class Pipeline:
         if self.failing_since is not None:
             log.info("store reachable again")
             self.failing_since = None
+        self.store_down = False
         if replayed:
             log.info("replayed %d events from the spool/journal", replayed)
         return replayed

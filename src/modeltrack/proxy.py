@@ -382,6 +382,7 @@ class Proxy:
         body = loads(raw) if raw[:1] in (b"{", b"[") and provider.name != "bedrock" else None
         info = provider.request_info(req.method, up_path, query, body)
         send = provider.rewrite_body(info, raw, body)
+        del body  # the parsed body can be as large as the request: not kept for the whole exchange
         lines, attrs = forward_headers(req.headers)
         origin = pool.origin
         path = origin.join(up_path) if origin.base_path else up_path

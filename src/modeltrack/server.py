@@ -41,6 +41,10 @@ log = logging.getLogger("modeltrack.server")
 
 MAX_PIPELINED = 32  # requests parsed ahead of the one being answered, per connection
 RETRY_AFTER_SECONDS = 1
+LINGER_SECONDS = 2.0
+"""After refusing a request whose body is still arriving, keep reading (and discarding) for this long before
+closing, as nginx's lingering close does: closing a socket with unread data makes the kernel send a reset,
+which can destroy the refusal before the client has read it."""
 _REASONS = {
     200: b"OK",
     400: b"Bad Request",
@@ -162,7 +166,11 @@ class Request:
         if self.error is not None:
             raise self.error
         parts = self._parts
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        if len(parts) == 1:
+            return parts[0]
+        body = b"".join(parts)
+        self._parts = [body]  # one copy of a large body, not two
+        return body
 
 
 Handler = Callable[[Request, "Connection"], Awaitable[None]]
@@ -218,6 +226,8 @@ class Connection(asyncio.Protocol):
         self._closing_after = False  # parse nothing more; close once the queued responses are done
         self._close_now = False  # close after the current response (it was cut short)
         self._broken = False  # the parser failed: what the client sends next is not read
+        self._lingering = False  # closing: what the client still sends is read and dropped
+        self._discarded = 0
         self.closed = False
         self.write_paused = False
         self.flow: FlowListener | None = None
@@ -263,6 +273,10 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         if self._broken:
+            if self._lingering:
+                self._discarded += len(data)
+                if self._discarded > self._max_body:
+                    self.abort()
             return
         try:
             self._parser.feed_data(data)
@@ -503,14 +517,17 @@ class Connection(asyncio.Protocol):
                 if not self._finished:
                     self.abort()
                     return
+                if not req._done or req.error is not None:
+                    # A body we did not read to the end leaves the connection unparseable: close it, but let the
+                    # client finish sending first, or its unread bytes would reset our answer away.
+                    self._linger()
+                    return
                 if (
                     not req.keep_alive
                     or req.error is not None
-                    or not req._done
                     or self._close_now
                     or (self._closing_after and not self._queue)
                 ):
-                    # A body we did not read to the end leaves the connection unparseable: close it.
                     self.close()
                     return
             if not self.closed:
@@ -617,6 +634,24 @@ class Connection(asyncio.Protocol):
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
+
+    def _linger(self) -> None:
+        """Half-close after the last response: send FIN, drop what the client still sends, close on its EOF or
+        after ``LINGER_SECONDS`` (nginx's ``lingering_close``)."""
+        t = self.transport
+        if t is None or t.is_closing() or not t.can_write_eof():
+            self.close()
+            return
+        self._broken = self._lingering = True
+        self._discarded = 0
+        self._reading_paused = False
+        t.resume_reading()
+        t.write_eof()
+        self._cancel_timer()
+        self._timer = self.loop.call_later(LINGER_SECONDS, self.close)
+
+    def eof_received(self) -> bool | None:
+        return False  # the client is done sending: close (after a lingering close, that is its end)
 
     def _write(self, data: bytes) -> None:
         t = self.transport

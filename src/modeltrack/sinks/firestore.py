@@ -43,7 +43,7 @@ class FirestoreSink:
     name = "firestore"
 
     def __init__(
-        self, project: str, collection: str = "modeltrack", shards: int = 1, commit_timeout: float = 20.0
+        self, project: str, collection: str = "modeltrack", shards: int = 1, commit_timeout: float = 10.0
     ) -> None:
         self.project = project
         self.collection = collection
@@ -168,7 +168,9 @@ class FirestoreSink:
 
     async def ping(self) -> bool:
         try:
-            await self._rollups().document("_ping").get(timeout=2.0)
+            # retry=None: the client's default policy retries UNAVAILABLE for minutes, per-attempt timeout or not,
+            # and a readiness check that hangs is worse than one that says no.
+            await self._rollups().document("_ping").get(timeout=2.0, retry=None)
             return True
         except Exception:  # noqa: BLE001
             return False
