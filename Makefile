@@ -4,14 +4,14 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint typecheck unit pricing bench bench-peers soak clean
+.PHONY: run test tools lint typecheck unit pricing bench bench-peers soak clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
 $(VENV)/.run-deps: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e '.[server]'
 	@touch $@
 
 $(VENV)/.dev-deps: pyproject.toml | $(BIN)/python
@@ -22,8 +22,11 @@ $(VENV)/.dev-deps: pyproject.toml | $(BIN)/python
 run: $(VENV)/.run-deps
 	$(BIN)/modeltrack serve
 
-## test: lint, type-check and the whole test suite (needs Java for the Firestore emulator, prometheus via apt)
-test: lint typecheck unit
+## test: the system tools the tests use (apt), lint, type-check, the whole test suite
+test: tools lint typecheck unit
+
+tools:
+	@scripts/test-tools
 
 lint: $(VENV)/.dev-deps
 	$(BIN)/ruff check src tests bench deploy

@@ -45,13 +45,6 @@ class FirestoreEmulator:
             time.sleep(0.25)
         raise RuntimeError("Firestore emulator did not start in 90 s")
 
-    def reset(self) -> None:
-        req = urllib.request.Request(
-            f"http://{self.host}/emulator/v1/projects/modeltrack-test/databases/(default)/documents", method="DELETE"
-        )
-        with urllib.request.urlopen(req, timeout=10):
-            pass
-
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, 15)

@@ -127,6 +127,32 @@ def split_awkwardly(body: bytes, seed: int) -> list[bytes]:
     return chunks
 
 
+def _asks_for_usage(body: bytes) -> bool:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return False
+    opts = doc.get("stream_options") if isinstance(doc, dict) else None
+    return isinstance(opts, dict) and bool(opts.get("include_usage"))
+
+
+def without_usage(sse: bytes) -> bytes:
+    """An OpenAI chat stream as it is sent to a client that did not ask for usage: each chunk re-serialised
+    without its ``usage`` member, the usage-only chunk left out (written independently of the proxy's byte edit,
+    so that comparing the two means something)."""
+    out = []
+    for event in sse.split(b"\n\n"):
+        if not event.startswith(b"data: {"):
+            out.append(event)
+            continue
+        chunk = orjson.loads(event[6:])
+        if not chunk.get("choices") and chunk.get("usage"):
+            continue
+        chunk.pop("usage", None)
+        out.append(b"data: " + orjson.dumps(chunk))
+    return b"\n\n".join(out)
+
+
 @dataclass
 class Received:
     method: str
@@ -149,6 +175,9 @@ class ReplayUpstream:
     ``CODINGS``)"""
     tail_delay: float = 0.0
     """seconds to wait before ending a chunked body (the terminating chunk), after all its data was sent"""
+    usage_as_asked: bool = True
+    """answer OpenAI chat streams as OpenAI does: without ``stream_options.include_usage`` in the request there
+    is no usage-only final chunk and no ``usage`` member in the chunks (derived from the recording, which asked)"""
     finished: list[float] = field(default_factory=list)
     """monotonic times at which a response ended (completed, or the proxy closed the connection)."""
 
@@ -159,6 +188,7 @@ class ReplayUpstream:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
+        request_body = body
         self.received.append(Received(request.method, request.raw_path, list(request.raw_headers), body))
         rec = self.current
         if rec is None:
@@ -167,7 +197,12 @@ class ReplayUpstream:
         for k, v in rec.headers:
             resp.headers.add(k, v)
         resp.headers["x-request-id"] = f"upstream-{rec.name[:20]}-{rec.index}"
-        body = compress(rec.body, self.encoding) if self.encoding else rec.body
+        body = rec.body
+        # Only OpenAI-style streams that were recorded with include_usage (their chunks carry "usage":null);
+        # Groq and others send usage whether asked or not.
+        if self.usage_as_asked and b'"usage":null' in body and not _asks_for_usage(request_body):
+            body = without_usage(body)
+        body = compress(body, self.encoding) if self.encoding else body
         if self.encoding:
             resp.headers["Content-Encoding"] = CODINGS.get(self.encoding, self.encoding)
         if not self.chunked:

@@ -29,7 +29,7 @@ async def test_canary_keys_never_leak(replay: Any, tmp_path: Path) -> None:
     }
     dead = f"http://127.0.0.1:{free_port()}"  # nothing listens: connection refused
     env = {f"MODELTRACK_{p}_BASE_URL": upstream_url for p in ("OPENAI", "ANTHROPIC", "GEMINI", "BEDROCK", "AZURE")}
-    env |= {"MODELTRACK_MISTRAL_BASE_URL": dead, "MODELTRACK_LOG_LEVEL": "debug"}
+    env |= {"MODELTRACK_MISTRAL_BASE_URL": dead, "MODELTRACK_LOG_LEVEL": "debug", "MODELTRACK_ACCESS_LOG": "true"}
     proxy = ProxyProcess(tmp_path, env)
     await proxy.start()
     generated: list[bytes] = []  # bodies of responses the proxy generated itself
@@ -116,6 +116,10 @@ async def test_canary_keys_never_leak(replay: Any, tmp_path: Path) -> None:
     spool = b"".join(p.read_bytes() for p in (tmp_path / "spool").glob("*")) if (tmp_path / "spool").exists() else b""
     logs = proxy.log_path.read_bytes()
     assert b"DEBUG" in logs, "debug logging must be on for this test to mean anything"
+    access = [x for x in logs.splitlines() if b"modeltrack.access" in x]
+    assert len(access) == 9, "one access line per proxied request"  # the access log is scanned below too
+    assert b"POST openai /v1/chat/completions status=200 model=gpt-4o-mini" in b"\n".join(access)
+    assert all(b"latency_ms=" in x and b"cost=" in x and b" in=" in x for x in access)
     assert len(generated) == 2 and all(b"error" in g for g in generated)
     # Response content (from the recordings the upstream replayed) must not be stored or logged either.
     # (taken from the replayed recordings at run time, so no response text is written into this repository)
@@ -180,6 +184,10 @@ async def test_canaries_through_timeouts_disconnects_and_a_spooled_shutdown(repl
         assert key.encode() not in blob, f"key leaked into {where}"
 
 
+# The client asks for the usage chunk itself, so the proxy injects nothing and the bytes must match exactly.
+ASKS_FOR_USAGE = b'{"stream":true,"stream_options":{"include_usage":true}}'
+
+
 async def test_a_crashing_meter_costs_the_usage_not_the_event(
     replay: Any, make_proxy: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -197,7 +205,7 @@ async def test_a_crashing_meter_costs_the_usage_not_the_event(
     with caplog.at_level(logging.DEBUG):
         async with (
             aiohttp.ClientSession() as s,
-            s.post(proxy.url + "/v1/chat/completions", data=b'{"stream":true}') as r,
+            s.post(proxy.url + "/v1/chat/completions", data=ASKS_FOR_USAGE) as r,
         ):
             body = await r.read()
     assert r.status == 200 and body == upstream.current.body  # the client is unaffected

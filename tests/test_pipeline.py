@@ -4,6 +4,7 @@ outages, ambiguous commits, kill -9 and SIGTERM."""
 from __future__ import annotations
 
 import asyncio
+import bisect
 import collections
 import os
 import signal
@@ -19,6 +20,7 @@ from modeltrack.config import Settings
 from modeltrack.events import CostEvent, new_request_id, rfc3339
 from modeltrack.metrics import Metrics
 from modeltrack.pipeline import Journal, Pipeline, _read_events, is_transient
+from modeltrack.rollups import LATENCY_BOUNDS_MS
 from modeltrack.sinks import Sink, open_sink
 from modeltrack.sinks.firestore import FirestoreSink
 from modeltrack.sinks.sqlite import SQLiteSink
@@ -63,11 +65,37 @@ async def read_all(sink: Sink) -> list[CostEvent]:
     return await sink.read()
 
 
-async def rollups(sink: Sink) -> list[dict[str, Any]]:
+async def rollups(sink: Sink, kind: str = "daily") -> list[dict[str, Any]]:
     if isinstance(sink, SQLiteSink):
-        return await asyncio.to_thread(sink.rollups_sync)
+        table = {"daily": "rollup_daily", "hourly": "rollup_hourly", "sessions": "sessions"}[kind]
+        return await asyncio.to_thread(sink.rollups_sync, table)
     assert isinstance(sink, FirestoreSink)
-    return await sink.rollups()
+    if kind == "sessions":
+        return [d.to_dict() async for d in sink.collection_ref("sessions").stream()]
+    return await sink.rollups(f"rollups_{kind}")
+
+
+def _sums(events: list[CostEvent], key: Any, with_hourly: bool) -> dict[tuple[Any, ...], collections.Counter[str]]:
+    """What a rollup must hold, computed here from the stored events (independently of the stores' code)."""
+    out: dict[tuple[Any, ...], collections.Counter[str]] = collections.defaultdict(collections.Counter)
+    for e in events:
+        acc = out[key(e)]
+        acc["requests"] += 1
+        for t in _TOKENS:
+            acc[t] += getattr(e, t)
+        acc["cost_nano_usd"] += round((e.cost_usd or 0) * 1e9)
+        if with_hourly:
+            acc["errors"] += int(e.status >= 400 or e.status == 0 or e.error is not None)
+            acc["saved_nano_usd"] += round((e.saved_usd or 0) * 1e9)
+            acc[f"lat_{bisect.bisect_left(LATENCY_BOUNDS_MS, e.latency_ms):02d}"] += 1
+    return out
+
+
+def _rows(rows: list[dict[str, Any]], keys: tuple[str, ...]) -> dict[tuple[Any, ...], collections.Counter[str]]:
+    return {
+        tuple(r[k] for k in keys): collections.Counter({k: int(v) for k, v in r.items() if k not in keys and v})
+        for r in rows
+    }
 
 
 async def assert_exactly_once(sink: Sink, sessions: set[str], subset: bool = False) -> list[CostEvent]:
@@ -80,24 +108,34 @@ async def assert_exactly_once(sink: Sink, sessions: set[str], subset: bool = Fal
         assert sessions <= set(got), f"missing {len(sessions - set(got))} events"
     else:
         assert set(got) == sessions, (len(got), len(sessions))
-    # Rollups equal the sums over the stored events: nothing double-counted, nothing missing.
-    expect: dict[tuple[str, ...], collections.Counter[str]] = collections.defaultdict(collections.Counter)
-    for e in events:
-        key = (e.timestamp[:10], e.team or "", e.app or "", e.feature or "", e.provider, e.model or "")
-        expect[key]["requests"] += 1
-        for t in _TOKENS:
-            expect[key][t] += getattr(e, t)
-        expect[key]["cost_nano_usd"] += round((e.cost_usd or 0) * 1e9)
-    actual = {
-        tuple(r[k] for k in ("day", "team", "app", "feature", "provider", "model")): collections.Counter(
-            {k: int(r[k]) for k in ("requests", *_TOKENS, "cost_nano_usd")}
-        )
-        for r in await rollups(sink)
-    }
-    assert actual == {
-        k: collections.Counter({kk: vv for kk, vv in v.items()}) | collections.Counter() for k, v in expect.items()
-    } or all(actual[k][f] == v[f] for k, v in expect.items() for f in ("requests", *_TOKENS, "cost_nano_usd"))
-    assert set(actual) == set(expect)
+    # Every rollup equals the sums over the stored events: nothing double-counted, nothing missing.
+    daily_keys = ("day", "team", "app", "feature", "provider", "model")
+    expect = _sums(
+        events,
+        lambda e: (e.timestamp[:10], e.team or "", e.app or "", e.feature or "", e.provider, e.model or ""),
+        False,
+    )
+    assert _rows(await rollups(sink, "daily"), daily_keys) == {k: +v for k, v in expect.items()}
+    hourly_keys = ("hour", "team", "app", "feature", "user", "provider", "model", "status", "cache_hit")
+    expect = _sums(
+        events,
+        lambda e: (
+            e.timestamp[:13],
+            e.team or "",
+            e.app or "",
+            e.feature or "",
+            e.user or "",
+            e.provider,
+            e.model or "",
+            e.status,
+            int(e.cache_hit),
+        ),
+        True,
+    )
+    assert _rows(await rollups(sink, "hourly"), hourly_keys) == {k: +v for k, v in expect.items()}
+    per_session = collections.Counter(e.session_id for e in events if e.session_id)
+    stored = {r["session_id"]: int(r["requests"]) for r in await rollups(sink, "sessions")}
+    assert stored == dict(per_session)
     return events
 
 

@@ -14,6 +14,7 @@ import pytest
 from google import genai
 from google.genai import types as gtypes
 
+from .expected import expected_cost
 from .replay import Recording, load
 from .test_sse_meters import gemini_events
 
@@ -261,3 +262,55 @@ async def test_a_stream_the_sdk_closes_after_its_end_marker_is_complete(
     assert ev.error is None and ev.usage_source == "stream", ev
     assert ev.latency_ms < 1400, "recorded when the client left, not when the upstream finished"
     assert ev.output_tokens == result[-1]["usage"]["completion_tokens"]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+async def test_streams_stay_drop_in_when_usage_is_injected(mode: str, replay: Any, make_proxy: Any) -> None:
+    """A client that never asked for usage: ModelTrack asks on its behalf (for exact costs) and gives back only
+    what the client asked for. The most common streaming loop in the world, ``chunk.choices[0].delta``, would
+    raise ``IndexError`` on the usage-only chunk; through the proxy it runs exactly as it does directly."""
+    rec = load("test_openai__test_run_stream_sync_streams_real_model", 1)
+    upstream, upstream_url = replay
+    upstream.current = rec
+    proxy = await make_proxy(upstream_url)
+    usage = next(
+        orjson.loads(e[6:])["usage"]
+        for e in reversed(rec.body.split(b"\n\n"))
+        if e.startswith(b"data: {") and b'"usage":{' in e
+    )
+
+    def loop_sync(base: str) -> tuple[list[Any], list[Any]]:
+        client = openai.OpenAI(base_url=base + "/v1", api_key=KEY, max_retries=0)
+        try:
+            deltas, chunks = [], []
+            for chunk in client.chat.completions.create(model="gpt-4o-mini", messages=MSG, stream=True):  # type: ignore[arg-type]
+                deltas.append(chunk.choices[0].delta.model_dump())
+                chunks.append(_dump(chunk))
+            return deltas, chunks
+        finally:
+            client.close()
+
+    async def loop_async(base: str) -> tuple[list[Any], list[Any]]:
+        client = _oa(base)
+        try:
+            deltas, chunks = [], []
+            async for chunk in await client.chat.completions.create(model="gpt-4o-mini", messages=MSG, stream=True):  # type: ignore[arg-type]
+                deltas.append(chunk.choices[0].delta.model_dump())
+                chunks.append(_dump(chunk))
+            return deltas, chunks
+        finally:
+            await client.close()
+
+    if mode == "sync":
+        direct = await asyncio.to_thread(loop_sync, upstream_url)
+        proxied = await asyncio.to_thread(loop_sync, proxy.url)
+    else:
+        direct = await loop_async(upstream_url)
+        proxied = await loop_async(proxy.url)
+    assert proxied == direct and len(direct[1]) > 3
+    assert all(c["usage"] is None for c in proxied[1]), "no chunk carries usage the client did not ask for"
+    assert b'"include_usage":true' in upstream.received[-1].body and b"stream_options" not in upstream.received[-2].body
+    (ev,) = await proxy.events()
+    assert ev.stream_usage_injected and ev.usage_source == "stream" and ev.error is None
+    assert (ev.input_tokens, ev.output_tokens) == (usage["prompt_tokens"], usage["completion_tokens"])
+    assert ev.cost_usd == expected_cost((rec.name, rec.index), ev.timestamp)

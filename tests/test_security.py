@@ -112,9 +112,9 @@ async def test_bad_input_gets_clear_errors(replay: Any, make_proxy: Any) -> None
     # Slow body: headers promise 100 bytes, only 5 arrive.
     resp = await raw(port, b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nhello", timeout=5)
     assert resp.startswith(b"HTTP/1.1 408") and b"request_timeout" in resp
-    # A control character in a header is a malformed request: aiohttp answers 400 itself.
+    # A control character in a header is a malformed request: 400 from the server, before any routing.
     resp = await raw(port, b"POST /v1/messages HTTP/1.1\r\nHost: x\r\nX-ModelTrack-Team: a\x01b\r\n\r\n")
-    assert resp.startswith(b"HTTP/1.0 400") or resp.startswith(b"HTTP/1.1 400")
+    assert resp.startswith(b"HTTP/1.1 400") and b"malformed_request" in resp
     # Oversize and non-UTF-8 attribution: sanitised and capped, the request still served.
     team = b"\xff\xfe" + b"t" * 5000
     resp = await raw(
@@ -201,8 +201,9 @@ async def evil_bad_crc(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None
         (evil_non_json, "/v1/chat/completions", "same", "invalid_json"),
         (evil_wrong_type, "/v1/chat/completions", "same", "invalid_json"),
         (evil_reset_mid_stream, "/v1/chat/completions", "truncated", "upstream_reset"),
-        # aiohttp's parser error never wakes the reader; the idle deadline ends it (a regression test for that hang).
-        (evil_bad_chunking, "/v1/chat/completions", "truncated", "upstream_reset|upstream_idle_timeout"),
+        # Unparseable chunk framing mid-stream: the parser fails at once and the stream is cut (no wait for the
+        # idle deadline, the hang that aiohttp's reader had).
+        (evil_bad_chunking, "/v1/chat/completions", "truncated", "upstream_reset"),
         (evil_huge_headers, "/v1/chat/completions", "502", "upstream_bad_response"),
         (evil_hang_after_first_event, "/v1/chat/completions", "truncated", "upstream_idle_timeout"),
         (evil_never_answers, "/v1/chat/completions", "504", "upstream_timeout"),
@@ -404,7 +405,19 @@ def test_header_splitting_never_raises(pairs: list[tuple[bytes, bytes]]) -> None
     out, attrs = forward_headers(pairs)
     assert all(not k.lower().startswith(b"x-modeltrack-") for k, _ in out)
     assert all((k, v) in pairs for k, v in out)
+    props = attrs.pop("properties", {})
     assert all(len(v) <= 128 and v.isprintable() for v in attrs.values())
+    assert len(props) <= 16 and all(len(k) <= 64 and len(v) <= 128 for k, v in props.items())
+
+
+def test_custom_properties_are_read_capped_and_never_forwarded() -> None:
+    pairs = [(b"X-ModelTrack-Property-Exp-%d" % i, b"arm-%d" % i) for i in range(40)]
+    pairs += [(b"x-modeltrack-prompt", b"summary-v3\x00"), (b"X-ModelTrack-Property-", b"nameless"), (b"A", b"1")]
+    pairs.append((b"X-ModelTrack-Property-Long", b"v" * 500))
+    out, attrs = forward_headers(pairs)
+    assert out == [(b"A", b"1")]
+    assert attrs["prompt_id"] == "summary-v3"
+    assert attrs["properties"] == {f"exp-{i}": f"arm-{i}" for i in range(16)}  # the first 16 names, lower-cased
 
 
 async def test_slowloris_headers_are_cut_off(tmp_path: Any) -> None:

@@ -67,7 +67,8 @@ async def test_http10_client_gets_a_close_delimited_stream(replay: Any, make_pro
     upstream.current = rec
     proxy = await make_proxy(upstream_url)
     r, w = await asyncio.open_connection("127.0.0.1", port_of(proxy.url))
-    w.write(post("/v1/chat/completions", b'{"stream":true,"model":"gpt-4o"}', version=b"1.0"))
+    asks = b'{"stream":true,"stream_options":{"include_usage":true},"model":"gpt-4o"}'  # nothing injected
+    w.write(post("/v1/chat/completions", asks, version=b"1.0"))
     await w.drain()
     head = await r.readuntil(b"\r\n\r\n")
     body = await asyncio.wait_for(r.read(), 10)  # until the proxy closes: no chunked framing for HTTP/1.0

@@ -147,7 +147,9 @@ def test_cut_stream_is_partial_not_zero(rec: Recording) -> None:
     m.feed(rec.body[: len(rec.body) * 2 // 3])
     res = m.finish(False)
     assert res.usage_source in ("partial", "missing")
-    assert res.error == "truncated" or res.error is not None
+    # Cut short: "truncated", unless the stream's own error (a provider error event) came before the cut.
+    own = EXPECTED[(rec.name, rec.index)].get("error")
+    assert res.error in ({"truncated", own} if own else {"truncated"}), res.error
 
 
 @pytest.mark.parametrize("rec", all_recordings()[::3], ids=lambda r: f"{r.name[:50]}[{r.index}]")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from time import perf_counter
-from typing import Protocol
+from typing import Any, Protocol
 
 from .events import CostEvent, rfc3339
 from .logs import log_exception_safely
@@ -32,7 +32,7 @@ class Outcome(Protocol):
     info: RequestInfo
     wall: float
     start: float
-    attrs: dict[str, str]
+    attrs: dict[str, Any]
     status: int
     error: str | None
     upstream_id: str | None
@@ -108,6 +108,8 @@ class Recorder:
             cost_source=cost_source,
             stream_usage_injected=bool(info.extra.get("stream_usage_injected")),
             user=attrs.get("user"),
+            prompt_id=attrs.get("prompt_id"),
+            properties=attrs.get("properties"),
         )
         self.pipeline.enqueue(ev)
         overhead = o.own + (perf_counter() - end)

@@ -82,6 +82,14 @@ class CostEvent:
     stream_usage_injected: bool = False
     user: str | None = None
     """The end user or customer (``X-ModelTrack-User``), for per-user spend."""
+    saved_usd: float | None = None
+    """On a response-cache hit (``cache_hit``): what the cached response cost when it was first served."""
+    route_rule: str | None = None
+    """The routing rule that changed the model (``routed``), or blocked the request."""
+    prompt_id: str | None = None
+    """The prompt template (``X-ModelTrack-Prompt``), for cost per template."""
+    properties: dict[str, str] | None = None
+    """Custom properties (``X-ModelTrack-Property-<name>``), capped in number and length; never metric labels."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -95,4 +103,5 @@ class CostEvent:
         return cls(**{k: v for k, v in data.items() if k in names})
 
 
-FIELD_NAMES = frozenset(f.name for f in fields(CostEvent))
+FIELD_ORDER = tuple(f.name for f in fields(CostEvent))
+FIELD_NAMES = frozenset(FIELD_ORDER)

@@ -40,8 +40,14 @@ ATTR_HEADERS = {
     b"x-modeltrack-feature": "feature",
     b"x-modeltrack-session-id": "session_id",
     b"x-modeltrack-user": "user",
+    b"x-modeltrack-prompt": "prompt_id",
 }
 MAX_ATTR_LEN = 128
+PROPERTY_PREFIX = b"x-modeltrack-property-"
+MAX_PROPERTIES = 16
+"""Custom properties per request: enough to tag an experiment or a tenant, never a place to smuggle a payload
+(they are stored on every event, and each value is capped at ``MAX_ATTR_LEN``)."""
+MAX_PROPERTY_NAME = 64
 
 
 def connection_tokens(pairs: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
@@ -53,10 +59,11 @@ def connection_tokens(pairs: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
     return out
 
 
-def forward_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], dict[str, str]]:
-    """Split the client's headers into (header lines for the upstream, attribution values)."""
+def forward_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> tuple[list[tuple[bytes, bytes]], dict[str, Any]]:
+    """Split the client's headers into (header lines for the upstream, attribution values). Attribution is
+    strings, plus ``properties`` (a dict) when ``X-ModelTrack-Property-<name>`` headers were sent."""
     out: list[tuple[bytes, bytes]] = []
-    attrs: dict[str, str] = {}
+    attrs: dict[str, Any] = {}
     pairs = raw_headers if isinstance(raw_headers, list) else list(raw_headers)
     extra_hop: set[bytes] = set()
     for k, v in pairs:
@@ -70,6 +77,11 @@ def forward_headers(raw_headers: Iterable[tuple[bytes, bytes]]) -> tuple[list[tu
             field = ATTR_HEADERS.get(lk)
             if field is not None:
                 attrs[field] = sanitize(v.decode("latin-1"), MAX_ATTR_LEN)
+            elif lk.startswith(PROPERTY_PREFIX) and len(lk) > len(PROPERTY_PREFIX):
+                props = attrs.setdefault("properties", {})
+                if len(props) < MAX_PROPERTIES:
+                    name = sanitize(lk[len(PROPERTY_PREFIX) :].decode("latin-1"), MAX_PROPERTY_NAME)
+                    props[name] = sanitize(v.decode("latin-1"), MAX_ATTR_LEN)
             continue
         out.append((k, v))
     return out, attrs

@@ -14,7 +14,7 @@ _STRUCTURAL = re.compile(rb'["\\{}\[\]]')
 
 
 class JSONArraySplitter:
-    __slots__ = ("_depth", "_escape", "_in_str", "_parts", "_pending_start", "error")
+    __slots__ = ("_depth", "_escape", "_in_str", "_parts", "error")
 
     def __init__(self) -> None:
         self._depth = 0  # 0 = outside the array, 1 = inside the array, >1 = inside an element

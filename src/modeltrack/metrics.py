@@ -53,12 +53,6 @@ class LabelCap:
         self.seen: set[str] = set()
         self.folded = folded.labels(label=label)
 
-    def __call__(self, value: str | None) -> str:
-        v = self.resolve(value)
-        if v is OTHER:
-            self.folded.inc()
-        return v
-
     def resolve(self, value: str | None) -> str:
         """The label value to use (``OTHER`` past the cap), without counting the fold."""
         v = sanitize(value)

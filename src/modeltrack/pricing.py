@@ -19,10 +19,8 @@ tokens of the request to the tier rate when total input exceeds the tier start.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
-import sys
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from datetime import time as dtime
@@ -124,7 +122,8 @@ class _Provider:
     id: str
     models: list[Model]
     fallbacks: list[str]
-    provider_match: Any
+    model_match: Any
+    """genai-prices' guess of which models are this provider's own (``contains: claude``), or None."""
 
 
 # --- loading -------------------------------------------------------------------------------------------------
@@ -205,8 +204,8 @@ class Pricing:
         for p in data.get("providers") or []:
             pid = p["id"]
             models = [self._model(m, pid) for m in p.get("models") or []]
-            pm = _clause(p["provider_match"]) if p.get("provider_match") else None
-            self.providers[pid] = _Provider(pid, models, list(p.get("fallback_model_providers") or []), pm)
+            mm = _clause(p["model_match"]) if p.get("model_match") else None
+            self.providers[pid] = _Provider(pid, models, list(p.get("fallback_model_providers") or []), mm)
         self.overrides = overrides or []
         self._cache: dict[tuple[str, str], tuple[Model, bool] | None] = {}
         self._warned: set[str] = set()
@@ -342,6 +341,16 @@ class Pricing:
                         return m, False
         return None
 
+    def home_providers(self, model: str) -> list[str]:
+        """ModelTrack providers whose own models this name looks like (``claude-…`` → anthropic): where to look
+        first when no provider is given."""
+        ref = model.lower()
+        return [
+            name
+            for name, pid in PROVIDER_IDS.items()
+            if (p := self.providers.get(pid)) is not None and p.model_match is not None and p.model_match(ref)
+        ]
+
     def price_pico(self, model: Model, usage: Usage, when: datetime, direct: bool = True) -> int | Fraction:
         tier = usage.service_tier if direct else None
         key = (id(model), when, tier)
@@ -350,7 +359,7 @@ class Pricing:
             if len(self._plans) > 10_000:
                 self._plans.clear()
             plan = self._plans[key] = self._plan(model.price_set(when, {"service_tier": tier} if tier else None))
-        total_input = usage.input_tokens + usage.cache_read_tokens + usage.cache_write_tokens
+        total_input = usage.total_input_tokens
         leaves: list[int] = []
         total: int | Fraction = 0
         for getter, rate, descendants in plan:
@@ -371,7 +380,7 @@ class Pricing:
         plan = []
         for i, unit in enumerate(order):
             desc = tuple(j for j in range(i) if unit.dims <= order[j].dims)
-            plan.append((_COUNTS.get(unit.usage_key, _zero), prices[unit.usage_key], desc))
+            plan.append((_COUNTS.get(unit.usage_key) or _detail(unit.usage_key), prices[unit.usage_key], desc))
         return tuple(plan)
 
     def cost(
@@ -418,13 +427,14 @@ class Pricing:
             )
 
 
-def _zero(u: Usage) -> int:
-    return 0
+def _detail(key: str) -> Any:
+    """How a modality unit's count is read: ``Usage.details`` (see usage.py), 0 when not reported."""
+    return lambda u: u.details.get(key, 0) if u.details else 0
 
 
 # How each price unit's count is read off the ledger (see usage.py for the subset relations).
 _COUNTS: dict[str, Any] = {
-    "input_tokens": lambda u: u.input_tokens + u.cache_read_tokens + u.cache_write_tokens,
+    "input_tokens": lambda u: u.total_input_tokens,
     "cache_read_tokens": lambda u: u.cache_read_tokens,
     "cache_write_tokens": lambda u: u.cache_write_tokens,
     "cache_write_1h_tokens": lambda u: u.cache_write_1h_tokens,
@@ -456,61 +466,3 @@ def _dashed(m: re.Match[str]) -> str:
     except ValueError:
         return m.group(0)
     return f"{m.group(1)}{y:04d}-{mo:02d}-{d:02d}"
-
-
-# --- CLI -----------------------------------------------------------------------------------------------------
-
-
-def _fmt(rate: Rate | Tiered, per: int) -> str:
-    def one(r: Rate) -> str:
-        return (
-            f"${Decimal(r.numerator) / Decimal(r.denominator) * per / PICO:f}"
-            if isinstance(r, Fraction)
-            else f"${Decimal(r) * per / PICO:f}"
-        )
-
-    if isinstance(rate, Tiered):
-        return one(rate.base) + "".join(f", >{s:,} input: {one(r)}" for s, r in rate.tiers)
-    return one(rate)
-
-
-def cli(args: argparse.Namespace) -> int:
-    import os
-
-    if args.pricing_cmd == "update":
-        from .pricegen import write
-
-        out = write(Path(args.output) if args.output else REPO_PRICES)
-        print(f"wrote {out}")
-        return 0
-    overrides = os.environ.get("MODELTRACK_PRICING_FILE") or None
-    try:
-        pricing = Pricing.load(overrides)
-    except PricingError as exc:
-        print(f"modeltrack: pricing error: {exc}", file=sys.stderr)
-        return 2
-    if args.pricing_cmd == "check":
-        n = sum(len(p.models) for p in pricing.providers.values())
-        print(f"ok: {n} models from {pricing.source}; {len(pricing.overrides)} override(s)")
-        return 0
-    providers = [args.provider] if args.provider else list(PROVIDER_IDS)
-    for provider in providers:
-        found = pricing.resolve(provider, args.model)
-        if found is None:
-            continue
-        model, _ = found
-        now = datetime.now(UTC)
-        print(f"{args.model} → {provider}/{model.id} ({model.source}; {pricing.source})")
-        for key, rate in sorted(model.price_set(now, None).items()):
-            unit = pricing.units[key]
-            print(f"  {unit.price_key:28s} {_fmt(rate, unit.per)} per {unit.per:,} {key.replace('_', ' ')}")
-        for cond, _, prices in model.variants:
-            print(
-                f"  when {cond}: "
-                + ", ".join(
-                    f"{pricing.units[k].price_key} {_fmt(r, pricing.units[k].per)}" for k, r in sorted(prices.items())
-                )
-            )
-        return 0
-    print(f"no price found for {args.model!r}" + (f" at {args.provider}" if args.provider else ""), file=sys.stderr)
-    return 1

@@ -18,7 +18,7 @@ import ssl
 import time
 from collections.abc import Mapping
 from time import perf_counter
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any
 
 from .accounting import Recorder
 from .codec import metering_view
@@ -28,7 +28,7 @@ from .headers import HeaderView, ResponseHead, clean_reason, forward_headers
 from .logs import log_exception_safely
 from .metrics import Metrics
 from .providers import Meter, Provider, RequestInfo, Router
-from .providers.base import loads
+from .providers.base import BodyView, loads
 from .server import Connection, Request, RequestError
 from .upstream import PoolExhausted, Unsent, UpstreamConnection, UpstreamPool
 from .watchdog import IdleWatchdog, Watchdogs
@@ -64,14 +64,6 @@ def _endpoint_kind(path: str) -> str:
     while parts and (parts[0] in ("v1", "v1beta", "openai", "api", "inference") or parts[0].startswith("v1")):
         parts = parts[1:]
     return "/".join(parts[:2]) or "/"
-
-
-class BodyView(Protocol):
-    """A transform of the body bytes the client sees (the meter always sees the upstream's bytes)."""
-
-    def feed(self, data: bytes) -> bytes: ...
-
-    def flush(self) -> bytes: ...
 
 
 class Exchange:
@@ -118,7 +110,7 @@ class Exchange:
         provider: Provider,
         info: RequestInfo,
         endpoint: str,
-        attrs: dict[str, str],
+        attrs: dict[str, Any],
         start: float,
         wall: float,
     ) -> None:
@@ -173,7 +165,7 @@ class Exchange:
             self.meter = metering_view(self.provider.meter(self.info, status, HeaderView(headers)), head.encoding)
         except Exception as exc:  # noqa: BLE001 - a meter bug costs the usage, never the response
             log_exception_safely(f"{self.rid} meter failed to start", exc, log.name)
-        self.view = self.proxy.body_view(self, status, head) if self.info.extra else None
+        self.view = self.provider.client_view(self.info, status, head.encoding) if self.info.extra else None
         reason = clean_reason(reason)
         if length is not None and self.view is None:
             # A sized body: send the headers with the first body bytes, one write instead of two.
@@ -313,10 +305,6 @@ class Proxy:
         self.watchdogs = Watchdogs()
         self.inflight = 0
         self.drained: asyncio.Event | None = None  # set by a shutdown waiting for in-flight requests
-
-    # -- hooks the exchange calls -------------------------------------------------------------------------
-    def body_view(self, ex: Exchange, status: int, head: ResponseHead) -> BodyView | None:
-        return None
 
     def record(self, ex: Exchange) -> None:
         if not ex.recorded:

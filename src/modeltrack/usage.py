@@ -10,6 +10,11 @@ Subset relations (the source of most cost bugs in other proxies) are fixed here,
 * ``reasoning_tokens``   the reasoning subset of ``output_tokens``, for reporting only; never priced twice.
 * ``input_audio_tokens`` / ``output_audio_tokens`` / ``input_image_tokens``: audio and image subsets of input /
   output where reported (priced at their own rate where the model has one, else at the parent's).
+* ``details``: further subsets by modality, keyed by genai-prices' usage keys, for providers that report them
+  (Gemini): ``input_{text,video}_tokens``, ``cache_{text,audio,image,video}_read_tokens`` (subsets of the cache
+  reads *and* of that modality's input), ``output_{text,image,video}_tokens``, ``input_tool_tokens`` and
+  ``input_{modality}_tool_tokens``. Cached audio is cheaper than uncached audio: without these, a cached slice
+  was priced at the uncached rate.
 
 Total billed input = input + cache_read + cache_write.
 """
@@ -31,6 +36,7 @@ class Usage:
     output_audio_tokens: int = 0
     input_image_tokens: int = 0
     web_search_requests: int = 0
+    details: dict[str, int] | None = None
     reported_cost_usd: float | None = None
     """A cost the provider itself reported (OpenRouter ``usage.cost``); preferred over our own price."""
     service_tier: str | None = None

@@ -20,32 +20,51 @@ from .base import Meter, MeterResult, Provider, RequestInfo, error_code, loads
 from .meters import JSONBodyMeter, SSEMeter
 from .openai import is_sse
 
+_MODALITY = {"TEXT": "text", "AUDIO": "audio", "IMAGE": "image", "DOCUMENT": "image", "VIDEO": "video"}
+"""Gemini's modalities as genai-prices' usage keys name them (a document is priced as image input)."""
+
+
+def _by_modality(details: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for d in details or ():
+        if isinstance(d, dict):
+            m = _MODALITY.get(str(d.get("modality", "")).upper())
+            if m is not None:
+                out[m] = out.get(m, 0) + as_int(d.get("tokenCount"))
+    return out
+
 
 def gemini_usage(u: Any) -> Usage | None:
+    """``usageMetadata`` onto the ledger, as genai-prices' own Google extractor maps it: totals, then every
+    modality breakdown (prompt, cache, candidates, tool-use prompt) as a subset of its total."""
     if not isinstance(u, dict):
         return None
-    prompt = as_int(u.get("promptTokenCount")) + as_int(u.get("toolUsePromptTokenCount"))
+    tool = as_int(u.get("toolUsePromptTokenCount"))
+    prompt = as_int(u.get("promptTokenCount")) + tool
     cached = as_int(u.get("cachedContentTokenCount"))
     thoughts = as_int(u.get("thoughtsTokenCount"))
-    audio_in = image_in = 0
-    for d in u.get("promptTokensDetails") or ():
-        if isinstance(d, dict) and d.get("modality") == "AUDIO":
-            audio_in += as_int(d.get("tokenCount"))
-        elif isinstance(d, dict) and d.get("modality") == "IMAGE":
-            image_in += as_int(d.get("tokenCount"))
-    audio_out = 0
-    for d in u.get("candidatesTokensDetails") or ():
-        if isinstance(d, dict) and d.get("modality") == "AUDIO":
-            audio_out += as_int(d.get("tokenCount"))
+    details: dict[str, int] = {}
+    for m, n in _by_modality(u.get("promptTokensDetails")).items():
+        details[f"input_{m}_tokens"] = n
+    for m, n in _by_modality(u.get("toolUsePromptTokensDetails")).items():
+        details[f"input_{m}_tokens"] = details.get(f"input_{m}_tokens", 0) + n  # tool-use prompt is input too
+        details[f"input_{m}_tool_tokens"] = n
+    if tool:
+        details["input_tool_tokens"] = tool
+    for m, n in _by_modality(u.get("cacheTokensDetails")).items():
+        details[f"cache_{m}_read_tokens"] = n
+    for m, n in _by_modality(u.get("candidatesTokensDetails")).items():
+        details[f"output_{m}_tokens"] = n
     tier = u.get("serviceTier")
     return Usage(
         input_tokens=max(prompt - cached, 0),
         cache_read_tokens=cached,
         output_tokens=as_int(u.get("candidatesTokenCount")) + thoughts,
         reasoning_tokens=thoughts,
-        input_audio_tokens=audio_in,
-        output_audio_tokens=audio_out,
-        input_image_tokens=image_in,
+        input_audio_tokens=details.pop("input_audio_tokens", 0),
+        output_audio_tokens=details.pop("output_audio_tokens", 0),
+        input_image_tokens=details.pop("input_image_tokens", 0),
+        details=details or None,
         service_tier=tier if isinstance(tier, str) else None,
     )
 
@@ -77,10 +96,11 @@ class GeminiSSEMeter(SSEMeter):
     def __init__(self, info: RequestInfo, status: int) -> None:
         super().__init__(info, status)
         self._last: bytes | None = None
+        self._prev: bytes | None = None  # the one before: a stream cut mid-event leaves a torn last one
 
     def on_event(self, ev: SSEEvent) -> None:
         if b'"usageMetadata"' in ev.data:
-            self._last = ev.data
+            self._prev, self._last = self._last, ev.data
             if b'"finishReason"' in ev.data:
                 self.ended = True  # the last candidate chunk: Gemini streams have no separate end marker
         elif b'"error"' in ev.data[:32]:
@@ -89,7 +109,10 @@ class GeminiSSEMeter(SSEMeter):
     def result(self, complete: bool) -> MeterResult:
         if self._last is None:
             return MeterResult(usage_source="missing")
-        return _result(loads(self._last), "stream" if complete else "partial")
+        obj = loads(self._last)
+        if not isinstance(obj, dict) and self._prev is not None:
+            obj = loads(self._prev)  # the last event was torn by the cut: the one before is the latest usage
+        return _result(obj, "stream" if complete else "partial")
 
 
 class GeminiArrayMeter:

@@ -19,12 +19,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
-
 from ..sse import SSEEvent
 from ..usage import Usage, as_int
-from .base import Meter, MeterResult, Provider, RequestInfo, error_code, loads
+from .base import BodyView, Meter, MeterResult, Provider, RequestInfo, error_code, loads
 from .meters import JSONBodyMeter, SSEMeter, dig
+from .stream_usage import WithheldUsage, inject
 
 _USAGE_MARKERS = (b'"usage":{', b'"usage": {')
 _RESPONSES_TERMINAL = (b"response.completed", b"response.incomplete", b"response.failed")
@@ -114,6 +113,7 @@ class OpenAIStreamMeter(SSEMeter):
     def __init__(self, info: RequestInfo, status: int) -> None:
         super().__init__(info, status)
         self._last_usage: bytes | None = None
+        self._prev_usage: bytes | None = None  # the one before: a stream cut mid-event leaves a torn last one
         self._seen_first = False
 
     def on_event(self, ev: SSEEvent) -> None:
@@ -130,7 +130,7 @@ class OpenAIStreamMeter(SSEMeter):
             if isinstance(obj, dict):
                 self.model = _str(obj.get("model"))
         if b'"usage"' in data and (_USAGE_MARKERS[0] in data or _USAGE_MARKERS[1] in data):
-            self._last_usage = data
+            self._prev_usage, self._last_usage = self._last_usage, data
         if b'"error"' in data:
             obj = loads(data)
             if isinstance(obj, dict) and obj.get("error"):
@@ -141,6 +141,8 @@ class OpenAIStreamMeter(SSEMeter):
         model = self.model
         if self._last_usage is not None:
             obj = loads(self._last_usage)
+            if not isinstance(obj, dict) and self._prev_usage is not None:
+                obj = loads(self._prev_usage)  # torn by the cut: the one before is the latest usage
             usage = _usage_of(obj)
             if isinstance(obj, dict) and isinstance(obj.get("model"), str):
                 model = obj["model"]
@@ -226,25 +228,19 @@ class OpenAI(Provider):
     inject_stream_usage_default = True
 
     def rewrite_body(self, info: RequestInfo, raw: bytes, body: Any) -> bytes:
-        """Ask for usage on chat/completions streams that did not ask, so stream costs are exact.
-
-        Only the minimum changes: when the client sent no ``stream_options`` at all, the field is spliced in
-        right after the opening brace and every other byte stays as the client sent it.
-        """
+        """Ask for usage on chat/completions streams that did not ask, so stream costs are exact
+        (:mod:`.stream_usage`: spliced in, every other byte as sent)."""
         if not (self.inject_stream_usage and info.stream and isinstance(body, dict)):
             return raw
         if not info.path.endswith("/completions"):
             return raw  # the Responses API always reports usage; embeddings do not stream
-        opts = body.get("stream_options")
-        if isinstance(opts, dict) and opts.get("include_usage") is not None:
-            return raw  # the client decided; respect it
-        info.extra["stream_usage_injected"] = True
-        if opts is None:
-            i = raw.find(b"{")
-            return raw[: i + 1] + b'"stream_options":{"include_usage":true},' + raw[i + 1 :]
-        new = dict(body)
-        new["stream_options"] = {**opts, "include_usage": True}
-        return orjson.dumps(new)
+        return inject(info, raw, body)
+
+    def client_view(self, info: RequestInfo, status: int, encoding: str | None) -> BodyView | None:
+        """Undo, on the way back, what asking for usage changed (:class:`.stream_usage.WithheldUsage`)."""
+        if info.extra.get("stream_usage_injected") and 200 <= status < 300 and encoding is None:
+            return WithheldUsage()
+        return None
 
     def meter(self, info: RequestInfo, status: int, headers: Any) -> Meter:
         if is_sse(headers):

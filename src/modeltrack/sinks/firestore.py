@@ -5,38 +5,63 @@ Data model (``COLL`` = the collection from ``firestore://PROJECT/COLL``, default
 * ``COLL_events/{request_id}`` — one document per cost event. ``request_id`` is ``req_`` + 96 random bits, so
   writes spread across Firestore's key space (no monotonically increasing ids, no hot tablet).
 * ``COLL_rollups_daily/{day}_{hash}[_{shard}]`` — requests, tokens by kind and ``cost_nano_usd`` per
-  (day, team, app, feature, provider, model), updated with ``Increment`` transforms. With ``shards > 1`` each
-  batch picks one random shard per key, so a hot key takes ``shards`` × Firestore's ~1 write/s/document;
-  readers sum the shards (``rollups()`` does).
+  (day, team, app, feature, provider, model).
+* ``COLL_rollups_hourly/{hour}_{hash}[_{shard}]`` — per (hour, team, app, feature, user, provider, model,
+  status, cache_hit): requests, errors, tokens, ``cost_nano_usd``, ``saved_nano_usd`` and the latency histogram
+  (``lat_00`` … ``lat_19``, :mod:`modeltrack.rollups`).
+* ``COLL_sessions/{hash(session_id)}`` — per session: requests, tokens, ``cost_nano_usd``, summed latency,
+  first and last seen (epoch ms, ``Minimum``/``Maximum`` transforms), team/app/feature/user as last seen.
+* ``COLL_claims/{key}`` — once-only markers (a budget alert, a scheduled report): ``create()`` succeeds once.
+
+Every counter is an ``Increment`` transform. With ``shards > 1`` each commit picks one random shard per rollup
+key, so a hot key takes ``shards`` × Firestore's ~1 write/s/document; readers sum the shards.
 
 Exactly once: every commit is atomic and contains ``create()`` for each event document *and* the increments
 for exactly those events (merged in memory: one write per rollup key per commit). If a retry follows an
 ambiguous failure whose commit did apply, the ``create()`` fails with ALREADY_EXISTS and nothing in that commit
 applies; we then look up which event ids exist, drop them, and commit the rest with their increments. So an
-event is stored once and counted once in the rollups, however often it is retried or replayed from the spool.
+event is stored once and counted once in every rollup, however often it is retried or replayed from the spool.
 
-Firestore allows 500 writes per commit: a batch is split so that events + rollup keys ≤ 500 per commit.
+Firestore allows 500 writes per commit: a batch is split so that events + rollup and session keys ≤ 500 per
+commit.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+from datetime import datetime
 from typing import Any
 
 from ..events import CostEvent
+from ..rollups import (
+    DAILY_SUMS,
+    LATENCY_BUCKETS,
+    SUMS,
+    TOKENS,
+    daily_key,
+    hourly_key,
+    is_error,
+    latency_bucket,
+    nano_usd,
+)
 
 MAX_WRITES = 500
-_TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
+_DAILY_FIELDS = ("day", "team", "app", "feature", "provider", "model")
+_HOURLY_FIELDS = ("hour", "team", "app", "feature", "user", "provider", "model", "status", "cache_hit")
 
 
-def rollup_key(ev: CostEvent) -> tuple[str, str, str, str, str, str]:
-    return (ev.timestamp[:10], ev.team or "", ev.app or "", ev.feature or "", ev.provider, ev.model or "")
-
-
-def rollup_doc_id(key: tuple[str, ...], shard: int | None = None) -> str:
-    digest = hashlib.sha256("\x1f".join(key[1:]).encode()).hexdigest()[:24]
+def rollup_doc_id(key: tuple[Any, ...], shard: int | None = None) -> str:
+    digest = hashlib.sha256("\x1f".join(str(k) for k in key[1:]).encode()).hexdigest()[:24]
     return f"{key[0]}_{digest}" + (f"_{shard}" if shard is not None else "")
+
+
+def session_doc_id(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()[:32]
+
+
+def _epoch_ms(timestamp: str) -> int:
+    return int(datetime.fromisoformat(timestamp.replace("Z", "+00:00")).timestamp() * 1000)
 
 
 class FirestoreSink:
@@ -60,11 +85,9 @@ class FirestoreSink:
             self._client = firestore.AsyncClient(project=self.project)
         return self._client
 
-    def _events(self) -> Any:
-        return self.client.collection(f"{self.collection}_events")
-
-    def _rollups(self) -> Any:
-        return self.client.collection(f"{self.collection}_rollups_daily")
+    def collection_ref(self, kind: str) -> Any:
+        """``events``, ``rollups_daily``, ``rollups_hourly``, ``sessions`` or ``claims``."""
+        return self.client.collection(f"{self.collection}_{kind}")
 
     async def open(self) -> None:
         _ = self.client
@@ -72,15 +95,16 @@ class FirestoreSink:
     def _chunks(self, events: list[CostEvent]) -> list[list[CostEvent]]:
         chunks: list[list[CostEvent]] = []
         cur: list[CostEvent] = []
-        keys: set[tuple[str, ...]] = set()
+        keys: set[tuple[Any, ...]] = set()
         for ev in events:
-            k = rollup_key(ev)
-            extra = 1 + (0 if k in keys else 1)
-            if cur and len(cur) + len(keys) + extra > MAX_WRITES:
+            mine: set[tuple[Any, ...]] = {daily_key(ev), hourly_key(ev)}
+            if ev.session_id is not None:
+                mine.add(("session", ev.session_id))
+            if cur and len(cur) + 1 + len(keys | mine) > MAX_WRITES:
                 chunks.append(cur)
                 cur, keys = [], set()
             cur.append(ev)
-            keys.add(k)
+            keys |= mine
         if cur:
             chunks.append(cur)
         return chunks
@@ -102,7 +126,7 @@ class FirestoreSink:
                 return
             except gexc.Conflict:
                 # ALREADY_EXISTS: some of these events were stored by an earlier (ambiguous) commit.
-                refs = [self._events().document(ev.request_id) for ev in events]
+                refs = [self.collection_ref("events").document(ev.request_id) for ev in events]
                 existing = {
                     snap.id
                     async for snap in self.client.get_all(refs, field_paths=["request_id"], timeout=self.commit_timeout)
@@ -115,33 +139,76 @@ class FirestoreSink:
         from google.cloud import firestore
 
         batch = self.client.batch()
-        merged: dict[tuple[str, ...], dict[str, int]] = {}
+        daily: dict[tuple[Any, ...], dict[str, int]] = {}
+        hourly: dict[tuple[Any, ...], dict[str, int]] = {}
+        sessions: dict[str, dict[str, Any]] = {}
         for ev in events:
-            batch.create(self._events().document(ev.request_id), ev.to_dict())
-            acc = merged.setdefault(rollup_key(ev), dict.fromkeys(("requests", *_TOKENS, "cost_nano_usd"), 0))
-            acc["requests"] += 1
-            for t in _TOKENS:
-                acc[t] += getattr(ev, t)
-            acc["cost_nano_usd"] += round((ev.cost_usd or 0.0) * 1e9)
-        for key, acc in merged.items():
-            shard = random.randrange(self.shards) if self.shards > 1 else None
-            day, team, app, feature, provider, model = key
-            doc = {
-                "day": day,
-                "team": team,
-                "app": app,
-                "feature": feature,
-                "provider": provider,
-                "model": model,
-                **{k: firestore.Increment(v) for k, v in acc.items()},
-            }
-            batch.set(self._rollups().document(rollup_doc_id(key, shard)), doc, merge=True)
+            batch.create(self.collection_ref("events").document(ev.request_id), ev.to_dict())
+            tokens = [getattr(ev, t) for t in TOKENS]
+            cost = nano_usd(ev.cost_usd)
+            d = daily.setdefault(daily_key(ev), dict.fromkeys(DAILY_SUMS, 0))
+            d["requests"] += 1
+            for t, n in zip(TOKENS, tokens, strict=True):
+                d[t] += n
+            d["cost_nano_usd"] += cost
+            h = hourly.setdefault(hourly_key(ev), dict.fromkeys(SUMS, 0))
+            h["requests"] += 1
+            h["errors"] += is_error(ev)
+            for t, n in zip(TOKENS, tokens, strict=True):
+                h[t] += n
+            h["cost_nano_usd"] += cost
+            h["saved_nano_usd"] += nano_usd(ev.saved_usd)
+            bucket = LATENCY_BUCKETS[latency_bucket(ev.latency_ms)]
+            h[bucket] = h.get(bucket, 0) + 1
+            if ev.session_id is not None:
+                s = sessions.setdefault(
+                    ev.session_id,
+                    {"sums": dict.fromkeys(("requests", *TOKENS, "cost_nano_usd"), 0), "latency_ms": 0.0, "ts": []},
+                )
+                s["sums"]["requests"] += 1
+                for t, n in zip(TOKENS, tokens, strict=True):
+                    s["sums"][t] += n
+                s["sums"]["cost_nano_usd"] += cost
+                s["latency_ms"] += ev.latency_ms
+                s["ts"].append(_epoch_ms(ev.timestamp))
+                s["attrs"] = {"team": ev.team, "app": ev.app, "feature": ev.feature, "user": ev.user}
+        for key, acc in daily.items():
+            doc = dict(zip(_DAILY_FIELDS, key, strict=True))
+            doc.update({k: firestore.Increment(v) for k, v in acc.items()})
+            batch.set(self.collection_ref("rollups_daily").document(rollup_doc_id(key, self._shard())), doc, merge=True)
+        for key, acc in hourly.items():
+            doc = dict(zip(_HOURLY_FIELDS, key, strict=True))
+            doc.update({k: firestore.Increment(v) for k, v in acc.items() if v})
+            batch.set(
+                self.collection_ref("rollups_hourly").document(rollup_doc_id(key, self._shard())), doc, merge=True
+            )
+        for sid, s in sessions.items():
+            doc = {"session_id": sid, **s["attrs"]}
+            doc.update({k: firestore.Increment(v) for k, v in s["sums"].items()})
+            doc["latency_ms"] = firestore.Increment(s["latency_ms"])
+            doc["first_ms"] = firestore.Minimum(min(s["ts"]))
+            doc["last_ms"] = firestore.Maximum(max(s["ts"]))
+            batch.set(self.collection_ref("sessions").document(session_doc_id(sid)), doc, merge=True)
         return batch
+
+    def _shard(self) -> int | None:
+        return random.randrange(self.shards) if self.shards > 1 else None
+
+    async def claim(self, key: str, at: str) -> bool:
+        """True for exactly one caller per ``key``, across every process and replica on this store."""
+        from google.api_core import exceptions as gexc
+
+        doc = self.collection_ref("claims").document(hashlib.sha256(key.encode()).hexdigest())
+        try:
+            await doc.create({"key": key, "at": at}, timeout=self.commit_timeout)
+        except gexc.Conflict:
+            return False
+        return True
 
     async def read(self, since: str | None = None, limit: int | None = None) -> list[CostEvent]:
         from google.cloud import firestore
 
-        q = self._events()
+        q = self.collection_ref("events")
         if since:
             q = q.where(filter=firestore.FieldFilter("timestamp", ">=", since))
         q = q.order_by("timestamp", direction=firestore.Query.DESCENDING)
@@ -150,27 +217,24 @@ class FirestoreSink:
         docs = [CostEvent.from_dict(d.to_dict()) async for d in q.stream()]
         return list(reversed(docs))
 
-    async def rollups(self, day: str | None = None) -> list[dict[str, Any]]:
-        """Rollup rows, shards summed."""
-        from google.cloud import firestore
-
-        q = self._rollups()
-        if day:
-            q = q.where(filter=firestore.FieldFilter("day", "==", day))
-        out: dict[tuple[str, ...], dict[str, Any]] = {}
-        async for d in q.stream():
+    async def rollups(self, kind: str = "rollups_daily") -> list[dict[str, Any]]:
+        """Every rollup row of ``rollups_daily`` or ``rollups_hourly``, shards summed (for checks)."""
+        fields = _DAILY_FIELDS if kind == "rollups_daily" else _HOURLY_FIELDS
+        sums = DAILY_SUMS if kind == "rollups_daily" else (*SUMS, *LATENCY_BUCKETS)
+        out: dict[tuple[Any, ...], dict[str, Any]] = {}
+        async for d in self.collection_ref(kind).stream():
             row = d.to_dict()
-            key = tuple(row[k] for k in ("day", "team", "app", "feature", "provider", "model"))
-            acc = out.setdefault(key, {k: row[k] for k in ("day", "team", "app", "feature", "provider", "model")})
-            for k in ("requests", *_TOKENS, "cost_nano_usd"):
+            key = tuple(row[k] for k in fields)
+            acc = out.setdefault(key, {k: row[k] for k in fields})
+            for k in sums:
                 acc[k] = acc.get(k, 0) + int(row.get(k, 0))
-        return sorted(out.values(), key=lambda r: tuple(r[k] for k in ("day", "team", "app", "feature", "provider")))
+        return list(out.values())
 
     async def ping(self) -> bool:
         try:
             # retry=None: the client's default policy retries UNAVAILABLE for minutes, per-attempt timeout or not,
             # and a readiness check that hangs is worse than one that says no.
-            await self._rollups().document("_ping").get(timeout=2.0, retry=None)
+            await self.collection_ref("rollups_daily").document("_ping").get(timeout=2.0, retry=None)
             return True
         except Exception:  # noqa: BLE001
             return False

@@ -53,6 +53,23 @@ class JSONLSink:
     async def read(self, since: str | None = None, limit: int | None = None) -> list[CostEvent]:
         return await asyncio.to_thread(self._read, since, limit)
 
+    def _claim(self, key: str, at: str) -> bool:
+        """Claims live in ``PATH.claims``, one key per line, appended under an exclusive lock."""
+        import fcntl
+
+        with open(self.path + ".claims", "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            f.seek(0)
+            if key.encode() + b"\n" in f.read().splitlines(keepends=True):
+                return False
+            f.write(key.encode() + b"\n")
+            f.flush()
+            os.fsync(f.fileno())
+            return True
+
+    async def claim(self, key: str, at: str) -> bool:
+        return await asyncio.to_thread(self._claim, key, at)
+
     async def ping(self) -> bool:
         return await asyncio.to_thread(os.access, self._dir, os.W_OK)
 

@@ -1,8 +1,16 @@
 """Embedded SQLite store (the default): WAL, one writer thread, one transaction per batch.
 
 Idempotency: ``request_id`` is the primary key; inside one transaction the batch's ids already stored are
-skipped, and the daily rollup is incremented only by the rows actually inserted, so a retried or replayed batch
-neither duplicates an event nor double-counts the rollup.
+skipped, and the rollups are incremented only by the rows actually inserted, so a retried or replayed batch
+neither duplicates an event nor double-counts a rollup.
+
+The rollups (:mod:`modeltrack.rollups`) are aggregated *by SQLite*, from the rows this transaction inserted
+(their rowids are contiguous): the writer thread then holds the GIL only to bind the event rows, and the
+aggregation runs inside ``sqlite3_step`` with the GIL released, off the request loop's back.
+
+A database written by an earlier version is migrated in place when the writer opens it (columns added and
+filled from the stored JSON, hourly rollups and sessions built from the events). Readers
+(:mod:`modeltrack.query`) open it read-only and never create anything.
 """
 
 from __future__ import annotations
@@ -16,8 +24,35 @@ from typing import Any
 import orjson
 
 from ..events import CostEvent
+from ..rollups import DAILY_SUMS, HOURLY_DIMENSIONS, LATENCY_BOUNDS_MS, LATENCY_BUCKETS, SUMS, TOKENS
 
-SCHEMA = """
+EVENT_COLUMNS = (
+    "request_id",
+    "timestamp",
+    "provider",
+    "model",
+    "team",
+    "app",
+    "feature",
+    "user",
+    "session_id",
+    "status",
+    "error",
+    "cache_hit",
+    "cost_usd",
+    "saved_usd",
+    *TOKENS,
+    "latency_ms",
+    "doc",
+)
+"""Every field a reader filters, groups or sums on is a column; ``doc`` is the whole event (JSON)."""
+
+_ADDED_IN_V2 = {
+    c: ("INTEGER" if c in ("status", "cache_hit", *TOKENS) else "REAL" if c.endswith(("_usd", "_ms")) else "TEXT")
+    for c in ("user", "session_id", "status", "error", "cache_hit", "saved_usd", *TOKENS, "latency_ms")
+}
+
+SCHEMA = f"""
 PRAGMA journal_mode=WAL;
 PRAGMA synchronous=NORMAL;
 PRAGMA wal_autocheckpoint=10000;
@@ -30,8 +65,6 @@ CREATE TABLE IF NOT EXISTS events (
     cost_usd REAL,
     doc BLOB NOT NULL
 );
-CREATE INDEX IF NOT EXISTS events_ts ON events(timestamp);
-CREATE INDEX IF NOT EXISTS events_attr ON events(team, app, feature, timestamp);
 CREATE TABLE IF NOT EXISTS rollup_daily (
     day TEXT NOT NULL, team TEXT NOT NULL, app TEXT NOT NULL, feature TEXT NOT NULL,
     provider TEXT NOT NULL, model TEXT NOT NULL,
@@ -42,19 +75,164 @@ CREATE TABLE IF NOT EXISTS rollup_daily (
     cost_nano_usd INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (day, team, app, feature, provider, model)
 );
+CREATE TABLE IF NOT EXISTS rollup_hourly (
+    hour TEXT NOT NULL, team TEXT NOT NULL, app TEXT NOT NULL, feature TEXT NOT NULL, user TEXT NOT NULL,
+    provider TEXT NOT NULL, model TEXT NOT NULL, status INTEGER NOT NULL, cache_hit INTEGER NOT NULL,
+    {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in (*SUMS, *LATENCY_BUCKETS))},
+    PRIMARY KEY (hour, team, app, feature, user, provider, model, status, cache_hit)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS sessions (
+    session_id TEXT PRIMARY KEY,
+    first_ts TEXT NOT NULL, last_ts TEXT NOT NULL,
+    team TEXT, app TEXT, feature TEXT, user TEXT,
+    requests INTEGER NOT NULL DEFAULT 0,
+    {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in (*TOKENS, "cost_nano_usd"))},
+    latency_ms REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS claims (
+    key TEXT PRIMARY KEY,
+    at TEXT NOT NULL
+);
+"""
+"""``claims``: once-only markers shared by every process and replica on this store (a budget threshold's
+alert, a period's report): the first to insert a key owns the action."""
+
+_INDEXES = """
+CREATE INDEX IF NOT EXISTS events_ts ON events(timestamp);
+CREATE INDEX IF NOT EXISTS events_attr ON events(team, app, feature, timestamp);
+CREATE INDEX IF NOT EXISTS events_session ON events(session_id, timestamp);
+CREATE INDEX IF NOT EXISTS events_user ON events(user, timestamp);
+CREATE INDEX IF NOT EXISTS sessions_cost ON sessions(last_ts, cost_nano_usd);
 """
 
-_ROLLUP = """
-INSERT INTO rollup_daily VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)
-ON CONFLICT(day, team, app, feature, provider, model) DO UPDATE SET
-  requests = requests + excluded.requests,
-  input_tokens = input_tokens + excluded.input_tokens,
-  output_tokens = output_tokens + excluded.output_tokens,
-  cache_read_tokens = cache_read_tokens + excluded.cache_read_tokens,
-  cache_write_tokens = cache_write_tokens + excluded.cache_write_tokens,
-  reasoning_tokens = reasoning_tokens + excluded.reasoning_tokens,
-  cost_nano_usd = cost_nano_usd + excluded.cost_nano_usd
+
+def _bucket_sql(column: str) -> list[str]:
+    """``lat_NN`` sums: one ``SUM(CASE ...)`` per histogram bucket of ``column`` (milliseconds)."""
+    out = []
+    lo: float = float("-inf")
+    for i, name in enumerate(LATENCY_BUCKETS):
+        hi = LATENCY_BOUNDS_MS[i] if i < len(LATENCY_BOUNDS_MS) else None
+        cond = f"{column} > {lo}" if lo != float("-inf") else "1"
+        if hi is not None:
+            cond += f" AND {column} <= {hi}"
+        out.append(f"SUM(CASE WHEN {cond} THEN 1 ELSE 0 END) AS {name}")
+        lo = hi if hi is not None else lo
+    return out
+
+
+_ERROR_SQL = "SUM(CASE WHEN status >= 400 OR status = 0 OR error IS NOT NULL THEN 1 ELSE 0 END)"
+_NANO = "CAST(ROUND(COALESCE({0}, 0) * 1e9) AS INTEGER)"
+_TEXT_KEY = "COALESCE({0}, '')"
+_KEYS_H = ", ".join(
+    (
+        "substr(timestamp, 1, 13)",
+        *(_TEXT_KEY.format(c) for c in ("team", "app", "feature", "user")),
+        "provider",
+        _TEXT_KEY.format("model"),
+        "status",
+        "cache_hit",
+    )
+)
+_KEYS_D = ", ".join(
+    (
+        "substr(timestamp, 1, 10)",
+        *(_TEXT_KEY.format(c) for c in ("team", "app", "feature")),
+        "provider",
+        "COALESCE(model, '')",
+    )
+)
+_HOURLY_COLUMNS = ", ".join(("hour", *HOURLY_DIMENSIONS, *SUMS, *LATENCY_BUCKETS))
+
+_ROLL_HOURLY = f"""
+INSERT INTO rollup_hourly ({_HOURLY_COLUMNS})
+SELECT {_KEYS_H}, COUNT(*), {_ERROR_SQL}, {", ".join(f"SUM({t})" for t in TOKENS)},
+       SUM({_NANO.format("cost_usd")}), SUM({_NANO.format("saved_usd")}), {", ".join(_bucket_sql("latency_ms"))}
+FROM events WHERE rowid > ? GROUP BY {_KEYS_H}
+ON CONFLICT(hour, team, app, feature, user, provider, model, status, cache_hit) DO UPDATE SET
+  {", ".join(f"{c} = {c} + excluded.{c}" for c in (*SUMS, *LATENCY_BUCKETS))}
 """
+
+_ROLL_DAILY = f"""
+INSERT INTO rollup_daily (day, team, app, feature, provider, model, {", ".join(DAILY_SUMS)})
+SELECT {_KEYS_D}, COUNT(*), {", ".join(f"SUM({t})" for t in TOKENS)}, SUM({_NANO.format("cost_usd")})
+FROM events WHERE rowid > ? GROUP BY {_KEYS_D}
+ON CONFLICT(day, team, app, feature, provider, model) DO UPDATE SET
+  {", ".join(f"{c} = {c} + excluded.{c}" for c in DAILY_SUMS)}
+"""
+
+_ROLL_SESSIONS = f"""
+INSERT INTO sessions (session_id, first_ts, last_ts, team, app, feature, user, requests,
+                      {", ".join(TOKENS)}, cost_nano_usd, latency_ms)
+SELECT session_id, MIN(timestamp), MAX(timestamp), MIN(team), MIN(app), MIN(feature), MIN(user), COUNT(*),
+       {", ".join(f"SUM({t})" for t in TOKENS)}, SUM({_NANO.format("cost_usd")}), SUM(latency_ms)
+FROM events WHERE rowid > ? AND session_id IS NOT NULL GROUP BY session_id
+ON CONFLICT(session_id) DO UPDATE SET
+  first_ts = MIN(first_ts, excluded.first_ts), last_ts = MAX(last_ts, excluded.last_ts),
+  team = COALESCE(team, excluded.team), app = COALESCE(app, excluded.app),
+  feature = COALESCE(feature, excluded.feature), user = COALESCE(user, excluded.user),
+  requests = requests + excluded.requests,
+  {", ".join(f"{c} = {c} + excluded.{c}" for c in (*TOKENS, "cost_nano_usd"))},
+  latency_ms = latency_ms + excluded.latency_ms
+"""
+
+_INSERT = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
+
+
+def _row(e: CostEvent, doc: Any) -> tuple[Any, ...]:
+    return (
+        e.request_id,
+        e.timestamp,
+        e.provider,
+        e.model,
+        e.team,
+        e.app,
+        e.feature,
+        e.user,
+        e.session_id,
+        e.status,
+        e.error,
+        1 if e.cache_hit else 0,
+        e.cost_usd,
+        e.saved_usd,
+        e.input_tokens,
+        e.output_tokens,
+        e.cache_read_tokens,
+        e.cache_write_tokens,
+        e.reasoning_tokens,
+        e.latency_ms,
+        doc,
+    )
+
+
+def migrate(conn: sqlite3.Connection) -> None:
+    """Bring a database of any earlier version to this schema, in one transaction (idempotent)."""
+    conn.executescript(SCHEMA)
+    have = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
+    missing = [c for c in _ADDED_IN_V2 if c not in have]
+    if missing:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for c in missing:
+                conn.execute(f"ALTER TABLE events ADD COLUMN {c} {_ADDED_IN_V2[c]}")
+            # Fill the new columns from the stored events (doc is the event's JSON), then build what the new
+            # rollups would hold had they existed all along.
+            fills = ", ".join(
+                f"{c} = "
+                + (
+                    f"CASE WHEN json_extract(CAST(doc AS TEXT), '$.{c}') THEN 1 ELSE 0 END"
+                    if c == "cache_hit"
+                    else f"json_extract(CAST(doc AS TEXT), '$.{c}')"
+                )
+                for c in missing
+            )
+            conn.execute(f"UPDATE events SET {fills}")
+            conn.execute(_ROLL_HOURLY, (0,))
+            conn.execute(_ROLL_SESSIONS, (0,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+    conn.executescript(_INDEXES)
 
 
 class SQLiteSink:
@@ -71,7 +249,7 @@ class SQLiteSink:
             parent = os.path.dirname(os.path.abspath(self.path))
             os.makedirs(parent, exist_ok=True)
             conn = sqlite3.connect(self.path, check_same_thread=False, timeout=self.busy_timeout, isolation_level=None)
-            conn.executescript(SCHEMA)
+            migrate(conn)
             self._conn = conn
         return self._conn
 
@@ -83,8 +261,8 @@ class SQLiteSink:
             return fn(*args)
 
     def write_sync(self, events: list[CostEvent]) -> None:
-        """One transaction: skip ids already stored, insert the rest with one ``executemany``, and add their
-        sums to the rollups, merged in memory so each (day, team, app, feature, provider, model) is one upsert."""
+        """One transaction: skip ids already stored, insert the rest with one ``executemany``, then let SQLite
+        add exactly those rows to the rollups."""
         with self._lock:
             conn = self._connect()
             conn.execute("BEGIN IMMEDIATE")
@@ -104,27 +282,13 @@ class SQLiteSink:
                 for i, ev in enumerate(events):
                     if ev.request_id not in existing and ev.request_id not in fresh:
                         fresh[ev.request_id] = (ev, memoryview(lines[i])[:-1] if lines else ev.to_json())
-                conn.executemany(
-                    "INSERT INTO events VALUES (?,?,?,?,?,?,?,?,?)",
-                    [
-                        (e.request_id, e.timestamp, e.provider, e.model, e.team, e.app, e.feature, e.cost_usd, doc)
-                        for e, doc in fresh.values()
-                    ],
-                )
-                merged: dict[tuple[str, ...], list[int]] = {}
-                for e, _ in fresh.values():
-                    key = (e.timestamp[:10], e.team or "", e.app or "", e.feature or "", e.provider, e.model or "")
-                    acc = merged.get(key)
-                    if acc is None:
-                        acc = merged[key] = [0, 0, 0, 0, 0, 0, 0]
-                    acc[0] += 1
-                    acc[1] += e.input_tokens
-                    acc[2] += e.output_tokens
-                    acc[3] += e.cache_read_tokens
-                    acc[4] += e.cache_write_tokens
-                    acc[5] += e.reasoning_tokens
-                    acc[6] += round((e.cost_usd or 0.0) * 1e9)
-                conn.executemany(_ROLLUP, [(*k, *v) for k, v in merged.items()])
+                if fresh:
+                    (last,) = conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM events").fetchone()
+                    conn.executemany(_INSERT, [_row(e, doc) for e, doc in fresh.values()])
+                    # The rows just inserted have the rowids after ``last``: the rollups take exactly them.
+                    conn.execute(_ROLL_DAILY, (last,))
+                    conn.execute(_ROLL_HOURLY, (last,))
+                    conn.execute(_ROLL_SESSIONS, (last,))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -132,6 +296,15 @@ class SQLiteSink:
 
     async def write(self, events: list[CostEvent]) -> None:
         await asyncio.to_thread(self.write_sync, events)
+
+    def claim_sync(self, key: str, at: str) -> bool:
+        """True for exactly one caller per ``key`` across every process sharing this database."""
+        with self._lock:
+            cur = self._connect().execute("INSERT OR IGNORE INTO claims (key, at) VALUES (?, ?)", (key, at))
+            return cur.rowcount == 1
+
+    async def claim(self, key: str, at: str) -> bool:
+        return bool(await asyncio.to_thread(self.claim_sync, key, at))
 
     def read_sync(self, since: str | None = None, limit: int | None = None) -> list[CostEvent]:
         with self._lock:
@@ -151,10 +324,13 @@ class SQLiteSink:
     async def read(self, since: str | None = None, limit: int | None = None) -> list[CostEvent]:
         return await asyncio.to_thread(self.read_sync, since, limit)
 
-    def rollups_sync(self) -> list[dict[str, Any]]:
+    def rollups_sync(self, table: str = "rollup_daily") -> list[dict[str, Any]]:
+        """Every row of a rollup table (``rollup_daily``, ``rollup_hourly``, ``sessions``), for checks."""
+        if table not in ("rollup_daily", "rollup_hourly", "sessions"):
+            raise ValueError(table)
         with self._lock:
             conn = self._connect()
-            cur = conn.execute("SELECT * FROM rollup_daily ORDER BY day, team, app, feature, provider, model")
+            cur = conn.execute(f"SELECT * FROM {table}")
             names = [d[0] for d in cur.description]
             return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
 

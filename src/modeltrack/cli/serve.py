@@ -1,4 +1,4 @@
-"""``modeltrack serve | events | pricing`` — the command-line contract from DESIGN.md."""
+"""``modeltrack serve``: the proxy, one process or ``--workers N`` sharing the port."""
 
 from __future__ import annotations
 
@@ -6,18 +6,29 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Sequence
+from typing import Any
 
-from . import __version__, logs
-from .config import ConfigError, Settings, add_arguments
-from .pricing import PricingError
-from .sinks import StoreURLError
+from .. import __version__, logs
+from ..config import ConfigError, Settings, add_arguments, provider_epilog
+from ..pricing import PricingError
+from ..sinks import StoreURLError
 
 
-def _serve(args: argparse.Namespace) -> int:
-    from .app import serve
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the proxy (the default command)",
+        epilog=provider_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_arguments(p, "serve")
+    p.set_defaults(func=run_serve)
 
-    overrides = {k: v for k, v in vars(args).items() if k not in ("cmd", "func")}
+
+def run_serve(args: argparse.Namespace) -> int:
+    from ..app import serve
+
+    overrides = {k: v for k, v in vars(args).items() if k not in ("cmd", "func", "sub")}
     try:
         settings = Settings.load(overrides=overrides)
     except ConfigError as exc:
@@ -103,65 +114,3 @@ def _supervise(settings: Settings) -> int:
     finally:
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return max((abs(c) for c in codes), default=0)
-
-
-def _events(args: argparse.Namespace) -> int:
-    from .sinks import open_sink
-
-    store = args.store or os.environ.get("MODELTRACK_STORE") or Settings().store
-
-    async def run() -> int:
-        sink = open_sink(store)
-        await sink.open()
-        try:
-            events = await sink.read(since=args.since, limit=args.limit)
-        finally:
-            await sink.close()
-        out = sys.stdout.buffer
-        for ev in events:
-            out.write(ev.to_json() + b"\n")
-        out.flush()
-        return 0
-
-    return asyncio.run(run())
-
-
-def _pricing(args: argparse.Namespace) -> int:
-    from . import pricing
-
-    return pricing.cli(args)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="modeltrack", description="LLM cost-tracking proxy.")
-    parser.add_argument("--version", action="version", version=__version__)
-    sub = parser.add_subparsers(dest="cmd")
-
-    serve = sub.add_parser("serve", help="run the proxy (default)")
-    add_arguments(serve)
-    serve.set_defaults(func=_serve)
-
-    events = sub.add_parser("events", help="print stored cost events as JSON Lines (newest last)")
-    events.add_argument("--store", help="store URL (default: $MODELTRACK_STORE)")
-    events.add_argument("--since", help="RFC 3339 timestamp, e.g. 2026-11-01T00:00:00Z")
-    events.add_argument("--limit", type=int, help="print only the newest N events")
-    events.set_defaults(func=_events)
-
-    pr = sub.add_parser("pricing", help="inspect and regenerate price data")
-    prs = pr.add_subparsers(dest="pricing_cmd", required=True)
-    show = prs.add_parser("show", help="print the resolved prices for a model")
-    show.add_argument("model")
-    show.add_argument("--provider", help="modeltrack provider name (openai, anthropic, gemini, bedrock, ...)")
-    prs.add_parser("check", help="validate the price data and MODELTRACK_PRICING_FILE overrides")
-    upd = prs.add_parser("update", help="regenerate pricing/prices.json from the installed genai-prices")
-    upd.add_argument("--output", help="where to write (default: pricing/prices.json)")
-    pr.set_defaults(func=_pricing)
-
-    args = parser.parse_args(argv)
-    if args.cmd is None:
-        args = parser.parse_args(["serve", *(argv or sys.argv[1:])])
-    return int(args.func(args))
-
-
-if __name__ == "__main__":  # pragma: no cover
-    raise SystemExit(main())

@@ -1,0 +1,133 @@
+"""``modeltrack events``: stored cost events, filtered, as JSON Lines, CSV or a table."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import io
+import sys
+from typing import Any
+
+import orjson
+
+from ..events import FIELD_ORDER, CostEvent
+from ..query import EventFilter, Filters
+from ..query.times import parse_instant, zone
+from .common import CommandError, positive_int, reader
+
+_TABLE = (
+    ("timestamp", 24),
+    ("provider", 10),
+    ("model", 28),
+    ("team", 12),
+    ("app", 12),
+    ("status", 6),
+    ("input_tokens", 8),
+    ("output_tokens", 8),
+    ("cost_usd", 12),
+    ("latency_ms", 10),
+    ("error", 20),
+)
+
+
+def add_filter_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", help="store URL (default: $MODELTRACK_STORE, as `modeltrack serve` resolves it)")
+    p.add_argument("--since", help="from this instant: 2026-11-01, or RFC 3339 such as 2026-11-01T09:30:00+01:00")
+    p.add_argument("--until", help="before this instant (a plain date includes that whole day)")
+    p.add_argument("--tz", help="time zone of plain dates (IANA name; default UTC)")
+    for name in ("team", "app", "feature", "user", "model", "provider"):
+        p.add_argument(f"--{name}", help=f"only events with this {name}")
+    p.add_argument("--session", help="only events of this session id")
+    p.add_argument("--status", help="an HTTP status (429) or class (4xx)")
+
+
+def event_filter(args: argparse.Namespace) -> EventFilter:
+    tz = zone(args.tz)
+    since = parse_instant(args.since, tz) if args.since else None
+    until = parse_instant(args.until, tz, end_of_day=True) if args.until else None
+    if args.status is not None and not _valid_status(args.status):
+        raise CommandError(f"--status {args.status!r}: write a code such as 429 or a class such as 4xx")
+    filters = Filters(
+        team=args.team,
+        app=args.app,
+        feature=args.feature,
+        user=args.user,
+        provider=args.provider,
+        model=args.model,
+        status=args.status,
+    )
+    return EventFilter(since, until, filters, args.session)
+
+
+def _valid_status(s: str) -> bool:
+    return (len(s) == 3 and s.isdigit()) or (len(s) == 3 and s[0].isdigit() and s[1:].lower() == "xx")
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("events", help="print stored cost events (newest last)")
+    add_filter_arguments(p)
+    p.add_argument("--limit", type=positive_int, help="only the newest N events")
+    p.add_argument("--format", choices=("jsonl", "csv", "table"), default="jsonl", help="output format")
+    p.set_defaults(func=run_events)
+
+
+def run_events(args: argparse.Namespace) -> int:
+    f = event_filter(args)
+
+    async def go() -> list[CostEvent]:
+        r = reader(args)
+        try:
+            return await r.events(f, args.limit)
+        finally:
+            await r.close()
+
+    events = asyncio.run(go())
+    out = sys.stdout.buffer
+    if args.format == "jsonl":
+        for ev in events:
+            out.write(ev.to_json() + b"\n")
+    elif args.format == "csv":
+        out.write(to_csv(events).encode())
+    else:
+        out.write(to_table(events).encode())
+    out.flush()
+    return 0
+
+
+def csv_cell(value: Any) -> Any:
+    if isinstance(value, dict):
+        return orjson.dumps(value).decode()
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "" if value is None else value
+
+
+def to_csv(events: list[CostEvent]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(FIELD_ORDER)
+    for ev in events:
+        d = ev.to_dict()
+        w.writerow([csv_cell(d[k]) for k in FIELD_ORDER])
+    return buf.getvalue()
+
+
+def to_table(events: list[CostEvent]) -> str:
+    if not events:
+        return "no events\n"
+    lines = ["  ".join(name[:width].ljust(width) for name, width in _TABLE).rstrip()]
+    for ev in events:
+        d = ev.to_dict()
+        cells = []
+        for name, width in _TABLE:
+            v = d[name]
+            if name == "cost_usd":
+                text = "unpriced" if v is None else f"${v:.6f}"
+            elif v is None:
+                text = "-"
+            else:
+                text = str(v)
+            cells.append(text[:width].ljust(width))
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,142 @@
+"""Reading the Firestore store: equality filters go to Firestore, the time range is the one range filter, and
+sums happen here (Firestore has no GROUP BY). Rollup shards are summed like any other rows.
+
+Production Firestore needs composite indexes for filtered queries: ``deploy/firestore.indexes.json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from ..events import CostEvent
+from ..rollups import TOKENS
+from ..sinks.firestore import FirestoreSink
+from . import EventFilter, Filters
+from .memory import group, row_matches
+from .times import hour_key, stamp
+
+
+class FirestoreReader:
+    name = "firestore"
+
+    def __init__(self, sink: FirestoreSink) -> None:
+        self.sink = sink
+
+    def _query(self, f: EventFilter, descending: bool = False) -> Any:
+        from google.cloud import firestore
+
+        q = self.sink.collection_ref("events")
+        if f.since is not None:
+            q = q.where(filter=firestore.FieldFilter("timestamp", ">=", stamp(f.since)))
+        if f.until is not None:
+            q = q.where(filter=firestore.FieldFilter("timestamp", "<", stamp(f.until)))
+        if f.session_id is not None:
+            q = q.where(filter=firestore.FieldFilter("session_id", "==", f.session_id))
+        for name, value in f.filters.items():
+            if name == "status":
+                lo, hi = f.filters.status_range() or (0, 999)
+                if lo == hi:
+                    q = q.where(filter=firestore.FieldFilter("status", "==", lo))
+            else:
+                q = q.where(filter=firestore.FieldFilter(name, "==", value))
+        direction = firestore.Query.DESCENDING if descending else firestore.Query.ASCENDING
+        return q.order_by("timestamp", direction=direction).order_by("request_id", direction=direction)
+
+    async def events(self, f: EventFilter, limit: int | None = None) -> list[CostEvent]:
+        out: list[CostEvent] = []
+        q = self._query(f, descending=bool(limit))
+        async for d in q.stream():
+            ev = CostEvent.from_dict(d.to_dict())
+            if f.filters.matches(ev):  # a status class is checked here (one range filter per query)
+                out.append(ev)
+                if limit and len(out) >= limit:
+                    break
+        return list(reversed(out)) if limit else out
+
+    async def iter_events(self, f: EventFilter, chunk: int = 1000) -> AsyncIterator[list[CostEvent]]:
+        """Pages of ``chunk`` documents, each query starting after the last document of the previous one."""
+        last: Any = None
+        while True:
+            q = self._query(f).limit(chunk)
+            if last is not None:
+                q = q.start_after(last)
+            page = [d async for d in q.stream()]
+            if not page:
+                return
+            last = page[-1]
+            evs = [CostEvent.from_dict(d.to_dict()) for d in page]
+            yield [e for e in evs if f.filters.matches(e)]
+
+    async def aggregate(
+        self, start: datetime, end: datetime, f: Filters, group_by: tuple[str, ...] = (), by_hour: bool = False
+    ) -> list[dict[str, Any]]:
+        from google.cloud import firestore
+
+        q = self.sink.collection_ref("rollups_hourly")
+        q = q.where(filter=firestore.FieldFilter("hour", ">=", hour_key(start)))
+        q = q.where(filter=firestore.FieldFilter("hour", "<", hour_key(end)))
+        rows = [d.to_dict() async for d in q.stream()]
+        keys = (("hour",) if by_hour else ()) + group_by
+        return group((r for r in rows if row_matches(r, f)), keys)
+
+    async def sessions(self, start: datetime, end: datetime, f: Filters, limit: int) -> list[dict[str, Any]]:
+        from google.cloud import firestore
+
+        if f.provider or f.model or f.status or f.cache_hit is not None:
+            by: dict[str, dict[str, Any]] = {}
+            async for chunk in self.iter_events(EventFilter(start, end, f)):
+                for e in chunk:
+                    if e.session_id is None:
+                        continue
+                    s = by.setdefault(e.session_id, _empty_session(e))
+                    _add(s, e)
+            return sorted(by.values(), key=lambda s: -s["cost_nano_usd"])[:limit]
+        start_ms, end_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+        q = self.sink.collection_ref("sessions").where(filter=firestore.FieldFilter("last_ms", ">=", start_ms))
+        out = []
+        async for d in q.stream():
+            row = d.to_dict()
+            if row.get("first_ms", 0) >= end_ms or not row_matches(row, f):
+                continue
+            out.append(
+                {
+                    "session_id": row["session_id"],
+                    "first_ts": stamp(datetime.fromtimestamp(row["first_ms"] / 1000, UTC)),
+                    "last_ts": stamp(datetime.fromtimestamp(row["last_ms"] / 1000, UTC)),
+                    **{k: row.get(k) for k in ("team", "app", "feature", "user")},
+                    **{k: int(row.get(k, 0)) for k in ("requests", *TOKENS, "cost_nano_usd")},
+                    "latency_ms": float(row.get("latency_ms", 0.0)),
+                }
+            )
+        return sorted(out, key=lambda s: -s["cost_nano_usd"])[:limit]
+
+    async def close(self) -> None:
+        await self.sink.close()
+
+
+def _empty_session(e: CostEvent) -> dict[str, Any]:
+    return {
+        "session_id": e.session_id,
+        "first_ts": e.timestamp,
+        "last_ts": e.timestamp,
+        "team": e.team,
+        "app": e.app,
+        "feature": e.feature,
+        "user": e.user,
+        "requests": 0,
+        **dict.fromkeys(TOKENS, 0),
+        "cost_nano_usd": 0,
+        "latency_ms": 0.0,
+    }
+
+
+def _add(s: dict[str, Any], e: CostEvent) -> None:
+    s["first_ts"] = min(s["first_ts"], e.timestamp)
+    s["last_ts"] = max(s["last_ts"], e.timestamp)
+    s["requests"] += 1
+    for t in TOKENS:
+        s[t] += getattr(e, t)
+    s["cost_nano_usd"] += round((e.cost_usd or 0) * 1e9)
+    s["latency_ms"] += e.latency_ms

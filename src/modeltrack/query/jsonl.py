@@ -1,0 +1,93 @@
+"""Reading a JSON Lines store: every query reads the file (the JSONL store is for piping into other tools, not
+for dashboards over millions of events); duplicates from replays are dropped by ``request_id``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from ..events import CostEvent
+from . import EventFilter, Filters, StoreMissing
+from .memory import event_row, group, row_matches
+from .times import hour_key, stamp
+
+
+class JSONLReader:
+    name = "jsonl"
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        if not os.path.isfile(self.path):
+            raise StoreMissing(f"no events file at {self.path}: point MODELTRACK_STORE or --store at it")
+
+    def _all(self) -> list[CostEvent]:
+        seen: dict[str, CostEvent] = {}
+        with open(self.path, "rb") as f:
+            for line in f:
+                if line.strip():
+                    ev = CostEvent.from_dict(orjson.loads(line))
+                    seen.setdefault(ev.request_id, ev)
+        return sorted(seen.values(), key=lambda e: e.timestamp)
+
+    def _events(self, f: EventFilter) -> list[CostEvent]:
+        since = stamp(f.since) if f.since else None
+        until = stamp(f.until) if f.until else None
+        return [e for e in self._all() if f.matches(e, since, until)]
+
+    async def events(self, f: EventFilter, limit: int | None = None) -> list[CostEvent]:
+        out = await asyncio.to_thread(self._events, f)
+        return out[-limit:] if limit else out
+
+    async def iter_events(self, f: EventFilter, chunk: int = 1000) -> AsyncIterator[list[CostEvent]]:
+        out = await asyncio.to_thread(self._events, f)
+        for i in range(0, len(out), chunk):
+            yield out[i : i + chunk]
+
+    async def aggregate(
+        self, start: datetime, end: datetime, f: Filters, group_by: tuple[str, ...] = (), by_hour: bool = False
+    ) -> list[dict[str, Any]]:
+        lo, hi = hour_key(start), hour_key(end)
+        rows = [r for r in map(event_row, await asyncio.to_thread(self._all)) if lo <= r["hour"] < hi]
+        return group((r for r in rows if row_matches(r, f)), (("hour",) if by_hour else ()) + group_by)
+
+    async def sessions(self, start: datetime, end: datetime, f: Filters, limit: int) -> list[dict[str, Any]]:
+        evs = await asyncio.to_thread(self._events, EventFilter(start, end, f))
+        by: dict[str, dict[str, Any]] = {}
+        for e in evs:
+            if e.session_id is None:
+                continue
+            s = by.setdefault(
+                e.session_id,
+                {
+                    "session_id": e.session_id,
+                    "first_ts": e.timestamp,
+                    "last_ts": e.timestamp,
+                    "team": e.team,
+                    "app": e.app,
+                    "feature": e.feature,
+                    "user": e.user,
+                    "requests": 0,
+                    "input_tokens": 0,
+                    "output_tokens": 0,
+                    "cache_read_tokens": 0,
+                    "cache_write_tokens": 0,
+                    "reasoning_tokens": 0,
+                    "cost_nano_usd": 0,
+                    "latency_ms": 0.0,
+                },
+            )
+            s["last_ts"] = e.timestamp
+            s["requests"] += 1
+            for t in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens"):
+                s[t] += getattr(e, t)
+            s["cost_nano_usd"] += round((e.cost_usd or 0) * 1e9)
+            s["latency_ms"] += e.latency_ms
+        return sorted(by.values(), key=lambda s: -s["cost_nano_usd"])[:limit]
+
+    async def close(self) -> None:
+        return None

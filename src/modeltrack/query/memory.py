@@ -1,0 +1,64 @@
+"""Aggregation in Python, for stores without SQL (JSON Lines, and Firestore's rollup documents)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from ..events import CostEvent
+from ..rollups import LATENCY_BUCKETS, SUMS, TOKENS, hour_of, is_error, latency_bucket, nano_usd
+from . import Filters
+
+SUMMED = (*SUMS, *LATENCY_BUCKETS)
+
+
+def event_row(ev: CostEvent) -> dict[str, Any]:
+    """One event as an hourly-rollup row of its own (what the stores add to their rollups for it)."""
+    row: dict[str, Any] = {
+        "hour": hour_of(ev.timestamp),
+        "team": ev.team or "",
+        "app": ev.app or "",
+        "feature": ev.feature or "",
+        "user": ev.user or "",
+        "provider": ev.provider,
+        "model": ev.model or "",
+        "status": ev.status,
+        "cache_hit": 1 if ev.cache_hit else 0,
+        "requests": 1,
+        "errors": int(is_error(ev)),
+        "cost_nano_usd": nano_usd(ev.cost_usd),
+        "saved_nano_usd": nano_usd(ev.saved_usd),
+        LATENCY_BUCKETS[latency_bucket(ev.latency_ms)]: 1,
+    }
+    for t in TOKENS:
+        row[t] = getattr(ev, t)
+    return row
+
+
+def row_matches(row: dict[str, Any], f: Filters) -> bool:
+    for name, want in f.items():
+        value = row.get(name)
+        if name == "status":
+            lo, hi = f.status_range() or (0, 999)
+            if not lo <= int(value or 0) <= hi:
+                return False
+        elif name == "cache_hit":
+            if bool(value) != want:
+                return False
+        elif (value or "") != want:
+            return False
+    return True
+
+
+def group(rows: Iterable[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
+    out: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        k = tuple(row.get(name) for name in keys)
+        acc = out.get(k)
+        if acc is None:
+            acc = out[k] = {**dict(zip(keys, k, strict=True)), **dict.fromkeys(SUMMED, 0)}
+        for name in SUMMED:
+            v = row.get(name)
+            if v:
+                acc[name] += int(v)
+    return list(out.values())

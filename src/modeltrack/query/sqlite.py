@@ -1,0 +1,217 @@
+"""Reading the SQLite store: a read-only connection (``mode=ro``) that never creates a file or a directory.
+
+Queries run in a worker thread (the API's event loop stays free) and aggregate inside SQLite: a 30-day
+breakdown reads the hourly rollups through their primary key's leading ``hour`` column, not the events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import threading
+from collections.abc import AsyncIterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+from ..events import CostEvent
+from ..rollups import LATENCY_BUCKETS, SUMS, TOKENS
+from . import DIMENSIONS, EventFilter, Filters, StoreMissing
+from .times import hour_key, stamp
+
+_SUMMED = (*SUMS, *LATENCY_BUCKETS)
+_SESSION_SUMS = ("requests", *TOKENS, "cost_nano_usd", "latency_ms")
+
+
+class SQLiteReader:
+    name = "sqlite"
+
+    def __init__(self, path: str) -> None:
+        self.path = os.path.abspath(path)
+        if not os.path.isfile(self.path):
+            raise StoreMissing(
+                f"no database at {self.path}: point MODELTRACK_STORE or --store at the proxy's store "
+                "(sqlite:///relative.db or sqlite:////absolute.db)"
+            )
+        uri = "file:" + quote(str(Path(self.path))) + "?mode=ro"
+        self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=5.0)
+        self._lock = threading.Lock()
+        cols = {r[1] for r in self._conn.execute("PRAGMA table_info(events)")}
+        if not cols:
+            raise StoreMissing(f"{self.path} is not a ModelTrack database (no events table)")
+        # A database an earlier version wrote, not migrated yet (the proxy migrates it when it next opens it):
+        # its events are still readable, fields taken from the stored JSON.
+        self._col = {
+            c: c if c in cols else f"json_extract(CAST(doc AS TEXT), '$.{c}')"
+            for c in (
+                "timestamp",
+                "team",
+                "app",
+                "feature",
+                "user",
+                "provider",
+                "model",
+                "status",
+                "cache_hit",
+                "session_id",
+            )
+        }
+        tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        self._rollups = "rollup_hourly" in tables
+
+    def _run(self, fn: Any, *args: Any) -> Any:
+        with self._lock:
+            return fn(*args)
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        return await asyncio.to_thread(self._run, fn, *args)
+
+    # -- events -------------------------------------------------------------------------------------------
+    def _where(self, f: EventFilter) -> tuple[str, list[Any]]:
+        conds: list[str] = []
+        args: list[Any] = []
+        if f.since is not None:
+            conds.append(f"{self._col['timestamp']} >= ?")
+            args.append(stamp(f.since))
+        if f.until is not None:
+            conds.append(f"{self._col['timestamp']} < ?")
+            args.append(stamp(f.until))
+        if f.session_id is not None:
+            conds.append(f"{self._col['session_id']} = ?")
+            args.append(f.session_id)
+        c, a = self._dims(f.filters, self._col)
+        return " AND ".join(conds + c) or "1", args + a
+
+    @staticmethod
+    def _dims(f: Filters, col: dict[str, str]) -> tuple[list[str], list[Any]]:
+        conds: list[str] = []
+        args: list[Any] = []
+        for name, value in f.items():
+            if name == "status":
+                lo, hi = f.status_range() or (0, 999)
+                conds.append(f"{col['status']} BETWEEN ? AND ?")
+                args += [lo, hi]
+            elif name == "cache_hit":
+                conds.append(f"{col['cache_hit']} = ?")
+                args.append(1 if value else 0)
+            elif col is _ROLLUP_COLUMNS:
+                conds.append(f"{name} = ?")
+                args.append(value)
+            else:
+                conds.append(f"COALESCE({col[name]}, '') = ?")
+                args.append(value)
+        return conds, args
+
+    def _events(self, f: EventFilter, limit: int | None) -> list[CostEvent]:
+        where, args = self._where(f)
+        ts = self._col["timestamp"]
+        if limit:
+            sql = f"SELECT doc FROM events WHERE {where} ORDER BY {ts} DESC, rowid DESC LIMIT ?"
+            rows = self._conn.execute(sql, [*args, limit]).fetchall()
+            rows.reverse()
+        else:
+            rows = self._conn.execute(f"SELECT doc FROM events WHERE {where} ORDER BY {ts}, rowid", args).fetchall()
+        return [CostEvent.from_dict(orjson.loads(r[0])) for r in rows]
+
+    async def events(self, f: EventFilter, limit: int | None = None) -> list[CostEvent]:
+        return list(await self._call(self._events, f, limit))
+
+    def _page(self, f: EventFilter, after: tuple[str, int] | None, chunk: int) -> list[tuple[str, int, bytes]]:
+        where, args = self._where(f)
+        ts = self._col["timestamp"]
+        if after is not None:
+            where += f" AND ({ts}, rowid) > (?, ?)"
+            args += list(after)
+        sql = f"SELECT {ts}, rowid, doc FROM events WHERE {where} ORDER BY {ts}, rowid LIMIT ?"
+        return self._conn.execute(sql, [*args, chunk]).fetchall()
+
+    async def iter_events(self, f: EventFilter, chunk: int = 1000) -> AsyncIterator[list[CostEvent]]:
+        """Keyset pagination on (timestamp, rowid): each page is one indexed query, memory stays constant."""
+        after: tuple[str, int] | None = None
+        while True:
+            rows = await self._call(self._page, f, after, chunk)
+            if not rows:
+                return
+            after = (rows[-1][0], rows[-1][1])
+            yield [CostEvent.from_dict(orjson.loads(r[2])) for r in rows]
+
+    async def iter_raw(self, f: EventFilter, chunk: int = 1000) -> AsyncIterator[list[bytes]]:
+        """The stored JSON of each event, as :meth:`iter_events` (an export need not decode and re-encode)."""
+        after: tuple[str, int] | None = None
+        while True:
+            rows = await self._call(self._page, f, after, chunk)
+            if not rows:
+                return
+            after = (rows[-1][0], rows[-1][1])
+            yield [bytes(r[2]) for r in rows]
+
+    # -- rollups ------------------------------------------------------------------------------------------
+    def _aggregate(
+        self, start: datetime, end: datetime, f: Filters, group_by: tuple[str, ...], by_hour: bool
+    ) -> list[dict[str, Any]]:
+        if not self._rollups:
+            raise StoreMissing(f"{self.path} has no hourly rollups yet: start `modeltrack serve` on it once")
+        for g in group_by:
+            if g not in DIMENSIONS:
+                raise ValueError(g)
+        keys = (("hour",) if by_hour else ()) + group_by
+        conds, args = self._dims(f, _ROLLUP_COLUMNS)
+        where = " AND ".join(["hour >= ?", "hour < ?", *conds])
+        sql = f"SELECT {', '.join((*keys, *(f'SUM({c})' for c in _SUMMED)))} FROM rollup_hourly WHERE {where}"
+        if keys:
+            sql += f" GROUP BY {', '.join(keys)}"
+        rows = self._conn.execute(sql, [hour_key(start), hour_key(end), *args]).fetchall()
+        out = []
+        for row in rows:
+            d = dict(zip(keys, row[: len(keys)], strict=True))
+            sums = row[len(keys) :]
+            if sums[0] is None:
+                continue  # no row matched (an aggregate without GROUP BY still returns one)
+            d.update(zip(_SUMMED, (int(v or 0) for v in sums), strict=True))
+            out.append(d)
+        return out
+
+    async def aggregate(
+        self, start: datetime, end: datetime, f: Filters, group_by: tuple[str, ...] = (), by_hour: bool = False
+    ) -> list[dict[str, Any]]:
+        return list(await self._call(self._aggregate, start, end, f, group_by, by_hour))
+
+    def _sessions(self, start: datetime, end: datetime, f: Filters, limit: int) -> list[dict[str, Any]]:
+        since, until = stamp(start), stamp(end)
+        if f.provider or f.model or f.status or f.cache_hit is not None:
+            # Filters a session row does not carry: sum the session's matching events instead.
+            where, args = self._where(EventFilter(start, end, f))
+            sql = (
+                f"SELECT session_id, MIN(timestamp), MAX(timestamp), MIN(team), MIN(app), MIN(feature), MIN(user),"
+                f" COUNT(*), {', '.join(f'SUM({t})' for t in TOKENS)},"
+                f" SUM(CAST(ROUND(COALESCE(cost_usd, 0) * 1e9) AS INTEGER)) AS cost, SUM(latency_ms)"
+                f" FROM events WHERE {where} AND session_id IS NOT NULL GROUP BY session_id"
+                f" ORDER BY cost DESC LIMIT ?"
+            )
+            rows = self._conn.execute(sql, [*args, limit]).fetchall()
+        else:
+            conds, args = self._dims(f, _SESSION_COLUMNS)
+            where = " AND ".join(["last_ts >= ?", "first_ts < ?", *conds])
+            sql = (
+                "SELECT session_id, first_ts, last_ts, team, app, feature, user, requests, "
+                f"{', '.join(TOKENS)}, cost_nano_usd, latency_ms FROM sessions WHERE {where} "
+                "ORDER BY cost_nano_usd DESC LIMIT ?"
+            )
+            rows = self._conn.execute(sql, [since, until, *args, limit]).fetchall()
+        names = ("session_id", "first_ts", "last_ts", "team", "app", "feature", "user", *_SESSION_SUMS)
+        return [dict(zip(names, r, strict=True)) for r in rows]
+
+    async def sessions(self, start: datetime, end: datetime, f: Filters, limit: int) -> list[dict[str, Any]]:
+        return list(await self._call(self._sessions, start, end, f, limit))
+
+    async def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+
+_ROLLUP_COLUMNS = {d: d for d in DIMENSIONS}
+_SESSION_COLUMNS = {d: f"COALESCE({d}, '')" for d in ("team", "app", "feature", "user")}
