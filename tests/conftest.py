@@ -13,7 +13,7 @@ from modeltrack.app import ModelTrack
 from modeltrack.config import PROVIDERS, Settings
 from modeltrack.pipeline import Pipeline
 
-from .faults import FirestoreEmulator
+from .faults import FirestoreEmulator, RedisServer
 from .replay import ReplayUpstream
 
 
@@ -92,3 +92,24 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
         return f"sqlite:///{tmp_path}/events.db"
     request.getfixturevalue("firestore_emulator")
     return f"firestore://modeltrack-test/t{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server (apt), shared by the session; tests use distinct keys (they hash their requests)."""
+    server = RedisServer(free_port(), tmp_path_factory.mktemp("redis"))
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def artifacts(request: pytest.FixtureRequest) -> Path:
+    """Where a test keeps what a person should look at afterwards (screenshots, reports): MODELTRACK_ARTIFACTS,
+    or ./artifacts/tests."""
+    root = Path(os.environ.get("MODELTRACK_ARTIFACTS") or Path(__file__).resolve().parents[1] / "artifacts" / "tests")
+    path = root / request.node.name.split("[")[0]
+    path.mkdir(parents=True, exist_ok=True)
+    return path

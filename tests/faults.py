@@ -54,6 +54,58 @@ class FirestoreEmulator:
                 os.killpg(self.proc.pid, 9)
 
 
+class RedisServer:
+    """A throw-away ``redis-server`` (apt) on a loopback port: no persistence, no other clients."""
+
+    def __init__(self, port: int, directory: Path) -> None:
+        self.port = port
+        self.dir = directory
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        out = open(self.dir / "redis.log", "wb")
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.dir),
+            ],
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {(self.dir / 'redis.log').read_text()[-2000:]}")
+            with contextlib.suppress(OSError):
+                import socket
+
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return
+            time.sleep(0.1)
+        raise RuntimeError("redis-server did not start in 20 s")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
 class FaultyTCPProxy:
     """``pass`` forwards both ways; ``cut()`` drops every connection and refuses new ones; ``blackhole()``
     forwards requests but swallows responses; ``restore()`` goes back to ``pass`` (dropping tainted links)."""

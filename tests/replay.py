@@ -98,10 +98,11 @@ def compress(data: bytes, encoding: str) -> bytes:
     import zstandard
 
     half = len(data) // 2
+    # mtime=0: a gzip header holds the current second, so two compressions of one body must not differ by it.
     if encoding == "gzip":
-        return gzip.compress(data)
+        return gzip.compress(data, mtime=0)
     if encoding == "gzip-members":
-        return gzip.compress(data[:half]) + gzip.compress(data[half:])
+        return gzip.compress(data[:half], mtime=0) + gzip.compress(data[half:], mtime=0)
     if encoding == "deflate":
         return zlib.compress(data)
     if encoding == "deflate-raw":

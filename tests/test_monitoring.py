@@ -182,6 +182,10 @@ async def test_prometheus_scrape_matches_stored_events(replay: Any, tmp_path: Pa
         for p in ("openai", "anthropic", "gemini", "bedrock", "azure", "groq", "deepseek", "openrouter")
     }
     env["MODELTRACK_MISTRAL_BASE_URL"] = dead
+    controls = tmp_path / "controls.yaml"
+    controls.write_text("cache: {backend: memory}\n")  # on per request (X-ModelTrack-Cache: on), no rules
+    env["MODELTRACK_CONTROLS_FILE"] = str(controls)
+    cacheable = load("test_openai_prompt_cache__test_openai_chat_prompt_cache_e2e", 1)
     proxy = ProxyProcess(tmp_path, env)
     await proxy.start()
     prom = Prometheus(tmp_path, f"127.0.0.1:{proxy.port}")
@@ -205,6 +209,16 @@ async def test_prometheus_scrape_matches_stored_events(replay: Any, tmp_path: Pa
                 async with s.post(proxy.url + "/mistral/v1/chat/completions", data=b"{}") as r:
                     assert r.status == 502
                 sent += 1
+                upstream.current = cacheable
+                for _ in range(2):  # answered by the response cache from the second time on
+                    async with s.post(
+                        proxy.url + proxy_path(cacheable),
+                        data=request_body(cacheable),
+                        headers={"X-ModelTrack-Cache": "on", "X-ModelTrack-Team": "search"},
+                    ) as r:
+                        assert r.status == 200
+                        await r.read()
+                    sent += 1
                 await asyncio.sleep(3)
         deadline = time.monotonic() + 30
         while await prom.scalar("sum(modeltrack_requests_total)") != sent:
@@ -216,6 +230,10 @@ async def test_prometheus_scrape_matches_stored_events(replay: Any, tmp_path: Pa
 
         scraped_cost = await prom.scalar("sum(modeltrack_cost_usd_total)")
         assert scraped_cost == pytest.approx(sum(e["cost_usd"] or 0 for e in events), abs=1e-9)
+        hits = [e for e in events if e["cache_hit"]]
+        assert len(hits) == 3 and all(e["cost_usd"] == 0 and e["saved_usd"] > 0 for e in hits)
+        scraped_saved = await prom.scalar("sum(modeltrack_cache_savings_usd_total)")
+        assert scraped_saved == pytest.approx(sum(e["saved_usd"] for e in hits), abs=1e-9)
         by_kind = {
             r["metric"]["kind"]: float(r["value"][1])
             for r in await prom.query("sum by (kind) (modeltrack_tokens_total)")

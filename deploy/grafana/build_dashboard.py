@@ -78,8 +78,11 @@ def build() -> dict[str, Any]:
             "currencyUSD",
         ),
         panel(
-            "Cache savings (selected range)",
-            [(f"sum(increase(modeltrack_cache_savings_usd_total{F}[$__range]))", "USD")],
+            "Savings (selected range)",
+            [
+                (f"sum(increase(modeltrack_cache_savings_usd_total{F}[$__range]))", "response cache"),
+                (f"sum(increase(modeltrack_prompt_cache_savings_usd_total{F}[$__range]))", "prompt cache"),
+            ],
             6,
             0,
             6,

@@ -17,6 +17,8 @@ from .metrics import Metrics
 from .pipeline import Pipeline
 from .pricing import Pricing
 from .providers import Meter, MeterResult, RequestInfo
+from .rollups import TOKENS
+from .usage import Usage
 
 log = logging.getLogger("modeltrack.proxy")
 access = logging.getLogger("modeltrack.access")
@@ -40,6 +42,11 @@ class Outcome(Protocol):
     complete: bool
     first_byte: float | None
     own: float  # seconds spent in our own code (the overhead histogram)
+    # Spend controls:
+    routed_from: str | None  # the model asked for, when a routing rule replaced it
+    route_rule: str | None
+    blocked: bool  # refused by a budget or a routing rule (cost 0)
+    cached: Any  # a response-cache Entry when the cache answered (cost 0, saved_usd = the original's cost)
 
 
 class Recorder:
@@ -66,15 +73,30 @@ class Recorder:
         ended = meter is not None and meter.ended
         complete = o.complete or ended
         error = None if ended and o.error == "client_disconnected" else o.error
-        try:
-            result: MeterResult = meter.finish(complete) if meter is not None else MeterResult(model=info.model)
-        except Exception as exc:  # noqa: BLE001 - a meter bug costs the usage, never the event
-            log_exception_safely(f"{o.rid} meter failed", exc, log.name)
-            result = MeterResult(model=info.model, error="meter_error")
+        saved: float | None = None
+        cost: float | None
+        cached = o.cached
+        if cached is not None:
+            # Answered from the response cache: the original's model and tokens, for reference; nothing billed.
+            meta = cached.meta
+            original = Usage()
+            for k in TOKENS:
+                setattr(original, k, int(meta.get(k) or 0))
+            result = MeterResult(model=meta.get("model"), usage=original, usage_source="cache")
+            cost, cost_source, saved = 0.0, "cache", meta.get("cost_usd")
+        elif o.blocked:
+            result = MeterResult(model=info.model, usage_source="none")
+            cost, cost_source = 0.0, "blocked"
+        else:
+            try:
+                result = meter.finish(complete) if meter is not None else MeterResult(model=info.model)
+            except Exception as exc:  # noqa: BLE001 - a meter bug costs the usage, never the event
+                log_exception_safely(f"{o.rid} meter failed", exc, log.name)
+                result = MeterResult(model=info.model, error="meter_error")
+            cost, cost_source = self.pricing.cost(provider, result, info.model, o.wall)
+            if cost_source == "unpriced":
+                self.pricing.warn_unpriced(provider, result.model or info.model)
         usage = result.usage
-        cost, cost_source = self.pricing.cost(provider, result, info.model, o.wall)
-        if cost_source == "unpriced":
-            self.pricing.warn_unpriced(provider, result.model or info.model)
         attrs = o.attrs
         ev = CostEvent(
             timestamp=rfc3339(o.wall),
@@ -97,11 +119,13 @@ class Recorder:
             app=attrs.get("app"),
             feature=attrs.get("feature"),
             session_id=attrs.get("session_id"),
-            cache_hit=False,
-            routed=False,
-            usage_source=result.usage_source if usage else "missing",
+            cache_hit=cached is not None,
+            routed=o.routed_from is not None,
+            usage_source=result.usage_source if usage or o.blocked else "missing",
             error=error or result.error,
-            requested_model=info.model,
+            requested_model=o.routed_from
+            if o.routed_from is not None
+            else (cached.meta.get("requested_model") if cached is not None else info.model),
             cache_write_1h_tokens=usage.cache_write_1h_tokens if usage else 0,
             web_search_requests=usage.web_search_requests if usage else 0,
             service_tier=usage.service_tier if usage else None,
@@ -110,11 +134,15 @@ class Recorder:
             user=attrs.get("user"),
             prompt_id=attrs.get("prompt_id"),
             properties=attrs.get("properties"),
+            saved_usd=saved,
+            route_rule=o.route_rule,
         )
         self.pipeline.enqueue(ev)
         overhead = o.own + (perf_counter() - end)
-        savings = self.pricing.cache_savings(provider, result, info.model, o.wall) if ev.cache_read_tokens else 0.0
-        self.metrics.observe(ev, overhead, endpoint_kind, savings)
+        prompt_savings = 0.0
+        if ev.cache_read_tokens and cached is None:
+            prompt_savings = self.pricing.cache_savings(provider, result, info.model, o.wall)
+        self.metrics.observe(ev, overhead, endpoint_kind, prompt_savings)
         if self.access_log:
             self._access(ev, info.method)
         if log.isEnabledFor(logging.DEBUG):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-import hashlib
 import hmac
 import logging
 import os
@@ -18,8 +17,10 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from .access import ClientTokens
 from .accounting import Recorder
 from .config import ConfigError, Settings
+from .controls import Controls
 from .egress import EgressError, route_for
 from .limits import Limits
 from .metrics import Metrics, exposition
@@ -65,52 +66,37 @@ def server_tls_context(cert: str, key: str) -> ssl.SSLContext | None:
     return ctx
 
 
-def load_token_digests(spec: str, variable: str) -> frozenset[bytes]:
-    """``tok1,tok2`` (plain tokens) or ``@/path/file`` with one sha256 hex digest per line (``#`` comments)."""
-    if not spec:
-        return frozenset()
-    if not spec.startswith("@"):
-        return frozenset(hashlib.sha256(t.strip().encode()).digest() for t in spec.split(",") if t.strip())
-    digests = set()
-    try:
-        with open(spec[1:]) as f:
-            lines = f.read().splitlines()
-    except OSError as exc:
-        raise ConfigError(f"{variable}: cannot read {spec[1:]} ({exc.strerror})") from None
-    for line in lines:
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        try:
-            raw = bytes.fromhex(line)
-        except ValueError:
-            raw = b""
-        if len(raw) != 32:
-            raise ConfigError(
-                f"{variable} file: every line must be a sha256 hex digest (`printf %s TOKEN | sha256sum`)"
-            )
-        digests.add(raw)
-    return frozenset(digests)
-
-
 class ModelTrack:
     """One proxy process: owns the pipeline, the upstream pools and every client connection."""
 
     def __init__(self, settings: Settings, pricing: Pricing | None = None) -> None:
         self.settings = settings
         self.metrics = Metrics(label_cap=settings.metrics_label_cap)
-        self.pipeline = Pipeline.from_settings(open_sink(settings.store), self.metrics, settings)
+        pricing = pricing or Pricing.load(settings.pricing_file or None)
+        sink = open_sink(settings.store)
+        self.controls: Controls | None = None
+        if settings.controls_file:
+            self.controls = Controls.from_file(
+                settings.controls_file,
+                store_url=settings.store,
+                sink=sink,
+                pricing=pricing,
+                metrics=self.metrics,
+                egress=settings.egress,
+            )
+        self.pipeline = Pipeline.from_settings(
+            sink, self.metrics, settings, on_stored=self.controls.on_stored if self.controls else None
+        )
         self.providers = build_providers(settings.base_urls, settings.inject_stream_usage, settings.azure_deployments)
         self.pools = self._pools(settings)
-        self.recorder = Recorder(
-            self.pipeline, self.metrics, pricing or Pricing.load(settings.pricing_file or None), settings.access_log
-        )
+        self.recorder = Recorder(self.pipeline, self.metrics, pricing, settings.access_log)
         self.proxy = Proxy(
             Router(self.providers),
             self.recorder,
             self.pools,
             settings,
-            client_tokens=load_token_digests(settings.client_tokens, "MODELTRACK_CLIENT_TOKENS"),
+            client_tokens=ClientTokens.from_setting(settings.client_tokens),
+            controls=self.controls,
         )
         self.limits = Limits(settings.max_concurrent_requests, settings.max_buffered_body_bytes)
         self.server_tls = server_tls_context(settings.tls_cert, settings.tls_key)
@@ -143,6 +129,13 @@ class ModelTrack:
 
     async def start(self) -> None:
         await self.pipeline.start()
+        if self.controls is not None:
+            await self.controls.start()
+
+    def reload_controls(self) -> None:
+        """SIGHUP: load the controls file again (the old rules stay if the new file is invalid)."""
+        if self.controls is not None and self.controls.reload():
+            self.proxy.client_tokens = self.proxy.tokens_in_force()
 
     def summary(self) -> str:
         """What is in effect, for the start-up line: never a secret (tokens show as set/unset, URLs without
@@ -163,7 +156,7 @@ class ModelTrack:
             f"store={describe_store(s.store)}",
             f"journal={'on' if s.journal else 'off'}",
             f"client_tokens={'on' if self.proxy.client_tokens else 'off'}",
-            f"controls={'on (' + s.controls_file + ')' if s.controls_file else 'off'}",
+            f"controls={self.controls.spec.summary() + ' from ' + s.controls_file if self.controls else 'off'}",
             f"access_log={'on' if s.access_log else 'off'}",
             "upstreams=" + ", ".join(upstreams),
         ]
@@ -267,6 +260,8 @@ class ModelTrack:
         await asyncio.sleep(0.1)  # let the cancelled handlers record their events
         for pool in self.pools.values():
             pool.close()
+        if self.controls is not None:
+            await self.controls.close()
         await self.pipeline.close(grace=max(self.settings.shutdown_grace, 1.0))
 
 
@@ -299,6 +294,7 @@ async def serve(settings: Settings, announce: Any = None) -> int:
     # Signals first: from the moment the port answers, a SIGTERM means "drain", never the default "die".
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal)
+    loop.add_signal_handler(signal.SIGHUP, app.reload_controls)
     reuse = settings.workers > 1
     # Bind next: a busy port fails before anything says "ready" (and before the store is opened).
     await app.listen(settings.host, settings.port, reuse_port=reuse)

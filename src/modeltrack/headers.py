@@ -41,6 +41,10 @@ ATTR_HEADERS = {
     b"x-modeltrack-session-id": "session_id",
     b"x-modeltrack-user": "user",
     b"x-modeltrack-prompt": "prompt_id",
+    # Per-request switches for the spend controls (not attribution: never stored on the event).
+    b"x-modeltrack-no-route": "no_route",
+    b"x-modeltrack-cache": "cache",
+    b"x-modeltrack-cache-ttl": "cache_ttl",
 }
 MAX_ATTR_LEN = 128
 PROPERTY_PREFIX = b"x-modeltrack-property-"

@@ -75,7 +75,16 @@ class Metrics:
         self.tokens = Counter("modeltrack_tokens", "Tokens by kind.", (*attr, "kind"), registry=r)
         self.cost = Counter("modeltrack_cost_usd", "Cost in USD (priced requests only).", attr, registry=r)
         self.cache_savings = Counter(
-            "modeltrack_cache_savings_usd", "USD saved by prompt-cache reads vs. uncached input.", attr, registry=r
+            "modeltrack_cache_savings_usd",
+            "USD not spent because ModelTrack's response cache answered (what the cached response cost).",
+            attr,
+            registry=r,
+        )
+        self.prompt_cache_savings = Counter(
+            "modeltrack_prompt_cache_savings_usd",
+            "USD saved by the provider's prompt-cache reads vs. uncached input.",
+            attr,
+            registry=r,
         )
         self.unpriced = Counter(
             "modeltrack_unpriced_requests", "Requests with usage but no known price.", ("provider", "model"), registry=r
@@ -143,6 +152,40 @@ class Metrics:
             "modeltrack_journal_write_errors", "Events that could not be journaled (not crash-safe).", registry=r
         )
         self.dead_lettered = Counter("modeltrack_events_dead_lettered", "Events rejected by the store.", registry=r)
+        # Spend controls (label values are names from the controls file: bounded by it).
+        self.budget_blocked = Counter(
+            "modeltrack_budget_blocked_requests", "Requests refused by a budget.", ("budget",), registry=r
+        )
+        self.budget_store_errors = Counter(
+            "modeltrack_budget_store_errors",
+            "Budget checks that could not reach the store, by what was done (fail open: admitted; closed: refused).",
+            ("budget", "outcome"),
+            registry=r,
+        )
+        self.routed = Counter(
+            "modeltrack_routed_requests", "Requests a routing rule changed or blocked.", ("rule", "action"), registry=r
+        )
+        self.response_cache = Counter(
+            "modeltrack_response_cache_requests",
+            "Response-cache lookups and stores: hit, miss, stored, not_stored, error.",
+            ("result",),
+            registry=r,
+        )
+        self.response_cache_bytes = Gauge(
+            "modeltrack_response_cache_bytes",
+            "Bytes held by the in-memory response cache (bounded by the controls file's cache.max_bytes).",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.webhooks = Counter(
+            "modeltrack_webhook_deliveries", "Budget alerts and reports posted.", ("webhook", "result"), registry=r
+        )
+        self.controls_reloads = Counter(
+            "modeltrack_controls_reloads",
+            "Controls file reloads: ok, or invalid (old rules kept).",
+            ("result",),
+            registry=r,
+        )
         self.cap_model = LabelCap(label_cap, self.folded, "model")
         self.cap_team = LabelCap(label_cap, self.folded, "team")
         self.cap_app = LabelCap(label_cap, self.folded, "app")
@@ -187,7 +230,9 @@ class Metrics:
         if ev.cost_usd:
             (c.get("cost") or self._lazy(series, "cost")).inc(ev.cost_usd)
         if savings_usd:
-            (c.get("savings") or self._lazy(series, "savings")).inc(savings_usd)
+            (c.get("prompt_savings") or self._lazy(series, "prompt_savings")).inc(savings_usd)
+        if ev.saved_usd:
+            (c.get("savings") or self._lazy(series, "savings")).inc(ev.saved_usd)
         if ev.cost_source == "unpriced":
             (c.get("unpriced") or self._lazy(series, "unpriced")).inc()
         series.duration.observe(ev.latency_ms / 1000.0)
@@ -203,6 +248,8 @@ class Metrics:
             child = self._child(self.cost, *labels)
         elif name == "savings":
             child = self._child(self.cache_savings, *labels)
+        elif name == "prompt_savings":
+            child = self._child(self.prompt_cache_savings, *labels)
         elif name == "unpriced":
             child = self._child(self.unpriced, labels[0], labels[1])
         elif name == "ttft":

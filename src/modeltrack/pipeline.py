@@ -21,7 +21,7 @@ import os
 import random
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -241,9 +241,11 @@ class Pipeline:
         backoff_base: float = 0.1,
         backoff_max: float = 5.0,
         probe_interval: float = 1.0,
+        on_stored: Callable[[list[CostEvent]], None] | None = None,
     ) -> None:
         """``batch_size``, ``flush_interval``, ``max_queue`` and ``journal`` are settings (their defaults live in
-        ``config.Settings``); the retry and probe timings are the pipeline's own."""
+        ``config.Settings``); the retry and probe timings are the pipeline's own. ``on_stored`` is told of every
+        batch the store accepted (the budgets keep their spend between two reads of the store with it)."""
         self.sink = sink
         self.metrics = metrics
         self.spool = Spool(spool_dir)
@@ -265,6 +267,7 @@ class Pipeline:
         self._writing = 0
         self._journal_failures = 0
         self.failing_since: float | None = None
+        self.on_stored = on_stored
 
     @classmethod
     def from_settings(cls, sink: Sink, metrics: Metrics, settings: Settings, **tunables: Any) -> Pipeline:
@@ -471,6 +474,8 @@ class Pipeline:
             self.metrics.batch_size.observe(len(events))
             self.metrics.events_written.inc(len(events))
             self._ack(batch)
+            if self.on_stored is not None:
+                self.on_stored(events)
             return
 
     def _ack(self, batch: list[tuple[CostEvent, int, bytes]]) -> None:
@@ -511,6 +516,8 @@ class Pipeline:
                 try:
                     for i in range(0, len(events), self.batch_size):
                         await self.sink.write(events[i : i + self.batch_size])
+                        if self.on_stored is not None:
+                            self.on_stored(events[i : i + self.batch_size])
                 except Exception as exc:  # noqa: BLE001 - store still down: keep the file, try later
                     if self.failing_since is None:
                         log.warning("replay paused: store unavailable (%s)", type(exc).__name__)

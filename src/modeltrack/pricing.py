@@ -32,9 +32,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from .usage import Usage
+
 if TYPE_CHECKING:
     from .providers.base import MeterResult
-    from .usage import Usage
 
 log = logging.getLogger("modeltrack.pricing")
 
@@ -400,6 +401,27 @@ class Pricing:
         model, direct = found
         pico = self.price_pico(model, usage, _ts(ts), direct)
         return round(float(pico) / PICO, 9), "priced" if model.source != "override" else "override"
+
+    def price(self, provider: str, model: str, usage: Usage, ts: float) -> float | None:
+        """USD for ``usage`` as if ``model`` had served it (what-if repricing), or None when it has no price."""
+        found = self.resolve(provider, model)
+        if found is None:
+            return None
+        m, direct = found
+        return round(float(self.price_pico(m, usage, _ts(ts), direct)) / PICO, 9)
+
+    def bound(self, provider: str, model: str | None, input_tokens: int, output_tokens: int, ts: float) -> float | None:
+        """An upper bound of a request's cost before it is sent (a budget reservation): every input token at the
+        dearer of the uncached and the cache-write rate, every output token at the output rate (reasoning is
+        output). None when the model has no price."""
+        found = self.resolve(provider, model)
+        if found is None:
+            return None
+        m, direct = found
+        when = _ts(ts)
+        plain = self.price_pico(m, Usage(input_tokens=input_tokens, output_tokens=output_tokens), when, direct)
+        written = self.price_pico(m, Usage(cache_write_tokens=input_tokens, output_tokens=output_tokens), when, direct)
+        return float(max(plain, written)) / PICO
 
     def cache_savings(self, provider: str, result: MeterResult, requested_model: str | None, ts: float) -> float:
         """USD saved by prompt-cache reads: the price of the same request with the cache reads billed as

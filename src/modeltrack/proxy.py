@@ -1,40 +1,39 @@
-"""Forwarding and the streaming tee: the only module that touches both the client and the upstream socket.
+"""Forwarding: with :mod:`modeltrack.exchange` (the streaming tee), the only code that touches both the client
+and the upstream socket.
 
-Flow for one request: resolve the provider from the path → read the body (bounded) → write the upstream request
-(same method, raw path and query, body bytes; the client's header lines byte-for-byte minus hop-by-hop, ``Host``
-and ``X-ModelTrack-*``: :mod:`modeltrack.headers`) → the upstream connection calls the :class:`Exchange` as the
-response arrives: status and headers are copied, every chunk is fed to the meter and written to the client in
-the same callback → one cost event is recorded (:mod:`modeltrack.accounting`), whatever happened.
+Flow for one request: resolve the provider from the path → read the body (bounded) → the spend controls, if any
+(:mod:`modeltrack.controls`: refuse, route, answer from the cache, reserve) → write the upstream request (same
+method, raw path and query, body bytes; the client's header lines byte-for-byte minus hop-by-hop, ``Host`` and
+``X-ModelTrack-*``: :mod:`modeltrack.headers`) → the upstream connection calls the :class:`Exchange` as the
+response arrives → one cost event is recorded (:mod:`modeltrack.accounting`), whatever happened.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import socket
 import ssl
 import time
 from collections.abc import Mapping
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .access import ClientTokens
 from .accounting import Recorder
-from .codec import metering_view
 from .egress import TunnelRefused
-from .events import new_request_id
-from .headers import HeaderView, ResponseHead, clean_reason, forward_headers
-from .logs import log_exception_safely
+from .exchange import Exchange
+from .headers import HeaderView, forward_headers
 from .metrics import Metrics
-from .providers import Meter, Provider, RequestInfo, Router
-from .providers.base import BodyView, loads
+from .providers import Provider, Router
+from .providers.base import loads
 from .server import Connection, Request, RequestError
-from .upstream import PoolExhausted, Unsent, UpstreamConnection, UpstreamPool
-from .watchdog import IdleWatchdog, Watchdogs
+from .upstream import PoolExhausted, Unsent, UpstreamPool
+from .watchdog import Watchdogs
 
 if TYPE_CHECKING:
     from .config import Settings
+    from .controls import Controls, Decision
 
 log = logging.getLogger("modeltrack.proxy")
 
@@ -66,210 +65,6 @@ def _endpoint_kind(path: str) -> str:
     return "/".join(parts[:2]) or "/"
 
 
-class Exchange:
-    """One request's trip through the proxy, driven by the upstream connection's callbacks; it also carries the
-    request's outcome (an :class:`~modeltrack.accounting.Outcome`) to the recorder.
-
-    Also the client connection's flow listener: when the client's buffer is full we stop reading the upstream.
-    """
-
-    __slots__ = (
-        "attrs",
-        "client",
-        "complete",
-        "done",
-        "endpoint",
-        "error",
-        "first_byte",
-        "headed",
-        "info",
-        "meter",
-        "own",
-        "pending_head",
-        "provider",
-        "provider_name",
-        "proxy",
-        "recorded",
-        "remaining",
-        "retryable",
-        "rid",
-        "start",
-        "status",
-        "tail",
-        "upstream",
-        "upstream_id",
-        "view",
-        "wall",
-        "watchdog",
-    )
-
-    def __init__(
-        self,
-        proxy: Proxy,
-        client: Connection,
-        provider: Provider,
-        info: RequestInfo,
-        endpoint: str,
-        attrs: dict[str, Any],
-        start: float,
-        wall: float,
-    ) -> None:
-        self.proxy = proxy
-        self.client = client
-        self.provider = provider
-        self.provider_name = provider.name
-        self.info = info
-        self.endpoint = endpoint
-        self.attrs = attrs
-        self.start = start
-        self.wall = wall
-        self.rid = new_request_id()
-        self.status = 0
-        self.error: str | None = None
-        self.upstream_id: str | None = None
-        self.meter: Meter | None = None
-        self.complete = False
-        self.first_byte: float | None = None
-        self.own = 0.0
-        self.recorded = False
-        self.headed = False
-        self.retryable = False
-        self.pending_head: tuple[int, bytes, bytes, int] | None = None
-        self.remaining = -1  # bytes still due of a sized body (-1: a stream)
-        self.tail = b""  # a sized body's last bytes: written only after the event is journaled
-        self.upstream: UpstreamConnection | None = None
-        self.watchdog: IdleWatchdog | None = None
-        self.view: BodyView | None = None
-        self.done: asyncio.Future[None] = client.loop.create_future()
-
-    def retry(self) -> None:
-        """Ready for a second attempt on a fresh connection (the first provably never reached the upstream)."""
-        self.retryable = False
-        self.error = None
-        self.done = self.client.loop.create_future()
-
-    # -- from the upstream connection ---------------------------------------------------------------------
-    def on_informational(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]]) -> None:
-        if status == 103:  # Early Hints are for the client (RFC 9110 §15.2); 100 and 102 were for us
-            self.client.informational(103, clean_reason(reason) or b"Early Hints", ResponseHead(headers).block)
-
-    def on_head(
-        self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], length: int | None, codings: bytes
-    ) -> None:
-        t = perf_counter()
-        self.status = status
-        self.headed = True
-        head = ResponseHead(headers, codings)
-        self.upstream_id = head.upstream_id
-        try:
-            self.meter = metering_view(self.provider.meter(self.info, status, HeaderView(headers)), head.encoding)
-        except Exception as exc:  # noqa: BLE001 - a meter bug costs the usage, never the response
-            log_exception_safely(f"{self.rid} meter failed to start", exc, log.name)
-        self.view = self.provider.client_view(self.info, status, head.encoding) if self.info.extra else None
-        reason = clean_reason(reason)
-        if length is not None and self.view is None:
-            # A sized body: send the headers with the first body bytes, one write instead of two.
-            self.pending_head = (status, reason, head.block, length)
-            self.remaining = length
-        else:
-            # A stream: headers at once, so clients see them as early as the upstream sent them.
-            self.client.start(status, reason, head.block, None)
-        self.own += perf_counter() - t
-
-    def on_body(self, data: bytes) -> None:
-        t = perf_counter()
-        if self.first_byte is None:
-            self.first_byte = t
-        wd = self.watchdog
-        if wd is not None:
-            wd.progress += 1
-        meter = self.meter
-        if meter is not None:
-            try:
-                meter.feed(data)
-            except Exception as exc:  # noqa: BLE001
-                log_exception_safely(f"{self.rid} meter failed", exc, log.name)
-                self.meter = None
-        if self.view is not None:
-            data = self.view.feed(data)
-        if self.remaining >= 0:
-            self.remaining -= len(data)
-            if self.remaining <= 0:
-                self.tail = data  # the last bytes wait for the event (on_complete)
-                self.own += perf_counter() - t
-                return
-        head = self.pending_head
-        if head is not None:
-            self.pending_head = None
-            self.client.start(head[0], head[1], head[2], head[3], data)
-        elif data:
-            self.client.write(data)
-        self.own += perf_counter() - t
-
-    def on_complete(self) -> None:
-        self.upstream = None
-        self.complete = True
-        # Record (journal) the event *before* the final bytes: a client that has seen the response complete can
-        # rely on its event surviving even a kill -9 of the proxy.
-        self.proxy.record(self)
-        t = perf_counter()
-        head = self.pending_head
-        if head is not None:
-            self.pending_head = None
-            self.client.start(head[0], head[1], head[2], head[3], self.tail)
-        elif self.tail:
-            self.client.write(self.tail)
-        if self.view is not None:
-            rest = self.view.flush()
-            if rest:
-                self.client.write(rest)
-        self.client.finish()
-        self.own += perf_counter() - t
-        self._settle()
-
-    def on_error(self, kind: str, retryable: bool) -> None:
-        self.upstream = None
-        if not self.headed:
-            self.retryable = retryable
-            self.error = "upstream_bad_response"  # closed or garbled before a response head: a 502 follows
-        else:
-            self.error = "upstream_reset"
-            self.proxy.metrics.upstream_errors.labels(self.provider_name, "reset").inc()
-            log.warning("%s upstream stream broke", self.rid)
-            self.client.abort()
-        self._settle()
-
-    def on_idle(self) -> None:
-        """The idle watchdog fired: the upstream went silent."""
-        if self.upstream is not None:
-            self.upstream.close()
-            self.upstream = None
-        if not self.headed:
-            self.error = "upstream_timeout"
-        else:
-            self.error = "upstream_idle_timeout"
-            self.proxy.metrics.upstream_errors.labels(self.provider_name, "idle_timeout").inc()
-            self.client.abort()
-        self._settle()
-
-    def _settle(self) -> None:
-        if not self.done.done():
-            self.done.set_result(None)
-
-    # -- flow control from the client connection ----------------------------------------------------------
-    def pause(self) -> None:
-        if self.watchdog is not None:
-            self.watchdog.waiting = False
-        if self.upstream is not None:
-            self.upstream.pause()
-
-    def resume(self) -> None:
-        if self.watchdog is not None:
-            self.watchdog.waiting = True
-        if self.upstream is not None:
-            self.upstream.resume()
-
-
 def _why(exc: BaseException) -> str:
     """A content-free description of a connection failure (exception messages can hold URLs or peer text)."""
     if isinstance(exc, socket.gaierror):
@@ -292,13 +87,16 @@ class Proxy:
         recorder: Recorder,
         pools: Mapping[str, UpstreamPool],
         settings: Settings,
-        client_tokens: frozenset[bytes] = frozenset(),
+        client_tokens: ClientTokens | None = None,
+        controls: Controls | None = None,
     ) -> None:
         self.router = router
         self.recorder = recorder
         self.metrics: Metrics = recorder.metrics
         self.pools = pools
-        self.client_tokens = client_tokens  # sha256 digests; empty = access control off
+        self.env_tokens = client_tokens or ClientTokens()
+        self.controls = controls
+        self.client_tokens = self.tokens_in_force()  # empty = access control off
         self.body_timeout = settings.body_timeout
         self.read_timeout = settings.read_timeout
         self.read_timeouts = dict(settings.read_timeouts)  # per provider (MODELTRACK_<PROVIDER>_READ_TIMEOUT)
@@ -306,10 +104,28 @@ class Proxy:
         self.inflight = 0
         self.drained: asyncio.Event | None = None  # set by a shutdown waiting for in-flight requests
 
+    def tokens_in_force(self) -> ClientTokens:
+        """``MODELTRACK_CLIENT_TOKENS`` plus the controls file's tokens (called again after a reload)."""
+        if self.controls is None:
+            return self.env_tokens
+        return self.env_tokens.merged(self.controls.token_attribution())
+
     def record(self, ex: Exchange) -> None:
         if not ex.recorded:
             ex.recorded = True
-            self.recorder.record(ex, endpoint_kind(ex.endpoint))
+            ev = ex.event = self.recorder.record(ex, endpoint_kind(ex.endpoint))
+            controls = self.controls
+            if controls is not None:
+                if ev is not None:
+                    controls.on_recorded(ev)
+                if ex.decision is not None:
+                    controls.finished(ex.decision, ev, None)
+
+    def store_capture(self, ex: Exchange) -> None:
+        """A response captured for the cache ended: kept if it is complete, 2xx, and metered cleanly."""
+        capture, ex.capture = ex.capture, None
+        if capture is not None and self.controls is not None and ex.decision is not None:
+            self.controls.finished(ex.decision, ex.event, capture.finish())
 
     # -- errors the proxy itself generates ----------------------------------------------------------------
     @staticmethod
@@ -335,8 +151,13 @@ class Proxy:
             )
         if req.method in ("CONNECT", "TRACE"):
             return self.error(conn, None, 405, "method_not_allowed", f"{req.method} is not proxied.")
-        if self.client_tokens and not self._authorized(req):
-            return self.error(conn, None, 401, "invalid_client_token", "A valid X-ModelTrack-Key header is required.")
+        fixed: dict[str, str] | None = None
+        if self.client_tokens:
+            fixed = self.client_tokens.lookup(req.header(b"x-modeltrack-key") or b"")
+            if fixed is None:
+                return self.error(
+                    conn, None, 401, "invalid_client_token", "A valid X-ModelTrack-Key header is required."
+                )
         path, _, query = target.partition("?")
         route = self.router.resolve(path, HeaderView(req.headers))
         if route is None:
@@ -370,8 +191,32 @@ class Proxy:
         body = loads(raw) if raw[:1] in (b"{", b"[") and provider.name != "bedrock" else None
         info = provider.request_info(req.method, up_path, query, body)
         send = provider.rewrite_body(info, raw, body)
-        del body  # the parsed body can be as large as the request: not kept for the whole exchange
         lines, attrs = forward_headers(req.headers)
+        if fixed:
+            attrs.update(fixed)  # a token's own attribution beats the headers
+        decision: Decision | None = None
+        if self.controls is not None:
+            decision = await self.controls.decide(
+                provider=provider.name,
+                method=req.method,
+                path=up_path,
+                query=query,
+                headers=req.headers,
+                body=send,
+                parsed=body,
+                model=info.model,
+                attrs=attrs,
+                client_token=req.header(b"x-modeltrack-key") or b"",
+                wall=wall,
+            )
+            if decision.refused or decision.hit is not None:
+                ex = Exchange(self, conn, provider, info, up_path, attrs, start, wall)
+                ex.decision = decision
+                return self._answer_from_controls(conn, ex, decision)
+            if decision.routed_from is not None and decision.route is not None:
+                up_path, send = decision.path, decision.body
+                info.path, info.model = up_path, decision.route.to
+        del body  # the parsed body can be as large as the request: not kept for the whole exchange
         origin = pool.origin
         path = origin.join(up_path) if origin.base_path else up_path
         up_target = pool.target_prefix + (path + "?" + query if query else path).encode("latin-1")
@@ -385,6 +230,10 @@ class Proxy:
         head = b"".join(parts)
 
         ex = Exchange(self, conn, provider, info, up_path, attrs, start, wall)
+        if decision is not None:
+            ex.decision = decision
+            if decision.route is not None:
+                ex.route_rule, ex.routed_from = decision.route.name, decision.routed_from
         ex.watchdog = self.watchdogs.watch(self.read_timeouts.get(provider.name, self.read_timeout), ex.on_idle)
         try:
             # Sent on a pooled connection; once more on a fresh one if the first attempt provably never reached
@@ -446,15 +295,27 @@ class Proxy:
             f"The {name} upstream at {pool.origin.url} could not be reached: {why}. Check {fix}.",
         )
 
-    def _authorized(self, req: Request) -> bool:
-        """Constant-time check of ``X-ModelTrack-Key`` against the configured token digests. Comparing digests
-        (not tokens) keeps the comparison length-independent and lets operators configure hashes only."""
-        given = req.header(b"x-modeltrack-key") or b""
-        digest = hashlib.sha256(given).digest()
-        ok = False
-        for expected in self.client_tokens:
-            ok |= hmac.compare_digest(digest, expected)
-        return ok
+    def _answer_from_controls(self, conn: Connection, ex: Exchange, d: Decision) -> None:
+        """A refusal (budget, routing rule) or a response-cache hit: no upstream call. The event is recorded
+        (journaled) before the client's last byte, as for any response."""
+        refusal, hit = d.refusal, d.hit
+        if refusal is not None:
+            ex.blocked = True
+            ex.status, ex.error = refusal.status, refusal.kind
+            if d.route is not None:
+                ex.route_rule = d.route.name
+            self.record(ex)
+            extra = d.head + (b"retry-after: %d\r\n" % refusal.retry_after if refusal.retry_after else b"")
+            body = ex.provider.error_body(refusal.status, refusal.kind, refusal.message)
+            conn.respond(refusal.status, body, extra=extra)
+            return
+        assert hit is not None
+        ex.cached, ex.status, ex.complete = hit, hit.status, True
+        ex.first_byte = perf_counter()
+        self.record(ex)
+        conn.start(hit.status, hit.reason, hit.block + d.head, len(hit.body) if hit.sized else None)
+        conn.write(hit.body)  # a view of the stored bytes: written without a copy
+        conn.finish()
 
     def _fail(self, conn: Connection, ex: Exchange, status: int, kind: str, message: str) -> None:
         # Only the kind is logged: exception messages can contain URLs (with ?key=) or upstream text.

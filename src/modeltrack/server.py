@@ -571,7 +571,7 @@ class Connection(asyncio.Protocol):
                 head += self._clip(first)
         self._write(head)
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if self._head_only or not data:
             return
         if self._chunked:
@@ -584,7 +584,7 @@ class Connection(asyncio.Protocol):
         else:
             self._write(self._clip(data))
 
-    def _clip(self, data: bytes) -> bytes:
+    def _clip(self, data: bytes | memoryview) -> bytes | memoryview:
         """Never past a sized response's ``Content-Length``: more would be read by the client as the start of
         the next response."""
         left = self._left
@@ -653,7 +653,7 @@ class Connection(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         return False  # the client is done sending: close (after a lingering close, that is its end)
 
-    def _write(self, data: bytes) -> None:
+    def _write(self, data: bytes | memoryview) -> None:
         t = self.transport
         if t is not None and not self.closed and not t.is_closing():
             t.write(data)

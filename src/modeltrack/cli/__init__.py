@@ -14,7 +14,7 @@ from .. import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import events, pricing, serve
+    from . import controls, events, pricing, serve
 
     parser = argparse.ArgumentParser(prog="modeltrack", description="LLM cost-tracking proxy.")
     parser.add_argument("--version", action="version", version=__version__)
@@ -22,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parser(sub)
     events.add_parser(sub)
     pricing.add_parser(sub)
+    controls.add_parser(sub)
     return parser
 
 

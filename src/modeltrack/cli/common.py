@@ -8,6 +8,7 @@ import sys
 from typing import Any
 
 from ..config import ConfigError, Settings
+from ..controls.spec import ControlsError
 from ..pricing import PricingError
 from ..query import Reader, StoreMissing, open_reader
 from ..query.times import TimeError
@@ -32,7 +33,9 @@ def reader(args: argparse.Namespace) -> Reader:
 
 def explain(exc: BaseException) -> str | None:
     """The sentence for an error a user can fix, or None for a bug (shown with its traceback)."""
-    if isinstance(exc, (ConfigError, StoreMissing, StoreURLError, TimeError, PricingError, CommandError)):
+    if isinstance(
+        exc, (ConfigError, StoreMissing, StoreURLError, TimeError, PricingError, CommandError, ControlsError)
+    ):
         return str(exc)
     name = type(exc).__name__
     if name == "DefaultCredentialsError":

@@ -10,6 +10,8 @@ from typing import Any
 
 from .. import __version__, logs
 from ..config import ConfigError, Settings, add_arguments, provider_epilog
+from ..controls.parse import load as load_controls
+from ..controls.spec import ControlsError
 from ..pricing import PricingError
 from ..sinks import StoreURLError
 
@@ -31,7 +33,9 @@ def run_serve(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in vars(args).items() if k not in ("cmd", "func", "sub")}
     try:
         settings = Settings.load(overrides=overrides)
-    except ConfigError as exc:
+        if settings.controls_file:
+            load_controls(settings.controls_file)  # refused here, before a worker starts or a port is bound
+    except (ConfigError, ControlsError) as exc:
         print(f"modeltrack: configuration error: {exc}", file=sys.stderr)
         return 2
     logs.setup(settings.log_level)
@@ -55,7 +59,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
     try:
         return asyncio.run(serve(settings, announce))
-    except (ConfigError, PricingError, StoreURLError) as exc:
+    except (ConfigError, PricingError, StoreURLError, ControlsError) as exc:
         print(f"modeltrack: configuration error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

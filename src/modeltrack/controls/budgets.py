@@ -1,0 +1,422 @@
+"""Budgets in the request path: admit or refuse before the upstream call, warn in headers and webhooks.
+
+Two figures per budget and period, for two jobs:
+
+* **spent**, what the headers, the warn thresholds, the routing triggers and ``controls status`` show: the
+  period's spend in the store's hourly rollups (re-read every ``refresh_seconds``), plus the events this process
+  recorded that are not stored yet, plus those it stored since the last read;
+* **the lease**, what enforcement uses: money taken from the shared ledger (:mod:`.ledger`) before requests are
+  sent. Each request reserves its worst-case cost (:mod:`.estimate`) from this process's lease and is settled to
+  its real cost when it ends, so concurrent requests, in any process or replica, cannot all slip under the limit
+  together. Overshoot happens only where a request costs more than its reservation (README, "Spend controls").
+
+A request is refused when ``spent`` has reached the limit, or when no lease can cover its reservation. When the
+store cannot be reached, a budget fails open (admits, counts ``modeltrack_budget_store_errors_total``) unless it
+says ``on_store_error: closed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ..events import CostEvent
+from ..metrics import Metrics
+from ..query import Filters, Reader
+from ..query.times import bucket_start, next_bucket, stamp, zone
+from .ledger import Ledger
+from .match import DIMENSIONS
+from .spec import Budget
+from .tasks import Background
+
+log = logging.getLogger("modeltrack.controls")
+
+LEASE_FRACTION = 0.02
+"""A lease is 2 % of the limit (or one request's reservation, if larger): a busy budget costs a ledger round trip
+every ~50 limit-fiftieths of spend, and a dead process can hold back at most that much."""
+LEASE_IDLE_SECONDS = 1.0
+STORE_TIMEOUT = 5.0
+_UNIT = {"daily": "day", "weekly": "week", "monthly": "month"}
+
+
+@dataclass(frozen=True)
+class Period:
+    start: datetime  # UTC
+    end: datetime  # UTC
+
+    @classmethod
+    def of(cls, budget: Budget, now: datetime) -> Period:
+        tz = zone(budget.timezone)
+        unit = _UNIT[budget.period]
+        start = bucket_start(now, unit, tz)
+        return cls(start.astimezone(UTC), next_bucket(start, unit, tz).astimezone(UTC))
+
+    def contains(self, timestamp: str) -> bool:
+        return stamp(self.start) <= timestamp < stamp(self.end)
+
+    def elapsed_fraction(self, now: datetime) -> float:
+        total = (self.end - self.start).total_seconds()
+        return min(max((now - self.start).total_seconds() / total, 0.0), 1.0)
+
+
+async def store_spend(reader: Reader, budget: Budget, period: Period, now: datetime) -> int:
+    """The budget's spend in the period from the hourly rollups, in nano-USD. Exact values filter in the store;
+    globs (``model: gpt-4o*``) group by their dimension and match here."""
+    exact: dict[str, Any] = dict(budget.scope.exact)
+    end = min(period.end, now.astimezone(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1))
+    # A period starting at a half-hour (a few time zones) reads from the whole hour before: never less spend.
+    start = period.start.replace(minute=0, second=0, microsecond=0)
+    globs = budget.scope.globs
+    rows = await reader.aggregate(start, end, Filters(**exact), tuple(k for k, _ in globs))
+    if not globs:
+        return sum(int(r["cost_nano_usd"]) for r in rows)
+    from .match import Scope
+
+    only_globs = Scope((), globs)
+    return sum(int(r["cost_nano_usd"]) for r in rows if only_globs.matches(r))
+
+
+class BudgetState:
+    """One budget in one period, in this process."""
+
+    def __init__(self, budget: Budget, period: Period) -> None:
+        self.budget = budget
+        self.period = period
+        self.key = f"{budget.name}|{stamp(period.start)}"
+        self.store_spent = 0
+        self.refreshed_at: float | None = None
+        self.pending: dict[str, int] = {}  # request_id → nano-USD: recorded here, not in the store yet
+        self.pending_total = 0
+        self.granted = 0
+        self.used = 0  # reservations in flight + settled costs, against ``granted``
+        self.last_use = 0.0
+        self.room = 0  # what the ledger had left at its last answer
+        self.full_until = 0.0  # until then, a request larger than ``room`` is refused without asking the ledger
+        self.waiting = 0
+        self.lock = asyncio.Lock()
+        self.alerted: set[float] = set()
+
+    @property
+    def spent(self) -> int:
+        return self.store_spent + self.pending_total
+
+    @property
+    def free(self) -> int:
+        return self.granted - self.used
+
+    def header(self) -> str:
+        b = self.budget
+        spent, limit = self.spent / 1e9, b.limit_usd
+        return (
+            f"{b.name}; spent={spent:.6f}; limit={limit:.2f}; remaining={max(limit - spent, 0):.6f}; "
+            f"resets={stamp(self.period.end)[:19]}Z"
+        )
+
+    def percent(self) -> float:
+        return 100.0 * self.spent / self.budget.limit_nano
+
+
+@dataclass
+class Refusal:
+    status: int
+    kind: str
+    message: str
+    budget: str
+    retry_after: int
+
+
+@dataclass
+class Admission:
+    reservations: list[tuple[BudgetState, int]] = field(default_factory=list)
+    refusal: Refusal | None = None
+    headers: list[str] = field(default_factory=list)
+
+
+class Budgets:
+    def __init__(
+        self,
+        budgets: Iterable[Budget],
+        ledger: Ledger,
+        reader: Reader | None,
+        metrics: Metrics,
+        refresh_seconds: float,
+        on_alert: Callable[[BudgetState, float], None] | None = None,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.reader = reader
+        self.metrics = metrics
+        self.refresh_seconds = refresh_seconds
+        self.on_alert = on_alert
+        self.clock = clock or (lambda: datetime.now(UTC))
+        self.budgets: tuple[Budget, ...] = ()
+        self._states: dict[str, BudgetState] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.background = Background()
+        self._last_error_log = 0.0
+        self.replace(budgets)
+
+    def replace(self, budgets: Iterable[Budget]) -> None:
+        """New definitions (a reload): a budget whose scope, period and time zone did not change keeps its state
+        (spend, lease, alerts sent); its limit and thresholds may change."""
+        new = tuple(budgets)
+        kept: dict[str, BudgetState] = {}
+        for b in new:
+            old = self._states.get(b.name)
+            if old is not None and (old.budget.scope, old.budget.period, old.budget.timezone) == (
+                b.scope,
+                b.period,
+                b.timezone,
+            ):
+                old.budget = b
+                kept[b.name] = old
+        self.budgets = new
+        self._states = kept
+
+    def state(self, budget: Budget) -> BudgetState:
+        """The budget's state for the current period (a new one at rollover)."""
+        st = self._states.get(budget.name)
+        now = self.clock()
+        if st is None or now >= st.period.end or now < st.period.start:
+            st = self._states[budget.name] = BudgetState(budget, Period.of(budget, now))
+        return st
+
+    def matching(self, values: Mapping[str, Any]) -> list[Budget]:
+        return [b for b in self.budgets if b.scope.matches(values)]
+
+    # -- admission --------------------------------------------------------------------------------------------
+    async def admit(self, values: Mapping[str, Any], reserve_nano: int) -> Admission:
+        adm = Admission()
+        for budget in self.matching(values):
+            st = self.state(budget)
+            try:
+                if st.refreshed_at is None:
+                    await self._refresh(st)
+                if budget.action == "block":
+                    refusal = await self._reserve(st, reserve_nano, adm)
+                    if refusal is not None:
+                        self.release(adm)
+                        self.metrics.budget_blocked.labels(budget.name).inc()
+                        return Admission(refusal=refusal)
+            except Exception as exc:  # noqa: BLE001 - the store is down or slow: fail open or closed
+                refusal = self._store_error(st, exc)
+                if refusal is not None:
+                    self.release(adm)
+                    return Admission(refusal=refusal)
+            if budget.warn_at and st.spent >= budget.warn_at[0] / 100 * budget.limit_nano:
+                adm.headers.append(st.header())
+        return adm
+
+    async def _reserve(self, st: BudgetState, need: int, adm: Admission) -> Refusal | None:
+        b = st.budget
+        if st.spent >= b.limit_nano:
+            return self._refusal(st, "is exhausted")
+        if need <= 0:
+            return None
+        now = time.monotonic()
+        if st.free < need:
+            if now < st.full_until and need > st.room:
+                # The ledger said a moment ago that no lease this large is left: refuse without asking it again
+                # (every refusal would otherwise cost a store transaction). Safe: at worst this refuses for
+                # ``refresh_seconds`` while another process returns an unused lease.
+                return self._held(st, need)
+            st.waiting += 1
+            try:
+                async with st.lock:
+                    if st.free < need:  # not covered by another request's lease fetch while we waited
+                        lease = max(need * st.waiting, round(b.limit_nano * LEASE_FRACTION))
+                        deficit = max(0, -st.free)  # what earlier requests cost beyond their reservations
+                        async with asyncio.timeout(STORE_TIMEOUT):
+                            granted, after = await self.ledger.take(
+                                st.key, lease + deficit, need + deficit, b.limit_nano, st.spent
+                            )
+                        st.granted += granted
+                        st.room = b.limit_nano - after
+                        if st.free < need:
+                            st.full_until = time.monotonic() + self.refresh_seconds
+                            return self._held(st, need)
+            finally:
+                st.waiting -= 1
+        st.used += need
+        st.last_use = now
+        adm.reservations.append((st, need))
+        return None
+
+    def _held(self, st: BudgetState, need: int) -> Refusal:
+        if st.free > 0 and not st.waiting:
+            # What is left of this process's lease cannot cover the requests arriving here: back to the ledger,
+            # where it adds up with what other processes return.
+            self.background.spawn(self._give_back(st))
+        held = (st.budget.limit_nano - st.room - st.spent) / 1e9
+        why = f"cannot cover this request (up to ${need / 1e9:.6f}; ${max(held, 0):.6f} is held by requests in flight)"
+        return self._refusal(st, why)
+
+    def _refusal(self, st: BudgetState, why: str) -> Refusal:
+        b = st.budget
+        resets = stamp(st.period.end)[:19] + "Z"
+        msg = (
+            f"Budget '{b.name}' {why}: ${st.spent / 1e9:.6f} spent of ${b.limit_usd:.2f} this {_UNIT[b.period]}; "
+            f"it resets at {resets}."
+        )
+        retry = max(1, int((st.period.end - self.clock()).total_seconds()))
+        return Refusal(429, "budget_exceeded", msg, b.name, retry)
+
+    def _store_error(self, st: BudgetState, exc: BaseException) -> Refusal | None:
+        b = st.budget
+        outcome = "refused" if b.on_store_error == "closed" else "admitted"
+        self.metrics.budget_store_errors.labels(b.name, outcome).inc()
+        now = time.monotonic()
+        if now - self._last_error_log > 30:
+            self._last_error_log = now
+            log.warning(
+                "budget %s: the store could not be reached (%s); failing %s",
+                b.name,
+                type(exc).__name__,
+                "closed" if outcome == "refused" else "open",
+            )
+        if outcome == "admitted":
+            return None
+        return Refusal(
+            503,
+            "budget_unavailable",
+            f"Budget '{b.name}' cannot be checked: the store is unreachable, and the budget fails closed.",
+            b.name,
+            5,
+        )
+
+    def release(self, adm: Admission) -> None:
+        for st, amount in adm.reservations:
+            st.used -= amount
+        adm.reservations.clear()
+
+    def settle(self, adm: Admission, ev: CostEvent) -> None:
+        """The request ended: its reservation becomes its real cost."""
+        if ev.cost_usd is not None:
+            cost = round(ev.cost_usd * 1e9)
+        elif ev.status >= 400 or ev.status == 0:
+            cost = 0  # never reached a billable answer
+        else:
+            cost = -1  # unknown (no usage metered): keep the reservation, the safe side
+        now = time.monotonic()
+        for st, amount in adm.reservations:
+            st.used += (amount if cost < 0 else cost) - amount
+            st.last_use = now
+        adm.reservations.clear()
+
+    # -- spend ------------------------------------------------------------------------------------------------
+    def on_recorded(self, ev: CostEvent) -> None:
+        if not ev.cost_usd or not self.budgets:
+            return
+        cost = round(ev.cost_usd * 1e9)
+        values = {d: getattr(ev, d) for d in DIMENSIONS}
+        for budget in self.matching(values):
+            st = self.state(budget)
+            if st.period.contains(ev.timestamp):
+                st.pending[ev.request_id] = cost
+                st.pending_total += cost
+                self._check_thresholds(st)
+
+    def on_stored(self, events: Iterable[CostEvent]) -> None:
+        if not self._states:
+            return
+        for ev in events:
+            for st in self._states.values():
+                cost = st.pending.pop(ev.request_id, None)
+                if cost is not None:
+                    st.pending_total -= cost
+                    st.store_spent += cost
+
+    async def _refresh(self, st: BudgetState) -> None:
+        if self.reader is None:
+            st.refreshed_at = time.monotonic()
+            return
+        async with asyncio.timeout(STORE_TIMEOUT):
+            st.store_spent = await store_spend(self.reader, st.budget, st.period, self.clock())
+        st.refreshed_at = time.monotonic()
+        self._check_thresholds(st)
+
+    def _check_thresholds(self, st: BudgetState) -> None:
+        b = st.budget
+        crossed = [w for w in b.warn_at if w not in st.alerted and st.spent >= w / 100 * b.limit_nano]
+        if not crossed:
+            return
+        st.alerted.update(crossed)
+        if self.on_alert is not None:
+            self.on_alert(st, max(crossed))  # lower thresholds crossed at the same time are not posted separately
+
+    async def _give_back(self, st: BudgetState) -> None:
+        free = st.free
+        if free <= 0:
+            return
+        st.granted -= free
+        try:
+            await self.ledger.give_back(st.key, free)
+        except Exception as exc:  # noqa: BLE001 - kept allocated: the budget blocks early, never late
+            log.warning("budget %s: could not return an unused lease (%s)", st.budget.name, type(exc).__name__)
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="modeltrack-budgets")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_seconds)
+            await self.tick()
+
+    async def tick(self) -> None:
+        """Re-read spend from the store; return leases idle for a second."""
+        now = time.monotonic()
+        for budget in self.budgets:
+            st = self.state(budget)
+            try:
+                await self._refresh(st)
+            except Exception as exc:  # noqa: BLE001 - shown as a store error; figures stay as they were
+                self._store_error(st, exc)
+            if st.free > 0 and now - st.last_use > LEASE_IDLE_SECONDS:
+                await self._give_back(st)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+            self._task = None
+        await self.background.drain()
+        for st in self._states.values():
+            with contextlib.suppress(Exception):
+                await self._give_back(st)
+
+
+async def budget_status(reader: Reader, budgets: Iterable[Budget], now: datetime | None = None) -> list[dict[str, Any]]:
+    """Each budget's spend, limit, percent, reset time and projected end-of-period spend, from the store alone
+    (``controls status``, the API's budgets view)."""
+    now = now or datetime.now(UTC)
+    out = []
+    for b in budgets:
+        period = Period.of(b, now)
+        spent = await store_spend(reader, b, period, now) / 1e9
+        frac = period.elapsed_fraction(now)
+        out.append(
+            {
+                "name": b.name,
+                "scope": b.scope.describe(),
+                "period": b.period,
+                "timezone": b.timezone,
+                "action": b.action,
+                "spent_usd": round(spent, 9),
+                "limit_usd": b.limit_usd,
+                "percent": round(100 * spent / b.limit_usd, 2),
+                "period_start": stamp(period.start),
+                "resets": stamp(period.end),
+                "projected_usd": round(spent / frac, 6) if frac >= 0.01 else None,
+                "warn_at": list(b.warn_at),
+            }
+        )
+    return out

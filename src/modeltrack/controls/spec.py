@@ -1,0 +1,139 @@
+"""The controls file's model: budgets, routing rules, the response cache, client tokens, webhooks and reports,
+as frozen objects (:mod:`.parse` reads and validates the file into them, completely, before anything uses it:
+a typo is refused at start-up, or on a reload the old rules stay in force). YAML is a superset of JSON, so
+either works; ``deploy/controls.example.yaml`` documents every field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import time as dtime
+
+from .match import Scope
+
+PERIODS = ("daily", "weekly", "monthly")
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+MIB = 1024 * 1024
+
+
+class ControlsError(ValueError):
+    """The controls file cannot be used; the message says where and what to write instead."""
+
+
+@dataclass(frozen=True)
+class Webhook:
+    name: str
+    url: str
+    format: str = "json"  # json | slack
+    timeout_seconds: float = 5.0
+    retries: int = 3
+
+
+@dataclass(frozen=True)
+class Budget:
+    name: str
+    scope: Scope
+    period: str
+    timezone: str
+    limit_usd: float
+    warn_at: tuple[float, ...] = ()
+    action: str = "block"  # block | warn
+    webhook: str | None = None
+    on_store_error: str = "open"
+
+    @property
+    def limit_nano(self) -> int:
+        return round(self.limit_usd * 1e9)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Local times ``start``-``end`` (may wrap past midnight) on ``days``, in ``timezone``."""
+
+    start: dtime
+    end: dtime
+    days: frozenset[int]
+    timezone: str
+
+
+@dataclass(frozen=True)
+class Route:
+    name: str
+    scope: Scope
+    action: str  # downgrade | block
+    to: str | None = None
+    status: int = 429
+    message: str | None = None
+    budget: str | None = None
+    above_percent: float | None = None
+    window: Window | None = None
+
+
+@dataclass(frozen=True)
+class CacheRule:
+    scope: Scope
+    ttl_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class CacheSpec:
+    backend: str = "memory"  # memory | redis://...
+    max_bytes: int = 64 * MIB
+    max_entry_bytes: int = 4 * MIB
+    ttl_seconds: float = 3600.0
+    rules: tuple[CacheRule, ...] = ()
+
+
+@dataclass(frozen=True)
+class ClientToken:
+    """A client token (``X-ModelTrack-Key``) that fixes attribution: its sha256 digest, never the token."""
+
+    digest: bytes
+    team: str | None = None
+    app: str | None = None
+    user: str | None = None
+
+    def attribution(self) -> dict[str, str]:
+        return {k: v for k, v in (("team", self.team), ("app", self.app), ("user", self.user)) if v}
+
+
+@dataclass(frozen=True)
+class Report:
+    name: str
+    every: str  # weekly | monthly
+    by: str
+    webhook: str
+    timezone: str
+    top: int = 10
+
+
+@dataclass(frozen=True)
+class Reserve:
+    """How a request's cost is bounded before it is sent (the budget reservation)."""
+
+    bytes_per_token: float = 1.0
+    default_max_output_tokens: int = 16_384
+
+
+@dataclass(frozen=True)
+class ControlsSpec:
+    source: str = ""
+    timezone: str = "UTC"
+    refresh_seconds: float = 2.0
+    on_store_error: str = "open"
+    reserve: Reserve = Reserve()
+    webhooks: dict[str, Webhook] = field(default_factory=dict)
+    budgets: tuple[Budget, ...] = ()
+    routes: tuple[Route, ...] = ()
+    cache: CacheSpec | None = None
+    tokens: tuple[ClientToken, ...] = ()
+    reports: tuple[Report, ...] = ()
+
+    def summary(self) -> str:
+        parts = [f"{len(self.budgets)} budget(s)", f"{len(self.routes)} route(s)"]
+        parts.append(f"cache {self.cache.backend.split('@')[-1]}" if self.cache else "cache off")
+        if self.tokens:
+            parts.append(f"{len(self.tokens)} attributed token(s)")
+        if self.reports:
+            parts.append(f"{len(self.reports)} report(s)")
+        return ", ".join(parts)

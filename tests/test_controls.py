@@ -1,0 +1,279 @@
+"""The spend controls' parts on their own: the file's validation, scopes, the model rewrite, the cache key and
+the memory cache's bound, the ledger's grants and the reservation bound."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from modeltrack.controls.cache import Entry, MemoryCache, cache_key
+from modeltrack.controls.estimate import bound_tokens, output_cap
+from modeltrack.controls.ledger import MemoryLedger, SQLiteLedger, grant
+from modeltrack.controls.match import Scope
+from modeltrack.controls.parse import load, parse
+from modeltrack.controls.routing import model_span, rewrite, window_open
+from modeltrack.controls.spec import ControlsError, Reserve, Window
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "deploy" / "controls.example.yaml"
+
+
+def test_the_shipped_example_is_valid_and_complete() -> None:
+    spec = load(str(EXAMPLE))
+    assert [b.name for b in spec.budgets] == ["search-monthly", "gpt4o-daily"]
+    assert [r.name for r in spec.routes] == ["mini-near-limit", "no-opus-at-night", "interns-no-opus"]
+    assert spec.cache is not None and spec.cache.rules and spec.tokens and spec.reports and spec.webhooks
+
+
+@pytest.mark.parametrize(
+    ("doc", "message"),
+    [
+        ({"budgets": [{"name": "b", "period": "montly", "limit_usd": 5}]}, "budgets[0] (b): period: 'montly'"),
+        ({"budgets": [{"name": "b", "period": "daily", "limt_usd": 5}]}, "did you mean 'limit_usd'?"),
+        ({"budgets": [{"name": "b", "period": "daily", "limit_usd": -1}]}, "limit_usd: must be a number from 0"),
+        ({"budgets": [{"name": "b", "period": "daily", "limit_usd": 0}]}, "limit_usd: must be above 0"),
+        ({"budgets": [{"period": "daily", "limit_usd": 1}]}, "budgets[0]: name: required"),
+        (
+            {"budgets": [{"name": "b", "period": "daily", "limit_usd": 1, "timezone": "Mars/Base"}]},
+            "timezone: unknown time zone 'Mars/Base'",
+        ),
+        (
+            {"budgets": [{"name": "b", "period": "daily", "limit_usd": 1, "match": {"tam": "x"}}]},
+            "match: unknown field 'tam' (did you mean 'team'?)",
+        ),
+        (
+            {"budgets": [{"name": "b", "period": "daily", "limit_usd": 1, "webhook": "ops"}]},
+            "webhook: no webhook named 'ops'",
+        ),
+        ({"routes": [{"name": "r", "action": "downgrade"}]}, "routes[0] (r): to: required for action: downgrade"),
+        ({"routes": [{"name": "r", "action": "block", "status": 500}]}, "status: must be a number from 400"),
+        (
+            {"routes": [{"name": "r", "action": "block", "when": {"budget": "nope", "above_percent": 5}}]},
+            "when: budget: no budget named 'nope'",
+        ),
+        (
+            {"routes": [{"name": "r", "action": "block", "when": {"between": "25:00-01:00"}}]},
+            "between: write local times as HH:MM-HH:MM",
+        ),
+        ({"cache": {"backend": "memcached://x"}}, "cache: backend: write memory, or a Redis URL"),
+        ({"tokens": [{"sha256": "abc", "team": "t"}]}, "tokens[0]: sha256: must be a sha256 hex digest"),
+        ({"tokens": [{"sha256": "ab" * 32}]}, "give at least one of team, app, user"),
+        ({"webhooks": {"ops": {"url": "http://hooks.example.com/x"}}}, "webhooks.ops: url: must use https"),
+        ({"budget": []}, "unknown field 'budget' (did you mean 'budgets'?)"),
+    ],
+)
+def test_every_mistake_names_the_entry_and_field(doc: dict[str, Any], message: str) -> None:
+    with pytest.raises(ControlsError) as err:
+        parse(doc)
+    assert message in str(err.value)
+
+
+def test_a_file_that_is_not_yaml_says_where(tmp_path: Path) -> None:
+    bad = tmp_path / "c.yaml"
+    bad.write_text("budgets:\n  - name: [unclosed\n")
+    with pytest.raises(ControlsError, match=r"not valid YAML or JSON at line \d+, column \d+"):
+        load(str(bad))
+    with pytest.raises(ControlsError, match="cannot read it"):
+        load(str(tmp_path / "missing.yaml"))
+
+
+def test_scopes_match_exactly_or_by_glob() -> None:
+    s = Scope.of({"team": "search", "model": "gpt-4o*"})
+    assert s.matches({"team": "search", "model": "gpt-4o-2024-08-06"})
+    assert not s.matches({"team": "search", "model": "gpt-4.1"})
+    assert not s.matches({"team": "ads", "model": "gpt-4o"})
+    assert not s.matches({"model": "gpt-4o"})  # a missing team is "", not a wildcard
+    assert Scope.of({}).matches({"team": None}) and Scope.of({}).is_global
+
+
+# --- the model rewrite ----------------------------------------------------------------------------------------
+
+
+def test_only_the_model_bytes_change() -> None:
+    body = b'{ "messages": [{"role":"user","content":"use \\"model\\": x", "model": "inner"}],'
+    body += b'\n "model" : "gpt-4o" ,"n":1}'
+    path, new = rewrite("openai", "/v1/chat/completions", body, "gpt-4o-mini", sigv4=False)
+    assert path == "/v1/chat/completions"
+    assert new == body.replace(b'"gpt-4o"', b'"gpt-4o-mini"')
+    assert orjson.loads(new)["messages"][0]["model"] == "inner"
+
+
+def test_the_path_carries_the_model_for_gemini_and_bedrock() -> None:
+    g = rewrite("gemini", "/v1beta/models/gemini-2.5-pro:streamGenerateContent", b"{}", "gemini-2.5-flash", False)
+    assert g == ("/v1beta/models/gemini-2.5-flash:streamGenerateContent", b"{}")
+    b = rewrite("bedrock", "/model/anthropic.claude-opus-4/converse", b"{}", "anthropic.claude-haiku-4", False)
+    assert b == ("/model/anthropic.claude-haiku-4/converse", b"{}")
+    assert rewrite("bedrock", "/model/x/converse", b"{}", "y", sigv4=True) is None  # the signature covers the path
+    assert rewrite("openai", "/v1/embeddings", b'{"input": "no model"}', "y", False) is None
+
+
+JSON_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    members=st.dictionaries(st.text(max_size=8).filter(lambda k: k != "model"), JSON_VALUES, max_size=5),
+    model=st.text(min_size=1, max_size=20),
+    at=st.integers(min_value=0, max_value=5),
+    indent=st.booleans(),
+)
+def test_the_scanner_finds_the_top_level_model_whatever_surrounds_it(
+    members: dict[str, Any], model: str, at: int, indent: bool
+) -> None:
+    items = list(members.items())
+    items.insert(min(at, len(items)), ("model", model))
+    doc = dict(items)
+    raw = orjson.dumps(doc, option=orjson.OPT_INDENT_2 if indent else 0)
+    span = model_span(raw)
+    assert span is not None
+    assert orjson.loads(raw[span[0] : span[1]]) == model
+    new = rewrite("openai", "/v1/chat/completions", raw, "replacement", False)
+    assert new is not None
+    assert orjson.loads(new[1]) == {**doc, "model": "replacement"}
+
+
+def test_time_windows_wrap_past_midnight() -> None:
+    from datetime import time as t
+
+    night = Window(t(22, 0), t(6, 0), frozenset({0}), "UTC")  # Monday night
+    assert window_open(night, datetime(2026, 11, 30, 23, 0, tzinfo=UTC))  # Monday 23:00
+    assert window_open(night, datetime(2026, 12, 1, 5, 59, tzinfo=UTC))  # Tuesday 05:59 (Monday's night)
+    assert not window_open(night, datetime(2026, 12, 1, 6, 0, tzinfo=UTC))
+    assert not window_open(night, datetime(2026, 11, 30, 5, 0, tzinfo=UTC))  # Monday early = Sunday's night
+    paris = Window(t(9, 0), t(17, 0), frozenset(range(5)), "Europe/Paris")
+    assert window_open(paris, datetime(2026, 11, 30, 8, 30, tzinfo=UTC))  # 09:30 in Paris
+    assert not window_open(paris, datetime(2026, 11, 30, 16, 30, tzinfo=UTC))  # 17:30 in Paris
+
+
+# --- the response cache's key and bound ------------------------------------------------------------------------
+
+BODY = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "temperature": 0}
+
+
+def _key(headers: list[tuple[bytes, bytes]], body: Any = BODY, token: bytes = b"", path: bytes = b"/v1/x") -> str:
+    raw = orjson.dumps(body)
+    return cache_key("openai", "POST", path, headers, raw, body, token)
+
+
+def test_the_cache_key_separates_tenants_and_answers() -> None:
+    base = [(b"Authorization", b"Bearer sk-alpha")]
+    k = _key(base)
+    assert _key([(b"authorization", b"Bearer sk-alpha"), (b"X-Other", b"1")]) == k  # names case-blind, others out
+    assert _key([(b"Authorization", b"Bearer sk-beta")]) != k  # another credential
+    assert _key(base, token=b"client-b") != k  # another client token
+    assert _key(base, path=b"/v1/x?api-version=2") != k
+    assert _key([*base, (b"OpenAI-Organization", b"org-2")]) != k
+    assert _key([*base, (b"anthropic-beta", b"x")]) != k
+    assert _key([*base, (b"Accept-Encoding", b"gzip")]) != k  # stored bytes may be compressed
+    assert _key(base, body={**BODY, "temperature": 1}) != k
+    reordered = {"temperature": 0, "messages": BODY["messages"], "model": "gpt-4o"}
+    assert _key(base, body=reordered) == k  # canonical JSON: key order does not matter
+    assert b"sk-alpha" not in k.encode()
+
+
+def test_sigv4_requests_are_keyed_by_access_key_id_not_signature() -> None:
+    def sig(akid: str, signature: str) -> list[tuple[bytes, bytes]]:
+        v = f"AWS4-HMAC-SHA256 Credential={akid}/20261129/us-east-1/bedrock/aws4_request, Signature={signature}"
+        return [(b"Authorization", v.encode())]
+
+    assert _key(sig("AKIA1", "aaa")) == _key(sig("AKIA1", "bbb"))
+    assert _key(sig("AKIA1", "aaa")) != _key(sig("AKIA2", "aaa"))
+
+
+async def test_the_memory_cache_stays_within_its_byte_bound() -> None:
+    cache = MemoryCache(max_bytes=1_000_000)
+    for i in range(200):
+        await cache.put(f"k{i}", Entry(200, b"OK", b"", bytes(50_000), True, {}), ttl=60)
+        assert cache.bytes <= 1_000_000
+    assert len(cache) == 1_000_000 // (50_000 + 256)
+    assert await cache.get("k0") is None and await cache.get("k199") is not None  # least recently used went first
+    await cache.put("huge", Entry(200, b"OK", b"", bytes(2_000_000), True, {}), ttl=60)
+    assert await cache.get("huge") is None  # larger than the whole cache: not stored
+    await cache.put("short", Entry(200, b"OK", b"", b"x", True, {}), ttl=0.001)
+    import asyncio
+
+    await asyncio.sleep(0.01)
+    assert await cache.get("short") is None
+
+
+def test_entries_survive_serialisation() -> None:
+    e = Entry(200, b"OK", b"content-type: text/event-stream\r\n", b"data: \xff\x00\n\n", False, {"cost_usd": 0.1})
+    assert Entry.loads(e.dumps()) == e
+
+
+# --- the ledger and the reservation -----------------------------------------------------------------------------
+
+
+def test_grants_shrink_to_exactly_what_is_needed_near_the_limit() -> None:
+    assert grant(allocated=0, limit=100, want=10, need=3) == 10
+    assert grant(allocated=90, limit=100, want=10, need=3) == 10
+    assert grant(allocated=91, limit=100, want=10, need=3) == 3  # room 9: not a whole lease
+    assert grant(allocated=98, limit=100, want=10, need=3) == 0
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "firestore"])
+async def test_a_ledger_never_allocates_past_the_limit(kind: str, tmp_path: Path, request: Any) -> None:
+    import asyncio
+    import uuid
+
+    if kind == "firestore":
+        from modeltrack.controls.ledger import FirestoreLedger
+        from modeltrack.sinks.firestore import FirestoreSink
+
+        request.getfixturevalue("firestore_emulator")
+        sinks = [FirestoreSink("modeltrack-test", f"l{uuid.uuid4().hex[:10]}") for _ in range(4)]
+        for sink in sinks[1:]:
+            sink.collection = sinks[0].collection
+        ledgers: list[Any] = [FirestoreLedger(sink) for sink in sinks]  # four clients, as four processes
+    elif kind == "sqlite":
+        ledgers = [SQLiteLedger(str(tmp_path / "l.db")) for _ in range(4)]
+    else:
+        ledgers = [MemoryLedger()] * 4
+    ledger = ledgers[0]
+    results = await asyncio.gather(*(ledgers[i % 4].take("b|p", 7, 3, 100, 20) for i in range(40)))
+    granted = sum(g for g, _ in results)
+    assert granted <= 80 and await ledger.allocated("b|p") == 20 + granted
+    assert granted >= 80 - 3  # it fills up: what is left cannot cover one more request
+    await ledger.give_back("b|p", granted)
+    assert await ledger.allocated("b|p") == 20
+    for one in set(ledgers):
+        await one.close()
+
+
+def test_the_reservation_bounds_what_a_request_can_cost() -> None:
+    assert output_cap({"max_tokens": 100}) == 100
+    assert output_cap({"max_completion_tokens": 50, "n": 3}) == 150
+    assert output_cap({"generationConfig": {"maxOutputTokens": 64, "candidateCount": 2}}) == 128
+    assert output_cap({"inferenceConfig": {"maxTokens": 9}}) == 9
+    assert output_cap({"max_tokens": "many"}) is None
+    assert bound_tokens(4000, {}, Reserve(bytes_per_token=4, default_max_output_tokens=77)) == (1001, 77)
+
+
+def test_token_digests_in_files_are_how_the_readme_says(tmp_path: Path) -> None:
+    from modeltrack.access import ClientTokens
+    from modeltrack.config import ConfigError
+
+    digest = hashlib.sha256(b"tok-search").hexdigest()
+    f = tmp_path / "tokens"
+    f.write_text(f"# team tokens\n{digest} team=search app=web\n{hashlib.sha256(b'plain').hexdigest()}\n")
+    tokens = ClientTokens.from_setting(f"@{f}")
+    assert tokens.lookup(b"tok-search") == {"team": "search", "app": "web"}
+    assert tokens.lookup(b"plain") == {}
+    assert tokens.lookup(b"nope") is None
+    f.write_text(f"{digest} squad=search\n")
+    with pytest.raises(ConfigError, match="line 1: 'squad=search' is not team=NAME"):
+        ClientTokens.from_setting(f"@{f}")
