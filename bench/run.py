@@ -15,74 +15,23 @@ import asyncio
 import hashlib
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from bench.sysinfo import free_port, rss_kb, wait_port
+from bench.harness import COMMANDS, Proc, modeltrack, pct, wrk
+from bench.sysinfo import free_port, rss_kb
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 BODY = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"What is the capital of France?"}]}'
-COMMANDS: list[str] = []
-
-
-@dataclass
-class Proc:
-    name: str
-    cmd: list[str]
-    port: int
-    env: dict[str, str] = field(default_factory=dict)
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, log_dir: Path) -> Proc:
-        COMMANDS.append(" ".join(self.cmd))
-        log = (log_dir / f"{self.name}.log").open("wb")
-        self.proc = subprocess.Popen(self.cmd, env={**os.environ, **self.env}, stdout=log, stderr=log)
-        wait_port(self.port)
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-
-
-# --- wrk -------------------------------------------------------------------------------------------------------
-
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
-
-
-def wrk(url: str, conns: int, seconds: int, lua: Path, extra_headers: dict[str, str] | None = None) -> dict[str, float]:
-    cmd = ["wrk", "-t", str(min(conns, 2)), "-c", str(conns), "-d", f"{seconds}s", "--latency", "-s", str(lua)]
-    for k, v in (extra_headers or {}).items():
-        cmd += ["-H", f"{k}: {v}"]
-    cmd.append(url)
-    COMMANDS.append(" ".join(cmd))
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
-    lat = {}
-    for pct, val, unit in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M):
-        lat[f"p{pct}_ms"] = float(val) * _UNITS[unit]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"rps": rps, **lat, "non2xx": float(errors.group(1)) if errors else 0.0}
 
 
 # --- streaming client ------------------------------------------------------------------------------------------
@@ -133,13 +82,6 @@ async def streams(url: str, concurrency: int, n: int, ms: int, pad: int = 0) -> 
         "events_per_s": events / elapsed,
         "digests": digests,
     }
-
-
-def pct(values: list[float], p: float) -> float:
-    if not values:
-        return float("nan")
-    v = sorted(values)
-    return v[min(len(v) - 1, int(len(v) * p))]
 
 
 async def open_streams_rss(url: str, pid: int, count: int) -> int:
@@ -289,30 +231,13 @@ def main() -> None:
         f"wrk.method = 'POST'\nwrk.body = '{BODY}'\nwrk.headers['Content-Type'] = 'application/json'\n"
         "wrk.headers['Authorization'] = 'Bearer sk-bench-not-a-key'\n"
     )
-    up_port, ng_port, mt_port, ll_port = free_port(), free_port(), free_port(), free_port()
+    up_port, ng_port, ll_port = free_port(), free_port(), free_port()
     procs: dict[str, Proc] = {}
     try:
         procs["upstream"] = Proc("upstream", [sys.executable, "-m", "bench.upstream", str(up_port)], up_port).start(tmp)
         procs["nginx"] = nginx(ng_port, up_port, tmp).start(tmp)
-        procs["modeltrack"] = Proc(
-            "modeltrack",
-            [
-                sys.executable,
-                "-m",
-                "modeltrack",
-                "serve",
-                "--port",
-                str(mt_port),
-                "--log-level",
-                "warning",
-                "--store",
-                f"sqlite:///{tmp}/bench.db",
-                "--spool-dir",
-                str(tmp / "spool"),
-            ],
-            mt_port,
-            env={"MODELTRACK_OPENAI_BASE_URL": f"http://127.0.0.1:{up_port}"},
-        ).start(tmp)
+        procs["modeltrack"] = modeltrack("modeltrack", tmp, up_port).start(tmp)
+        mt_port = procs["modeltrack"].port
         targets = {
             "direct": f"http://127.0.0.1:{up_port}",
             "nginx": f"http://127.0.0.1:{ng_port}",
@@ -342,28 +267,8 @@ def main() -> None:
             print(name, rows[name], flush=True)
 
         # Scaling: the same proxy with --workers 2 (SO_REUSEPORT), non-streaming load only.
-        w2_port = free_port()
-        procs["modeltrack-2w"] = Proc(
-            "modeltrack-2w",
-            [
-                sys.executable,
-                "-m",
-                "modeltrack",
-                "serve",
-                "--workers",
-                "2",
-                "--port",
-                str(w2_port),
-                "--log-level",
-                "warning",
-                "--store",
-                f"sqlite:///{tmp}/bench2w.db",
-                "--spool-dir",
-                str(tmp / "spool2w"),
-            ],
-            w2_port,
-            env={"MODELTRACK_OPENAI_BASE_URL": f"http://127.0.0.1:{up_port}"},
-        ).start(tmp)
+        procs["modeltrack-2w"] = modeltrack("modeltrack-2w", tmp, up_port, "--workers", "2").start(tmp)
+        w2_port = procs["modeltrack-2w"].port
         url2 = f"http://127.0.0.1:{w2_port}/v1/chat/completions"
         wrk(url2, 8, 1, lua)
         r64 = wrk(url2, 64, secs, lua)
@@ -376,6 +281,11 @@ def main() -> None:
             "c1_p99_ms": r1.get("p99_ms", 0),
         }
         procs.pop("modeltrack-2w").stop()
+
+        from bench import controls as cbench
+
+        control_rows = cbench.run(tmp, up_port, lua, secs, targets["modeltrack"])
+        print("controls", control_rows, flush=True)
 
         n_streams = 100 if args.quick else 500
         paced: dict[str, dict[str, Any]] = {}
@@ -447,18 +357,18 @@ def main() -> None:
             f"LiteLLM: {rows['litellm']['rps']:,.0f} req/s — ModelTrack is "
             f"**{mt['rps'] / max(rows['litellm']['rps'], 1e-9):.1f}×** (target ≥ 20×)."
         )
+    lines += ["", *cbench.report(control_rows, mt)]
     lines += [
-        "",
         f"## Streams ({n_streams} concurrent, 100 events 20 ms apart; and 8 unpaced streams)",
         "",
         "| target | TTFB p50 ms | TTFB p99 ms | event lateness p50 ms | p99 ms | unpaced MB/s | unpaced events/s |",
         "|---|---|---|---|---|---|---|",
     ]
     for name in paced:
-        p, u = paced[name], unpaced[name]
+        pc, un = paced[name], unpaced[name]
         lines.append(
-            f"| {name} | {p['ttfb_p50_ms']:.2f} | {p['ttfb_p99_ms']:.2f} | {p['late_p50_ms']:.2f} | "
-            f"{p['late_p99_ms']:.2f} | {u['mb_per_s']:.1f} | {u['events_per_s']:,.0f} |"
+            f"| {name} | {pc['ttfb_p50_ms']:.2f} | {pc['ttfb_p99_ms']:.2f} | {pc['late_p50_ms']:.2f} | "
+            f"{pc['late_p99_ms']:.2f} | {un['mb_per_s']:.1f} | {un['events_per_s']:,.0f} |"
         )
     lines += [
         "",

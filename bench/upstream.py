@@ -1,6 +1,7 @@
 """The cheapest possible fake LLM upstream, so the proxy's cost dominates: a raw asyncio protocol on uvloop.
 
-* ``POST /v1/chat/completions`` → a fixed chat.completion JSON with usage (shape from the OpenAI recording).
+* ``POST /v1/chat/completions`` → a fixed chat.completion JSON with usage (shape from the OpenAI recording);
+  ``?size=N``: the same answer padded to about ``N`` bytes (the response-cache scenario).
 * ``POST /v1/stream?n=100&ms=20&pad=0`` → an SSE chat stream of ``n`` chunk events (+ a usage chunk and
   ``[DONE]``), ``ms`` apart (0 = unpaced), each event padded by ``pad`` bytes of content.
 
@@ -41,6 +42,10 @@ SSE_HEAD = (
 
 
 _TASKS: set[asyncio.Future[None]] = set()
+
+
+def sized(n: int) -> bytes:
+    return CHAT.replace(b'"Paris."', b'"Paris.' + b" " * max(n - len(CHAT), 0) + b'"')
 
 
 def chunked(data: bytes) -> bytes:
@@ -89,6 +94,9 @@ class Upstream(asyncio.Protocol):
                 )
                 _TASKS.add(task)  # keep a reference until done (the loop holds only weak ones)
                 task.add_done_callback(_TASKS.discard)
+            elif "size=" in target:
+                body = sized(int(parse_qs(target.partition("?")[2])["size"][0]))
+                self.transport.write(JSON_HEAD % len(body) + body)
             else:
                 self.transport.write(JSON_HEAD % len(CHAT) + CHAT)
 

@@ -13,7 +13,7 @@ from modeltrack.app import ModelTrack
 from modeltrack.config import PROVIDERS, Settings
 from modeltrack.pipeline import Pipeline
 
-from .faults import FirestoreEmulator, RedisServer
+from .faults import FirestoreEmulator, RedisServer, Tinyproxy
 from .replay import ReplayUpstream
 
 
@@ -113,3 +113,11 @@ def artifacts(request: pytest.FixtureRequest) -> Path:
     path = root / request.node.name.split("[")[0]
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+@pytest.fixture
+def tinyproxy(tmp_path: Path) -> Iterator[Tinyproxy]:
+    """A real forward proxy (tinyproxy from apt) for egress tests."""
+    tp = Tinyproxy(tmp_path)
+    yield tp
+    tp.stop()

@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
+
+from bench.sysinfo import free_port, wait_port
 
 EMULATOR = "/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator"
 
@@ -170,3 +173,44 @@ class FaultyTCPProxy:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+
+class Tinyproxy:
+    """A real forward proxy on a free loopback port, logging every connection it handles."""
+
+    def __init__(self, tmp: Path, auth: tuple[str, str] | None = None) -> None:
+        exe = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"
+        if not os.path.exists(exe):
+            raise RuntimeError("tinyproxy is not installed (apt-get install tinyproxy; `make test` does it)")
+        self.port = free_port()
+        self.log = tmp / "tinyproxy.log"
+        conf = tmp / "tinyproxy.conf"
+        lines = [
+            f"Port {self.port}",
+            "Listen 127.0.0.1",
+            "Timeout 30",
+            "Allow 127.0.0.1",
+            f'LogFile "{self.log}"',
+            "LogLevel Info",
+            "MaxClients 50",
+            "DisableViaHeader Yes",
+        ]
+        if auth:
+            lines.append(f"BasicAuth {auth[0]} {auth[1]}")
+        if os.geteuid() == 0:
+            lines += ["User root", "Group root"]
+        conf.write_text("\n".join(lines) + "\n")
+        self.proc = subprocess.Popen([exe, "-d", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port, 10)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)

@@ -22,7 +22,7 @@ from bench.sysinfo import rss_kb
 
 from .faults import FaultyTCPProxy
 from .proc import ProxyProcess
-from .test_spend_controls import MINI_COST, MINI_STREAM, call, mini_body, write_controls
+from .test_spend_controls import MINI_COST, MINI_STREAM, Hooks, call, mini_body, write_controls
 
 
 async def test_replicas_share_the_redis_cache(replay: Any, make_proxy: Any, redis_server: Any, tmp_path: Path) -> None:
@@ -242,3 +242,62 @@ async def test_controls_status_reads_the_store(replay: Any, make_proxy: Any, tmp
         env=env,
     ).stdout
     assert "month" in table and "team=search" in table and f"{100 * 3 * MINI_COST / 0.001:.1f}%" in table
+
+
+async def test_reports_are_posted_once_per_period_through_the_egress_proxy(
+    aiohttp_server: Any, tmp_path: Path, tinyproxy: Any
+) -> None:
+    """A weekly report of last week's spend by team, posted once however many replicas try, through the
+    operator's forward proxy (HTTP_PROXY), as upstream calls are."""
+    from datetime import UTC, datetime, timedelta
+
+    from modeltrack.controls.alerts import Notifier, send_due_reports
+    from modeltrack.controls.parse import parse
+    from modeltrack.events import CostEvent
+    from modeltrack.metrics import Metrics
+    from modeltrack.query import open_reader
+    from modeltrack.sinks.sqlite import SQLiteSink
+
+    from .test_pipeline import make_event
+
+    hooks = Hooks()
+    server = await aiohttp_server(hooks.app())
+    now = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)  # a Sunday: last week is 16-23 November
+    sink = SQLiteSink(str(tmp_path / "r.db"))
+    await sink.open()
+    events: list[CostEvent] = []
+    for i, (team, day, cost) in enumerate(
+        [("search", 16, 0.5), ("search", 22, 0.25), ("ads", 20, 1.0), ("ads", 23, 9.0), ("ads", 12, 7.0)]
+    ):
+        ev = make_event(i)
+        ev.team, ev.cost_usd = team, cost
+        ev.timestamp = (datetime(2026, 11, day, 10, tzinfo=UTC)).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        events.append(ev)
+    await sink.write(events)
+    spec = parse(
+        {
+            "webhooks": {"ops": {"url": str(server.make_url("/ops"))}},
+            "reports": [{"name": "weekly", "every": "weekly", "by": "team", "webhook": "ops"}],
+        }
+    )
+    reader = open_reader(f"sqlite:///{tmp_path}/r.db")
+    notifiers = [Notifier(spec.webhooks, sink.claim, Metrics(), {"http": tinyproxy.url}) for _ in range(3)]
+    try:
+        sent = [
+            await send_due_reports(spec.reports, reader, n, now + timedelta(minutes=i)) for i, n in enumerate(notifiers)
+        ]
+    finally:
+        for n in notifiers:
+            await n.close()
+        await reader.close()
+        await sink.close()
+    assert sent == [["weekly"], [], []]  # one replica posts; the others find the period claimed
+    ((name, body),) = hooks.posts
+    assert name == "ops" and body["type"] == "spend_report"
+    assert (body["period_start"], body["period_end"]) == ("2026-11-16T00:00:00.000Z", "2026-11-23T00:00:00.000Z")
+    assert body["rows"] == [
+        {"team": "ads", "cost_usd": 1.0, "requests": 1, "share_percent": 57.1},
+        {"team": "search", "cost_usd": 0.75, "requests": 2, "share_percent": 42.9},
+    ]
+    assert body["total_usd"] == 1.75 and "ads: $1.00" in body["text"]
+    assert f"127.0.0.1:{server.port}" in tinyproxy.text()  # it went through the egress proxy

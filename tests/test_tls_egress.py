@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
-import shutil
 import ssl
 import subprocess
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +22,11 @@ import openai
 import pytest
 import trustme
 from aiohttp import web
-from bench.sysinfo import free_port, wait_port
+from bench.sysinfo import free_port
 from google import genai
 from google.genai import types as gtypes
 
+from .faults import Tinyproxy
 from .proc import ProxyProcess
 from .replay import ReplayUpstream, load
 
@@ -70,54 +69,6 @@ async def plain_upstream(upstream: ReplayUpstream) -> AsyncIterator[str]:
         yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         await runner.cleanup()
-
-
-class Tinyproxy:
-    """A real forward proxy on a free loopback port, logging every connection it handles."""
-
-    def __init__(self, tmp: Path, auth: tuple[str, str] | None = None) -> None:
-        exe = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"
-        if not os.path.exists(exe):
-            raise RuntimeError("tinyproxy is not installed (apt-get install tinyproxy; `make test` does it)")
-        self.port = free_port()
-        self.log = tmp / "tinyproxy.log"
-        conf = tmp / "tinyproxy.conf"
-        lines = [
-            f"Port {self.port}",
-            "Listen 127.0.0.1",
-            "Timeout 30",
-            "Allow 127.0.0.1",
-            f'LogFile "{self.log}"',
-            "LogLevel Info",
-            "MaxClients 50",
-            "DisableViaHeader Yes",
-        ]
-        if auth:
-            lines.append(f"BasicAuth {auth[0]} {auth[1]}")
-        if os.geteuid() == 0:
-            lines += ["User root", "Group root"]
-        conf.write_text("\n".join(lines) + "\n")
-        self.proc = subprocess.Popen([exe, "-d", "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(self.port, 10)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(5)
-
-
-@pytest.fixture
-def tinyproxy(tmp_path: Path) -> Iterator[Tinyproxy]:
-    tp = Tinyproxy(tmp_path)
-    yield tp
-    tp.stop()
 
 
 async def post(url: str, key: str, path: str = "/v1/embeddings") -> tuple[int, bytes]:

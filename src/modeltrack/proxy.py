@@ -195,8 +195,11 @@ class Proxy:
         if fixed:
             attrs.update(fixed)  # a token's own attribution beats the headers
         decision: Decision | None = None
-        if self.controls is not None:
+        plan = self.controls.plan(provider.name, info.model, attrs) if self.controls is not None else None
+        if plan is not None:
+            assert self.controls is not None
             decision = await self.controls.decide(
+                plan,
                 provider=provider.name,
                 method=req.method,
                 path=up_path,

@@ -20,7 +20,6 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..events import CostEvent
@@ -32,7 +31,7 @@ from .estimate import bound_tokens
 from .ledger import open_ledger
 from .parse import load
 from .routing import choose, rewrite
-from .spec import ControlsError, ControlsSpec, Route
+from .spec import Budget, ControlsError, ControlsSpec, Route
 from .tasks import Background
 
 if TYPE_CHECKING:
@@ -45,6 +44,19 @@ log = logging.getLogger("modeltrack.controls")
 
 RELOAD_CHECK_SECONDS = 1.0
 REPORT_CHECK_SECONDS = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The rules whose scope a combination of attribution, provider and model falls under (a routing rule's
+    trigger and a budget's spend are checked per request)."""
+
+    spec: ControlsSpec
+    routes: tuple[Route, ...]
+    budgets: tuple[Budget, ...]
+    cache_ttl: float | None  # the first matching cache rule's TTL; None: no cache rule applies
+
+    empty: bool = False  # none of the above: the request is not the controls' business
 
 
 @dataclass(slots=True)
@@ -95,6 +107,7 @@ class Controls:
         self.cache: Backend | None = self._open_cache(spec)
         self._mtime = _mtime(path)
         self._tasks: list[asyncio.Task[None]] = []
+        self._plans: dict[tuple[str | None, ...], Plan] = {}
         self.background = Background()
 
     @classmethod
@@ -190,8 +203,32 @@ class Controls:
             await asyncio.sleep(REPORT_CHECK_SECONDS)
 
     # -- the request path -------------------------------------------------------------------------------------
+    def plan(self, provider: str, model: str | None, attrs: Mapping[str, Any]) -> Plan | None:
+        """Which rules a request's attribution, provider and model fall under, or None when none can apply: the
+        proxy then treats it as if no controls were loaded. Memoised per combination (bounded, and rebuilt after
+        a reload), so a deployment whose rules match few requests pays one dictionary lookup for the rest."""
+        key = (provider, model, attrs.get("team"), attrs.get("app"), attrs.get("feature"), attrs.get("user"))
+        spec = self.spec
+        p = self._plans.get(key)
+        if p is None or p.spec is not spec:
+            if len(self._plans) >= 4096 or (p is not None and p.spec is not spec):
+                self._plans.clear()
+            values = dict(zip(("provider", "model", "team", "app", "feature", "user"), key, strict=True))
+            ttl = None
+            if spec.cache is not None:
+                ttl = next(
+                    (r.ttl_seconds or spec.cache.ttl_seconds for r in spec.cache.rules if r.scope.matches(values)), None
+                )
+            routes = tuple(r for r in spec.routes if r.scope.matches(values))
+            budgets = self.budgets.matching(values)
+            p = self._plans[key] = Plan(spec, routes, budgets, ttl, not routes and not budgets and ttl is None)
+        if p.empty and not (spec.cache is not None and attrs.get("cache")):
+            return None
+        return p
+
     async def decide(
         self,
+        p: Plan,
         *,
         provider: str,
         method: str,
@@ -205,21 +242,21 @@ class Controls:
         client_token: bytes,
         wall: float,
     ) -> Decision:
-        spec = self.spec
+        spec = p.spec
         d = Decision(path, body)
-        values = {
-            "team": attrs.get("team"),
-            "app": attrs.get("app"),
-            "feature": attrs.get("feature"),
-            "user": attrs.get("user"),
-            "provider": provider,
-            "model": model,
-        }
         lines: list[bytes] = []
+        matched = p.budgets
         # 1. Routing: refuse, or downgrade to a cheaper model.
-        if spec.routes and attrs.get("no_route", "").lower() not in ("true", "1", "yes"):
-            now = datetime.fromtimestamp(wall, UTC)
-            route = choose(spec.routes, values, now, self._percent)
+        if p.routes and str(attrs.get("no_route", "")).lower() not in ("true", "1", "yes"):
+            values = {
+                "team": attrs.get("team"),
+                "app": attrs.get("app"),
+                "feature": attrs.get("feature"),
+                "user": attrs.get("user"),
+                "provider": provider,
+                "model": model,
+            }
+            route = choose(p.routes, values, wall, self._percent)
             if route is not None:
                 if route.action == "block":
                     self.metrics.routed.labels(route.name, "block").inc()
@@ -236,14 +273,15 @@ class Controls:
                     d.path, d.body = changed
                     d.route, d.routed_from = route, model
                     values["model"] = route.to
+                    matched = tuple(self.budgets.matching(values))  # the budgets of the model that will serve it
                     self.metrics.routed.labels(route.name, "downgrade").inc()
                     lines.append(b"x-modeltrack-routed-from: %s\r\n" % _header_value(model or ""))
         # 2. The response cache.
         if self.cache is not None and spec.cache is not None:
-            ttl = self._cache_ttl(spec, values, attrs)
+            ttl = self._cache_ttl(spec, p.cache_ttl, attrs)
             if ttl:
                 target = (path + "?" + query if query else path).encode("latin-1")
-                routed_to = (values["model"] or "") if d.routed_from is not None else ""
+                routed_to = (d.route.to or "") if d.routed_from is not None and d.route is not None else ""
                 target += b"\0" + routed_to.encode()
                 d.cache_key = cache_key(provider, method, target, headers, body, parsed, client_token)
                 d.cache_ttl = ttl
@@ -260,13 +298,14 @@ class Controls:
                 self.metrics.response_cache.labels("miss").inc()
                 lines.append(b"x-modeltrack-cache: MISS\r\n")
         # 3. Budgets: reserve the worst case, or refuse.
-        if self.budgets.budgets:
+        if matched:
             reserve = 0
-            inp, out = bound_tokens(len(d.body), parsed, spec.reserve)
-            bound = self.pricing.bound(provider, values["model"], inp, out, wall)
-            if bound is not None:
-                reserve = round(bound * 1e9) + 1
-            adm = await self.budgets.admit(values, reserve)
+            if any(b.action == "block" for b in matched):
+                inp, out = bound_tokens(len(d.body), parsed, spec.reserve)
+                bound = self.pricing.bound(provider, d.route.to if d.routed_from and d.route else model, inp, out, wall)
+                if bound is not None:
+                    reserve = round(bound * 1e9) + 1
+            adm = await self.budgets.admit(matched, reserve)
             if adm.refusal is not None:
                 d.refusal = adm.refusal
                 return d
@@ -282,23 +321,19 @@ class Controls:
         return 0.0
 
     @staticmethod
-    def _cache_ttl(spec: ControlsSpec, values: Mapping[str, Any], attrs: Mapping[str, Any]) -> float:
+    def _cache_ttl(spec: ControlsSpec, rule_ttl: float | None, attrs: Mapping[str, Any]) -> float:
+        """The TTL to cache this request's answer for (0: not cached): the request's ``X-ModelTrack-Cache``
+        (``on``/``off``) and ``X-ModelTrack-Cache-TTL`` over the matching rule over the default."""
         assert spec.cache is not None
         asked = str(attrs.get("cache", "")).lower()
-        if asked == "off":
+        if asked == "off" or (rule_ttl is None and asked != "on"):
             return 0.0
-        ttl: float | None = None
-        for rule in spec.cache.rules:
-            if rule.scope.matches(values):
-                ttl = rule.ttl_seconds or spec.cache.ttl_seconds
-                break
-        if ttl is None and asked != "on":
-            return 0.0
+        ttl = rule_ttl or spec.cache.ttl_seconds
         given = attrs.get("cache_ttl")
         if given:
             with contextlib.suppress(ValueError):
                 ttl = min(max(float(given), 1.0), 1e8)
-        return ttl or spec.cache.ttl_seconds
+        return ttl
 
     def finished(self, d: Decision, ev: CostEvent | None, capture: Entry | None) -> None:
         """The request's event is recorded: settle its reservation, store a captured response."""

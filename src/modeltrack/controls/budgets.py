@@ -178,6 +178,7 @@ class Budgets:
                 kept[b.name] = old
         self.budgets = new
         self._states = kept
+        self._matching: dict[tuple[Any, ...], tuple[Budget, ...]] = {}
 
     def state(self, budget: Budget) -> BudgetState:
         """The budget's state for the current period (a new one at rollover)."""
@@ -187,13 +188,24 @@ class Budgets:
             st = self._states[budget.name] = BudgetState(budget, Period.of(budget, now))
         return st
 
-    def matching(self, values: Mapping[str, Any]) -> list[Budget]:
-        return [b for b in self.budgets if b.scope.matches(values)]
+    def matching(self, values: Mapping[str, Any]) -> tuple[Budget, ...]:
+        """The budgets whose scope ``values`` fall under (memoised per combination; cleared by a reload)."""
+        return self._matching_key(tuple(values.get(d) for d in DIMENSIONS))
+
+    def _matching_key(self, key: tuple[Any, ...]) -> tuple[Budget, ...]:
+        found = self._matching.get(key)
+        if found is None:
+            if len(self._matching) >= 4096:
+                self._matching.clear()
+            values = dict(zip(DIMENSIONS, key, strict=True))
+            found = self._matching[key] = tuple(b for b in self.budgets if b.scope.matches(values))
+        return found
 
     # -- admission --------------------------------------------------------------------------------------------
-    async def admit(self, values: Mapping[str, Any], reserve_nano: int) -> Admission:
+    async def admit(self, matched: Iterable[Budget], reserve_nano: int) -> Admission:
+        """Check a request against the budgets it matched (:meth:`matching`), reserving ``reserve_nano``."""
         adm = Admission()
-        for budget in self.matching(values):
+        for budget in matched:
             st = self.state(budget)
             try:
                 if st.refreshed_at is None:
@@ -313,9 +325,11 @@ class Budgets:
     def on_recorded(self, ev: CostEvent) -> None:
         if not ev.cost_usd or not self.budgets:
             return
+        matched = self._matching_key((ev.team, ev.app, ev.feature, ev.user, ev.provider, ev.model))
+        if not matched:
+            return
         cost = round(ev.cost_usd * 1e9)
-        values = {d: getattr(ev, d) for d in DIMENSIONS}
-        for budget in self.matching(values):
+        for budget in matched:
             st = self.state(budget)
             if st.period.contains(ev.timestamp):
                 st.pending[ev.request_id] = cost

@@ -12,7 +12,7 @@ refuse the signature, so downgrade rules skip such requests (block rules still a
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -39,13 +39,13 @@ def window_open(w: Window, now: datetime) -> bool:
 
 
 def choose(
-    routes: tuple[Route, ...], values: Mapping[str, Any], now: datetime, percent: Callable[[str], float]
+    routes: tuple[Route, ...], values: Mapping[str, Any], wall: float, percent: Callable[[str], float]
 ) -> Route | None:
     """The first rule whose match and trigger hold (rules are tried in file order)."""
     for r in routes:
         if not r.scope.matches(values):
             continue
-        if r.window is not None and not window_open(r.window, now):
+        if r.window is not None and not window_open(r.window, datetime.fromtimestamp(wall, UTC)):
             continue
         if r.budget is not None and r.above_percent is not None and percent(r.budget) < r.above_percent:
             continue

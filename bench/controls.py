@@ -1,0 +1,99 @@
+"""The spend controls' cost on the request path, measured against plain ModelTrack in the same run:
+
+* **controls on, nothing matching**: a controls file with budgets, routing rules and a cache rule, none of which
+  apply to the benchmark's traffic (what most requests of a real deployment see);
+* **response-cache hits** of a 10 kB answer at concurrency 1, next to the same answer fetched directly and
+  through ModelTrack without the cache.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bench.harness import Proc, modeltrack, wrk
+
+NOTHING_MATCHES = {
+    "budgets": [
+        {"name": "other-team", "match": {"team": "nobody"}, "period": "monthly", "limit_usd": 100},
+        {"name": "opus", "match": {"model": "claude-opus-*"}, "period": "daily", "limit_usd": 10},
+    ],
+    "routes": [
+        {"name": "opus-down", "match": {"model": "claude-opus-*"}, "action": "downgrade", "to": "claude-sonnet-4-5"},
+        {"name": "interns", "match": {"app": "intern-*"}, "action": "block", "status": 403},
+    ],
+    "cache": {"rules": [{"match": {"feature": "faq"}}]},
+}
+CACHE_ON = {"cache": {"max_bytes": 64 * 1024 * 1024}}
+
+
+def run(tmp: Path, up_port: int, lua: Path, secs: int, plain_url: str) -> dict[str, dict[str, float]]:
+    rows: dict[str, dict[str, float]] = {}
+    procs: list[Proc] = []
+    try:
+        quiet = tmp / "controls-nothing-matches.json"
+        quiet.write_text(json.dumps(NOTHING_MATCHES))
+        p = modeltrack("modeltrack-controls", tmp, up_port, env={"MODELTRACK_CONTROLS_FILE": str(quiet)}).start(tmp)
+        procs.append(p)
+        url = f"http://127.0.0.1:{p.port}/v1/chat/completions"
+        wrk(url, 8, 1, lua)
+        r64, r1 = wrk(url, 64, secs, lua), wrk(url, 1, secs, lua)
+        rows["modeltrack + controls (none match)"] = _row(r64, r1)
+
+        cache = tmp / "controls-cache.json"
+        cache.write_text(json.dumps(CACHE_ON))
+        c = modeltrack("modeltrack-cache", tmp, up_port, env={"MODELTRACK_CONTROLS_FILE": str(cache)}).start(tmp)
+        procs.append(c)
+        ten_kb = "/v1/chat/completions?size=10000"
+        hit = {"X-ModelTrack-Cache": "on"}
+        wrk(f"http://127.0.0.1:{c.port}{ten_kb}", 1, 1, lua, hit)  # the first is a miss; every later one a hit
+        rows["10 kB: cache hit"] = _row(
+            wrk(f"http://127.0.0.1:{c.port}{ten_kb}", 64, secs, lua, hit),
+            wrk(f"http://127.0.0.1:{c.port}{ten_kb}", 1, secs, lua, hit),
+        )
+        rows["10 kB: through ModelTrack, no cache"] = _row(
+            wrk(plain_url + ten_kb, 64, secs, lua), wrk(plain_url + ten_kb, 1, secs, lua)
+        )
+        rows["10 kB: direct"] = _row(
+            wrk(f"http://127.0.0.1:{up_port}{ten_kb}", 64, secs, lua),
+            wrk(f"http://127.0.0.1:{up_port}{ten_kb}", 1, secs, lua),
+        )
+    finally:
+        for p in procs:
+            p.stop()
+    return rows
+
+
+def _row(r64: dict[str, float], r1: dict[str, float]) -> dict[str, float]:
+    return {
+        "rps": r64["rps"],
+        "c64_p99_ms": r64.get("p99_ms", 0),
+        "non2xx": r64["non2xx"],
+        "c1_p50_ms": r1.get("p50_ms", 0),
+        "c1_p99_ms": r1.get("p99_ms", 0),
+    }
+
+
+def report(rows: dict[str, dict[str, float]], plain: dict[str, float]) -> list[str]:
+    ctl, hit = rows["modeltrack + controls (none match)"], rows["10 kB: cache hit"]
+    miss, direct = rows["10 kB: through ModelTrack, no cache"], rows["10 kB: direct"]
+    lines = [
+        "## Spend controls",
+        "",
+        "| target | req/s (64 conns) | p99 ms (64) | p50 ms (conc. 1) | p99 ms (conc. 1) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in [("modeltrack (controls off)", plain), *rows.items()]:
+        lines.append(
+            f"| {name} | {r['rps']:,.0f} | {r['c64_p99_ms']:.2f} | {r['c1_p50_ms']:.3f} | {r['c1_p99_ms']:.3f} |"
+        )
+    lines += [
+        "",
+        f"Controls on with no rule matching: **{ctl['rps'] / plain['rps']:.0%}** of the throughput with controls off, "
+        f"p50 at concurrency 1 {ctl['c1_p50_ms'] - plain['c1_p50_ms']:+.3f} ms (target: within noise).",
+        f"A 10 kB response-cache hit answers at p50 **{hit['c1_p50_ms']:.3f} ms** (target < 1 ms), against "
+        f"{miss['c1_p50_ms']:.3f} ms through ModelTrack to the upstream and {direct['c1_p50_ms']:.3f} ms direct; "
+        f"{hit['rps']:,.0f} hits/s at 64 connections.",
+        "",
+    ]
+    return lines

@@ -1,0 +1,79 @@
+"""What every benchmark scenario shares: processes it starts (and the commands it ran, for the report), `wrk`
+runs parsed into numbers, and percentiles."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.sysinfo import free_port, wait_port
+
+COMMANDS: list[str] = []
+
+
+@dataclass
+class Proc:
+    name: str
+    cmd: list[str]
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, log_dir: Path) -> Proc:
+        COMMANDS.append(" ".join(self.cmd))
+        log = (log_dir / f"{self.name}.log").open("wb")
+        self.proc = subprocess.Popen(self.cmd, env={**os.environ, **self.env}, stdout=log, stderr=log)
+        wait_port(self.port)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+# --- wrk -------------------------------------------------------------------------------------------------------
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def wrk(url: str, conns: int, seconds: int, lua: Path, extra_headers: dict[str, str] | None = None) -> dict[str, float]:
+    cmd = ["wrk", "-t", str(min(conns, 2)), "-c", str(conns), "-d", f"{seconds}s", "--latency", "-s", str(lua)]
+    for k, v in (extra_headers or {}).items():
+        cmd += ["-H", f"{k}: {v}"]
+    cmd.append(url)
+    COMMANDS.append(" ".join(cmd))
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    lat = {}
+    for pct, val, unit in re.findall(r"^\s+(50|75|90|99)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M):
+        lat[f"p{pct}_ms"] = float(val) * _UNITS[unit]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"rps": rps, **lat, "non2xx": float(errors.group(1)) if errors else 0.0}
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    v = sorted(values)
+    return v[min(len(v) - 1, int(len(v) * p))]
+
+
+def modeltrack(name: str, tmp: Path, upstream_port: int, *args: str, env: dict[str, str] | None = None) -> Proc:
+    """``modeltrack serve`` on a free port against the fake upstream, with its own store and spool."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "modeltrack", "serve", *args, "--port", str(port), "--log-level", "warning"]
+    cmd += ["--store", f"sqlite:///{tmp}/{name}.db", "--spool-dir", str(tmp / f"spool-{name}")]
+    return Proc(name, cmd, port, env={"MODELTRACK_OPENAI_BASE_URL": f"http://127.0.0.1:{upstream_port}", **(env or {})})
