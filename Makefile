@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test tools lint typecheck unit pricing bench bench-peers soak clean
+.PHONY: run test tools lint typecheck unit pricing bench bench-peers soak clean vendor-ui
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,9 +18,10 @@ $(VENV)/.dev-deps: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	@touch $@ $(VENV)/.run-deps
 
-## run: create the venv, install, serve on 127.0.0.1:8080 with the embedded SQLite store
+## run: create the venv, install, serve the proxy on 127.0.0.1:8080 and the dashboard on 127.0.0.1:8081,
+## with the embedded SQLite store
 run: $(VENV)/.run-deps
-	$(BIN)/modeltrack serve
+	$(BIN)/modeltrack serve --ui true
 
 ## test: the system tools the tests use (apt), lint, type-check, the whole test suite
 test: tools lint typecheck unit
@@ -48,6 +49,10 @@ bench: $(VENV)/.dev-deps
 
 bench-peers: $(VENV)/.dev-deps
 	$(BIN)/python -m bench.run --peers
+
+## vendor-ui: refresh the dashboard's vendored chart library (uPlot) from the npm registry, checksum-pinned
+vendor-ui:
+	scripts/vendor-ui
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis data

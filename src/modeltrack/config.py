@@ -171,15 +171,17 @@ class Settings:
         default_factory=dict,
         metadata={"help": "deployment=model,... fallback for Azure pricing", "commands": ("serve",)},
     )
+    ui: bool = _opt(False, "also serve the dashboard and API (modeltrack ui) from a child process")
     ui_host: str = _opt(
-        "127.0.0.1", "dashboard/API listen address (not loopback: UI tokens required)", commands=("ui",)
+        "127.0.0.1", "dashboard/API listen address (not loopback: UI tokens required)", commands=("serve", "ui")
     )
     ui_port: int = _opt(8081, "dashboard/API listen port", lo=1, hi=65535, commands=("serve", "ui"))
+    # (the dashboard's empty state shows the proxy's address: it reads MODELTRACK_PORT too)
     ui_tokens: str = _opt(
         "",
         "read-only API/dashboard tokens: comma-separated, or @FILE of sha256 hex digests",
         secret=True,
-        commands=("ui",),
+        commands=("serve", "ui"),
     )
     controls_file: str = _opt("", "budgets, routing and cache rules (YAML/JSON)", commands=("serve", "ui", "controls"))
     # Per provider, from MODELTRACK_<PROVIDER>_{BASE_URL,READ_TIMEOUT,INJECT_STREAM_USAGE}:

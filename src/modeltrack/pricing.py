@@ -352,6 +352,13 @@ class Pricing:
             if (p := self.providers.get(pid)) is not None and p.model_match is not None and p.model_match(ref)
         ]
 
+    def model_ids(self, provider: str) -> list[str]:
+        """The models priced for a ModelTrack provider (its overrides first): what a what-if can compare with."""
+        own = [m.id for m in self.overrides if m.provider in ("*", provider)]
+        pid = PROVIDER_IDS.get(provider)
+        p = self.providers.get(pid) if pid else None
+        return own + ([m.id for m in p.models] if p is not None else [])
+
     def price_pico(self, model: Model, usage: Usage, when: datetime, direct: bool = True) -> int | Fraction:
         tier = usage.service_tier if direct else None
         key = (id(model), when, tier)

@@ -14,13 +14,15 @@ from .. import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import controls, events, pricing, serve
+    from . import controls, events, pricing, report, serve, ui
 
     parser = argparse.ArgumentParser(prog="modeltrack", description="LLM cost-tracking proxy.")
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="cmd")
     serve.add_parser(sub)
+    ui.add_parser(sub)
     events.add_parser(sub)
+    report.add_parser(sub)
     pricing.add_parser(sub)
     controls.add_parser(sub)
     return parser

@@ -12,6 +12,7 @@ from ..controls.spec import ControlsError
 from ..pricing import PricingError
 from ..query import Reader, StoreMissing, open_reader
 from ..query.times import TimeError
+from ..query.views import QueryError
 from ..sinks import StoreURLError
 
 
@@ -33,9 +34,8 @@ def reader(args: argparse.Namespace) -> Reader:
 
 def explain(exc: BaseException) -> str | None:
     """The sentence for an error a user can fix, or None for a bug (shown with its traceback)."""
-    if isinstance(
-        exc, (ConfigError, StoreMissing, StoreURLError, TimeError, PricingError, CommandError, ControlsError)
-    ):
+    user_errors = (ConfigError, StoreMissing, StoreURLError, TimeError, PricingError, CommandError, ControlsError)
+    if isinstance(exc, (*user_errors, QueryError)):
         return str(exc)
     name = type(exc).__name__
     if name == "DefaultCredentialsError":

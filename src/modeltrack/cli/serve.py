@@ -28,13 +28,20 @@ def add_parser(sub: Any) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from ..app import serve
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("cmd", "func", "sub")}
     try:
         settings = Settings.load(overrides=overrides)
         if settings.controls_file:
             load_controls(settings.controls_file)  # refused here, before a worker starts or a port is bound
+        if settings.ui:
+            from ..access import ClientTokens
+            from ..ui.auth import UIAuth
+            from ..ui.exposure import check_exposure
+
+            check_exposure(
+                settings.ui_host, UIAuth(ClientTokens.from_setting(settings.ui_tokens, "MODELTRACK_UI_TOKENS"))
+            )
     except (ConfigError, ControlsError) as exc:
         print(f"modeltrack: configuration error: {exc}", file=sys.stderr)
         return 2
@@ -45,6 +52,40 @@ def run_serve(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:
         pass
+
+    dashboard = _start_dashboard(settings) if settings.ui and not os.environ.get("MODELTRACK_WORKER") else None
+    try:
+        return _serve(settings)
+    finally:
+        if dashboard is not None and dashboard.poll() is None:
+            dashboard.terminate()
+            dashboard.wait(10)
+
+
+def _start_dashboard(settings: Settings) -> Any:
+    """``--ui`` (what ``make run`` uses): ``modeltrack ui`` in a child process, on the same store and settings,
+    stopped with the proxy. A process of its own, so dashboard queries never take CPU from the request path."""
+    import subprocess
+
+    print(f"modeltrack dashboard on http://{settings.ui_host}:{settings.ui_port}", file=sys.stderr, flush=True)
+    # The settings as this process resolved them (flags included), through the environment: tokens never
+    # appear on a command line that `ps` shows.
+    passed = {
+        "STORE": settings.store,
+        "PORT": str(settings.port),
+        "UI_HOST": settings.ui_host,
+        "UI_PORT": str(settings.ui_port),
+        "UI_TOKENS": settings.ui_tokens,
+        "CONTROLS_FILE": settings.controls_file,
+        "PRICING_FILE": settings.pricing_file,
+        "LOG_LEVEL": settings.log_level,
+    }
+    env = {**os.environ, **{f"MODELTRACK_{k}": v for k, v in passed.items()}}
+    return subprocess.Popen([sys.executable, "-m", "modeltrack", "ui"], env=env)
+
+
+def _serve(settings: Settings) -> int:
+    from ..app import serve
 
     if settings.workers > 1 and not os.environ.get("MODELTRACK_WORKER"):
         return _supervise(settings)

@@ -14,7 +14,7 @@ from ..events import CostEvent
 from ..rollups import TOKENS
 from ..sinks.firestore import FirestoreSink
 from . import EventFilter, Filters
-from .memory import group, row_matches
+from .memory import SessionSums, group, row_matches
 from .times import hour_key, stamp
 
 
@@ -85,14 +85,11 @@ class FirestoreReader:
         from google.cloud import firestore
 
         if f.provider or f.model or f.status or f.cache_hit is not None:
-            by: dict[str, dict[str, Any]] = {}
+            sums = SessionSums()
             async for chunk in self.iter_events(EventFilter(start, end, f)):
                 for e in chunk:
-                    if e.session_id is None:
-                        continue
-                    s = by.setdefault(e.session_id, _empty_session(e))
-                    _add(s, e)
-            return sorted(by.values(), key=lambda s: -s["cost_nano_usd"])[:limit]
+                    sums.add(e)
+            return sums.top(limit)
         start_ms, end_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
         q = self.sink.collection_ref("sessions").where(filter=firestore.FieldFilter("last_ms", ">=", start_ms))
         out = []
@@ -114,29 +111,3 @@ class FirestoreReader:
 
     async def close(self) -> None:
         await self.sink.close()
-
-
-def _empty_session(e: CostEvent) -> dict[str, Any]:
-    return {
-        "session_id": e.session_id,
-        "first_ts": e.timestamp,
-        "last_ts": e.timestamp,
-        "team": e.team,
-        "app": e.app,
-        "feature": e.feature,
-        "user": e.user,
-        "requests": 0,
-        **dict.fromkeys(TOKENS, 0),
-        "cost_nano_usd": 0,
-        "latency_ms": 0.0,
-    }
-
-
-def _add(s: dict[str, Any], e: CostEvent) -> None:
-    s["first_ts"] = min(s["first_ts"], e.timestamp)
-    s["last_ts"] = max(s["last_ts"], e.timestamp)
-    s["requests"] += 1
-    for t in TOKENS:
-        s[t] += getattr(e, t)
-    s["cost_nano_usd"] += round((e.cost_usd or 0) * 1e9)
-    s["latency_ms"] += e.latency_ms

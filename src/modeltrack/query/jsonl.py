@@ -13,7 +13,7 @@ import orjson
 
 from ..events import CostEvent
 from . import EventFilter, Filters, StoreMissing
-from .memory import event_row, group, row_matches
+from .memory import SessionSums, event_row, group, row_matches
 from .times import hour_key, stamp
 
 
@@ -56,38 +56,10 @@ class JSONLReader:
         return group((r for r in rows if row_matches(r, f)), (("hour",) if by_hour else ()) + group_by)
 
     async def sessions(self, start: datetime, end: datetime, f: Filters, limit: int) -> list[dict[str, Any]]:
-        evs = await asyncio.to_thread(self._events, EventFilter(start, end, f))
-        by: dict[str, dict[str, Any]] = {}
-        for e in evs:
-            if e.session_id is None:
-                continue
-            s = by.setdefault(
-                e.session_id,
-                {
-                    "session_id": e.session_id,
-                    "first_ts": e.timestamp,
-                    "last_ts": e.timestamp,
-                    "team": e.team,
-                    "app": e.app,
-                    "feature": e.feature,
-                    "user": e.user,
-                    "requests": 0,
-                    "input_tokens": 0,
-                    "output_tokens": 0,
-                    "cache_read_tokens": 0,
-                    "cache_write_tokens": 0,
-                    "reasoning_tokens": 0,
-                    "cost_nano_usd": 0,
-                    "latency_ms": 0.0,
-                },
-            )
-            s["last_ts"] = e.timestamp
-            s["requests"] += 1
-            for t in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens"):
-                s[t] += getattr(e, t)
-            s["cost_nano_usd"] += round((e.cost_usd or 0) * 1e9)
-            s["latency_ms"] += e.latency_ms
-        return sorted(by.values(), key=lambda s: -s["cost_nano_usd"])[:limit]
+        sums = SessionSums()
+        for e in await asyncio.to_thread(self._events, EventFilter(start, end, f)):
+            sums.add(e)
+        return sums.top(limit)
 
     async def close(self) -> None:
         return None

@@ -62,3 +62,40 @@ def group(rows: Iterable[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[st
             if v:
                 acc[name] += int(v)
     return list(out.values())
+
+
+class SessionSums:
+    """Sessions summed from their events, for stores without a sessions table of their own (JSON Lines) and for
+    filters a session row does not carry (provider, model, status, cache hit)."""
+
+    def __init__(self) -> None:
+        self.by: dict[str, dict[str, Any]] = {}
+
+    def add(self, e: CostEvent) -> None:
+        if e.session_id is None:
+            return
+        s = self.by.get(e.session_id)
+        if s is None:
+            s = self.by[e.session_id] = {
+                "session_id": e.session_id,
+                "first_ts": e.timestamp,
+                "last_ts": e.timestamp,
+                "team": e.team,
+                "app": e.app,
+                "feature": e.feature,
+                "user": e.user,
+                "requests": 0,
+                **dict.fromkeys(TOKENS, 0),
+                "cost_nano_usd": 0,
+                "latency_ms": 0.0,
+            }
+        s["first_ts"] = min(s["first_ts"], e.timestamp)
+        s["last_ts"] = max(s["last_ts"], e.timestamp)
+        s["requests"] += 1
+        for t in TOKENS:
+            s[t] += getattr(e, t)
+        s["cost_nano_usd"] += nano_usd(e.cost_usd)
+        s["latency_ms"] += e.latency_ms
+
+    def top(self, limit: int) -> list[dict[str, Any]]:
+        return sorted(self.by.values(), key=lambda s: -s["cost_nano_usd"])[:limit]

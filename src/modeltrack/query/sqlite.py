@@ -129,7 +129,7 @@ class SQLiteReader:
         sql = f"SELECT {ts}, rowid, doc FROM events WHERE {where} ORDER BY {ts}, rowid LIMIT ?"
         return self._conn.execute(sql, [*args, chunk]).fetchall()
 
-    async def iter_events(self, f: EventFilter, chunk: int = 1000) -> AsyncIterator[list[CostEvent]]:
+    async def _pages(self, f: EventFilter, chunk: int) -> AsyncIterator[list[tuple[str, int, bytes]]]:
         """Keyset pagination on (timestamp, rowid): each page is one indexed query, memory stays constant."""
         after: tuple[str, int] | None = None
         while True:
@@ -137,16 +137,15 @@ class SQLiteReader:
             if not rows:
                 return
             after = (rows[-1][0], rows[-1][1])
+            yield rows
+
+    async def iter_events(self, f: EventFilter, chunk: int = 1000) -> AsyncIterator[list[CostEvent]]:
+        async for rows in self._pages(f, chunk):
             yield [CostEvent.from_dict(orjson.loads(r[2])) for r in rows]
 
     async def iter_raw(self, f: EventFilter, chunk: int = 1000) -> AsyncIterator[list[bytes]]:
         """The stored JSON of each event, as :meth:`iter_events` (an export need not decode and re-encode)."""
-        after: tuple[str, int] | None = None
-        while True:
-            rows = await self._call(self._page, f, after, chunk)
-            if not rows:
-                return
-            after = (rows[-1][0], rows[-1][1])
+        async for rows in self._pages(f, chunk):
             yield [bytes(r[2]) for r in rows]
 
     # -- rollups ------------------------------------------------------------------------------------------

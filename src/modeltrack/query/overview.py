@@ -1,0 +1,47 @@
+"""The dashboard's first page in one answer: spend today, month to date and the month's forecast, the last 30
+days' trend, and the month's top teams and models."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Any
+
+from . import EventFilter, Filters, Reader
+from .forecast import forecast
+from .times import bucket_start, ceil_hour, floor_hour, stamp
+from .views import Range, breakdown, series, usd
+
+
+async def overview(reader: Reader, now: datetime, tz: tzinfo, tz_name: str, filters: Filters) -> dict[str, Any]:
+    today = bucket_start(now, "day", tz)
+    month = bucket_start(now, "month", tz)
+    end = ceil_hour(now)
+    today_rows = await reader.aggregate(floor_hour(today), end, filters)
+    month_rng = Range(floor_hour(month), end, tz, tz_name)
+    teams = await breakdown(reader, month_rng, "team", filters, limit=5, compare=False)
+    models = await breakdown(reader, month_rng, "model", filters, limit=5, compare=False)
+    trend = await series(reader, Range(floor_hour(today - timedelta(days=29)), end, tz, tz_name), "day", filters)
+    month_forecast = await forecast(reader, now, tz, tz_name, "month", filters)
+    month_forecast.pop("history", None)
+    latest = await reader.events(EventFilter(filters=filters), 1)
+    return {
+        "now": stamp(now.astimezone(UTC)),
+        "tz": tz_name,
+        "empty": not latest,
+        "last_event": latest[0].timestamp if latest else None,
+        "today": {
+            "since": stamp(today),
+            "cost_usd": usd(sum(int(r["cost_nano_usd"]) for r in today_rows)),
+            "requests": sum(int(r["requests"]) for r in today_rows),
+        },
+        "month_to_date": {
+            "since": stamp(month),
+            "cost_usd": teams["total"]["cost_usd"],
+            "requests": teams["total"]["requests"],
+            "saved_usd": teams["total"]["saved_usd"],
+        },
+        "forecast": month_forecast,
+        "trend": trend,
+        "top_teams": teams["rows"],
+        "top_models": models["rows"],
+    }

@@ -1,0 +1,346 @@
+"""What the API, the dashboard and ``modeltrack report`` answer, built on the :class:`~modeltrack.query.Reader`
+interface, so every store answers alike: spend over time, breakdowns with the previous period, sessions and
+their steps, and the overview. Forecasts and what-if live in :mod:`.forecast` and :mod:`.whatif`.
+
+All money comes from the stored events and rollups (integer nano-dollars, summed exactly), never from prices.
+Ranges are whole hours (the rollups' resolution); the effective range is returned with every answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, tzinfo
+from typing import Any
+
+from ..rollups import LATENCY_BUCKETS, SUMS, TOKENS, percentile
+from . import DIMENSIONS, EventFilter, Filters, Reader
+from .times import TimeError, bucket_start, ceil_hour, floor_hour, hour_start, next_bucket, parse_instant, stamp, zone
+
+MAX_LIMIT = 1000
+MAX_BUCKETS = 5000
+GRANULARITIES = ("hour", "day", "week", "month")
+SORTS = ("cost", "requests", "tokens", "errors", "latency")
+
+
+class QueryError(ValueError):
+    """A question that cannot be answered as asked; the message says what to ask instead (an HTTP 400)."""
+
+
+@dataclass(frozen=True)
+class Range:
+    start: datetime  # UTC, a whole hour
+    end: datetime  # UTC, a whole hour, exclusive
+    tz: tzinfo
+    tz_name: str
+
+    def previous(self) -> Range:
+        """The period of the same length just before this one."""
+        return Range(self.start - (self.end - self.start), self.start, self.tz, self.tz_name)
+
+    def describe(self) -> dict[str, str]:
+        return {"since": stamp(self.start), "until": stamp(self.end), "tz": self.tz_name}
+
+
+def make_range(
+    since: str | None, until: str | None, tz_name: str | None, now: datetime | None = None, default_days: int = 30
+) -> Range:
+    """A range from what a user typed (RFC 3339 or plain dates in ``tz``; ``until`` inclusive of its day), by
+    default the last ``default_days`` days including today."""
+    try:
+        tz = zone(tz_name)
+        now = now or datetime.now(UTC)
+        end = parse_instant(until, tz, end_of_day=True) if until else now
+        if since:
+            start = parse_instant(since, tz)
+        else:
+            today = bucket_start(now, "day", tz)
+            start = (today - timedelta(days=default_days - 1)).astimezone(UTC)
+    except TimeError as exc:
+        raise QueryError(str(exc)) from None
+    if start >= end:
+        raise QueryError(f"since ({stamp(start)}) must be before until ({stamp(end)}): swap them")
+    if end - start > timedelta(days=3660):
+        raise QueryError("a range of at most 10 years, please: narrow since/until")
+    return Range(floor_hour(start), ceil_hour(end), tz, tz_name or "UTC")
+
+
+def check_dimension(name: str | None, what: str = "dimension") -> str:
+    if name not in DIMENSIONS:
+        raise QueryError(f"{what} {name!r} is not one of {', '.join(DIMENSIONS)}")
+    return name
+
+
+def check_limit(limit: int | None, default: int = 10, maximum: int = MAX_LIMIT) -> int:
+    if limit is None:
+        return default
+    if not 1 <= limit <= maximum:
+        raise QueryError(f"limit must be from 1 to {maximum}, got {limit}")
+    return limit
+
+
+def usd(nano: int) -> float:
+    return round(nano / 1e9, 9)
+
+
+def summary(row: dict[str, Any]) -> dict[str, Any]:
+    """One group's figures: money in USD, tokens, rates, and latency percentiles from the rollups' histogram."""
+    requests = int(row.get("requests", 0))
+    buckets = [int(row.get(b, 0)) for b in LATENCY_BUCKETS]
+    out: dict[str, Any] = {
+        "cost_usd": usd(int(row.get("cost_nano_usd", 0))),
+        "saved_usd": usd(int(row.get("saved_nano_usd", 0))),
+        "requests": requests,
+        "errors": int(row.get("errors", 0)),
+        **{t: int(row.get(t, 0)) for t in TOKENS},
+        "error_rate": round(int(row.get("errors", 0)) / requests, 4) if requests else 0.0,
+        "latency_p50_ms": _round(percentile(buckets, 0.50)),
+        "latency_p95_ms": _round(percentile(buckets, 0.95)),
+    }
+    return out
+
+
+def _round(v: float | None) -> float | None:
+    return None if v is None else round(v, 1)
+
+
+def _add(acc: dict[str, Any], row: dict[str, Any]) -> None:
+    for name in (*SUMS, *LATENCY_BUCKETS):
+        acc[name] = acc.get(name, 0) + int(row.get(name, 0))
+
+
+def _key(value: Any) -> Any:
+    return None if value in ("", None) else value
+
+
+async def series(
+    reader: Reader, rng: Range, granularity: str, filters: Filters, split: str | None = None, top: int = 8
+) -> dict[str, Any]:
+    """Spend and requests per hour/day/week/month bucket (in the range's time zone), optionally one series per
+    value of ``split`` (the ``top`` values by spend, the rest summed as ``other``)."""
+    if granularity not in GRANULARITIES:
+        raise QueryError(f"granularity {granularity!r} is not one of {', '.join(GRANULARITIES)}")
+    if split is not None:
+        check_dimension(split, "split")
+    starts = [bucket_start(rng.start, granularity, rng.tz)]
+    while (nxt := next_bucket(starts[-1], granularity, rng.tz)) < rng.end:
+        starts.append(nxt)
+        if len(starts) > MAX_BUCKETS:
+            raise QueryError(f"more than {MAX_BUCKETS} {granularity} buckets: use a coarser granularity")
+    index = {s.astimezone(UTC): i for i, s in enumerate(starts)}
+    rows = await reader.aggregate(rng.start, rng.end, filters, (split,) if split else (), by_hour=True)
+    where: dict[str, int] = {}
+    per: dict[Any, list[list[int]]] = {}
+    for row in rows:
+        h = row["hour"]
+        i = where.get(h)
+        if i is None:
+            i = where[h] = index[bucket_start(hour_start(h), granularity, rng.tz).astimezone(UTC)]
+        key = _key(row.get(split)) if split else "total"
+        cost, reqs = per.setdefault(key, [[0] * len(starts), [0] * len(starts)])
+        cost[i] += int(row["cost_nano_usd"])
+        reqs[i] += int(row["requests"])
+    ranked = sorted(per, key=lambda k: -sum(per[k][0]))
+    keep, rest = ranked[:top], ranked[top:]
+    out = [(k, per[k]) for k in keep]
+    if rest:
+        other = [[0] * len(starts), [0] * len(starts)]
+        for k in rest:
+            for j in range(len(starts)):
+                other[0][j] += per[k][0][j]
+                other[1][j] += per[k][1][j]
+        out.append(("__other__", other))
+    total_nano = sum(sum(v[0]) for v in per.values())
+    return {
+        "range": rng.describe(),
+        "granularity": granularity,
+        "split": split,
+        "buckets": [stamp(s) for s in starts],
+        "series": [
+            {
+                "key": k,
+                "cost_usd": [usd(v) for v in c],
+                "requests": r,
+                "total_usd": usd(sum(c)),
+            }
+            for k, (c, r) in out
+        ],
+        "total_usd": usd(total_nano),
+        "requests": sum(sum(v[1]) for v in per.values()),
+    }
+
+
+async def breakdown(
+    reader: Reader,
+    rng: Range,
+    dimension: str,
+    filters: Filters,
+    limit: int = 10,
+    sort: str = "cost",
+    compare: bool = True,
+) -> dict[str, Any]:
+    """The top ``limit`` values of ``dimension`` in the range, each with spend, requests, tokens, response-cache
+    hit rate, error rate and latency p50/p95, and the same figures of the previous period of equal length."""
+    check_dimension(dimension)
+    limit = check_limit(limit)
+    if sort not in SORTS:
+        raise QueryError(f"sort {sort!r} is not one of {', '.join(SORTS)}")
+    by = (dimension,) if dimension == "cache_hit" else (dimension, "cache_hit")
+    groups: dict[Any, dict[str, Any]] = {}
+    hits: dict[Any, int] = {}
+    for row in await reader.aggregate(rng.start, rng.end, filters, by):
+        key = _key(row[dimension])
+        _add(groups.setdefault(key, {}), row)
+        if row.get("cache_hit"):
+            hits[key] = hits.get(key, 0) + int(row["requests"])
+    before: dict[Any, dict[str, Any]] = {}
+    if compare:
+        prev = rng.previous()
+        for row in await reader.aggregate(prev.start, prev.end, filters, (dimension,)):
+            _add(before.setdefault(_key(row[dimension]), {}), row)
+
+    def measure(g: dict[str, Any]) -> float:
+        if sort == "cost":
+            return int(g.get("cost_nano_usd", 0))
+        if sort == "requests":
+            return int(g.get("requests", 0))
+        if sort == "tokens":
+            return sum(int(g.get(t, 0)) for t in TOKENS)
+        if sort == "errors":
+            return int(g.get("errors", 0))
+        return percentile([int(g.get(b, 0)) for b in LATENCY_BUCKETS], 0.95) or 0.0
+
+    ranked = sorted(groups, key=lambda k: (-measure(groups[k]), str(k)))
+    total: dict[str, Any] = {}
+    for g in groups.values():
+        _add(total, g)
+    total_prev: dict[str, Any] = {}
+    for g in before.values():
+        _add(total_prev, g)
+
+    def row_of(key: Any, g: dict[str, Any], prev: dict[str, Any] | None, n_hits: int) -> dict[str, Any]:
+        r = {dimension: key, **summary(g)}
+        r["cache_hits"] = n_hits
+        r["cache_hit_rate"] = round(n_hits / r["requests"], 4) if r["requests"] else 0.0
+        r["share"] = (
+            round(int(g.get("cost_nano_usd", 0)) / int(total.get("cost_nano_usd", 0)), 4)
+            if total.get("cost_nano_usd")
+            else 0.0
+        )
+        if compare:
+            p_cost = int((prev or {}).get("cost_nano_usd", 0))
+            r["previous_cost_usd"] = usd(p_cost)
+            r["previous_requests"] = int((prev or {}).get("requests", 0))
+            r["change_pct"] = round(100 * (int(g.get("cost_nano_usd", 0)) - p_cost) / p_cost, 1) if p_cost else None
+        return r
+
+    rows = [row_of(k, groups[k], before.get(k), hits.get(k, 0)) for k in ranked[:limit]]
+    rest = ranked[limit:]
+    other = None
+    if rest:
+        acc: dict[str, Any] = {}
+        acc_prev: dict[str, Any] = {}
+        for k in rest:
+            _add(acc, groups[k])
+            if k in before:
+                _add(acc_prev, before[k])
+        other = row_of("__other__", acc, acc_prev, sum(hits.get(k, 0) for k in rest))
+        other["values"] = len(rest)
+    totals = row_of("__total__", total, total_prev, sum(hits.values()))
+    return {
+        "range": rng.describe(),
+        "previous": rng.previous().describe() if compare else None,
+        "dimension": dimension,
+        "sort": sort,
+        "rows": rows,
+        "other": other,
+        "total": totals,
+    }
+
+
+def _session(row: dict[str, Any]) -> dict[str, Any]:
+    n = int(row.get("requests") or 0)
+    return {
+        "session_id": row["session_id"],
+        "first_ts": row["first_ts"],
+        "last_ts": row["last_ts"],
+        **{k: row.get(k) for k in ("team", "app", "feature", "user")},
+        "requests": n,
+        **{t: int(row.get(t) or 0) for t in TOKENS},
+        "cost_usd": usd(int(row.get("cost_nano_usd") or 0)),
+        "latency_ms": round(float(row.get("latency_ms") or 0.0), 1),
+    }
+
+
+async def sessions(reader: Reader, rng: Range, filters: Filters, limit: int = 20) -> dict[str, Any]:
+    """The most expensive sessions active in the range."""
+    limit = check_limit(limit, 20)
+    rows = await reader.sessions(rng.start, rng.end, filters, limit)
+    return {"range": rng.describe(), "sessions": [_session(r) for r in rows]}
+
+
+async def session_steps(reader: Reader, session_id: str, limit: int = 5000) -> dict[str, Any]:
+    """One session's steps in order: what an agent run cost, call by call."""
+    if not session_id or len(session_id) > 128:
+        raise QueryError("a session id is 1 to 128 characters")
+    events = await reader.events(EventFilter(session_id=session_id), limit)
+    if not events:
+        raise LookupError(f"no session {session_id!r} in the store")
+    steps = []
+    for i, e in enumerate(events, 1):
+        steps.append(
+            {
+                "step": i,
+                "timestamp": e.timestamp,
+                "request_id": e.request_id,
+                "provider": e.provider,
+                "model": e.model,
+                "endpoint": e.endpoint,
+                "status": e.status,
+                "error": e.error,
+                **{t: getattr(e, t) for t in TOKENS},
+                "cost_usd": e.cost_usd,
+                "latency_ms": e.latency_ms,
+                "cache_hit": e.cache_hit,
+                "routed": e.routed,
+                "prompt_id": e.prompt_id,
+            }
+        )
+    total = sum(round((e.cost_usd or 0) * 1e9) for e in events)
+    first, last = events[0], events[-1]
+    return {
+        "session_id": session_id,
+        "team": first.team,
+        "app": first.app,
+        "feature": first.feature,
+        "user": first.user,
+        "first_ts": first.timestamp,
+        "last_ts": last.timestamp,
+        "requests": len(events),
+        "cost_usd": usd(total),
+        "steps": steps,
+    }
+
+
+async def values(reader: Reader, rng: Range, dimension: str, filters: Filters, limit: int = 200) -> list[Any]:
+    """The values of a dimension seen in the range, by spend (for filter pickers)."""
+    check_dimension(dimension)
+    rows = await reader.aggregate(rng.start, rng.end, filters, (dimension,))
+    rows.sort(key=lambda r: -int(r["cost_nano_usd"]))
+    return [_key(r[dimension]) for r in rows[: check_limit(limit, 200)]]
+
+
+def parse_filters(get: Any) -> Filters:
+    """Filters from query parameters (``team=search&model=gpt-4o&status=4xx&cache_hit=true``)."""
+    status = get("status")
+    if status is not None and not (
+        (len(status) == 3 and status.isdigit()) or (len(status) == 3 and status[0].isdigit() and status[1:] == "xx")
+    ):
+        raise QueryError(f"status {status!r}: write a code such as 429 or a class such as 4xx")
+    cache_hit = get("cache_hit")
+    if cache_hit is not None and cache_hit not in ("true", "false"):
+        raise QueryError(f"cache_hit {cache_hit!r}: write true or false")
+    return Filters(
+        **{d: get(d) for d in ("team", "app", "feature", "user", "provider", "model")},
+        status=status,
+        cache_hit=None if cache_hit is None else cache_hit == "true",
+    )

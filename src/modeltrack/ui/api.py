@@ -1,0 +1,249 @@
+"""The JSON API under ``/api/v1/``: thin handlers that validate parameters (a 400 that says what is wrong) and
+call the store-agnostic views (:mod:`modeltrack.query.views`)."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+
+from ..query import DIMENSIONS, Reader, StoreMissing, open_reader
+from ..query.forecast import forecast
+from ..query.overview import overview
+from ..query.times import TimeError, zone
+from ..query.views import (
+    GRANULARITIES,
+    QueryError,
+    Range,
+    breakdown,
+    make_range,
+    parse_filters,
+    series,
+    session_steps,
+    sessions,
+    values,
+)
+from ..query.whatif import whatif
+
+if TYPE_CHECKING:
+    from ..config import Settings
+    from ..pricing import Pricing
+
+
+def json_response(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def error(status: int, kind: str, message: str) -> web.Response:
+    return json_response({"error": {"type": kind, "message": message}}, status)
+
+
+class Params:
+    """Query parameters, read with validation: every mistake is a :class:`QueryError` naming the parameter."""
+
+    KNOWN = frozenset(
+        {
+            "since",
+            "until",
+            "tz",
+            "granularity",
+            "split",
+            "dimension",
+            "limit",
+            "sort",
+            "compare",
+            "horizon",
+            "provider",
+            "model",
+            "days",
+            "to_model",
+            "to_provider",
+            "kind",
+            "format",
+            "top",
+            *DIMENSIONS,
+        }
+    )
+
+    def __init__(self, request: web.Request) -> None:
+        self.q = request.query
+        unknown = sorted(set(self.q) - self.KNOWN)
+        if unknown:
+            raise QueryError(f"unknown parameter {unknown[0]!r}; known: {', '.join(sorted(self.KNOWN))}")
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        v = self.q.get(name)
+        return default if v is None else v
+
+    def number(self, name: str, default: int | None = None, lo: int = 1, hi: int = 1000) -> int | None:
+        raw = self.q.get(name)
+        if raw is None:
+            return default
+        try:
+            v = int(raw)
+        except ValueError:
+            raise QueryError(f"{name} {raw!r} is not a whole number") from None
+        if not lo <= v <= hi:
+            raise QueryError(f"{name} must be from {lo} to {hi}, got {v}")
+        return v
+
+    def range(self, default_days: int = 30) -> Range:
+        return make_range(self.get("since"), self.get("until"), self.get("tz"), default_days=default_days)
+
+
+class Api:
+    def __init__(self, settings: Settings, pricing: Pricing) -> None:
+        self.settings = settings
+        self.pricing = pricing
+        self._reader: Reader | None = None
+        self._lock = asyncio.Lock()
+
+    async def reader(self) -> Reader:
+        """The store, opened on first use (the proxy may start after the dashboard; until then: a 503)."""
+        if self._reader is None:
+            async with self._lock:
+                if self._reader is None:
+                    self._reader = open_reader(self.settings.store)
+        return self._reader
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            await self._reader.close()
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/api/v1/meta", self.meta),
+            web.get("/api/v1/overview", self.overview),
+            web.get("/api/v1/series", self.series),
+            web.get("/api/v1/breakdown", self.breakdown),
+            web.get("/api/v1/values", self.values),
+            web.get("/api/v1/sessions", self.sessions),
+            web.get("/api/v1/sessions/{session_id}", self.session),
+            web.get("/api/v1/budgets", self.budgets),
+            web.get("/api/v1/forecast", self.forecast),
+            web.get("/api/v1/whatif", self.whatif),
+            web.get("/api/v1/models", self.models),
+        ]
+
+    # -- handlers ---------------------------------------------------------------------------------------------
+    async def meta(self, request: web.Request) -> web.Response:
+        from ..sinks import describe_store
+
+        s = self.settings
+        try:
+            await self.reader()
+            exists, problem = True, None
+        except StoreMissing as exc:
+            exists, problem = False, str(exc)
+        return json_response(
+            {
+                "store": {"kind": s.store.split(":", 1)[0], "where": describe_store(s.store), "exists": exists},
+                "problem": problem,
+                "proxy_port": s.port,
+                "dimensions": list(DIMENSIONS),
+                "granularities": list(GRANULARITIES),
+                "controls": bool(s.controls_file),
+            }
+        )
+
+    async def overview(self, request: web.Request) -> web.Response:
+        p = Params(request)
+        tz_name = p.get("tz") or "UTC"
+        tz = _zone(tz_name)
+        return json_response(await overview(await self.reader(), datetime.now(UTC), tz, tz_name, parse_filters(p.get)))
+
+    async def series(self, request: web.Request) -> web.Response:
+        p = Params(request)
+        rng = p.range()
+        split = p.get("split") or None
+        top = p.number("top", 8, 1, 50) or 8
+        return json_response(
+            await series(
+                await self.reader(), rng, p.get("granularity", "day") or "day", parse_filters(p.get), split, top
+            )
+        )
+
+    async def breakdown(self, request: web.Request) -> web.Response:
+        p = Params(request)
+        compare = (p.get("compare") or "true") != "false"
+        data = await breakdown(
+            await self.reader(),
+            p.range(),
+            p.get("dimension") or "",
+            parse_filters(p.get),
+            p.number("limit", 10) or 10,
+            p.get("sort") or "cost",
+            compare,
+        )
+        return json_response(data)
+
+    async def values(self, request: web.Request) -> web.Response:
+        p = Params(request)
+        dim = p.get("dimension") or ""
+        vals = await values(await self.reader(), p.range(90), dim, parse_filters(p.get), p.number("limit", 200) or 200)
+        return json_response({"dimension": dim, "values": vals})
+
+    async def sessions(self, request: web.Request) -> web.Response:
+        p = Params(request)
+        return json_response(
+            await sessions(await self.reader(), p.range(), parse_filters(p.get), p.number("limit", 20) or 20)
+        )
+
+    async def session(self, request: web.Request) -> web.Response:
+        try:
+            return json_response(await session_steps(await self.reader(), request.match_info["session_id"]))
+        except LookupError as exc:
+            return error(404, "not_found", str(exc))
+
+    async def budgets(self, request: web.Request) -> web.Response:
+        path = self.settings.controls_file
+        if not path:
+            return json_response({"budgets": [], "controls_file": None})
+        from ..controls.budgets import budget_status
+        from ..controls.parse import load
+
+        spec = load(path)
+        rows = await budget_status(await self.reader(), spec.budgets)
+        return json_response({"budgets": rows, "controls_file": path})
+
+    async def forecast(self, request: web.Request) -> web.Response:
+        p = Params(request)
+        tz_name = p.get("tz") or "UTC"
+        data = await forecast(
+            await self.reader(),
+            datetime.now(UTC),
+            _zone(tz_name),
+            tz_name,
+            p.get("horizon", "month") or "month",
+            parse_filters(p.get),
+        )
+        return json_response(data)
+
+    async def whatif(self, request: web.Request) -> web.Response:
+        """``to_model`` (and ``to_provider`` when the name is ambiguous) re-prices the slice the usual filters
+        select, over ``days`` days (or ``since``/``until``)."""
+        p = Params(request)
+        days = p.number("days", 30, 1, 366) or 30
+        rng = p.range() if p.get("since") else make_range(None, None, p.get("tz"), default_days=days)
+        to_model = p.get("to_model") or ""
+        to_provider = p.get("to_provider") or ""
+        if not to_provider:
+            homes = self.pricing.home_providers(to_model) if to_model else []
+            to_provider = homes[0] if homes else (p.get("provider") or "openai")
+        data = await whatif(await self.reader(), self.pricing, rng, parse_filters(p.get), to_provider, to_model)
+        return json_response(data)
+
+    async def models(self, request: web.Request) -> web.Response:
+        from ..config import PROVIDERS
+
+        return json_response({p: self.pricing.model_ids(p) for p in PROVIDERS if self.pricing.model_ids(p)})
+
+
+def _zone(name: str) -> Any:
+    try:
+        return zone(name)
+    except TimeError as exc:
+        raise QueryError(str(exc)) from None

@@ -1,0 +1,106 @@
+"""``GET /api/v1/export``: events or aggregates, as CSV or JSON Lines, streamed in constant memory.
+
+Events are read a page at a time (keyset pagination in SQLite, cursors in Firestore) and written to the socket
+page by page, with back-pressure (``await write`` waits for a slow client), so a million rows cost one page of
+memory. JSON Lines from SQLite are the stored documents, not decoded and re-encoded.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Iterable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ..events import FIELD_ORDER
+from ..query import EventFilter
+from ..query.views import QueryError, breakdown, parse_filters, series, sessions
+from .api import Api, Params
+
+KINDS = ("events", "breakdown", "series", "sessions")
+FORMATS = ("csv", "jsonl")
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, (dict, list)):
+        return orjson.dumps(v).decode()
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return "" if v is None else v
+
+
+def csv_lines(header: list[str] | tuple[str, ...], rows: Iterable[dict[str, Any]], with_header: bool) -> bytes:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    if with_header:
+        w.writerow(header)
+    for r in rows:
+        w.writerow([_cell(r.get(k)) for k in header])
+    return buf.getvalue().encode()
+
+
+async def export(api: Api, request: web.Request) -> web.StreamResponse:
+    p = Params(request)
+    kind = p.get("kind", "events") or "events"
+    fmt = p.get("format", "csv") or "csv"
+    if kind not in KINDS:
+        raise QueryError(f"kind {kind!r} is not one of {', '.join(KINDS)}")
+    if fmt not in FORMATS:
+        raise QueryError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
+    rng = p.range()
+    filters = parse_filters(p.get)
+    reader = await api.reader()
+    if kind == "events":
+        resp = _start(request, kind, fmt, rng.describe()["since"][:10], rng.describe()["until"][:10])
+        await resp.prepare(request)
+        f = EventFilter(rng.start, rng.end, filters)
+        raw = getattr(reader, "iter_raw", None)
+        if fmt == "jsonl" and raw is not None:
+            async for docs in raw(f, 2000):
+                await resp.write(b"".join(d if d.endswith(b"\n") else d + b"\n" for d in docs))
+        else:
+            first = True
+            async for chunk in reader.iter_events(f, 2000):
+                if fmt == "jsonl":
+                    await resp.write(b"".join(e.to_json() + b"\n" for e in chunk))
+                else:
+                    await resp.write(csv_lines(FIELD_ORDER, (e.to_dict() for e in chunk), first))
+                    first = False
+            if first and fmt == "csv":
+                await resp.write(csv_lines(FIELD_ORDER, (), True))
+        await resp.write_eof()
+        return resp
+    if kind == "breakdown":
+        dim = p.get("dimension") or "team"
+        data = await breakdown(reader, rng, dim, filters, p.number("limit", 1000) or 1000, p.get("sort") or "cost")
+        rows = list(data["rows"]) + ([data["other"]] if data["other"] else [])
+    elif kind == "sessions":
+        rows = (await sessions(reader, rng, filters, p.number("limit", 1000) or 1000))["sessions"]
+    else:
+        data = await series(reader, rng, p.get("granularity", "day") or "day", filters, p.get("split") or None, 50)
+        rows = [
+            {"bucket": b, "key": s["key"], "cost_usd": s["cost_usd"][i], "requests": s["requests"][i]}
+            for s in data["series"]
+            for i, b in enumerate(data["buckets"])
+        ]
+    resp = _start(request, kind, fmt, rng.describe()["since"][:10], rng.describe()["until"][:10])
+    await resp.prepare(request)
+    if fmt == "jsonl":
+        await resp.write(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    else:
+        header = list(rows[0]) if rows else ["key"]
+        await resp.write(csv_lines(header, rows, True))
+    await resp.write_eof()
+    return resp
+
+
+def _start(request: web.Request, kind: str, fmt: str, since: str, until: str) -> web.StreamResponse:
+    resp = web.StreamResponse()
+    resp.content_type = "text/csv" if fmt == "csv" else "application/x-ndjson"
+    resp.charset = "utf-8"
+    resp.headers["Content-Disposition"] = f'attachment; filename="modeltrack-{kind}-{since}-to-{until}.{fmt}"'
+    resp.enable_chunked_encoding()
+    return resp

@@ -1,0 +1,268 @@
+"""The dashboard in a real headless browser: the system Chromium (apt), driven by Playwright (pip). Every page
+loads with no console error and no request leaves the server; the numbers on the page equal the API's; a filter
+or range change updates the URL and the data; screenshots of each page are kept as test artefacts.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import orjson
+import pytest
+
+from modeltrack.config import Settings
+from modeltrack.sinks import open_sink
+from modeltrack.ui import create_app
+
+from .seed import history
+
+playwright_api = pytest.importorskip("playwright.async_api", reason="pip install playwright (make test does)")
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+TOKEN = "mt-ui-" + "d45hb0ard" * 4
+
+
+class Browser:
+    """One page of the system Chromium, recording console errors and every URL it requests."""
+
+    def __init__(self, page: Any, base: str, shots: Path) -> None:
+        self.page = page
+        self.base = base
+        self.shots = shots
+        self.errors: list[str] = []
+        self.requests: list[str] = []
+        page.on("console", self._console)
+        page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
+        page.on("request", lambda r: self.requests.append(r.url))
+
+    def _console(self, message: Any) -> None:
+        if message.type in ("error", "warning"):
+            self.errors.append(f"{message.type}: {message.text}")
+
+    async def ready(self) -> None:
+        # (a selector, not a JS predicate: the page's CSP forbids eval, and the test keeps it on)
+        await self.page.wait_for_selector("body[data-ready=true]", timeout=15_000)
+
+    async def open(self, path: str, shot: str | None = None) -> None:
+        await self.page.goto(self.base + path)
+        await self.ready()
+        if shot:
+            await self.page.screenshot(path=str(self.shots / f"{shot}.png"), full_page=True)
+
+    async def values(self, selector: str) -> list[float]:
+        found = await self.page.locator(selector).evaluate_all("els => els.map(e => e.dataset.value)")
+        return [float(v) for v in found]
+
+    async def value(self, selector: str) -> float:
+        return float(await self.page.locator(selector).first.get_attribute("data-value") or "nan")
+
+    def query(self) -> dict[str, str]:
+        parts = urlsplit(self.page.url)
+        return {k: v[0] for k, v in parse_qs(parts.query).items()}
+
+    def path(self) -> str:
+        return urlsplit(self.page.url).path
+
+
+@pytest.fixture
+async def seeded(tmp_path: Path) -> str:
+    store = f"sqlite:///{tmp_path}/events.db"
+    sink = open_sink(store)
+    await sink.open()
+    await sink.write(history(45, 30, seed=21))
+    await sink.close()
+    return store
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"Chromium not found at {CHROMIUM}: apt-get install chromium (make test does)")
+    async with playwright_api.async_playwright() as p:
+        b = await p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            yield b
+        finally:
+            await b.close()
+
+
+async def start(aiohttp_server: Any, browser: Any, artifacts: Path, store: str, **settings: Any) -> tuple[Browser, Any]:
+    server = await aiohttp_server(create_app(Settings.load(env={}, overrides={"store": store, **settings})))
+    page = await browser.new_page(viewport={"width": 1400, "height": 1000}, timezone_id="UTC")
+    base = str(server.make_url("")).rstrip("/")
+    return Browser(page, base, artifacts), server
+
+
+async def api(server: Any, path: str, token: str | None = None) -> Any:
+    import aiohttp
+
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with aiohttp.ClientSession() as s, s.get(str(server.make_url(path)), headers=headers) as r:
+        assert r.status == 200, await r.text()
+        return orjson.loads(await r.read())
+
+
+def window(days: int) -> tuple[str, str]:
+    today = datetime.now(UTC).date()
+    return (today - timedelta(days=days - 1)).isoformat(), today.isoformat()
+
+
+PAGES = {
+    "overview": "/",
+    "teams": "/teams",
+    "apps": "/apps",
+    "features": "/features",
+    "users": "/users",
+    "models": "/models",
+    "team-detail": "/teams?team=search",
+    "sessions": "/sessions",
+    "budgets": "/budgets",
+    "whatif": "/whatif?to_model=gpt-4.1-mini",
+    "export": "/export",
+}
+
+
+async def test_every_page_loads_clean_and_shows_the_apis_numbers(
+    aiohttp_server: Any, browser: Any, artifacts: Path, seeded: str, tmp_path: Path
+) -> None:
+    controls = tmp_path / "controls.yaml"
+    controls.write_text("budgets:\n  - name: all-monthly\n    limit_usd: 20\n    period: monthly\n")
+    b, server = await start(aiohttp_server, browser, artifacts, seeded, controls_file=str(controls))
+    for name, path in PAGES.items():
+        await b.open(path, shot=name)
+        assert await b.page.locator("[data-testid=error]").count() == 0, name
+    assert b.errors == []
+    assert all(u.startswith(b.base) for u in b.requests), "the dashboard makes no outside call"
+
+    # Overview: the KPI cards and top tables are the API's figures.
+    await b.open("/")
+    ov = await api(server, "/api/v1/overview?tz=UTC")
+    assert await b.value("[data-testid=kpi-month] .value") == pytest.approx(ov["month_to_date"]["cost_usd"])
+    assert await b.value("[data-testid=kpi-today] .value") == pytest.approx(ov["today"]["cost_usd"])
+    assert await b.value("[data-testid=kpi-forecast] .value") == pytest.approx(ov["forecast"]["forecast_usd"])
+    assert await b.values("[data-testid=top-team] td[data-value]") == pytest.approx(
+        [r["cost_usd"] for r in ov["top_teams"]]
+    )
+    assert "$" in await b.page.locator("[data-testid=kpi-month] .value").inner_text()
+
+    # A breakdown page: every row's spend and requests, and the total.
+    since, until = window(30)
+    bd = await api(server, f"/api/v1/breakdown?dimension=model&limit=25&since={since}&until={until}&tz=UTC")
+    await b.open("/models")
+    rows = b.page.locator("[data-testid=breakdown] tbody tr")
+    assert await rows.count() == len(bd["rows"])
+    keys = await rows.evaluate_all("els => els.map(e => e.dataset.key)")
+    assert keys == [r["model"] for r in bd["rows"]]
+    spend = await b.values("[data-testid=breakdown] tbody tr td.num[data-value]:nth-of-type(2)")
+    assert spend == pytest.approx([r["cost_usd"] for r in bd["rows"]])
+    assert await b.value("[data-testid=total] td[data-value]") == pytest.approx(bd["total"]["cost_usd"])
+
+    # Budgets and sessions.
+    await b.open("/budgets")
+    budget = (await api(server, "/api/v1/budgets"))["budgets"][0]
+    assert await b.value("[data-testid=budget][data-name=all-monthly] .value") == pytest.approx(budget["spent_usd"])
+    await b.open("/sessions")
+    ss = await api(server, f"/api/v1/sessions?limit=50&since={since}&until={until}&tz=UTC")
+    shown = await b.page.locator("[data-testid=sessions] tbody tr").evaluate_all("els => els.map(e => e.dataset.key)")
+    assert shown == [s["session_id"] for s in ss["sessions"]]
+    await b.page.locator("[data-testid=sessions] tbody tr").first.click()
+    await b.ready()
+    assert b.query()["session"] == shown[0]
+    steps = await api(server, f"/api/v1/sessions/{shown[0]}")
+    shown_steps = await b.values("[data-testid=steps] td[data-value]")
+    assert shown_steps == pytest.approx([s["cost_usd"] for s in steps["steps"]])
+    await b.page.screenshot(path=str(artifacts / "session-steps.png"), full_page=True)
+    assert b.errors == []
+
+
+async def test_a_filter_or_range_change_updates_the_url_and_the_data(
+    aiohttp_server: Any, browser: Any, artifacts: Path, seeded: str
+) -> None:
+    b, server = await start(aiohttp_server, browser, artifacts, seeded)
+    await b.open("/teams")
+    first = b.page.locator('[data-testid=breakdown] tbody tr.click:not([data-key=""])').first
+    team = await first.get_attribute("data-key")
+    assert team
+    await first.click()
+    await b.ready()
+    assert b.path() == "/teams" and b.query()["team"] == team
+    assert team in await b.page.locator("[data-testid=detail-title]").inner_text()
+    since, until = window(30)
+    one = await api(server, f"/api/v1/breakdown?dimension=app&team={team}&since={since}&until={until}&tz=UTC")
+    assert await b.value("[data-testid=kpi-spend] .value") == pytest.approx(one["total"]["cost_usd"])
+    assert await b.values("[data-testid=breakdown-app] td.num[data-value]:nth-of-type(2)") == pytest.approx(
+        [r["cost_usd"] for r in one["rows"]]
+    )
+
+    # The range: a preset goes into the URL and the figures follow it.
+    await b.page.select_option("[data-testid=range]", "7d")
+    await b.ready()
+    assert b.query() == {"team": team, "range": "7d"}
+    since7, until7 = window(7)
+    week = await api(server, f"/api/v1/breakdown?dimension=app&team={team}&since={since7}&until={until7}&tz=UTC")
+    assert await b.value("[data-testid=kpi-spend] .value") == pytest.approx(week["total"]["cost_usd"])
+    assert week["total"]["cost_usd"] < one["total"]["cost_usd"]
+    await b.page.screenshot(path=str(artifacts / "team-7-days.png"), full_page=True)
+
+    # Shared as a link, the view opens the same; removing the filter chip goes back to all teams.
+    url = b.page.url
+    other = await browser.new_page(viewport={"width": 1400, "height": 1000}, timezone_id="UTC")
+    await other.goto(url)
+    await other.wait_for_selector("body[data-ready=true]")
+    assert await other.locator("[data-testid=kpi-spend] .value").get_attribute("data-value") == str(
+        await b.page.locator("[data-testid=kpi-spend] .value").get_attribute("data-value")
+    )
+    await b.page.locator("[data-filter=team] button").click()
+    await b.ready()
+    assert "team" not in b.query() and await b.page.locator("[data-testid=breakdown]").count() == 1
+
+    # A drill-down from one dimension to another carries both filters.
+    await b.open(f"/teams?team={team}")
+    row = b.page.locator('[data-testid=breakdown-model] tbody tr.click:not([data-key=""])').first
+    model = await row.get_attribute("data-key")
+    await row.click()
+    await b.ready()
+    assert b.path() == "/models" and b.query() == {"team": team, "model": model}
+
+    # What-if: the form writes the target into the URL; the answer is the API's.
+    await b.open("/whatif")
+    await b.page.fill("[data-testid=to-model]", "gpt-4.1-mini")
+    await b.page.locator("[data-testid=to-model]").press("Enter")
+    await b.page.wait_for_selector("[data-testid=whatif-result]")
+    await b.ready()
+    assert b.query()["to_model"] == "gpt-4.1-mini"
+    wi = await api(server, "/api/v1/whatif?to_model=gpt-4.1-mini&days=30")
+    assert await b.value("[data-testid=actual]") == pytest.approx(wi["actual_usd"])
+    assert await b.value("[data-testid=whatif]") == pytest.approx(wi["whatif_usd"])
+    assert b.errors == []
+
+
+async def test_login_with_a_token_and_the_empty_state(
+    aiohttp_server: Any, browser: Any, artifacts: Path, tmp_path: Path
+) -> None:
+    store = f"sqlite:///{tmp_path}/events.db"
+    sink = open_sink(store)
+    await sink.open()
+    await sink.close()
+    b, _ = await start(aiohttp_server, browser, artifacts, store, ui_tokens=TOKEN)
+    await b.open("/", shot="login")
+    token = b.page.locator("[data-testid=token]")
+    await token.fill("not-the-token")
+    await token.press("Enter")
+    await b.page.wait_for_selector("text=That token is not valid.")
+    await token.fill(TOKEN)
+    await token.press("Enter")
+    await b.page.wait_for_selector("[data-testid=empty]")
+    await b.ready()
+    text = await b.page.locator("[data-testid=empty]").inner_text()
+    assert "No events yet" in text and "http://" in text
+    await b.page.screenshot(path=str(artifacts / "empty.png"), full_page=True)
+    cookies = await b.page.context.cookies()
+    assert all(c["httpOnly"] and c["sameSite"] == "Strict" for c in cookies) and cookies
+    assert TOKEN not in await b.page.content()
+    # the wrong token's 401 is the only error the console may show
+    assert [e for e in b.errors if "401" not in e] == []
