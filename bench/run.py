@@ -316,6 +316,10 @@ def main() -> None:
 
         prow = asyncio.run(pbench.main_async(20_000 if args.quick else 100_000, firestore=False))[0]
         price = prbench.run(20_000 if args.quick else 200_000)
+
+        from bench import api as abench
+
+        api_rows = abench.run(tmp, 100_000 if args.quick else 1_000_000, 10 if args.quick else 30)
     finally:
         for p in reversed(list(procs.values())):
             p.stop()
@@ -387,6 +391,7 @@ def main() -> None:
         f"(target < 20 µs; includes the crash-safe journal write)",
         f"- pricing: **{price['us_per_event']:.2f} µs** per event (target < 5 µs)",
         "",
+        *abench.report(api_rows),
         "## Commands",
         "",
         "```",

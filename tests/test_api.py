@@ -30,7 +30,6 @@ from modeltrack.events import CostEvent
 from modeltrack.pricing import Pricing
 from modeltrack.sinks import open_sink
 from modeltrack.ui import create_app
-from modeltrack.usage import Usage
 
 from .replay import load
 from .seed import history
@@ -252,16 +251,8 @@ async def test_whatif_reprices_each_request_with_the_pricing_module(api: Any, tr
     evs = traffic.where(team="search")
     expected = 0
     for e in evs:
-        usage = Usage(
-            input_tokens=e.input_tokens,
-            output_tokens=e.output_tokens,
-            cache_read_tokens=e.cache_read_tokens,
-            cache_write_tokens=e.cache_write_tokens,
-            cache_write_1h_tokens=e.cache_write_1h_tokens,
-            reasoning_tokens=e.reasoning_tokens,
-        )
         at = datetime.fromisoformat(e.timestamp.replace("Z", "+00:00")).timestamp()
-        price = pricing.price("openai", "gpt-4.1-mini", usage, at)
+        price = pricing.price("openai", "gpt-4.1-mini", e.usage(), at)
         assert price is not None
         expected += round(price * 1e9)
     assert data["target"] == {"provider": "openai", "model": "gpt-4.1-mini"}
@@ -507,3 +498,37 @@ def test_report_prints_a_table_csv_and_json_from_any_directory(tmp_path: Path) -
     assert bad.returncode == 2 and "must be before until" in bad.stderr and "Traceback" not in bad.stderr
     tz = report("--tz", "Nowhere/City")
     assert tz.returncode == 2 and "Nowhere/City" in tz.stderr
+
+
+# --- the daily rollups the SQLite reader answers whole days from --------------------------------------------
+
+
+def test_daily_rollups_equal_the_hourly_one_and_are_built_for_an_existing_store(tmp_path: Path) -> None:
+    import sqlite3
+
+    from modeltrack.sinks.sqlite import SQLiteSink
+
+    path = tmp_path / "events.db"
+    SQLiteSink(str(path)).write_sync(history(6, 40, seed=4))
+    sums = "SUM(requests), SUM(errors), SUM(cost_nano_usd), SUM(saved_nano_usd), SUM(input_tokens), SUM(lat_07)"
+    queries = {
+        "rollup_day_attr": f"SELECT day, team, model, status, cache_hit, {sums} FROM rollup_day_attr"
+        " GROUP BY day, team, model, status, cache_hit",
+        "rollup_day_user": f"SELECT day, user, cache_hit, {sums} FROM rollup_day_user GROUP BY day, user, cache_hit",
+    }
+    hourly = {
+        "rollup_day_attr": f"SELECT substr(hour, 1, 10), team, model, status, cache_hit, {sums} FROM rollup_hourly"
+        " GROUP BY 1, team, model, status, cache_hit",
+        "rollup_day_user": f"SELECT substr(hour, 1, 10), user, cache_hit, {sums} FROM rollup_hourly"
+        " GROUP BY 1, user, cache_hit",
+    }
+    with sqlite3.connect(path) as conn:
+        for table, sql in queries.items():
+            daily = sorted(conn.execute(sql).fetchall())
+            assert daily and daily == sorted(conn.execute(hourly[table]).fetchall()), table
+        before = {t: sorted(conn.execute(sql).fetchall()) for t, sql in queries.items()}
+        conn.execute("DROP TABLE rollup_day_attr")
+        conn.execute("DROP TABLE rollup_day_user")
+    SQLiteSink(str(path)).write_sync([])  # a store from before the daily rollups, opened by this version
+    with sqlite3.connect(path) as conn:
+        assert {t: sorted(conn.execute(sql).fetchall()) for t, sql in queries.items()} == before

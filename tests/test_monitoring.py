@@ -64,10 +64,30 @@ def test_dockerfile_lints_clean() -> None:
 def test_manifests_parse() -> None:
     for p in [DEPLOY / "cloudrun.yaml", *sorted((DEPLOY / "k8s").glob("*.yaml"))]:
         doc = yaml.safe_load(p.read_text())
-        assert doc["kind"] and doc["metadata"]["name"] == "modeltrack", p
+        name = "modeltrack-dashboard" if "dashboard" in p.name else "modeltrack"
+        assert doc["kind"] and doc["metadata"]["name"] == name, p
     dep = yaml.safe_load((DEPLOY / "k8s" / "deployment.yaml").read_text())
     c = dep["spec"]["template"]["spec"]["containers"][0]
     assert c["readinessProbe"]["httpGet"]["path"] == "/readyz" and c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_dashboard_manifests_run_the_ui_with_tokens_from_a_secret() -> None:
+    """The third part of the stack: `modeltrack ui` beyond loopback, so with tokens, from a secret."""
+    k8s = yaml.safe_load((DEPLOY / "k8s" / "dashboard-deployment.yaml").read_text())
+    run = yaml.safe_load((DEPLOY / "cloudrun-dashboard.yaml").read_text())
+    compose = yaml.safe_load((DEPLOY.parent / "docker-compose.yml").read_text())["services"]["dashboard"]
+    for c in (k8s["spec"]["template"]["spec"]["containers"][0], run["spec"]["template"]["spec"]["containers"][0]):
+        assert c["command"] == ["modeltrack", "ui"]
+        env = {e["name"]: e for e in c["env"]}
+        assert (
+            env["MODELTRACK_UI_HOST"]["value"] == "0.0.0.0"
+            and "secretKeyRef" in env["MODELTRACK_UI_TOKENS"]["valueFrom"]
+        )
+        assert c["ports"][0]["containerPort"] == int(env["MODELTRACK_UI_PORT"]["value"]) == 8081
+    assert compose["entrypoint"] == ["modeltrack", "ui"] and compose["ports"] == ["8081:8081"]
+    assert compose["environment"]["MODELTRACK_UI_TOKENS"] == "${MODELTRACK_UI_TOKENS:-}"
+    svc = yaml.safe_load((DEPLOY / "k8s" / "dashboard-service.yaml").read_text())
+    assert svc["spec"]["selector"] == k8s["spec"]["template"]["metadata"]["labels"]
 
 
 def test_dashboard_is_generated_from_its_script(tmp_path: Path) -> None:

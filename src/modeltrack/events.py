@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 
+from .usage import Usage
+
 _pool = b""
 
 
@@ -90,6 +92,18 @@ class CostEvent:
     """The prompt template (``X-ModelTrack-Prompt``), for cost per template."""
     properties: dict[str, str] | None = None
     """Custom properties (``X-ModelTrack-Property-<name>``), capped in number and length; never metric labels."""
+
+    def usage(self) -> Usage:
+        """The stored token counts by kind, as the pricing module takes them (what-if re-prices events)."""
+        return Usage(
+            input_tokens=self.input_tokens,
+            output_tokens=self.output_tokens,
+            cache_read_tokens=self.cache_read_tokens,
+            cache_write_tokens=self.cache_write_tokens,
+            cache_write_1h_tokens=self.cache_write_1h_tokens,
+            reasoning_tokens=self.reasoning_tokens,
+            web_search_requests=self.web_search_requests,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -99,11 +99,18 @@ class Reader(Protocol):
         ...
 
     async def aggregate(
-        self, start: datetime, end: datetime, f: Filters, group_by: tuple[str, ...] = (), by_hour: bool = False
+        self,
+        start: datetime,
+        end: datetime,
+        f: Filters,
+        group_by: tuple[str, ...] = (),
+        by_hour: bool = False,
+        whole_days: bool = False,
     ) -> list[dict[str, Any]]:
         """Hourly-rollup sums over whole hours ``[start, end)``, grouped by ``group_by`` dimensions (and by
         ``hour`` with ``by_hour``): one dict per group, with the group's keys, every rollup sum and the
-        latency histogram."""
+        latency histogram. With ``whole_days`` (for callers that bucket by UTC day or coarser) a store may
+        answer a whole UTC day as one row at its first hour."""
         ...
 
     async def sessions(self, start: datetime, end: datetime, f: Filters, limit: int) -> list[dict[str, Any]]:

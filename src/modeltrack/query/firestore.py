@@ -70,7 +70,13 @@ class FirestoreReader:
             yield [e for e in evs if f.filters.matches(e)]
 
     async def aggregate(
-        self, start: datetime, end: datetime, f: Filters, group_by: tuple[str, ...] = (), by_hour: bool = False
+        self,
+        start: datetime,
+        end: datetime,
+        f: Filters,
+        group_by: tuple[str, ...] = (),
+        by_hour: bool = False,
+        whole_days: bool = False,
     ) -> list[dict[str, Any]]:
         from google.cloud import firestore
 

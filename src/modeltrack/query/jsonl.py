@@ -49,7 +49,13 @@ class JSONLReader:
             yield out[i : i + chunk]
 
     async def aggregate(
-        self, start: datetime, end: datetime, f: Filters, group_by: tuple[str, ...] = (), by_hour: bool = False
+        self,
+        start: datetime,
+        end: datetime,
+        f: Filters,
+        group_by: tuple[str, ...] = (),
+        by_hour: bool = False,
+        whole_days: bool = False,
     ) -> list[dict[str, Any]]:
         lo, hi = hour_key(start), hour_key(end)
         rows = [r for r in map(event_row, await asyncio.to_thread(self._all)) if lo <= r["hour"] < hi]

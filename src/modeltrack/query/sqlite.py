@@ -1,7 +1,8 @@
 """Reading the SQLite store: a read-only connection (``mode=ro``) that never creates a file or a directory.
 
-Queries run in a worker thread (the API's event loop stays free) and aggregate inside SQLite: a 30-day
-breakdown reads the hourly rollups through their primary key's leading ``hour`` column, not the events.
+Queries run in a worker thread (the API's event loop stays free) and aggregate inside SQLite, never over the
+events: whole UTC days from the daily rollups (few rows a day), the hours at a range's edges (and any question
+by user and another dimension) from the hourly rollup, each read through its primary key's leading column.
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import os
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
-from datetime import datetime
+from dataclasses import replace
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -24,6 +26,7 @@ from . import DIMENSIONS, EventFilter, Filters, StoreMissing
 from .times import hour_key, stamp
 
 _SUMMED = (*SUMS, *LATENCY_BUCKETS)
+_DAY = timedelta(days=1)
 _SESSION_SUMS = ("requests", *TOKENS, "cost_nano_usd", "latency_ms")
 
 
@@ -62,6 +65,7 @@ class SQLiteReader:
         }
         tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         self._rollups = "rollup_hourly" in tables
+        self._tables = tables
 
     def _run(self, fn: Any, *args: Any) -> Any:
         with self._lock:
@@ -121,11 +125,16 @@ class SQLiteReader:
         return list(await self._call(self._events, f, limit))
 
     def _page(self, f: EventFilter, after: tuple[str, int] | None, chunk: int) -> list[tuple[str, int, bytes]]:
-        where, args = self._where(f)
         ts = self._col["timestamp"]
-        if after is not None:
-            where += f" AND ({ts}, rowid) > (?, ?)"
-            args += list(after)
+        if after is None:
+            where, args = self._where(f)
+        else:
+            # The page's start as the index range's lower bound (a row-value comparison alone would not seek:
+            # each page would scan the index from the range's start, quadratic over a large export).
+            where, args = self._where(replace(f, since=None))
+            lower = max(stamp(f.since), after[0]) if f.since is not None else after[0]
+            where += f" AND {ts} >= ? AND ({ts} > ? OR rowid > ?)"
+            args += [lower, after[0], after[1]]
         sql = f"SELECT {ts}, rowid, doc FROM events WHERE {where} ORDER BY {ts}, rowid LIMIT ?"
         return self._conn.execute(sql, [*args, chunk]).fetchall()
 
@@ -149,21 +158,62 @@ class SQLiteReader:
             yield [bytes(r[2]) for r in rows]
 
     # -- rollups ------------------------------------------------------------------------------------------
+    def _daily_table(self, f: Filters, group_by: tuple[str, ...]) -> str | None:
+        """The daily rollup that holds every dimension this question groups or filters by, if one does."""
+        needed = {*group_by, *(name for name, _ in f.items())}
+        if needed <= {"user", "cache_hit"} and "rollup_day_user" in self._tables:
+            return "rollup_day_user"
+        if "user" not in needed and "rollup_day_attr" in self._tables:
+            return "rollup_day_attr"
+        return None
+
     def _aggregate(
-        self, start: datetime, end: datetime, f: Filters, group_by: tuple[str, ...], by_hour: bool
+        self, start: datetime, end: datetime, f: Filters, group_by: tuple[str, ...], by_hour: bool, whole_days: bool
     ) -> list[dict[str, Any]]:
+        """Whole UTC days come from a daily rollup when one holds the question's dimensions (and the caller
+        either does not group by hour, or accepts a day's row at its first hour: ``whole_days``); the hours
+        before the first and after the last midnight come from the hourly rollup. The sums are the same."""
         if not self._rollups:
             raise StoreMissing(f"{self.path} has no hourly rollups yet: start `modeltrack serve` on it once")
         for g in group_by:
             if g not in DIMENSIONS:
                 raise ValueError(g)
+        table = self._daily_table(f, group_by) if (whole_days or not by_hour) else None
+        first = start if start == start.replace(hour=0) else (start + _DAY).replace(hour=0)
+        last = end.replace(hour=0)
+        if table is None or first >= last:
+            return self._sum("rollup_hourly", "hour", hour_key(start), hour_key(end), f, group_by, by_hour)
+        parts = [self._sum(table, "day", first.strftime("%Y-%m-%d"), last.strftime("%Y-%m-%d"), f, group_by, by_hour)]
+        if start < first:
+            parts.append(self._sum("rollup_hourly", "hour", hour_key(start), hour_key(first), f, group_by, by_hour))
+        if last < end:
+            parts.append(self._sum("rollup_hourly", "hour", hour_key(last), hour_key(end), f, group_by, by_hour))
+        if len(parts) == 1:
+            return parts[0]
         keys = (("hour",) if by_hour else ()) + group_by
+        merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for rows in parts:
+            for row in rows:
+                k = tuple(row[x] for x in keys)
+                acc = merged.get(k)
+                if acc is None:
+                    merged[k] = row
+                else:
+                    for c in _SUMMED:
+                        acc[c] += row[c]
+        return list(merged.values())
+
+    def _sum(
+        self, table: str, at: str, lo: str, hi: str, f: Filters, group_by: tuple[str, ...], by_hour: bool
+    ) -> list[dict[str, Any]]:
+        keys = (("hour",) if by_hour else ()) + group_by
+        cols = [f"{at} || 'T00'" if (k == "hour" and at == "day") else k for k in keys]
         conds, args = self._dims(f, _ROLLUP_COLUMNS)
-        where = " AND ".join(["hour >= ?", "hour < ?", *conds])
-        sql = f"SELECT {', '.join((*keys, *(f'SUM({c})' for c in _SUMMED)))} FROM rollup_hourly WHERE {where}"
+        where = " AND ".join([f"{at} >= ?", f"{at} < ?", *conds])
+        sql = f"SELECT {', '.join((*cols, *(f'SUM({c})' for c in _SUMMED)))} FROM {table} WHERE {where}"
         if keys:
-            sql += f" GROUP BY {', '.join(keys)}"
-        rows = self._conn.execute(sql, [hour_key(start), hour_key(end), *args]).fetchall()
+            sql += f" GROUP BY {', '.join(cols)}"
+        rows = self._conn.execute(sql, [lo, hi, *args]).fetchall()
         out = []
         for row in rows:
             d = dict(zip(keys, row[: len(keys)], strict=True))
@@ -175,9 +225,15 @@ class SQLiteReader:
         return out
 
     async def aggregate(
-        self, start: datetime, end: datetime, f: Filters, group_by: tuple[str, ...] = (), by_hour: bool = False
+        self,
+        start: datetime,
+        end: datetime,
+        f: Filters,
+        group_by: tuple[str, ...] = (),
+        by_hour: bool = False,
+        whole_days: bool = False,
     ) -> list[dict[str, Any]]:
-        return list(await self._call(self._aggregate, start, end, f, group_by, by_hour))
+        return list(await self._call(self._aggregate, start, end, f, group_by, by_hour, whole_days))
 
     def _sessions(self, start: datetime, end: datetime, f: Filters, limit: int) -> list[dict[str, Any]]:
         since, until = stamp(start), stamp(end)

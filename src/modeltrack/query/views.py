@@ -64,6 +64,14 @@ def make_range(
     return Range(floor_hour(start), ceil_hour(end), tz, tz_name or "UTC")
 
 
+UTC_NAMES = frozenset({"UTC", "Etc/UTC", "GMT", "Etc/GMT", "UCT", "Etc/UCT", "Universal", "Zulu", "Etc/Zulu"})
+
+
+def days_are_utc(tz: tzinfo, granularity: str = "day") -> bool:
+    """Buckets of ``granularity`` in ``tz`` are made of whole UTC days (so a store may answer by day)."""
+    return granularity != "hour" and str(tz) in UTC_NAMES
+
+
 def check_dimension(name: str | None, what: str = "dimension") -> str:
     if name not in DIMENSIONS:
         raise QueryError(f"{what} {name!r} is not one of {', '.join(DIMENSIONS)}")
@@ -127,7 +135,14 @@ async def series(
         if len(starts) > MAX_BUCKETS:
             raise QueryError(f"more than {MAX_BUCKETS} {granularity} buckets: use a coarser granularity")
     index = {s.astimezone(UTC): i for i, s in enumerate(starts)}
-    rows = await reader.aggregate(rng.start, rng.end, filters, (split,) if split else (), by_hour=True)
+    rows = await reader.aggregate(
+        rng.start,
+        rng.end,
+        filters,
+        (split,) if split else (),
+        by_hour=True,
+        whole_days=days_are_utc(rng.tz, granularity),
+    )
     where: dict[str, int] = {}
     per: dict[Any, list[list[int]]] = {}
     for row in rows:

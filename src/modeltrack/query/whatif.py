@@ -47,16 +47,8 @@ async def whatif(
                     unpriced += 1
                     continue
                 g["actual_nano"] += round((e.cost_usd or 0) * 1e9)
-                usage = Usage(
-                    input_tokens=e.input_tokens,
-                    output_tokens=e.output_tokens,
-                    cache_read_tokens=e.cache_read_tokens,
-                    cache_write_tokens=e.cache_write_tokens,
-                    cache_write_1h_tokens=e.cache_write_1h_tokens,
-                    reasoning_tokens=e.reasoning_tokens,
-                )
                 ts = datetime.fromisoformat(e.timestamp.replace("Z", "+00:00")).timestamp()
-                g["whatif_nano"] += round((pricing.price(provider, model, usage, ts) or 0) * 1e9)
+                g["whatif_nano"] += round((pricing.price(provider, model, e.usage(), ts) or 0) * 1e9)
     else:
         method = "aggregate"
         for r in await reader.aggregate(rng.start, rng.end, billed, ("provider", "model"), by_hour=True):

@@ -81,6 +81,17 @@ CREATE TABLE IF NOT EXISTS rollup_hourly (
     {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in (*SUMS, *LATENCY_BUCKETS))},
     PRIMARY KEY (hour, team, app, feature, user, provider, model, status, cache_hit)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rollup_day_attr (
+    day TEXT NOT NULL, team TEXT NOT NULL, app TEXT NOT NULL, feature TEXT NOT NULL,
+    provider TEXT NOT NULL, model TEXT NOT NULL, status INTEGER NOT NULL, cache_hit INTEGER NOT NULL,
+    {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in (*SUMS, *LATENCY_BUCKETS))},
+    PRIMARY KEY (day, team, app, feature, provider, model, status, cache_hit)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rollup_day_user (
+    day TEXT NOT NULL, user TEXT NOT NULL, cache_hit INTEGER NOT NULL,
+    {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in (*SUMS, *LATENCY_BUCKETS))},
+    PRIMARY KEY (day, user, cache_hit)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sessions (
     session_id TEXT PRIMARY KEY,
     first_ts TEXT NOT NULL, last_ts TEXT NOT NULL,
@@ -141,16 +152,42 @@ _KEYS_D = ", ".join(
         "COALESCE(model, '')",
     )
 )
-_HOURLY_COLUMNS = ", ".join(("hour", *HOURLY_DIMENSIONS, *SUMS, *LATENCY_BUCKETS))
 
-_ROLL_HOURLY = f"""
-INSERT INTO rollup_hourly ({_HOURLY_COLUMNS})
-SELECT {_KEYS_H}, COUNT(*), {_ERROR_SQL}, {", ".join(f"SUM({t})" for t in TOKENS)},
+
+def _roll(table: str, columns: tuple[str, ...], keys: str) -> str:
+    """Add the events after a rowid to a rollup with the full sums and latency histogram, grouped by ``keys``
+    (the SQL expressions of ``columns``, the table's primary key)."""
+    return f"""
+INSERT INTO {table} ({", ".join((*columns, *SUMS, *LATENCY_BUCKETS))})
+SELECT {keys}, COUNT(*), {_ERROR_SQL}, {", ".join(f"SUM({t})" for t in TOKENS)},
        SUM({_NANO.format("cost_usd")}), SUM({_NANO.format("saved_usd")}), {", ".join(_bucket_sql("latency_ms"))}
-FROM events WHERE rowid > ? GROUP BY {_KEYS_H}
-ON CONFLICT(hour, team, app, feature, user, provider, model, status, cache_hit) DO UPDATE SET
+FROM events WHERE rowid > ? GROUP BY {keys}
+ON CONFLICT({", ".join(columns)}) DO UPDATE SET
   {", ".join(f"{c} = {c} + excluded.{c}" for c in (*SUMS, *LATENCY_BUCKETS))}
 """
+
+
+_ROLL_HOURLY = _roll("rollup_hourly", ("hour", *HOURLY_DIMENSIONS), _KEYS_H)
+# Two daily rollups a reader uses for whole UTC days: without the user (few rows a day: a 30-day breakdown by
+# team, app, feature, model or status reads hundreds of rows, not the hourly table's one per user and hour),
+# and by user alone (a breakdown by user).
+_ROLL_DAY_ATTR = _roll(
+    "rollup_day_attr",
+    ("day", *(d for d in HOURLY_DIMENSIONS if d != "user")),
+    ", ".join(
+        (
+            "substr(timestamp, 1, 10)",
+            *(_TEXT_KEY.format(c) for c in ("team", "app", "feature")),
+            "provider",
+            _TEXT_KEY.format("model"),
+            "status",
+            "cache_hit",
+        )
+    ),
+)
+_ROLL_DAY_USER = _roll(
+    "rollup_day_user", ("day", "user", "cache_hit"), f"substr(timestamp, 1, 10), {_TEXT_KEY.format('user')}, cache_hit"
+)
 
 _ROLL_DAILY = f"""
 INSERT INTO rollup_daily (day, team, app, feature, provider, model, {", ".join(DAILY_SUMS)})
@@ -206,7 +243,19 @@ def _row(e: CostEvent, doc: Any) -> tuple[Any, ...]:
 
 def migrate(conn: sqlite3.Connection) -> None:
     """Bring a database of any earlier version to this schema, in one transaction (idempotent)."""
+    before = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     conn.executescript(SCHEMA)
+    if "events" in before and "rollup_day_attr" not in before:
+        # Daily rollups added to a store that already has events: build them from every stored event.
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if {r[1] for r in conn.execute("PRAGMA table_info(events)")} >= {"user", "status", "cache_hit"}:
+                conn.execute(_ROLL_DAY_ATTR, (0,))
+                conn.execute(_ROLL_DAY_USER, (0,))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
     have = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
     missing = [c for c in _ADDED_IN_V2 if c not in have]
     if missing:
@@ -227,6 +276,8 @@ def migrate(conn: sqlite3.Connection) -> None:
             )
             conn.execute(f"UPDATE events SET {fills}")
             conn.execute(_ROLL_HOURLY, (0,))
+            conn.execute(_ROLL_DAY_ATTR, (0,))
+            conn.execute(_ROLL_DAY_USER, (0,))
             conn.execute(_ROLL_SESSIONS, (0,))
             conn.execute("COMMIT")
         except BaseException:
@@ -288,6 +339,8 @@ class SQLiteSink:
                     # The rows just inserted have the rowids after ``last``: the rollups take exactly them.
                     conn.execute(_ROLL_DAILY, (last,))
                     conn.execute(_ROLL_HOURLY, (last,))
+                    conn.execute(_ROLL_DAY_ATTR, (last,))
+                    conn.execute(_ROLL_DAY_USER, (last,))
                     conn.execute(_ROLL_SESSIONS, (last,))
                 conn.execute("COMMIT")
             except BaseException:
@@ -326,7 +379,7 @@ class SQLiteSink:
 
     def rollups_sync(self, table: str = "rollup_daily") -> list[dict[str, Any]]:
         """Every row of a rollup table (``rollup_daily``, ``rollup_hourly``, ``sessions``), for checks."""
-        if table not in ("rollup_daily", "rollup_hourly", "sessions"):
+        if table not in ("rollup_daily", "rollup_hourly", "rollup_day_attr", "rollup_day_user", "sessions"):
             raise ValueError(table)
         with self._lock:
             conn = self._connect()

@@ -107,7 +107,8 @@ def create_app(settings: Settings, pricing: Pricing | None = None) -> web.Applic
             max_age=SESSION_SECONDS,
             httponly=True,
             samesite="Strict",
-            secure=request.secure,
+            # Behind a TLS-terminating load balancer too (trusting the header can only make the cookie stricter).
+            secure=request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https",
             path="/",
         )
         return resp
