@@ -129,6 +129,7 @@ async def timed(session: aiohttp.ClientSession, url: str, n: int) -> dict[str, f
 async def queries(base: str, n: int) -> dict[str, dict[str, float]]:
     today = datetime.now(UTC).date()
     rng = f"since={(today - timedelta(days=29)).isoformat()}&until={today.isoformat()}&tz=UTC"
+    paris = rng.replace("tz=UTC", "tz=Europe/Paris")
     cases = {
         **{
             f"breakdown by {d}, 30 days": f"/api/v1/breakdown?dimension={d}&limit=25&{rng}"
@@ -139,6 +140,8 @@ async def queries(base: str, n: int) -> dict[str, dict[str, float]]:
         "series by hour, 30 days": f"/api/v1/series?granularity=hour&{rng}",
         "top sessions, 30 days": f"/api/v1/sessions?limit=50&{rng}",
         "overview (month, trend, forecast)": "/api/v1/overview",
+        "overview, in America/New_York": "/api/v1/overview?tz=America/New_York",
+        "series by day split by team, 30 days, Europe/Paris": f"/api/v1/series?granularity=day&split=team&{paris}",
         "what-if, one team, 7 days": "/api/v1/whatif?to_model=gpt-4.1-mini&team=team-3&days=7",
     }
     out = {}

@@ -532,3 +532,40 @@ def test_daily_rollups_equal_the_hourly_one_and_are_built_for_an_existing_store(
     SQLiteSink(str(path)).write_sync([])  # a store from before the daily rollups, opened by this version
     with sqlite3.connect(path) as conn:
         assert {t: sorted(conn.execute(sql).fetchall()) for t, sql in queries.items()} == before
+
+
+@pytest.mark.parametrize("tz", ["UTC", "Europe/Paris", "America/New_York", "Asia/Tokyo", "Pacific/Chatham"])
+async def test_daily_buckets_in_any_time_zone_equal_the_events(store_url: str, aiohttp_client: Any, tz: str) -> None:
+    """Days, weeks and months in the reader's zone, across a DST change (Paris and New York in late October),
+    against sums of the events by their local date. (Chatham is +13:45: events are counted by the hour their
+    rollup holds them in, so the test buckets them the same way.)"""
+    from zoneinfo import ZoneInfo
+
+    end = datetime(2026, 11, 12, 7, tzinfo=UTC)
+    events = history(20, 30, seed=8, end=end)
+    sink = open_sink(store_url)
+    await sink.open()
+    await sink.write(events)
+    await sink.close()
+    client = await aiohttp_client(create_app(ui_settings(store_url)))
+    zone = ZoneInfo(tz)
+
+    def local(e: CostEvent, fmt: str) -> str:
+        at = datetime.fromisoformat(e.timestamp[:13] + ":00:00+00:00")  # the rollup's hour
+        return at.astimezone(zone).strftime(fmt)
+
+    for granularity, fmt in (("day", "%Y-%m-%d"), ("week", "%G-%V"), ("month", "%Y-%m")):
+        data = await get(client, f"/api/v1/series?granularity={granularity}&since=2026-10-20&until=2026-11-10&tz={tz}")
+        lo, hi = (datetime.fromisoformat(data["range"][k].replace("Z", "+00:00")) for k in ("since", "until"))
+        inside = [e for e in events if lo <= datetime.fromisoformat(e.timestamp[:13] + ":00:00+00:00") < hi]
+        expected: dict[str, list[CostEvent]] = defaultdict(list)
+        for e in inside:
+            expected[local(e, fmt)].append(e)
+        got = {}
+        for i, b in enumerate(data["buckets"]):
+            key = datetime.fromisoformat(b.replace("Z", "+00:00")).astimezone(zone).strftime(fmt)
+            got[key] = (data["series"][0]["cost_usd"][i], data["series"][0]["requests"][i])
+        for key, evs in expected.items():
+            assert got[key][1] == len(evs), (granularity, key)
+            assert got[key][0] == pytest.approx(usd(evs), abs=1e-8), (granularity, key)
+        assert sum(r for _, r in got.values()) == len(inside)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, fields, replace
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any, Protocol
 
 from ..events import CostEvent
@@ -105,12 +105,12 @@ class Reader(Protocol):
         f: Filters,
         group_by: tuple[str, ...] = (),
         by_hour: bool = False,
-        whole_days: bool = False,
+        day_zone: tzinfo | None = None,
     ) -> list[dict[str, Any]]:
         """Hourly-rollup sums over whole hours ``[start, end)``, grouped by ``group_by`` dimensions (and by
         ``hour`` with ``by_hour``): one dict per group, with the group's keys, every rollup sum and the
-        latency histogram. With ``whole_days`` (for callers that bucket by UTC day or coarser) a store may
-        answer a whole UTC day as one row at its first hour."""
+        latency histogram. ``day_zone``: the caller buckets by day or coarser in this time zone, so a store
+        may answer many hours as one row stamped at any hour of the same local day."""
         ...
 
     async def sessions(self, start: datetime, end: datetime, f: Filters, limit: int) -> list[dict[str, Any]]:

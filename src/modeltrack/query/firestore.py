@@ -7,7 +7,7 @@ Production Firestore needs composite indexes for filtered queries: ``deploy/fire
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from ..events import CostEvent
@@ -76,7 +76,7 @@ class FirestoreReader:
         f: Filters,
         group_by: tuple[str, ...] = (),
         by_hour: bool = False,
-        whole_days: bool = False,
+        day_zone: tzinfo | None = None,
     ) -> list[dict[str, Any]]:
         from google.cloud import firestore
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from . import Filters, Reader
 from .times import bucket_start, ceil_hour, hour_start, next_bucket, stamp
-from .views import QueryError, days_are_utc, usd
+from .views import QueryError, usd
 
 MIN_DAYS = 14
 HISTORY_DAYS = 56
@@ -25,7 +25,7 @@ Z90 = 1.645
 
 async def _daily(reader: Reader, start: datetime, end: datetime, filters: Filters, tz: tzinfo) -> dict[datetime, int]:
     out: dict[datetime, int] = {}
-    for row in await reader.aggregate(start, end, filters, (), by_hour=True, whole_days=days_are_utc(tz)):
+    for row in await reader.aggregate(start, end, filters, (), by_hour=True, day_zone=tz):
         day = bucket_start(hour_start(row["hour"]), "day", tz)
         out[day] = out.get(day, 0) + int(row["cost_nano_usd"])
     return out

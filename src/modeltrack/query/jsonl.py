@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, tzinfo
 from typing import Any
 
 import orjson
@@ -55,7 +55,7 @@ class JSONLReader:
         f: Filters,
         group_by: tuple[str, ...] = (),
         by_hour: bool = False,
-        whole_days: bool = False,
+        day_zone: tzinfo | None = None,
     ) -> list[dict[str, Any]]:
         lo, hi = hour_key(start), hour_key(end)
         rows = [r for r in map(event_row, await asyncio.to_thread(self._all)) if lo <= r["hour"] < hi]

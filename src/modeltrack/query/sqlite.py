@@ -11,9 +11,10 @@ import asyncio
 import os
 import sqlite3
 import threading
+from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -23,7 +24,7 @@ import orjson
 from ..events import CostEvent
 from ..rollups import LATENCY_BUCKETS, SUMS, TOKENS
 from . import DIMENSIONS, EventFilter, Filters, StoreMissing
-from .times import hour_key, stamp
+from .times import bucket_start, hour_key, stamp
 
 _SUMMED = (*SUMS, *LATENCY_BUCKETS)
 _DAY = timedelta(days=1)
@@ -168,22 +169,33 @@ class SQLiteReader:
         return None
 
     def _aggregate(
-        self, start: datetime, end: datetime, f: Filters, group_by: tuple[str, ...], by_hour: bool, whole_days: bool
+        self,
+        start: datetime,
+        end: datetime,
+        f: Filters,
+        group_by: tuple[str, ...],
+        by_hour: bool,
+        day_zone: tzinfo | None,
     ) -> list[dict[str, Any]]:
-        """Whole UTC days come from a daily rollup when one holds the question's dimensions (and the caller
-        either does not group by hour, or accepts a day's row at its first hour: ``whole_days``); the hours
-        before the first and after the last midnight come from the hourly rollup. The sums are the same."""
+        """Whole UTC days come from a daily rollup when one holds the question's dimensions, and the hours
+        before the first and after the last midnight from the hourly rollup; the sums are the same. By hour,
+        that is only done for a caller that buckets by day or coarser in ``day_zone``: each UTC day is then one
+        row stamped at an hour of the local day most of its hours belong to, and its other hours (one or two a
+        day in Europe, five in New York; none in UTC) are read by hour and moved out of it."""
         if not self._rollups:
             raise StoreMissing(f"{self.path} has no hourly rollups yet: start `modeltrack serve` on it once")
         for g in group_by:
             if g not in DIMENSIONS:
                 raise ValueError(g)
-        table = self._daily_table(f, group_by) if (whole_days or not by_hour) else None
+        table = self._daily_table(f, group_by) if (day_zone is not None or not by_hour) else None
         first = start if start == start.replace(hour=0) else (start + _DAY).replace(hour=0)
         last = end.replace(hour=0)
         if table is None or first >= last:
             return self._sum("rollup_hourly", "hour", hour_key(start), hour_key(end), f, group_by, by_hour)
-        parts = [self._sum(table, "day", first.strftime("%Y-%m-%d"), last.strftime("%Y-%m-%d"), f, group_by, by_hour)]
+        days = self._sum(table, "day", first.strftime("%Y-%m-%d"), last.strftime("%Y-%m-%d"), f, group_by, by_hour)
+        parts = [days]
+        if by_hour and day_zone is not None:
+            parts.append(self._move_hours(days, first, last, day_zone, f, group_by))
         if start < first:
             parts.append(self._sum("rollup_hourly", "hour", hour_key(start), hour_key(first), f, group_by, by_hour))
         if last < end:
@@ -201,7 +213,57 @@ class SQLiteReader:
                 else:
                     for c in _SUMMED:
                         acc[c] += row[c]
-        return list(merged.values())
+        return [r for r in merged.values() if any(r[c] for c in _SUMMED)]
+
+    def _move_hours(
+        self,
+        days: list[dict[str, Any]],
+        first: datetime,
+        last: datetime,
+        tz: tzinfo,
+        f: Filters,
+        group_by: tuple[str, ...],
+    ) -> list[dict[str, Any]]:
+        """Restamp the day rows (``YYYY-MM-DDT00``) at an hour of their majority local day, subtract the hours
+        that belong to another local day, and return those hours as rows of their own."""
+        stamp_of: dict[str, str] = {}
+        minority: list[str] = []
+        d = first
+        while d < last:
+            hours = [d + timedelta(hours=i) for i in range(24)]
+            local_days = [bucket_start(h, "day", tz) for h in hours]
+            major = Counter(local_days).most_common(1)[0][0]
+            stamp_of[hour_key(d)] = hour_key(hours[local_days.index(major)])
+            minority += [hour_key(h) for h, b in zip(hours, local_days, strict=True) if b != major]
+            d += _DAY
+        index = {(r["hour"], *(r[g] for g in group_by)): r for r in days}
+        moved: list[dict[str, Any]] = []
+        for i in range(0, len(minority), 500):
+            moved += self._sum_hours(minority[i : i + 500], f, group_by)
+        for row in moved:
+            day_row = index.get((row["hour"][:10] + "T00", *(row[g] for g in group_by)))
+            if day_row is not None:  # (always there: the day table holds every hour's sums)
+                for c in _SUMMED:
+                    day_row[c] -= row[c]
+        for row in days:
+            row["hour"] = stamp_of[row["hour"]]
+        return moved
+
+    def _sum_hours(self, hours: list[str], f: Filters, group_by: tuple[str, ...]) -> list[dict[str, Any]]:
+        keys = ("hour", *group_by)
+        conds, args = self._dims(f, _ROLLUP_COLUMNS)
+        where = " AND ".join([f"hour IN ({', '.join('?' * len(hours))})", *conds])
+        sql = (
+            f"SELECT {', '.join((*keys, *(f'SUM({c})' for c in _SUMMED)))} FROM rollup_hourly WHERE {where} "
+            f"GROUP BY {', '.join(keys)}"
+        )
+        return [
+            {
+                **dict(zip(keys, row[: len(keys)], strict=True)),
+                **dict(zip(_SUMMED, map(int, row[len(keys) :]), strict=True)),
+            }
+            for row in self._conn.execute(sql, [*hours, *args])
+        ]
 
     def _sum(
         self, table: str, at: str, lo: str, hi: str, f: Filters, group_by: tuple[str, ...], by_hour: bool
@@ -231,9 +293,9 @@ class SQLiteReader:
         f: Filters,
         group_by: tuple[str, ...] = (),
         by_hour: bool = False,
-        whole_days: bool = False,
+        day_zone: tzinfo | None = None,
     ) -> list[dict[str, Any]]:
-        return list(await self._call(self._aggregate, start, end, f, group_by, by_hour, whole_days))
+        return list(await self._call(self._aggregate, start, end, f, group_by, by_hour, day_zone))
 
     def _sessions(self, start: datetime, end: datetime, f: Filters, limit: int) -> list[dict[str, Any]]:
         since, until = stamp(start), stamp(end)

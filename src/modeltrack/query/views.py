@@ -64,14 +64,6 @@ def make_range(
     return Range(floor_hour(start), ceil_hour(end), tz, tz_name or "UTC")
 
 
-UTC_NAMES = frozenset({"UTC", "Etc/UTC", "GMT", "Etc/GMT", "UCT", "Etc/UCT", "Universal", "Zulu", "Etc/Zulu"})
-
-
-def days_are_utc(tz: tzinfo, granularity: str = "day") -> bool:
-    """Buckets of ``granularity`` in ``tz`` are made of whole UTC days (so a store may answer by day)."""
-    return granularity != "hour" and str(tz) in UTC_NAMES
-
-
 def check_dimension(name: str | None, what: str = "dimension") -> str:
     if name not in DIMENSIONS:
         raise QueryError(f"{what} {name!r} is not one of {', '.join(DIMENSIONS)}")
@@ -141,7 +133,7 @@ async def series(
         filters,
         (split,) if split else (),
         by_hour=True,
-        whole_days=days_are_utc(rng.tz, granularity),
+        day_zone=None if granularity == "hour" else rng.tz,
     )
     where: dict[str, int] = {}
     per: dict[Any, list[list[int]]] = {}

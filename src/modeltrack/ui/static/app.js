@@ -35,6 +35,13 @@ function compact(n) {
 }
 const pct = (r) => (r === null || r === undefined ? "—" : (100 * r).toFixed(1) + "%");
 const ms = (v) => (v === null || v === undefined ? "—" : v >= 1000 ? (v / 1000).toFixed(2) + " s" : Math.round(v) + " ms");
+function duration(v) {  // a session's wall-clock span: ms and s for short runs, then minutes, hours, days
+  if (v < 60000) return ms(v);
+  const m = Math.round(v / 60000), hrs = Math.floor(m / 60), d = Math.floor(hrs / 24);
+  if (hrs < 1) return `${m} min`;
+  if (d < 1) return `${hrs} h ${m % 60} min`;
+  return `${d} d ${hrs % 24} h`;
+}
 function label(v) {
   if (v === "__other__") return "others";
   if (v === null || v === undefined || v === "") return "(none)";
@@ -337,7 +344,7 @@ async function sessionsPage(q) {
       h("div", { class: "grid kpis" },
         kpi("kpi-cost", "Cost", s.cost_usd, money(s.cost_usd)),
         kpi("kpi-steps", "Steps", s.requests, count(s.requests)),
-        kpi("kpi-duration", "Duration", "", ms(Date.parse(s.last_ts) - Date.parse(s.first_ts)), `${when(s.first_ts, tz)}`)),
+        kpi("kpi-duration", "Duration", "", duration(Date.parse(s.last_ts) - Date.parse(s.first_ts)), `from ${when(s.first_ts, tz)}`)),
       h("div", { class: "card" }, h("table", { "data-testid": "steps" },
         h("thead", {}, h("tr", {}, ["#", "Time", "Model", "Status", "Input tok.", "Output tok.", "Cost", "Running total", "Latency"]
           .map((t, i) => h("th", { class: i >= 4 ? "num" : "", text: t })))),
@@ -444,7 +451,7 @@ function exportPage(q) {
   const dimSel = h("select", { name: "dimension" }, DIMS.map((d) => h("option", { value: d, text: d })));
   const fmt = h("select", { name: "format" }, h("option", { value: "csv", text: "CSV" }), h("option", { value: "jsonl", text: "JSON Lines" }));
   const link = h("a", { "data-testid": "download", download: "" });
-  const cmd = h("pre", { "data-testid": "curl" });
+  const cmd = h("pre", { class: "wrap", "data-testid": "curl" });
   const update = () => {
     const params = { kind: kind.value, format: fmt.value, ...rp, ...f, ...(kind.value === "breakdown" ? { dimension: dimSel.value } : {}) };
     const url = apiUrl("export", params);
@@ -470,6 +477,7 @@ function noEvents() {
 
 // ---- login, chrome, routing -------------------------------------------------------------------------------------
 function showLogin() {
+  document.getElementById("bar").hidden = true;  // no period or filters before there is anything to filter
   const input = h("input", { type: "password", placeholder: "dashboard token", autocomplete: "current-password", "data-testid": "token" });
   const msg = h("p", { class: "none" });
   render(h("form", { class: "card login", on: { submit: async (e) => {
