@@ -15,7 +15,7 @@ import pytest
 
 from modeltrack.config import ConfigError, Settings
 from modeltrack.sinks import _fs_path, describe_store
-from modeltrack.upstream import Origin
+from modeltrack.upstream_pool import Origin
 
 from .proc import ProxyProcess
 from .rawhttp import RawServer, read_request

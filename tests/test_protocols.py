@@ -11,8 +11,10 @@ from typing import Any
 import pytest
 
 from modeltrack.limits import Limits
-from modeltrack.server import Connection, Request, RequestError
-from modeltrack.upstream import BUSY, CLOSED, IDLE, Origin, PoolExhausted, Unsent, UpstreamConnection, UpstreamPool
+from modeltrack.message import Request, RequestError
+from modeltrack.server import Connection
+from modeltrack.upstream import BUSY, CLOSED, IDLE, Unsent, UpstreamConnection
+from modeltrack.upstream_pool import Origin, PoolExhausted, UpstreamPool
 
 
 class FakeTransport:

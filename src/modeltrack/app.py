@@ -23,14 +23,15 @@ from .config import ConfigError, Settings
 from .controls import Controls
 from .egress import EgressError, route_for
 from .limits import Limits
+from .message import Request
 from .metrics import Metrics, exposition
 from .pipeline import Pipeline
 from .pricing import Pricing
 from .providers import Router, build_providers
 from .proxy import Proxy
-from .server import Connection, Request
+from .server import Connection
 from .sinks import describe_store, open_sink
-from .upstream import Origin, UpstreamPool
+from .upstream_pool import Origin, UpstreamPool
 
 log = logging.getLogger("modeltrack")
 

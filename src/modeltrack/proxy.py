@@ -24,11 +24,13 @@ from .accounting import Recorder
 from .egress import TunnelRefused
 from .exchange import Exchange
 from .headers import HeaderView, forward_headers
+from .message import Request, RequestError
 from .metrics import Metrics
 from .providers import Provider, Router
 from .providers.base import loads
-from .server import Connection, Request, RequestError
-from .upstream import PoolExhausted, Unsent, UpstreamPool
+from .server import Connection
+from .upstream import Unsent
+from .upstream_pool import PoolExhausted, UpstreamPool
 from .watchdog import Watchdogs
 
 if TYPE_CHECKING:

@@ -36,54 +36,15 @@ import httptools
 
 from .limits import MAX_HEADER_BYTES, MAX_HEADERS, Limits
 from .logs import log_exception_safely
+from .message import REASONS, Request, RequestError, overloaded, response_head, too_large
 
 log = logging.getLogger("modeltrack.server")
 
 MAX_PIPELINED = 32  # requests parsed ahead of the one being answered, per connection
-RETRY_AFTER_SECONDS = 1
 LINGER_SECONDS = 2.0
 """After refusing a request whose body is still arriving, keep reading (and discarding) for this long before
 closing, as nginx's lingering close does: closing a socket with unread data makes the kernel send a reset,
 which can destroy the refusal before the client has read it."""
-_REASONS = {
-    200: b"OK",
-    400: b"Bad Request",
-    401: b"Unauthorized",
-    403: b"Forbidden",
-    404: b"Not Found",
-    405: b"Method Not Allowed",
-    408: b"Request Timeout",
-    413: b"Content Too Large",
-    429: b"Too Many Requests",
-    431: b"Request Header Fields Too Large",
-    500: b"Internal Server Error",
-    502: b"Bad Gateway",
-    503: b"Service Unavailable",
-    504: b"Gateway Timeout",
-    505: b"HTTP Version Not Supported",
-}
-
-
-class RequestError(Exception):
-    """A request that cannot be served as sent: answered with ``status`` and a JSON error, then closed."""
-
-    def __init__(self, status: int, kind: str, message: str) -> None:
-        super().__init__(kind)
-        self.status = status
-        self.kind = kind
-        self.message = message
-
-    @property
-    def extra_headers(self) -> bytes:
-        return b"retry-after: %d\r\n" % RETRY_AFTER_SECONDS if self.status == 503 else b""
-
-
-def _too_large() -> RequestError:
-    return RequestError(413, "request_too_large", "Request body exceeds MODELTRACK_MAX_BODY_BYTES.")
-
-
-def _overloaded() -> RequestError:
-    return RequestError(503, "overloaded", "ModelTrack is at its request or body-buffer ceiling; retry shortly.")
 
 
 class FlowListener(Protocol):
@@ -92,85 +53,6 @@ class FlowListener(Protocol):
     def pause(self) -> None: ...
 
     def resume(self) -> None: ...
-
-
-class Request:
-    """One parsed request. Headers are the raw ``(name, value)`` byte pairs in arrival order; the body arrives
-    in the background and is awaited with :meth:`read`."""
-
-    __slots__ = (
-        "_admitted",
-        "_done",
-        "_parts",
-        "_reserved",
-        "_size",
-        "_waiter",
-        "error",
-        "expect_continue",
-        "headers",
-        "keep_alive",
-        "method",
-        "refused",
-        "target",
-        "version",
-    )
-
-    def __init__(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], version: str) -> None:
-        self.method = method
-        self.target = target
-        self.headers = headers
-        self.version = version
-        self.keep_alive = True
-        self.expect_continue = False
-        self.error: RequestError | None = None  # set: the body will not be read (too large, malformed, refused)
-        self.refused = False  # answered by the server itself, in its turn, without calling the handler
-        self._parts: list[bytes] = []
-        self._size = 0
-        self._done = False
-        self._waiter: asyncio.Future[None] | None = None
-        self._admitted = False
-        self._reserved = 0  # body bytes counted against the process's Limits
-
-    @property
-    def complete(self) -> bool:
-        """The whole body has arrived (or it failed): :meth:`read` will not wait."""
-        return self._done or self.error is not None
-
-    def header(self, lname: bytes) -> bytes | None:
-        """The first value of a header, by lower-case name (a linear scan: requests carry ~10 headers)."""
-        for k, v in self.headers:
-            if len(k) == len(lname) and k.lower() == lname:
-                return v
-        return None
-
-    def _fail(self, error: RequestError) -> None:
-        if self.error is None:
-            self.error = error
-        self._parts.clear()
-        self._wake()
-
-    def _finish(self) -> None:
-        self._done = True
-        self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def read(self) -> bytes:
-        """The whole body. Raises :class:`RequestError` (413 too large, 400 malformed, 503 over the buffer
-        ceiling); callers bound the wait (slow bodies)."""
-        if not self.complete:
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-        if self.error is not None:
-            raise self.error
-        parts = self._parts
-        if len(parts) == 1:
-            return parts[0]
-        body = b"".join(parts)
-        self._parts = [body]  # one copy of a large body, not two
-        return body
 
 
 Handler = Callable[[Request, "Connection"], Awaitable[None]]
@@ -392,9 +274,9 @@ class Connection(asyncio.Protocol):
         length = self._length
         declared = int(length) if length is not None and length.strip().isdigit() else 0
         if declared > self._max_body:
-            req.error = _too_large()  # answered 413 without reading the body (and without a 100 Continue)
+            req.error = too_large()  # answered 413 without reading the body (and without a 100 Continue)
         elif not self._limits.admit(declared):
-            self._refuse(req, _overloaded())
+            self._refuse(req, overloaded())
             return
         else:
             req._admitted = True
@@ -434,10 +316,10 @@ class Connection(asyncio.Protocol):
             return
         req._size += len(body)
         if req._size > self._max_body:
-            req._fail(_too_large())
+            req._fail(too_large())
         elif req._size > req._reserved and not self._limits.take(len(body)):
             req._reserved += len(body)
-            req._fail(_overloaded())
+            req._fail(overloaded())
             self._close_after_queue()
         else:
             if req._size > req._reserved:
@@ -558,7 +440,7 @@ class Connection(asyncio.Protocol):
                 req.keep_alive = False
             else:
                 self._chunked = True
-        head = _head(status, reason, header_block, length, self._chunked, req.keep_alive, req.version == "1.0")
+        head = response_head(status, reason, header_block, length, self._chunked, req.keep_alive, req.version == "1.0")
         if length is not None and not self._head_only:
             self._left = length
         if first and not self._head_only:
@@ -605,7 +487,7 @@ class Connection(asyncio.Protocol):
         """A complete small response in one write."""
         self.start(
             status,
-            _REASONS.get(status, b"Unknown"),
+            REASONS.get(status, b"Unknown"),
             b"content-type: " + content_type + b"\r\n" + extra,
             len(body),
             body,
@@ -677,23 +559,3 @@ class Connection(asyncio.Protocol):
 
 class _HeadersTooLarge(Exception):
     pass
-
-
-def _head(
-    status: int,
-    reason: bytes,
-    header_block: bytes,
-    length: int | None,
-    chunked: bool,
-    keep_alive: bool = False,
-    http10: bool = False,
-) -> bytes:
-    if chunked:
-        framing = b"transfer-encoding: chunked\r\n"
-    else:
-        framing = b"" if length is None else b"content-length: %d\r\n" % length
-    if keep_alive:
-        conn = b"connection: keep-alive\r\n" if http10 else b""
-    else:
-        conn = b"connection: close\r\n"
-    return b"HTTP/1.1 %d %s\r\n%s%s%s\r\n" % (status, reason, header_block, framing, conn)
