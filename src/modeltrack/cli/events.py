@@ -31,14 +31,17 @@ _TABLE = (
 )
 
 
-def add_filter_arguments(p: argparse.ArgumentParser) -> None:
+def add_filter_arguments(p: argparse.ArgumentParser, since_default: str = "", session: bool = True) -> None:
+    """The store, the range and the filters, alike for every command that reads the store."""
     p.add_argument("--store", help="store URL (default: $MODELTRACK_STORE, as `modeltrack serve` resolves it)")
-    p.add_argument("--since", help="from this instant: 2026-11-01, or RFC 3339 such as 2026-11-01T09:30:00+01:00")
+    since = "from this instant: 2026-11-01, or RFC 3339 such as 2026-11-01T09:30:00+01:00"
+    p.add_argument("--since", help=f"{since} (default: {since_default})" if since_default else since)
     p.add_argument("--until", help="before this instant (a plain date includes that whole day)")
     p.add_argument("--tz", help="time zone of plain dates (IANA name; default UTC)")
     for name in ("team", "app", "feature", "user", "model", "provider"):
         p.add_argument(f"--{name}", help=f"only events with this {name}")
-    p.add_argument("--session", help="only events of this session id")
+    if session:
+        p.add_argument("--session", help="only events of this session id")
     p.add_argument("--status", help="an HTTP status (429) or class (4xx)")
 
 

@@ -16,18 +16,13 @@ import orjson
 from ..query import DIMENSIONS
 from ..query.views import breakdown, make_range, parse_filters
 from .common import positive_int, reader
+from .events import add_filter_arguments
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("report", help="a spend table for a period, by team, app, feature, user, provider or model")
     p.add_argument("--by", default="team", choices=DIMENSIONS, help="the dimension to split by (default: team)")
-    p.add_argument("--store", help="store URL (default: $MODELTRACK_STORE, as `modeltrack serve` resolves it)")
-    p.add_argument("--since", help="from this date or instant (default: 30 days ago); 2026-11-01 or RFC 3339")
-    p.add_argument("--until", help="until this date (inclusive) or instant (default: now)")
-    p.add_argument("--tz", help="time zone of plain dates (IANA name; default UTC)")
-    for name in ("team", "app", "feature", "user", "provider", "model"):
-        p.add_argument(f"--{name}", help=f"only this {name}")
-    p.add_argument("--status", help="an HTTP status (429) or class (4xx)")
+    add_filter_arguments(p, since_default="the last 30 days, today included", session=False)
     p.add_argument("--limit", type=positive_int, default=20, help="rows (default 20; the rest are summed)")
     p.add_argument("--sort", choices=("cost", "requests", "tokens", "errors", "latency"), default="cost")
     p.add_argument("--format", choices=("text", "csv", "json"), default="text")

@@ -230,56 +230,36 @@ function topTable(title, dim, rows) {
       : h("p", { class: "none", text: "Nothing this month yet." }));
 }
 
-function compactTable(dim, data, onRow, testid) {
+// A breakdown table's columns after the name: [header, cell for a row (the total row with total=true)].
+const tokensIn = (r) => r.input_tokens + r.cache_read_tokens + r.cache_write_tokens;
+const COLUMNS = {
+  spend: ["Spend", (r) => h("td", { class: "num", "data-value": r.cost_usd, text: money(r.cost_usd) })],
+  share: ["Share", (r, total) => (total ? h("td", {}) : h("td", {}, shareBar(r.share), pct(r.share)))],
+  change: ["vs previous", (r) => h("td", { class: "num" }, change(r.change_pct))],
+  requests: ["Requests", (r) => h("td", { class: "num", "data-value": r.requests, text: count(r.requests) })],
+  input: ["Input tok.", (r) => h("td", { class: "num", text: compact(tokensIn(r)) })],
+  output: ["Output tok.", (r) => h("td", { class: "num", text: compact(r.output_tokens) })],
+  hits: ["Cache hits", (r) => h("td", { class: "num", text: pct(r.cache_hit_rate) })],
+  errors: ["Errors", (r) => h("td", { class: "num", text: pct(r.error_rate) })],
+  p50: ["p50", (r) => h("td", { class: "num", text: ms(r.latency_p50_ms) })],
+  p95: ["p95", (r) => h("td", { class: "num", text: ms(r.latency_p95_ms) })],
+};
+const FULL = ["spend", "share", "change", "requests", "input", "output", "hits", "errors", "p50", "p95"];
+const COMPACT = ["spend", "share", "change", "requests", "p95"];  // detail pages: six tables side by side
+
+function breakdownTable(dim, data, onRow, testid = "breakdown", cols = FULL) {
   const rows = [...data.rows, ...(data.other ? [data.other] : [])];
   return h("table", { "data-testid": testid },
-    h("thead", {}, h("tr", {}, h("th", { text: TITLES[dim].slice(0, -1) }), h("th", { class: "num", text: "Spend" }),
-      h("th", { text: "Share" }), h("th", { class: "num", text: "vs previous" }), h("th", { class: "num", text: "Requests" }),
-      h("th", { class: "num", text: "p95" }))),
+    h("thead", {}, h("tr", {}, h("th", { text: TITLES[dim] ? TITLES[dim].slice(0, -1) : dim }),
+      cols.map((c) => h("th", { class: c === "share" ? "" : "num", text: COLUMNS[c][0] })))),
     h("tbody", {}, rows.map((r) => h("tr", {
       class: r[dim] === "__other__" ? "" : "click", "data-key": r[dim] ?? "",
       on: r[dim] === "__other__" ? {} : { click: () => onRow(r[dim] ?? "") },
     },
     h("td", { class: "name", title: label(r[dim]), text: r[dim] === "__other__" ? `${r.values} others` : label(r[dim]) }),
-    h("td", { class: "num", "data-value": r.cost_usd, text: money(r.cost_usd) }),
-    h("td", {}, shareBar(r.share), pct(r.share)),
-    h("td", { class: "num" }, change(r.change_pct)),
-    h("td", { class: "num", "data-value": r.requests, text: count(r.requests) }),
-    h("td", { class: "num", text: ms(r.latency_p95_ms) })))));
-}
-
-function breakdownTable(dim, data, onRow, testid) {
-  const rows = [...data.rows, ...(data.other ? [data.other] : [])];
-  return h("table", { "data-testid": testid || "breakdown" },
-    h("thead", {}, h("tr", {},
-      h("th", { text: TITLES[dim] ? TITLES[dim].slice(0, -1) : dim }), h("th", { class: "num", text: "Spend" }),
-      h("th", { text: "Share" }), h("th", { class: "num", text: "vs previous" }), h("th", { class: "num", text: "Requests" }),
-      h("th", { class: "num", text: "Input tok." }), h("th", { class: "num", text: "Output tok." }),
-      h("th", { class: "num", text: "Cache hits" }), h("th", { class: "num", text: "Errors" }),
-      h("th", { class: "num", text: "p50" }), h("th", { class: "num", text: "p95" }))),
-    h("tbody", {}, rows.map((r) => h("tr", {
-      class: r[dim] === "__other__" ? "" : "click", "data-key": r[dim] ?? "",
-      on: r[dim] === "__other__" ? {} : { click: () => onRow(r[dim] ?? "") },
-    },
-    h("td", { class: "name", title: label(r[dim]), text: r[dim] === "__other__" ? `${r.values} others` : label(r[dim]) }),
-    h("td", { class: "num", "data-value": r.cost_usd, text: money(r.cost_usd) }),
-    h("td", {}, shareBar(r.share), pct(r.share)),
-    h("td", { class: "num" }, change(r.change_pct)),
-    h("td", { class: "num", "data-value": r.requests, text: count(r.requests) }),
-    h("td", { class: "num", text: compact(r.input_tokens + r.cache_read_tokens + r.cache_write_tokens) }),
-    h("td", { class: "num", text: compact(r.output_tokens) }),
-    h("td", { class: "num", text: pct(r.cache_hit_rate) }),
-    h("td", { class: "num", text: pct(r.error_rate) }),
-    h("td", { class: "num", text: ms(r.latency_p50_ms) }),
-    h("td", { class: "num", text: ms(r.latency_p95_ms) })))),
-    h("tfoot", {}, h("tr", { class: "total", "data-testid": "total" },
-      h("td", { text: "Total" }), h("td", { class: "num", "data-value": data.total.cost_usd, text: money(data.total.cost_usd) }),
-      h("td", {}), h("td", { class: "num" }, change(data.total.change_pct)),
-      h("td", { class: "num", "data-value": data.total.requests, text: count(data.total.requests) }),
-      h("td", { class: "num", text: compact(data.total.input_tokens + data.total.cache_read_tokens + data.total.cache_write_tokens) }),
-      h("td", { class: "num", text: compact(data.total.output_tokens) }),
-      h("td", { class: "num", text: pct(data.total.cache_hit_rate) }), h("td", { class: "num", text: pct(data.total.error_rate) }),
-      h("td", { class: "num", text: ms(data.total.latency_p50_ms) }), h("td", { class: "num", text: ms(data.total.latency_p95_ms) }))));
+    cols.map((c) => COLUMNS[c][1](r, false))))),
+    cols === FULL ? h("tfoot", {}, h("tr", { class: "total", "data-testid": "total" },
+      h("td", { text: "Total" }), cols.map((c) => COLUMNS[c][1](data.total, true)))) : null);
 }
 
 async function dimensionPage(page, q) {
@@ -325,7 +305,7 @@ async function detailPage(page, dim, q, rp) {
       kpi("kpi-cache", "Response-cache hits", total.cache_hit_rate, pct(total.cache_hit_rate), `${money(total.saved_usd)} saved`)) : null,
     h("div", { class: "card" }, h("h2", { text: "Spend over time" }), chartBox),
     h("div", { class: "grid two" }, others.map((d, i) => h("div", { class: "card" }, h("h2", { text: `By ${d}` }),
-      parts[i].rows.length ? compactTable(d, parts[i], (key) => go(Object.keys(PAGES).find((p) => PAGES[p] === d) || page, { [d]: key }), `breakdown-${d}`)
+      parts[i].rows.length ? breakdownTable(d, parts[i], (key) => go(Object.keys(PAGES).find((p) => PAGES[p] === d) || page, { [d]: key }), `breakdown-${d}`, COMPACT)
         : h("p", { class: "none", text: `No ${d} recorded.` })))),
   );
   chart(chartBox, ser.buckets, ser.series, { tz: rp.tz });
