@@ -10,7 +10,7 @@ import brotli
 import pytest
 import zstandard
 
-from modeltrack.codec import decoder_for
+from modeltrack.wire.codec import decoder_for
 
 from .replay import CODINGS, compress
 

@@ -14,8 +14,8 @@ import aiohttp
 import pytest
 
 from modeltrack.config import ConfigError, Settings
+from modeltrack.http.upstream_pool import Origin
 from modeltrack.sinks import _fs_path, describe_store
-from modeltrack.upstream_pool import Origin
 
 from .proc import ProxyProcess
 from .rawhttp import RawServer, read_request

@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from modeltrack.limits import Limits
-from modeltrack.message import Request, RequestError
-from modeltrack.server import Connection
-from modeltrack.upstream import BUSY, CLOSED, IDLE, Unsent, UpstreamConnection
-from modeltrack.upstream_pool import Origin, PoolExhausted, UpstreamPool
+from modeltrack.http.limits import Limits
+from modeltrack.http.message import Request, RequestError
+from modeltrack.http.server import Connection
+from modeltrack.http.upstream import BUSY, CLOSED, IDLE, Unsent, UpstreamConnection
+from modeltrack.http.upstream_pool import Origin, PoolExhausted, UpstreamPool
 
 
 class FakeTransport:

@@ -15,7 +15,7 @@ from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modeltrack.headers import forward_headers
+from modeltrack.http.headers import forward_headers
 from modeltrack.providers import Router, build_providers
 
 from .rawhttp import Handler, RawServer, chunk, port_of, raw, read_request

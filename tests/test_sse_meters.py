@@ -8,10 +8,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from modeltrack.eventstream import EventStreamDecoder, encode_frame
-from modeltrack.jsonstream import JSONArraySplitter
 from modeltrack.providers import build_providers
-from modeltrack.sse import SSEEvent, SSESplitter
+from modeltrack.wire.eventstream import EventStreamDecoder, encode_frame
+from modeltrack.wire.jsonstream import JSONArraySplitter
+from modeltrack.wire.sse import SSEEvent, SSESplitter
 
 from .expected import EXPECTED, provider_of
 from .replay import Recording, all_recordings, load

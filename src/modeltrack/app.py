@@ -21,17 +21,17 @@ from .access import ClientTokens
 from .accounting import Recorder
 from .config import ConfigError, Settings
 from .controls import Controls
-from .egress import EgressError, route_for
-from .limits import Limits
-from .message import Request
+from .http.egress import EgressError, route_for
+from .http.limits import Limits
+from .http.message import Request
+from .http.server import Connection
+from .http.upstream_pool import Origin, UpstreamPool
 from .metrics import Metrics, exposition
 from .pipeline import Pipeline
 from .pricing import Pricing
 from .providers import Router, build_providers
 from .proxy import Proxy
-from .server import Connection
 from .sinks import describe_store, open_sink
-from .upstream_pool import Origin, UpstreamPool
 
 log = logging.getLogger("modeltrack")
 

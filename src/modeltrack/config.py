@@ -218,7 +218,7 @@ class Settings:
             inj = env.get(f"MODELTRACK_{p.upper()}_INJECT_STREAM_USAGE")
             if inj is not None:
                 s.inject_stream_usage[p] = convert(_JOURNAL, inj, f"MODELTRACK_{p.upper()}_INJECT_STREAM_USAGE")
-        from .egress import proxy_variables
+        from .http.egress import proxy_variables
 
         s.egress = proxy_variables(env)
         for k, v in (overrides or {}).items():

@@ -11,24 +11,35 @@ from __future__ import annotations
 import asyncio
 import logging
 from time import perf_counter
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .codec import metering_view
 from .events import new_request_id
-from .headers import HeaderView, ResponseHead, clean_reason
+from .http.headers import HeaderView, ResponseHead, clean_reason
+from .http.server import Connection
+from .http.upstream import UpstreamConnection
+from .http.watchdog import IdleWatchdog
 from .logs import log_exception_safely
+from .metrics import Metrics
 from .providers import Meter, Provider, RequestInfo
 from .providers.base import BodyView
-from .server import Connection
-from .upstream import UpstreamConnection
-from .watchdog import IdleWatchdog
+from .wire.codec import metering_view
 
 if TYPE_CHECKING:
     from .controls import Decision
     from .controls.cache import Capture, Entry
-    from .proxy import Proxy
 
 log = logging.getLogger("modeltrack.proxy")
+
+
+class Owner(Protocol):
+    """What an exchange reports to (the :class:`~modeltrack.proxy.Proxy`), handed in at construction so the
+    exchange never imports the proxy back."""
+
+    metrics: Metrics
+
+    def record(self, ex: Exchange) -> None: ...
+
+    def store_capture(self, ex: Exchange) -> None: ...
 
 
 class Exchange:
@@ -77,7 +88,7 @@ class Exchange:
 
     def __init__(
         self,
-        proxy: Proxy,
+        proxy: Owner,
         client: Connection,
         provider: Provider,
         info: RequestInfo,

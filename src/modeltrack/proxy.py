@@ -4,7 +4,7 @@ and the upstream socket.
 Flow for one request: resolve the provider from the path → read the body (bounded) → the spend controls, if any
 (:mod:`modeltrack.controls`: refuse, route, answer from the cache, reserve) → write the upstream request (same
 method, raw path and query, body bytes; the client's header lines byte-for-byte minus hop-by-hop, ``Host`` and
-``X-ModelTrack-*``: :mod:`modeltrack.headers`) → the upstream connection calls the :class:`Exchange` as the
+``X-ModelTrack-*``: :mod:`modeltrack.http.headers`) → the upstream connection calls the :class:`Exchange` as the
 response arrives → one cost event is recorded (:mod:`modeltrack.accounting`), whatever happened.
 """
 
@@ -21,17 +21,17 @@ from typing import TYPE_CHECKING
 
 from .access import ClientTokens
 from .accounting import Recorder
-from .egress import TunnelRefused
 from .exchange import Exchange
-from .headers import HeaderView, forward_headers
-from .message import Request, RequestError
+from .http.egress import TunnelRefused
+from .http.headers import HeaderView, forward_headers
+from .http.message import Request, RequestError
+from .http.server import Connection
+from .http.upstream import Unsent
+from .http.upstream_pool import PoolExhausted, UpstreamPool
+from .http.watchdog import Watchdogs
 from .metrics import Metrics
 from .providers import Provider, Router
 from .providers.base import loads
-from .server import Connection
-from .upstream import Unsent
-from .upstream_pool import PoolExhausted, UpstreamPool
-from .watchdog import Watchdogs
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -242,7 +242,7 @@ class Proxy:
         ex.watchdog = self.watchdogs.watch(self.read_timeouts.get(provider.name, self.read_timeout), ex.on_idle)
         try:
             # Sent on a pooled connection; once more on a fresh one if the first attempt provably never reached
-            # the upstream (modeltrack.upstream says when that is).
+            # the upstream (modeltrack.http.upstream says when that is).
             sent = False
             for attempt in range(2):
                 sent = False

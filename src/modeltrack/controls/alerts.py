@@ -21,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ..egress import route_for
+from ..http.egress import route_for
 from ..metrics import Metrics
 from ..query import Filters, Reader
 from ..query.times import bucket_start, stamp, zone

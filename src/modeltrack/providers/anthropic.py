@@ -13,8 +13,8 @@ from typing import Any
 
 import orjson
 
-from ..sse import SSEEvent
 from ..usage import Usage, as_int
+from ..wire.sse import SSEEvent
 from .base import Meter, MeterResult, Provider, RequestInfo, error_code, loads
 from .meters import JSONBodyMeter, SSEMeter, dig
 from .openai import is_sse

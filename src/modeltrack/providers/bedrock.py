@@ -18,8 +18,8 @@ from urllib.parse import unquote
 
 import orjson
 
-from ..eventstream import EventStreamDecoder
 from ..usage import Usage, as_int
+from ..wire.eventstream import EventStreamDecoder
 from .anthropic import anthropic_usage, apply_anthropic_usage
 from .base import Meter, MeterResult, Provider, RequestInfo, error_code, loads
 from .meters import JSONBodyMeter

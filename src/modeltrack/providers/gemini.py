@@ -13,9 +13,9 @@ from urllib.parse import unquote
 
 import orjson
 
-from ..jsonstream import JSONArraySplitter
-from ..sse import SSEEvent
 from ..usage import Usage, as_int
+from ..wire.jsonstream import JSONArraySplitter
+from ..wire.sse import SSEEvent
 from .base import Meter, MeterResult, Provider, RequestInfo, error_code, loads
 from .meters import JSONBodyMeter, SSEMeter
 from .openai import is_sse

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..sse import SSEEvent, SSESplitter
+from ..wire.sse import SSEEvent, SSESplitter
 from .base import MeterResult, RequestInfo, error_code, loads
 
 MAX_JSON_BODY = 64 * 1024 * 1024

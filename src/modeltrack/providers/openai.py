@@ -19,8 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..sse import SSEEvent
 from ..usage import Usage, as_int
+from ..wire.sse import SSEEvent
 from .base import BodyView, Meter, MeterResult, Provider, RequestInfo, error_code, loads
 from .meters import JSONBodyMeter, SSEMeter, dig
 from .stream_usage import WithheldUsage, inject

@@ -13,7 +13,7 @@ from typing import Any
 from ..events import CostEvent
 from ..rollups import TOKENS
 from ..sinks.firestore import FirestoreSink
-from . import EventFilter, Filters
+from .base import EventFilter, Filters
 from .memory import SessionSums, group, row_matches
 from .times import hour_key, stamp
 

@@ -14,7 +14,7 @@ import math
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
-from . import Filters, Reader
+from .base import Filters, Reader
 from .times import bucket_start, ceil_hour, hour_start, next_bucket, stamp
 from .views import QueryError, usd
 

@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from ..events import CostEvent
-from . import EventFilter, Filters, StoreMissing
+from .base import EventFilter, Filters, StoreMissing
 from .memory import SessionSums, event_row, group, row_matches
 from .times import hour_key, stamp
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from ..events import CostEvent
 from ..rollups import LATENCY_BUCKETS, SUMS, TOKENS, hour_of, is_error, latency_bucket, nano_usd
-from . import Filters
+from .base import Filters
 
 SUMMED = (*SUMS, *LATENCY_BUCKETS)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
-from . import EventFilter, Filters, Reader
+from .base import EventFilter, Filters, Reader
 from .forecast import forecast
 from .times import bucket_start, ceil_hour, floor_hour, stamp
 from .views import Range, breakdown, series, usd

@@ -23,7 +23,7 @@ import orjson
 
 from ..events import CostEvent
 from ..rollups import LATENCY_BUCKETS, SUMS, TOKENS
-from . import DIMENSIONS, EventFilter, Filters, StoreMissing
+from .base import DIMENSIONS, EventFilter, Filters, StoreMissing
 from .times import bucket_start, hour_key, stamp
 
 _SUMMED = (*SUMS, *LATENCY_BUCKETS)

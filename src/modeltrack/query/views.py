@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from ..rollups import LATENCY_BUCKETS, SUMS, TOKENS, percentile
-from . import DIMENSIONS, EventFilter, Filters, Reader
+from .base import DIMENSIONS, EventFilter, Filters, Reader
 from .times import TimeError, bucket_start, ceil_hour, floor_hour, hour_start, next_bucket, parse_instant, stamp, zone
 
 MAX_LIMIT = 1000

@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from ..usage import Usage
-from . import EventFilter, Filters, Reader
+from .base import EventFilter, Filters, Reader
 from .times import hour_start
 from .views import QueryError, Range, usd
 

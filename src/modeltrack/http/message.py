@@ -1,4 +1,4 @@
-"""The messages of the client-facing server (:mod:`modeltrack.server`): a parsed request with its body arriving in
+"""The messages of the client-facing server (:mod:`modeltrack.http.server`): a parsed request with its body arriving in
 the background, the errors a request is refused with, and the head of a response. Kept apart from the
 connection protocol so that the proxy, the app and the tests can use them without the protocol's machinery."""
 

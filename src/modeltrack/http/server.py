@@ -10,7 +10,7 @@ What this server promises, held to nginx's and aiohttp's standard (tests/test_se
 
 * bounded header size and time (431, slowloris), bounded body size (413, decided before the body is read when
   ``Content-Length`` says so), and process-wide ceilings on requests in flight and body bytes buffered (503 with
-  ``Retry-After``, :mod:`modeltrack.limits`);
+  ``Retry-After``, :mod:`modeltrack.http.limits`);
 * strict requests: HTTP/1.0 or 1.1 only (400 for a request line without a version, 505 for others), exactly one
   ``Host`` on HTTP/1.1 and at most one on 1.0, no ``Transfer-Encoding`` on 1.0 and nothing but ``chunked`` on
   1.1, framing errors in a body answered 400 at once; a refused request is answered in its turn and the
@@ -34,11 +34,11 @@ from typing import Protocol, cast
 
 import httptools
 
+from ..logs import log_exception_safely
 from .limits import MAX_HEADER_BYTES, MAX_HEADERS, Limits
-from .logs import log_exception_safely
 from .message import REASONS, Request, RequestError, overloaded, response_head, too_large
 
-log = logging.getLogger("modeltrack.server")
+log = logging.getLogger("modeltrack.http.server")
 
 MAX_PIPELINED = 32  # requests parsed ahead of the one being answered, per connection
 LINGER_SECONDS = 2.0

@@ -16,7 +16,7 @@ from __future__ import annotations
 import zlib
 from typing import Any, Protocol
 
-from .providers.base import Meter, MeterResult
+from ..providers.base import Meter, MeterResult
 
 MAX_INFLATE = 256 * 1024 * 1024  # a decompression bomb must not take the proxy down
 

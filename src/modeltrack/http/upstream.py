@@ -1,5 +1,5 @@
 """Upstream connections: one small response-parsing protocol per connection (the pool that hands them out is
-:mod:`modeltrack.upstream_pool`).
+:mod:`modeltrack.http.upstream_pool`).
 
 The response is not read by a coroutine: the connection's parser calls the exchange that owns the request
 (``on_head``, ``on_body``, ``on_complete``, ``on_error``) straight from ``data_received``, so a streamed chunk is
@@ -22,7 +22,7 @@ the rules are strict (aiohttp's ``client_proto`` is the model: never reuse an un
   back on a reused connection. A POST that may have reached the provider is never sent twice.
 
 Connections are only ever opened to the configured origin (scheme, host, port), directly or through the egress
-proxy the environment names for it (:mod:`modeltrack.egress`): the request path goes into the request line,
+proxy the environment names for it (:mod:`modeltrack.http.egress`): the request path goes into the request line,
 never into the choice of host, so no request target can make the proxy connect elsewhere.
 """
 
@@ -30,17 +30,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import Protocol, cast
 
 import httptools
 
 from .limits import MAX_HEADER_BYTES
 
-if TYPE_CHECKING:
-    from .upstream_pool import UpstreamPool
-
 IDLE, BUSY, CLOSED = "idle", "busy", "closed"
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+
+class Pool(Protocol):
+    """What a connection reports to (the :class:`~.upstream_pool.UpstreamPool`), handed in at construction so
+    this module never imports the pool back."""
+
+    def watch(self, conn: UpstreamConnection) -> None: ...
+
+    def release(self, conn: UpstreamConnection) -> None: ...
+
+    def forget(self, conn: UpstreamConnection) -> None: ...
 
 
 class Receiver(Protocol):
@@ -77,7 +85,7 @@ class _OutOfStep(Exception):
 class UpstreamConnection(asyncio.Protocol):
     """One HTTP/1.1 connection to an upstream. Carries one exchange at a time."""
 
-    def __init__(self, pool: UpstreamPool) -> None:
+    def __init__(self, pool: Pool) -> None:
         self._pool = pool
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
@@ -138,7 +146,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.receiver = None
         if self.state != CLOSED:
             self.state = CLOSED
-            self._pool._forget(self)
+            self._pool.forget(self)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.abort()
 
@@ -209,7 +217,7 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state != CLOSED:
             self.state = CLOSED
-            self._pool._forget(self)
+            self._pool.forget(self)
         receiver, self.receiver = self.receiver, None
         if receiver is None or self._complete:
             return

@@ -1,9 +1,9 @@
 """The keep-alive pool of one provider origin: hands out idle connections oldest-released first, opens new ones
 up to a per-origin cap, and never hands out a connection that is busy, closing, or that the upstream closed
-(the rules are in :mod:`modeltrack.upstream`'s docstring; aiohttp's ``connector`` is the model for the split).
+(the rules are in :mod:`modeltrack.http.upstream`'s docstring; aiohttp's ``connector`` is the model for the split).
 
 Connections are only ever opened to the configured origin (scheme, host, port), directly or through the egress
-proxy the environment names for it (:mod:`modeltrack.egress`).
+proxy the environment names for it (:mod:`modeltrack.http.egress`).
 """
 
 from __future__ import annotations
@@ -187,7 +187,7 @@ class UpstreamPool:
                 await self._connect(conn)
         except BaseException:
             if conn.transport is not None:
-                conn.close()  # counted down by _forget
+                conn.close()  # counted down by forget
             else:
                 self._open -= 1
                 self._wake()
@@ -265,7 +265,7 @@ class UpstreamPool:
         if self._waiters:
             self._wake()
 
-    def _forget(self, conn: UpstreamConnection) -> None:
+    def forget(self, conn: UpstreamConnection) -> None:
         """A connection closed: it no longer counts, and is never handed out again."""
         self._open -= 1
         self._unwatch(conn)

@@ -1,0 +1,398 @@
+"""Spend controls: budgets, routing and the response cache, called by the proxy at two defined points.
+
+* :meth:`Controls.decide`, once the request's body is read and before anything is sent upstream: client-token
+  attribution is already applied; a routing rule may refuse or downgrade the request; the response cache may
+  answer it; the budgets admit it (reserving its worst-case cost) or refuse it.
+* :meth:`Controls.finished`, when its event is recorded: the reservation is settled to the real cost, and a
+  complete 2xx response captured for the cache is stored.
+
+Everything is driven by the controls file (:mod:`.spec`), reloaded when it changes (mtime, checked every second)
+or on SIGHUP. A new file applies to requests that start after it is loaded; requests in flight finish under the
+rules they started with. An invalid new file keeps the old rules and logs why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..events import CostEvent
+from ..metrics import Metrics
+from .alerts import Notifier, send_due_reports
+from .budgets import Admission, Budgets, Refusal
+from .cache import Backend, Entry, MemoryCache, cache_key, open_backend
+from .estimate import bound_tokens
+from .ledger import open_ledger
+from .parse import load
+from .routing import choose, rewrite
+from .spec import Budget, ControlsError, ControlsSpec, Route
+from .tasks import Background
+
+if TYPE_CHECKING:
+    from ..pricing import Pricing
+    from ..query import Reader
+
+__all__ = ["Controls", "ControlsError", "ControlsSpec", "Decision", "load"]
+
+log = logging.getLogger("modeltrack.controls")
+
+RELOAD_CHECK_SECONDS = 1.0
+REPORT_CHECK_SECONDS = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """The rules whose scope a combination of attribution, provider and model falls under (a routing rule's
+    trigger and a budget's spend are checked per request)."""
+
+    spec: ControlsSpec
+    routes: tuple[Route, ...]
+    budgets: tuple[Budget, ...]
+    cache_ttl: float | None  # the first matching cache rule's TTL; None: no cache rule applies
+
+    empty: bool = False  # none of the above: the request is not the controls' business
+
+
+@dataclass(slots=True)
+class Decision:
+    """What the controls decided for one request, and what they need to know when it ends."""
+
+    path: str
+    body: bytes
+    refusal: Refusal | None = None
+    route: Route | None = None
+    routed_from: str | None = None
+    cache_key: str | None = None
+    cache_ttl: float = 0.0
+    hit: Entry | None = None
+    admission: Admission | None = None
+    capture_limit: int = 0  # the largest response the cache keeps (bytes)
+    head: bytes = b""  # response header lines the client gets in addition to the upstream's
+
+    @property
+    def refused(self) -> bool:
+        return self.refusal is not None
+
+
+class Controls:
+    def __init__(
+        self,
+        spec: ControlsSpec,
+        *,
+        store_url: str,
+        sink: Any,
+        pricing: Pricing,
+        metrics: Metrics,
+        egress: Mapping[str, str] | None = None,
+        path: str | None = None,
+    ) -> None:
+        self.spec = spec
+        self.path = path
+        self.store_url = store_url
+        self.pricing = pricing
+        self.metrics = metrics
+        self.ledger = open_ledger(store_url, sink)
+        self.notifier = Notifier(spec.webhooks, sink.claim, metrics, egress)
+        self.reader: Reader | None = None
+        self._sink = sink
+        self.budgets = Budgets(
+            spec.budgets, self.ledger, None, metrics, spec.refresh_seconds, on_alert=self.notifier.budget_alert
+        )
+        self.cache: Backend | None = self._open_cache(spec)
+        self._mtime = _mtime(path)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._plans: dict[tuple[str | None, ...], Plan] = {}
+        self.background = Background()
+
+    @classmethod
+    def from_file(cls, path: str, **kwargs: Any) -> Controls:
+        return cls(load(path), path=path, **kwargs)
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """After the store is open: a reader for spend, a first read of every budget, the background loops."""
+        self.reader = self._open_reader()
+        self.budgets.reader = self.reader
+        await self.budgets.tick()
+        self.budgets.start()
+        self._tasks.append(asyncio.create_task(self._watch(), name="modeltrack-controls-reload"))
+        if self.spec.reports:
+            self._tasks.append(asyncio.create_task(self._reports(), name="modeltrack-reports"))
+
+    def _open_reader(self) -> Reader | None:
+        from ..query import StoreMissing, open_reader
+
+        if self.store_url.startswith("firestore://"):
+            from ..query.firestore import FirestoreReader
+
+            return FirestoreReader(self._sink)  # the sink's client: one connection pool per process
+        try:
+            return open_reader(self.store_url)
+        except StoreMissing:
+            return None
+
+    async def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
+        self._tasks.clear()
+        await self.budgets.close()
+        await self.notifier.close()
+        await self.background.drain()
+        if self.cache is not None:
+            await self.cache.close()
+        await self.ledger.close()
+        if self.reader is not None and not self.store_url.startswith("firestore://"):
+            await self.reader.close()
+
+    # -- reload -----------------------------------------------------------------------------------------------
+    def reload(self) -> bool:
+        """Load the file again; keep the old rules if it is invalid. True when new rules are in force."""
+        if self.path is None:
+            return False
+        self._mtime = _mtime(self.path)
+        try:
+            spec = load(self.path)
+        except ControlsError as exc:
+            self.metrics.controls_reloads.labels("invalid").inc()
+            log.error("controls file changed but is invalid; the previous rules stay in force: %s", exc)
+            return False
+        self.apply(spec)
+        self.metrics.controls_reloads.labels("ok").inc()
+        log.info("controls reloaded: %s", spec.summary())
+        return True
+
+    def apply(self, spec: ControlsSpec) -> None:
+        old = self.spec
+        self.budgets.replace(spec.budgets)
+        self.budgets.refresh_seconds = spec.refresh_seconds
+        self.notifier.webhooks = dict(spec.webhooks)
+        if (spec.cache is None) != (old.cache is None) or (
+            spec.cache is not None and old.cache is not None and spec.cache.backend != old.cache.backend
+        ):
+            previous, self.cache = self.cache, self._open_cache(spec)
+            if previous is not None:
+                self.background.spawn(previous.close())
+        elif spec.cache is not None and isinstance(self.cache, MemoryCache):
+            self.cache.max_bytes = spec.cache.max_bytes  # applies from the next store
+        self.spec = spec
+
+    def _open_cache(self, spec: ControlsSpec) -> Backend | None:
+        if spec.cache is None:
+            return None
+        return open_backend(spec.cache.backend, spec.cache.max_bytes, self.metrics.response_cache_bytes)
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(RELOAD_CHECK_SECONDS)
+            if self.path is not None and _mtime(self.path) != self._mtime:
+                self.reload()
+
+    async def _reports(self) -> None:
+        while True:
+            if self.reader is not None and self.spec.reports:
+                with contextlib.suppress(Exception):
+                    await send_due_reports(self.spec.reports, self.reader, self.notifier)
+            await asyncio.sleep(REPORT_CHECK_SECONDS)
+
+    # -- the request path -------------------------------------------------------------------------------------
+    def plan(self, provider: str, model: str | None, attrs: Mapping[str, Any]) -> Plan | None:
+        """Which rules a request's attribution, provider and model fall under, or None when none can apply: the
+        proxy then treats it as if no controls were loaded. Memoised per combination (bounded, and rebuilt after
+        a reload), so a deployment whose rules match few requests pays one dictionary lookup for the rest."""
+        key = (provider, model, attrs.get("team"), attrs.get("app"), attrs.get("feature"), attrs.get("user"))
+        spec = self.spec
+        p = self._plans.get(key)
+        if p is None or p.spec is not spec:
+            if len(self._plans) >= 4096 or (p is not None and p.spec is not spec):
+                self._plans.clear()
+            values = dict(zip(("provider", "model", "team", "app", "feature", "user"), key, strict=True))
+            ttl = None
+            if spec.cache is not None:
+                ttl = next(
+                    (r.ttl_seconds or spec.cache.ttl_seconds for r in spec.cache.rules if r.scope.matches(values)), None
+                )
+            routes = tuple(r for r in spec.routes if r.scope.matches(values))
+            budgets = self.budgets.matching(values)
+            p = self._plans[key] = Plan(spec, routes, budgets, ttl, not routes and not budgets and ttl is None)
+        if p.empty and not (spec.cache is not None and attrs.get("cache")):
+            return None
+        return p
+
+    async def decide(
+        self,
+        p: Plan,
+        *,
+        provider: str,
+        method: str,
+        path: str,
+        query: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        parsed: Any,
+        model: str | None,
+        attrs: Mapping[str, Any],
+        client_token: bytes,
+        wall: float,
+    ) -> Decision:
+        spec = p.spec
+        d = Decision(path, body)
+        lines: list[bytes] = []
+        matched = p.budgets
+        # 1. Routing: refuse, or downgrade to a cheaper model.
+        if p.routes and str(attrs.get("no_route", "")).lower() not in ("true", "1", "yes"):
+            values = {
+                "team": attrs.get("team"),
+                "app": attrs.get("app"),
+                "feature": attrs.get("feature"),
+                "user": attrs.get("user"),
+                "provider": provider,
+                "model": model,
+            }
+            route = choose(p.routes, values, wall, self._percent)
+            if route is not None:
+                if route.action == "block":
+                    self.metrics.routed.labels(route.name, "block").inc()
+                    d.route = route
+                    msg = route.message or (
+                        f"Routing rule '{route.name}' does not allow model {model} for this request."
+                    )
+                    d.refusal = Refusal(route.status, "route_blocked", msg, route.name, 0)
+                    return d
+                sigv4 = any(k.lower() == b"authorization" and v.startswith(b"AWS4-HMAC-SHA256") for k, v in headers)
+                assert route.to is not None
+                changed = rewrite(provider, path, body, route.to, sigv4) if route.to != model else None
+                if changed is not None:
+                    d.path, d.body = changed
+                    d.route, d.routed_from = route, model
+                    values["model"] = route.to
+                    matched = tuple(self.budgets.matching(values))  # the budgets of the model that will serve it
+                    self.metrics.routed.labels(route.name, "downgrade").inc()
+                    lines.append(b"x-modeltrack-routed-from: %s\r\n" % _header_value(model or ""))
+        # 2. The response cache.
+        if self.cache is not None and spec.cache is not None:
+            ttl = self._cache_ttl(spec, p.cache_ttl, attrs)
+            if ttl:
+                target = (path + "?" + query if query else path).encode("latin-1")
+                routed_to = (d.route.to or "") if d.routed_from is not None and d.route is not None else ""
+                target += b"\0" + routed_to.encode()
+                d.cache_key = cache_key(provider, method, target, headers, body, parsed, client_token)
+                d.cache_ttl = ttl
+                d.capture_limit = spec.cache.max_entry_bytes
+                try:
+                    d.hit = await self.cache.get(d.cache_key)
+                except Exception as exc:  # noqa: BLE001 - an unreachable cache is a miss, never an error
+                    self.metrics.response_cache.labels("error").inc()
+                    log.warning("response cache unavailable (%s): treated as a miss", type(exc).__name__)
+                if d.hit is not None:
+                    self.metrics.response_cache.labels("hit").inc()
+                    d.head = b"".join(lines) + b"x-modeltrack-cache: HIT\r\n"
+                    return d  # costs nothing: no reservation, no budget check
+                self.metrics.response_cache.labels("miss").inc()
+                lines.append(b"x-modeltrack-cache: MISS\r\n")
+        # 3. Budgets: reserve the worst case, or refuse.
+        if matched:
+            reserve = 0
+            if any(b.action == "block" for b in matched):
+                inp, out = bound_tokens(len(d.body), parsed, spec.reserve)
+                bound = self.pricing.bound(provider, d.route.to if d.routed_from and d.route else model, inp, out, wall)
+                if bound is not None:
+                    reserve = round(bound * 1e9) + 1
+            adm = await self.budgets.admit(matched, reserve)
+            if adm.refusal is not None:
+                d.refusal = adm.refusal
+                return d
+            d.admission = adm
+            lines.extend(b"x-modeltrack-budget: %s\r\n" % _header_value(h) for h in adm.headers)
+        d.head = b"".join(lines)
+        return d
+
+    def _percent(self, budget: str) -> float:
+        for b in self.budgets.budgets:
+            if b.name == budget:
+                return self.budgets.state(b).percent()
+        return 0.0
+
+    @staticmethod
+    def _cache_ttl(spec: ControlsSpec, rule_ttl: float | None, attrs: Mapping[str, Any]) -> float:
+        """The TTL to cache this request's answer for (0: not cached): the request's ``X-ModelTrack-Cache``
+        (``on``/``off``) and ``X-ModelTrack-Cache-TTL`` over the matching rule over the default."""
+        assert spec.cache is not None
+        asked = str(attrs.get("cache", "")).lower()
+        if asked == "off" or (rule_ttl is None and asked != "on"):
+            return 0.0
+        ttl = rule_ttl or spec.cache.ttl_seconds
+        given = attrs.get("cache_ttl")
+        if given:
+            with contextlib.suppress(ValueError):
+                ttl = min(max(float(given), 1.0), 1e8)
+        return ttl
+
+    def finished(self, d: Decision, ev: CostEvent | None, capture: Entry | None) -> None:
+        """The request's event is recorded: settle its reservation, store a captured response."""
+        if d.admission is not None and d.admission.reservations:
+            if ev is None:
+                self.budgets.release(d.admission)
+            else:
+                self.budgets.settle(d.admission, ev)
+        if capture is not None and d.cache_key and self.cache is not None and ev is not None:
+            if 200 <= ev.status < 300 and ev.error is None and ev.usage_source not in ("partial", "missing"):
+                capture.meta = {
+                    "model": ev.model,
+                    "requested_model": ev.requested_model,
+                    "input_tokens": ev.input_tokens,
+                    "output_tokens": ev.output_tokens,
+                    "cache_read_tokens": ev.cache_read_tokens,
+                    "cache_write_tokens": ev.cache_write_tokens,
+                    "reasoning_tokens": ev.reasoning_tokens,
+                    "cost_usd": ev.cost_usd,
+                    "stream": ev.stream,
+                    "stored_at": time.time(),
+                }
+                self.background.spawn(self._put(d.cache_key, capture, d.cache_ttl))
+            else:
+                self.metrics.response_cache.labels("not_stored").inc()
+
+    async def _put(self, key: str, entry: Entry, ttl: float) -> None:
+        assert self.cache is not None
+        try:
+            await self.cache.put(key, entry, ttl)
+            self.metrics.response_cache.labels("stored").inc()
+        except Exception as exc:  # noqa: BLE001
+            self.metrics.response_cache.labels("error").inc()
+            log.warning("response cache: could not store an entry (%s)", type(exc).__name__)
+
+    def on_recorded(self, ev: CostEvent) -> None:
+        self.budgets.on_recorded(ev)
+
+    def on_stored(self, events: list[CostEvent]) -> None:
+        self.budgets.on_stored(events)
+
+    def token_attribution(self) -> dict[bytes, dict[str, str]]:
+        return {t.digest: t.attribution() for t in self.spec.tokens}
+
+    async def settled(self) -> None:
+        """Wait for background stores and alerts (tests, shutdown)."""
+        await self.background.drain()
+        await self.budgets.background.drain()
+        await self.notifier.drain()
+
+
+def _mtime(path: str | None) -> float | None:
+    if path is None:
+        return None
+    try:
+        return os.stat(path).st_mtime_ns / 1e9
+    except OSError:
+        return None
+
+
+def _header_value(text: str) -> bytes:
+    return "".join(ch for ch in text if ch.isprintable()).encode("latin-1", "replace")[:512]

@@ -1,0 +1,99 @@
+"""Stores for cost events. A sink is synchronous or async; the pipeline adapts.
+
+Every sink is idempotent on ``request_id``: writing the same event twice stores it once, which is what makes
+pipeline retries after an ambiguous failure safe.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ..events import CostEvent
+
+
+class Sink(Protocol):
+    name: str
+
+    async def open(self) -> None: ...
+
+    async def write(self, events: list[CostEvent]) -> None:
+        """Store a batch atomically-or-idempotently. Raise on failure; the pipeline retries/spools."""
+        ...
+
+    async def read(self, since: str | None = None, limit: int | None = None) -> list[CostEvent]: ...
+
+    async def claim(self, key: str, at: str) -> bool:
+        """Once-only actions shared by every process and replica on the store (a budget alert, a scheduled
+        report): True for exactly one caller per ``key``."""
+        ...
+
+    async def ping(self) -> bool: ...
+
+    async def close(self) -> None: ...
+
+
+class StoreURLError(ValueError):
+    pass
+
+
+def open_sink(url: str) -> Sink:
+    if url.startswith("sqlite://"):
+        from .sqlite import SQLiteSink
+
+        return SQLiteSink(_fs_path(url, "sqlite://"))
+    if url.startswith("jsonl://"):
+        from .jsonl import JSONLSink
+
+        return JSONLSink(_fs_path(url, "jsonl://"))
+    if url.startswith("firestore://"):
+        from .firestore import FirestoreSink
+
+        rest, _, query = url[len("firestore://") :].partition("?")
+        rest = rest.strip("/")
+        if not rest:
+            raise StoreURLError("firestore:// needs a project: firestore://PROJECT[/COLLECTION][?shards=N]")
+        project, _, collection = rest.partition("/")
+        params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+        unknown = set(params) - {"shards"}
+        if unknown:
+            raise StoreURLError(f"unknown firestore:// option(s): {sorted(unknown)} (supported: shards)")
+        try:
+            shards = int(params.get("shards", "1"))
+        except ValueError:
+            raise StoreURLError("firestore:// shards must be an integer") from None
+        return FirestoreSink(project, collection or "modeltrack", shards=shards)
+    raise StoreURLError(
+        f"unsupported store URL scheme (expected sqlite://, jsonl:// or firestore://): {url.split(':', 1)[0]}"
+    )
+
+
+def _fs_path(url: str, scheme: str) -> str:
+    """SQLAlchemy's convention, which users already know: ``sqlite:///relative/x.db`` is relative to the working
+    directory, ``sqlite:////abs/x.db`` (four slashes) is absolute."""
+    rest = url[len(scheme) :]
+    if not rest.startswith("/") or len(rest) < 2:
+        raise StoreURLError(
+            f"{scheme} URL needs three slashes and a path: {scheme}/data/modeltrack.db (relative) or "
+            f"{scheme}//var/lib/modeltrack.db (absolute)"
+        )
+    return rest[1:]
+
+
+def describe_store(url: str) -> str:
+    """The store as the start-up line shows it: the resolved file path, or the project and collection. Never
+    credentials (a URL's user info is dropped)."""
+    import os
+
+    for scheme in ("sqlite://", "jsonl://"):
+        if url.startswith(scheme):
+            try:
+                return f"{scheme[:-3]} {os.path.abspath(_fs_path(url, scheme))}"
+            except StoreURLError:
+                return scheme[:-3] + " (invalid path)"
+    if url.startswith("firestore://"):
+        rest = url[len("firestore://") :].split("?", 1)[0].strip("/")
+        project, _, collection = rest.partition("/")
+        emulator = os.environ.get("FIRESTORE_EMULATOR_HOST")
+        where = f" (emulator {emulator})" if emulator else ""
+        return f"firestore project={project} collection={collection or 'modeltrack'}{where}"
+    return url.split(":", 1)[0]

@@ -1,0 +1,177 @@
+"""``modeltrack ui``: the management plane on aiohttp's web server. The JSON API under ``/api/v1/`` and the
+dashboard (static files, no build step, no outside call) read the same store as the proxy and never touch the
+request path.
+
+It listens on 127.0.0.1:8081 by default; anywhere else it refuses to start without ``MODELTRACK_UI_TOKENS``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from ..access import ClientTokens
+from ..config import Settings
+from ..controls.spec import ControlsError
+from ..logs import log_exception_safely
+from ..pricing import Pricing
+from ..query import StoreMissing
+from ..query.views import QueryError
+from .api import Api, error, json_response
+from .auth import COOKIE, SESSION_SECONDS, UIAuth, same_origin
+from .export import export
+from .exposure import check_exposure
+
+log = logging.getLogger("modeltrack.ui")
+STATIC = Path(__file__).resolve().parent / "static"
+PAGES = ("", "teams", "apps", "features", "users", "models", "sessions", "budgets", "whatif", "export")
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
+
+PUBLIC = frozenset({"/api/v1/login", "/api/v1/logout", "/api/v1/session"})  # say nothing about spend
+API = web.AppKey("api", Api)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_app(settings: Settings, pricing: Pricing | None = None) -> web.Application:
+    auth = UIAuth(ClientTokens.from_setting(settings.ui_tokens, "MODELTRACK_UI_TOKENS"))
+    check_exposure(settings.ui_host, auth)
+    api = Api(settings, pricing or Pricing.load(settings.pricing_file or None))
+
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except QueryError as exc:
+            return error(400, "invalid_request", str(exc))
+        except StoreMissing as exc:
+            return error(503, "store_missing", f"{exc}; start the proxy (make run) so it creates the store")
+        except ControlsError as exc:
+            return error(500, "controls_invalid", str(exc))
+        except web.HTTPException as exc:
+            if not request.path.startswith("/api/") or exc.status < 400:
+                raise
+            return error(exc.status, "not_found" if exc.status == 404 else "http_error", exc.reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a bug answers 500 and logs its frames, never request content
+            log_exception_safely(f"{request.method} {request.path} failed", exc, log.name)
+            return error(500, "internal_error", "The server failed to answer; the error is in its log.")
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
+        if path.startswith("/api/") and path not in PUBLIC:
+            if not auth.request_allowed(request.headers, request.cookies):
+                return error(
+                    401, "unauthorized", "Log in with a dashboard token, or send Authorization: Bearer <token>."
+                )
+        if request.method == "OPTIONS":
+            return error(405, "method_not_allowed", "Cross-origin requests are not served.")
+        resp = await handler(request)
+        resp.headers.setdefault("Content-Security-Policy", CSP)
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        resp.headers["Referrer-Policy"] = "no-referrer"
+        resp.headers["X-Frame-Options"] = "DENY"
+        if path.startswith("/api/"):
+            resp.headers["Cache-Control"] = "no-store"
+        return resp
+
+    async def login(request: web.Request) -> web.Response:
+        if not same_origin(request.headers, request.host, request.scheme):
+            return error(403, "cross_origin", "Log in from the dashboard itself.")
+        if request.content_type != "application/json":
+            return error(415, "unsupported_media_type", 'Send the token as JSON: {"token": "..."}.')
+        try:
+            body = await request.json()
+        except ValueError:
+            return error(400, "invalid_request", 'Send the token as JSON: {"token": "..."}.')
+        token = body.get("token") if isinstance(body, dict) else None
+        if not auth.enabled:
+            return json_response({"ok": True, "auth": False})
+        digest = auth.token_digest(token) if isinstance(token, str) else None
+        if digest is None:
+            await asyncio.sleep(0.3)  # a wrong token costs time: guessing stays slow
+            return error(401, "unauthorized", "That token is not valid.")
+        resp = json_response({"ok": True, "auth": True})
+        resp.set_cookie(
+            COOKIE,
+            auth.cookie_for(digest),
+            max_age=SESSION_SECONDS,
+            httponly=True,
+            samesite="Strict",
+            # Behind a TLS-terminating load balancer too (trusting the header can only make the cookie stricter).
+            secure=request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https",
+            path="/",
+        )
+        return resp
+
+    async def logout(request: web.Request) -> web.Response:
+        if not same_origin(request.headers, request.host, request.scheme):
+            return error(403, "cross_origin", "Log out from the dashboard itself.")
+        resp = json_response({"ok": True})
+        resp.del_cookie(COOKIE, path="/")
+        return resp
+
+    async def session_state(request: web.Request) -> web.Response:
+        return json_response(
+            {"auth": auth.enabled, "logged_in": auth.request_allowed(request.headers, request.cookies)}
+        )
+
+    async def page(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    async def healthz(request: web.Request) -> web.Response:
+        return json_response({"status": "ok"})
+
+    async def export_handler(request: web.Request) -> web.StreamResponse:
+        return await export(api, request)
+
+    app = web.Application(middlewares=[errors, guard])
+    app.add_routes(api.routes())
+    app.add_routes(
+        [
+            web.get("/api/v1/export", export_handler),
+            web.post("/api/v1/login", login),
+            web.post("/api/v1/logout", logout),
+            web.get("/api/v1/session", session_state),
+            web.get("/healthz", healthz),
+            *[web.get("/" + p, page) for p in PAGES],
+            web.static("/static", STATIC, append_version=False),
+        ]
+    )
+    app[API] = api
+
+    async def close(_: web.Application) -> None:
+        await api.close()
+
+    app.on_cleanup.append(close)
+    return app
+
+
+async def serve_ui(settings: Settings, announce: Any = None) -> int:
+    """Run until SIGTERM/SIGINT."""
+    import signal
+
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.ui_host, settings.ui_port)
+    await site.start()
+    log.info("modeltrack dashboard on http://%s:%d (store %s)", settings.ui_host, settings.ui_port, settings.store)
+    if announce is not None:
+        announce()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+    return 0

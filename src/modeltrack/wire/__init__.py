@@ -1,0 +1,1 @@
+"""Wire decoders, byte-level and incremental: SSE, Gemini's JSON array, AWS event-stream, content codings."""
