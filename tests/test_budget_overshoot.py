@@ -93,7 +93,7 @@ async def test_four_processes_and_fifty_clients_stay_within_the_limit(
     (artifacts / f"overshoot-{report['store']}.json").write_text(json.dumps(report, indent=2))
     print(f"\nbudget overshoot check: {report}")
     assert len(events) == sum(statuses.values())  # refused requests are recorded too
-    assert set(statuses) == {200, 429} and set(kinds) == {"budget_exceeded"}
+    assert set(statuses) == {200, 429} and set(kinds) <= {"budget_exceeded", "budget_busy"}
     assert spent <= LIMIT + 1e-12, f"overshoot: spent ${spent:.9f} of ${LIMIT:.9f}"
     # It stops short by less than one reservation (~4.4 requests' cost), which no request could fit into.
     assert spent >= LIMIT - 5 * MINI_COST, f"too conservative: spent only ${spent:.9f} of ${LIMIT:.9f}"

@@ -211,6 +211,7 @@ class Pricing:
         self._cache: dict[tuple[str, str], tuple[Model, bool] | None] = {}
         self._warned: set[str] = set()
         self._plans: dict[tuple[int, datetime, str | None], Any] = {}
+        self._dearest: dict[tuple[str, datetime], tuple[float, float]] = {}
 
     def _prices(self, raw: dict[str, Any], where: str) -> PriceSet:
         out: PriceSet = {}
@@ -429,6 +430,41 @@ class Pricing:
         plain = self.price_pico(m, Usage(input_tokens=input_tokens, output_tokens=output_tokens), when, direct)
         written = self.price_pico(m, Usage(cache_write_tokens=input_tokens, output_tokens=output_tokens), when, direct)
         return float(max(plain, written)) / PICO
+
+    def dearest_bound(self, provider: str, input_tokens: int, output_tokens: int, ts: float) -> float | None:
+        """An upper bound of the request's cost at the provider's dearest rates (its overrides and its own price
+        data; every provider's when it has none): what a budget reserves for a model with no price, which may
+        be answered by any model (``openrouter/auto``). None only when no model has a price at all.
+
+        The rates are each model's average per token at one million tokens, the top of every tier genai-prices
+        lists, taken separately for input (the dearer of uncached and cache-write) and output; memoised per
+        provider and hour."""
+        when = _ts(ts)
+        key = (provider, when.replace(minute=0, second=0, microsecond=0))
+        rates = self._dearest.get(key)
+        if rates is None:
+            pid = PROVIDER_IDS.get(provider)
+            own = self.providers.get(pid) if pid else None
+            models = [m for m in self.overrides if m.provider in ("*", provider)]
+            models += own.models if own is not None else []
+            if not models:
+                models = list(self.overrides) + [m for pr in self.providers.values() for m in pr.models]
+            mtok = 1_000_000
+            best_in = best_out = 0.0
+            for m in models:
+                inp = max(
+                    self.price_pico(m, Usage(input_tokens=mtok), when),
+                    self.price_pico(m, Usage(cache_write_tokens=mtok), when),
+                )
+                out = self.price_pico(m, Usage(output_tokens=mtok), when)
+                best_in = max(best_in, float(inp) / PICO / mtok)
+                best_out = max(best_out, float(out) / PICO / mtok)
+            if len(self._dearest) > 1024:
+                self._dearest.clear()
+            rates = self._dearest[key] = (best_in, best_out)
+        if not rates[0] and not rates[1]:
+            return None
+        return input_tokens * rates[0] + output_tokens * rates[1]
 
     def cache_savings(self, provider: str, result: MeterResult, requested_model: str | None, ts: float) -> float:
         """USD saved by prompt-cache reads: the price of the same request with the cache reads billed as

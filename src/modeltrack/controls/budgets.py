@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -261,13 +262,24 @@ class Budgets:
         return None
 
     def _held(self, st: BudgetState, need: int) -> Refusal:
+        """The spend is below the limit, but reservations in flight (here or in other processes) hold the rest:
+        a temporary refusal, ``budget_busy``. ``Retry-After`` is the earliest a reservation can free up for this
+        request: when this process asks the ledger again (``full_until``), and no sooner than an idle lease
+        elsewhere is returned (:data:`LEASE_IDLE_SECONDS`)."""
         if st.free > 0 and not st.waiting:
             # What is left of this process's lease cannot cover the requests arriving here: back to the ledger,
             # where it adds up with what other processes return.
             self.background.spawn(self._give_back(st))
-        held = (st.budget.limit_nano - st.room - st.spent) / 1e9
-        why = f"cannot cover this request (up to ${need / 1e9:.6f}; ${max(held, 0):.6f} is held by requests in flight)"
-        return self._refusal(st, why)
+        b = st.budget
+        held = max((b.limit_nano - st.room - st.spent) / 1e9, 0.0)
+        wait = max(st.full_until - time.monotonic(), LEASE_IDLE_SECONDS)
+        retry = max(1, math.ceil(wait))
+        msg = (
+            f"Budget '{b.name}' cannot cover this request right now (up to ${need / 1e9:.6f}): "
+            f"${st.spent / 1e9:.6f} of ${b.limit_usd:.2f} is spent this {_UNIT[b.period]} and ${held:.6f} is held by "
+            f"requests in flight; retry in {retry} s."
+        )
+        return Refusal(429, "budget_busy", msg, b.name, retry)
 
     def _refusal(self, st: BudgetState, why: str) -> Refusal:
         b = st.budget

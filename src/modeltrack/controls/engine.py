@@ -303,6 +303,10 @@ class Controls:
             if any(b.action == "block" for b in matched):
                 inp, out = bound_tokens(len(d.body), parsed, spec.reserve)
                 bound = self.pricing.bound(provider, d.route.to if d.routed_from and d.route else model, inp, out, wall)
+                if bound is None:  # no price for the model asked for: never reserve zero (README, "Spend controls")
+                    bound = spec.reserve.unpriced_usd
+                    if bound is None:
+                        bound = self.pricing.dearest_bound(provider, inp, out, wall)
                 if bound is not None:
                     reserve = round(bound * 1e9) + 1
             adm = await self.budgets.admit(matched, reserve)

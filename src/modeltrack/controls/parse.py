@@ -177,10 +177,11 @@ def parse(doc: Any, source: str = "") -> ControlsSpec:
     tz = top.timezone("timezone", "UTC")
     refresh = top.number("refresh_seconds", 2.0, 0.05, 300, example="2")
     on_error = top.choice("on_store_error", ("open", "closed"), "open")
-    r = _Entry(doc.get("reserve") or {}, "reserve", ("bytes_per_token", "default_max_output_tokens"))
+    r = _Entry(doc.get("reserve") or {}, "reserve", ("bytes_per_token", "default_max_output_tokens", "unpriced_usd"))
     reserve = Reserve(
         float(r.positive("bytes_per_token", 1.0, 64, example="1")),
         r.integer("default_max_output_tokens", 16_384, 1, 10_000_000),
+        float(r.positive("unpriced_usd", None, 1e6, example="0.50")) if "unpriced_usd" in r.raw else None,
     )
 
     webhooks: dict[str, Webhook] = {}

@@ -1,0 +1,100 @@
+"""What a block budget reserves and what a refusal says, on both stores (issue M, items 1 and 2): a model with
+no price never reserves zero, and a refusal while requests are in flight is temporary, with a truthful
+``Retry-After``."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from modeltrack.pricing import Pricing
+
+from .test_spend_controls import MINI_COST, MINI_STREAM, call, mini_body, write_controls
+
+UNPRICED = "router/auto-no-such-model"  # a model no price list has, answered by a priced one (gpt-4o-mini)
+
+
+def test_the_dearest_bound_covers_every_priced_model_of_the_provider() -> None:
+    pricing = Pricing.load()
+    now = time.time()
+    dearest = pricing.dearest_bound("openai", 1000, 100, now)
+    assert dearest is not None and dearest > 0
+    for model in pricing.model_ids("openai"):
+        bound = pricing.bound("openai", model, 1000, 100, now)
+        assert bound is None or bound <= dearest + 1e-12, model
+    # A provider with no price data of its own reserves at the dearest rates known.
+    anywhere = pricing.dearest_bound("local", 1000, 100, now)
+    assert anywhere is not None and anywhere >= dearest
+
+
+async def _flood(url: str, n: int, model: str) -> list[tuple[int, Any, bytes]]:
+    async with aiohttp.ClientSession() as s:
+        return await asyncio.gather(*(call(s, url, mini_body(model=model)) for _ in range(n)))
+
+
+@pytest.mark.parametrize("unpriced_usd", [None, 2.5 * MINI_COST])
+async def test_a_model_with_no_price_cannot_spend_past_a_block_budget(
+    store_url: str, replay: Any, make_proxy: Any, tmp_path: Path, unpriced_usd: float | None
+) -> None:
+    upstream, upstream_url = replay
+    upstream.current = MINI_STREAM
+    upstream.delay = 0.002  # the 24 requests are in flight together
+    limit = 4 * MINI_COST
+    doc: dict[str, Any] = {"budgets": [{"name": "auto", "period": "daily", "limit_usd": limit}]}
+    if unpriced_usd is not None:
+        doc["reserve"] = {"unpriced_usd": unpriced_usd}
+    proxy = await make_proxy(upstream_url, controls_file=write_controls(tmp_path, doc), store=store_url)
+    answers = await _flood(proxy.url + "/v1/chat/completions", 24, UNPRICED)
+    statuses = [status for status, _, _ in answers]
+    events = [e for e in await proxy.events() if e.status == 200]
+    spent = sum(e.cost_usd or 0 for e in events)
+    assert all(e.model and e.model.startswith("gpt-4o-mini") and e.cost_usd for e in events)  # priced answers
+    assert spent <= limit + 1e-12, f"{len(events)} admitted, ${spent} of ${limit}"
+    assert statuses.count(429) >= 24 - 4
+    if unpriced_usd is None:
+        # The dearest OpenAI model's bound for this request is far above the limit: nothing is admitted.
+        assert statuses.count(200) == 0
+        err = orjson.loads(answers[0][2])["error"]
+        assert "Budget 'auto'" in err["message"]
+    else:
+        assert statuses.count(200) >= 1  # the configured worst case lets some through, never past the limit
+
+
+async def test_a_refusal_while_requests_are_in_flight_is_temporary(
+    replay: Any, make_proxy: Any, tmp_path: Path
+) -> None:
+    upstream, upstream_url = replay
+    upstream.current = MINI_STREAM
+    upstream.delay = 0.02  # each stream takes about a second: the first requests hold the budget while in flight
+    reserve = 1.5 * MINI_COST
+    doc = {
+        "refresh_seconds": 0.5,
+        "reserve": {"unpriced_usd": reserve},
+        "budgets": [{"name": "room", "period": "monthly", "limit_usd": 10 * MINI_COST}],
+    }
+    proxy = await make_proxy(upstream_url, controls_file=write_controls(tmp_path, doc))
+    url = proxy.url + "/v1/chat/completions"
+    async with aiohttp.ClientSession() as s:
+        first = [asyncio.create_task(call(s, url, mini_body(model=UNPRICED))) for _ in range(6)]
+        await asyncio.sleep(0.3)
+        status, headers, body = await call(s, url, mini_body(model=UNPRICED))
+        assert status == 429, status
+        err = orjson.loads(body)["error"]
+        assert err["type"] == "budget_busy", err  # not budget_exceeded: the budget is not spent
+        assert "in flight" in err["message"]
+        retry = int(headers["Retry-After"])
+        assert 1 <= retry <= 5, retry  # seconds until a reservation can free up, not the end of the month
+        await asyncio.gather(*first)
+        deadline = time.monotonic() + retry + 3
+        while True:
+            status, _, _ = await call(s, url, mini_body(model=UNPRICED))
+            if status == 200 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.2)
+        assert status == 200  # admitted once the requests in flight ended, as Retry-After said
