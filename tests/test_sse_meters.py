@@ -239,3 +239,27 @@ def test_eventstream_roundtrip_and_garbage() -> None:
 @given(st.binary(max_size=300))
 def test_eventstream_garbage_never_raises(data: bytes) -> None:
     frames([data])
+
+
+def test_a_gemini_stream_that_ends_before_its_finish_reason_is_truncated() -> None:
+    """Issue M, item 5: the HTTP framing ends cleanly (the upstream closed its chunked body) one event before the
+    ``finishReason`` chunk. The usage seen so far is partial: recorded as truncated, and so never cached."""
+    from multidict import CIMultiDict
+
+    provider = PROVIDERS["gemini"]
+    info = provider.request_info("POST", "/v1beta/models/gemini-2.5-flash:streamGenerateContent", "alt=sse", None)
+    events = gemini_events(GEMINI.body)
+    assert b'"finishReason"' in events[-1] and not any(b'"finishReason"' in e for e in events[:-1])
+    sse = CIMultiDict({"Content-Type": "text/event-stream"})
+    cut = provider.meter(info, 200, sse)
+    for data in events[:-1]:
+        cut.feed(b"data: " + data + b"\r\n\r\n")
+    assert not cut.ended
+    res = cut.finish(True)  # complete framing, no end signal
+    assert res.usage_source == "partial" and res.error == "truncated"
+    whole = provider.meter(info, 200, sse)
+    for data in events:
+        whole.feed(b"data: " + data + b"\r\n\r\n")
+    assert whole.ended
+    res = whole.finish(True)
+    assert res.usage_source == "stream" and res.error is None

@@ -99,20 +99,27 @@ class GeminiSSEMeter(SSEMeter):
         self._prev: bytes | None = None  # the one before: a stream cut mid-event leaves a torn last one
 
     def on_event(self, ev: SSEEvent) -> None:
+        if b'"finishReason"' in ev.data:
+            self.ended = True  # the last candidate chunk: Gemini streams have no separate end marker
         if b'"usageMetadata"' in ev.data:
             self._prev, self._last = self._last, ev.data
-            if b'"finishReason"' in ev.data:
-                self.ended = True  # the last candidate chunk: Gemini streams have no separate end marker
         elif b'"error"' in ev.data[:32]:
             self.error_from(ev.data)
 
     def result(self, complete: bool) -> MeterResult:
+        """Complete only with the stream's own end signal (a ``finishReason``), as the other providers' meters
+        (``[DONE]``, ``message_stop``): a body that ends cleanly before it is truncated, whatever its framing
+        said (tests/test_sse_meters.py::test_a_gemini_stream_that_ends_before_its_finish_reason_is_truncated)."""
         if self._last is None:
             return MeterResult(usage_source="missing")
         obj = loads(self._last)
         if not isinstance(obj, dict) and self._prev is not None:
             obj = loads(self._prev)  # the last event was torn by the cut: the one before is the latest usage
-        return _result(obj, "stream" if complete else "partial")
+        done = complete and self.ended
+        res = _result(obj, "stream" if done else "partial")
+        if not done:
+            res.error = res.error or self.error or "truncated"
+        return res
 
 
 class GeminiArrayMeter:
