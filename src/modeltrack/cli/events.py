@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
-import io
 import sys
 from typing import Any
-
-import orjson
 
 from ..events import FIELD_ORDER, CostEvent
 from ..query import EventFilter, Filters
 from ..query.times import parse_instant, zone
+from ..tabular import csv_lines
 from .common import CommandError, positive_int, reader
 
 _TABLE = (
@@ -98,22 +95,8 @@ def run_events(args: argparse.Namespace) -> int:
     return 0
 
 
-def csv_cell(value: Any) -> Any:
-    if isinstance(value, dict):
-        return orjson.dumps(value).decode()
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return "" if value is None else value
-
-
 def to_csv(events: list[CostEvent]) -> str:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(FIELD_ORDER)
-    for ev in events:
-        d = ev.to_dict()
-        w.writerow([csv_cell(d[k]) for k in FIELD_ORDER])
-    return buf.getvalue()
+    return csv_lines(FIELD_ORDER, (ev.to_dict() for ev in events), True).decode()
 
 
 def to_table(events: list[CostEvent]) -> str:

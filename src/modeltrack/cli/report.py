@@ -47,7 +47,7 @@ def run_report(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
         return 0
     if args.format == "csv":
-        from ..ui.export import csv_lines
+        from ..tabular import csv_lines
 
         cols = [args.by, "cost_usd", "requests", "input_tokens", "output_tokens", "cache_read_tokens"]
         cols += ["cache_write_tokens", "reasoning_tokens", "error_rate", "cache_hit_rate", "latency_p50_ms"]

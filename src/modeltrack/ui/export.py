@@ -7,39 +7,17 @@ memory. JSON Lines from SQLite are the stored documents, not decoded and re-enco
 
 from __future__ import annotations
 
-import csv
-import io
-from collections.abc import Iterable
-from typing import Any
-
 import orjson
 from aiohttp import web
 
 from ..events import FIELD_ORDER
 from ..query import EventFilter
 from ..query.views import QueryError, breakdown, parse_filters, series, sessions
+from ..tabular import csv_lines
 from .api import Api, Params
 
 KINDS = ("events", "breakdown", "series", "sessions")
 FORMATS = ("csv", "jsonl")
-
-
-def _cell(v: Any) -> Any:
-    if isinstance(v, (dict, list)):
-        return orjson.dumps(v).decode()
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    return "" if v is None else v
-
-
-def csv_lines(header: list[str] | tuple[str, ...], rows: Iterable[dict[str, Any]], with_header: bool) -> bytes:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    if with_header:
-        w.writerow(header)
-    for r in rows:
-        w.writerow([_cell(r.get(k)) for k in header])
-    return buf.getvalue().encode()
 
 
 async def export(api: Api, request: web.Request) -> web.StreamResponse:
