@@ -14,7 +14,10 @@ from pathlib import Path
 
 from bench.sysinfo import free_port, wait_port
 
-EMULATOR = "/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator"
+EMULATOR = os.environ.get(
+    "MODELTRACK_FIRESTORE_EMULATOR",
+    "/usr/lib/google-cloud-sdk/platform/cloud-firestore-emulator/cloud_firestore_emulator",
+)
 
 
 class FirestoreEmulator:

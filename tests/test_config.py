@@ -211,3 +211,49 @@ def test_make_test_names_each_missing_tool_when_it_cannot_install(tmp_path: Path
     assert done.returncode == 1
     for package in ("openjdk-17-jre-headless", "prometheus", "docker-compose", "redis-server", "tinyproxy", "chromium"):
         assert f"apt-get install {package}" in done.stderr
+
+
+def _tool_dir(tmp_path: Path, calls: Path) -> Path:
+    """Every tool scripts/test-tools looks for, present, plus systemctl, pkill, kill and killall that only log
+    that they were called."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("bash", "sort", "sed", "cat", "java", "promtool", "prometheus", "docker-compose", "redis-server"):
+        (bin_dir / tool).symlink_to(shutil.which(tool) or "/bin/true")
+    for tool in ("tinyproxy", "chromium", "apt-get"):
+        (bin_dir / tool).symlink_to("/bin/true")
+    for tool in ("systemctl", "pkill", "killall", "kill", "service"):
+        (bin_dir / tool).write_text(f'#!/bin/sh\necho "{tool} $*" >> {calls}\n')
+        (bin_dir / tool).chmod(0o755)
+    return bin_dir
+
+
+def test_make_test_never_stops_or_kills_what_it_did_not_start(tmp_path: Path) -> None:
+    """Issue M, item 15: on a workstation or a shared CI box, `make test` must leave running services alone."""
+    calls = tmp_path / "calls.log"
+    bin_dir = _tool_dir(tmp_path, calls)
+    emulator = tmp_path / "emulator"
+    emulator.write_text("#!/bin/sh\n")
+    emulator.chmod(0o755)
+    done = subprocess.run(
+        [str(bin_dir / "bash"), str(ROOT / "scripts" / "test-tools")],
+        env={"PATH": str(bin_dir), "MODELTRACK_FIRESTORE_EMULATOR": str(emulator)},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert not calls.exists(), calls.read_text()
+
+
+def test_a_missing_emulator_is_one_line_with_the_install_step(tmp_path: Path) -> None:
+    calls = tmp_path / "calls.log"
+    bin_dir = _tool_dir(tmp_path, calls)
+    done = subprocess.run(
+        [str(bin_dir / "bash"), str(ROOT / "scripts" / "test-tools")],
+        env={"PATH": str(bin_dir), "MODELTRACK_FIRESTORE_EMULATOR": str(tmp_path / "nowhere")},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "apt-get install google-cloud-cli-firestore-emulator" in lines[0], lines
