@@ -210,7 +210,27 @@ def test_the_client_imports_nothing_from_the_server_side() -> None:
     heavy, ours = out.splitlines()
     assert heavy == "[]"
     assert ours == "['modeltrack', 'modeltrack.client']"
-    # ...and the distribution asks for nothing unless an extra is named: `pip install modeltrack` is the client.
-    requires = importlib.metadata.requires("modeltrack") or []
+    # ...and the distribution asks for nothing unless an extra is named: `pip install modeltrack-proxy` is the client.
+    requires = importlib.metadata.requires("modeltrack-proxy") or []
     assert [r for r in requires if "extra ==" not in r] == []
     assert any(r.startswith("uvloop") and "extra == 'server'" in r.replace('"', "'") for r in requires)
+
+
+def test_the_distribution_is_ours_and_named_the_same_everywhere() -> None:
+    """Issue M, item 14: `pip install modeltrack` installs an unrelated project from the public index. The
+    distribution is `modeltrack-proxy` (free on the index when chosen: `pip index versions modeltrack-proxy` found
+    nothing); the import stays `modeltrack`. The README, the Dockerfile and the extras all say so."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    dist = importlib.metadata.distribution("modeltrack-proxy")
+    assert any(ep.name == "modeltrack" and ep.value == "modeltrack.cli:main" for ep in dist.entry_points)
+    assert (root / "src" / "modeltrack" / "__init__.py").exists()
+    readme = (root / "README.md").read_text()
+    installs = re.findall(r"pip install ['\"]?([A-Za-z0-9_.-]+)(?:\[\w+\])?", readme)
+    assert installs and set(installs) == {"modeltrack-proxy"}, installs
+    docker = (root / "deploy" / "Dockerfile").read_text()
+    wheel = re.search(r"/tmp/([\w-]+)-\*\.whl", docker)
+    # A wheel's file name is the normalised distribution name (PEP 427): what `python -m build` writes.
+    assert wheel is not None and wheel.group(1) == re.sub(r"[-_.]+", "_", dist.metadata["Name"]).lower()

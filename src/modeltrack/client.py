@@ -9,8 +9,8 @@ every call.
         client.chat.completions.create(...)           # carries X-ModelTrack-Feature, -Session-Id, -User, ...
 
 This module imports nothing from the server side (no uvloop, httptools, Firestore, Prometheus), and the
-``modeltrack`` distribution needs no dependency for it: ``pip install modeltrack`` is the client,
-``pip install 'modeltrack[server]'`` the proxy.
+``modeltrack-proxy`` distribution needs no dependency for it: ``pip install modeltrack-proxy`` is the client,
+``pip install 'modeltrack-proxy[server]'`` the proxy.
 
 How it works: ``install()`` wraps the SDK clients' constructors so that, unless a ``base_url`` is passed
 explicitly, they use the proxy, and gives their HTTP clients a request hook. The hook adds the attribution in

@@ -32,9 +32,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
     except ImportError as exc:
-        # `pip install modeltrack` is the app-side client only; the proxy and its commands are the extra.
+        # `pip install modeltrack-proxy` is the app-side client only; the proxy and its commands are the extra.
         print(
-            f"modeltrack: the proxy and its commands need the server extra: pip install 'modeltrack[server]' "
+            f"modeltrack: the proxy and its commands need the server extra: pip install 'modeltrack-proxy[server]' "
             f"(missing: {exc.name})",
             file=sys.stderr,
         )
