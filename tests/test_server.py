@@ -7,13 +7,14 @@ clients, oversized headers, bodiless statuses and HEAD.
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-from bench.sysinfo import rss_kb
+from bench.sysinfo import free_port, rss_kb
 
 from .proc import ProxyProcess
 from .rawhttp import RawServer, port_of, post, raw, read_request, read_response
@@ -272,3 +273,41 @@ async def test_a_second_server_on_a_busy_port_fails_before_saying_ready(tmp_path
             assert r.status == 200
     finally:
         assert await first.stop() == 0
+
+
+async def test_a_busy_dashboard_port_fails_before_saying_ready(tmp_path: Path) -> None:
+    """Issue M, item 16: `serve --ui true` with the dashboard's port taken stops, as a busy proxy port does,
+    instead of serving without a dashboard under a banner that says it is up."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        proxy = ProxyProcess(tmp_path, {})
+        env = {**proxy.env, "MODELTRACK_UI_PORT": str(busy)}
+        done = subprocess.run(
+            [sys.executable, "-m", "modeltrack", "serve", "--ui", "true"], env=env, capture_output=True, timeout=30
+        )
+    err = done.stderr.decode()
+    assert done.returncode == 1, err
+    assert f"cannot listen on 127.0.0.1:{busy} (dashboard)" in err, err
+    assert "listening on" not in err and "dashboard on" not in err, err
+
+
+async def test_serve_with_the_dashboard_says_ready_only_when_both_answer(tmp_path: Path) -> None:
+    """`make run`'s command: the dashboard answers before the proxy says it listens, and stops with it."""
+    ui_port = free_port()
+    proxy = ProxyProcess(tmp_path, {"MODELTRACK_UI_PORT": str(ui_port)}, args=["--ui", "true"])
+    await proxy.start()
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.get(f"http://127.0.0.1:{ui_port}/healthz") as r:
+                assert r.status == 200
+            async with s.get(proxy.url + "/healthz") as r:
+                assert r.status == 200
+    finally:
+        assert await proxy.stop() == 0
+    log = proxy.log_path.read_text()
+    assert log.index("dashboard on") < log.index("listening on")
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", ui_port))  # the dashboard stopped with the proxy

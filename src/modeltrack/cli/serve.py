@@ -53,7 +53,11 @@ def run_serve(args: argparse.Namespace) -> int:
     except ImportError:
         pass
 
-    dashboard = _start_dashboard(settings) if settings.ui and not os.environ.get("MODELTRACK_WORKER") else None
+    dashboard = None
+    if settings.ui and not os.environ.get("MODELTRACK_WORKER"):
+        dashboard = _start_dashboard(settings)
+        if dashboard is None:
+            return 1
     try:
         return _serve(settings)
     finally:
@@ -64,10 +68,19 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def _start_dashboard(settings: Settings) -> Any:
     """``--ui`` (what ``make run`` uses): ``modeltrack ui`` in a child process, on the same store and settings,
-    stopped with the proxy. A process of its own, so dashboard queries never take CPU from the request path."""
-    import subprocess
+    stopped with the proxy. A process of its own, so dashboard queries never take CPU from the request path.
 
-    print(f"modeltrack dashboard on http://{settings.ui_host}:{settings.ui_port}", file=sys.stderr, flush=True)
+    The dashboard is up (its ``/healthz`` answers) before the proxy starts or anything says ready; a busy port
+    or a dashboard that exits is an error, as the proxy's own busy port is, and None is returned
+    (tests/test_server.py::test_a_busy_dashboard_port_fails_before_saying_ready)."""
+    import subprocess
+    import time
+    import urllib.request
+
+    why = _port_free(settings.ui_host, settings.ui_port)
+    if why is not None:
+        print(f"modeltrack: cannot listen on {settings.ui_host}:{settings.ui_port} (dashboard): {why}", file=sys.stderr)
+        return None
     # The settings as this process resolved them (flags included), through the environment: tokens never
     # appear on a command line that `ps` shows.
     passed = {
@@ -81,7 +94,23 @@ def _start_dashboard(settings: Settings) -> Any:
         "LOG_LEVEL": settings.log_level,
     }
     env = {**os.environ, **{f"MODELTRACK_{k}": v for k, v in passed.items()}}
-    return subprocess.Popen([sys.executable, "-m", "modeltrack", "ui"], env=env)
+    child = subprocess.Popen([sys.executable, "-m", "modeltrack", "ui"], env=env)
+    host = f"[{settings.ui_host}]" if ":" in settings.ui_host else settings.ui_host
+    url = f"http://{host}:{settings.ui_port}/healthz"
+    deadline = time.monotonic() + 30
+    while child.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    print(f"modeltrack dashboard on http://{host}:{settings.ui_port}", file=sys.stderr, flush=True)
+                    return child
+        except OSError:
+            time.sleep(0.05)
+    if child.poll() is None:
+        child.terminate()
+        child.wait(10)
+    print(f"modeltrack: the dashboard did not start on {settings.ui_host}:{settings.ui_port}", file=sys.stderr)
+    return None
 
 
 def _serve(settings: Settings) -> int:
