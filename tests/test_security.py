@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from modeltrack.http.headers import forward_headers
 from modeltrack.providers import Router, build_providers
+from modeltrack.query import EventFilter, open_reader
 
 from .rawhttp import Handler, RawServer, chunk, port_of, raw, read_request
 from .replay import ReplayUpstream, load
@@ -256,6 +257,29 @@ async def test_client_disconnect_closes_upstream_within_a_second(replay: Any, ma
     (ev,) = await proxy.events()
     assert ev.error == "client_disconnected" and ev.usage_source in ("partial", "missing")
     assert ev.input_tokens == 2068  # message_start arrived before the disconnect: partial usage is kept
+
+
+async def test_a_stream_cut_by_shutdown_is_recorded_as_shutdown(replay: Any, make_proxy: Any) -> None:
+    """Issue M, item 17: Ctrl-C (SIGINT) or SIGTERM past the grace period cuts the streams in flight; their
+    events say ``shutdown``, not ``client_disconnected``: the client did nothing wrong."""
+    upstream, upstream_url = replay
+    upstream.current = load("test_anthropic__test_anthropic_model_web_search_tool_stream")
+    upstream.delay = 0.02  # a 12 s stream
+    proxy = await make_proxy(upstream_url)
+    async with aiohttp.ClientSession() as s:
+        r = await s.post(proxy.url + "/v1/messages", data=b'{"stream":true}')
+        seen = b""
+        while b'"message_start"' not in seen or not seen.split(b'"message_start"', 1)[1].count(b"\n\n"):
+            seen += await r.content.readany()
+        await proxy.service.close(grace=0)  # what the second half of a graceful stop does to what is left
+        r.close()
+    reader = open_reader(proxy.settings.store)
+    try:
+        (ev,) = await reader.events(EventFilter())
+    finally:
+        await reader.close()
+    assert ev.error == "shutdown" and ev.usage_source in ("partial", "missing")
+    assert ev.input_tokens == 2068  # what was metered before the cut is kept
 
 
 # --- untouched pass-through (property test) ----------------------------------------------------------------

@@ -72,7 +72,7 @@ class Recorder:
         # OpenAI SDK does — has had the whole answer: its usage is complete, not partial.
         ended = meter is not None and meter.ended
         complete = o.complete or ended
-        error = None if ended and o.error == "client_disconnected" else o.error
+        error = None if ended and o.error in ("client_disconnected", "shutdown") else o.error
         saved: float | None = None
         cost: float | None
         cached = o.cached

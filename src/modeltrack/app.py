@@ -244,7 +244,7 @@ class ModelTrack:
     # -- shutdown -----------------------------------------------------------------------------------------
     async def close(self, grace: float | None = None) -> None:
         """Stop accepting, let in-flight requests (streams included) finish for up to ``grace`` seconds, then cut
-        what is left (their events are recorded as client_disconnected), drain the queue to the store, and try
+        what is left (their events are recorded as ``shutdown``), drain the queue to the store, and try
         to store what is in the spool too (on Cloud Run, /tmp is memory: a spool left there is lost)."""
         grace = self.settings.shutdown_grace if grace is None else grace
         self.draining = True
@@ -256,6 +256,7 @@ class ModelTrack:
             self.proxy.drained = asyncio.Event()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.proxy.drained.wait(), grace)
+        self.proxy.cut_reason = "shutdown"  # what is cut from here on is not the client's doing
         for conn in list(self.connections):
             conn.abort()
         await asyncio.sleep(0.1)  # let the cancelled handlers record their events

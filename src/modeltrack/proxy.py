@@ -105,6 +105,8 @@ class Proxy:
         self.watchdogs = Watchdogs()
         self.inflight = 0
         self.drained: asyncio.Event | None = None  # set by a shutdown waiting for in-flight requests
+        # The error of a request whose handler is cancelled: the client went away, unless a shutdown cut it.
+        self.cut_reason = "client_disconnected"
 
     def tokens_in_force(self) -> ClientTokens:
         """``MODELTRACK_CLIENT_TOKENS`` plus the controls file's tokens (called again after a reload)."""
@@ -274,8 +276,9 @@ class Proxy:
             if ex.error == "upstream_bad_response" or not sent:
                 return self._fail(conn, ex, 502, "upstream_bad_response", "The upstream sent an invalid response.")
         except asyncio.CancelledError:
-            # The client went away (the server cancels the handler): stop the upstream too, keep what was metered.
-            ex.error = ex.error or "client_disconnected"
+            # The client went away (the server cancels the handler), or the shutdown cut what outlived its grace
+            # period: stop the upstream too, keep what was metered.
+            ex.error = ex.error or self.cut_reason
             if ex.upstream is not None:
                 ex.upstream.close()
                 ex.upstream = None
