@@ -112,8 +112,8 @@ def test_formats(store: str) -> None:
     assert [r["request_id"] for r in rows] == [e["request_id"] for e in jsonl]
     assert rows[0]["cost_usd"] == str(jsonl[0]["cost_usd"]) and rows[0]["cache_hit"] == "false"
     table = mt("events", "--store", store, "--team", "ads", "--format", "table").stdout.splitlines()
-    assert table[0].split()[:3] == ["timestamp", "provider", "model"] and len(table) == 5
-    assert "$0.0000" in table[1]
+    assert table[0].split()[:3] == ["timestamp", "provider", "model"] and len(table) == 6  # header, rule, 4 rows
+    assert "$0.0000" in table[2]
 
 
 @pytest.mark.parametrize(
@@ -200,3 +200,73 @@ def test_pricing_update_without_genai_prices_is_one_line(tmp_path: Path) -> None
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "genai-prices is not installed: pip install genai-prices" in done.stderr
     assert not (tmp_path / "p.json").exists()
+
+
+# --- issue M, item 18 ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def big_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """3,000 events (2 MB of JSON Lines, far more than a pipe holds) with names longer than any fixed column."""
+    path = tmp_path_factory.mktemp("cli-big") / "events.db"
+    long_team = "search-and-discovery-platform-team"
+    long_model = "gpt-4o-mini-2024-07-18"
+    SQLiteSink(str(path)).write_sync(
+        [replace(make_event(i), team=(long_team, "ads")[i % 2], model=long_model) for i in range(3000)]
+    )
+    return f"sqlite:///{path}"
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        "modeltrack events --store {store}",
+        "modeltrack events --store {store} --format csv",
+        "modeltrack pricing search a",
+    ],
+)
+def test_a_closed_pipe_is_no_traceback(big_store: str, command: str) -> None:
+    cmd = command.format(store=big_store).replace("modeltrack", f"{sys.executable} -m modeltrack", 1)
+    done = subprocess.run(
+        ["bash", "-c", f"set -o pipefail; {cmd} | head -1"], capture_output=True, text=True, timeout=60
+    )
+    assert done.stdout.count("\n") == 1
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    # 141 as any program ended by the reader going away; 0 when the whole output fitted in the pipe first.
+    assert done.returncode in (0, 141), done.returncode
+
+
+def test_the_table_format_cuts_no_name_or_value(big_store: str) -> None:
+    out = mt("events", "--store", big_store, "--format", "table", "--limit", "4").stdout.splitlines()
+    assert out[0].split() == [
+        "timestamp",
+        "provider",
+        "model",
+        "team",
+        "app",
+        "status",
+        "input_tokens",
+        "output_tokens",
+        "cost_usd",
+        "latency_ms",
+        "error",
+    ]
+    assert set(out[1]) <= {"-", " "}
+    assert sum("search-and-discovery-platform-team" in line for line in out) == 2
+    assert all("gpt-4o-mini-2024-07-18" in line for line in out[2:])
+
+
+def test_report_prints_the_column_it_sorts_by(big_store: str) -> None:
+    out = mt("report", "--store", big_store, "--by", "team", "--sort", "latency").stdout
+    header = next(line for line in out.splitlines() if line.startswith("team"))
+    assert "p95 ms" in header and "search-and-discovery-platform-team" in out  # not cut at 28 characters
+
+
+def test_pricing_search_finds_models_by_part_of_a_name() -> None:
+    done = mt("pricing", "search", "SONNET-4-5", "--provider", "anthropic")
+    assert done.returncode == 0, done.stderr
+    assert "anthropic/claude-sonnet-4-5" in done.stdout.splitlines()
+    assert all("sonnet-4-5" in line for line in done.stdout.splitlines())
+    missing = mt("pricing", "show", "gpt-4o-mnii")
+    assert missing.returncode == 1 and "did you mean openai/gpt-4o-mini" in missing.stderr
+    assert mt("pricing", "search", "zzz-no-such").returncode == 1

@@ -235,6 +235,8 @@ async def test_controls_status_reads_the_store(replay: Any, make_proxy: Any, tmp
     assert row["spent_usd"] == pytest.approx(3 * MINI_COST) and row["limit_usd"] == 0.001
     assert row["percent"] == pytest.approx(100 * 3 * MINI_COST / 0.001, abs=0.01)
     assert row["resets"].endswith("T00:00:00.000Z") and row["resets"][8:10] == "01"
+    # What the running proxy holds comes from the shared ledger: leased to it, not spent yet (issue M, item 18).
+    assert row["held_usd"] is not None and 0 < row["held_usd"] <= 0.001 - row["spent_usd"] + 1e-12
     table = subprocess.run(
         [sys.executable, "-m", "modeltrack", "controls", "status", "--store", proxy.settings.store],
         capture_output=True,
@@ -242,6 +244,16 @@ async def test_controls_status_reads_the_store(replay: Any, make_proxy: Any, tmp
         env=env,
     ).stdout
     assert "month" in table and "team=search" in table and f"{100 * 3 * MINI_COST / 0.001:.1f}%" in table
+    assert "held now" in table
+    await proxy.service.close(grace=0)  # a stopping proxy gives its unused lease back
+    run = subprocess.run(
+        [sys.executable, "-m", "modeltrack", "controls", "status", "--store", proxy.settings.store, "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    (row,) = json.loads(run.stdout)
+    assert row["held_usd"] == pytest.approx(0, abs=1e-9)
 
 
 async def test_reports_are_posted_once_per_period_through_the_egress_proxy(

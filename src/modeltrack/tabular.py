@@ -40,3 +40,17 @@ def csv_lines(header: Sequence[str], rows: Iterable[dict[str, Any]], with_header
     for r in rows:
         w.writerow([csv_cell(r.get(k)) for k in header])
     return buf.getvalue().encode()
+
+
+def text_table(header: Sequence[str], rows: Iterable[Sequence[str]], right: Sequence[bool] = ()) -> str:
+    """A plain-text table whose columns are as wide as their widest cell: no name or value is ever cut.
+    ``right`` marks the columns aligned right (numbers)."""
+    body = [list(r) for r in rows]
+    widths = [max([len(h), *(len(r[i]) for r in body)]) for i, h in enumerate(header)]
+    align = [bool(right[i]) if i < len(right) else False for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "  ".join(c.rjust(w) if a else c.ljust(w) for c, w, a in zip(cells, widths, align, strict=True)).rstrip()
+
+    rule = "  ".join("-" * w for w in widths)
+    return "\n".join([line(header), rule, *(line(r) for r in body)]) + "\n"

@@ -4,6 +4,7 @@ errors users should see as a sentence, not a traceback."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -52,7 +53,15 @@ def explain(exc: BaseException) -> str | None:
 
 def run(func: Any, args: argparse.Namespace) -> int:
     try:
-        return int(func(args))
+        code = int(func(args))
+        sys.stdout.flush()  # inside the try: a reader that has gone (``| head``) is found here, not at exit
+        return code
+    except BrokenPipeError:
+        # The reader of our output stopped reading (``modeltrack events | head``): that is how pipes end, not
+        # an error to show. Point stdout at /dev/null so the interpreter's last flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # what a shell reports for a process ended by SIGPIPE
     except Exception as exc:
         message = explain(exc)
         if message is None:

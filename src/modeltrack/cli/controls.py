@@ -12,9 +12,11 @@ import orjson
 
 from ..config import Settings
 from ..controls.budgets import budget_status
+from ..controls.ledger import open_ledger
 from ..controls.parse import load
 from ..controls.spec import ControlsSpec
-from .common import CommandError, reader
+from ..tabular import text_table
+from .common import CommandError, reader, store_url
 
 
 def add_parser(sub: Any) -> None:
@@ -80,22 +82,34 @@ def run_status(args: argparse.Namespace) -> int:
 
     async def go() -> list[dict[str, Any]]:
         r = reader(args)
+        # The allocation ledger is where the running proxies' reservations and leases are (the same store).
+        ledger = open_ledger(store_url(args), getattr(r, "sink", None))
         try:
-            return await budget_status(r, spec.budgets)
+            return await budget_status(r, spec.budgets, ledger=ledger)
         finally:
+            await ledger.close()
             await r.close()
 
     rows = asyncio.run(go())
     if args.format == "json":
         sys.stdout.buffer.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2) + b"\n")
         return 0
-    head = f"{'budget':24} {'scope':28} {'spent':>12} {'limit':>12} {'used':>7}  {'resets (UTC)':17} {'projected':>12}"
-    print(head)
+    header = ["budget", "scope", "spent", "held now", "limit", "used", "resets (UTC)", "projected"]
+    lines = []
     for row in rows:
-        projected = "-" if row["projected_usd"] is None else f"${row['projected_usd']:,.2f}"
-        print(
-            f"{row['name'][:24]:24} {row['scope'][:28]:28} {'$' + format(row['spent_usd'], ',.4f'):>12} "
-            f"{'$' + format(row['limit_usd'], ',.2f'):>12} {row['percent']:>6.1f}%  {row['resets'][:16]:17} "
-            f"{projected:>12}"
+        held = row.get("held_usd")
+        lines.append(
+            [
+                row["name"],
+                row["scope"],
+                "$" + format(row["spent_usd"], ",.4f"),
+                "-" if held is None else "$" + format(held, ",.4f"),
+                "$" + format(row["limit_usd"], ",.2f"),
+                f"{row['percent']:.1f}%",
+                row["resets"][:16],
+                "-" if row["projected_usd"] is None else f"${row['projected_usd']:,.2f}",
+            ]
         )
+    sys.stdout.write(text_table(header, lines, [False, False, True, True, True, True, False, True]))
+    print("held now: reserved by requests in flight or leased to running proxies, not yet spent")
     return 0

@@ -10,22 +10,23 @@ from typing import Any
 from ..events import FIELD_ORDER, CostEvent
 from ..query import EventFilter, Filters
 from ..query.times import parse_instant, zone
-from ..tabular import csv_lines
+from ..tabular import csv_lines, text_table
 from .common import CommandError, positive_int, reader
 
 _TABLE = (
-    ("timestamp", 24),
-    ("provider", 10),
-    ("model", 28),
-    ("team", 12),
-    ("app", 12),
-    ("status", 6),
-    ("input_tokens", 8),
-    ("output_tokens", 8),
-    ("cost_usd", 12),
-    ("latency_ms", 10),
-    ("error", 20),
+    "timestamp",
+    "provider",
+    "model",
+    "team",
+    "app",
+    "status",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "latency_ms",
+    "error",
 )
+_NUMERIC = frozenset({"status", "input_tokens", "output_tokens", "cost_usd", "latency_ms"})
 
 
 def add_filter_arguments(p: argparse.ArgumentParser, since_default: str = "", session: bool = True) -> None:
@@ -100,20 +101,18 @@ def to_csv(events: list[CostEvent]) -> str:
 
 
 def to_table(events: list[CostEvent]) -> str:
+    """Every name and value whole (columns as wide as their widest cell); unpriced shown as such."""
     if not events:
         return "no events\n"
-    lines = ["  ".join(name[:width].ljust(width) for name, width in _TABLE).rstrip()]
+    rows = []
     for ev in events:
         d = ev.to_dict()
         cells = []
-        for name, width in _TABLE:
+        for name in _TABLE:
             v = d[name]
             if name == "cost_usd":
-                text = "unpriced" if v is None else f"${v:.6f}"
-            elif v is None:
-                text = "-"
+                cells.append("unpriced" if v is None else f"${v:.6f}")
             else:
-                text = str(v)
-            cells.append(text[:width].ljust(width))
-        lines.append("  ".join(cells).rstrip())
-    return "\n".join(lines) + "\n"
+                cells.append("-" if v is None else str(v))
+        rows.append(cells)
+    return text_table(_TABLE, rows, [n in _NUMERIC for n in _TABLE])

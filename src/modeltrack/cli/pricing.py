@@ -33,6 +33,9 @@ def add_parser(sub: Any) -> None:
     show = prs.add_parser("show", help="print the prices ModelTrack applies to a model")
     show.add_argument("model")
     show.add_argument("--provider", help="modeltrack provider name (openai, anthropic, gemini, bedrock, ...)")
+    search = prs.add_parser("search", help="list the priced models whose name contains TEXT")
+    search.add_argument("text", help="part of a model name, any case (gpt-4o, sonnet, flash)")
+    search.add_argument("--provider", help="only this modeltrack provider's models")
     prs.add_parser("check", help="validate the price data and MODELTRACK_PRICING_FILE overrides")
     upd = prs.add_parser("update", help="regenerate pricing/prices.json from the installed genai-prices")
     upd.add_argument("--output", help="where to write (default: pricing/prices.json)")
@@ -81,6 +84,14 @@ def run_pricing(args: argparse.Namespace) -> int:
         return 0
     overrides = os.environ.get("MODELTRACK_PRICING_FILE") or None
     pricing = Pricing.load(overrides)
+    if args.pricing_cmd == "search":
+        hits = search(pricing, args.text, args.provider)
+        if not hits:
+            print(f"modeltrack: no priced model name contains {args.text!r}", file=sys.stderr)
+            return 1
+        for provider, model_id in hits:
+            print(f"{provider}/{model_id}")
+        return 0
     if args.pricing_cmd == "check":
         n = sum(len(p.models) for p in pricing.providers.values())
         print(f"ok: {n} models from {pricing.source}; {len(pricing.overrides)} override(s)")
@@ -114,12 +125,29 @@ def run_pricing(args: argparse.Namespace) -> int:
             print(f"  (prices change with the date or time of day: {len(model.prices)} periods; shown: now, UTC)")
         return 0
     where = f" at provider {args.provider}" if args.provider else ""
+    near = search(pricing, args.model, args.provider, close=True)[:5]
+    hint = f"; did you mean {', '.join(f'{p}/{m}' for p, m in near)}?" if near else ""
     print(
-        f"modeltrack: no price for {args.model!r}{where}: its events will have cost_usd null (unpriced); add it to "
-        "a pricing file named by MODELTRACK_PRICING_FILE (README: 'Override or add prices')",
+        f"modeltrack: no price for {args.model!r}{where}{hint} Its events will have cost_usd null (unpriced); add "
+        "it to a pricing file named by MODELTRACK_PRICING_FILE (README: 'Override or add prices')",
         file=sys.stderr,
     )
     return 1
+
+
+def search(pricing: Pricing, text: str, provider: str | None, close: bool = False) -> list[tuple[str, str]]:
+    """(provider, model id) of every priced model whose id contains ``text`` (any case), by provider; with
+    ``close``, the nearest spellings too (difflib), for a name that matches nothing."""
+    import difflib
+
+    providers = [provider] if provider else [*PROVIDER_IDS, "local"]
+    needle = text.lower()
+    every = [(p, m) for p in providers for m in dict.fromkeys(pricing.model_ids(p))]
+    found = [(p, m) for p, m in every if needle in m.lower()]
+    if close and not found:
+        ids = {m.lower(): (p, m) for p, m in every}
+        found = [ids[k] for k in difflib.get_close_matches(needle, list(ids), n=5, cutoff=0.6)]
+    return found
 
 
 def _order(key: str) -> tuple[int, str]:

@@ -15,6 +15,7 @@ import orjson
 
 from ..query import DIMENSIONS
 from ..query.views import breakdown, make_range, parse_filters
+from ..tabular import csv_lines, text_table
 from .common import positive_int, reader
 from .events import add_filter_arguments
 
@@ -47,8 +48,6 @@ def run_report(args: argparse.Namespace) -> int:
         sys.stdout.buffer.write(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
         return 0
     if args.format == "csv":
-        from ..tabular import csv_lines
-
         cols = [args.by, "cost_usd", "requests", "input_tokens", "output_tokens", "cache_read_tokens"]
         cols += ["cache_write_tokens", "reasoning_tokens", "error_rate", "cache_hit_rate", "latency_p50_ms"]
         cols += ["latency_p95_ms", "previous_cost_usd", "change_pct"]
@@ -56,19 +55,28 @@ def run_report(args: argparse.Namespace) -> int:
         return 0
     rng_d = data["range"]
     out.write(f"Spend by {args.by}, {rng_d['since'][:16]}Z to {rng_d['until'][:16]}Z ({rng_d['tz']})\n\n")
-    head = f"{args.by:<28} {'cost':>12} {'share':>6} {'requests':>9} {'tokens':>11} {'errors':>7} {'vs prev':>8}"
-    out.write(head + "\n" + "-" * len(head) + "\n")
+    # Every column the table can be sorted by is printed (latency: the p95 the sort uses).
+    header = [args.by, "cost", "share", "requests", "tokens", "errors", "p95 ms", "vs prev"]
+    lines = []
     for r in [*rows, data["total"]]:
         key = r[args.by]
         name = {"__other__": f"({r.get('values', 0)} others)", "__total__": "total", None: "(none)"}.get(key, str(key))
         tokens = sum(r[t] for t in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"))
         change = "new" if r.get("change_pct") is None and r["cost_usd"] else f"{r.get('change_pct') or 0:+.0f}%"
-        if key == "__total__":
-            out.write("-" * len(head) + "\n")
-        out.write(
-            f"{name[:28]:<28} {_money(r['cost_usd']):>12} {100 * r['share']:>5.1f}% {r['requests']:>9,} "
-            f"{tokens:>11,} {100 * r['error_rate']:>6.1f}% {change:>8}\n"
+        p95 = r.get("latency_p95_ms")
+        lines.append(
+            [
+                name,
+                _money(r["cost_usd"]),
+                f"{100 * r['share']:.1f}%",
+                f"{r['requests']:,}",
+                f"{tokens:,}",
+                f"{100 * r['error_rate']:.1f}%",
+                "-" if p95 is None else f"{p95:,.1f}",
+                change,
+            ]
         )
+    out.write(text_table(header, lines, [False] + [True] * 7))
     return 0
 
 

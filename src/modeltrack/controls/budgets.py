@@ -420,14 +420,22 @@ class Budgets:
                 await self._give_back(st)
 
 
-async def budget_status(reader: Reader, budgets: Iterable[Budget], now: datetime | None = None) -> list[dict[str, Any]]:
+async def budget_status(
+    reader: Reader, budgets: Iterable[Budget], now: datetime | None = None, ledger: Ledger | None = None
+) -> list[dict[str, Any]]:
     """Each budget's spend, limit, percent, reset time and projected end-of-period spend, from the store alone
-    (``controls status``, the API's budgets view)."""
+    (``controls status``, the API's budgets view). With the ``ledger``, also what the running proxies hold:
+    ``held_usd``, reserved by requests in flight or leased and not yet spent (None: no proxy has taken any)."""
     now = now or datetime.now(UTC)
     out = []
     for b in budgets:
         period = Period.of(b, now)
-        spent = await store_spend(reader, b, period, now) / 1e9
+        spent_nano = await store_spend(reader, b, period, now)
+        spent = spent_nano / 1e9
+        held: float | None = None
+        if ledger is not None:
+            allocated = await ledger.allocated(f"{b.name}|{stamp(period.start)}")
+            held = None if allocated is None else round(max(allocated - spent_nano, 0) / 1e9, 9)
         frac = period.elapsed_fraction(now)
         out.append(
             {
@@ -443,6 +451,7 @@ async def budget_status(reader: Reader, budgets: Iterable[Budget], now: datetime
                 "resets": stamp(period.end),
                 "projected_usd": round(spent / frac, 6) if frac >= 0.01 else None,
                 "warn_at": list(b.warn_at),
+                **({"held_usd": held} if ledger is not None else {}),
             }
         )
     return out
