@@ -32,6 +32,7 @@ from .http.watchdog import Watchdogs
 from .metrics import Metrics
 from .providers import Provider, Router
 from .providers.base import loads
+from .providers.router import wrong_base_url
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -163,6 +164,10 @@ class Proxy:
                     conn, None, 401, "invalid_client_token", "A valid X-ModelTrack-Key header is required."
                 )
         path, _, query = target.partition("?")
+        wrong = wrong_base_url(path, self.router.prefixes)
+        if wrong is not None:
+            shape, hint = wrong
+            return self.error(conn, self.router.providers.get(shape), 404, "wrong_base_url", hint)
         route = self.router.resolve(path, HeaderView(req.headers))
         if route is None:
             return self.error(

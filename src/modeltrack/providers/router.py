@@ -40,6 +40,61 @@ def build_providers(
     return out
 
 
+_OPENAI_RESOURCES = (
+    "/chat/completions",
+    "/completions",
+    "/embeddings",
+    "/responses",
+    "/models",
+    "/audio/",
+    "/images/",
+    "/moderations",
+    "/batches",
+    "/files",
+    "/realtime",
+)
+
+
+def wrong_base_url(path: str, prefixes: tuple[str, ...] = ()) -> tuple[str, str] | None:
+    """(provider whose error shape to answer in, what to write instead) for a path that only a wrong base URL
+    produces: ``/v1`` twice (``…/v1`` given to an SDK that adds its own version), or no version at all (the
+    OpenAI SDK's base URL without ``/v1``). None for a path a provider may serve. No such request is forwarded
+    or recorded (tests/test_server.py::test_wrong_base_urls_get_a_404_that_says_what_to_write)."""
+    rest, prefixed = path, False
+    for prefix in prefixes:
+        if path == prefix or path.startswith(prefix + "/"):
+            rest, prefixed = path[len(prefix) :], True
+            break
+    if rest.startswith(("/v1/v1beta/", "/v1/v1alpha/")) or (rest.startswith("/v1/v1/") and _gemini_method(rest)):
+        return "gemini", (
+            "The path has two versions: google-genai adds its own version, so its base_url is the "
+            "proxy's address alone: HttpOptions(base_url='http://HOST:8080')."
+        )
+    if rest.startswith("/v1/v1/messages"):
+        return "anthropic", (
+            "The path has /v1 twice: the Anthropic SDK adds /v1 itself, so its base_url is the proxy's address "
+            "alone: Anthropic(base_url='http://HOST:8080')."
+        )
+    if rest == "/v1/v1" or rest.startswith("/v1/v1/"):
+        return "openai", (
+            "The path has /v1 twice: the base URL ends in /v1 and so does the path the client adds. Write "
+            "base_url='http://HOST:8080/v1' for the OpenAI SDK (once), and no /v1 for the Anthropic and Gemini SDKs."
+        )
+    if prefixed:
+        return None  # a configured base URL may end in /v1 itself (MODELTRACK_LOCAL_BASE_URL=http://vllm:8000/v1)
+    if rest.startswith("/messages"):
+        return (
+            "anthropic",
+            "The path lacks /v1: the Anthropic SDK's base_url is the proxy's address alone: 'http://HOST:8080'.",
+        )
+    if rest.startswith(_OPENAI_RESOURCES):
+        return (
+            "openai",
+            "The path lacks /v1: the OpenAI SDK's base_url must end in /v1: base_url='http://HOST:8080/v1'.",
+        )
+    return None
+
+
 def _gemini_method(path: str) -> bool:
     return "/models/" in path and ":" in path.rsplit("/", 1)[-1]
 
@@ -48,6 +103,7 @@ class Router:
     def __init__(self, providers: Mapping[str, Provider]) -> None:
         self.providers = dict(providers)
         self._prefixes = {f"/{name}": p for name, p in self.providers.items()}
+        self.prefixes = tuple(self._prefixes)
 
     def resolve(self, path: str, headers: Mapping[str, Any]) -> tuple[Provider, str] | None:
         """Return (provider, upstream path) or None. ``path`` is the raw, still %-encoded path (no query)."""

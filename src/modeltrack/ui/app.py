@@ -40,6 +40,10 @@ API = web.AppKey("api", Api)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+SDK_PATHS = ("v1", "v1beta", "v1alpha", "openai", "anthropic", "gemini", "azure", "bedrock", "model")
+"""First path segments of the proxy's routes: an SDK that sends them here was given the dashboard's port."""
+
+
 def create_app(settings: Settings, pricing: Pricing | None = None) -> web.Application:
     auth = UIAuth(ClientTokens.from_setting(settings.ui_tokens, "MODELTRACK_UI_TOKENS"))
     check_exposure(settings.ui_host, auth)
@@ -134,6 +138,16 @@ def create_app(settings: Settings, pricing: Pricing | None = None) -> web.Applic
     async def export_handler(request: web.Request) -> web.StreamResponse:
         return await export(api, request)
 
+    async def wrong_port(request: web.Request) -> web.Response:
+        # An SDK given the dashboard's port: say where the proxy is (issue M, item 19), never a bare 404.
+        host = request.url.host or settings.host
+        return error(
+            404,
+            "wrong_base_url",
+            f"This is the ModelTrack dashboard, not the proxy: point the SDK at http://{host}:{settings.port} "
+            f"(OpenAI SDK: base_url='http://{host}:{settings.port}/v1').",
+        )
+
     app = web.Application(middlewares=[errors, guard])
     app.add_routes(api.routes())
     app.add_routes(
@@ -145,6 +159,7 @@ def create_app(settings: Settings, pricing: Pricing | None = None) -> web.Applic
             web.get("/healthz", healthz),
             *[web.get("/" + p, page) for p in PAGES],
             web.static("/static", STATIC, append_version=False),
+            *[web.route("*", f"/{p}/{{tail:.*}}", wrong_port) for p in SDK_PATHS],
         ]
     )
     app[API] = api
