@@ -89,3 +89,21 @@ async def test_export_neutralises_formulas(store: str, aiohttp_client: Any) -> N
         assert r.status == 200, await r.text()
         cells = _cells(await r.text())
         assert "'" + HOSTILE[by] in cells and HOSTILE[by] not in cells
+
+
+async def test_small_api_answers(store: str, aiohttp_client: Any) -> None:
+    """Issue M, item 13: the export's file name names the last day it covers; what-if without to_model names
+    to_model; status=4XX is accepted as the CLI accepts it."""
+    client = await aiohttp_client(create_app(Settings.load(env={}, overrides={"store": store})))
+    r = await client.get(
+        "/api/v1/export", params={"kind": "events", "format": "csv", "since": "2026-11-01", "until": "2026-11-30"}
+    )
+    assert r.status == 200
+    assert r.headers["Content-Disposition"].endswith('filename="modeltrack-events-2026-11-01-to-2026-11-30.csv"')
+    r = await client.get("/api/v1/whatif", params={"days": "7"})
+    assert r.status == 400 and "to_model=" in (await r.json())["error"]["message"]
+    upper = await client.get("/api/v1/breakdown", params={"dimension": "team", "days": "7", "status": "2XX"})
+    lower = await client.get("/api/v1/breakdown", params={"dimension": "team", "days": "7", "status": "2xx"})
+    assert upper.status == lower.status == 200, await upper.text()
+    assert (await upper.json())["total"] == (await lower.json())["total"]
+    assert (await upper.json())["total"]["requests"] == 3

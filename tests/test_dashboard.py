@@ -266,3 +266,20 @@ async def test_login_with_a_token_and_the_empty_state(
     assert TOKEN not in await b.page.content()
     # the wrong token's 401 is the only error the console may show
     assert [e for e in b.errors if "401" not in e] == []
+
+
+async def test_empty_states_say_why(
+    aiohttp_server: Any, browser: Any, artifacts: Path, seeded: str, tmp_path: Path
+) -> None:
+    """Issue M, item 13: a filter that matches nothing is not "No events yet", and neither is a missing store."""
+    b, _ = await start(aiohttp_server, browser, artifacts, seeded)
+    for path in ("/?team=no-such-team", "/apps?team=no-such-team"):
+        await b.open(path)
+        text = await b.page.locator("[data-testid=empty]").inner_text()
+        assert "No spend for team=no-such-team" in text and "No events yet" not in text, text
+    missing = tmp_path / "nowhere" / "events.db"
+    b2, _ = await start(aiohttp_server, browser, artifacts, f"sqlite:///{missing}")
+    await b2.open("/", shot="no-store")
+    text = await b2.page.locator("[data-testid=empty]").inner_text()
+    assert "No store at" in text and str(missing) in text and "No events yet" not in text, text
+    assert b.errors == [] and [e for e in b2.errors if "503" not in e] == []

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..events import FIELD_ORDER, CostEvent
 from ..query import EventFilter, Filters
+from ..query.base import status_filter
 from ..query.times import parse_instant, zone
 from ..tabular import csv_lines, text_table
 from .common import CommandError, positive_int, reader
@@ -47,8 +48,10 @@ def event_filter(args: argparse.Namespace) -> EventFilter:
     tz = zone(args.tz)
     since = parse_instant(args.since, tz) if args.since else None
     until = parse_instant(args.until, tz, end_of_day=True) if args.until else None
-    if args.status is not None and not _valid_status(args.status):
-        raise CommandError(f"--status {args.status!r}: write a code such as 429 or a class such as 4xx")
+    try:
+        status = status_filter(args.status)
+    except ValueError as exc:
+        raise CommandError(f"--{exc}") from None
     filters = Filters(
         team=args.team,
         app=args.app,
@@ -56,13 +59,9 @@ def event_filter(args: argparse.Namespace) -> EventFilter:
         user=args.user,
         provider=args.provider,
         model=args.model,
-        status=args.status,
+        status=status,
     )
     return EventFilter(since, until, filters, args.session)
-
-
-def _valid_status(s: str) -> bool:
-    return (len(s) == 3 and s.isdigit()) or (len(s) == 3 and s[0].isdigit() and s[1:].lower() == "xx")
 
 
 def add_parser(sub: Any) -> None:

@@ -23,6 +23,16 @@ class StoreMissing(ValueError):
     """A read-only command was pointed at a store that does not exist."""
 
 
+def status_filter(text: str | None) -> str | None:
+    """A status filter as the CLI and the API accept it: a code (``429``) or a class in any case (``4xx``,
+    ``4XX``), normalised to lower case; raises ValueError otherwise."""
+    if text is None:
+        return None
+    if len(text) == 3 and (text.isdigit() or (text[0].isdigit() and text[1:].lower() == "xx")):
+        return text.lower()
+    raise ValueError(f"status {text!r}: write a code such as 429 or a class such as 4xx")
+
+
 @dataclass(frozen=True)
 class Filters:
     """Equality on rollup dimensions (None: any). ``status`` is a code (``"429"``) or a class (``"4xx"``);

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from ..rollups import LATENCY_BUCKETS, SUMS, TOKENS, percentile
-from .base import DIMENSIONS, EventFilter, Filters, Reader
+from .base import DIMENSIONS, EventFilter, Filters, Reader, status_filter
 from .times import TimeError, bucket_start, ceil_hour, floor_hour, hour_start, next_bucket, parse_instant, stamp, zone
 
 MAX_LIMIT = 1000
@@ -338,11 +338,10 @@ async def values(reader: Reader, rng: Range, dimension: str, filters: Filters, l
 
 def parse_filters(get: Any) -> Filters:
     """Filters from query parameters (``team=search&model=gpt-4o&status=4xx&cache_hit=true``)."""
-    status = get("status")
-    if status is not None and not (
-        (len(status) == 3 and status.isdigit()) or (len(status) == 3 and status[0].isdigit() and status[1:] == "xx")
-    ):
-        raise QueryError(f"status {status!r}: write a code such as 429 or a class such as 4xx")
+    try:
+        status = status_filter(get("status"))
+    except ValueError as exc:
+        raise QueryError(str(exc)) from None
     cache_hit = get("cache_hit")
     if cache_hit is not None and cache_hit not in ("true", "false"):
         raise QueryError(f"cache_hit {cache_hit!r}: write true or false")

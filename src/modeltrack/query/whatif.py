@@ -27,7 +27,7 @@ async def whatif(
     reader: Reader, pricing: Pricing, rng: Range, filters: Filters, provider: str, model: str
 ) -> dict[str, Any]:
     if not model:
-        raise QueryError("name the model to compare with: model=gpt-4.1-mini (and provider= if it is ambiguous)")
+        raise QueryError("name the model to compare with: to_model=gpt-4.1-mini (and to_provider= if it is ambiguous)")
     if pricing.resolve(provider, model) is None:
         homes = pricing.home_providers(model)
         hint = f" (it is priced for provider {', '.join(homes)})" if homes else ""

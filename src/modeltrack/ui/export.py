@@ -7,12 +7,14 @@ memory. JSON Lines from SQLite are the stored documents, not decoded and re-enco
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import orjson
 from aiohttp import web
 
 from ..events import FIELD_ORDER
 from ..query import EventFilter
-from ..query.views import QueryError, breakdown, parse_filters, series, sessions
+from ..query.views import QueryError, Range, breakdown, parse_filters, series, sessions
 from ..tabular import csv_lines
 from .api import Api, Params
 
@@ -32,7 +34,7 @@ async def export(api: Api, request: web.Request) -> web.StreamResponse:
     filters = parse_filters(p.get)
     reader = await api.reader()
     if kind == "events":
-        resp = _start(request, kind, fmt, rng.describe()["since"][:10], rng.describe()["until"][:10])
+        resp = _start(request, kind, fmt, *_days(rng))
         await resp.prepare(request)
         f = EventFilter(rng.start, rng.end, filters)
         raw = getattr(reader, "iter_raw", None)
@@ -72,7 +74,7 @@ async def export(api: Api, request: web.Request) -> web.StreamResponse:
             for s in data["series"]
             for i, b in enumerate(data["buckets"])
         ]
-    resp = _start(request, kind, fmt, rng.describe()["since"][:10], rng.describe()["until"][:10])
+    resp = _start(request, kind, fmt, *_days(rng))
     await resp.prepare(request)
     if fmt == "jsonl":
         await resp.write(b"".join(orjson.dumps(r) + b"\n" for r in rows))
@@ -81,6 +83,14 @@ async def export(api: Api, request: web.Request) -> web.StreamResponse:
         await resp.write(csv_lines(header, rows, True))
     await resp.write_eof()
     return resp
+
+
+def _days(rng: Range) -> tuple[str, str]:
+    """The first and the last day the range covers, in its own time zone: ``until`` is exclusive, so a range to
+    2026-11-30 ends at 2026-12-01T00:00 and its file is named ``…-to-2026-11-30``."""
+    first = rng.start.astimezone(rng.tz).date().isoformat()
+    last = (rng.end - timedelta(microseconds=1)).astimezone(rng.tz).date().isoformat()
+    return first, last
 
 
 def _start(request: web.Request, kind: str, fmt: str, since: str, until: str) -> web.StreamResponse:

@@ -193,7 +193,7 @@ function chart(container, buckets, series, opts) {
 async function overviewPage(q) {
   const tz = tzName(q);
   const data = await api("overview", { tz, ...filters(q) });
-  if (data.empty) return render(noEvents());
+  if (data.empty) return render(Object.keys(filters(q)).length ? noMatch(filters(q)) : noEvents());
   const fc = data.forecast;
   const fcCard = fc.enough_data
     ? kpi("kpi-forecast", "Forecast, end of month", fc.forecast_usd, money(fc.forecast_usd),
@@ -270,6 +270,7 @@ async function dimensionPage(page, q) {
     api("breakdown", { dimension: dim, limit: 25, ...rp, ...filters(q) }),
     api("series", { granularity: rp.since === rp.until ? "hour" : "day", split: dim, top: 6, ...rp, ...filters(q) }),
   ]);
+  if (!data.rows.length && Object.keys(filters(q)).length) return render(h("h1", { text: TITLES[dim] }), noMatch(filters(q)));
   if (!data.rows.length) return render(h("h1", { text: TITLES[dim] }), emptyState(
     `No spend by ${dim} in this period`,
     dim === "model" ? "Try a longer period." :
@@ -447,6 +448,18 @@ function exportPage(q) {
       h("p", {}, link), h("p", { class: "sub", text: "Or from a script:" }), cmd));
 }
 
+function noMatch(f) {
+  const what = Object.entries(f).map(([k, v]) => `${k}=${v === "" ? "(none)" : v}`).join(", ");
+  return emptyState(`No spend for ${what}`,
+    "Nothing in this period matches these filters. Clear them, or choose a longer period, to see all traffic.", null);
+}
+
+function noStore(where) {
+  return emptyState(`No store at ${where}`,
+    "The proxy creates its store with the first event it records: start it (make run) and send a request, or point " +
+    "the dashboard at the proxy's store with MODELTRACK_STORE.", null);
+}
+
 function noEvents() {
   const port = meta?.proxy_port || 8080;
   const host = location.hostname || "localhost";
@@ -497,8 +510,8 @@ async function route() {
       meta = await api("meta");
       document.getElementById("store").textContent = `Store: ${meta.store.where}`;
     }
-    if (!meta.store.exists && page !== "budgets") return render(noEvents());
-    if (page === "") await overviewPage(q);
+    if (!meta.store.exists && page !== "budgets") render(noStore(meta.store.where));
+    else if (page === "") await overviewPage(q);
     else if (PAGES[page]) await dimensionPage(page, q);
     else if (page === "sessions") await sessionsPage(q);
     else if (page === "budgets") await budgetsPage();
@@ -506,7 +519,7 @@ async function route() {
     else if (page === "export") exportPage(q);
     else render(emptyState("Not found", "This page does not exist.", null));
   } catch (e) {
-    if (e.status === 503 && meta) { meta = null; render(noEvents()); }
+    if (e.status === 503 && meta) { const where = meta.store.where; meta = null; render(noStore(where)); }
     else if (e.status !== 401) render(errorCard(e.message));
   }
   document.body.dataset.ready = "true";
