@@ -134,6 +134,7 @@ class Recorder:
             user=attrs.get("user"),
             prompt_id=attrs.get("prompt_id"),
             properties=attrs.get("properties"),
+            key_id=attrs.get("key_id"),
             saved_usd=saved,
             route_rule=o.route_rule,
         )

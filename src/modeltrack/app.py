@@ -19,6 +19,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from .access import ClientTokens
 from .accounting import Recorder
+from .accounts import KeyRing, open_accounts
 from .config import ConfigError, Settings
 from .controls import Controls
 from .http.egress import EgressError, route_for
@@ -91,6 +92,12 @@ class ModelTrack:
         self.providers = build_providers(settings.base_urls, settings.inject_stream_usage, settings.azure_deployments)
         self.pools = self._pools(settings)
         self.recorder = Recorder(self.pipeline, self.metrics, pricing, settings.access_log)
+        accounts = open_accounts(settings.store, sink)
+        self.keyring = (
+            KeyRing(accounts, settings.keys_refresh_seconds, settings.keys_on_store_error)
+            if accounts is not None
+            else None
+        )
         self.proxy = Proxy(
             Router(self.providers),
             self.recorder,
@@ -98,6 +105,7 @@ class ModelTrack:
             settings,
             client_tokens=ClientTokens.from_setting(settings.client_tokens),
             controls=self.controls,
+            keyring=self.keyring,
         )
         self.limits = Limits(settings.max_concurrent_requests, settings.max_buffered_body_bytes)
         self.server_tls = server_tls_context(settings.tls_cert, settings.tls_key)
@@ -130,6 +138,8 @@ class ModelTrack:
 
     async def start(self) -> None:
         await self.pipeline.start()
+        if self.keyring is not None:
+            await self.keyring.start()
         if self.controls is not None:
             await self.controls.start()
 
@@ -264,6 +274,8 @@ class ModelTrack:
             pool.close()
         if self.controls is not None:
             await self.controls.close()
+        if self.keyring is not None:
+            await self.keyring.close()
         await self.pipeline.close(grace=max(self.settings.shutdown_grace, 1.0))
 
 

@@ -53,6 +53,7 @@ OTHER_VARIABLES = {
     "MODELTRACK_KEY",
     "MODELTRACK_FIXTURES",
     "MODELTRACK_ARTIFACTS",
+    "MODELTRACK_FIRESTORE_EMULATOR",  # scripts/test-tools and the tests: where the emulator is installed
     "MODELTRACK_WORKER",
 }
 MIB = 1024 * 1024
@@ -105,7 +106,7 @@ class Settings:
         "sqlite:///./data/modeltrack.db",
         "sqlite:///RELATIVE.db | sqlite:////ABSOLUTE.db (SQLAlchemy's convention) | firestore://PROJECT[/COLLECTION] "
         "| jsonl:///PATH",
-        commands=("serve", "ui", "events", "report", "controls"),
+        commands=("serve", "ui", "events", "report", "controls", "admin"),
     )
     workers: int = _opt(1, "processes sharing the port (SO_REUSEPORT); /metrics sums all of them", lo=1, hi=64)
     log_level: str = _opt("info", "debug|info|warning|error (never logs secrets)", commands=("serve", "ui"))
@@ -137,6 +138,13 @@ class Settings:
         "",
         "comma-separated tokens, or @FILE of sha256 hex digests; required in X-ModelTrack-Key",
         secret=True,
+    )
+    require_key: bool = _opt(False, "every request must carry a ModelTrack key (mt_...) in X-ModelTrack-Key")
+    keys_refresh_seconds: float = _opt(
+        1.0, "how often the proxy checks the store for changed keys (the revocation delay)", lo=0.05, hi=300, unit="s"
+    )
+    keys_on_store_error: str = _opt(
+        "open", "open: keep the last known keys while the store is unreachable; closed: refuse keys after 60 s"
     )
     ca_bundle: str = _opt("", "extra CA bundle (PEM) for upstream TLS; verification is always on")
     tls_cert: str = _opt("", "PEM certificate chain: serve HTTPS (the proxy and /metrics)")
@@ -180,6 +188,12 @@ class Settings:
     ui_tokens: str = _opt(
         "",
         "read-only API/dashboard tokens: comma-separated, or @FILE of sha256 hex digests",
+        secret=True,
+        commands=("serve", "ui"),
+    )
+    admin_tokens: str = _opt(
+        "",
+        "admin API tokens (every org): comma-separated, or @FILE of sha256 hex digests; unset on loopback: local admin",
         secret=True,
         commands=("serve", "ui"),
     )
@@ -233,6 +247,13 @@ class Settings:
                 check_range(f, getattr(self, f.name), env_name(f))
         for p, t in self.read_timeouts.items():
             check_range(_READ_TIMEOUT, t, f"MODELTRACK_{p.upper()}_READ_TIMEOUT")
+        if self.keys_on_store_error not in ("open", "closed"):
+            raise ConfigError(f"MODELTRACK_KEYS_ON_STORE_ERROR={self.keys_on_store_error}: write open or closed")
+        if self.require_key and self.store.startswith("jsonl:"):
+            raise ConfigError(
+                "MODELTRACK_REQUIRE_KEY=true needs a store that keeps keys: write MODELTRACK_STORE=sqlite:///... or "
+                "firestore://..., not jsonl://"
+            )
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise ConfigError(f"MODELTRACK_LOG_LEVEL={self.log_level}: write one of debug, info, warning, error")
         for name, url in self.base_urls.items():

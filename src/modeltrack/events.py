@@ -92,6 +92,8 @@ class CostEvent:
     """The prompt template (``X-ModelTrack-Prompt``), for cost per template."""
     properties: dict[str, str] | None = None
     """Custom properties (``X-ModelTrack-Property-<name>``), capped in number and length; never metric labels."""
+    key_id: str | None = None
+    """The ModelTrack key's public id (``key_…``) when the request carried one; never the key itself."""
 
     def usage(self) -> Usage:
         """The stored token counts by kind, as the pricing module takes them (what-if re-prices events)."""

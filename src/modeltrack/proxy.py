@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from .access import ClientTokens
 from .accounting import Recorder
+from .accounts.keyring import Grant, KeyRing
 from .exchange import Exchange
 from .http.egress import TunnelRefused
 from .http.headers import HeaderView, forward_headers
@@ -92,8 +93,11 @@ class Proxy:
         settings: Settings,
         client_tokens: ClientTokens | None = None,
         controls: Controls | None = None,
+        keyring: KeyRing | None = None,
     ) -> None:
         self.router = router
+        self.keyring = keyring  # ModelTrack keys (mt_...) from the store; None: the store keeps none
+        self.require_key = settings.require_key
         self.recorder = recorder
         self.metrics: Metrics = recorder.metrics
         self.pools = pools
@@ -157,12 +161,31 @@ class Proxy:
         if req.method in ("CONNECT", "TRACE"):
             return self.error(conn, None, 405, "method_not_allowed", f"{req.method} is not proxied.")
         fixed: dict[str, str] | None = None
-        if self.client_tokens:
-            fixed = self.client_tokens.lookup(req.header(b"x-modeltrack-key") or b"")
+        grant: Grant | None = None
+        given = req.header(b"x-modeltrack-key") or b""
+        if given.startswith(b"mt_") and self.keyring is not None:
+            # A ModelTrack key from the store: its attribution is fixed, its rules are checked once the model
+            # is known (below). Its value is never logged, recorded or forwarded.
+            grant = self.keyring.lookup(given)
+            if grant is None:
+                return self.error(
+                    conn, None, 401, "invalid_key", "This X-ModelTrack-Key is not a valid ModelTrack key."
+                )
+            if self.keyring.stale():
+                return self.error(
+                    conn, None, 503, "keys_unavailable", "Keys cannot be checked: the store is unreachable."
+                )
+            fixed = {**grant.attrs, "key_id": grant.key_id}
+        elif self.client_tokens:
+            fixed = self.client_tokens.lookup(given)
             if fixed is None:
                 return self.error(
                     conn, None, 401, "invalid_client_token", "A valid X-ModelTrack-Key header is required."
                 )
+        elif self.require_key:
+            return self.error(
+                conn, None, 401, "key_required", "Send a ModelTrack key (mt_...) in the X-ModelTrack-Key header."
+            )
         path, _, query = target.partition("?")
         wrong = wrong_base_url(path, self.router.prefixes)
         if wrong is not None:
@@ -199,6 +222,12 @@ class Proxy:
             return self.error(conn, provider, 408, "request_timeout", "The request body was not received in time.")
         body = loads(raw) if raw[:1] in (b"{", b"[") and provider.name != "bedrock" else None
         info = provider.request_info(req.method, up_path, query, body)
+        if grant is not None:
+            refused = grant.refusal(info.model, wall)
+            if refused is not None:
+                return self.error(conn, provider, *refused)
+            assert self.keyring is not None
+            self.keyring.used_now(grant.key_id)
         send = provider.rewrite_body(info, raw, body)
         lines, attrs = forward_headers(req.headers)
         if fixed:

@@ -14,7 +14,7 @@ from .. import __version__
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import controls, events, pricing, report, serve, ui
+    from . import admin, controls, events, pricing, report, serve, ui
 
     parser = argparse.ArgumentParser(prog="modeltrack", description="LLM cost-tracking proxy.")
     parser.add_argument("--version", action="version", version=__version__)
@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_parser(sub)
     pricing.add_parser(sub)
     controls.add_parser(sub)
+    admin.add_parser(sub)
     return parser
 
 

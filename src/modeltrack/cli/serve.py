@@ -89,6 +89,7 @@ def _start_dashboard(settings: Settings) -> Any:
         "UI_HOST": settings.ui_host,
         "UI_PORT": str(settings.ui_port),
         "UI_TOKENS": settings.ui_tokens,
+        "ADMIN_TOKENS": settings.admin_tokens,
         "CONTROLS_FILE": settings.controls_file,
         "PRICING_FILE": settings.pricing_file,
         "LOG_LEVEL": settings.log_level,

@@ -16,12 +16,14 @@ from typing import Any
 from aiohttp import web
 
 from ..access import ClientTokens
+from ..accounts import Admin, open_accounts
 from ..config import Settings
 from ..controls.spec import ControlsError
 from ..logs import log_exception_safely
 from ..pricing import Pricing
 from ..query import StoreMissing
 from ..query.views import QueryError
+from .admin import AdminApi
 from .api import Api, error, json_response
 from .auth import COOKIE, SESSION_SECONDS, UIAuth, same_origin
 from .export import export
@@ -72,7 +74,7 @@ def create_app(settings: Settings, pricing: Pricing | None = None) -> web.Applic
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
-        if path.startswith("/api/") and path not in PUBLIC:
+        if path.startswith("/api/") and path not in PUBLIC and not path.startswith("/api/v1/admin/"):
             if not auth.request_allowed(request.headers, request.cookies):
                 return error(
                     401, "unauthorized", "Log in with a dashboard token, or send Authorization: Bearer <token>."
@@ -148,8 +150,20 @@ def create_app(settings: Settings, pricing: Pricing | None = None) -> web.Applic
             f"(OpenAI SDK: base_url='http://{host}:{settings.port}/v1').",
         )
 
-    app = web.Application(middlewares=[errors, guard])
+    accounts = open_accounts(settings.store)
+    admin = (
+        AdminApi(
+            Admin(accounts),
+            ClientTokens.from_setting(settings.admin_tokens, "MODELTRACK_ADMIN_TOKENS"),
+            settings.ui_host,
+        )
+        if accounts is not None
+        else None
+    )
+    app = web.Application(middlewares=[errors, guard, *([admin.errors] if admin is not None else [])])
     app.add_routes(api.routes())
+    if admin is not None:
+        app.add_routes(admin.routes())
     app.add_routes(
         [
             web.get("/api/v1/export", export_handler),
@@ -166,6 +180,8 @@ def create_app(settings: Settings, pricing: Pricing | None = None) -> web.Applic
 
     async def close(_: web.Application) -> None:
         await api.close()
+        if accounts is not None:
+            await accounts.close()
 
     app.on_cleanup.append(close)
     return app

@@ -1,0 +1,167 @@
+"""The request path's view of the organisation model: every ModelTrack key (``mt_…``) by digest, with what it
+carries. The proxy asks :meth:`KeyRing.lookup` once per request: a hash and a dict lookup, no store call.
+
+Freshness: a background task reads the store's version counter every ``refresh_seconds`` (default 1 s) and
+reloads the keys and teams when it moved, so a created, changed, rotated or revoked key takes effect on every
+replica within ``refresh_seconds`` plus one reload (README, "Organisations, teams and keys": measured by
+tests/test_accounts.py::test_a_revoked_key_stops_working_everywhere_within_the_stated_delay).
+
+Outages: the last state loaded stays in force. ``on_store_error: open`` (the default) keeps serving it for as
+long as the store is unreachable; ``closed`` refuses every key once the state is older than ``max_stale``
+seconds (503), so a revocation made during an outage cannot be outlived by more than that.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from .model import model_allowed, now_stamp
+from .store import AccountStore
+
+log = logging.getLogger("modeltrack.accounts")
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    """What a valid key carries: its id and org, its fixed attribution, and its own rules."""
+
+    key_id: str
+    org_id: str
+    attrs: dict[str, str]  # team (the team's name), app, user: X-ModelTrack-* headers cannot override them
+    allowed_models: tuple[str, ...]
+    expires: float | None  # epoch seconds
+    revoked: bool
+
+    def refusal(self, model: str | None, now: float) -> tuple[int, str, str] | None:
+        """(status, error type, message) when this key may not make the request, else None."""
+        if self.revoked:
+            return 401, "key_revoked", f"ModelTrack key {self.key_id} was revoked."
+        if self.expires is not None and now >= self.expires:
+            return 401, "key_expired", f"ModelTrack key {self.key_id} has expired."
+        if not model_allowed(self.allowed_models, model):
+            allowed = ", ".join(self.allowed_models)
+            return 403, "model_not_allowed", f"ModelTrack key {self.key_id} may use only: {allowed}."
+        return None
+
+
+def _epoch(stamp: str | None) -> float | None:
+    if not stamp:
+        return None
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).astimezone(UTC).timestamp()
+
+
+def build(keys: list[dict[str, Any]], teams: list[dict[str, Any]]) -> dict[bytes, Grant]:
+    """The digest → grant map. A key's allowed models are its own list, else its team's."""
+    by_id = {t["id"]: t for t in teams}
+    out: dict[bytes, Grant] = {}
+    for k in keys:
+        team = by_id.get(k.get("team_id") or "")
+        attrs = {
+            name: str(value)
+            for name, value in (
+                ("team", team["name"] if team else None),
+                ("app", k.get("app")),
+                ("user", k.get("user")),
+            )
+            if value
+        }
+        allowed = k.get("allowed_models") or (team.get("allowed_models") if team else None) or ()
+        out[bytes.fromhex(k["digest"])] = Grant(
+            key_id=k["id"],
+            org_id=k["org_id"],
+            attrs=attrs,
+            allowed_models=tuple(allowed),
+            expires=_epoch(k.get("expires")),
+            revoked=bool(k.get("revoked")),
+        )
+    return out
+
+
+class KeyRing:
+    def __init__(
+        self,
+        store: AccountStore,
+        refresh_seconds: float = 1.0,
+        on_store_error: str = "open",
+        max_stale: float = 60.0,
+        touch_seconds: float = 30.0,
+    ) -> None:
+        self.store = store
+        self.refresh_seconds = refresh_seconds
+        self.on_store_error = on_store_error
+        self.max_stale = max_stale
+        self.touch_seconds = touch_seconds
+        self.grants: dict[bytes, Grant] = {}
+        self.version = -1
+        self.loaded_at = 0.0  # monotonic: when the store last answered
+        self.used: dict[str, str] = {}  # key id → last use, written to the store every touch_seconds
+        self._task: asyncio.Task[None] | None = None
+        self._last_touch = time.monotonic()
+        self._last_error_log = 0.0
+
+    def __bool__(self) -> bool:
+        return bool(self.grants)
+
+    def lookup(self, given: bytes) -> Grant | None:
+        """The key's grant, or None for no such key. (A dict lookup by digest: the digest of a guess says
+        nothing about a real key's digest, so no constant-time scan is needed here.)"""
+        return self.grants.get(hashlib.sha256(given).digest())
+
+    def stale(self) -> bool:
+        """Fail closed: the store has not answered for longer than ``max_stale``."""
+        return self.on_store_error == "closed" and time.monotonic() - self.loaded_at > self.max_stale
+
+    def used_now(self, key_id: str) -> None:
+        self.used[key_id] = now_stamp()
+
+    async def refresh(self) -> bool:
+        """Reload when the version moved; True when something new was loaded."""
+        version = await self.store.version()
+        self.loaded_at = time.monotonic()
+        if version == self.version:
+            return False
+        keys, teams = await self.store.records("keys"), await self.store.records("teams")
+        self.grants = build(keys, teams)
+        self.version = version
+        return True
+
+    async def start(self) -> None:
+        try:
+            await self.refresh()
+        except Exception as exc:  # noqa: BLE001 - the proxy starts; keys load when the store answers
+            log.warning("keys: the store could not be read at start-up (%s); retrying", type(exc).__name__)
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="modeltrack-keyring")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_seconds)
+            try:
+                await self.refresh()
+                if self.used and time.monotonic() - self._last_touch >= self.touch_seconds:
+                    used, self.used = self.used, {}
+                    self._last_touch = time.monotonic()
+                    await self.store.touch(used)
+            except Exception as exc:  # noqa: BLE001 - keep the last state (see the module docstring)
+                now = time.monotonic()
+                if now - self._last_error_log > 30:
+                    self._last_error_log = now
+                    log.warning("keys: the store did not answer (%s); keeping the last state", type(exc).__name__)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+            self._task = None
+        if self.used:
+            with contextlib.suppress(Exception):
+                await self.store.touch(self.used)
+        await self.store.close()

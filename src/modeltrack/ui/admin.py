@@ -1,0 +1,141 @@
+"""The admin API, ``/api/v1/admin/…``, on the management plane: orgs, teams, keys, members, budgets and limits
+(``GET``/``POST`` a collection, ``GET``/``PATCH``/``DELETE`` a record, ``POST keys/{id}/rotate``), the audit log
+(``GET audit``, JSON or ``format=jsonl`` to export), and ``GET me``. Errors are JSON that say what is wrong.
+
+Who is asking (``Authorization: Bearer …``):
+
+* a token from ``MODELTRACK_ADMIN_TOKENS``: the operator (every org);
+* a member's sign-in token (``mtm_…``, shown once when the member was added): that member, in its role;
+* nothing, on a dashboard that listens on loopback with no admin tokens set: the operator of this machine
+  (who could edit the store file anyway). Anywhere else, 401.
+
+The dashboard's read-only tokens (``MODELTRACK_UI_TOKENS``) never change anything here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from ..access import ClientTokens
+from ..accounts import AccountError, Actor, Admin
+from ..accounts.model import MEMBER_TOKEN_PREFIX, digest
+from .api import error, json_response
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class AdminApi:
+    def __init__(self, admin: Admin, admin_tokens: ClientTokens, ui_host: str) -> None:
+        self.admin = admin
+        self.tokens = admin_tokens
+        self.local_operator = not admin_tokens and ui_host in LOOPBACK
+
+    async def actor(self, request: web.Request) -> Actor:
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bearer "):
+            given = auth[7:].strip()
+            if self.tokens and self.tokens.lookup(given.encode()) is not None:
+                return Actor.operator("admin-token:" + hashlib.sha256(given.encode()).hexdigest()[:8])
+            if given.startswith(MEMBER_TOKEN_PREFIX):
+                wanted = digest(given)
+                for m in await self.admin.store.records("members"):
+                    if hmac.compare_digest(str(m.get("token_digest", "")), wanted):
+                        return Actor(str(m["subject"]), str(m["role"]), str(m["org_id"]), m.get("team_id"))
+            raise AccountError("that token is not an admin token or a member's sign-in token", 401, "unauthorized")
+        if self.local_operator:
+            return Actor.operator("local")
+        raise AccountError(
+            "send Authorization: Bearer <a MODELTRACK_ADMIN_TOKENS token, or a member's mtm_ token>",
+            401,
+            "unauthorized",
+        )
+
+    def routes(self) -> list[web.RouteDef]:
+        base = "/api/v1/admin"
+        return [
+            web.get(base + "/me", self.me),
+            web.get(base + "/audit", self.audit),
+            web.post(base + "/keys/{id}/rotate", self.rotate),
+            web.get(base + "/{kind}", self.list),
+            web.post(base + "/{kind}", self.create),
+            web.get(base + "/{kind}/{id}", self.get),
+            web.patch(base + "/{kind}/{id}", self.update),
+            web.delete(base + "/{kind}/{id}", self.delete),
+        ]
+
+    @web.middleware
+    async def errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith("/api/v1/admin/"):
+            return await handler(request)
+        try:
+            return await handler(request)
+        except AccountError as exc:
+            return error(exc.status, exc.kind, str(exc))
+
+    async def _body(self, request: web.Request) -> Any:
+        if request.content_type != "application/json":
+            raise AccountError("send a JSON object (Content-Type: application/json)", 415, "unsupported_media_type")
+        try:
+            return orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            raise AccountError("the body is not valid JSON") from None
+
+    async def me(self, request: web.Request) -> web.Response:
+        a = await self.actor(request)
+        return json_response({"subject": a.subject, "role": a.role, "org_id": a.org_id, "team_id": a.team_id})
+
+    async def list(self, request: web.Request) -> web.Response:
+        a = await self.actor(request)
+        kind = request.match_info["kind"]
+        return json_response({kind: await self.admin.records(a, kind, request.query.get("org_id"))})
+
+    async def get(self, request: web.Request) -> web.Response:
+        a = await self.actor(request)
+        return json_response(await self.admin.get(a, request.match_info["kind"], request.match_info["id"]))
+
+    async def create(self, request: web.Request) -> web.Response:
+        a = await self.actor(request)
+        body = await self._body(request)
+        record, secret = await self.admin.create(a, request.match_info["kind"], body, request.query.get("org_id"))
+        out = dict(record)
+        if secret is not None:
+            out["secret"] = secret  # shown this once: only its digest is stored
+        return json_response(out, 201)
+
+    async def update(self, request: web.Request) -> web.Response:
+        a = await self.actor(request)
+        body = await self._body(request)
+        return json_response(await self.admin.update(a, request.match_info["kind"], request.match_info["id"], body))
+
+    async def delete(self, request: web.Request) -> web.Response:
+        a = await self.actor(request)
+        return json_response(await self.admin.delete(a, request.match_info["kind"], request.match_info["id"]))
+
+    async def rotate(self, request: web.Request) -> web.Response:
+        a = await self.actor(request)
+        record, secret = await self.admin.rotate(a, request.match_info["id"])
+        return json_response({**record, "secret": secret})
+
+    async def audit(self, request: web.Request) -> web.StreamResponse:
+        a = await self.actor(request)
+        try:
+            limit = int(request.query.get("limit", "100"))
+            before = int(request.query["before"]) if "before" in request.query else None
+        except ValueError:
+            raise AccountError("limit and before are whole numbers") from None
+        entries = await self.admin.audit_log(a, limit, before)
+        if request.query.get("format") == "jsonl":
+            body = b"".join(orjson.dumps(e) + b"\n" for e in entries)
+            return web.Response(
+                body=body,
+                content_type="application/x-ndjson",
+                headers={"Content-Disposition": 'attachment; filename="modeltrack-audit.jsonl"'},
+            )
+        return json_response({"entries": entries, "next_before": entries[-1]["seq"] if entries else None})
