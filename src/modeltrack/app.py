@@ -22,6 +22,7 @@ from .accounting import Recorder
 from .accounts import KeyRing, open_accounts
 from .config import ConfigError, Settings
 from .controls import Controls
+from .controls.ratelimit import RateLimiter, open_rate_ledger
 from .http.egress import EgressError, route_for
 from .http.limits import Limits
 from .http.message import Request
@@ -98,6 +99,7 @@ class ModelTrack:
             if accounts is not None
             else None
         )
+        self.ratelimiter = RateLimiter(open_rate_ledger(settings.store, sink))
         self.proxy = Proxy(
             Router(self.providers),
             self.recorder,
@@ -106,6 +108,7 @@ class ModelTrack:
             client_tokens=ClientTokens.from_setting(settings.client_tokens),
             controls=self.controls,
             keyring=self.keyring,
+            ratelimiter=self.ratelimiter,
         )
         self.limits = Limits(settings.max_concurrent_requests, settings.max_buffered_body_bytes)
         self.server_tls = server_tls_context(settings.tls_cert, settings.tls_key)
@@ -140,6 +143,7 @@ class ModelTrack:
         await self.pipeline.start()
         if self.keyring is not None:
             await self.keyring.start()
+        self.ratelimiter.start()
         if self.controls is not None:
             await self.controls.start()
 
@@ -276,6 +280,7 @@ class ModelTrack:
             await self.controls.close()
         if self.keyring is not None:
             await self.keyring.close()
+        await self.ratelimiter.close()
         await self.pipeline.close(grace=max(self.settings.shutdown_grace, 1.0))
 
 

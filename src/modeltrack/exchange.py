@@ -27,6 +27,7 @@ from .wire.codec import metering_view
 if TYPE_CHECKING:
     from .controls import Decision
     from .controls.cache import Capture, Entry
+    from .controls.ratelimit import Ticket
 
 log = logging.getLogger("modeltrack.proxy")
 
@@ -70,6 +71,7 @@ class Exchange:
         "provider",
         "provider_name",
         "proxy",
+        "rate_ticket",
         "recorded",
         "remaining",
         "retryable",
@@ -129,6 +131,7 @@ class Exchange:
         self.routed_from: str | None = None  # the model asked for, when a routing rule replaced it
         self.route_rule: str | None = None
         self.blocked = False  # refused by a budget or a routing rule: cost 0
+        self.rate_ticket: Ticket | None = None  # what the request took from its key's rate limits
         self.cached: Entry | None = None  # answered from the response cache
         self.capture: Capture | None = None  # the client's bytes, kept for the response cache
         self.event: Any = None

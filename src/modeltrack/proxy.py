@@ -22,6 +22,9 @@ from typing import TYPE_CHECKING
 from .access import ClientTokens
 from .accounting import Recorder
 from .accounts.keyring import Grant, KeyRing
+from .controls.estimate import bound_tokens
+from .controls.ratelimit import MemoryRateLedger, RateLimiter, RateRefusal, Ticket, real_tokens
+from .controls.spec import Reserve
 from .exchange import Exchange
 from .http.egress import TunnelRefused
 from .http.headers import HeaderView, forward_headers
@@ -40,6 +43,7 @@ if TYPE_CHECKING:
     from .controls import Controls, Decision
 
 log = logging.getLogger("modeltrack.proxy")
+RATE_RESERVE = Reserve()  # a TPM reservation is bounded as a budget's is (controls.estimate)
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _KINDS: dict[str, str] = {}
@@ -94,9 +98,11 @@ class Proxy:
         client_tokens: ClientTokens | None = None,
         controls: Controls | None = None,
         keyring: KeyRing | None = None,
+        ratelimiter: RateLimiter | None = None,
     ) -> None:
         self.router = router
         self.keyring = keyring  # ModelTrack keys (mt_...) from the store; None: the store keeps none
+        self.ratelimiter = ratelimiter or RateLimiter(MemoryRateLedger())
         self.require_key = settings.require_key
         self.recorder = recorder
         self.metrics: Metrics = recorder.metrics
@@ -123,6 +129,8 @@ class Proxy:
         if not ex.recorded:
             ex.recorded = True
             ev = ex.event = self.recorder.record(ex, endpoint_kind(ex.endpoint))
+            if ex.rate_ticket is not None:
+                self.ratelimiter.settle(ex.rate_ticket, real_tokens(ev))
             controls = self.controls
             if controls is not None:
                 if ev is not None:
@@ -166,6 +174,8 @@ class Proxy:
         if given.startswith(b"mt_") and self.keyring is not None:
             # A ModelTrack key from the store: its attribution is fixed, its rules are checked once the model
             # is known (below). Its value is never logged, recorded or forwarded.
+            if not self.keyring.loaded and not await self.keyring.wait_loaded():
+                return self.error(conn, None, 503, "keys_unavailable", "Keys are still loading; retry in a second.")
             grant = self.keyring.lookup(given)
             if grant is None:
                 return self.error(
@@ -222,12 +232,23 @@ class Proxy:
             return self.error(conn, provider, 408, "request_timeout", "The request body was not received in time.")
         body = loads(raw) if raw[:1] in (b"{", b"[") and provider.name != "bedrock" else None
         info = provider.request_info(req.method, up_path, query, body)
+        ticket: Ticket | None = None
         if grant is not None:
             refused = grant.refusal(info.model, wall)
             if refused is not None:
                 return self.error(conn, provider, *refused)
             assert self.keyring is not None
             self.keyring.used_now(grant.key_id)
+            if grant.limits:
+                tokens = sum(bound_tokens(len(raw), body, RATE_RESERVE)) if grant.tpm else 0
+                taken = await self.ratelimiter.admit(list(grant.limits), tokens)
+                if isinstance(taken, RateRefusal):
+                    return conn.respond(
+                        429,
+                        provider.error_body(429, "rate_limited", taken.message),
+                        extra=b"retry-after: %d\r\n" % taken.retry_after,
+                    )
+                ticket = taken
         send = provider.rewrite_body(info, raw, body)
         lines, attrs = forward_headers(req.headers)
         if fixed:
@@ -252,7 +273,7 @@ class Proxy:
             )
             if decision.refused or decision.hit is not None:
                 ex = Exchange(self, conn, provider, info, up_path, attrs, start, wall)
-                ex.decision = decision
+                ex.decision, ex.rate_ticket = decision, ticket
                 return self._answer_from_controls(conn, ex, decision)
             if decision.routed_from is not None and decision.route is not None:
                 up_path, send = decision.path, decision.body
@@ -271,6 +292,7 @@ class Proxy:
         head = b"".join(parts)
 
         ex = Exchange(self, conn, provider, info, up_path, attrs, start, wall)
+        ex.rate_ticket = ticket
         if decision is not None:
             ex.decision = decision
             if decision.route is not None:

@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ..controls.ratelimit import Limit
 from .model import model_allowed, now_stamp
 from .store import AccountStore
 
 log = logging.getLogger("modeltrack.accounts")
+LOAD_WAIT_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,11 @@ class Grant:
     allowed_models: tuple[str, ...]
     expires: float | None  # epoch seconds
     revoked: bool
+    limits: tuple[Limit, ...] = ()  # the key's own RPM/TPM, its team's and its org's (controls.ratelimit)
+
+    @property
+    def tpm(self) -> bool:
+        return any(lim.unit == "tokens" for lim in self.limits)
 
     def refusal(self, model: str | None, now: float) -> tuple[int, str, str] | None:
         """(status, error type, message) when this key may not make the request, else None."""
@@ -57,9 +64,30 @@ def _epoch(stamp: str | None) -> float | None:
     return datetime.fromisoformat(stamp.replace("Z", "+00:00")).astimezone(UTC).timestamp()
 
 
-def build(keys: list[dict[str, Any]], teams: list[dict[str, Any]]) -> dict[bytes, Grant]:
-    """The digest → grant map. A key's allowed models are its own list, else its team's."""
+def _limits(scope: str, record: dict[str, Any] | None) -> list[Limit]:
+    if not record:
+        return []
+    out = []
+    if record.get("rpm"):
+        out.append(Limit(f"{scope}:rpm", int(record["rpm"]), "requests"))
+    if record.get("tpm"):
+        out.append(Limit(f"{scope}:tpm", int(record["tpm"]), "tokens"))
+    return out
+
+
+def build(
+    keys: list[dict[str, Any]], teams: list[dict[str, Any]], limits: list[dict[str, Any]] | None = None
+) -> dict[bytes, Grant]:
+    """The digest → grant map. A key's allowed models are its own list, else its team's; its rate limits are its
+    own, its team's and its org's (a ``limits`` record with a ``team_id``, or without one for the org)."""
     by_id = {t["id"]: t for t in teams}
+    team_limits: dict[str, list[Limit]] = {}
+    org_limits: dict[str, list[Limit]] = {}
+    for lim in limits or []:
+        if lim.get("team_id"):
+            team_limits.setdefault(lim["team_id"], []).extend(_limits(f"team:{lim['team_id']}", lim))
+        else:
+            org_limits.setdefault(lim["org_id"], []).extend(_limits(f"org:{lim['org_id']}", lim))
     out: dict[bytes, Grant] = {}
     for k in keys:
         team = by_id.get(k.get("team_id") or "")
@@ -80,6 +108,11 @@ def build(keys: list[dict[str, Any]], teams: list[dict[str, Any]]) -> dict[bytes
             allowed_models=tuple(allowed),
             expires=_epoch(k.get("expires")),
             revoked=bool(k.get("revoked")),
+            limits=(
+                *_limits(f"key:{k['id']}", k),
+                *team_limits.get(k.get("team_id") or "", ()),
+                *org_limits.get(k["org_id"], ()),
+            ),
         )
     return out
 
@@ -102,6 +135,8 @@ class KeyRing:
         self.version = -1
         self.loaded_at = 0.0  # monotonic: when the store last answered
         self.used: dict[str, str] = {}  # key id → last use, written to the store every touch_seconds
+        self.loaded = False  # the first load is done: until then a key is neither valid nor invalid
+        self._loaded = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_touch = time.monotonic()
         self._last_error_log = 0.0
@@ -128,9 +163,21 @@ class KeyRing:
         if version == self.version:
             return False
         keys, teams = await self.store.records("keys"), await self.store.records("teams")
-        self.grants = build(keys, teams)
+        self.grants = build(keys, teams, await self.store.records("limits"))
+        log.info("keys: %d loaded (store version %d)", len(self.grants), version)
         self.version = version
+        if not self.loaded:
+            self.loaded = True
+            self._loaded.set()
         return True
+
+    async def wait_loaded(self) -> bool:
+        """For the requests that arrive while the proxy starts (it listens before it loads: a busy port must
+        fail first): they wait for the first load instead of being told a valid key is invalid."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LOAD_WAIT_SECONDS):
+                await self._loaded.wait()
+        return self.loaded
 
     async def start(self) -> None:
         try:

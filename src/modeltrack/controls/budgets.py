@@ -272,6 +272,11 @@ class Budgets:
             self.background.spawn(self._give_back(st))
         b = st.budget
         held = max((b.limit_nano - st.room - st.spent) / 1e9, 0.0)
+        # Allocated to requests in flight or to other processes' leases: what could still come back.
+        elsewhere = b.limit_nano - st.room - st.spent - max(st.free, 0)
+        if elsewhere <= 0:
+            left = max(b.limit_nano - st.spent, 0) / 1e9
+            return self._refusal(st, f"cannot cover this request (up to ${need / 1e9:.6f}; ${left:.6f} is left)")
         wait = max(st.full_until - time.monotonic(), LEASE_IDLE_SECONDS)
         retry = max(1, math.ceil(wait))
         msg = (
@@ -381,6 +386,7 @@ class Budgets:
         if free <= 0:
             return
         st.granted -= free
+        st.room += free  # on its way back to the ledger: what this process knows is left grows by as much
         try:
             await self.ledger.give_back(st.key, free)
         except Exception as exc:  # noqa: BLE001 - kept allocated: the budget blocks early, never late

@@ -1,0 +1,334 @@
+"""Rate limits (RPM and TPM per key, team or org), shared by every process and replica through the store.
+
+The rule is a token bucket per scope: it holds a minute's worth (``limit``) and refills continuously at
+``limit`` per minute, so a quiet key may send its whole minute at once and then ``limit`` per minute. Kept as
+GCRA (one number per scope, the bucket's "theoretical arrival time"), so a change is one small atomic write.
+Over any ``t`` seconds a scope admits at most ``limit × (1 + t / 60)``, however many processes share it
+(README, "Rate limits"; tests/test_ratelimits.py::test_four_processes_stay_within_the_limit).
+
+Processes take cells in leases (a slice of the limit, as budgets do) and spend them locally, so a busy scope
+costs a store round trip per lease, not per request; a lease unused for a second goes back. A lease is taken
+from the shared bucket before any of it is spent, so leases never admit more than the bucket allows; they can
+only refuse a little early (at most one lease per other process).
+
+TPM reserves the request's worst case (the same bound as a budget's reservation) and settles to the real tokens
+when the response is metered: the difference goes back to the lease. A refusal is a 429 ``rate_limited`` whose
+``Retry-After`` is the seconds until the bucket holds enough for this request, from the shared state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+log = logging.getLogger("modeltrack.controls")
+
+WINDOW = 60.0
+LEASE_FRACTION = 0.05
+LEASE_IDLE_SECONDS = 1.0
+
+
+def gcra(tat: float, now: float, want: float, need: float, interval: float) -> tuple[float, float, float]:
+    """(granted, new tat, retry_after): ``want`` cells if the bucket holds them, else ``need``, else none and
+    the seconds until ``need`` fits."""
+    base = max(tat, now)
+    for n in (want, need):
+        new = base + n * interval
+        if new - now <= WINDOW + 1e-9:
+            return n, new, 0.0
+    return 0.0, tat, base + need * interval - WINDOW - now
+
+
+class RateLedger(Protocol):
+    async def take(self, key: str, want: float, need: float, interval: float) -> tuple[float, float]:
+        """(granted, retry_after)."""
+        ...
+
+    async def give_back(self, key: str, cells: float, interval: float) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class MemoryRateLedger:
+    def __init__(self) -> None:
+        self.tat: dict[str, float] = {}
+
+    async def take(self, key: str, want: float, need: float, interval: float) -> tuple[float, float]:
+        granted, self.tat[key], retry = gcra(self.tat.get(key, 0.0), time.time(), want, need, interval)
+        return granted, retry
+
+    async def give_back(self, key: str, cells: float, interval: float) -> None:
+        if key in self.tat:
+            self.tat[key] -= cells * interval
+
+    async def close(self) -> None:
+        return None
+
+
+class SQLiteRateLedger:
+    """One row per scope in the store's database; a take is one ``BEGIN IMMEDIATE`` transaction."""
+
+    def __init__(self, path: str, busy_timeout: float = 5.0) -> None:
+        self.path = path
+        self._busy = busy_timeout
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(self.path, timeout=self._busy, isolation_level=None, check_same_thread=False)
+            deadline = time.monotonic() + self._busy
+            while True:
+                try:
+                    conn.execute("PRAGMA journal_mode=WAL")
+                    conn.execute("CREATE TABLE IF NOT EXISTS rate_buckets (key TEXT PRIMARY KEY, tat REAL NOT NULL)")
+                    break
+                except sqlite3.OperationalError:
+                    if time.monotonic() > deadline:
+                        conn.close()
+                        raise
+                    time.sleep(0.01)
+            self._conn = conn
+        return self._conn
+
+    def _take(self, key: str, want: float, need: float, interval: float) -> tuple[float, float]:
+        with self._lock:
+            db = self._db()
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute("SELECT tat FROM rate_buckets WHERE key = ?", (key,)).fetchone()
+                granted, tat, retry = gcra(row[0] if row else 0.0, time.time(), want, need, interval)
+                if granted:
+                    db.execute(
+                        "INSERT INTO rate_buckets (key, tat) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET tat = ?",
+                        (key, tat, tat),
+                    )
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            return granted, retry
+
+    def _give_back(self, key: str, cells: float, interval: float) -> None:
+        with self._lock:
+            self._db().execute("UPDATE rate_buckets SET tat = tat - ? WHERE key = ?", (cells * interval, key))
+
+    async def take(self, key: str, want: float, need: float, interval: float) -> tuple[float, float]:
+        return await asyncio.to_thread(self._take, key, want, need, interval)
+
+    async def give_back(self, key: str, cells: float, interval: float) -> None:
+        await asyncio.to_thread(self._give_back, key, cells, interval)
+
+    async def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+
+class FirestoreRateLedger:
+    """A document per scope (``{COLLECTION}_rate_buckets``), changed by compare-and-set: read it, compute, write
+    with the read's ``update_time`` as a precondition, and read again if another process wrote first. No
+    transaction, so no process waits on another's lock (the emulator's, and Firestore's, pessimistic
+    transactions time out under this kind of contention); leases keep the writes to a few per minute."""
+
+    ATTEMPTS = 20
+
+    def __init__(self, sink: Any) -> None:
+        self.sink = sink
+
+    def _doc(self, key: str) -> Any:
+        import hashlib
+
+        return self.sink.collection_ref("rate_buckets").document(hashlib.sha256(key.encode()).hexdigest()[:40])
+
+    async def take(self, key: str, want: float, need: float, interval: float) -> tuple[float, float]:
+        import random
+
+        from google.api_core import exceptions as gexc
+
+        ref = self._doc(key)
+        for attempt in range(self.ATTEMPTS):
+            snap = await ref.get()
+            tat0 = float(snap.get("tat")) if snap.exists else 0.0
+            granted, tat, retry = gcra(tat0, time.time(), want, need, interval)
+            if not granted:
+                return 0.0, retry
+            try:
+                if snap.exists:
+                    option = self.sink.client.write_option(last_update_time=snap.update_time)
+                    await ref.update({"tat": tat}, option=option)
+                else:
+                    await ref.create({"key": key, "tat": tat})
+                return granted, 0.0
+            except (gexc.FailedPrecondition, gexc.Conflict, gexc.Aborted):
+                await asyncio.sleep(random.uniform(0, 0.005 * (attempt + 1)))  # another process wrote first
+        raise RuntimeError(f"rate bucket still contended after {self.ATTEMPTS} attempts")
+
+    async def give_back(self, key: str, cells: float, interval: float) -> None:
+        from google.cloud import firestore
+
+        await self._doc(key).update({"tat": firestore.Increment(-cells * interval)})
+
+    async def close(self) -> None:
+        return None
+
+
+def real_tokens(ev: Any) -> int | None:
+    """The tokens a TPM limit counts for a recorded event: every kind of input and output; 0 for a request that
+    never reached a billable answer; None when the usage is unknown (the reservation is kept)."""
+    if ev is None:
+        return None
+    if ev.usage_source in ("missing", "none") or ev.cache_hit:
+        return 0 if (ev.status >= 400 or ev.status == 0 or ev.cache_hit) else None
+    return int(ev.input_tokens + ev.output_tokens + ev.cache_read_tokens + ev.cache_write_tokens)
+
+
+def open_rate_ledger(store_url: str, sink: Any) -> RateLedger:
+    if store_url.startswith("sqlite://"):
+        from ..sinks import _fs_path
+
+        return SQLiteRateLedger(_fs_path(store_url, "sqlite://"))
+    if store_url.startswith("firestore://"):
+        return FirestoreRateLedger(sink)
+    return MemoryRateLedger()
+
+
+@dataclass
+class _Lease:
+    cells: float = 0.0
+    interval: float = 1.0
+    last_use: float = 0.0
+    empty_until: float = 0.0  # monotonic: the bucket said it holds nothing for us until then
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One bucket a request draws from: ``scope`` names it (``key:key_…:tpm``), ``per_minute`` its size."""
+
+    scope: str
+    per_minute: int
+    unit: str  # "requests" or "tokens"
+
+
+@dataclass
+class Ticket:
+    """What a request took, to settle TPM to the real tokens."""
+
+    taken: list[tuple[Limit, float]]
+
+
+@dataclass(frozen=True)
+class RateRefusal:
+    message: str
+    retry_after: int
+
+
+class RateLimiter:
+    def __init__(self, ledger: RateLedger) -> None:
+        self.ledger = ledger
+        self.leases: dict[str, _Lease] = {}
+        self.store_errors = 0
+        self._last_error_log = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    async def admit(self, limits: list[Limit], tokens: int) -> Ticket | RateRefusal:
+        """Take one request (RPM) or ``tokens`` (TPM, the worst case) from every bucket, or none of them."""
+        taken: list[tuple[Limit, float]] = []
+        for lim in limits:
+            cost = 1.0 if lim.unit == "requests" else float(max(tokens, 1))
+            retry = await self._take(lim, cost)
+            if retry is not None:
+                for done, cells in taken:
+                    self.leases[done.scope].cells += cells  # back to the lease: nothing was sent
+                what = "requests" if lim.unit == "requests" else "tokens"
+                return RateRefusal(
+                    f"Rate limit {lim.scope.rsplit(':', 1)[0]}: {lim.per_minute:,} {what} per minute; "
+                    f"this request needs {cost:,.0f}; retry in {retry} s.",
+                    retry,
+                )
+            taken.append((lim, cost))
+        return Ticket(taken)
+
+    async def _take(self, lim: Limit, cost: float) -> int | None:
+        interval = WINDOW / lim.per_minute
+        lease = self.leases.get(lim.scope)
+        if lease is None:
+            lease = self.leases[lim.scope] = _Lease(interval=interval)
+        lease.interval = interval
+        lease.last_use = time.monotonic()
+        if lease.cells >= cost:
+            lease.cells -= cost
+            return None
+        if cost > lim.per_minute:
+            return math.ceil(WINDOW)  # larger than a whole minute's bucket: never fits
+        now = time.monotonic()
+        if now < lease.empty_until:
+            # The shared bucket said a moment ago when it refills: refuse without asking it again (a flood of
+            # refused requests would otherwise cost a store transaction each). Other processes' returned leases
+            # may free cells sooner: this only ever refuses early.
+            return max(1, math.ceil(lease.empty_until - now))
+        async with lease.lock:
+            if lease.cells >= cost:
+                lease.cells -= cost
+                return None
+            need = cost - lease.cells  # a debt from an earlier settle is paid here too
+            want = max(need, math.ceil(lim.per_minute * LEASE_FRACTION))
+            try:
+                granted, retry = await self.ledger.take(lim.scope, want, need, interval)
+            except Exception as exc:  # noqa: BLE001 - the store is down or contended: fail open, and say so
+                self.store_errors += 1
+                if now - self._last_error_log > 30:
+                    self._last_error_log = now
+                    log.warning("rate limits: the store did not answer (%s); admitting", type(exc).__name__)
+                return None
+            if not granted:
+                lease.empty_until = time.monotonic() + min(retry, interval * need)
+                return max(1, math.ceil(retry))
+            lease.cells += granted - cost
+            return None
+
+    def settle(self, ticket: Ticket, real_tokens: int | None) -> None:
+        """The response was metered: a TPM reservation becomes the real tokens (None: unknown, keep it)."""
+        if real_tokens is None:
+            return
+        for lim, cells in ticket.taken:
+            if lim.unit == "tokens":
+                self.leases[lim.scope].cells += cells - real_tokens  # may go negative: paid at the next take
+
+    def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="modeltrack-ratelimits")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(LEASE_IDLE_SECONDS)
+            now = time.monotonic()
+            for scope, lease in list(self.leases.items()):
+                if lease.cells > 0 and now - lease.last_use > LEASE_IDLE_SECONDS and not lease.lock.locked():
+                    cells, lease.cells = lease.cells, 0.0
+                    try:
+                        await self.ledger.give_back(scope, cells, lease.interval)
+                    except Exception:  # noqa: BLE001 - kept taken: the scope refuses early, never late
+                        pass
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+            self._task = None
+        for scope, lease in self.leases.items():
+            if lease.cells > 0:
+                with contextlib.suppress(Exception):
+                    await self.ledger.give_back(scope, lease.cells, lease.interval)
+                lease.cells = 0.0
+        await self.ledger.close()
