@@ -3,7 +3,10 @@
 * **controls on, nothing matching**: a controls file with budgets, routing rules and a cache rule, none of which
   apply to the benchmark's traffic (what most requests of a real deployment see);
 * **response-cache hits** of a 10 kB answer at concurrency 1, next to the same answer fetched directly and
-  through ModelTrack without the cache.
+  through ModelTrack without the cache;
+* **a ModelTrack key with rate limits and a budget** (issue K): every request carries an ``mt_`` key whose team
+  has a block budget, and the key RPM and TPM limits (large enough never to refuse), so the row is the cost of
+  checking them, not of refusals.
 """
 
 from __future__ import annotations
@@ -25,6 +28,32 @@ NOTHING_MATCHES = {
     "cache": {"rules": [{"match": {"feature": "faq"}}]},
 }
 CACHE_ON = {"cache": {"max_bytes": 64 * 1024 * 1024}}
+KEYED_BUDGET = {
+    "budgets": [{"name": "bench-team", "match": {"team": "bench"}, "period": "monthly", "limit_usd": 10**6}]
+}
+
+
+def make_key(store_path: Path) -> str:
+    """A team and a key with RPM and TPM limits in the bench store, through the same admin code as the API."""
+    import asyncio
+
+    from modeltrack.accounts import Actor, Admin, open_accounts
+
+    async def go() -> str:
+        store = open_accounts(f"sqlite:///{store_path}")
+        assert store is not None
+        admin, op = Admin(store), Actor.operator("bench")
+        try:
+            team, _ = await admin.create(op, "teams", {"name": "bench"})
+            _, secret = await admin.create(
+                op, "keys", {"name": "load", "team_id": team["id"], "rpm": 10**9, "tpm": 10**12}
+            )
+        finally:
+            await store.close()
+        assert secret is not None
+        return secret
+
+    return asyncio.run(go())
 
 
 def run(tmp: Path, up_port: int, lua: Path, secs: int, plain_url: str) -> dict[str, dict[str, float]]:
@@ -39,6 +68,17 @@ def run(tmp: Path, up_port: int, lua: Path, secs: int, plain_url: str) -> dict[s
         wrk(url, 8, 1, lua)
         r64, r1 = wrk(url, 64, secs, lua), wrk(url, 1, secs, lua)
         rows["modeltrack + controls (none match)"] = _row(r64, r1)
+
+        keyed = tmp / "controls-keyed-budget.json"
+        keyed.write_text(json.dumps(KEYED_BUDGET))
+        secret = make_key(tmp / "modeltrack-keys.db")
+        k = modeltrack("modeltrack-keys", tmp, up_port, env={"MODELTRACK_CONTROLS_FILE": str(keyed)}).start(tmp)
+        procs.append(k)
+        kurl, key = f"http://127.0.0.1:{k.port}/v1/chat/completions", {"X-ModelTrack-Key": secret}
+        wrk(kurl, 8, 1, lua, key)
+        rows["modeltrack + key, rate limits, budget"] = _row(
+            wrk(kurl, 64, secs, lua, key), wrk(kurl, 1, secs, lua, key)
+        )
 
         cache = tmp / "controls-cache.json"
         cache.write_text(json.dumps(CACHE_ON))
@@ -76,6 +116,7 @@ def _row(r64: dict[str, float], r1: dict[str, float]) -> dict[str, float]:
 
 def report(rows: dict[str, dict[str, float]], plain: dict[str, float]) -> list[str]:
     ctl, hit = rows["modeltrack + controls (none match)"], rows["10 kB: cache hit"]
+    keyed = rows["modeltrack + key, rate limits, budget"]
     miss, direct = rows["10 kB: through ModelTrack, no cache"], rows["10 kB: direct"]
     lines = [
         "## Spend controls",
@@ -91,6 +132,9 @@ def report(rows: dict[str, dict[str, float]], plain: dict[str, float]) -> list[s
         "",
         f"Controls on with no rule matching: **{ctl['rps'] / plain['rps']:.0%}** of the throughput with controls off, "
         f"p50 at concurrency 1 {ctl['c1_p50_ms'] - plain['c1_p50_ms']:+.3f} ms (target: within noise).",
+        "A request with a ModelTrack key, its RPM/TPM limits and a block budget: "
+        f"**{keyed['rps'] / plain['rps']:.0%}** of the throughput of a plain request, p50 at concurrency 1 "
+        f"{keyed['c1_p50_ms'] - plain['c1_p50_ms']:+.3f} ms (target: within 5 %).",
         f"A 10 kB response-cache hit answers at p50 **{hit['c1_p50_ms']:.3f} ms** (target < 1 ms), against "
         f"{miss['c1_p50_ms']:.3f} ms through ModelTrack to the upstream and {direct['c1_p50_ms']:.3f} ms direct; "
         f"{hit['rps']:,.0f} hits/s at 64 connections.",
