@@ -283,3 +283,64 @@ async def test_empty_states_say_why(
     text = await b2.page.locator("[data-testid=empty]").inner_text()
     assert "No store at" in text and str(missing) in text and "No events yet" not in text, text
     assert b.errors == [] and [e for e in b2.errors if "503" not in e] == []
+
+
+async def test_the_admin_pages_create_show_once_rotate_revoke_and_audit(
+    aiohttp_server: Any, browser: Any, artifacts: Path, tmp_path: Path
+) -> None:
+    """Issue K: Keys, Org and Audit log in Chromium, against the admin API of a loopback dashboard (the local
+    operator), then behind an admin token."""
+    store = f"sqlite:///{tmp_path}/events.db"
+    b, server = await start(aiohttp_server, browser, artifacts, store)
+    await b.open("/org")
+    form = b.page.locator("[data-testid=create-team]")
+    await form.locator("[data-field=name]").fill("search")
+    await form.locator("[data-field=allowed_models]").fill("gpt-4o-mini, claude-*")
+    await form.locator("button[type=submit]").click()
+    await b.page.wait_for_selector("[data-testid=teams] td:text('search')")
+    await b.open("/keys")
+    form = b.page.locator("[data-testid=create-key]")
+    await form.locator("[data-field=name]").fill("ci")
+    await form.locator("[data-field=team_id]").select_option(label="search")
+    await form.locator("[data-field=app]").fill("web")
+    await form.locator("[data-field=rpm]").fill("60")
+    await form.locator("button[type=submit]").click()
+    secret = (await b.page.locator("[data-testid=secret] pre").inner_text(timeout=10_000)).strip()
+    assert secret.startswith("mt_")
+    await b.page.screenshot(path=str(artifacts / "keys-secret-once.png"), full_page=True)
+    listed = await api(server, "/api/v1/admin/keys")
+    (key,) = listed["keys"]
+    assert (key["name"], key["app"], key["rpm"], key["prefix"]) == ("ci", "web", 60, secret[:7] + "…")
+    row = b.page.locator(f"tr[data-key={key['id']}]")
+    assert "search" in await row.inner_text() and secret not in await row.inner_text()
+    await row.locator("[data-testid=rotate]").click()
+    rotated = (await b.page.locator("[data-testid=secret] pre").inner_text(timeout=10_000)).strip()
+    for _ in range(50):
+        if rotated != secret:
+            break
+        await b.page.wait_for_timeout(100)
+        rotated = (await b.page.locator("[data-testid=secret] pre").inner_text()).strip()
+    assert rotated.startswith("mt_") and rotated != secret
+    await b.page.locator(f"tr[data-key={key['id']}] [data-testid=revoke]").click()
+    await b.page.wait_for_selector(f"tr[data-key={key['id']}] [data-testid=status]:text('revoked')")
+    await b.open("/audit", shot="audit")
+    text = await b.page.locator("[data-testid=audit]").inner_text()
+    for action in ("create", "rotate", "revoke"):
+        assert action in text
+    assert secret not in await b.page.content() and rotated not in await b.page.content()
+    assert b.errors == []
+    # Behind an admin token: the pages ask for it, a wrong one is refused, the right one signs in (cookie).
+    admin_token = "mt-admin-" + "b" * 24
+    b2, _ = await start(aiohttp_server, browser, artifacts, store, admin_tokens=admin_token)
+    await b2.open("/keys")
+    login = b2.page.locator("[data-testid=admin-token]")
+    await login.fill("wrong")
+    await login.press("Enter")
+    await b2.page.wait_for_selector("text=that token is not an admin token")
+    await login.fill(admin_token)
+    await login.press("Enter")
+    await b2.page.wait_for_selector(f"tr[data-key={key['id']}]")
+    cookies = await b2.page.context.cookies()
+    assert any(c["name"] == "modeltrack_admin" and c["httpOnly"] and c["sameSite"] == "Strict" for c in cookies)
+    assert all(admin_token not in c["value"] for c in cookies)
+    assert [e for e in b2.errors if "401" not in e] == []

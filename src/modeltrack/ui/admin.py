@@ -6,6 +6,9 @@ Who is asking (``Authorization: Bearer …``):
 
 * a token from ``MODELTRACK_ADMIN_TOKENS``: the operator (every org);
 * a member's sign-in token (``mtm_…``, shown once when the member was added): that member, in its role;
+* the dashboard's admin session cookie (``POST /api/v1/admin/login`` with either token: HttpOnly,
+  SameSite=Strict, an HMAC that names the member or the admin token's fingerprint, never the token; changes made
+  with it must be same-origin);
 * nothing, on a dashboard that listens on loopback with no admin tokens set: the operator of this machine
   (who could edit the store file anyway). Anywhere else, 401.
 
@@ -14,8 +17,10 @@ The dashboard's read-only tokens (``MODELTRACK_UI_TOKENS``) never change anythin
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -26,8 +31,10 @@ from ..access import ClientTokens
 from ..accounts import AccountError, Actor, Admin
 from ..accounts.model import MEMBER_TOKEN_PREFIX, digest
 from .api import error, json_response
+from .auth import SESSION_SECONDS, same_origin
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+COOKIE = "modeltrack_admin"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -37,7 +44,42 @@ class AdminApi:
         self.tokens = admin_tokens
         self.local_operator = not admin_tokens and ui_host in LOOPBACK
 
+    def _session_key(self, kind: str, secret_digest: str) -> bytes:
+        # A member's sessions die with its token (rotated or removed); an admin token's with the configured set.
+        base = b"".join(sorted(self.tokens.tokens)) if kind == "t" else secret_digest.encode()
+        return hashlib.sha256(b"modeltrack-admin-session\0" + kind.encode() + b"\0" + base).digest()
+
+    def _cookie(self, kind: str, ref: str, secret_digest: str) -> str:
+        message = f"{int(time.time() + SESSION_SECONDS)}.{kind}.{ref}"
+        mac = hmac.new(self._session_key(kind, secret_digest), message.encode(), hashlib.sha256).hexdigest()
+        return f"{message}.{mac}"
+
+    async def _from_cookie(self, value: str) -> Actor | None:
+        parts = value.split(".")
+        if len(parts) != 4 or not parts[0].isdigit() or int(parts[0]) < time.time():
+            return None
+        expiry, kind, ref, mac = parts
+        if kind == "t" and self.tokens:
+            good = hmac.new(self._session_key("t", ""), f"{expiry}.t.{ref}".encode(), hashlib.sha256).hexdigest()
+            return Actor.operator("admin-token:" + ref) if hmac.compare_digest(good, mac) else None
+        if kind == "m":
+            member = await self.admin.store.get("members", ref)
+            if member is None:
+                return None
+            key = self._session_key("m", str(member.get("token_digest", "")))
+            good = hmac.new(key, f"{expiry}.m.{ref}".encode(), hashlib.sha256).hexdigest()
+            if hmac.compare_digest(good, mac):
+                return Actor(str(member["subject"]), str(member["role"]), str(member["org_id"]), member.get("team_id"))
+        return None
+
     async def actor(self, request: web.Request) -> Actor:
+        found = await self._actor(request)
+        cookie_auth = "Authorization" not in request.headers and COOKIE in request.cookies
+        if cookie_auth and request.method != "GET" and not same_origin(request.headers, request.host, request.scheme):
+            raise AccountError("change things from the dashboard itself (same origin)", 403, "cross_origin")
+        return found
+
+    async def _actor(self, request: web.Request) -> Actor:
         auth = request.headers.get("Authorization", "")
         if auth.startswith("Bearer "):
             given = auth[7:].strip()
@@ -49,6 +91,11 @@ class AdminApi:
                     if hmac.compare_digest(str(m.get("token_digest", "")), wanted):
                         return Actor(str(m["subject"]), str(m["role"]), str(m["org_id"]), m.get("team_id"))
             raise AccountError("that token is not an admin token or a member's sign-in token", 401, "unauthorized")
+        cookie = request.cookies.get(COOKIE)
+        if cookie:
+            actor = await self._from_cookie(cookie)
+            if actor is not None:
+                return actor
         if self.local_operator:
             return Actor.operator("local")
         raise AccountError(
@@ -60,6 +107,8 @@ class AdminApi:
     def routes(self) -> list[web.RouteDef]:
         base = "/api/v1/admin"
         return [
+            web.post(base + "/login", self.login),
+            web.post(base + "/logout", self.logout),
             web.get(base + "/me", self.me),
             web.get(base + "/audit", self.audit),
             web.post(base + "/keys/{id}/rotate", self.rotate),
@@ -86,6 +135,43 @@ class AdminApi:
             return orjson.loads(await request.read())
         except orjson.JSONDecodeError:
             raise AccountError("the body is not valid JSON") from None
+
+    async def login(self, request: web.Request) -> web.Response:
+        """The dashboard's sign-in for people who administer: an admin token or a member's ``mtm_`` token, sent
+        as same-origin JSON, for an HttpOnly, SameSite=Strict session cookie (12 hours) that never holds it."""
+        if not same_origin(request.headers, request.host, request.scheme):
+            raise AccountError("sign in from the dashboard itself", 403, "cross_origin")
+        body = await self._body(request)
+        given = body.get("token") if isinstance(body, dict) else None
+        if not isinstance(given, str) or not given:
+            raise AccountError('send {"token": "..."}')
+        value: str | None = None
+        if self.tokens and self.tokens.lookup(given.encode()) is not None:
+            value = self._cookie("t", hashlib.sha256(given.encode()).hexdigest()[:8], "")
+        elif given.startswith(MEMBER_TOKEN_PREFIX):
+            wanted = digest(given)
+            for m in await self.admin.store.records("members"):
+                if hmac.compare_digest(str(m.get("token_digest", "")), wanted):
+                    value = self._cookie("m", str(m["id"]), wanted)
+        if value is None:
+            await asyncio.sleep(0.3)  # a wrong token costs time: guessing stays slow
+            raise AccountError("that token is not an admin token or a member's sign-in token", 401, "unauthorized")
+        resp = json_response({"ok": True})
+        resp.set_cookie(
+            COOKIE,
+            value,
+            max_age=SESSION_SECONDS,
+            httponly=True,
+            samesite="Strict",
+            secure=request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https",
+            path="/",
+        )
+        return resp
+
+    async def logout(self, request: web.Request) -> web.Response:
+        resp = json_response({"ok": True})
+        resp.del_cookie(COOKIE, path="/")
+        return resp
 
     async def me(self, request: web.Request) -> web.Response:
         a = await self.actor(request)

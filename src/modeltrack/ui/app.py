@@ -31,7 +31,21 @@ from .exposure import check_exposure
 
 log = logging.getLogger("modeltrack.ui")
 STATIC = Path(__file__).resolve().parent / "static"
-PAGES = ("", "teams", "apps", "features", "users", "models", "sessions", "budgets", "whatif", "export")
+PAGES = (
+    "",
+    "teams",
+    "apps",
+    "features",
+    "users",
+    "models",
+    "sessions",
+    "budgets",
+    "whatif",
+    "export",
+    "keys",
+    "org",
+    "audit",
+)
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
     "font-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"

@@ -1,6 +1,8 @@
 // ModelTrack dashboard: plain ES module, no build step. Every figure comes from /api/v1 (the same JSON any
 // script can read); the page and its filters live in the URL, so any view can be shared by copying it.
 
+import { ADMIN_PAGES } from "./admin.js";
+
 const DIMS = ["team", "app", "feature", "user", "provider", "model"];
 const FILTERS = [...DIMS, "status", "cache_hit"];
 const PAGES = { teams: "team", apps: "app", features: "feature", users: "user", models: "model" };
@@ -510,7 +512,8 @@ async function route() {
       meta = await api("meta");
       document.getElementById("store").textContent = `Store: ${meta.store.where}`;
     }
-    if (!meta.store.exists && page !== "budgets") render(noStore(meta.store.where));
+    if (ADMIN_PAGES[page]) await ADMIN_PAGES[page](q);
+    else if (!meta.store.exists && page !== "budgets") render(noStore(meta.store.where));
     else if (page === "") await overviewPage(q);
     else if (PAGES[page]) await dimensionPage(page, q);
     else if (page === "sessions") await sessionsPage(q);
@@ -556,3 +559,5 @@ function start() {
   route();
 }
 start();
+
+export { ApiError, errorCard, h, render, route };
