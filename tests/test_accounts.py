@@ -377,3 +377,42 @@ def test_the_cli_round_trip(tmp_path: Path) -> None:
     audit = _cli(store, "audit", "--format", "jsonl").stdout.splitlines()
     assert [json.loads(line)["action"] for line in audit][:2] == ["rotate", "create"]
     assert all(json.loads(line)["actor"].startswith("cli:") for line in audit)
+
+
+async def test_a_team_budget_made_at_runtime_blocks_its_keys(replay: Any, make_proxy: Any, tmp_path: Path) -> None:
+    """A budget created through the admin model while the proxy runs is in force within the refresh period, for
+    the team's keys and for requests attributed to the team; other teams are not in its scope."""
+    from .test_spend_controls import MINI_COST
+
+    upstream, upstream_url = replay
+    upstream.current = MINI_STREAM
+    store = f"sqlite:///{tmp_path}/events.db"
+    accounts = open_accounts(store)
+    assert accounts is not None
+    admin = Admin(accounts)
+    try:
+        team, _ = await admin.create(OP, "teams", {"name": "search"})
+        _, secret = await admin.create(OP, "keys", {"name": "ci", "team_id": team["id"]})
+        proxy = await make_proxy(upstream_url, store=store, keys_refresh_seconds=0.2)
+        limit = 12 * MINI_COST  # a request reserves ~4.4 times its cost: a few fit
+        await admin.create(
+            OP, "budgets", {"name": "tiny", "team_id": team["id"], "limit_usd": limit, "period": "daily"}
+        )
+        await asyncio.sleep(0.6)
+        statuses = []
+        async with aiohttp.ClientSession() as s:
+            for _ in range(20):
+                status, body = await _status(s, proxy.url, str(secret))
+                statuses.append(status)
+                if status == 429:
+                    break
+            assert statuses[-1] == 429 and body["error"]["type"] == "budget_exceeded", statuses
+            assert "Budget 'tiny [bud_" in body["error"]["message"]
+            async with s.post(
+                proxy.url + "/v1/chat/completions", data=mini_body(), headers={"X-ModelTrack-Team": "ads"}
+            ) as r:
+                assert r.status == 200  # another team: not in the budget's scope
+        spent = sum(e.cost_usd or 0 for e in await proxy.events() if e.team == "search")
+        assert 0 < spent <= limit + 1e-12
+    finally:
+        await accounts.close()

@@ -21,7 +21,7 @@ from .access import ClientTokens
 from .accounting import Recorder
 from .accounts import KeyRing, open_accounts
 from .config import ConfigError, Settings
-from .controls import Controls
+from .controls import Controls, ControlsSpec
 from .controls.ratelimit import RateLimiter, open_rate_ledger
 from .http.egress import EgressError, route_for
 from .http.limits import Limits
@@ -87,18 +87,31 @@ class ModelTrack:
                 metrics=self.metrics,
                 egress=settings.egress,
             )
+        accounts = open_accounts(settings.store, sink)
+        if self.controls is None and accounts is not None:
+            # Budgets can be created at runtime (admin API, CLI): the controls run with no file, so they apply
+            # within the keys' refresh period, without a restart. With no rule they cost one dict lookup.
+            self.controls = Controls(
+                ControlsSpec(),
+                store_url=settings.store,
+                sink=sink,
+                pricing=pricing,
+                metrics=self.metrics,
+                egress=settings.egress,
+            )
         self.pipeline = Pipeline.from_settings(
             sink, self.metrics, settings, on_stored=self.controls.on_stored if self.controls else None
         )
         self.providers = build_providers(settings.base_urls, settings.inject_stream_usage, settings.azure_deployments)
         self.pools = self._pools(settings)
         self.recorder = Recorder(self.pipeline, self.metrics, pricing, settings.access_log)
-        accounts = open_accounts(settings.store, sink)
         self.keyring = (
             KeyRing(accounts, settings.keys_refresh_seconds, settings.keys_on_store_error)
             if accounts is not None
             else None
         )
+        if self.keyring is not None and self.controls is not None:
+            self.keyring.on_budgets = self.controls.set_store_budgets
         self.ratelimiter = RateLimiter(open_rate_ledger(settings.store, sink))
         self.proxy = Proxy(
             Router(self.providers),
@@ -152,6 +165,16 @@ class ModelTrack:
         if self.controls is not None and self.controls.reload():
             self.proxy.client_tokens = self.proxy.tokens_in_force()
 
+    def _controls_summary(self) -> str:
+        c = self.controls
+        if c is None:
+            return "off"
+        if s_file := self.settings.controls_file:
+            return f"{c.spec.summary()} from {s_file}"
+        return (
+            f"store budgets only ({len(c.store_budgets)})" if c.store_budgets else "off (no file; store budgets apply)"
+        )
+
     def summary(self) -> str:
         """What is in effect, for the start-up line: never a secret (tokens show as set/unset, URLs without
         credentials)."""
@@ -171,7 +194,7 @@ class ModelTrack:
             f"store={describe_store(s.store)}",
             f"journal={'on' if s.journal else 'off'}",
             f"client_tokens={'on' if self.proxy.client_tokens else 'off'}",
-            f"controls={self.controls.spec.summary() + ' from ' + s.controls_file if self.controls else 'off'}",
+            f"controls={self._controls_summary()}",
             f"access_log={'on' if s.access_log else 'off'}",
             "upstreams=" + ", ".join(upstreams),
         ]

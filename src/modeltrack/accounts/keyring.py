@@ -18,11 +18,14 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from ..controls.match import Scope
 from ..controls.ratelimit import Limit
+from ..controls.spec import Budget
 from .model import model_allowed, now_stamp
 from .store import AccountStore
 
@@ -117,6 +120,28 @@ def build(
     return out
 
 
+def store_budgets(budgets: list[dict[str, Any]], teams: list[dict[str, Any]]) -> tuple[Budget, ...]:
+    """The store's budgets as the controls' budgets: a team's matches its requests by team name (what keys and
+    headers attribute), an org's matches everything; periods are calendar periods in UTC."""
+    names = {t["id"]: t["name"] for t in teams}
+    out = []
+    for b in budgets:
+        team = names.get(b.get("team_id") or "")
+        if b.get("team_id") and team is None:
+            continue  # its team is gone
+        out.append(
+            Budget(
+                name=f"{b['name']} [{b['id']}]",
+                scope=Scope((("team", team),) if team else ()),
+                period=str(b["period"]),
+                timezone="UTC",
+                limit_usd=float(b["limit_usd"]),
+                action=str(b.get("action") or "block"),
+            )
+        )
+    return tuple(sorted(out, key=lambda b: b.name))
+
+
 class KeyRing:
     def __init__(
         self,
@@ -135,6 +160,7 @@ class KeyRing:
         self.version = -1
         self.loaded_at = 0.0  # monotonic: when the store last answered
         self.used: dict[str, str] = {}  # key id → last use, written to the store every touch_seconds
+        self.on_budgets: Callable[[tuple[Budget, ...]], None] | None = None  # the controls' budgets, when loaded
         self.loaded = False  # the first load is done: until then a key is neither valid nor invalid
         self._loaded = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -164,6 +190,8 @@ class KeyRing:
             return False
         keys, teams = await self.store.records("keys"), await self.store.records("teams")
         self.grants = build(keys, teams, await self.store.records("limits"))
+        if self.on_budgets is not None:
+            self.on_budgets(store_budgets(await self.store.records("budgets"), teams))
         log.info("keys: %d loaded (store version %d)", len(self.grants), version)
         self.version = version
         if not self.loaded:

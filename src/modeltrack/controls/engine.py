@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ..events import CostEvent
@@ -93,6 +93,8 @@ class Controls:
         path: str | None = None,
     ) -> None:
         self.spec = spec
+        self.file_spec = spec  # the controls file's rules; ``spec`` adds the store's budgets (set_store_budgets)
+        self.store_budgets: tuple[Budget, ...] = ()
         self.path = path
         self.store_url = store_url
         self.pricing = pricing
@@ -169,7 +171,18 @@ class Controls:
         log.info("controls reloaded: %s", spec.summary())
         return True
 
+    def set_store_budgets(self, budgets: tuple[Budget, ...]) -> None:
+        """Budgets managed in the store (admin API, CLI), in force beside the file's from the next request;
+        a budget whose scope and period did not change keeps its spend and lease (Budgets.replace)."""
+        if budgets != self.store_budgets:
+            self.store_budgets = budgets
+            self.apply(self.file_spec)
+            log.info("budgets from the store: %d in force", len(budgets))
+
     def apply(self, spec: ControlsSpec) -> None:
+        self.file_spec = spec
+        if self.store_budgets:
+            spec = replace(spec, budgets=spec.budgets + self.store_budgets)
         old = self.spec
         self.budgets.replace(spec.budgets)
         self.budgets.refresh_seconds = spec.refresh_seconds
