@@ -39,6 +39,9 @@ class FirestoreReader:
                 lo, hi = f.filters.status_range() or (0, 999)
                 if lo == hi:
                     q = q.where(filter=firestore.FieldFilter("status", "==", lo))
+            elif value == "" and name != "cache_hit":
+                # "(none)": events store a missing attribution as null, never "" (issue M, item 11)
+                q = q.where(filter=firestore.FieldFilter(name, "==", None))
             else:
                 q = q.where(filter=firestore.FieldFilter(name, "==", value))
         direction = firestore.Query.DESCENDING if descending else firestore.Query.ASCENDING
