@@ -416,3 +416,72 @@ async def test_a_team_budget_made_at_runtime_blocks_its_keys(replay: Any, make_p
         assert 0 < spent <= limit + 1e-12
     finally:
         await accounts.close()
+
+
+async def test_the_key_as_the_sdks_api_key(replay: Any, make_proxy: Any, tmp_path: Path, caplog: Any) -> None:
+    """The mt_ key given to the SDK as its API key: the proxy swaps it for the team's provider key (from the
+    operator's file) in the same header and scheme. The upstream never sees the mt_ key; the provider key never
+    reaches a log, an event or the spool."""
+    import anthropic
+    import openai
+
+    from .test_spend_controls import CLAUDE
+
+    upstream, upstream_url = replay
+    store = f"sqlite:///{tmp_path}/events.db"
+    accounts = open_accounts(store)
+    assert accounts is not None
+    admin = Admin(accounts)
+    team, _ = await admin.create(OP, "teams", {"name": "search"})
+    other, _ = await admin.create(OP, "teams", {"name": "ads"})
+    _, secret = await admin.create(OP, "keys", {"name": "sdk", "team_id": team["id"], "app": "web"})
+    _, ads_secret = await admin.create(OP, "keys", {"name": "ads", "team_id": other["id"]})
+    await accounts.close()
+    openai_canary, anthropic_canary = "sk-team-canary-" + uuid.uuid4().hex, "sk-ant-canary-" + uuid.uuid4().hex
+    keys_file = tmp_path / "provider-keys.yaml"
+    keys_file.write_text(
+        yaml.safe_dump({"teams": {"search": {"openai": openai_canary, "anthropic": anthropic_canary}}})
+    )
+    proxy = await make_proxy(upstream_url, store=store, provider_keys_file=str(keys_file))
+    assert secret is not None and ads_secret is not None
+    upstream.current = MINI_STREAM
+    oai = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key=secret, max_retries=0)
+    stream = await oai.chat.completions.create(
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}], stream=True, max_tokens=20
+    )
+    async for _ in stream:
+        pass
+    sent = dict((k.lower(), v) for k, v in upstream.received[-1].raw_headers)
+    assert sent[b"authorization"] == b"Bearer " + openai_canary.encode()
+    upstream.current = CLAUDE
+    ant = anthropic.AsyncAnthropic(base_url=proxy.url, api_key=secret, max_retries=0)
+    await ant.messages.create(model="claude-sonnet-4-5", max_tokens=64, messages=[{"role": "user", "content": "x"}])
+    sent = dict((k.lower(), v) for k, v in upstream.received[-1].raw_headers)
+    # In whichever header and scheme this SDK version sends its key (x-api-key, or Authorization: Bearer).
+    assert anthropic_canary.encode() in (sent.get(b"x-api-key"), sent.get(b"authorization", b"")[7:]), sorted(sent)
+    async with aiohttp.ClientSession() as s:  # an x-api-key client (curl, older SDKs)
+        async with s.post(
+            proxy.url + "/v1/messages",
+            data=orjson.dumps(CLAUDE.request_body),
+            headers={"x-api-key": secret, "anthropic-version": "2023-06-01", "content-type": "application/json"},
+        ) as r:
+            assert r.status == 200
+    sent = dict((k.lower(), v) for k, v in upstream.received[-1].raw_headers)
+    assert sent[b"x-api-key"] == anthropic_canary.encode()
+    for r in upstream.received:
+        assert all(b"mt_" not in v for _, v in r.raw_headers)  # the ModelTrack key never leaves
+    # A team with no provider key on the server is told so; nothing is sent.
+    before = len(upstream.received)
+    with pytest.raises(openai.AuthenticationError) as err:
+        await openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key=ads_secret, max_retries=0).chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "x"}]
+        )
+    assert "MODELTRACK_PROVIDER_KEYS_FILE" in str(err.value) and len(upstream.received) == before
+    events = await proxy.events()
+    assert [(e.team, e.app) for e in events] == [("search", "web")] * 3
+    text = orjson.dumps([e.to_dict() for e in events]) + caplog.text.encode()
+    for path in tmp_path.rglob("*"):
+        if path.is_file() and path.suffix not in (".db", ".yaml") and "-wal" not in path.name:
+            text += path.read_bytes()
+    for canary in (openai_canary, anthropic_canary, secret):
+        assert canary.encode() not in text

@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from .access import ClientTokens
 from .accounting import Recorder
 from .accounts import KeyRing, open_accounts
+from .accounts.credentials import ProviderKeys
 from .config import ConfigError, Settings
 from .controls import Controls, ControlsSpec
 from .controls.ratelimit import RateLimiter, open_rate_ledger
@@ -122,6 +123,7 @@ class ModelTrack:
             controls=self.controls,
             keyring=self.keyring,
             ratelimiter=self.ratelimiter,
+            provider_keys=ProviderKeys.from_file(settings.provider_keys_file, tuple(self.providers)),
         )
         self.limits = Limits(settings.max_concurrent_requests, settings.max_buffered_body_bytes)
         self.server_tls = server_tls_context(settings.tls_cert, settings.tls_key)

@@ -140,6 +140,9 @@ class Settings:
         secret=True,
     )
     require_key: bool = _opt(False, "every request must carry a ModelTrack key (mt_...) in X-ModelTrack-Key")
+    provider_keys_file: str = _opt(
+        "", "YAML of provider keys per team, for clients that send their ModelTrack key as the SDK's API key"
+    )
     keys_refresh_seconds: float = _opt(
         1.0, "how often the proxy checks the store for changed keys (the revocation delay)", lo=0.05, hi=300, unit="s"
     )

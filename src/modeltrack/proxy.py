@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 from .access import ClientTokens
 from .accounting import Recorder
+from .accounts.credentials import ProviderKeys, sdk_key
 from .accounts.keyring import Grant, KeyRing
 from .controls.estimate import bound_tokens
 from .controls.ratelimit import MemoryRateLedger, RateLimiter, RateRefusal, Ticket, real_tokens
@@ -99,10 +100,12 @@ class Proxy:
         controls: Controls | None = None,
         keyring: KeyRing | None = None,
         ratelimiter: RateLimiter | None = None,
+        provider_keys: ProviderKeys | None = None,
     ) -> None:
         self.router = router
         self.keyring = keyring  # ModelTrack keys (mt_...) from the store; None: the store keeps none
         self.ratelimiter = ratelimiter or RateLimiter(MemoryRateLedger())
+        self.provider_keys = provider_keys or ProviderKeys()
         self.require_key = settings.require_key
         self.recorder = recorder
         self.metrics: Metrics = recorder.metrics
@@ -171,6 +174,11 @@ class Proxy:
         fixed: dict[str, str] | None = None
         grant: Grant | None = None
         given = req.header(b"x-modeltrack-key") or b""
+        as_api_key = False
+        if not given and self.keyring is not None and self.provider_keys:
+            found = sdk_key(req.headers)  # the ModelTrack key given to the SDK as its API key
+            if found is not None:
+                given, as_api_key = found[1], True
         if given.startswith(b"mt_") and self.keyring is not None:
             # A ModelTrack key from the store: its attribution is fixed, its rules are checked once the model
             # is known (below). Its value is never logged, recorded or forwarded.
@@ -251,6 +259,22 @@ class Proxy:
                 ticket = taken
         send = provider.rewrite_body(info, raw, body)
         lines, attrs = forward_headers(req.headers)
+        if as_api_key and grant is not None:
+            # Swap the ModelTrack key for the team's provider key, in the same header and scheme.
+            secret = self.provider_keys.key_for(grant.attrs.get("team"), provider.name)
+            at = sdk_key(lines)
+            if secret is None or at is None:
+                return self.error(
+                    conn,
+                    provider,
+                    401,
+                    "no_provider_key",
+                    f"No {provider.name} key is configured on the server for this key's team: add one to "
+                    "MODELTRACK_PROVIDER_KEYS_FILE, or send your own provider key with the ModelTrack key in "
+                    "X-ModelTrack-Key.",
+                )
+            name, value = lines[at[0]]
+            lines[at[0]] = (name, value[: value.find(b"mt_")] + secret.encode())
         if fixed:
             attrs.update(fixed)  # a token's own attribution beats the headers
         decision: Decision | None = None
