@@ -485,3 +485,87 @@ async def test_the_key_as_the_sdks_api_key(replay: Any, make_proxy: Any, tmp_pat
             text += path.read_bytes()
     for canary in (openai_canary, anthropic_canary, secret):
         assert canary.encode() not in text
+
+
+async def test_a_team_scoped_member_sees_only_its_team_through_every_endpoint(
+    aiohttp_client: Any, tmp_path: Path
+) -> None:
+    """Enforced in the query layer (query/scoped.py): every spend endpoint, asked by a member of team search,
+    answers exactly what the same question filtered to team=search answers, and nothing about team ads, even
+    when asked for it."""
+    from dataclasses import replace as dc_replace
+    from datetime import UTC, datetime
+
+    from modeltrack.sinks import open_sink
+
+    from .test_pipeline import make_event
+
+    store = f"sqlite:///{tmp_path}/events.db"
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:00:00.000Z")
+    sink = open_sink(store)
+    await sink.open()
+    await sink.write(
+        [
+            dc_replace(make_event(i), timestamp=now, team=("search", "ads")[i % 2], session_id=f"s-{i % 4}")
+            for i in range(40)
+        ]
+    )
+    await sink.close()
+    controls = tmp_path / "controls.json"
+    controls.write_text(
+        json.dumps(
+            {
+                "budgets": [
+                    {"name": "search-b", "period": "monthly", "limit_usd": 5, "match": {"team": "search"}},
+                    {"name": "ads-b", "period": "monthly", "limit_usd": 5, "match": {"team": "ads"}},
+                ]
+            }
+        )
+    )
+    accounts = open_accounts(store)
+    assert accounts is not None
+    admin = Admin(accounts)
+    team, _ = await admin.create(OP, "teams", {"name": "search"})
+    _, token = await admin.create(OP, "members", {"subject": "vi", "role": "viewer", "team_id": team["id"]})
+    await accounts.close()
+    client = await aiohttp_client(
+        create_app(Settings.load(env={}, overrides={"store": store, "controls_file": str(controls)}))
+    )
+    member = {"Authorization": f"Bearer {token}"}
+
+    async def get(path: str, headers: dict[str, str] | None = None, **params: str) -> Any:
+        r = await client.get(path, params=params, headers=headers or {})
+        assert r.status == 200, (path, params, await r.text())
+        return await r.read() if path.endswith("export") else await r.json()
+
+    questions = [
+        ("/api/v1/overview", {}),
+        ("/api/v1/series", {"granularity": "day", "split": "team"}),
+        ("/api/v1/breakdown", {"dimension": "team"}),
+        ("/api/v1/breakdown", {"dimension": "model"}),
+        ("/api/v1/values", {"dimension": "team"}),
+        ("/api/v1/sessions", {}),
+        ("/api/v1/forecast", {}),
+        ("/api/v1/whatif", {"to_model": "gpt-4.1-mini", "days": "2"}),
+        ("/api/v1/export", {"kind": "events", "format": "jsonl", "days": "2"}),
+        ("/api/v1/export", {"kind": "breakdown", "dimension": "team", "format": "csv", "days": "2"}),
+    ]
+    for path, params in questions:
+        scoped = await get(path, member, **params)
+        reference = await get(path, None, **params, team="search")  # the local operator, filtered by hand
+        if isinstance(scoped, dict):
+            scoped.pop("now", None), reference.pop("now", None)
+        assert scoped == reference, path
+        asked_for_ads = await get(path, member, **params, team="ads")
+        text = asked_for_ads if isinstance(asked_for_ads, bytes) else orjson.dumps(asked_for_ads)
+        assert b'"ads"' not in text and b"\nads," not in text, (path, text[:300])
+    exported = (await get("/api/v1/export", member, kind="events", format="jsonl", days="2")).splitlines()
+    assert len(exported) == 20 and all(orjson.loads(line)["team"] == "search" for line in exported)
+    sessions = await get("/api/v1/sessions", member)
+    assert sessions["sessions"] and all(s["team"] == "search" for s in sessions["sessions"])
+    r = await client.get("/api/v1/sessions/s-1", headers=member)  # an ads session (odd events are ads)
+    assert r.status == 404
+    budgets = await get("/api/v1/budgets", member)
+    assert [b["name"] for b in budgets["budgets"]] == ["search-b"]
+    r = await client.get("/api/v1/overview", headers={"Authorization": "Bearer mtm_not-a-member"})
+    assert r.status == 200  # no UI tokens on this loopback dashboard: an unknown token reads as before

@@ -72,6 +72,26 @@ class AdminApi:
                 return Actor(str(member["subject"]), str(member["role"]), str(member["org_id"]), member.get("team_id"))
         return None
 
+    async def member_scope(self, request: web.Request) -> tuple[Actor, str | None] | None:
+        """For the spend API: the member a request signs in as (a ``mtm_`` bearer token or a member's admin
+        session cookie), with the name of the team its reading is narrowed to (None: its whole org); None
+        when the request names no member."""
+        auth = request.headers.get("Authorization", "")
+        cookie = request.cookies.get(COOKIE, "")
+        if not (auth.startswith("Bearer " + MEMBER_TOKEN_PREFIX) or ".m." in cookie):
+            return None
+        try:
+            actor = await self._actor(request)
+        except AccountError:
+            return None
+        if actor.org_id is None:
+            return None  # an operator's session: not a member
+        if actor.team_id is None or actor.role == "org_admin":
+            return actor, None
+        team = await self.admin.store.get("teams", actor.team_id)
+        # A member whose team is gone reads nothing rather than everything.
+        return actor, str(team["name"]) if team is not None else "\x00no-team"
+
     async def actor(self, request: web.Request) -> Actor:
         found = await self._actor(request)
         cookie_auth = "Authorization" not in request.headers and COOKIE in request.cookies

@@ -13,6 +13,7 @@ from aiohttp import web
 from ..query import DIMENSIONS, Reader, StoreMissing, open_reader
 from ..query.forecast import forecast
 from ..query.overview import overview
+from ..query.scoped import ScopedReader
 from ..query.times import TimeError, zone
 from ..query.views import (
     GRANULARITIES,
@@ -31,6 +32,10 @@ from ..query.whatif import whatif
 if TYPE_CHECKING:
     from ..config import Settings
     from ..pricing import Pricing
+
+
+SCOPE = web.RequestKey("scope_team", str)
+"""Where the app's guard leaves a team-scoped member's team, for :meth:`Api.reader`."""
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -101,13 +106,15 @@ class Api:
         self._reader: Reader | None = None
         self._lock = asyncio.Lock()
 
-    async def reader(self) -> Reader:
-        """The store, opened on first use (the proxy may start after the dashboard; until then: a 503)."""
+    async def reader(self, request: web.Request | None = None) -> Reader:
+        """The store, opened on first use (the proxy may start after the dashboard; until then: a 503); for a
+        team-scoped member (``request["scope_team"]``, set by the app's guard), narrowed to that team."""
         if self._reader is None:
             async with self._lock:
                 if self._reader is None:
                     self._reader = open_reader(self.settings.store)
-        return self._reader
+        team = request.get(SCOPE) if request is not None else None
+        return self._reader if team is None else ScopedReader(self._reader, team)
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -134,7 +141,7 @@ class Api:
 
         s = self.settings
         try:
-            await self.reader()
+            await self.reader(request)
             exists, problem = True, None
         except StoreMissing as exc:
             exists, problem = False, str(exc)
@@ -153,7 +160,9 @@ class Api:
         p = Params(request)
         tz_name = p.get("tz") or "UTC"
         tz = _zone(tz_name)
-        return json_response(await overview(await self.reader(), datetime.now(UTC), tz, tz_name, parse_filters(p.get)))
+        return json_response(
+            await overview(await self.reader(request), datetime.now(UTC), tz, tz_name, parse_filters(p.get))
+        )
 
     async def series(self, request: web.Request) -> web.Response:
         p = Params(request)
@@ -162,7 +171,7 @@ class Api:
         top = p.number("top", 8, 1, 50) or 8
         return json_response(
             await series(
-                await self.reader(), rng, p.get("granularity", "day") or "day", parse_filters(p.get), split, top
+                await self.reader(request), rng, p.get("granularity", "day") or "day", parse_filters(p.get), split, top
             )
         )
 
@@ -170,7 +179,7 @@ class Api:
         p = Params(request)
         compare = (p.get("compare") or "true") != "false"
         data = await breakdown(
-            await self.reader(),
+            await self.reader(request),
             p.range(),
             p.get("dimension") or "",
             parse_filters(p.get),
@@ -183,18 +192,20 @@ class Api:
     async def values(self, request: web.Request) -> web.Response:
         p = Params(request)
         dim = p.get("dimension") or ""
-        vals = await values(await self.reader(), p.range(90), dim, parse_filters(p.get), p.number("limit", 200) or 200)
+        vals = await values(
+            await self.reader(request), p.range(90), dim, parse_filters(p.get), p.number("limit", 200) or 200
+        )
         return json_response({"dimension": dim, "values": vals})
 
     async def sessions(self, request: web.Request) -> web.Response:
         p = Params(request)
         return json_response(
-            await sessions(await self.reader(), p.range(), parse_filters(p.get), p.number("limit", 20) or 20)
+            await sessions(await self.reader(request), p.range(), parse_filters(p.get), p.number("limit", 20) or 20)
         )
 
     async def session(self, request: web.Request) -> web.Response:
         try:
-            return json_response(await session_steps(await self.reader(), request.match_info["session_id"]))
+            return json_response(await session_steps(await self.reader(request), request.match_info["session_id"]))
         except LookupError as exc:
             return error(404, "not_found", str(exc))
 
@@ -206,14 +217,18 @@ class Api:
         from ..controls.parse import load
 
         spec = load(path)
-        rows = await budget_status(await self.reader(), spec.budgets)
+        budgets = spec.budgets
+        team = request.get(SCOPE)
+        if team is not None:  # a team's member sees the budgets that are about its team only
+            budgets = tuple(b for b in budgets if ("team", team) in b.scope.exact)
+        rows = await budget_status(await self.reader(request), budgets)
         return json_response({"budgets": rows, "controls_file": path})
 
     async def forecast(self, request: web.Request) -> web.Response:
         p = Params(request)
         tz_name = p.get("tz") or "UTC"
         data = await forecast(
-            await self.reader(),
+            await self.reader(request),
             datetime.now(UTC),
             _zone(tz_name),
             tz_name,
@@ -233,7 +248,7 @@ class Api:
         if not to_provider:
             homes = self.pricing.home_providers(to_model) if to_model else []
             to_provider = homes[0] if homes else (p.get("provider") or "openai")
-        data = await whatif(await self.reader(), self.pricing, rng, parse_filters(p.get), to_provider, to_model)
+        data = await whatif(await self.reader(request), self.pricing, rng, parse_filters(p.get), to_provider, to_model)
         return json_response(data)
 
     async def models(self, request: web.Request) -> web.Response:

@@ -24,7 +24,7 @@ from ..pricing import Pricing
 from ..query import StoreMissing
 from ..query.views import QueryError
 from .admin import AdminApi
-from .api import Api, error, json_response
+from .api import SCOPE, Api, error, json_response
 from .auth import COOKIE, SESSION_SECONDS, UIAuth, same_origin
 from .export import export
 from .exposure import check_exposure
@@ -89,7 +89,13 @@ def create_app(settings: Settings, pricing: Pricing | None = None) -> web.Applic
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
         if path.startswith("/api/") and path not in PUBLIC and not path.startswith("/api/v1/admin/"):
-            if not auth.request_allowed(request.headers, request.cookies):
+            # A member (mtm_ token or session) reads within its scope, in the query layer (query.scoped); a
+            # dashboard token reads everything, as before.
+            member = await admin.member_scope(request) if admin is not None else None
+            if member is not None:
+                if member[1] is not None:
+                    request[SCOPE] = member[1]
+            elif not auth.request_allowed(request.headers, request.cookies):
                 return error(
                     401, "unauthorized", "Log in with a dashboard token, or send Authorization: Bearer <token>."
                 )

@@ -32,7 +32,7 @@ async def export(api: Api, request: web.Request) -> web.StreamResponse:
         raise QueryError(f"format {fmt!r} is not one of {', '.join(FORMATS)}")
     rng = p.range()
     filters = parse_filters(p.get)
-    reader = await api.reader()
+    reader = await api.reader(request)
     if kind == "events":
         resp = _start(request, kind, fmt, *_days(rng))
         await resp.prepare(request)

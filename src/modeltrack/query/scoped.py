@@ -1,0 +1,57 @@
+"""A reader narrowed to one team: what a team-scoped member (a team admin, or a viewer with a team) reads.
+
+Every question the API, the dashboard and the exports ask goes through the reader, so narrowing it here is what
+enforces the scope, whatever the endpoint or its parameters: the team filter is forced to the member's team,
+and a question about any other team (``team=ads``, ``team=`` for "(none)") matches nothing. The store's fast
+paths that bypass filters (``iter_raw``) are not exposed. Held by
+tests/test_accounts.py::test_a_team_scoped_member_sees_only_its_team_through_every_endpoint.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import datetime, tzinfo
+from typing import Any
+
+from ..events import CostEvent
+from .base import EventFilter, Filters, Reader
+
+NOTHING = "\x00outside-this-scope"
+"""A team value no event can carry: asked of the store, it matches nothing."""
+
+
+class ScopedReader:
+    def __init__(self, inner: Reader, team: str) -> None:
+        self.inner = inner
+        self.team = team
+        self.name = inner.name
+
+    def _filters(self, f: Filters) -> Filters:
+        return f.with_(team=self.team if f.team in (None, self.team) else NOTHING)
+
+    def _events(self, f: EventFilter) -> EventFilter:
+        return replace(f, filters=self._filters(f.filters))
+
+    async def events(self, f: EventFilter, limit: int | None = None) -> list[CostEvent]:
+        return await self.inner.events(self._events(f), limit)
+
+    def iter_events(self, f: EventFilter, chunk: int = 1000) -> AsyncIterator[list[CostEvent]]:
+        return self.inner.iter_events(self._events(f), chunk)
+
+    async def aggregate(
+        self,
+        start: datetime,
+        end: datetime,
+        f: Filters,
+        group_by: tuple[str, ...] = (),
+        by_hour: bool = False,
+        day_zone: tzinfo | None = None,
+    ) -> list[dict[str, Any]]:
+        return await self.inner.aggregate(start, end, self._filters(f), group_by, by_hour, day_zone)
+
+    async def sessions(self, start: datetime, end: datetime, f: Filters, limit: int) -> list[dict[str, Any]]:
+        return await self.inner.sessions(start, end, self._filters(f), limit)
+
+    async def close(self) -> None:
+        return None  # the inner reader is shared by every request
