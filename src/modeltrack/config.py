@@ -200,6 +200,24 @@ class Settings:
         secret=True,
         commands=("serve", "ui"),
     )
+    oidc_issuer: str = _opt(
+        "",
+        "OpenID Connect issuer URL for dashboard sign-in (e.g. https://accounts.google.com)",
+        commands=("serve", "ui"),
+    )
+    oidc_client_id: str = _opt("", "the dashboard's OIDC client id", commands=("serve", "ui"))
+    oidc_client_secret: str = _opt("", "the dashboard's OIDC client secret", secret=True, commands=("serve", "ui"))
+    oidc_redirect_url: str = _opt(
+        "",
+        "the callback URL registered with the provider (default: this host's /api/v1/oidc/callback)",
+        commands=("serve", "ui"),
+    )
+    oidc_role_claim: str = _opt("modeltrack_role", "the ID token claim holding the role", commands=("serve", "ui"))
+    oidc_org_claim: str = _opt(
+        "modeltrack_org", "the ID token claim holding the org (id or name)", commands=("serve", "ui")
+    )
+    oidc_team_claim: str = _opt("modeltrack_team", "the ID token claim holding the team name", commands=("serve", "ui"))
+    oidc_default_role: str = _opt("viewer", "the role of a sign-in whose token names none", commands=("serve", "ui"))
     controls_file: str = _opt("", "budgets, routing and cache rules (YAML/JSON)", commands=("serve", "ui", "controls"))
     # Per provider, from MODELTRACK_<PROVIDER>_{BASE_URL,READ_TIMEOUT,INJECT_STREAM_USAGE}:
     base_urls: dict[str, str] = field(default_factory=dict, metadata={"env": False})
@@ -250,6 +268,25 @@ class Settings:
                 check_range(f, getattr(self, f.name), env_name(f))
         for p, t in self.read_timeouts.items():
             check_range(_READ_TIMEOUT, t, f"MODELTRACK_{p.upper()}_READ_TIMEOUT")
+        if self.oidc_issuer:
+            from urllib.parse import urlsplit
+
+            u = urlsplit(self.oidc_issuer)
+            if u.scheme not in ("https", "http") or not u.hostname:
+                raise ConfigError(
+                    f"MODELTRACK_OIDC_ISSUER={self.oidc_issuer}: write the issuer's URL, e.g. https://accounts.google.com"
+                )
+            if u.scheme == "http" and u.hostname not in ("localhost", "127.0.0.1", "::1"):
+                raise ConfigError("MODELTRACK_OIDC_ISSUER: use https (plain http only for a provider on this machine)")
+            if not self.oidc_client_id or not self.oidc_client_secret:
+                raise ConfigError(
+                    "MODELTRACK_OIDC_ISSUER is set: set MODELTRACK_OIDC_CLIENT_ID and MODELTRACK_OIDC_CLIENT_SECRET "
+                    "too (from the provider's client registration)"
+                )
+            if self.oidc_default_role not in ("org_admin", "team_admin", "viewer"):
+                raise ConfigError(
+                    f"MODELTRACK_OIDC_DEFAULT_ROLE={self.oidc_default_role}: write viewer, team_admin or org_admin"
+                )
         if self.keys_on_store_error not in ("open", "closed"):
             raise ConfigError(f"MODELTRACK_KEYS_ON_STORE_ERROR={self.keys_on_store_error}: write open or closed")
         if self.require_key and self.store.startswith("jsonl:"):

@@ -22,7 +22,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
@@ -33,14 +33,18 @@ from ..accounts.model import MEMBER_TOKEN_PREFIX, digest
 from .api import error, json_response
 from .auth import SESSION_SECONDS, same_origin
 
+if TYPE_CHECKING:
+    from .oidc import OIDC
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 COOKIE = "modeltrack_admin"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 class AdminApi:
-    def __init__(self, admin: Admin, admin_tokens: ClientTokens, ui_host: str) -> None:
+    def __init__(self, admin: Admin, admin_tokens: ClientTokens, ui_host: str, oidc: OIDC | None = None) -> None:
         self.admin = admin
+        self.oidc = oidc
         self.tokens = admin_tokens
         self.local_operator = not admin_tokens and ui_host in LOOPBACK
 
@@ -78,7 +82,7 @@ class AdminApi:
         when the request names no member."""
         auth = request.headers.get("Authorization", "")
         cookie = request.cookies.get(COOKIE, "")
-        if not (auth.startswith("Bearer " + MEMBER_TOKEN_PREFIX) or ".m." in cookie):
+        if not (auth.startswith("Bearer " + MEMBER_TOKEN_PREFIX) or ".m." in cookie or cookie.startswith("o.")):
             return None
         try:
             actor = await self._actor(request)
@@ -112,7 +116,11 @@ class AdminApi:
                         return Actor(str(m["subject"]), str(m["role"]), str(m["org_id"]), m.get("team_id"))
             raise AccountError("that token is not an admin token or a member's sign-in token", 401, "unauthorized")
         cookie = request.cookies.get(COOKIE)
-        if cookie:
+        if cookie and cookie.startswith("o.") and self.oidc is not None:
+            found = self.oidc.actor_from_cookie(cookie)
+            if found is not None:
+                return found
+        elif cookie:
             actor = await self._from_cookie(cookie)
             if actor is not None:
                 return actor
@@ -141,7 +149,7 @@ class AdminApi:
 
     @web.middleware
     async def errors(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not request.path.startswith("/api/v1/admin/"):
+        if not request.path.startswith(("/api/v1/admin/", "/api/v1/oidc/")):
             return await handler(request)
         try:
             return await handler(request)

@@ -28,6 +28,7 @@ from .api import SCOPE, Api, error, json_response
 from .auth import COOKIE, SESSION_SECONDS, UIAuth, same_origin
 from .export import export
 from .exposure import check_exposure
+from .oidc import OIDC
 
 log = logging.getLogger("modeltrack.ui")
 STATIC = Path(__file__).resolve().parent / "static"
@@ -88,7 +89,7 @@ def create_app(settings: Settings, pricing: Pricing | None = None) -> web.Applic
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         path = request.path
-        if path.startswith("/api/") and path not in PUBLIC and not path.startswith("/api/v1/admin/"):
+        if path.startswith("/api/") and path not in PUBLIC and not path.startswith(("/api/v1/admin/", "/api/v1/oidc/")):
             # A member (mtm_ token or session) reads within its scope, in the query layer (query.scoped); a
             # dashboard token reads everything, as before.
             member = await admin.member_scope(request) if admin is not None else None
@@ -147,9 +148,9 @@ def create_app(settings: Settings, pricing: Pricing | None = None) -> web.Applic
         return resp
 
     async def session_state(request: web.Request) -> web.Response:
-        return json_response(
-            {"auth": auth.enabled, "logged_in": auth.request_allowed(request.headers, request.cookies)}
-        )
+        member = await admin.member_scope(request) if admin is not None else None
+        logged_in = member is not None or auth.request_allowed(request.headers, request.cookies)
+        return json_response({"auth": auth.enabled, "logged_in": logged_in, "sso": oidc is not None})
 
     async def page(request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
@@ -171,19 +172,15 @@ def create_app(settings: Settings, pricing: Pricing | None = None) -> web.Applic
         )
 
     accounts = open_accounts(settings.store)
-    admin = (
-        AdminApi(
-            Admin(accounts),
-            ClientTokens.from_setting(settings.admin_tokens, "MODELTRACK_ADMIN_TOKENS"),
-            settings.ui_host,
-        )
-        if accounts is not None
-        else None
-    )
+    admin_tokens = ClientTokens.from_setting(settings.admin_tokens, "MODELTRACK_ADMIN_TOKENS")
+    oidc = OIDC(settings, Admin(accounts)) if accounts is not None and settings.oidc_issuer else None
+    admin = AdminApi(Admin(accounts), admin_tokens, settings.ui_host, oidc) if accounts is not None else None
     app = web.Application(middlewares=[errors, guard, *([admin.errors] if admin is not None else [])])
     app.add_routes(api.routes())
     if admin is not None:
         app.add_routes(admin.routes())
+    if oidc is not None:
+        app.add_routes(oidc.routes())
     app.add_routes(
         [
             web.get("/api/v1/export", export_handler),

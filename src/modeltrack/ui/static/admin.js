@@ -23,7 +23,8 @@ function adminLogin(then) {
   return h("div", { class: "card", "data-testid": "admin-login" },
     h("h2", { text: "Sign in to administer" }),
     h("p", { class: "sub", text: "An admin token (MODELTRACK_ADMIN_TOKENS) or the mtm_ token you were given when you were added." }),
-    h("div", { class: "row" }, input, h("button", { type: "button", text: "Sign in", on: { click: go } })), msg);
+    h("div", { class: "row" }, input, h("button", { type: "button", text: "Sign in", on: { click: go } })), msg,
+    h("p", { class: "sub" }, "Or, when an OIDC provider is configured: ", h("a", { href: "/api/v1/oidc/login", text: "sign in with your organisation (SSO)" })));
 }
 
 async function whoAmI(page) {

@@ -471,6 +471,7 @@ function noEvents() {
 }
 
 // ---- login, chrome, routing -------------------------------------------------------------------------------------
+let sso = false;  // an OIDC provider is configured: the login offers it beside the token
 function showLogin() {
   document.getElementById("bar").hidden = true;  // no period or filters before there is anything to filter
   const input = h("input", { type: "password", placeholder: "dashboard token", autocomplete: "current-password", "data-testid": "token" });
@@ -479,7 +480,8 @@ function showLogin() {
     e.preventDefault();
     const r = await fetch("/api/v1/login", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ token: input.value }) });
     if (r.ok) route(); else msg.textContent = "That token is not valid.";
-  } } }, h("h2", { text: "Log in to ModelTrack" }), h("p", { class: "sub", text: "Use a token from MODELTRACK_UI_TOKENS." }), input, h("button", { type: "submit", text: "Log in" }), msg));
+  } } }, h("h2", { text: "Log in to ModelTrack" }), h("p", { class: "sub", text: "Use a token from MODELTRACK_UI_TOKENS." }), input, h("button", { type: "submit", text: "Log in" }), msg,
+    sso ? h("p", {}, h("a", { href: "/api/v1/oidc/login", "data-testid": "sso", text: "Sign in with your organisation (SSO)" })) : null));
 }
 
 function chrome(q, page) {
@@ -508,6 +510,7 @@ async function route() {
   try {
     if (!meta) {
       const session = await (await fetch("/api/v1/session")).json();
+      sso = Boolean(session.sso);
       if (session.auth && !session.logged_in) { showLogin(); document.body.dataset.ready = "true"; return; }
       meta = await api("meta");
       document.getElementById("store").textContent = `Store: ${meta.store.where}`;
