@@ -344,3 +344,33 @@ async def test_the_admin_pages_create_show_once_rotate_revoke_and_audit(
     assert any(c["name"] == "modeltrack_admin" and c["httpOnly"] and c["sameSite"] == "Strict" for c in cookies)
     assert all(admin_token not in c["value"] for c in cookies)
     assert [e for e in b2.errors if "401" not in e] == []
+
+
+async def test_dark_mode_narrow_screens_every_zone_and_auto_refresh(
+    aiohttp_server: Any, browser: Any, artifacts: Path, seeded: str
+) -> None:
+    """Issue M: dark mode follows prefers-color-scheme; the layout works at 400 px; the zone picker offers any
+    IANA zone (and the page follows it); the optional auto-refresh is a box, off by default, remembered."""
+    server = await aiohttp_server(create_app(Settings.load(env={}, overrides={"store": seeded})))
+    base = str(server.make_url("")).rstrip("/")
+    page = await browser.new_page(viewport={"width": 400, "height": 900}, color_scheme="dark", timezone_id="UTC")
+    b = Browser(page, base, artifacts)
+    await b.open("/", shot="dark-400px")
+    bg = await page.evaluate("getComputedStyle(document.querySelector('.card')).backgroundColor")
+    assert bg == "rgb(17, 26, 43)", bg  # the dark card colour, not white
+    width = await page.evaluate("document.documentElement.scrollWidth")
+    assert width <= 400, f"the page scrolls sideways at 400 px ({width} px wide)"
+    zones = await page.locator("[data-testid=tz] option").evaluate_all("os => os.map(o => o.value)")
+    # (Chromium's ICU lists some zones by their older IANA names, e.g. Asia/Calcutta: both are IANA zones)
+    india = "Asia/Kolkata" if "Asia/Kolkata" in zones else "Asia/Calcutta"
+    assert len(zones) > 300 and india in zones and "America/St_Johns" in zones
+    await page.locator("[data-testid=tz]").select_option(india)
+    await b.ready()
+    assert b.query()["tz"] == india
+    box = page.locator("[data-testid=refresh]")
+    assert not await box.is_checked()
+    await box.check()
+    await b.open("/")
+    assert await page.locator("[data-testid=refresh]").is_checked()  # remembered, not put in the URL
+    assert "refresh" not in b.query()
+    assert b.errors == []

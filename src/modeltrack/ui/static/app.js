@@ -495,12 +495,29 @@ function chrome(q, page) {
   document.getElementById("until").value = rp.until;
   const tz = document.getElementById("tz");
   const local = Intl.DateTimeFormat().resolvedOptions().timeZone;
-  const zones = [...new Set(["UTC", local, tzName(q)])];
+  // Every IANA zone the browser knows (the API accepts any), the likely ones first.
+  const every = typeof Intl.supportedValuesOf === "function" ? Intl.supportedValuesOf("timeZone") : [];
+  const zones = [...new Set(["UTC", local, tzName(q), ...every])];
   tz.replaceChildren(...zones.map((z) => h("option", { value: z, text: z, selected: z === tzName(q) })));
-  document.getElementById("bar").hidden = page === "budgets";
+  document.getElementById("bar").hidden = page === "budgets" || Boolean(ADMIN_PAGES[page]);
   const chips = document.getElementById("chips");
   chips.replaceChildren(...FILTERS.filter((f) => q.has(f)).map((f) => h("span", { class: "chip", "data-filter": f },
     `${f}: ${label(q.get(f))}`, h("button", { type: "button", "aria-label": `remove ${f}`, text: "×", on: { click: () => go(null, { [f]: null }) } }))));
+}
+
+// Optional auto-refresh: the current view is fetched again every minute while the box is ticked (kept in
+// localStorage, never in the URL, so a shared link does not start refreshing someone else's screen).
+let refreshTimer = null;
+function setupRefresh() {
+  const box = document.getElementById("refresh");
+  if (!box) return;
+  box.checked = localStorage.getItem("modeltrack-refresh") === "1";
+  const apply = () => {
+    clearInterval(refreshTimer);
+    refreshTimer = box.checked ? setInterval(() => { if (!document.hidden) route(); }, 60_000) : null;
+  };
+  box.addEventListener("change", () => { localStorage.setItem("modeltrack-refresh", box.checked ? "1" : "0"); apply(); });
+  apply();
 }
 
 async function route() {
@@ -552,6 +569,7 @@ function wire() {
   }));
   document.getElementById("tz").addEventListener("change", (e) => go(null, { tz: e.target.value === "UTC" ? null : e.target.value }));
   window.addEventListener("popstate", route);
+  setupRefresh();
   let t = null;
   window.addEventListener("resize", () => { clearTimeout(t); t = setTimeout(route, 250); });
 }
