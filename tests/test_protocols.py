@@ -648,3 +648,22 @@ async def test_head_answers_report_the_upstream_framing_not_a_zero_length() -> N
     conn.data_received(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
     assert ex.events == [("head", 200, None, b""), "complete"]
     assert conn.state == CLOSED, "a HEAD's connection is not reused (httptools cannot skip its body)"
+
+
+async def test_an_answer_that_completes_after_the_client_left_is_dropped_quietly() -> None:
+    """Seen in the bench at the end of each wrk run: the client closes while its request is in flight, and the
+    upstream's answer completes in the same loop turn, before the handler's cancellation has run. The answer
+    has no one to go to: it is dropped, not raised into the upstream connection's data_received."""
+    gate = asyncio.Event()
+
+    async def slow(req: Request, conn: Connection) -> None:
+        await gate.wait()
+
+    conn, t, _ = server(slow)
+    conn.data_received(b"POST /v1/x HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n")
+    await settle()
+    conn.connection_lost(None)
+    conn.start(200, b"OK", b"content-type: application/json\r\n", 2, b"{}")  # must not raise
+    conn.write(b"more")
+    conn.finish()
+    assert b"HTTP/1.1 200" not in t.take()

@@ -430,8 +430,13 @@ class Connection(asyncio.Protocol):
         """Send the status line and headers (``header_block``: ``name: value\\r\\n`` lines, no framing headers).
         ``length`` None means the body's size is unknown: chunked for HTTP/1.1 clients, close-delimited for
         HTTP/1.0. ``first`` (body bytes) rides along in the same write."""
-        req = self._queue[0]
         self._started = True
+        if not self._queue:
+            # The client left (connection_lost cleared the queue) and the upstream's answer completed in the same
+            # loop turn, before the handler's cancellation ran: nobody to answer; what follows is dropped too.
+            self._head_only = True
+            return
+        req = self._queue[0]
         if status in (204, 304) or status < 200:
             length = None  # no body and no framing header (RFC 9110 §8.6)
             self._head_only = True
