@@ -277,3 +277,41 @@ def test_token_digests_in_files_are_how_the_readme_says(tmp_path: Path) -> None:
     f.write_text(f"{digest} squad=search\n")
     with pytest.raises(ConfigError, match="line 1: 'squad=search' is not team=NAME"):
         ClientTokens.from_setting(f"@{f}")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "firestore"])
+async def test_a_dead_holders_lease_returns_after_its_ttl(kind: str, tmp_path: Path, request: Any) -> None:
+    """Issue M, item 3: a process killed while holding a lease (and reservations in flight) stops renewing its
+    hold; after the hold's TTL another process's tick returns it to the ledger. A live holder that renews keeps
+    its hold, and what it stored as spend stays counted."""
+    import asyncio
+    import uuid
+
+    if kind == "firestore":
+        from modeltrack.controls.ledger import FirestoreLedger
+        from modeltrack.sinks.firestore import FirestoreSink
+
+        request.getfixturevalue("firestore_emulator")
+        sinks = [FirestoreSink("modeltrack-test", f"h{uuid.uuid4().hex[:10]}") for _ in range(2)]
+        sinks[1].collection = sinks[0].collection
+        dead, alive = FirestoreLedger(sinks[0]), FirestoreLedger(sinks[1])
+    else:
+        dead, alive = SQLiteLedger(str(tmp_path / "h.db")), SQLiteLedger(str(tmp_path / "h.db"))
+    seed = 100
+    g_dead, _ = await dead.take("b|p", 50, 10, 1000, seed, "dead", ttl=0.5)
+    g_alive, _ = await alive.take("b|p", 30, 10, 1000, seed, "alive", ttl=0.5)
+    assert (g_dead, g_alive) == (50, 30) and await alive.allocated("b|p") == 180
+    # The live one stores 20 of its 30 as spend, renews; the dead one never renews again.
+    await asyncio.sleep(0.3)
+    assert await alive.heartbeat("b|p", "alive", 20, ttl=5.0)
+    assert await alive.reap("b|p", "alive") == 0  # not expired yet
+    await asyncio.sleep(0.4)
+    assert await alive.reap("b|p", "alive") == 50  # the dead holder's whole lease comes back
+    assert await alive.allocated("b|p") == 130  # seed + the live one's 30 (20 of it spend)
+    assert await alive.reap("b|p", "alive") == 0  # once
+    assert not await dead.heartbeat("b|p", "dead", 0, ttl=5.0)  # a holder reaped while stalled is told so
+    # A clean stop forgets the hold without touching the counter (what is left is spend on its way).
+    await alive.release("b|p", "alive")
+    assert await dead.reap("b|p", "dead") == 0 and await alive.allocated("b|p") == 130
+    for one in (dead, alive):
+        await one.close()

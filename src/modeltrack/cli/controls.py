@@ -11,10 +11,10 @@ from typing import Any
 import orjson
 
 from ..config import Settings
-from ..controls.budgets import budget_status
 from ..controls.ledger import open_ledger
 from ..controls.parse import load
 from ..controls.spec import ControlsSpec
+from ..controls.status import budget_status
 from ..tabular import text_table
 from .common import CommandError, reader, store_url
 

@@ -21,19 +21,23 @@ import asyncio
 import contextlib
 import logging
 import math
+import os
+import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from ..events import CostEvent
 from ..metrics import Metrics
-from ..query import Filters, Reader
-from ..query.times import bucket_start, next_bucket, stamp, zone
+from ..query import Reader
+from ..query.times import stamp
 from .ledger import Ledger
 from .match import DIMENSIONS
 from .spec import Budget
+from .spend import UNIT as _UNIT
+from .spend import Period, store_spend
 from .tasks import Background
 
 log = logging.getLogger("modeltrack.controls")
@@ -42,45 +46,9 @@ LEASE_FRACTION = 0.02
 """A lease is 2 % of the limit (or one request's reservation, if larger): a busy budget costs a ledger round trip
 every ~50 limit-fiftieths of spend, and a dead process can hold back at most that much."""
 LEASE_IDLE_SECONDS = 1.0
+LEASE_TTL_MIN_SECONDS = 15.0
+"""A hold whose owner stopped renewing it for this long (or 4 ticks, if longer) is returned to the ledger."""
 STORE_TIMEOUT = 5.0
-_UNIT = {"daily": "day", "weekly": "week", "monthly": "month"}
-
-
-@dataclass(frozen=True)
-class Period:
-    start: datetime  # UTC
-    end: datetime  # UTC
-
-    @classmethod
-    def of(cls, budget: Budget, now: datetime) -> Period:
-        tz = zone(budget.timezone)
-        unit = _UNIT[budget.period]
-        start = bucket_start(now, unit, tz)
-        return cls(start.astimezone(UTC), next_bucket(start, unit, tz).astimezone(UTC))
-
-    def contains(self, timestamp: str) -> bool:
-        return stamp(self.start) <= timestamp < stamp(self.end)
-
-    def elapsed_fraction(self, now: datetime) -> float:
-        total = (self.end - self.start).total_seconds()
-        return min(max((now - self.start).total_seconds() / total, 0.0), 1.0)
-
-
-async def store_spend(reader: Reader, budget: Budget, period: Period, now: datetime) -> int:
-    """The budget's spend in the period from the hourly rollups, in nano-USD. Exact values filter in the store;
-    globs (``model: gpt-4o*``) group by their dimension and match here."""
-    exact: dict[str, Any] = dict(budget.scope.exact)
-    end = min(period.end, now.astimezone(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1))
-    # A period starting at a half-hour (a few time zones) reads from the whole hour before: never less spend.
-    start = period.start.replace(minute=0, second=0, microsecond=0)
-    globs = budget.scope.globs
-    rows = await reader.aggregate(start, end, Filters(**exact), tuple(k for k, _ in globs))
-    if not globs:
-        return sum(int(r["cost_nano_usd"]) for r in rows)
-    from .match import Scope
-
-    only_globs = Scope((), globs)
-    return sum(int(r["cost_nano_usd"]) for r in rows if only_globs.matches(r))
 
 
 class BudgetState:
@@ -100,6 +68,8 @@ class BudgetState:
         self.room = 0  # what the ledger had left at its last answer
         self.full_until = 0.0  # until then, a request larger than ``room`` is refused without asking the ledger
         self.waiting = 0
+        self.holding = False  # this process holds part of the ledger (and renews its hold every tick)
+        self.stored_since = 0  # this process's spend that reached the store since its last heartbeat
         self.lock = asyncio.Lock()
         self.alerted: set[float] = set()
 
@@ -161,6 +131,7 @@ class Budgets:
         self._task: asyncio.Task[None] | None = None
         self.background = Background()
         self._last_error_log = 0.0
+        self.owner = f"{os.getpid()}-{secrets.token_hex(6)}"  # whose holds these are, in the shared ledger
         self.replace(budgets)
 
     def replace(self, budgets: Iterable[Budget]) -> None:
@@ -247,9 +218,10 @@ class Budgets:
                         deficit = max(0, -st.free)  # what earlier requests cost beyond their reservations
                         async with asyncio.timeout(STORE_TIMEOUT):
                             granted, after = await self.ledger.take(
-                                st.key, lease + deficit, need + deficit, b.limit_nano, st.spent
+                                st.key, lease + deficit, need + deficit, b.limit_nano, st.spent, self.owner, self.ttl
                             )
                         st.granted += granted
+                        st.holding = st.holding or granted > 0
                         st.room = b.limit_nano - after
                         if st.free < need:
                             st.full_until = time.monotonic() + self.refresh_seconds
@@ -362,6 +334,7 @@ class Budgets:
                 if cost is not None:
                     st.pending_total -= cost
                     st.store_spent += cost
+                    st.stored_since += cost
 
     async def _refresh(self, st: BudgetState) -> None:
         if self.reader is None:
@@ -388,7 +361,7 @@ class Budgets:
         st.granted -= free
         st.room += free  # on its way back to the ledger: what this process knows is left grows by as much
         try:
-            await self.ledger.give_back(st.key, free)
+            await self.ledger.give_back(st.key, free, self.owner)
         except Exception as exc:  # noqa: BLE001 - kept allocated: the budget blocks early, never late
             log.warning("budget %s: could not return an unused lease (%s)", st.budget.name, type(exc).__name__)
 
@@ -413,6 +386,31 @@ class Budgets:
                 self._store_error(st, exc)
             if st.free > 0 and now - st.last_use > LEASE_IDLE_SECONDS:
                 await self._give_back(st)
+            try:
+                await self._heartbeat_and_reap(st)
+            except Exception as exc:  # noqa: BLE001 - the next tick tries again; a hold lives 4 ticks
+                self._store_error(st, exc)
+
+    @property
+    def ttl(self) -> float:
+        return max(LEASE_TTL_MIN_SECONDS, 4 * self.refresh_seconds)
+
+    async def _heartbeat_and_reap(self, st: BudgetState) -> None:
+        if st.holding:
+            stored, st.stored_since = st.stored_since, 0
+            if not await self.ledger.heartbeat(st.key, self.owner, stored, self.ttl):
+                # Our hold was reaped (this process stalled past its TTL): the ledger no longer counts our free
+                # lease, so it must not be spent. What is in flight settles as usual.
+                log.warning(
+                    "budget %s: this process's hold expired while it was alive; its lease is dropped", st.budget.name
+                )
+                st.granted, st.holding = st.used, False
+        back = await self.ledger.reap(st.key, self.owner)
+        if back:
+            st.room += back
+            log.info(
+                "budget %s: $%.6f held by a process that stopped returned to the ledger", st.budget.name, back / 1e9
+            )
 
     async def close(self) -> None:
         if self._task is not None:
@@ -424,40 +422,5 @@ class Budgets:
         for st in self._states.values():
             with contextlib.suppress(Exception):
                 await self._give_back(st)
-
-
-async def budget_status(
-    reader: Reader, budgets: Iterable[Budget], now: datetime | None = None, ledger: Ledger | None = None
-) -> list[dict[str, Any]]:
-    """Each budget's spend, limit, percent, reset time and projected end-of-period spend, from the store alone
-    (``controls status``, the API's budgets view). With the ``ledger``, also what the running proxies hold:
-    ``held_usd``, reserved by requests in flight or leased and not yet spent (None: no proxy has taken any)."""
-    now = now or datetime.now(UTC)
-    out = []
-    for b in budgets:
-        period = Period.of(b, now)
-        spent_nano = await store_spend(reader, b, period, now)
-        spent = spent_nano / 1e9
-        held: float | None = None
-        if ledger is not None:
-            allocated = await ledger.allocated(f"{b.name}|{stamp(period.start)}")
-            held = None if allocated is None else round(max(allocated - spent_nano, 0) / 1e9, 9)
-        frac = period.elapsed_fraction(now)
-        out.append(
-            {
-                "name": b.name,
-                "scope": b.scope.describe(),
-                "period": b.period,
-                "timezone": b.timezone,
-                "action": b.action,
-                "spent_usd": round(spent, 9),
-                "limit_usd": b.limit_usd,
-                "percent": round(100 * spent / b.limit_usd, 2),
-                "period_start": stamp(period.start),
-                "resets": stamp(period.end),
-                "projected_usd": round(spent / frac, 6) if frac >= 0.01 else None,
-                "warn_at": list(b.warn_at),
-                **({"held_usd": held} if ledger is not None else {}),
-            }
-        )
-    return out
+                if st.holding:
+                    await self.ledger.release(st.key, self.owner)

@@ -213,8 +213,8 @@ class Api:
         path = self.settings.controls_file
         if not path:
             return json_response({"budgets": [], "controls_file": None})
-        from ..controls.budgets import budget_status
         from ..controls.parse import load
+        from ..controls.status import budget_status
 
         spec = load(path)
         budgets = spec.budgets

@@ -1,0 +1,51 @@
+"""A budget's period and the spend in it, from the store's hourly rollups (what the budgets refresh and
+``controls status`` read)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from ..query import Filters, Reader
+from ..query.times import bucket_start, next_bucket, stamp, zone
+from .spec import Budget
+
+UNIT = {"daily": "day", "weekly": "week", "monthly": "month"}
+
+
+@dataclass(frozen=True)
+class Period:
+    start: datetime  # UTC
+    end: datetime  # UTC
+
+    @classmethod
+    def of(cls, budget: Budget, now: datetime) -> Period:
+        tz = zone(budget.timezone)
+        unit = UNIT[budget.period]
+        start = bucket_start(now, unit, tz)
+        return cls(start.astimezone(UTC), next_bucket(start, unit, tz).astimezone(UTC))
+
+    def contains(self, timestamp: str) -> bool:
+        return stamp(self.start) <= timestamp < stamp(self.end)
+
+    def elapsed_fraction(self, now: datetime) -> float:
+        total = (self.end - self.start).total_seconds()
+        return min(max((now - self.start).total_seconds() / total, 0.0), 1.0)
+
+
+async def store_spend(reader: Reader, budget: Budget, period: Period, now: datetime) -> int:
+    """The budget's spend in the period from the hourly rollups, in nano-USD. Exact values filter in the store;
+    globs (``model: gpt-4o*``) group by their dimension and match here."""
+    exact: dict[str, Any] = dict(budget.scope.exact)
+    end = min(period.end, now.astimezone(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=1))
+    # A period starting at a half-hour (a few time zones) reads from the whole hour before: never less spend.
+    start = period.start.replace(minute=0, second=0, microsecond=0)
+    globs = budget.scope.globs
+    rows = await reader.aggregate(start, end, Filters(**exact), tuple(k for k, _ in globs))
+    if not globs:
+        return sum(int(r["cost_nano_usd"]) for r in rows)
+    from .match import Scope
+
+    only_globs = Scope((), globs)
+    return sum(int(r["cost_nano_usd"]) for r in rows if only_globs.matches(r))
