@@ -4,6 +4,7 @@ the memory cache's bound, the ledger's grants and the reservation bound."""
 from __future__ import annotations
 
 import hashlib
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -298,15 +299,16 @@ async def test_a_dead_holders_lease_returns_after_its_ttl(kind: str, tmp_path: P
     else:
         dead, alive = SQLiteLedger(str(tmp_path / "h.db")), SQLiteLedger(str(tmp_path / "h.db"))
     seed = 100
-    g_dead, _ = await dead.take("b|p", 50, 10, 1000, seed, "dead", ttl=0.5)
-    g_alive, _ = await alive.take("b|p", 30, 10, 1000, seed, "alive", ttl=0.5)
+    g_dead, _ = await dead.take("b|p", 50, 10, 1000, seed, "dead", ttl=3.0)
+    started = time.monotonic()
+    g_alive, _ = await alive.take("b|p", 30, 10, 1000, seed, "alive", ttl=60.0)
     assert (g_dead, g_alive) == (50, 30) and await alive.allocated("b|p") == 180
-    # The live one stores 20 of its 30 as spend, renews; the dead one never renews again.
-    await asyncio.sleep(0.3)
-    assert await alive.heartbeat("b|p", "alive", 20, ttl=5.0)
-    assert await alive.reap("b|p", "alive") == 0  # not expired yet
-    await asyncio.sleep(0.4)
-    assert await alive.reap("b|p", "alive") == 50  # the dead holder's whole lease comes back
+    # The live one stores 20 of its 30 as spend and renews; the dead one never renews again.
+    assert await alive.heartbeat("b|p", "alive", 20, ttl=60.0)
+    reaped_early = await alive.reap("b|p", "alive")
+    assert time.monotonic() - started > 3.0 or reaped_early == 0  # not expired yet
+    await asyncio.sleep(max(0.0, 3.2 - (time.monotonic() - started)))
+    assert reaped_early + await alive.reap("b|p", "alive") == 50  # the dead holder's whole lease comes back
     assert await alive.allocated("b|p") == 130  # seed + the live one's 30 (20 of it spend)
     assert await alive.reap("b|p", "alive") == 0  # once
     assert not await dead.heartbeat("b|p", "dead", 0, ttl=5.0)  # a holder reaped while stalled is told so

@@ -246,7 +246,7 @@ class Proxy:
             if refused is not None:
                 return self.error(conn, provider, *refused)
             assert self.keyring is not None
-            self.keyring.used_now(grant.key_id)
+            self.keyring.used_now(grant.key_id, wall)
             if grant.limits:
                 tokens = sum(bound_tokens(len(raw), body, RATE_RESERVE)) if grant.tpm else 0
                 taken = await self.ratelimiter.admit(list(grant.limits), tokens)

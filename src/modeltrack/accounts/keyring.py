@@ -26,7 +26,7 @@ from typing import Any
 from ..controls.match import Scope
 from ..controls.ratelimit import Limit
 from ..controls.spec import Budget
-from .model import model_allowed, now_stamp
+from .model import model_allowed
 from .store import AccountStore
 
 log = logging.getLogger("modeltrack.accounts")
@@ -44,10 +44,7 @@ class Grant:
     expires: float | None  # epoch seconds
     revoked: bool
     limits: tuple[Limit, ...] = ()  # the key's own RPM/TPM, its team's and its org's (controls.ratelimit)
-
-    @property
-    def tpm(self) -> bool:
-        return any(lim.unit == "tokens" for lim in self.limits)
+    tpm: bool = False  # one of the limits counts tokens (the request's worst case is then bounded)
 
     def refusal(self, model: str | None, now: float) -> tuple[int, str, str] | None:
         """(status, error type, message) when this key may not make the request, else None."""
@@ -59,6 +56,10 @@ class Grant:
             allowed = ", ".join(self.allowed_models)
             return 403, "model_not_allowed", f"ModelTrack key {self.key_id} may use only: {allowed}."
         return None
+
+
+def _stamps(used: dict[str, float]) -> dict[str, str]:
+    return {k: datetime.fromtimestamp(v, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") for k, v in used.items()}
 
 
 def _epoch(stamp: str | None) -> float | None:
@@ -104,6 +105,11 @@ def build(
             if value
         }
         allowed = k.get("allowed_models") or (team.get("allowed_models") if team else None) or ()
+        key_limits = (
+            *_limits(f"key:{k['id']}", k),
+            *team_limits.get(k.get("team_id") or "", ()),
+            *org_limits.get(k["org_id"], ()),
+        )
         out[bytes.fromhex(k["digest"])] = Grant(
             key_id=k["id"],
             org_id=k["org_id"],
@@ -111,11 +117,8 @@ def build(
             allowed_models=tuple(allowed),
             expires=_epoch(k.get("expires")),
             revoked=bool(k.get("revoked")),
-            limits=(
-                *_limits(f"key:{k['id']}", k),
-                *team_limits.get(k.get("team_id") or "", ()),
-                *org_limits.get(k["org_id"], ()),
-            ),
+            limits=key_limits,
+            tpm=any(lim.unit == "tokens" for lim in key_limits),
         )
     return out
 
@@ -159,7 +162,7 @@ class KeyRing:
         self.grants: dict[bytes, Grant] = {}
         self.version = -1
         self.loaded_at = 0.0  # monotonic: when the store last answered
-        self.used: dict[str, str] = {}  # key id → last use, written to the store every touch_seconds
+        self.used: dict[str, float] = {}  # key id → last use (epoch), written to the store every touch_seconds
         self.on_budgets: Callable[[tuple[Budget, ...]], None] | None = None  # the controls' budgets, when loaded
         self.loaded = False  # the first load is done: until then a key is neither valid nor invalid
         self._loaded = asyncio.Event()
@@ -179,8 +182,8 @@ class KeyRing:
         """Fail closed: the store has not answered for longer than ``max_stale``."""
         return self.on_store_error == "closed" and time.monotonic() - self.loaded_at > self.max_stale
 
-    def used_now(self, key_id: str) -> None:
-        self.used[key_id] = now_stamp()
+    def used_now(self, key_id: str, wall: float) -> None:
+        self.used[key_id] = wall  # formatted only when written (every touch_seconds): per request, a float
 
     async def refresh(self) -> bool:
         """Reload when the version moved; True when something new was loaded."""
@@ -223,7 +226,7 @@ class KeyRing:
                 if self.used and time.monotonic() - self._last_touch >= self.touch_seconds:
                     used, self.used = self.used, {}
                     self._last_touch = time.monotonic()
-                    await self.store.touch(used)
+                    await self.store.touch(_stamps(used))
             except Exception as exc:  # noqa: BLE001 - keep the last state (see the module docstring)
                 now = time.monotonic()
                 if now - self._last_error_log > 30:
@@ -238,5 +241,5 @@ class KeyRing:
             self._task = None
         if self.used:
             with contextlib.suppress(Exception):
-                await self.store.touch(self.used)
+                await self.store.touch(_stamps(self.used))
         await self.store.close()

@@ -9,13 +9,12 @@ only write without an audit entry or a new version: it changes nothing a proxy e
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import threading
-import time
 from typing import Any, Protocol
 
 import orjson
+
+from ..sqlitedb import SideDB
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -59,40 +58,14 @@ class AccountStore(Protocol):
 class SQLiteAccounts:
     def __init__(self, path: str, busy_timeout: float = 5.0) -> None:
         self.path = path
-        self._busy = busy_timeout
-        self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            conn = sqlite3.connect(self.path, timeout=self._busy, isolation_level=None, check_same_thread=False)
-            deadline = time.monotonic() + self._busy
-            while True:  # a new database's switch to WAL does not wait on the busy handler (as the ledger)
-                try:
-                    conn.execute("PRAGMA journal_mode=WAL")
-                    conn.executescript(SCHEMA)
-                    break
-                except sqlite3.OperationalError:
-                    if time.monotonic() > deadline:
-                        conn.close()
-                        raise
-                    time.sleep(0.01)
-            self._conn = conn
-        return self._conn
-
-    def _run(self, fn: Any, *args: Any) -> Any:
-        with self._lock:
-            return fn(self._db(), *args)
-
-    async def _call(self, fn: Any, *args: Any) -> Any:
-        return await asyncio.to_thread(self._run, fn, *args)
+        self.db = SideDB(path, SCHEMA, busy_timeout)
 
     async def get(self, kind: str, id: str) -> dict[str, Any] | None:
         def go(db: sqlite3.Connection) -> dict[str, Any] | None:
             row = db.execute("SELECT doc FROM accounts WHERE kind = ? AND id = ?", (kind, id)).fetchone()
             return None if row is None else dict(orjson.loads(row[0]))
 
-        result: dict[str, Any] | None = await self._call(go)
+        result: dict[str, Any] | None = await self.db.arun(go)
         return result
 
     async def records(self, kind: str, org_id: str | None = None) -> list[dict[str, Any]]:
@@ -103,50 +76,47 @@ class SQLiteAccounts:
                 rows = db.execute("SELECT doc FROM accounts WHERE kind = ? AND org_id = ? ORDER BY id", (kind, org_id))
             return [dict(orjson.loads(r[0])) for r in rows]
 
-        result: list[dict[str, Any]] = await self._call(go)
+        result: list[dict[str, Any]] = await self.db.arun(go)
         return result
 
     async def write(
         self, kind: str, record_id: str, org_id: str, doc: dict[str, Any] | None, audit: dict[str, Any]
     ) -> None:
-        def go(db: sqlite3.Connection) -> None:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                if doc is None:
-                    db.execute("DELETE FROM accounts WHERE kind = ? AND id = ?", (kind, record_id))
-                else:
-                    db.execute(
-                        "INSERT INTO accounts (kind, id, org_id, doc) VALUES (?, ?, ?, ?) "
-                        "ON CONFLICT (kind, id) DO UPDATE SET org_id = excluded.org_id, doc = excluded.doc",
-                        (kind, record_id, org_id, orjson.dumps(doc).decode()),
-                    )
-                db.execute(
-                    "INSERT INTO accounts_audit (ts, actor, action, kind, id, org_id, before, after) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        audit["ts"],
-                        audit["actor"],
-                        audit["action"],
-                        kind,
-                        record_id,
-                        org_id,
-                        None if audit.get("before") is None else orjson.dumps(audit["before"]).decode(),
-                        None if audit.get("after") is None else orjson.dumps(audit["after"]).decode(),
-                    ),
-                )
-                db.execute("UPDATE accounts_version SET n = n + 1 WHERE one = 1")
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+        def text(value: Any) -> str | None:
+            return None if value is None else orjson.dumps(value).decode()
 
-        await self._call(go)
+        def go(db: sqlite3.Connection) -> None:
+            if doc is None:
+                db.execute("DELETE FROM accounts WHERE kind = ? AND id = ?", (kind, record_id))
+            else:
+                db.execute(
+                    "INSERT INTO accounts (kind, id, org_id, doc) VALUES (?, ?, ?, ?) "
+                    "ON CONFLICT (kind, id) DO UPDATE SET org_id = excluded.org_id, doc = excluded.doc",
+                    (kind, record_id, org_id, text(doc)),
+                )
+            db.execute(
+                "INSERT INTO accounts_audit (ts, actor, action, kind, id, org_id, before, after) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    audit["ts"],
+                    audit["actor"],
+                    audit["action"],
+                    kind,
+                    record_id,
+                    org_id,
+                    text(audit.get("before")),
+                    text(audit.get("after")),
+                ),
+            )
+            db.execute("UPDATE accounts_version SET n = n + 1 WHERE one = 1")
+
+        await self.db.atransaction(go)
 
     async def version(self) -> int:
         def go(db: sqlite3.Connection) -> int:
             return int(db.execute("SELECT n FROM accounts_version WHERE one = 1").fetchone()[0])
 
-        result: int = await self._call(go)
+        result: int = await self.db.arun(go)
         return result
 
     async def audit(self, org_id: str | None, limit: int, before: int | None = None) -> list[dict[str, Any]]:
@@ -179,30 +149,21 @@ class SQLiteAccounts:
                 for r in rows
             ]
 
-        result: list[dict[str, Any]] = await self._call(go)
+        result: list[dict[str, Any]] = await self.db.arun(go)
         return result
 
     async def touch(self, last_used: dict[str, str]) -> None:
         def go(db: sqlite3.Connection) -> None:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                for key_id, at in last_used.items():
-                    db.execute(
-                        "UPDATE accounts SET doc = json_set(doc, '$.last_used', ?) WHERE kind = 'keys' AND id = ?",
-                        (at, key_id),
-                    )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            for key_id, at in last_used.items():
+                db.execute(
+                    "UPDATE accounts SET doc = json_set(doc, '$.last_used', ?) WHERE kind = 'keys' AND id = ?",
+                    (at, key_id),
+                )
 
-        await self._call(go)
+        await self.db.atransaction(go)
 
     async def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self.db.close()
 
 
 def open_accounts(store_url: str, sink: Any = None) -> AccountStore | None:

@@ -28,9 +28,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import sqlite3
-import threading
 import time
 from typing import Any, Protocol
+
+from ..sqlitedb import SideDB
 
 TABLE = """
 CREATE TABLE IF NOT EXISTS budget_ledger (
@@ -126,50 +127,18 @@ class MemoryLedger:
 
 
 class SQLiteLedger:
-    """A row per counter in the store's database; each take is one ``BEGIN IMMEDIATE`` transaction, so
-    processes on the same file serialise on SQLite's write lock."""
+    """A row per counter and a row per holder in the store's database; each change is one ``BEGIN IMMEDIATE``
+    transaction, so processes on the same file serialise on SQLite's write lock."""
 
     name = "sqlite"
 
     def __init__(self, path: str, busy_timeout: float = 5.0) -> None:
         self.path = path
-        self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-        self._busy = busy_timeout
+        self.db = SideDB(path, TABLE + ";" + HOLDS, busy_timeout)
 
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            conn = sqlite3.connect(self.path, timeout=self._busy, isolation_level=None, check_same_thread=False)
-            # Switching a new database to WAL takes an exclusive lock without waiting on the busy handler: when
-            # several processes open it at once, retry (the store's writer has usually done it already).
-            deadline = time.monotonic() + self._busy
-            while True:
-                try:
-                    conn.execute("PRAGMA journal_mode=WAL")
-                    conn.execute(TABLE)
-                    conn.execute(HOLDS)
-                    break
-                except sqlite3.OperationalError:
-                    if time.monotonic() > deadline:
-                        conn.close()
-                        raise
-                    time.sleep(0.01)
-            self._conn = conn
-        return self._conn
-
-    def _tx(self, fn: Any) -> Any:
-        with self._lock:
-            db = self._db()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                out = fn(db)
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            return out
-
-    def _take(self, key: str, want: int, need: int, limit: int, seed: int, owner: str, ttl: float) -> tuple[int, int]:
+    async def take(
+        self, key: str, want: int, need: int, limit: int, seed: int, owner: str = "", ttl: float = 60.0
+    ) -> tuple[int, int]:
         def go(db: sqlite3.Connection) -> tuple[int, int]:
             db.execute("INSERT OR IGNORE INTO budget_ledger (key, allocated_nano) VALUES (?, ?)", (key, seed))
             (cur,) = db.execute("SELECT allocated_nano FROM budget_ledger WHERE key = ?", (key,)).fetchone()
@@ -184,19 +153,18 @@ class SQLiteLedger:
                 )
             return g, cur + g
 
-        result: tuple[int, int] = self._tx(go)
-        return result
+        return await self.db.atransaction(go)
 
-    def _give_back(self, key: str, amount: int, owner: str) -> None:
+    async def give_back(self, key: str, amount: int, owner: str = "") -> None:
         def go(db: sqlite3.Connection) -> None:
             db.execute("UPDATE budget_ledger SET allocated_nano = allocated_nano - ? WHERE key = ?", (amount, key))
             db.execute(
                 "UPDATE budget_holds SET held_nano = held_nano - ? WHERE key = ? AND owner = ?", (amount, key, owner)
             )
 
-        self._tx(go)
+        await self.db.atransaction(go)
 
-    def _heartbeat(self, key: str, owner: str, stored: int, ttl: float) -> bool:
+    async def heartbeat(self, key: str, owner: str, stored: int, ttl: float) -> bool:
         def go(db: sqlite3.Connection) -> bool:
             cur = db.execute(
                 "UPDATE budget_holds SET held_nano = held_nano - ?, expires = ? WHERE key = ? AND owner = ?",
@@ -204,10 +172,9 @@ class SQLiteLedger:
             )
             return cur.rowcount > 0
 
-        result: bool = self._tx(go)
-        return result
+        return await self.db.atransaction(go)
 
-    def _reap(self, key: str, owner: str) -> int:
+    async def reap(self, key: str, owner: str) -> int:
         def go(db: sqlite3.Connection) -> int:
             rows = db.execute(
                 "SELECT owner, held_nano FROM budget_holds WHERE key = ? AND owner != ? AND expires < ?",
@@ -220,43 +187,23 @@ class SQLiteLedger:
                 db.execute("UPDATE budget_ledger SET allocated_nano = allocated_nano - ? WHERE key = ?", (back, key))
             return back
 
-        result: int = self._tx(go)
-        return result
-
-    def _allocated(self, key: str) -> int | None:
-        with self._lock:
-            row = self._db().execute("SELECT allocated_nano FROM budget_ledger WHERE key = ?", (key,)).fetchone()
-            return None if row is None else int(row[0])
-
-    async def take(
-        self, key: str, want: int, need: int, limit: int, seed: int, owner: str = "", ttl: float = 60.0
-    ) -> tuple[int, int]:
-        return await asyncio.to_thread(self._take, key, want, need, limit, seed, owner, ttl)
-
-    async def give_back(self, key: str, amount: int, owner: str = "") -> None:
-        await asyncio.to_thread(self._give_back, key, amount, owner)
-
-    async def heartbeat(self, key: str, owner: str, stored: int, ttl: float) -> bool:
-        return await asyncio.to_thread(self._heartbeat, key, owner, stored, ttl)
-
-    async def reap(self, key: str, owner: str) -> int:
-        return await asyncio.to_thread(self._reap, key, owner)
-
-    def _release(self, key: str, owner: str) -> None:
-        with self._lock:
-            self._db().execute("DELETE FROM budget_holds WHERE key = ? AND owner = ?", (key, owner))
+        return await self.db.atransaction(go)
 
     async def release(self, key: str, owner: str) -> None:
-        await asyncio.to_thread(self._release, key, owner)
+        def go(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM budget_holds WHERE key = ? AND owner = ?", (key, owner))
+
+        await self.db.arun(go)
 
     async def allocated(self, key: str) -> int | None:
-        return await asyncio.to_thread(self._allocated, key)
+        def go(db: sqlite3.Connection) -> int | None:
+            row = db.execute("SELECT allocated_nano FROM budget_ledger WHERE key = ?", (key,)).fetchone()
+            return None if row is None else int(row[0])
+
+        return await self.db.arun(go)
 
     async def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self.db.close()
 
 
 class FirestoreLedger:

@@ -23,10 +23,11 @@ import contextlib
 import logging
 import math
 import sqlite3
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from ..sqlitedb import SideDB
 
 log = logging.getLogger("modeltrack.controls")
 
@@ -72,65 +73,39 @@ class MemoryRateLedger:
         return None
 
 
+BUCKETS = "CREATE TABLE IF NOT EXISTS rate_buckets (key TEXT PRIMARY KEY, tat REAL NOT NULL)"
+
+
 class SQLiteRateLedger:
     """One row per scope in the store's database; a take is one ``BEGIN IMMEDIATE`` transaction."""
 
     def __init__(self, path: str, busy_timeout: float = 5.0) -> None:
         self.path = path
-        self._busy = busy_timeout
-        self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    def _db(self) -> sqlite3.Connection:
-        if self._conn is None:
-            conn = sqlite3.connect(self.path, timeout=self._busy, isolation_level=None, check_same_thread=False)
-            deadline = time.monotonic() + self._busy
-            while True:
-                try:
-                    conn.execute("PRAGMA journal_mode=WAL")
-                    conn.execute("CREATE TABLE IF NOT EXISTS rate_buckets (key TEXT PRIMARY KEY, tat REAL NOT NULL)")
-                    break
-                except sqlite3.OperationalError:
-                    if time.monotonic() > deadline:
-                        conn.close()
-                        raise
-                    time.sleep(0.01)
-            self._conn = conn
-        return self._conn
-
-    def _take(self, key: str, want: float, need: float, interval: float) -> tuple[float, float]:
-        with self._lock:
-            db = self._db()
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                row = db.execute("SELECT tat FROM rate_buckets WHERE key = ?", (key,)).fetchone()
-                granted, tat, retry = gcra(row[0] if row else 0.0, time.time(), want, need, interval)
-                if granted:
-                    db.execute(
-                        "INSERT INTO rate_buckets (key, tat) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET tat = ?",
-                        (key, tat, tat),
-                    )
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            return granted, retry
-
-    def _give_back(self, key: str, cells: float, interval: float) -> None:
-        with self._lock:
-            self._db().execute("UPDATE rate_buckets SET tat = tat - ? WHERE key = ?", (cells * interval, key))
+        self.db = SideDB(
+            path, "CREATE TABLE IF NOT EXISTS rate_buckets (key TEXT PRIMARY KEY, tat REAL NOT NULL)", busy_timeout
+        )
 
     async def take(self, key: str, want: float, need: float, interval: float) -> tuple[float, float]:
-        return await asyncio.to_thread(self._take, key, want, need, interval)
+        def go(db: sqlite3.Connection) -> tuple[float, float]:
+            row = db.execute("SELECT tat FROM rate_buckets WHERE key = ?", (key,)).fetchone()
+            granted, tat, retry = gcra(row[0] if row else 0.0, time.time(), want, need, interval)
+            if granted:
+                db.execute(
+                    "INSERT INTO rate_buckets (key, tat) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET tat = ?",
+                    (key, tat, tat),
+                )
+            return granted, retry
+
+        return await self.db.atransaction(go)
 
     async def give_back(self, key: str, cells: float, interval: float) -> None:
-        await asyncio.to_thread(self._give_back, key, cells, interval)
+        def go(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE rate_buckets SET tat = tat - ? WHERE key = ?", (cells * interval, key))
+
+        await self.db.arun(go)
 
     async def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                self._conn.close()
-                self._conn = None
+        self.db.close()
 
 
 class FirestoreRateLedger:

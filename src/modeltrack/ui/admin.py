@@ -31,7 +31,7 @@ from ..access import ClientTokens
 from ..accounts import AccountError, Actor, Admin
 from ..accounts.model import MEMBER_TOKEN_PREFIX, digest
 from .api import error, json_response
-from .auth import SESSION_SECONDS, same_origin
+from .auth import SESSION_SECONDS, same_origin, set_session_cookie
 
 if TYPE_CHECKING:
     from .oidc import OIDC
@@ -185,15 +185,7 @@ class AdminApi:
             await asyncio.sleep(0.3)  # a wrong token costs time: guessing stays slow
             raise AccountError("that token is not an admin token or a member's sign-in token", 401, "unauthorized")
         resp = json_response({"ok": True})
-        resp.set_cookie(
-            COOKIE,
-            value,
-            max_age=SESSION_SECONDS,
-            httponly=True,
-            samesite="Strict",
-            secure=request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https",
-            path="/",
-        )
+        set_session_cookie(resp, request, COOKIE, value)
         return resp
 
     async def logout(self, request: web.Request) -> web.Response:

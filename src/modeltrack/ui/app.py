@@ -25,7 +25,7 @@ from ..query import StoreMissing
 from ..query.views import QueryError
 from .admin import AdminApi
 from .api import SCOPE, Api, error, json_response
-from .auth import COOKIE, SESSION_SECONDS, UIAuth, same_origin
+from .auth import COOKIE, UIAuth, same_origin, set_session_cookie
 from .export import export
 from .exposure import check_exposure
 from .oidc import OIDC
@@ -128,16 +128,7 @@ def create_app(settings: Settings, pricing: Pricing | None = None) -> web.Applic
             await asyncio.sleep(0.3)  # a wrong token costs time: guessing stays slow
             return error(401, "unauthorized", "That token is not valid.")
         resp = json_response({"ok": True, "auth": True})
-        resp.set_cookie(
-            COOKIE,
-            auth.cookie_for(digest),
-            max_age=SESSION_SECONDS,
-            httponly=True,
-            samesite="Strict",
-            # Behind a TLS-terminating load balancer too (trusting the header can only make the cookie stricter).
-            secure=request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https",
-            path="/",
-        )
+        set_session_cookie(resp, request, COOKIE, auth.cookie_for(digest))
         return resp
 
     async def logout(request: web.Request) -> web.Response:

@@ -75,3 +75,17 @@ def same_origin(headers: Any, host: str, scheme: str) -> bool:
     if origin is not None:
         return bool(origin == f"{scheme}://{host}")
     return bool(headers.get("Sec-Fetch-Site") == "same-origin")
+
+
+def set_session_cookie(resp: Any, request: Any, name: str, value: str) -> None:
+    """A session cookie as every sign-in here sets it: HttpOnly, SameSite=Strict, 12 hours, Secure over HTTPS
+    (also behind a TLS-terminating load balancer: trusting the header can only make the cookie stricter)."""
+    resp.set_cookie(
+        name,
+        value,
+        max_age=SESSION_SECONDS,
+        httponly=True,
+        samesite="Strict",
+        secure=request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https",
+        path="/",
+    )

@@ -29,7 +29,7 @@ from aiohttp import web
 from ..accounts import ROLES, AccountError, Actor, Admin
 from ..accounts.admin import DEFAULT_ORG
 from ..config import Settings
-from .auth import SESSION_SECONDS
+from .auth import SESSION_SECONDS, set_session_cookie
 
 FLOW_COOKIE = "modeltrack_oidc"
 FLOW_SECONDS = 600
@@ -131,15 +131,7 @@ class OIDC:
         from .admin import COOKIE
 
         resp = web.Response(status=302, headers={"Location": "/"})
-        resp.set_cookie(
-            COOKIE,
-            "o." + self.sign(payload, SESSION_SECONDS),
-            max_age=SESSION_SECONDS,
-            httponly=True,
-            samesite="Strict",
-            secure=request.secure or request.headers.get("X-Forwarded-Proto", "").lower() == "https",
-            path="/",
-        )
+        set_session_cookie(resp, request, COOKIE, "o." + self.sign(payload, SESSION_SECONDS))
         resp.del_cookie(FLOW_COOKIE, path="/api/v1/oidc/")
         return resp
 
