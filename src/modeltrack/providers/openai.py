@@ -222,6 +222,18 @@ def is_sse(headers: Any) -> bool:
     return "text/event-stream" in (headers.get("Content-Type") or "").lower()
 
 
+class ModerationMeter(JSONBodyMeter):
+    """``/v1/moderations`` is free (OpenAI bills moderation at $0): an explicit ``zero``, never ``no_usage``.
+    The response carries ``id``, ``model`` and ``results`` and no usage (openai SDK
+    ``types.ModerationCreateResponse``; API reference, "Moderations")."""
+
+    def from_json(self, obj: Any) -> MeterResult:
+        if isinstance(obj, dict) and "error" in obj and "results" not in obj:
+            return MeterResult(error=error_code(obj["error"]))
+        model = obj.get("model") if isinstance(obj, dict) else None
+        return MeterResult(model=_str(model), usage=Usage(), usage_source="none", zero_cost=True)
+
+
 class OpenAI(Provider):
     name = "openai"
     default_base_url = "https://api.openai.com"
@@ -243,6 +255,8 @@ class OpenAI(Provider):
         return None
 
     def meter(self, info: RequestInfo, status: int, headers: Any) -> Meter:
+        if info.path.endswith("/moderations"):
+            return ModerationMeter(info, status)
         if is_sse(headers):
             if "/responses" in info.path:
                 return ResponsesStreamMeter(info, status)
