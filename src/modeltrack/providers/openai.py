@@ -234,6 +234,42 @@ class ModerationMeter(JSONBodyMeter):
         return MeterResult(model=_str(model), usage=Usage(), usage_source="none", zero_cost=True)
 
 
+class SpeechMeter:
+    """``/v1/audio/speech`` (text to speech) is billed per character of the request's ``input`` (genai-prices'
+    ``input_characters`` unit: tts-1 $15 and tts-1-hd $30 per million). The answer is audio, with no usage: the
+    count comes from the request (extracted in :meth:`OpenAI.request_info`; the body itself is never kept), and
+    the audio streams through unread. An error answer is JSON and is read for its code."""
+
+    __slots__ = ("_error", "info", "status")
+
+    ended = False
+
+    def __init__(self, info: RequestInfo, status: int) -> None:
+        self.info = info
+        self.status = status
+        self._error = b""
+
+    def feed(self, chunk: bytes) -> None:
+        if self.status >= 400 and len(self._error) < 65536:
+            self._error += chunk
+
+    def finish(self, complete: bool) -> MeterResult:
+        if self.status >= 400:
+            obj = loads(self._error) if self._error else None
+            err = obj.get("error") if isinstance(obj, dict) else None
+            return MeterResult(model=self.info.model, error=error_code(err) if err else f"http_{self.status}")
+        chars = self.info.extra.get("input_characters")
+        if not isinstance(chars, int):
+            return MeterResult(model=self.info.model, usage_source="missing")
+        usage = Usage(details={"input_characters": chars})
+        return MeterResult(
+            model=self.info.model,
+            usage=usage,
+            usage_source="request" if complete else "partial",
+            error=None if complete else "truncated",
+        )
+
+
 class OpenAI(Provider):
     name = "openai"
     default_base_url = "https://api.openai.com"
@@ -254,7 +290,15 @@ class OpenAI(Provider):
             return WithheldUsage()
         return None
 
+    def request_info(self, method: str, path: str, query: str, body: Any) -> RequestInfo:
+        info = super().request_info(method, path, query, body)
+        if path.endswith("/audio/speech") and isinstance(body, dict) and isinstance(body.get("input"), str):
+            info.extra["input_characters"] = len(body["input"])  # Unicode characters, as billed
+        return info
+
     def meter(self, info: RequestInfo, status: int, headers: Any) -> Meter:
+        if info.path.endswith("/audio/speech"):
+            return SpeechMeter(info, status)
         if info.path.endswith("/moderations"):
             return ModerationMeter(info, status)
         if is_sse(headers):
