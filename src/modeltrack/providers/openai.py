@@ -32,6 +32,7 @@ _RESPONSES_TERMINAL = (b"response.completed", b"response.incomplete", b"response
 def openai_usage(u: Any, service_tier: Any = None) -> Usage | None:
     if not isinstance(u, dict):
         return None
+    details: dict[str, int] | None = None
     if "prompt_tokens" in u or "completion_tokens" in u:
         prompt = as_int(u.get("prompt_tokens"))
         output = as_int(u.get("completion_tokens"))
@@ -55,6 +56,10 @@ def openai_usage(u: Any, service_tier: Any = None) -> Usage | None:
         reasoning = as_int(odt.get("reasoning_tokens")) if isinstance(odt, dict) else 0
         in_audio = out_audio = 0
         in_image = as_int(idt.get("image_tokens")) if isinstance(idt, dict) else 0
+        # gpt-image-*: image output tokens are priced apart from text output (``output_image_mtok``)
+        out_image = as_int(odt.get("image_tokens")) if isinstance(odt, dict) else 0
+        if out_image:
+            details = {"output_image_tokens": out_image}
     else:
         return None
     cost = u.get("cost")
@@ -67,6 +72,7 @@ def openai_usage(u: Any, service_tier: Any = None) -> Usage | None:
         input_audio_tokens=in_audio,
         output_audio_tokens=out_audio,
         input_image_tokens=in_image,
+        details=details,
         reported_cost_usd=float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None,
         service_tier=service_tier if isinstance(service_tier, str) else None,
     )

@@ -1,7 +1,7 @@
-"""Free endpoints are an explicit zero (issue L, item 8): ``/v1/moderations`` is recorded with ``cost_usd: 0`` and
-``cost_source: zero``, never as ``no_usage`` (unknown). The response below has the fields OpenAI's API reference
-("Moderations: create") and the openai SDK's ``ModerationCreateResponse`` define: ``id``, ``model``, ``results``;
-it carries no usage. The real openai SDK is the client."""
+"""Endpoints billed by other units than chat tokens (issue L). Free ones are an explicit zero (item 8):
+``/v1/moderations`` is recorded with ``cost_usd: 0`` and ``cost_source: zero``, never ``no_usage``; text to
+speech is priced per character (item 6); GPT Image output image tokens at their own rate (item 7). Responses
+follow the providers' API references and the openai SDK's types; the real openai SDK is the client."""
 
 from __future__ import annotations
 
@@ -77,3 +77,49 @@ async def test_text_to_speech_is_priced_per_character_of_input(replay: Any, make
     expected = float(calc_price(GUsage(input_characters=len(text)), "tts-1-hd", provider_id="openai").total_price)
     assert ev.cost_usd == round(expected, 9) and ev.cost_source == "priced" and ev.usage_source == "request"
     assert ev.model == "tts-1-hd" and len(text) == 22
+
+
+async def test_gpt_image_output_image_tokens_are_priced_as_image_output(replay: Any, make_proxy: Any) -> None:
+    """Issue L, item 7: ``/v1/images/generations`` with a GPT Image model answers with ``usage`` as the openai SDK's
+    ``ImagesResponse.usage`` defines it (``input_tokens`` + ``input_tokens_details.{text,image}_tokens``,
+    ``output_tokens`` + ``output_tokens_details.{text,image}_tokens``); image output is priced at its own rate.
+    The response names no model: the request's is priced. Cost equal to genai-prices' calc_price."""
+    from genai_prices import Usage as GUsage
+    from genai_prices import calc_price
+
+    upstream, upstream_url = replay
+    body = {
+        "created": 1764800000,
+        "data": [{"b64_json": "iVBORw0KGgo="}],
+        "output_format": "png",
+        "quality": "low",
+        "size": "1024x1024",
+        "usage": {
+            "input_tokens": 50,
+            "input_tokens_details": {"text_tokens": 40, "image_tokens": 10},
+            "output_tokens": 272,
+            "output_tokens_details": {"text_tokens": 0, "image_tokens": 272},
+            "total_tokens": 322,
+        },
+    }
+    upstream.current = Recording(
+        name="image",
+        index=0,
+        method="POST",
+        uri="https://api.openai.com/v1/images/generations",
+        status=200,
+        reason="OK",
+        headers=[("content-type", "application/json")],
+        body=orjson.dumps(body),
+        request_body=None,
+    )
+    proxy = await make_proxy(upstream_url)
+    client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="sk-img-test", max_retries=0)
+    answer = await client.images.generate(model="gpt-image-1.5", prompt="a cat", size="1024x1024", quality="low")
+    assert answer.usage is not None and answer.usage.output_tokens == 272
+    (ev,) = await proxy.events()
+    usage = GUsage(input_tokens=50, input_image_tokens=10, output_tokens=272, output_image_tokens=272)
+    expected = float(calc_price(usage, "gpt-image-1.5", provider_id="openai").total_price)
+    assert ev.model == "gpt-image-1.5" and ev.cost_source == "priced"
+    assert ev.cost_usd == round(expected, 9), (ev.cost_usd, expected)
+    assert (ev.input_tokens, ev.output_tokens) == (50, 272)
