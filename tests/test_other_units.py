@@ -12,6 +12,13 @@ import orjson
 
 from .replay import Recording
 
+
+def recorded(uri: str, content_type: str, body: bytes) -> Recording:
+    """A 200 answer from the provider, in the shape its API reference documents (the replay upstream sends it)."""
+    name = uri.rsplit("/", 1)[-1]
+    return Recording(name, 0, "POST", uri, 200, "OK", [("content-type", content_type)], body, None)
+
+
 MODERATION = {
     "id": "modr-0d9740456c391e43c445bf0f010940c7",
     "model": "omni-moderation-latest",
@@ -28,17 +35,7 @@ MODERATION = {
 
 async def test_moderation_is_an_explicit_zero(replay: Any, make_proxy: Any) -> None:
     upstream, upstream_url = replay
-    upstream.current = Recording(
-        name="moderation",
-        index=0,
-        method="POST",
-        uri="https://api.openai.com/v1/moderations",
-        status=200,
-        reason="OK",
-        headers=[("content-type", "application/json")],
-        body=orjson.dumps(MODERATION),
-        request_body=None,
-    )
+    upstream.current = recorded("https://api.openai.com/v1/moderations", "application/json", orjson.dumps(MODERATION))
     proxy = await make_proxy(upstream_url)
     client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="sk-mod-test", max_retries=0)
     answer = await client.moderations.create(model="omni-moderation-latest", input="hello")
@@ -57,17 +54,7 @@ async def test_text_to_speech_is_priced_per_character_of_input(replay: Any, make
 
     upstream, upstream_url = replay
     audio = b"ID3\x04\x00\x00\x00\x00\x00\x00" + bytes(range(256)) * 64  # stands in for the mp3 bytes
-    upstream.current = Recording(
-        name="speech",
-        index=0,
-        method="POST",
-        uri="https://api.openai.com/v1/audio/speech",
-        status=200,
-        reason="OK",
-        headers=[("content-type", "audio/mpeg")],
-        body=audio,
-        request_body=None,
-    )
+    upstream.current = recorded("https://api.openai.com/v1/audio/speech", "audio/mpeg", audio)
     proxy = await make_proxy(upstream_url)
     client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="sk-tts-test", max_retries=0)
     text = "Hello, world! Ça va? ✓"  # 22 characters, 26 bytes: billed by characters
@@ -102,17 +89,7 @@ async def test_gpt_image_output_image_tokens_are_priced_as_image_output(replay: 
             "total_tokens": 322,
         },
     }
-    upstream.current = Recording(
-        name="image",
-        index=0,
-        method="POST",
-        uri="https://api.openai.com/v1/images/generations",
-        status=200,
-        reason="OK",
-        headers=[("content-type", "application/json")],
-        body=orjson.dumps(body),
-        request_body=None,
-    )
+    upstream.current = recorded("https://api.openai.com/v1/images/generations", "application/json", orjson.dumps(body))
     proxy = await make_proxy(upstream_url)
     client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="sk-img-test", max_retries=0)
     answer = await client.images.generate(model="gpt-image-1.5", prompt="a cat", size="1024x1024", quality="low")
