@@ -205,7 +205,10 @@ class Proxy:
                 conn, None, 401, "key_required", "Send a ModelTrack key (mt_...) in the X-ModelTrack-Key header."
             )
         path, _, query = target.partition("?")
-        wrong = wrong_base_url(path, self.router.prefixes)
+        # Only a path with /v1 twice, or with no version at the front, can be a wrong base URL: the usual
+        # /v1/... request skips the check.
+        suspect = "/v1/v" in path or not path.startswith(("/v1/", "/v1beta/", "/v1alpha/"))
+        wrong = wrong_base_url(path, self.router.prefixes) if suspect else None
         if wrong is not None:
             shape, hint = wrong
             return self.error(conn, self.router.providers.get(shape), 404, "wrong_base_url", hint)
