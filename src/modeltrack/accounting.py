@@ -135,6 +135,7 @@ class Recorder:
             prompt_id=attrs.get("prompt_id"),
             properties=attrs.get("properties"),
             key_id=attrs.get("key_id"),
+            org=attrs.get("org"),
             saved_usd=saved,
             route_rule=o.route_rule,
         )

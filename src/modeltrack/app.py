@@ -87,6 +87,7 @@ class ModelTrack:
                 pricing=pricing,
                 metrics=self.metrics,
                 egress=settings.egress,
+                multi_tenant=settings.multi_tenant,
             )
         accounts = open_accounts(settings.store, sink)
         if self.controls is None and accounts is not None:
@@ -107,7 +108,12 @@ class ModelTrack:
         self.pools = self._pools(settings)
         self.recorder = Recorder(self.pipeline, self.metrics, pricing, settings.access_log)
         self.keyring = (
-            KeyRing(accounts, settings.keys_refresh_seconds, settings.keys_on_store_error)
+            KeyRing(
+                accounts,
+                settings.keys_refresh_seconds,
+                settings.keys_on_store_error,
+                multi_tenant=settings.multi_tenant,
+            )
             if accounts is not None
             else None
         )

@@ -140,6 +140,12 @@ class Settings:
         secret=True,
     )
     require_key: bool = _opt(False, "every request must carry a ModelTrack key (mt_...) in X-ModelTrack-Key")
+    multi_tenant: bool = _opt(
+        False,
+        "hosted mode: every request needs an org's mt_ key; events, rollups, sessions, budgets, cache entries "
+        "and every query are scoped to the key's org",
+    )
+    signup: str = _opt("off", "off: the operator creates orgs; open: POST /api/v1/signup creates an org and its admin")
     provider_keys_file: str = _opt(
         "", "YAML of provider keys per team, for clients that send their ModelTrack key as the SDK's API key"
     )
@@ -294,6 +300,7 @@ class Settings:
                 "MODELTRACK_REQUIRE_KEY=true needs a store that keeps keys: write MODELTRACK_STORE=sqlite:///... or "
                 "firestore://..., not jsonl://"
             )
+        self._check_tenancy()
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise ConfigError(f"MODELTRACK_LOG_LEVEL={self.log_level}: write one of debug, info, warning, error")
         for name, url in self.base_urls.items():
@@ -314,6 +321,27 @@ class Settings:
             )
         if self.metrics_port and self.metrics_port == self.port:
             raise ConfigError("MODELTRACK_METRICS_PORT is MODELTRACK_PORT: write another port, or 0 for the main port")
+
+    def _check_tenancy(self) -> None:
+        if self.signup not in ("off", "open"):
+            raise ConfigError(f"MODELTRACK_SIGNUP={self.signup}: write off or open")
+        if self.signup == "open" and not self.multi_tenant:
+            raise ConfigError(
+                "MODELTRACK_SIGNUP=open needs MODELTRACK_MULTI_TENANT=true: without it an org's members are not "
+                "narrowed to their org's data"
+            )
+        if not self.multi_tenant:
+            return
+        if self.store.startswith("jsonl:"):
+            raise ConfigError(
+                "MODELTRACK_MULTI_TENANT=true needs a store that keeps orgs and keys: write "
+                "MODELTRACK_STORE=sqlite:///... or firestore://..., not jsonl://"
+            )
+        if self.client_tokens:
+            raise ConfigError(
+                "MODELTRACK_CLIENT_TOKENS carry no org, and MODELTRACK_MULTI_TENANT=true takes only an org's mt_ "
+                "keys: unset MODELTRACK_CLIENT_TOKENS and issue keys (modeltrack admin create keys ...)"
+            )
 
     def shown(self) -> dict[str, str]:
         """Every setting as the start-up line and ``--help`` may show it: secrets only as set/unset."""

@@ -94,6 +94,9 @@ class CostEvent:
     """Custom properties (``X-ModelTrack-Property-<name>``), capped in number and length; never metric labels."""
     key_id: str | None = None
     """The ModelTrack key's public id (``key_…``) when the request carried one; never the key itself."""
+    org: str | None = None
+    """The organisation (``org_…``) of the request's ModelTrack key: in multi-tenant mode every event has one, and
+    every reader an org's member uses is narrowed to it (query.scoped)."""
 
     def usage(self) -> Usage:
         """The stored token counts by kind, as the pricing module takes them (what-if re-prices events)."""

@@ -106,7 +106,9 @@ class Proxy:
         self.keyring = keyring  # ModelTrack keys (mt_...) from the store; None: the store keeps none
         self.ratelimiter = ratelimiter or RateLimiter(MemoryRateLedger())
         self.provider_keys = provider_keys or ProviderKeys()
-        self.require_key = settings.require_key
+        # Multi-tenant mode: every request carries an org's mt_ key, which fixes the org of everything it makes.
+        self.multi_tenant = settings.multi_tenant
+        self.require_key = settings.require_key or settings.multi_tenant
         self.recorder = recorder
         self.metrics: Metrics = recorder.metrics
         self.pools = pools
@@ -193,8 +195,8 @@ class Proxy:
                 return self.error(
                     conn, None, 503, "keys_unavailable", "Keys cannot be checked: the store is unreachable."
                 )
-            fixed = {**grant.attrs, "key_id": grant.key_id}
-        elif self.client_tokens:
+            fixed = {**grant.attrs, "key_id": grant.key_id, "org": grant.org_id}
+        elif self.client_tokens and not self.multi_tenant:
             fixed = self.client_tokens.lookup(given)
             if fixed is None:
                 return self.error(
@@ -264,7 +266,9 @@ class Proxy:
         lines, attrs = forward_headers(req.headers)
         if as_api_key and grant is not None:
             # Swap the ModelTrack key for the team's provider key, in the same header and scheme.
-            secret = self.provider_keys.key_for(grant.attrs.get("team"), provider.name)
+            secret = self.provider_keys.key_for(
+                grant.team_id, provider.name, None if self.multi_tenant else grant.attrs.get("team")
+            )
             at = sdk_key(lines)
             if secret is None or at is None:
                 return self.error(

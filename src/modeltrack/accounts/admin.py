@@ -95,6 +95,17 @@ class Admin:
         await self._write(actor, "create", kind, record, None, record)
         return public(record), secret
 
+    async def signup(self, org_name: Any, subject: Any) -> tuple[dict[str, Any], dict[str, Any], str]:
+        """A new org and its first admin (hosted sign-up): (org, member, the member's sign-in token, shown once).
+        Both are checked before either is written; the audit log names the signer-up."""
+        validate("orgs", {"name": org_name})
+        validate("members", {"subject": subject, "role": "org_admin"})
+        signer = Actor(f"signup:{str(subject).strip()}", "org_admin")
+        org, _ = await self.create(signer, "orgs", {"name": org_name})
+        member, token = await self.create(signer, "members", {"subject": subject, "role": "org_admin"}, org["id"])
+        assert token is not None
+        return org, member, token
+
     async def update(self, actor: Actor, kind: str, record_id: str, patch: Any) -> dict[str, Any]:
         before = await self._find(actor, kind, record_id)
         fields = validate(kind, patch, partial=True)

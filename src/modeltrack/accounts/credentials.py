@@ -7,7 +7,7 @@ request leaves. The provider keys come from the operator's file (``MODELTRACK_PR
 the store, the API or a request:
 
     teams:
-      search: {openai: sk-…, anthropic: sk-ant-…}
+      search: {openai: sk-…, anthropic: sk-ant-…}     # a team's name, or its id (team_…; multi-tenant: ids only)
     default: {openai: sk-…}          # for keys without a team (optional)
 
 They are never logged, recorded, exported or shown (tests/test_accounts.py::test_the_key_as_the_sdks_api_key).
@@ -47,9 +47,14 @@ class ProviderKeys:
     def __bool__(self) -> bool:
         return bool(self.teams or self.default)
 
-    def key_for(self, team: str | None, provider: str) -> str | None:
-        """The team's own key for the provider, else the default one, else None (the request is refused)."""
-        return self.teams.get(team or "", {}).get(provider) or self.default.get(provider)
+    def key_for(self, team_id: str | None, provider: str, team_name: str | None = None) -> str | None:
+        """The team's own key for the provider (the file names a team by its id, ``team_…``, or by its name;
+        in multi-tenant mode by its id only, as team names repeat across orgs), else the default one, else None
+        (the request is refused)."""
+        for team in (team_id, team_name):
+            if team and (found := self.teams.get(team, {}).get(provider)):
+                return found
+        return self.default.get(provider)
 
     @classmethod
     def from_file(cls, path: str, providers: tuple[str, ...]) -> ProviderKeys:

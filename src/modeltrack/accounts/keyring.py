@@ -45,6 +45,7 @@ class Grant:
     revoked: bool
     limits: tuple[Limit, ...] = ()  # the key's own RPM/TPM, its team's and its org's (controls.ratelimit)
     tpm: bool = False  # one of the limits counts tokens (the request's worst case is then bounded)
+    team_id: str | None = None  # for the provider keys held per team (accounts.credentials)
 
     def refusal(self, model: str | None, now: float) -> tuple[int, str, str] | None:
         """(status, error type, message) when this key may not make the request, else None."""
@@ -119,23 +120,31 @@ def build(
             revoked=bool(k.get("revoked")),
             limits=key_limits,
             tpm=any(lim.unit == "tokens" for lim in key_limits),
+            team_id=team["id"] if team else None,
         )
     return out
 
 
-def store_budgets(budgets: list[dict[str, Any]], teams: list[dict[str, Any]]) -> tuple[Budget, ...]:
+def store_budgets(
+    budgets: list[dict[str, Any]], teams: list[dict[str, Any]], multi_tenant: bool = False
+) -> tuple[Budget, ...]:
     """The store's budgets as the controls' budgets: a team's matches its requests by team name (what keys and
-    headers attribute), an org's matches everything; periods are calendar periods in UTC."""
+    headers attribute), an org's matches everything; periods are calendar periods in UTC. In multi-tenant mode
+    each also matches its own org only (the org its keys stamp on every request), so no org spends another's
+    budget and no team budget counts another org's team of the same name."""
     names = {t["id"]: t["name"] for t in teams}
     out = []
     for b in budgets:
         team = names.get(b.get("team_id") or "")
         if b.get("team_id") and team is None:
             continue  # its team is gone
+        exact: list[tuple[str, str]] = [("team", str(team))] if team else []
+        if multi_tenant:
+            exact.append(("org", str(b["org_id"])))
         out.append(
             Budget(
                 name=f"{b['name']} [{b['id']}]",
-                scope=Scope((("team", team),) if team else ()),
+                scope=Scope(tuple(exact)),
                 period=str(b["period"]),
                 timezone="UTC",
                 limit_usd=float(b["limit_usd"]),
@@ -153,8 +162,10 @@ class KeyRing:
         on_store_error: str = "open",
         max_stale: float = 60.0,
         touch_seconds: float = 30.0,
+        multi_tenant: bool = False,
     ) -> None:
         self.store = store
+        self.multi_tenant = multi_tenant
         self.refresh_seconds = refresh_seconds
         self.on_store_error = on_store_error
         self.max_stale = max_stale
@@ -194,7 +205,7 @@ class KeyRing:
         keys, teams = await self.store.records("keys"), await self.store.records("teams")
         self.grants = build(keys, teams, await self.store.records("limits"))
         if self.on_budgets is not None:
-            self.on_budgets(store_budgets(await self.store.records("budgets"), teams))
+            self.on_budgets(store_budgets(await self.store.records("budgets"), teams, self.multi_tenant))
         log.info("keys: %d loaded (store version %d)", len(self.grants), version)
         self.version = version
         if not self.loaded:

@@ -2,8 +2,9 @@
 
 **Tenant isolation is the key.** An entry is found only by a request that carries the same credential (a hash of
 ``Authorization`` / ``x-api-key`` / ``api-key`` / ``x-goog-api-key``, or the access key id of a SigV4
-signature, never the key itself), the same client token, the same provider, method, path and query, the same
-body (canonical JSON: key order and whitespace do not matter) and the same headers that change the answer
+signature, never the key itself), the same client token, the same org (of its ModelTrack key), the same
+provider, method, path and query, the same body (canonical JSON: key order and whitespace do not matter) and
+the same headers that change the answer
 (``anthropic-version``, ``anthropic-beta``, ``OpenAI-Organization``, ``OpenAI-Project``, and
 ``Accept-Encoding``, since the stored bytes may be compressed). All of it goes through SHA-256; the store holds
 digests and response bytes, never a key or a prompt.
@@ -148,10 +149,13 @@ def cache_key(
     body: bytes,
     parsed: Any,
     client_token: bytes,
+    org: str = "",
 ) -> str:
-    """The entry's name (see the module docstring for what goes in, and why)."""
+    """The entry's name (see the module docstring for what goes in, and why). ``org``: the org of the request's
+    ModelTrack key; entries of one org are never another's (tests/test_tenants.py), whatever else they share."""
     h = hashlib.sha256()
     h.update(b"modeltrack-cache-v1\0")
+    h.update(org.encode() + b"\0")
     h.update(_credential(headers))
     h.update(hashlib.sha256(client_token).digest())
     h.update(f"\0{provider}\0{method}\0".encode())

@@ -91,7 +91,11 @@ class Controls:
         metrics: Metrics,
         egress: Mapping[str, str] | None = None,
         path: str | None = None,
+        multi_tenant: bool = False,
     ) -> None:
+        self.multi_tenant = multi_tenant
+        if multi_tenant:
+            spec.check_tenancy()
         self.spec = spec
         self.file_spec = spec  # the controls file's rules; ``spec`` adds the store's budgets (set_store_budgets)
         self.store_budgets: tuple[Budget, ...] = ()
@@ -162,6 +166,8 @@ class Controls:
         self._mtime = _mtime(self.path)
         try:
             spec = load(self.path)
+            if self.multi_tenant:
+                spec.check_tenancy()
         except ControlsError as exc:
             self.metrics.controls_reloads.labels("invalid").inc()
             log.error("controls file changed but is invalid; the previous rules stay in force: %s", exc)
@@ -220,13 +226,21 @@ class Controls:
         """Which rules a request's attribution, provider and model fall under, or None when none can apply: the
         proxy then treats it as if no controls were loaded. Memoised per combination (bounded, and rebuilt after
         a reload), so a deployment whose rules match few requests pays one dictionary lookup for the rest."""
-        key = (provider, model, attrs.get("team"), attrs.get("app"), attrs.get("feature"), attrs.get("user"))
+        key = (
+            provider,
+            model,
+            attrs.get("team"),
+            attrs.get("app"),
+            attrs.get("feature"),
+            attrs.get("user"),
+            attrs.get("org"),
+        )
         spec = self.spec
         p = self._plans.get(key)
         if p is None or p.spec is not spec:
             if len(self._plans) >= 4096 or (p is not None and p.spec is not spec):
                 self._plans.clear()
-            values = dict(zip(("provider", "model", "team", "app", "feature", "user"), key, strict=True))
+            values = dict(zip(("provider", "model", "team", "app", "feature", "user", "org"), key, strict=True))
             ttl = None
             if spec.cache is not None:
                 ttl = next(
@@ -296,7 +310,9 @@ class Controls:
                 target = (path + "?" + query if query else path).encode("latin-1")
                 routed_to = (d.route.to or "") if d.routed_from is not None and d.route is not None else ""
                 target += b"\0" + routed_to.encode()
-                d.cache_key = cache_key(provider, method, target, headers, body, parsed, client_token)
+                d.cache_key = cache_key(
+                    provider, method, target, headers, body, parsed, client_token, attrs.get("org") or ""
+                )
                 d.cache_ttl = ttl
                 d.capture_limit = spec.cache.max_entry_bytes
                 try:

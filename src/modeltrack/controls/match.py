@@ -12,7 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-DIMENSIONS = ("team", "app", "feature", "user", "provider", "model")
+DIMENSIONS = ("team", "app", "feature", "user", "provider", "model", "org")
+"""``org`` is only ever set by an org's ModelTrack key (never by a header): multi-tenant budgets scope on it."""
 _GLOB = re.compile(r"[*?\[]")
 
 

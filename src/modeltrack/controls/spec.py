@@ -133,6 +133,21 @@ class ControlsSpec:
     tokens: tuple[ClientToken, ...] = ()
     reports: tuple[Report, ...] = ()
 
+    def check_tenancy(self) -> None:
+        """Multi-tenant mode: a budget must name its org (one org must never spend, or be refused by, a budget
+        another org's requests fill), and the file's client tokens carry no org, so none may be given."""
+        if self.tokens:
+            raise ControlsError(
+                f"{self.source}: tokens carry no org, and MODELTRACK_MULTI_TENANT=true takes only an org's mt_ "
+                "keys: remove tokens: and issue keys (modeltrack admin create keys ...)"
+            )
+        for b in self.budgets:
+            if not any(k == "org" for k, _ in b.scope.exact):
+                raise ControlsError(
+                    f"{self.source}: budget {b.name!r} has no org, so every org would fill it: add "
+                    "org: org_... to its scope (or create it per org: modeltrack admin create budgets ...)"
+                )
+
     def summary(self) -> str:
         parts = [f"{len(self.budgets)} budget(s)", f"{len(self.routes)} route(s)"]
         parts.append(f"cache {self.cache.backend.split('@')[-1]}" if self.cache else "cache off")

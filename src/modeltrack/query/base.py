@@ -15,8 +15,9 @@ from typing import Any, Protocol
 
 from ..events import CostEvent
 
-DIMENSIONS = ("team", "app", "feature", "user", "provider", "model", "status", "cache_hit")
-"""What the hourly rollups are keyed by: every one can filter a query or split it."""
+DIMENSIONS = ("team", "app", "feature", "user", "provider", "model", "status", "cache_hit", "org")
+"""What the hourly rollups are keyed by: every one can filter a query or split it (``org``: the organisation of
+the request's ModelTrack key, what multi-tenant mode narrows an org's readers to)."""
 
 
 class StoreMissing(ValueError):
@@ -46,6 +47,7 @@ class Filters:
     model: str | None = None
     status: str | None = None
     cache_hit: bool | None = None
+    org: str | None = None
 
     def items(self) -> list[tuple[str, Any]]:
         return [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None]

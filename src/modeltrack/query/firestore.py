@@ -111,7 +111,7 @@ class FirestoreReader:
                     "session_id": row["session_id"],
                     "first_ts": stamp(datetime.fromtimestamp(row["first_ms"] / 1000, UTC)),
                     "last_ts": stamp(datetime.fromtimestamp(row["last_ms"] / 1000, UTC)),
-                    **{k: row.get(k) for k in ("team", "app", "feature", "user")},
+                    **{k: row.get(k) for k in ("team", "app", "feature", "user", "org")},
                     **{k: int(row.get(k, 0)) for k in ("requests", *TOKENS, "cost_nano_usd")},
                     "latency_ms": float(row.get("latency_ms", 0.0)),
                 }

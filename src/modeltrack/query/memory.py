@@ -24,6 +24,7 @@ def event_row(ev: CostEvent) -> dict[str, Any]:
         "model": ev.model or "",
         "status": ev.status,
         "cache_hit": 1 if ev.cache_hit else 0,
+        "org": ev.org or "",
         "requests": 1,
         "errors": int(is_error(ev)),
         "cost_nano_usd": nano_usd(ev.cost_usd),
@@ -69,14 +70,15 @@ class SessionSums:
     filters a session row does not carry (provider, model, status, cache hit)."""
 
     def __init__(self) -> None:
-        self.by: dict[str, dict[str, Any]] = {}
+        self.by: dict[tuple[str, str], dict[str, Any]] = {}
 
     def add(self, e: CostEvent) -> None:
         if e.session_id is None:
             return
-        s = self.by.get(e.session_id)
+        key = (e.org or "", e.session_id)  # one org's session id never merges with another's
+        s = self.by.get(key)
         if s is None:
-            s = self.by[e.session_id] = {
+            s = self.by[key] = {
                 "session_id": e.session_id,
                 "first_ts": e.timestamp,
                 "last_ts": e.timestamp,
@@ -84,6 +86,7 @@ class SessionSums:
                 "app": e.app,
                 "feature": e.feature,
                 "user": e.user,
+                "org": e.org,
                 "requests": 0,
                 **dict.fromkeys(TOKENS, 0),
                 "cost_nano_usd": 0,

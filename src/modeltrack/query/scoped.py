@@ -1,10 +1,14 @@
-"""A reader narrowed to one team: what a team-scoped member (a team admin, or a viewer with a team) reads.
+"""A reader narrowed to one org, one team, or both: what a member reads.
+
+* A team-scoped member (a team admin, or a viewer with a team) reads its team only.
+* In multi-tenant mode every member reads its own org only (``MODELTRACK_MULTI_TENANT``), whatever its role.
 
 Every question the API, the dashboard and the exports ask goes through the reader, so narrowing it here is what
-enforces the scope, whatever the endpoint or its parameters: the team filter is forced to the member's team,
-and a question about any other team (``team=ads``, ``team=`` for "(none)") matches nothing. The store's fast
-paths that bypass filters (``iter_raw``) are not exposed. Held by
-tests/test_accounts.py::test_a_team_scoped_member_sees_only_its_team_through_every_endpoint.
+enforces the scope, whatever the endpoint or its parameters: the filter is forced to the member's team and
+org, and a question about any other (``team=ads``, ``org=org_b``, ``team=`` for "(none)") matches nothing. The
+store's fast paths that bypass filters (``iter_raw``) are not exposed. Held by
+tests/test_accounts.py::test_a_team_scoped_member_sees_only_its_team_through_every_endpoint and
+tests/test_tenants.py (every endpoint, on SQLite and on the Firestore emulator).
 """
 
 from __future__ import annotations
@@ -22,13 +26,18 @@ NOTHING = "\x00outside-this-scope"
 
 
 class ScopedReader:
-    def __init__(self, inner: Reader, team: str) -> None:
+    def __init__(self, inner: Reader, team: str | None = None, org: str | None = None) -> None:
         self.inner = inner
         self.team = team
+        self.org = org
         self.name = inner.name
 
     def _filters(self, f: Filters) -> Filters:
-        return f.with_(team=self.team if f.team in (None, self.team) else NOTHING)
+        if self.team is not None:
+            f = f.with_(team=self.team if f.team in (None, self.team) else NOTHING)
+        if self.org is not None:
+            f = f.with_(org=self.org if f.org in (None, self.org) else NOTHING)
+        return f
 
     def _events(self, f: EventFilter) -> EventFilter:
         return replace(f, filters=self._filters(f.filters))

@@ -62,6 +62,7 @@ class SQLiteReader:
                 "status",
                 "cache_hit",
                 "session_id",
+                "org",
             )
         }
         tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -162,7 +163,7 @@ class SQLiteReader:
     def _daily_table(self, f: Filters, group_by: tuple[str, ...]) -> str | None:
         """The daily rollup that holds every dimension this question groups or filters by, if one does."""
         needed = {*group_by, *(name for name, _ in f.items())}
-        if needed <= {"user", "cache_hit"} and "rollup_day_user" in self._tables:
+        if needed <= {"user", "cache_hit", "org"} and "rollup_day_user" in self._tables:
             return "rollup_day_user"
         if "user" not in needed and "rollup_day_attr" in self._tables:
             return "rollup_day_attr"
@@ -304,9 +305,9 @@ class SQLiteReader:
             where, args = self._where(EventFilter(start, end, f))
             sql = (
                 f"SELECT session_id, MIN(timestamp), MAX(timestamp), MIN(team), MIN(app), MIN(feature), MIN(user),"
-                f" COUNT(*), {', '.join(f'SUM({t})' for t in TOKENS)},"
+                f" COALESCE(org, ''), COUNT(*), {', '.join(f'SUM({t})' for t in TOKENS)},"
                 f" SUM(CAST(ROUND(COALESCE(cost_usd, 0) * 1e9) AS INTEGER)) AS cost, SUM(latency_ms)"
-                f" FROM events WHERE {where} AND session_id IS NOT NULL GROUP BY session_id"
+                f" FROM events WHERE {where} AND session_id IS NOT NULL GROUP BY session_id, COALESCE(org, '')"
                 f" ORDER BY cost DESC LIMIT ?"
             )
             rows = self._conn.execute(sql, [*args, limit]).fetchall()
@@ -314,12 +315,12 @@ class SQLiteReader:
             conds, args = self._dims(f, _SESSION_COLUMNS)
             where = " AND ".join(["last_ts >= ?", "first_ts < ?", *conds])
             sql = (
-                "SELECT session_id, first_ts, last_ts, team, app, feature, user, requests, "
+                "SELECT session_id, first_ts, last_ts, team, app, feature, user, org, requests, "
                 f"{', '.join(TOKENS)}, cost_nano_usd, latency_ms FROM sessions WHERE {where} "
                 "ORDER BY cost_nano_usd DESC LIMIT ?"
             )
             rows = self._conn.execute(sql, [since, until, *args, limit]).fetchall()
-        names = ("session_id", "first_ts", "last_ts", "team", "app", "feature", "user", *_SESSION_SUMS)
+        names = ("session_id", "first_ts", "last_ts", "team", "app", "feature", "user", "org", *_SESSION_SUMS)
         return [dict(zip(names, r, strict=True)) for r in rows]
 
     async def sessions(self, start: datetime, end: datetime, f: Filters, limit: int) -> list[dict[str, Any]]:
@@ -331,4 +332,4 @@ class SQLiteReader:
 
 
 _ROLLUP_COLUMNS = {d: d for d in DIMENSIONS}
-_SESSION_COLUMNS = {d: f"COALESCE({d}, '')" for d in ("team", "app", "feature", "user")}
+_SESSION_COLUMNS = {d: f"COALESCE({d}, '')" for d in ("team", "app", "feature", "user", "org")}

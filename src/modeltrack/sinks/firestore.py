@@ -7,9 +7,10 @@ Data model (``COLL`` = the collection from ``firestore://PROJECT/COLL``, default
 * ``COLL_rollups_daily/{day}_{hash}[_{shard}]`` — requests, tokens by kind and ``cost_nano_usd`` per
   (day, team, app, feature, provider, model).
 * ``COLL_rollups_hourly/{hour}_{hash}[_{shard}]`` — per (hour, team, app, feature, user, provider, model,
-  status, cache_hit): requests, errors, tokens, ``cost_nano_usd``, ``saved_nano_usd`` and the latency histogram
-  (``lat_00`` … ``lat_19``, :mod:`modeltrack.rollups`).
-* ``COLL_sessions/{hash(session_id)}`` — per session: requests, tokens, ``cost_nano_usd``, summed latency,
+  status, cache_hit, org; a key without an org hashes as it did before orgs existed): requests, errors,
+  tokens, ``cost_nano_usd``, ``saved_nano_usd`` and the latency histogram (``lat_00`` … ``lat_19``,
+  :mod:`modeltrack.rollups`).
+* ``COLL_sessions/{hash(org, session_id)}`` — per org and session: requests, tokens, ``cost_nano_usd``, summed latency,
   first and last seen (epoch ms, ``Minimum``/``Maximum`` transforms), team/app/feature/user as last seen.
 * ``COLL_claims/{key}`` — once-only markers (a budget alert, a scheduled report): ``create()`` succeeds once.
 
@@ -48,7 +49,7 @@ from ..rollups import (
 
 MAX_WRITES = 500
 _DAILY_FIELDS = ("day", "team", "app", "feature", "provider", "model")
-_HOURLY_FIELDS = ("hour", "team", "app", "feature", "user", "provider", "model", "status", "cache_hit")
+_HOURLY_FIELDS = ("hour", "team", "app", "feature", "user", "provider", "model", "status", "cache_hit", "org")
 
 
 def rollup_doc_id(key: tuple[Any, ...], shard: int | None = None) -> str:
@@ -56,8 +57,16 @@ def rollup_doc_id(key: tuple[Any, ...], shard: int | None = None) -> str:
     return f"{key[0]}_{digest}" + (f"_{shard}" if shard is not None else "")
 
 
-def session_doc_id(session_id: str) -> str:
-    return hashlib.sha256(session_id.encode()).hexdigest()[:32]
+def session_doc_id(session_id: str, org: str | None = None) -> str:
+    """A session's document: one per org and session id (without an org, the id it always had)."""
+    name = f"{org}\x1f{session_id}" if org else session_id
+    return hashlib.sha256(name.encode()).hexdigest()[:32]
+
+
+def hourly_doc_id(key: tuple[Any, ...], shard: int | None = None) -> str:
+    """An hourly rollup's document. The org is the key's last part; without one the id is the one the same key
+    had before orgs existed, so existing documents keep counting (no migration)."""
+    return rollup_doc_id(key if key[-1] else key[:-1], shard)
 
 
 def _epoch_ms(timestamp: str) -> int:
@@ -99,7 +108,7 @@ class FirestoreSink:
         for ev in events:
             mine: set[tuple[Any, ...]] = {daily_key(ev), hourly_key(ev)}
             if ev.session_id is not None:
-                mine.add(("session", ev.session_id))
+                mine.add(("session", ev.org or "", ev.session_id))
             if cur and len(cur) + 1 + len(keys | mine) > MAX_WRITES:
                 chunks.append(cur)
                 cur, keys = [], set()
@@ -141,7 +150,7 @@ class FirestoreSink:
         batch = self.client.batch()
         daily: dict[tuple[Any, ...], dict[str, int]] = {}
         hourly: dict[tuple[Any, ...], dict[str, int]] = {}
-        sessions: dict[str, dict[str, Any]] = {}
+        sessions: dict[tuple[str, str], dict[str, Any]] = {}
         for ev in events:
             batch.create(self.collection_ref("events").document(ev.request_id), ev.to_dict())
             tokens = [getattr(ev, t) for t in TOKENS]
@@ -162,7 +171,7 @@ class FirestoreSink:
             h[bucket] = h.get(bucket, 0) + 1
             if ev.session_id is not None:
                 s = sessions.setdefault(
-                    ev.session_id,
+                    (ev.org or "", ev.session_id),
                     {"sums": dict.fromkeys(("requests", *TOKENS, "cost_nano_usd"), 0), "latency_ms": 0.0, "ts": []},
                 )
                 s["sums"]["requests"] += 1
@@ -171,7 +180,7 @@ class FirestoreSink:
                 s["sums"]["cost_nano_usd"] += cost
                 s["latency_ms"] += ev.latency_ms
                 s["ts"].append(_epoch_ms(ev.timestamp))
-                s["attrs"] = {"team": ev.team, "app": ev.app, "feature": ev.feature, "user": ev.user}
+                s["attrs"] = {"team": ev.team, "app": ev.app, "feature": ev.feature, "user": ev.user, "org": ev.org}
         for key, acc in daily.items():
             doc = dict(zip(_DAILY_FIELDS, key, strict=True))
             doc.update({k: firestore.Increment(v) for k, v in acc.items()})
@@ -180,15 +189,15 @@ class FirestoreSink:
             doc = dict(zip(_HOURLY_FIELDS, key, strict=True))
             doc.update({k: firestore.Increment(v) for k, v in acc.items() if v})
             batch.set(
-                self.collection_ref("rollups_hourly").document(rollup_doc_id(key, self._shard())), doc, merge=True
+                self.collection_ref("rollups_hourly").document(hourly_doc_id(key, self._shard())), doc, merge=True
             )
-        for sid, s in sessions.items():
+        for (org, sid), s in sessions.items():
             doc = {"session_id": sid, **s["attrs"]}
             doc.update({k: firestore.Increment(v) for k, v in s["sums"].items()})
             doc["latency_ms"] = firestore.Increment(s["latency_ms"])
             doc["first_ms"] = firestore.Minimum(min(s["ts"]))
             doc["last_ms"] = firestore.Maximum(max(s["ts"]))
-            batch.set(self.collection_ref("sessions").document(session_doc_id(sid)), doc, merge=True)
+            batch.set(self.collection_ref("sessions").document(session_doc_id(sid, org)), doc, merge=True)
         return batch
 
     def _shard(self) -> int | None:

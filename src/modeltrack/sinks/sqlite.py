@@ -43,16 +43,18 @@ EVENT_COLUMNS = (
     "saved_usd",
     *TOKENS,
     "latency_ms",
+    "org",
     "doc",
 )
 """Every field a reader filters, groups or sums on is a column; ``doc`` is the whole event (JSON)."""
 
-_ADDED_IN_V2 = {
+_ADDED_COLUMNS = {
     c: ("INTEGER" if c in ("status", "cache_hit", *TOKENS) else "REAL" if c.endswith(("_usd", "_ms")) else "TEXT")
-    for c in ("user", "session_id", "status", "error", "cache_hit", "saved_usd", *TOKENS, "latency_ms")
+    for c in ("user", "session_id", "status", "error", "cache_hit", "saved_usd", *TOKENS, "latency_ms", "org")
 }
+"""Event columns added after the first version: a database without them gets them, filled from ``doc``."""
 
-SCHEMA = f"""
+SCHEMA = """
 PRAGMA journal_mode=WAL;
 PRAGMA synchronous=NORMAL;
 PRAGMA wal_autocheckpoint=10000;
@@ -75,31 +77,6 @@ CREATE TABLE IF NOT EXISTS rollup_daily (
     cost_nano_usd INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (day, team, app, feature, provider, model)
 );
-CREATE TABLE IF NOT EXISTS rollup_hourly (
-    hour TEXT NOT NULL, team TEXT NOT NULL, app TEXT NOT NULL, feature TEXT NOT NULL, user TEXT NOT NULL,
-    provider TEXT NOT NULL, model TEXT NOT NULL, status INTEGER NOT NULL, cache_hit INTEGER NOT NULL,
-    {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in (*SUMS, *LATENCY_BUCKETS))},
-    PRIMARY KEY (hour, team, app, feature, user, provider, model, status, cache_hit)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS rollup_day_attr (
-    day TEXT NOT NULL, team TEXT NOT NULL, app TEXT NOT NULL, feature TEXT NOT NULL,
-    provider TEXT NOT NULL, model TEXT NOT NULL, status INTEGER NOT NULL, cache_hit INTEGER NOT NULL,
-    {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in (*SUMS, *LATENCY_BUCKETS))},
-    PRIMARY KEY (day, team, app, feature, provider, model, status, cache_hit)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS rollup_day_user (
-    day TEXT NOT NULL, user TEXT NOT NULL, cache_hit INTEGER NOT NULL,
-    {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in (*SUMS, *LATENCY_BUCKETS))},
-    PRIMARY KEY (day, user, cache_hit)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS sessions (
-    session_id TEXT PRIMARY KEY,
-    first_ts TEXT NOT NULL, last_ts TEXT NOT NULL,
-    team TEXT, app TEXT, feature TEXT, user TEXT,
-    requests INTEGER NOT NULL DEFAULT 0,
-    {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in (*TOKENS, "cost_nano_usd"))},
-    latency_ms REAL NOT NULL DEFAULT 0
-);
 CREATE TABLE IF NOT EXISTS claims (
     key TEXT PRIMARY KEY,
     at TEXT NOT NULL
@@ -107,6 +84,37 @@ CREATE TABLE IF NOT EXISTS claims (
 """
 """``claims``: once-only markers shared by every process and replica on this store (a budget threshold's
 alert, a period's report): the first to insert a key owns the action."""
+
+_SUM_COLUMNS = ", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in (*SUMS, *LATENCY_BUCKETS))
+DERIVED = {
+    "rollup_hourly": f"""CREATE TABLE IF NOT EXISTS rollup_hourly (
+    hour TEXT NOT NULL, team TEXT NOT NULL, app TEXT NOT NULL, feature TEXT NOT NULL, user TEXT NOT NULL,
+    provider TEXT NOT NULL, model TEXT NOT NULL, status INTEGER NOT NULL, cache_hit INTEGER NOT NULL,
+    org TEXT NOT NULL, {_SUM_COLUMNS},
+    PRIMARY KEY (hour, team, app, feature, user, provider, model, status, cache_hit, org)
+) WITHOUT ROWID""",
+    "rollup_day_attr": f"""CREATE TABLE IF NOT EXISTS rollup_day_attr (
+    day TEXT NOT NULL, team TEXT NOT NULL, app TEXT NOT NULL, feature TEXT NOT NULL,
+    provider TEXT NOT NULL, model TEXT NOT NULL, status INTEGER NOT NULL, cache_hit INTEGER NOT NULL,
+    org TEXT NOT NULL, {_SUM_COLUMNS},
+    PRIMARY KEY (day, team, app, feature, provider, model, status, cache_hit, org)
+) WITHOUT ROWID""",
+    "rollup_day_user": f"""CREATE TABLE IF NOT EXISTS rollup_day_user (
+    day TEXT NOT NULL, user TEXT NOT NULL, cache_hit INTEGER NOT NULL, org TEXT NOT NULL, {_SUM_COLUMNS},
+    PRIMARY KEY (day, user, cache_hit, org)
+) WITHOUT ROWID""",
+    "sessions": f"""CREATE TABLE IF NOT EXISTS sessions (
+    session_id TEXT NOT NULL, org TEXT NOT NULL,
+    first_ts TEXT NOT NULL, last_ts TEXT NOT NULL,
+    team TEXT, app TEXT, feature TEXT, user TEXT,
+    requests INTEGER NOT NULL DEFAULT 0,
+    {", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in (*TOKENS, "cost_nano_usd"))},
+    latency_ms REAL NOT NULL DEFAULT 0,
+    PRIMARY KEY (session_id, org)
+)""",
+}
+"""What is derived from the events, exactly once with them: rebuilt from the events when its shape changes
+(:func:`migrate`). Every one carries the org, so one org's sums and sessions never merge with another's."""
 
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS events_ts ON events(timestamp);
@@ -142,6 +150,7 @@ _KEYS_H = ", ".join(
         _TEXT_KEY.format("model"),
         "status",
         "cache_hit",
+        _TEXT_KEY.format("org"),
     )
 )
 _KEYS_D = ", ".join(
@@ -182,11 +191,14 @@ _ROLL_DAY_ATTR = _roll(
             _TEXT_KEY.format("model"),
             "status",
             "cache_hit",
+            _TEXT_KEY.format("org"),
         )
     ),
 )
 _ROLL_DAY_USER = _roll(
-    "rollup_day_user", ("day", "user", "cache_hit"), f"substr(timestamp, 1, 10), {_TEXT_KEY.format('user')}, cache_hit"
+    "rollup_day_user",
+    ("day", "user", "cache_hit", "org"),
+    f"substr(timestamp, 1, 10), {_TEXT_KEY.format('user')}, cache_hit, {_TEXT_KEY.format('org')}",
 )
 
 _ROLL_DAILY = f"""
@@ -198,12 +210,13 @@ ON CONFLICT(day, team, app, feature, provider, model) DO UPDATE SET
 """
 
 _ROLL_SESSIONS = f"""
-INSERT INTO sessions (session_id, first_ts, last_ts, team, app, feature, user, requests,
+INSERT INTO sessions (session_id, org, first_ts, last_ts, team, app, feature, user, requests,
                       {", ".join(TOKENS)}, cost_nano_usd, latency_ms)
-SELECT session_id, MIN(timestamp), MAX(timestamp), MIN(team), MIN(app), MIN(feature), MIN(user), COUNT(*),
-       {", ".join(f"SUM({t})" for t in TOKENS)}, SUM({_NANO.format("cost_usd")}), SUM(latency_ms)
-FROM events WHERE rowid > ? AND session_id IS NOT NULL GROUP BY session_id
-ON CONFLICT(session_id) DO UPDATE SET
+SELECT session_id, COALESCE(org, ''), MIN(timestamp), MAX(timestamp), MIN(team), MIN(app), MIN(feature),
+       MIN(user), COUNT(*), {", ".join(f"SUM({t})" for t in TOKENS)}, SUM({_NANO.format("cost_usd")}),
+       SUM(latency_ms)
+FROM events WHERE rowid > ? AND session_id IS NOT NULL GROUP BY session_id, COALESCE(org, '')
+ON CONFLICT(session_id, org) DO UPDATE SET
   first_ts = MIN(first_ts, excluded.first_ts), last_ts = MAX(last_ts, excluded.last_ts),
   team = COALESCE(team, excluded.team), app = COALESCE(app, excluded.app),
   feature = COALESCE(feature, excluded.feature), user = COALESCE(user, excluded.user),
@@ -237,48 +250,49 @@ def _row(e: CostEvent, doc: Any) -> tuple[Any, ...]:
         e.cache_write_tokens,
         e.reasoning_tokens,
         e.latency_ms,
+        e.org,
         doc,
     )
 
 
+def _columns(conn: sqlite3.Connection, table: str) -> set[str]:
+    return {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+
+
 def migrate(conn: sqlite3.Connection) -> None:
-    """Bring a database of any earlier version to this schema, in one transaction (idempotent)."""
+    """Bring a database of any earlier version to this schema, in one transaction (idempotent): event columns
+    added since are added and filled from each event's stored JSON; derived tables of an older shape (before
+    the org dimension, or missing) are rebuilt from every stored event, so their sums stay exactly the
+    events' (tests/test_pipeline.py::test_an_older_database_is_migrated_in_place)."""
     before = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
     conn.executescript(SCHEMA)
-    if "events" in before and "rollup_day_attr" not in before:
-        # Daily rollups added to a store that already has events: build them from every stored event.
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if {r[1] for r in conn.execute("PRAGMA table_info(events)")} >= {"user", "status", "cache_hit"}:
-                conn.execute(_ROLL_DAY_ATTR, (0,))
-                conn.execute(_ROLL_DAY_USER, (0,))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-    have = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
-    missing = [c for c in _ADDED_IN_V2 if c not in have]
-    if missing:
+    for create in DERIVED.values():
+        conn.execute(create)
+    missing = [c for c in _ADDED_COLUMNS if c not in _columns(conn, "events")]
+    stale = [t for t in DERIVED if t not in before or "org" not in _columns(conn, t)]
+    if missing or stale:
         conn.execute("BEGIN IMMEDIATE")
         try:
             for c in missing:
-                conn.execute(f"ALTER TABLE events ADD COLUMN {c} {_ADDED_IN_V2[c]}")
-            # Fill the new columns from the stored events (doc is the event's JSON), then build what the new
-            # rollups would hold had they existed all along.
-            fills = ", ".join(
-                f"{c} = "
-                + (
-                    f"CASE WHEN json_extract(CAST(doc AS TEXT), '$.{c}') THEN 1 ELSE 0 END"
-                    if c == "cache_hit"
-                    else f"json_extract(CAST(doc AS TEXT), '$.{c}')"
+                conn.execute(f"ALTER TABLE events ADD COLUMN {c} {_ADDED_COLUMNS[c]}")
+            if missing:
+                fills = ", ".join(
+                    f"{c} = "
+                    + (
+                        f"CASE WHEN json_extract(CAST(doc AS TEXT), '$.{c}') THEN 1 ELSE 0 END"
+                        if c == "cache_hit"
+                        else f"json_extract(CAST(doc AS TEXT), '$.{c}')"
+                    )
+                    for c in missing
                 )
-                for c in missing
-            )
-            conn.execute(f"UPDATE events SET {fills}")
-            conn.execute(_ROLL_HOURLY, (0,))
-            conn.execute(_ROLL_DAY_ATTR, (0,))
-            conn.execute(_ROLL_DAY_USER, (0,))
-            conn.execute(_ROLL_SESSIONS, (0,))
+                conn.execute(f"UPDATE events SET {fills}")
+            # Every derived table is rebuilt from the events at once: what they would hold had they always
+            # had this shape.
+            for table, create in DERIVED.items():
+                conn.execute(f"DROP TABLE IF EXISTS {table}")
+                conn.execute(create)
+            for roll in (_ROLL_HOURLY, _ROLL_DAY_ATTR, _ROLL_DAY_USER, _ROLL_SESSIONS):
+                conn.execute(roll, (0,))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")

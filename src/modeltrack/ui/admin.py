@@ -41,12 +41,27 @@ COOKIE = "modeltrack_admin"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+SIGNUPS_PER_HOUR = 5
+"""Sign-ups one client address may make in an hour (per dashboard process): enough for a person, not a script."""
+
+
 class AdminApi:
-    def __init__(self, admin: Admin, admin_tokens: ClientTokens, ui_host: str, oidc: OIDC | None = None) -> None:
+    def __init__(
+        self,
+        admin: Admin,
+        admin_tokens: ClientTokens,
+        ui_host: str,
+        oidc: OIDC | None = None,
+        multi_tenant: bool = False,
+        signup: str = "off",
+    ) -> None:
         self.admin = admin
         self.oidc = oidc
         self.tokens = admin_tokens
-        self.local_operator = not admin_tokens and ui_host in LOOPBACK
+        # Multi-tenant: loopback is no proof of being the operator (a hosted dashboard sits behind a proxy).
+        self.local_operator = not admin_tokens and ui_host in LOOPBACK and not multi_tenant
+        self.signup_open = signup == "open"
+        self._signups: dict[str, list[float]] = {}
 
     def _session_key(self, kind: str, secret_digest: str) -> bytes:
         # A member's sessions die with its token (rotated or removed); an admin token's with the configured set.
@@ -138,6 +153,7 @@ class AdminApi:
             web.post(base + "/login", self.login),
             web.post(base + "/logout", self.logout),
             web.get(base + "/me", self.me),
+            web.post(base + "/signup", self.signup),
             web.get(base + "/audit", self.audit),
             web.post(base + "/keys/{id}/rotate", self.rotate),
             web.get(base + "/{kind}", self.list),
@@ -191,6 +207,30 @@ class AdminApi:
     async def logout(self, request: web.Request) -> web.Response:
         resp = json_response({"ok": True})
         resp.del_cookie(COOKIE, path="/")
+        return resp
+
+    async def signup(self, request: web.Request) -> web.Response:
+        """``MODELTRACK_SIGNUP=open`` (multi-tenant mode only): a new org and its first admin, whose sign-in token
+        (``mtm_…``) is answered this once. Same-origin JSON, and a few per client address an hour."""
+        if not self.signup_open:
+            raise AccountError("sign-up is off here: the operator creates organisations", 404, "not_found")
+        if not same_origin(request.headers, request.host, request.scheme):
+            raise AccountError("sign up from the dashboard itself", 403, "cross_origin")
+        now = time.monotonic()
+        who = request.remote or "?"
+        recent = [t for t in self._signups.get(who, ()) if now - t < 3600]
+        if len(recent) >= SIGNUPS_PER_HOUR:
+            retry = int(3600 - (now - recent[0])) + 1
+            return error(429, "rate_limited", f"Too many sign-ups from this address; retry in {retry} s.")
+        body = await self._body(request)
+        if not isinstance(body, dict) or set(body) - {"org", "subject"}:
+            raise AccountError('send {"org": "Your organisation", "subject": "you@example.com"}')
+        org, member, token = await self.admin.signup(body.get("org"), body.get("subject"))
+        if len(self._signups) > 10_000:
+            self._signups.clear()  # bounded: a flood of addresses cannot grow it without limit
+        self._signups[who] = [*recent, now]
+        resp = json_response({"org": org, "member": member, "token": token}, 201)
+        set_session_cookie(resp, request, COOKIE, self._cookie("m", str(member["id"]), digest(token)))
         return resp
 
     async def me(self, request: web.Request) -> web.Response:

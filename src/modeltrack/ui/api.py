@@ -36,6 +36,8 @@ if TYPE_CHECKING:
 
 SCOPE = web.RequestKey("scope_team", str)
 """Where the app's guard leaves a team-scoped member's team, for :meth:`Api.reader`."""
+ORG_SCOPE = web.RequestKey("scope_org", str)
+"""Where the app's guard leaves a member's org in multi-tenant mode, for :meth:`Api.reader`."""
 
 
 def json_response(data: Any, status: int = 200) -> web.Response:
@@ -108,13 +110,15 @@ class Api:
 
     async def reader(self, request: web.Request | None = None) -> Reader:
         """The store, opened on first use (the proxy may start after the dashboard; until then: a 503); for a
-        team-scoped member (``request["scope_team"]``, set by the app's guard), narrowed to that team."""
+        team-scoped member (``request["scope_team"]``, set by the app's guard), narrowed to that team; in
+        multi-tenant mode, for any member (``request["scope_org"]``), narrowed to its org."""
         if self._reader is None:
             async with self._lock:
                 if self._reader is None:
                     self._reader = open_reader(self.settings.store)
         team = request.get(SCOPE) if request is not None else None
-        return self._reader if team is None else ScopedReader(self._reader, team)
+        org = request.get(ORG_SCOPE) if request is not None else None
+        return self._reader if team is None and org is None else ScopedReader(self._reader, team, org)
 
     async def close(self) -> None:
         if self._reader is not None:
@@ -221,6 +225,9 @@ class Api:
         team = request.get(SCOPE)
         if team is not None:  # a team's member sees the budgets that are about its team only
             budgets = tuple(b for b in budgets if ("team", team) in b.scope.exact)
+        org = request.get(ORG_SCOPE)
+        if org is not None:  # an org's member, the budgets of its org only
+            budgets = tuple(b for b in budgets if ("org", org) in b.scope.exact)
         rows = await budget_status(await self.reader(request), budgets)
         return json_response({"budgets": rows, "controls_file": path})
 

@@ -24,7 +24,7 @@ from ..pricing import Pricing
 from ..query import StoreMissing
 from ..query.views import QueryError
 from .admin import AdminApi
-from .api import SCOPE, Api, error, json_response
+from .api import ORG_SCOPE, SCOPE, Api, error, json_response
 from .auth import COOKIE, UIAuth, same_origin, set_session_cookie
 from .export import export
 from .exposure import check_exposure
@@ -96,7 +96,12 @@ def create_app(settings: Settings, pricing: Pricing | None = None) -> web.Applic
             if member is not None:
                 if member[1] is not None:
                     request[SCOPE] = member[1]
-            elif not auth.request_allowed(request.headers, request.cookies):
+                if settings.multi_tenant:
+                    request[ORG_SCOPE] = member[0].org_id or "\x00no-org"
+            elif (settings.multi_tenant and not auth.enabled) or not auth.request_allowed(
+                request.headers, request.cookies
+            ):
+                # Multi-tenant: nobody reads without signing in (a member, or the operator's dashboard token).
                 return error(
                     401, "unauthorized", "Log in with a dashboard token, or send Authorization: Bearer <token>."
                 )
@@ -141,7 +146,16 @@ def create_app(settings: Settings, pricing: Pricing | None = None) -> web.Applic
     async def session_state(request: web.Request) -> web.Response:
         member = await admin.member_scope(request) if admin is not None else None
         logged_in = member is not None or auth.request_allowed(request.headers, request.cookies)
-        return json_response({"auth": auth.enabled, "logged_in": logged_in, "sso": oidc is not None})
+        if settings.multi_tenant and member is None and not auth.enabled:
+            logged_in = False
+        return json_response(
+            {
+                "auth": auth.enabled or settings.multi_tenant,
+                "logged_in": logged_in,
+                "sso": oidc is not None,
+                "signup": settings.signup == "open",
+            }
+        )
 
     async def page(request: web.Request) -> web.FileResponse:
         return web.FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
@@ -165,7 +179,11 @@ def create_app(settings: Settings, pricing: Pricing | None = None) -> web.Applic
     accounts = open_accounts(settings.store)
     admin_tokens = ClientTokens.from_setting(settings.admin_tokens, "MODELTRACK_ADMIN_TOKENS")
     oidc = OIDC(settings, Admin(accounts)) if accounts is not None and settings.oidc_issuer else None
-    admin = AdminApi(Admin(accounts), admin_tokens, settings.ui_host, oidc) if accounts is not None else None
+    admin = (
+        AdminApi(Admin(accounts), admin_tokens, settings.ui_host, oidc, settings.multi_tenant, settings.signup)
+        if accounts is not None
+        else None
+    )
     app = web.Application(middlewares=[errors, guard, *([admin.errors] if admin is not None else [])])
     app.add_routes(api.routes())
     if admin is not None:
