@@ -418,6 +418,53 @@ async def test_a_team_budget_made_at_runtime_blocks_its_keys(replay: Any, make_p
         await accounts.close()
 
 
+async def test_a_keys_own_budget_blocks_that_key_only(replay: Any, make_proxy: Any, tmp_path: Path) -> None:
+    """A key's ``budget_usd`` is a block budget matched by the key's id: that key is refused once it is spent,
+    another key of the same team is not; its spend is what the rollups say by key (the Keys page's figure)."""
+    from datetime import UTC, datetime, timedelta
+
+    from modeltrack.query import Filters
+
+    from .test_spend_controls import MINI_COST
+
+    upstream, upstream_url = replay
+    upstream.current = MINI_STREAM
+    store = f"sqlite:///{tmp_path}/events.db"
+    accounts = open_accounts(store)
+    assert accounts is not None
+    admin = Admin(accounts)
+    try:
+        team, _ = await admin.create(OP, "teams", {"name": "search"})
+        limit = 12 * MINI_COST
+        capped, capped_secret = await admin.create(
+            OP, "keys", {"name": "capped", "team_id": team["id"], "budget_usd": limit, "budget_period": "daily"}
+        )
+        free, free_secret = await admin.create(OP, "keys", {"name": "free", "team_id": team["id"]})
+        proxy = await make_proxy(upstream_url, store=store, keys_refresh_seconds=0.2)
+        statuses = []
+        async with aiohttp.ClientSession() as s:
+            for _ in range(25):
+                status, body = await _status(s, proxy.url, str(capped_secret))
+                statuses.append(status)
+                if status == 429:
+                    break
+            assert statuses[-1] == 429 and body["error"]["type"] == "budget_exceeded", statuses
+            assert f"Budget 'key capped [{capped['id']}]'" in body["error"]["message"]
+            for _ in range(3):
+                assert (await _status(s, proxy.url, str(free_secret)))[0] == 200
+        events = await proxy.events()
+        spent = {k["id"]: sum(e.cost_usd or 0 for e in events if e.key_id == k["id"]) for k in (capped, free)}
+        assert 0 < spent[capped["id"]] <= limit + 1e-12 and spent[free["id"]] > 0
+        reader = open_reader(store)
+        now = datetime.now(UTC)
+        rows = await reader.aggregate(now - timedelta(days=1), now + timedelta(hours=1), Filters(), ("key_id",))
+        await reader.close()
+        by_key = {r["key_id"]: r["cost_nano_usd"] for r in rows}
+        assert by_key == {k: round(v * 1e9) for k, v in spent.items()}
+    finally:
+        await accounts.close()
+
+
 async def test_the_key_as_the_sdks_api_key(replay: Any, make_proxy: Any, tmp_path: Path, caplog: Any) -> None:
     """The mt_ key given to the SDK as its API key: the proxy swaps it for the team's provider key (from the
     operator's file) in the same header and scheme. The upstream never sees the mt_ key; the provider key never

@@ -304,6 +304,7 @@ async def test_the_admin_pages_create_show_once_rotate_revoke_and_audit(
     await form.locator("[data-field=team_id]").select_option(label="search")
     await form.locator("[data-field=app]").fill("web")
     await form.locator("[data-field=rpm]").fill("60")
+    await form.locator("[data-field=budget_usd]").fill("5")
     await form.locator("button[type=submit]").click()
     secret = (await b.page.locator("[data-testid=secret] pre").inner_text(timeout=10_000)).strip()
     assert secret.startswith("mt_")
@@ -311,7 +312,22 @@ async def test_the_admin_pages_create_show_once_rotate_revoke_and_audit(
     listed = await api(server, "/api/v1/admin/keys")
     (key,) = listed["keys"]
     assert (key["name"], key["app"], key["rpm"], key["prefix"]) == ("ci", "web", 60, secret[:7] + "…")
+    assert key["budget_usd"] == 5
+    # The key's spend (30 days, from the rollups by key), beside its budget: events made with it, and one not.
+    from dataclasses import replace
+
+    from .test_pipeline import make_event
+
+    sink = open_sink(store)
+    await sink.open()
+    costs = (0.125, 0.0625, 0.0625, 3.0)
+    await sink.write(
+        [replace(make_event(i), cost_usd=c, key_id=key["id"] if i < 3 else None) for i, c in enumerate(costs)]
+    )
+    await sink.close()
+    await b.open("/keys", shot="keys-spend")
     row = b.page.locator(f"tr[data-key={key['id']}]")
+    assert await row.locator("[data-testid=key-spend]").inner_text() == "$0.2500 of $5 / monthly"
     assert "search" in await row.inner_text() and secret not in await row.inner_text()
     await row.locator("[data-testid=rotate]").click()
     rotated = (await b.page.locator("[data-testid=secret] pre").inner_text(timeout=10_000)).strip()

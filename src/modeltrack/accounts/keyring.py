@@ -126,12 +126,18 @@ def build(
 
 
 def store_budgets(
-    budgets: list[dict[str, Any]], teams: list[dict[str, Any]], multi_tenant: bool = False
+    budgets: list[dict[str, Any]],
+    teams: list[dict[str, Any]],
+    multi_tenant: bool = False,
+    keys: list[dict[str, Any]] | None = None,
 ) -> tuple[Budget, ...]:
     """The store's budgets as the controls' budgets: a team's matches its requests by team name (what keys and
     headers attribute), an org's matches everything; periods are calendar periods in UTC. In multi-tenant mode
     each also matches its own org only (the org its keys stamp on every request), so no org spends another's
-    budget and no team budget counts another org's team of the same name."""
+    budget and no team budget counts another org's team of the same name.
+
+    A key with a ``budget_usd`` gets a block budget of its own (``budget_period``, monthly when unset), matched by
+    the key's public id: the requests made with that key, and no other."""
     names = {t["id"]: t["name"] for t in teams}
     out = []
     for b in budgets:
@@ -149,6 +155,22 @@ def store_budgets(
                 timezone="UTC",
                 limit_usd=float(b["limit_usd"]),
                 action=str(b.get("action") or "block"),
+            )
+        )
+    for k in keys or ():
+        if not k.get("budget_usd") or k.get("revoked"):
+            continue
+        scope: list[tuple[str, str]] = [("key_id", str(k["id"]))]
+        if multi_tenant:
+            scope.append(("org", str(k["org_id"])))
+        out.append(
+            Budget(
+                name=f"key {k['name']} [{k['id']}]",
+                scope=Scope(tuple(scope)),
+                period=str(k.get("budget_period") or "monthly"),
+                timezone="UTC",
+                limit_usd=float(k["budget_usd"]),
+                action="block",
             )
         )
     return tuple(sorted(out, key=lambda b: b.name))
@@ -205,7 +227,7 @@ class KeyRing:
         keys, teams = await self.store.records("keys"), await self.store.records("teams")
         self.grants = build(keys, teams, await self.store.records("limits"))
         if self.on_budgets is not None:
-            self.on_budgets(store_budgets(await self.store.records("budgets"), teams, self.multi_tenant))
+            self.on_budgets(store_budgets(await self.store.records("budgets"), teams, self.multi_tenant, keys))
         log.info("keys: %d loaded (store version %d)", len(self.grants), version)
         self.version = version
         if not self.loaded:

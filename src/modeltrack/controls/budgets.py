@@ -314,7 +314,7 @@ class Budgets:
     def on_recorded(self, ev: CostEvent) -> None:
         if not ev.cost_usd or not self.budgets:
             return
-        matched = self._matching_key((ev.team, ev.app, ev.feature, ev.user, ev.provider, ev.model, ev.org))
+        matched = self._matching_key((ev.team, ev.app, ev.feature, ev.user, ev.provider, ev.model, ev.org, ev.key_id))
         if not matched:
             return
         cost = round(ev.cost_usd * 1e9)

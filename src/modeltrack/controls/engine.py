@@ -234,13 +234,15 @@ class Controls:
             attrs.get("feature"),
             attrs.get("user"),
             attrs.get("org"),
+            attrs.get("key_id"),
         )
         spec = self.spec
         p = self._plans.get(key)
         if p is None or p.spec is not spec:
             if len(self._plans) >= 4096 or (p is not None and p.spec is not spec):
                 self._plans.clear()
-            values = dict(zip(("provider", "model", "team", "app", "feature", "user", "org"), key, strict=True))
+            names = ("provider", "model", "team", "app", "feature", "user", "org", "key_id")
+            values = dict(zip(names, key, strict=True))
             ttl = None
             if spec.cache is not None:
                 ttl = next(

@@ -12,8 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-DIMENSIONS = ("team", "app", "feature", "user", "provider", "model", "org")
-"""``org`` is only ever set by an org's ModelTrack key (never by a header): multi-tenant budgets scope on it."""
+DIMENSIONS = ("team", "app", "feature", "user", "provider", "model", "org", "key_id")
+"""``org`` and ``key_id`` are only ever set by a ModelTrack key (never by a header): multi-tenant budgets scope
+on the org, a key's own budget on its id."""
 _GLOB = re.compile(r"[*?\[]")
 
 

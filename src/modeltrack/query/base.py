@@ -15,9 +15,10 @@ from typing import Any, Protocol
 
 from ..events import CostEvent
 
-DIMENSIONS = ("team", "app", "feature", "user", "provider", "model", "status", "cache_hit", "org")
+DIMENSIONS = ("team", "app", "feature", "user", "provider", "model", "status", "cache_hit", "org", "key_id")
 """What the hourly rollups are keyed by: every one can filter a query or split it (``org``: the organisation of
-the request's ModelTrack key, what multi-tenant mode narrows an org's readers to)."""
+the request's ModelTrack key, what multi-tenant mode narrows an org's readers to; ``key_id``: that key's public
+id, for its spend and its budget)."""
 
 
 class StoreMissing(ValueError):
@@ -48,6 +49,7 @@ class Filters:
     status: str | None = None
     cache_hit: bool | None = None
     org: str | None = None
+    key_id: str | None = None
 
     def items(self) -> list[tuple[str, Any]]:
         return [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None]

@@ -25,6 +25,7 @@ def event_row(ev: CostEvent) -> dict[str, Any]:
         "status": ev.status,
         "cache_hit": 1 if ev.cache_hit else 0,
         "org": ev.org or "",
+        "key_id": ev.key_id or "",
         "requests": 1,
         "errors": int(is_error(ev)),
         "cost_nano_usd": nano_usd(ev.cost_usd),

@@ -63,6 +63,7 @@ class SQLiteReader:
                 "cache_hit",
                 "session_id",
                 "org",
+                "key_id",
             )
         }
         tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}

@@ -7,7 +7,7 @@ Data model (``COLL`` = the collection from ``firestore://PROJECT/COLL``, default
 * ``COLL_rollups_daily/{day}_{hash}[_{shard}]`` — requests, tokens by kind and ``cost_nano_usd`` per
   (day, team, app, feature, provider, model).
 * ``COLL_rollups_hourly/{hour}_{hash}[_{shard}]`` — per (hour, team, app, feature, user, provider, model,
-  status, cache_hit, org; a key without an org hashes as it did before orgs existed): requests, errors,
+  status, cache_hit, org, key_id; without an org and a key it hashes as before they existed): requests, errors,
   tokens, ``cost_nano_usd``, ``saved_nano_usd`` and the latency histogram (``lat_00`` … ``lat_19``,
   :mod:`modeltrack.rollups`).
 * ``COLL_sessions/{hash(org, session_id)}`` — per org and session: requests, tokens, ``cost_nano_usd``, summed latency,
@@ -49,7 +49,19 @@ from ..rollups import (
 
 MAX_WRITES = 500
 _DAILY_FIELDS = ("day", "team", "app", "feature", "provider", "model")
-_HOURLY_FIELDS = ("hour", "team", "app", "feature", "user", "provider", "model", "status", "cache_hit", "org")
+_HOURLY_FIELDS = (
+    "hour",
+    "team",
+    "app",
+    "feature",
+    "user",
+    "provider",
+    "model",
+    "status",
+    "cache_hit",
+    "org",
+    "key_id",
+)
 
 
 def rollup_doc_id(key: tuple[Any, ...], shard: int | None = None) -> str:
@@ -64,9 +76,9 @@ def session_doc_id(session_id: str, org: str | None = None) -> str:
 
 
 def hourly_doc_id(key: tuple[Any, ...], shard: int | None = None) -> str:
-    """An hourly rollup's document. The org is the key's last part; without one the id is the one the same key
-    had before orgs existed, so existing documents keep counting (no migration)."""
-    return rollup_doc_id(key if key[-1] else key[:-1], shard)
+    """An hourly rollup's document. The org and the ModelTrack key are the key's last parts; without them the id
+    is the one the same key had before they existed, so existing documents keep counting (no migration)."""
+    return rollup_doc_id(key if key[-1] or key[-2] else key[:-2], shard)
 
 
 def _epoch_ms(timestamp: str) -> int:

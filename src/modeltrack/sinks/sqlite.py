@@ -44,13 +44,14 @@ EVENT_COLUMNS = (
     *TOKENS,
     "latency_ms",
     "org",
+    "key_id",
     "doc",
 )
 """Every field a reader filters, groups or sums on is a column; ``doc`` is the whole event (JSON)."""
 
 _ADDED_COLUMNS = {
     c: ("INTEGER" if c in ("status", "cache_hit", *TOKENS) else "REAL" if c.endswith(("_usd", "_ms")) else "TEXT")
-    for c in ("user", "session_id", "status", "error", "cache_hit", "saved_usd", *TOKENS, "latency_ms", "org")
+    for c in ("user", "session_id", "status", "error", "cache_hit", "saved_usd", *TOKENS, "latency_ms", "org", "key_id")
 }
 """Event columns added after the first version: a database without them gets them, filled from ``doc``."""
 
@@ -90,14 +91,14 @@ DERIVED = {
     "rollup_hourly": f"""CREATE TABLE IF NOT EXISTS rollup_hourly (
     hour TEXT NOT NULL, team TEXT NOT NULL, app TEXT NOT NULL, feature TEXT NOT NULL, user TEXT NOT NULL,
     provider TEXT NOT NULL, model TEXT NOT NULL, status INTEGER NOT NULL, cache_hit INTEGER NOT NULL,
-    org TEXT NOT NULL, {_SUM_COLUMNS},
-    PRIMARY KEY (hour, team, app, feature, user, provider, model, status, cache_hit, org)
+    org TEXT NOT NULL, key_id TEXT NOT NULL, {_SUM_COLUMNS},
+    PRIMARY KEY (hour, team, app, feature, user, provider, model, status, cache_hit, org, key_id)
 ) WITHOUT ROWID""",
     "rollup_day_attr": f"""CREATE TABLE IF NOT EXISTS rollup_day_attr (
     day TEXT NOT NULL, team TEXT NOT NULL, app TEXT NOT NULL, feature TEXT NOT NULL,
     provider TEXT NOT NULL, model TEXT NOT NULL, status INTEGER NOT NULL, cache_hit INTEGER NOT NULL,
-    org TEXT NOT NULL, {_SUM_COLUMNS},
-    PRIMARY KEY (day, team, app, feature, provider, model, status, cache_hit, org)
+    org TEXT NOT NULL, key_id TEXT NOT NULL, {_SUM_COLUMNS},
+    PRIMARY KEY (day, team, app, feature, provider, model, status, cache_hit, org, key_id)
 ) WITHOUT ROWID""",
     "rollup_day_user": f"""CREATE TABLE IF NOT EXISTS rollup_day_user (
     day TEXT NOT NULL, user TEXT NOT NULL, cache_hit INTEGER NOT NULL, org TEXT NOT NULL, {_SUM_COLUMNS},
@@ -115,6 +116,13 @@ DERIVED = {
 }
 """What is derived from the events, exactly once with them: rebuilt from the events when its shape changes
 (:func:`migrate`). Every one carries the org, so one org's sums and sessions never merge with another's."""
+
+
+def _declared(create: str) -> set[str]:
+    """The column names a ``CREATE TABLE`` above declares (to tell a table of an older shape)."""
+    body = create[create.index("(") + 1 : create.rindex("PRIMARY KEY")]
+    return {part.split()[0] for part in body.replace("\n", " ").split(",") if part.strip()}
+
 
 _INDEXES = """
 CREATE INDEX IF NOT EXISTS events_ts ON events(timestamp);
@@ -151,6 +159,7 @@ _KEYS_H = ", ".join(
         "status",
         "cache_hit",
         _TEXT_KEY.format("org"),
+        _TEXT_KEY.format("key_id"),
     )
 )
 _KEYS_D = ", ".join(
@@ -192,6 +201,7 @@ _ROLL_DAY_ATTR = _roll(
             "status",
             "cache_hit",
             _TEXT_KEY.format("org"),
+            _TEXT_KEY.format("key_id"),
         )
     ),
 )
@@ -251,6 +261,7 @@ def _row(e: CostEvent, doc: Any) -> tuple[Any, ...]:
         e.reasoning_tokens,
         e.latency_ms,
         e.org,
+        e.key_id,
         doc,
     )
 
@@ -269,7 +280,7 @@ def migrate(conn: sqlite3.Connection) -> None:
     for create in DERIVED.values():
         conn.execute(create)
     missing = [c for c in _ADDED_COLUMNS if c not in _columns(conn, "events")]
-    stale = [t for t in DERIVED if t not in before or "org" not in _columns(conn, t)]
+    stale = [t for t, create in DERIVED.items() if t not in before or _columns(conn, t) != _declared(create)]
     if missing or stale:
         conn.execute("BEGIN IMMEDIATE")
         try:

@@ -64,10 +64,28 @@ function teamSelect(teams, name, optional) {
     teams.map((t) => h("option", { value: t.id, text: t.name }))));
 }
 
+// Each key's spend over the last 30 days, from the spend API's breakdown by key (what a key's budget reads too);
+// null when this sign-in may not read spend (the page then shows "-").
+async function keySpend() {
+  try {
+    const meta = await fetch("/api/v1/meta", { credentials: "same-origin" });
+    if (!meta.ok) return null;
+    if (!(await meta.json()).store.exists) return {};  // no events stored yet: nothing spent
+    const r = await fetch("/api/v1/breakdown?" + new URLSearchParams({ dimension: "key_id", days: 30, limit: 1000 }), { credentials: "same-origin" });
+    if (!r.ok) return null;
+    return Object.fromEntries((await r.json()).rows.map((row) => [row.key_id, row.cost_usd]));
+  } catch { return null; }
+}
+function spendText(spent, k) {
+  if (!spent) return "-";
+  const usd = `$${(spent[k.id] || 0).toFixed(4)}`;
+  return k.budget_usd ? `${usd} of $${k.budget_usd} / ${k.budget_period || "monthly"}` : usd;
+}
+
 async function keysPage(q, notice) {
   const me = await whoAmI("Keys");
   if (!me) return;
-  const [{ keys }, { teams }] = await Promise.all([adminApi("GET", "keys"), adminApi("GET", "teams")]);
+  const [{ keys }, { teams }, spent] = await Promise.all([adminApi("GET", "keys"), adminApi("GET", "teams"), keySpend()]);
   const teamName = Object.fromEntries(teams.map((t) => [t.id, t.name]));
   const act = async (fn) => { try { await fn(); } catch (e) { render(errorCard(e.message)); } };
   const rows = keys.map((k) => h("tr", { "data-key": k.id },
@@ -75,6 +93,7 @@ async function keysPage(q, notice) {
     h("td", { text: [k.app, k.user].filter(Boolean).join(" / ") || "-" }),
     h("td", { text: (k.allowed_models || []).join(", ") || "any" }),
     h("td", { text: [k.rpm ? `${k.rpm} rpm` : "", k.tpm ? `${k.tpm} tpm` : ""].filter(Boolean).join(", ") || "-" }),
+    h("td", { text: spendText(spent, k), "data-testid": "key-spend" }),
     h("td", { text: k.expires || "never" }), h("td", { text: k.last_used || "never" }),
     h("td", { text: k.revoked ? `revoked ${k.revoked}` : "active", "data-testid": "status" }),
     h("td", {}, k.revoked ? null : [
@@ -87,6 +106,7 @@ async function keysPage(q, notice) {
     field("allowed_models", "Allowed models", { "data-kind": "list", placeholder: "gpt-4o-mini, claude-*" }),
     field("rpm", "RPM", { "data-kind": "number", type: "number", min: 1 }),
     field("tpm", "TPM", { "data-kind": "number", type: "number", min: 1 }),
+    field("budget_usd", "Budget (USD / month)", { "data-kind": "number", type: "number", min: 0, step: "any" }),
     field("expires", "Expires", { "data-kind": "instant", type: "datetime-local" }),
     h("button", { type: "submit", text: "Create key" }));
   form.addEventListener("submit", (ev) => { ev.preventDefault(); act(async () => {
@@ -95,7 +115,7 @@ async function keysPage(q, notice) {
     h("p", { class: "sub", text: `Signed in as ${me.subject} (${me.role}). Clients send a key in X-ModelTrack-Key; its team, app and user are fixed.` }),
     notice || null,
     h("div", { class: "card" }, h("h2", { text: "New key" }), form),
-    h("div", { class: "card" }, keys.length ? table(["Name", "Key", "Team", "App / user", "Models", "Limits", "Expires", "Last used", "Status", ""], rows, "keys")
+    h("div", { class: "card" }, keys.length ? table(["Name", "Key", "Team", "App / user", "Models", "Limits", "Spend (30 d)", "Expires", "Last used", "Status", ""], rows, "keys")
       : h("p", { class: "sub", text: "No keys yet." })));
 }
 
