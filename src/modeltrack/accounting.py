@@ -136,6 +136,7 @@ class Recorder:
             properties=attrs.get("properties"),
             key_id=attrs.get("key_id"),
             org=attrs.get("org"),
+            traceparent=attrs.get("traceparent"),
             saved_usd=saved,
             route_rule=o.route_rule,
         )

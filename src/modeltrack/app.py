@@ -12,6 +12,7 @@ import os
 import signal
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -24,12 +25,14 @@ from .accounts.credentials import ProviderKeys
 from .config import ConfigError, Settings
 from .controls import Controls, ControlsSpec
 from .controls.ratelimit import RateLimiter, open_rate_ledger
+from .events import CostEvent
 from .http.egress import EgressError, route_for
 from .http.limits import Limits
 from .http.message import Request
 from .http.server import Connection
 from .http.upstream_pool import Origin, UpstreamPool
 from .metrics import Metrics, exposition
+from .otel import MetricsMirror, SpanExport
 from .pipeline import Pipeline
 from .pricing import Pricing
 from .providers import Router, build_providers
@@ -101,9 +104,15 @@ class ModelTrack:
                 metrics=self.metrics,
                 egress=settings.egress,
             )
-        self.pipeline = Pipeline.from_settings(
-            sink, self.metrics, settings, on_stored=self.controls.on_stored if self.controls else None
-        )
+        self.spans: SpanExport | None = None
+        self.metrics_mirror: MetricsMirror | None = None
+        if settings.otel_endpoint:
+            self.spans = SpanExport(settings.otel_endpoint, self.metrics, settings.otel_service_name)
+            if settings.otel_metrics:
+                self.metrics_mirror = MetricsMirror(
+                    settings.otel_endpoint, self.metrics.registry, settings.otel_service_name
+                )
+        self.pipeline = Pipeline.from_settings(sink, self.metrics, settings, on_stored=self._on_stored())
         self.providers = build_providers(settings.base_urls, settings.inject_stream_usage, settings.azure_deployments)
         self.pools = self._pools(settings)
         self.recorder = Recorder(self.pipeline, self.metrics, pricing, settings.access_log)
@@ -313,6 +322,23 @@ class ModelTrack:
             await self.keyring.close()
         await self.ratelimiter.close()
         await self.pipeline.close(grace=max(self.settings.shutdown_grace, 1.0))
+        if self.spans is not None:
+            await asyncio.to_thread(self.spans.close)
+        if self.metrics_mirror is not None:
+            await asyncio.to_thread(self.metrics_mirror.close)
+
+    def _on_stored(self) -> Callable[[list[CostEvent]], None] | None:
+        """Who hears of each batch the store accepted: the budgets (their spend between two reads of the store)
+        and the span export (spans equal to the stored events)."""
+        hooks = [h for h in (self.controls.on_stored if self.controls else None, self.spans and self.spans.offer) if h]
+        if len(hooks) < 2:
+            return hooks[0] if hooks else None
+
+        def both(events: list[CostEvent]) -> None:
+            for hook in hooks:
+                hook(events)
+
+        return both
 
 
 async def serve(settings: Settings, announce: Any = None) -> int:

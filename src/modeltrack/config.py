@@ -145,6 +145,11 @@ class Settings:
         "hosted mode: every request needs an org's mt_ key; events, rollups, sessions, budgets, cache entries "
         "and every query are scoped to the key's org",
     )
+    otel_endpoint: str = _opt(
+        "", "OTLP/HTTP endpoint (e.g. http://collector:4318): one OpenTelemetry span per cost event; empty: off"
+    )
+    otel_metrics: bool = _opt(False, "also export the Prometheus metrics over OTLP (needs MODELTRACK_OTEL_ENDPOINT)")
+    otel_service_name: str = _opt("modeltrack", "the service.name of the exported spans and metrics")
     signup: str = _opt("off", "off: the operator creates orgs; open: POST /api/v1/signup creates an org and its admin")
     provider_keys_file: str = _opt(
         "", "YAML of provider keys per team, for clients that send their ModelTrack key as the SDK's API key"
@@ -301,6 +306,7 @@ class Settings:
                 "firestore://..., not jsonl://"
             )
         self._check_tenancy()
+        self._check_otel()
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise ConfigError(f"MODELTRACK_LOG_LEVEL={self.log_level}: write one of debug, info, warning, error")
         for name, url in self.base_urls.items():
@@ -321,6 +327,28 @@ class Settings:
             )
         if self.metrics_port and self.metrics_port == self.port:
             raise ConfigError("MODELTRACK_METRICS_PORT is MODELTRACK_PORT: write another port, or 0 for the main port")
+
+    def _check_otel(self) -> None:
+        if self.otel_metrics and not self.otel_endpoint:
+            raise ConfigError("MODELTRACK_OTEL_METRICS=true needs MODELTRACK_OTEL_ENDPOINT=http://collector:4318")
+        if not self.otel_endpoint:
+            return
+        from urllib.parse import urlsplit
+
+        u = urlsplit(self.otel_endpoint)
+        if u.scheme not in ("http", "https") or not u.hostname or u.query or u.username or u.password:
+            raise ConfigError(
+                f"MODELTRACK_OTEL_ENDPOINT={u.scheme}://{u.hostname or ''}...: write the collector's OTLP/HTTP base "
+                "URL, e.g. http://otel-collector:4318 (credentials go in OTEL_EXPORTER_OTLP_HEADERS)"
+            )
+        try:
+            import opentelemetry.exporter.otlp.proto.http
+            import opentelemetry.sdk  # noqa: F401
+        except ImportError:
+            raise ConfigError(
+                "MODELTRACK_OTEL_ENDPOINT is set but the OpenTelemetry SDK is not installed: "
+                "pip install 'modeltrack-proxy[server,otel]'"
+            ) from None
 
     def _check_tenancy(self) -> None:
         if self.signup not in ("off", "open"):

@@ -97,6 +97,9 @@ class CostEvent:
     org: str | None = None
     """The organisation (``org_…``) of the request's ModelTrack key: in multi-tenant mode every event has one, and
     every reader an org's member uses is narrowed to it (query.scoped)."""
+    traceparent: str | None = None
+    """The client's W3C ``traceparent`` (recorded only when OpenTelemetry export is on): the proxy's span for
+    this event is its child, in the application's trace."""
 
     def usage(self) -> Usage:
         """The stored token counts by kind, as the pricing module takes them (what-if re-prices events)."""

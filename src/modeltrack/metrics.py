@@ -134,6 +134,13 @@ class Metrics:
         )
         self.batches = Counter("modeltrack_batches_written", "Batches written to the store.", registry=r)
         self.events_written = Counter("modeltrack_events_written", "Events written to the store.", registry=r)
+        self.otel_spans = Counter(
+            "modeltrack_otel_spans",
+            "Spans for stored events, by outcome: exported, failed (the receiver refused or was down), dropped "
+            "(the export queue was full: never waited for).",
+            ("outcome",),
+            registry=r,
+        )
         self.batch_size = Histogram(
             "modeltrack_batch_size", "Events per written batch.", buckets=(1, 10, 50, 100, 250, 500, 1000), registry=r
         )

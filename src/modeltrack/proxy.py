@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import ssl
 import time
@@ -48,6 +49,10 @@ RATE_RESERVE = Reserve()  # a TPM reservation is bounded as a budget's is (contr
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _KINDS: dict[str, str] = {}
+
+
+_TRACEPARENT = re.compile(rb"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+"""W3C Trace Context: version, trace id, parent id, flags (anything else is not continued)."""
 
 
 def endpoint_kind(path: str) -> str:
@@ -109,6 +114,7 @@ class Proxy:
         # Multi-tenant mode: every request carries an org's mt_ key, which fixes the org of everything it makes.
         self.multi_tenant = settings.multi_tenant
         self.require_key = settings.require_key or settings.multi_tenant
+        self.trace_context = bool(settings.otel_endpoint)  # record the client's traceparent for its span
         self.recorder = recorder
         self.metrics: Metrics = recorder.metrics
         self.pools = pools
@@ -264,6 +270,10 @@ class Proxy:
                 ticket = taken
         send = provider.rewrite_body(info, raw, body)
         lines, attrs = forward_headers(req.headers)
+        if self.trace_context:
+            tp = req.header(b"traceparent")
+            if tp is not None and _TRACEPARENT.fullmatch(tp):
+                attrs["traceparent"] = tp.decode("ascii")
         if as_api_key and grant is not None:
             # Swap the ModelTrack key for the team's provider key, in the same header and scheme.
             secret = self.provider_keys.key_for(

@@ -1,0 +1,293 @@
+"""OpenTelemetry export (issue N): one span per stored cost event with the GenAI semantic conventions, the
+client's W3C trace continued, no prompt, response or key in any attribute, an exporter outage that never slows
+the request path, and OTLP metrics equal to the Prometheus ones.
+
+The receiver is a real OTLP/HTTP endpoint built on the official ``opentelemetry-proto`` messages (no Collector
+binary can be installed here): it decodes what the OpenTelemetry SDK's exporter sends. The spans are compared
+with the stored events field by field, through a mapping written here, independently of the exporter's code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+from aiohttp import web
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+    ExportMetricsServiceRequest,
+    ExportMetricsServiceResponse,
+)
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from modeltrack.config import ConfigError, Settings
+from modeltrack.metrics import Metrics
+from modeltrack.otel import MetricsMirror, SpanExport
+
+from .test_spend_controls import CLAUDE, MINI_STREAM, mini_body
+
+# What each stored event field is called on its span (None: not a span attribute, checked otherwise).
+FIELD_TO_ATTRIBUTE = {
+    "request_id": "modeltrack.request_id",
+    "upstream_request_id": "modeltrack.upstream_request_id",
+    "endpoint": "modeltrack.endpoint",
+    "model": "gen_ai.response.model",
+    "requested_model": "gen_ai.request.model",
+    "status": "http.response.status_code",
+    "stream": "modeltrack.stream",
+    "input_tokens": "modeltrack.input_tokens",
+    "output_tokens": "gen_ai.usage.output_tokens",
+    "cache_read_tokens": "gen_ai.usage.cache_read.input_tokens",
+    "cache_write_tokens": "gen_ai.usage.cache_creation.input_tokens",
+    "reasoning_tokens": "gen_ai.usage.reasoning.output_tokens",
+    "cost_usd": "modeltrack.cost_usd",
+    "cost_source": "modeltrack.cost_source",
+    "usage_source": "modeltrack.usage_source",
+    "latency_ms": "modeltrack.latency_ms",
+    "ttft_ms": "modeltrack.ttft_ms",
+    "team": "modeltrack.team",
+    "app": "modeltrack.app",
+    "feature": "modeltrack.feature",
+    "user": "modeltrack.user",
+    "session_id": "modeltrack.session_id",
+    "prompt_id": "modeltrack.prompt_id",
+    "cache_hit": "modeltrack.cache_hit",
+    "routed": "modeltrack.routed",
+    "route_rule": "modeltrack.route_rule",
+    "saved_usd": "modeltrack.saved_usd",
+    "service_tier": "modeltrack.service_tier",
+    "error": "error.type",
+    "org": "modeltrack.org",
+    "key_id": "modeltrack.key_id",
+    "provider": None,  # gen_ai.provider.name, in the conventions' spelling (checked below)
+    "timestamp": None,  # the span's start time
+    "traceparent": None,  # the span's parent
+    "properties": None,  # modeltrack.property.<name> each
+    "cache_write_1h_tokens": None,  # within cache_write_tokens
+    "web_search_requests": None,
+    "stream_usage_injected": None,
+}
+
+
+def _value(v: Any) -> Any:
+    kind = v.WhichOneof("value")
+    return getattr(v, kind) if kind else None
+
+
+class Receiver:
+    """An OTLP/HTTP receiver: decodes each export request with the official protobuf messages."""
+
+    def __init__(self, hang: bool = False) -> None:
+        self.spans: list[dict[str, Any]] = []
+        self.metrics: dict[str, list[tuple[dict[str, Any], float]]] = {}
+        self.raw = bytearray()
+        self.hang = hang
+        self.release = asyncio.Event()  # a hanging receiver answers once the test is done with it
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/v1/traces", self.traces)
+        app.router.add_post("/v1/metrics", self.metric)
+        return app
+
+    async def traces(self, request: web.Request) -> web.Response:
+        if self.hang:
+            await self.release.wait()
+        body = await request.read()
+        self.raw += body
+        req = ExportTraceServiceRequest.FromString(body)
+        for rs in req.resource_spans:
+            resource = {a.key: _value(a.value) for a in rs.resource.attributes}
+            for ss in rs.scope_spans:
+                for s in ss.spans:
+                    self.spans.append(
+                        {
+                            "name": s.name,
+                            "kind": s.kind,
+                            "trace_id": s.trace_id.hex(),
+                            "span_id": s.span_id.hex(),
+                            "parent_span_id": s.parent_span_id.hex(),
+                            "start": s.start_time_unix_nano,
+                            "end": s.end_time_unix_nano,
+                            "status": s.status.code,
+                            "attributes": {a.key: _value(a.value) for a in s.attributes},
+                            "resource": resource,
+                        }
+                    )
+        return web.Response(
+            body=ExportTraceServiceResponse().SerializeToString(), content_type="application/x-protobuf"
+        )
+
+    async def metric(self, request: web.Request) -> web.Response:
+        req = ExportMetricsServiceRequest.FromString(await request.read())
+        for rm in req.resource_metrics:
+            for sm in rm.scope_metrics:
+                for m in sm.metrics:
+                    points = m.sum.data_points if m.HasField("sum") else m.gauge.data_points
+                    self.metrics[m.name] = [
+                        (
+                            {a.key: _value(a.value) for a in p.attributes},
+                            p.as_double if p.HasField("as_double") else float(p.as_int),
+                        )
+                        for p in points
+                    ]
+        return web.Response(
+            body=ExportMetricsServiceResponse().SerializeToString(), content_type="application/x-protobuf"
+        )
+
+
+async def _wait_for(pred: Any, timeout: float = 15.0) -> None:
+    end = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > end:
+            raise AssertionError("timed out")
+        await asyncio.sleep(0.05)
+
+
+async def test_one_span_per_stored_event_equal_field_by_field_in_the_clients_trace(
+    replay: Any, make_proxy: Any, aiohttp_server: Any
+) -> None:
+    receiver = Receiver()
+    server = await aiohttp_server(receiver.app())
+    upstream, upstream_url = replay
+    proxy = await make_proxy(upstream_url, otel_endpoint=str(server.make_url("")).rstrip("/"))
+    trace_id, parent_id = "4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7"
+    prompt_canary, key_canary = "PROMPTCANARY7y8", "sk-KEYCANARY9z1"
+    async with aiohttp.ClientSession() as s:
+        upstream.current = MINI_STREAM
+        headers = {
+            "Authorization": f"Bearer {key_canary}",
+            "traceparent": f"00-{trace_id}-{parent_id}-01",
+            "X-ModelTrack-Team": "search",
+            "X-ModelTrack-Session-Id": "run-1",
+            "X-ModelTrack-Property-Env": "prod",
+        }
+        body = orjson.loads(mini_body())
+        body["messages"][0]["content"] = prompt_canary
+        async with s.post(proxy.url + "/v1/chat/completions", data=orjson.dumps(body), headers=headers) as r:
+            assert r.status == 200 and await r.read()
+        upstream.current = CLAUDE
+        async with s.post(
+            proxy.url + "/v1/messages",
+            data=orjson.dumps(CLAUDE.request_body),
+            headers={"x-api-key": key_canary, "traceparent": "not-a-traceparent"},
+        ) as r:
+            assert r.status == 200 and await r.read()
+        async with s.post(proxy.url + "/nowhere/at/all", data=b"{}") as r:
+            assert r.status == 404  # no provider: no event, so no span
+    events = await proxy.events()
+    assert len(events) == 2
+    await _wait_for(lambda: len(receiver.spans) >= 2)
+    spans = {sp["attributes"]["modeltrack.request_id"]: sp for sp in receiver.spans}
+    assert set(spans) == {e.request_id for e in events}
+    for ev in events:
+        sp = spans[ev.request_id]
+        attrs = sp["attributes"]
+        for name, attribute in FIELD_TO_ATTRIBUTE.items():
+            value = getattr(ev, name)
+            if attribute is None:
+                continue
+            if value is None:
+                assert attribute not in attrs, (name, attrs.get(attribute))
+            elif isinstance(value, float):
+                assert attrs[attribute] == pytest.approx(value, rel=1e-12), name
+            else:
+                assert attrs[attribute] == value, name
+        assert attrs["gen_ai.usage.input_tokens"] == ev.input_tokens + ev.cache_read_tokens + ev.cache_write_tokens
+        assert attrs["gen_ai.provider.name"] == ev.provider and attrs["gen_ai.operation.name"] == "chat"
+        for prop, value in (ev.properties or {}).items():
+            assert attrs[f"modeltrack.property.{prop}"] == value
+        assert sp["kind"] == 3  # SPAN_KIND_CLIENT
+        assert sp["name"] == f"chat {ev.requested_model}"
+        assert sp["resource"]["service.name"] == "modeltrack"
+        started = datetime.fromisoformat(ev.timestamp.replace("Z", "+00:00")).timestamp()
+        assert sp["start"] / 1e9 == pytest.approx(started, abs=1e-6)
+        assert (sp["end"] - sp["start"]) / 1e6 == pytest.approx(ev.latency_ms, abs=0.001)
+    mini = next(e for e in events if e.provider == "openai")
+    claude = next(e for e in events if e.provider == "anthropic")
+    assert mini.traceparent == f"00-{trace_id}-{parent_id}-01" and claude.traceparent is None
+    assert spans[mini.request_id]["trace_id"] == trace_id
+    assert spans[mini.request_id]["parent_span_id"] == parent_id  # the proxy's span sits in the client's trace
+    assert spans[claude.request_id]["parent_span_id"] == ""  # a malformed traceparent is not continued
+    assert spans[claude.request_id]["trace_id"] != trace_id
+    assert mini.cost_usd and mini.output_tokens and claude.cache_read_tokens + claude.cache_write_tokens > 0
+    for canary in (prompt_canary, key_canary):
+        assert canary.encode() not in receiver.raw  # no prompt, response or key in any attribute
+    registry = proxy.service.metrics.registry
+    assert registry.get_sample_value("modeltrack_otel_spans_total", {"outcome": "exported"}) == 2
+
+
+async def test_an_exporter_outage_never_blocks_and_drops_are_counted(
+    replay: Any, make_proxy: Any, aiohttp_server: Any
+) -> None:
+    """A receiver that accepts and never answers: every request is served as usual; the export queue is
+    bounded, so what does not fit is dropped and counted, never waited for."""
+    receiver = Receiver(hang=True)
+    server = await aiohttp_server(receiver.app())
+    upstream, upstream_url = replay
+    upstream.current = MINI_STREAM
+    proxy = await make_proxy(upstream_url, otel_endpoint=str(server.make_url("")).rstrip("/"))
+    async with aiohttp.ClientSession() as s:
+        for _ in range(5):
+            async with s.post(proxy.url + "/v1/chat/completions", data=mini_body()) as r:
+                assert r.status == 200 and await r.read()
+    assert len(await proxy.events()) == 5  # stored; the exporter's thread is stuck on the first batch
+    metrics = Metrics()
+    export = SpanExport(str(server.make_url("")).rstrip("/"), metrics, max_queued_batches=2, timeout=30)
+    events = await proxy.events()
+    export.offer(events[:1])
+    await _wait_for(export.queue.empty)  # the exporter's thread took it, and is stuck sending it
+    for ev in events[1:]:
+        export.offer([ev])  # returns at once, whatever the receiver does
+    count = metrics.registry.get_sample_value
+    dropped = count("modeltrack_otel_spans_total", {"outcome": "dropped"})
+    assert dropped == len(events) - 3  # one in the hung export, two queued, the rest dropped
+    assert count("modeltrack_otel_spans_total", {"outcome": "exported"}) is None  # none so far
+    receiver.release.set()
+    await asyncio.to_thread(export.close)
+    assert count("modeltrack_otel_spans_total", {"outcome": "exported"}) == 3  # what was queued, once it answered
+
+
+async def test_metrics_mirror_the_prometheus_ones(aiohttp_server: Any) -> None:
+    receiver = Receiver()
+    server = await aiohttp_server(receiver.app())
+    metrics = Metrics()
+    metrics.events_written.inc(7)
+    metrics.otel_spans.labels("dropped").inc(3)
+    metrics.batch_size.observe(12)
+    mirror = MetricsMirror(str(server.make_url("")).rstrip("/"), metrics.registry, interval=3600)
+    await asyncio.to_thread(mirror.flush)
+    await _wait_for(lambda: "modeltrack_events_written_total" in receiver.metrics)
+    assert receiver.metrics["modeltrack_events_written_total"] == [({}, 7.0)]
+    assert receiver.metrics["modeltrack_otel_spans_total"] == [({"outcome": "dropped"}, 3.0)]
+    assert receiver.metrics["modeltrack_batch_size_count"] == [({}, 1.0)]
+    assert receiver.metrics["modeltrack_batch_size_sum"] == [({}, 12.0)]
+    for family in metrics.registry.collect():
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue
+            mirrored = receiver.metrics.get(sample.name)
+            assert mirrored is not None, sample.name
+            assert (dict(sample.labels), float(sample.value)) in mirrored, sample.name
+    await asyncio.to_thread(mirror.close)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "says"),
+    [
+        ({"otel_metrics": True}, "needs MODELTRACK_OTEL_ENDPOINT"),
+        ({"otel_endpoint": "collector:4318"}, "write the collector's OTLP/HTTP base URL"),
+        ({"otel_endpoint": "http://user:secret@collector:4318"}, "OTEL_EXPORTER_OTLP_HEADERS"),
+    ],
+)
+def test_a_bad_otel_setting_is_refused_with_what_to_write(overrides: dict[str, Any], says: str) -> None:
+    with pytest.raises(ConfigError, match=says) as err:
+        Settings.load(env={}, overrides=overrides)
+    assert "secret" not in str(err.value)
