@@ -510,7 +510,7 @@ def test_daily_rollups_equal_the_hourly_one_and_are_built_for_an_existing_store(
 
     path = tmp_path / "events.db"
     SQLiteSink(str(path)).write_sync(history(6, 40, seed=4))
-    sums = "SUM(requests), SUM(errors), SUM(cost_nano_usd), SUM(saved_nano_usd), SUM(input_tokens), SUM(lat_07)"
+    sums = "SUM(requests), SUM(errors), SUM(cost_nano_usd), SUM(saved_nano_usd), SUM(input_tokens), SUM(lt_07)"
     queries = {
         "rollup_day_attr": f"SELECT day, team, model, status, cache_hit, {sums} FROM rollup_day_attr"
         " GROUP BY day, team, model, status, cache_hit",
@@ -569,3 +569,56 @@ async def test_daily_buckets_in_any_time_zone_equal_the_events(store_url: str, a
             assert got[key][1] == len(evs), (granularity, key)
             assert got[key][0] == pytest.approx(usd(evs), abs=1e-8), (granularity, key)
         assert sum(r for _, r in got.values()) == len(inside)
+
+
+@pytest.mark.parametrize("latency_ms", [0.4, 3.7, 42.0, 850.0, 95_000.0])
+async def test_latency_percentiles_resolve_sub_millisecond_to_minutes(
+    store_url: str, aiohttp_client: Any, latency_ms: float
+) -> None:
+    """Issue M, item 7: the rollups' histogram is log-spaced from 0.1 ms (rollups.LATENCY_BOUNDS_MS), so a
+    percentile is within the stated bound of the true one (at most 26 % above or 21 % below), from a 0.4 ms
+    cache hit to a minutes-long stream. Before, 0.4 ms requests read as 12.5 ms."""
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    events = [
+        replace(e, latency_ms=latency_ms * (1 + i / 1000), timestamp=now.strftime("%Y-%m-%dT%H:00:01.000Z"))
+        for i, e in enumerate(history(1, 40, seed=3, end=now + timedelta(minutes=30)))
+    ]
+    true_p50 = sorted(e.latency_ms for e in events)[len(events) // 2]
+    sink = open_sink(store_url)
+    await sink.open()
+    await sink.write(events)
+    await sink.close()
+    client = await aiohttp_client(create_app(ui_settings(store_url)))
+    r = await client.get("/api/v1/breakdown", params={"dimension": "provider", "days": "1"})
+    assert r.status == 200, await r.text()
+    total = (await r.json())["total"]
+    assert total["requests"] == len(events)
+    for name in ("latency_p50_ms", "latency_p95_ms"):
+        assert true_p50 / 1.26 <= total[name] <= true_p50 * 1.27, (name, total[name], true_p50)
+
+
+async def test_unpriced_requests_are_counted_beside_every_sum(store_url: str, aiohttp_client: Any) -> None:
+    """Issue M, item 6: a request answered with no known cost is never added as $0 silently: every sum says
+    how many requests it could not include (breakdown rows, their total, the overview, the series)."""
+    now = datetime.now(UTC)
+    base = history(1, 30, seed=12, end=now)
+    events = [
+        replace(e, cost_usd=None, cost_source="unpriced", model="mystery-model", status=200, error=None)
+        if i % 3 == 0
+        else e
+        for i, e in enumerate(base)
+    ]
+    unpriced = [e for e in events if e.cost_usd is None and 200 <= e.status < 400]
+    sink = open_sink(store_url)
+    await sink.open()
+    await sink.write(events)
+    await sink.close()
+    client = await aiohttp_client(create_app(ui_settings(store_url)))
+    r = await client.get("/api/v1/breakdown", params={"dimension": "model", "days": "2"})
+    data = await r.json()
+    assert data["total"]["unpriced"] == len(unpriced) > 0
+    rows = {row["model"]: row for row in data["rows"]}
+    assert rows["mystery-model"]["unpriced"] == len(unpriced) and rows["mystery-model"]["cost_usd"] == 0
+    assert all(row["unpriced"] == 0 for m, row in rows.items() if m != "mystery-model")
+    overview = await (await client.get("/api/v1/overview", params={"tz": "UTC"})).json()
+    assert "unpriced" in orjson.dumps(overview).decode()

@@ -87,7 +87,8 @@ def _sums(events: list[CostEvent], key: Any, with_hourly: bool) -> dict[tuple[An
         if with_hourly:
             acc["errors"] += int(e.status >= 400 or e.status == 0 or e.error is not None)
             acc["saved_nano_usd"] += round((e.saved_usd or 0) * 1e9)
-            acc[f"lat_{bisect.bisect_left(LATENCY_BOUNDS_MS, e.latency_ms):02d}"] += 1
+            acc["unpriced"] += int(e.cost_usd is None and 200 <= e.status < 400)
+            acc[f"lt_{bisect.bisect_left(LATENCY_BOUNDS_MS, e.latency_ms):02d}"] += 1
     return out
 
 

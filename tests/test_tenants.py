@@ -249,7 +249,7 @@ def test_an_older_store_gains_the_org_dimension_with_every_sum_kept(tmp_path: Pa
     path = tmp_path / "events.db"
     events = [replace(e, session_id=f"s{i % 7}") for i, e in enumerate(history(3, 40, seed=5))]
     SQLiteSink(str(path)).write_sync(events)
-    sums = "SUM(requests), SUM(errors), SUM(cost_nano_usd), SUM(input_tokens), SUM(lat_03)"
+    sums = "SUM(requests), SUM(errors), SUM(cost_nano_usd), SUM(input_tokens), SUM(lt_03)"
     queries = {
         "hourly": f"SELECT hour, team, user, model, status, {sums} FROM rollup_hourly GROUP BY 1, 2, 3, 4, 5",
         "day_attr": f"SELECT day, team, model, {sums} FROM rollup_day_attr GROUP BY 1, 2, 3",

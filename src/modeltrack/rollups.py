@@ -16,7 +16,7 @@ Money is summed as integer nano-dollars (``cost_usd`` is rounded to 1e-9, so not
 from __future__ import annotations
 
 import bisect
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .events import CostEvent
@@ -24,32 +24,25 @@ if TYPE_CHECKING:
 HOURLY_DIMENSIONS = ("team", "app", "feature", "user", "provider", "model", "status", "cache_hit", "org", "key_id")
 DAILY_DIMENSIONS = ("team", "app", "feature", "provider", "model")
 TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
-SUMS = ("requests", "errors", *TOKENS, "cost_nano_usd", "saved_nano_usd")
+SUMS = ("requests", "errors", "unpriced", *TOKENS, "cost_nano_usd", "saved_nano_usd")
+"""``unpriced``: requests answered (2xx/3xx) whose cost is unknown (``cost_usd`` null: a model without a price,
+or no usage to price), so a sum of spend can say how many requests it could not include."""
 DAILY_SUMS = ("requests", *TOKENS, "cost_nano_usd")
 
-LATENCY_BOUNDS_MS = (
-    25,
-    50,
-    100,
-    200,
-    300,
-    500,
-    750,
-    1_000,
-    1_500,
-    2_000,
-    3_000,
-    5_000,
-    7_500,
-    10_000,
-    15_000,
-    20_000,
-    30_000,
-    60_000,
-    120_000,
-)
-"""Upper bounds (inclusive) of the latency histogram's buckets; one more bucket takes everything above."""
-LATENCY_BUCKETS = tuple(f"lat_{i:02d}" for i in range(len(LATENCY_BOUNDS_MS) + 1))
+LATENCY_STEP = 2 ** (1 / 3)
+LATENCY_BOUNDS_MS = tuple(0.1 * LATENCY_STEP**k for k in range(70))
+"""Upper bounds (inclusive) of the latency histogram's buckets: log-spaced from 0.1 ms, each 2^(1/3) ≈ 1.26
+times the one before, to 0.1 × 2^23 ms ≈ 14 minutes; one more bucket takes everything above.
+
+**Error bound:** a percentile read from the rollups lies in the bucket that holds the true value, so from
+0.1 ms to 14 minutes it is at most 26 % above or 21 % below it (linear within the bucket); below 0.1 ms it
+reads as at most 0.1 ms. (tests/test_api.py::test_latency_percentiles_resolve_sub_millisecond_to_minutes)"""
+LATENCY_BUCKETS = tuple(f"lt_{i:02d}" for i in range(len(LATENCY_BOUNDS_MS) + 1))
+LEGACY_LATENCY_BOUNDS_MS: tuple[int, ...] = (25, 50, 100, 200, 300, 500, 750, 1_000, 1_500, 2_000, 3_000, 5_000)
+LEGACY_LATENCY_BOUNDS_MS += (7_500, 10_000, 15_000, 20_000, 30_000, 60_000, 120_000)
+"""The buckets rollups had before (``lat_00`` … ``lat_19``): Firestore documents written then are read by
+moving each count to the new bucket of its old bucket's middle (SQLite's are rebuilt from the events)."""
+LEGACY_LATENCY_BUCKETS = tuple(f"lat_{i:02d}" for i in range(len(LEGACY_LATENCY_BOUNDS_MS) + 1))
 
 
 def nano_usd(cost: float | None) -> int:
@@ -61,8 +54,24 @@ def is_error(ev: CostEvent) -> bool:
     return ev.status >= 400 or ev.status == 0 or ev.error is not None
 
 
+def is_unpriced(ev: CostEvent) -> bool:
+    return ev.cost_usd is None and 200 <= ev.status < 400
+
+
 def latency_bucket(ms: float) -> int:
     return bisect.bisect_left(LATENCY_BOUNDS_MS, ms)
+
+
+def legacy_latency(row: dict[str, Any]) -> None:
+    """Move an old document's ``lat_NN`` counts into the ``lt_NN`` buckets, in place (see above)."""
+    for i, name in enumerate(LEGACY_LATENCY_BUCKETS):
+        n = row.pop(name, None)
+        if not n:
+            continue
+        lo = LEGACY_LATENCY_BOUNDS_MS[i - 1] if i else 0
+        hi = LEGACY_LATENCY_BOUNDS_MS[i] if i < len(LEGACY_LATENCY_BOUNDS_MS) else lo
+        target = LATENCY_BUCKETS[latency_bucket((lo + hi) / 2)]
+        row[target] = int(row.get(target) or 0) + int(n)
 
 
 def hour_of(timestamp: str) -> str:

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, tzinfo
 from typing import Any
 
 from ..events import CostEvent
-from ..rollups import TOKENS
+from ..rollups import TOKENS, legacy_latency
 from ..sinks.firestore import FirestoreSink
 from .base import EventFilter, Filters
 from .memory import SessionSums, group, row_matches
@@ -87,6 +87,9 @@ class FirestoreReader:
         q = q.where(filter=firestore.FieldFilter("hour", ">=", hour_key(start)))
         q = q.where(filter=firestore.FieldFilter("hour", "<", hour_key(end)))
         rows = [d.to_dict() async for d in q.stream()]
+        for row in rows:
+            if any(k.startswith("lat_") for k in row):
+                legacy_latency(row)  # a document written before the log-spaced buckets
         keys = (("hour",) if by_hour else ()) + group_by
         return group((r for r in rows if row_matches(r, f)), keys)
 

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..events import CostEvent
-from ..rollups import LATENCY_BUCKETS, SUMS, TOKENS, hour_of, is_error, latency_bucket, nano_usd
+from ..rollups import LATENCY_BUCKETS, SUMS, TOKENS, hour_of, is_error, is_unpriced, latency_bucket, nano_usd
 from .base import Filters
 
 SUMMED = (*SUMS, *LATENCY_BUCKETS)
@@ -28,6 +28,7 @@ def event_row(ev: CostEvent) -> dict[str, Any]:
         "key_id": ev.key_id or "",
         "requests": 1,
         "errors": int(is_error(ev)),
+        "unpriced": int(is_unpriced(ev)),
         "cost_nano_usd": nano_usd(ev.cost_usd),
         "saved_nano_usd": nano_usd(ev.saved_usd),
         LATENCY_BUCKETS[latency_bucket(ev.latency_ms)]: 1,

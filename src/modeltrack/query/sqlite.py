@@ -68,6 +68,11 @@ class SQLiteReader:
         }
         tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         self._rollups = "rollup_hourly" in tables
+        if self._rollups and "lt_00" not in {r[1] for r in self._conn.execute("PRAGMA table_info(rollup_hourly)")}:
+            raise StoreMissing(
+                f"{self.path} was written by an earlier version: start `modeltrack serve` on it once, which "
+                "migrates it in place"
+            )
         self._tables = tables
 
     def _run(self, fn: Any, *args: Any) -> Any:

@@ -91,6 +91,7 @@ def summary(row: dict[str, Any]) -> dict[str, Any]:
         "saved_usd": usd(int(row.get("saved_nano_usd", 0))),
         "requests": requests,
         "errors": int(row.get("errors", 0)),
+        "unpriced": int(row.get("unpriced", 0)),
         **{t: int(row.get(t, 0)) for t in TOKENS},
         "error_rate": round(int(row.get("errors", 0)) / requests, 4) if requests else 0.0,
         "latency_p50_ms": _round(percentile(buckets, 0.50)),
@@ -100,7 +101,8 @@ def summary(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _round(v: float | None) -> float | None:
-    return None if v is None else round(v, 1)
+    """Milliseconds to the microsecond: a sub-millisecond percentile keeps its figures."""
+    return None if v is None else round(v, 3)
 
 
 def _add(acc: dict[str, Any], row: dict[str, Any]) -> None:
@@ -136,43 +138,55 @@ async def series(
         day_zone=None if granularity == "hour" else rng.tz,
     )
     where: dict[str, int] = {}
-    per: dict[Any, list[list[int]]] = {}
+    per: dict[Any, list[dict[str, int]]] = {}
     for row in rows:
         h = row["hour"]
         i = where.get(h)
         if i is None:
             i = where[h] = index[bucket_start(hour_start(h), granularity, rng.tz).astimezone(UTC)]
         key = _key(row.get(split)) if split else "total"
-        cost, reqs = per.setdefault(key, [[0] * len(starts), [0] * len(starts)])
-        cost[i] += int(row["cost_nano_usd"])
-        reqs[i] += int(row["requests"])
-    ranked = sorted(per, key=lambda k: -sum(per[k][0]))
+        cells = per.get(key)
+        if cells is None:
+            cells = per[key] = [{} for _ in starts]
+        _add(cells[i], row)
+    ranked = sorted(per, key=lambda k: -sum(int(c.get("cost_nano_usd", 0)) for c in per[k]))
     keep, rest = ranked[:top], ranked[top:]
     out = [(k, per[k]) for k in keep]
     if rest:
-        other = [[0] * len(starts), [0] * len(starts)]
+        other: list[dict[str, int]] = [{} for _ in starts]
         for k in rest:
-            for j in range(len(starts)):
-                other[0][j] += per[k][0][j]
-                other[1][j] += per[k][1][j]
+            for j, cell in enumerate(per[k]):
+                _add(other[j], cell)
         out.append(("__other__", other))
-    total_nano = sum(sum(v[0]) for v in per.values())
+    total_nano = sum(int(c.get("cost_nano_usd", 0)) for cells in per.values() for c in cells)
     return {
         "range": rng.describe(),
         "granularity": granularity,
         "split": split,
         "buckets": [stamp(s) for s in starts],
-        "series": [
-            {
-                "key": k,
-                "cost_usd": [usd(v) for v in c],
-                "requests": r,
-                "total_usd": usd(sum(c)),
-            }
-            for k, (c, r) in out
-        ],
+        "series": [_series_of(k, cells) for k, cells in out],
         "total_usd": usd(total_nano),
-        "requests": sum(sum(v[1]) for v in per.values()),
+        "requests": sum(int(c.get("requests", 0)) for cells in per.values() for c in cells),
+    }
+
+
+def _series_of(key: Any, cells: list[dict[str, int]]) -> dict[str, Any]:
+    """One series: per bucket, spend and requests, and what the charts beyond spend draw: errors and their
+    rate, unpriced requests, tokens by kind, and latency percentiles (from the rollups' histogram)."""
+    cost = [int(c.get("cost_nano_usd", 0)) for c in cells]
+    requests = [int(c.get("requests", 0)) for c in cells]
+    errors = [int(c.get("errors", 0)) for c in cells]
+    return {
+        "key": key,
+        "cost_usd": [usd(v) for v in cost],
+        "requests": requests,
+        "total_usd": usd(sum(cost)),
+        "errors": errors,
+        "error_rate": [round(e / n, 4) if n else None for e, n in zip(errors, requests, strict=True)],
+        "unpriced": [int(c.get("unpriced", 0)) for c in cells],
+        "tokens": {t: [int(c.get(t, 0)) for c in cells] for t in TOKENS},
+        "latency_p50_ms": [_round(percentile([int(c.get(b, 0)) for b in LATENCY_BUCKETS], 0.5)) for c in cells],
+        "latency_p95_ms": [_round(percentile([int(c.get(b, 0)) for b in LATENCY_BUCKETS], 0.95)) for c in cells],
     }
 
 

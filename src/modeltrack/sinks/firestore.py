@@ -43,6 +43,7 @@ from ..rollups import (
     daily_key,
     hourly_key,
     is_error,
+    is_unpriced,
     latency_bucket,
     nano_usd,
 )
@@ -175,6 +176,7 @@ class FirestoreSink:
             h = hourly.setdefault(hourly_key(ev), dict.fromkeys(SUMS, 0))
             h["requests"] += 1
             h["errors"] += is_error(ev)
+            h["unpriced"] += is_unpriced(ev)
             for t, n in zip(TOKENS, tokens, strict=True):
                 h[t] += n
             h["cost_nano_usd"] += cost

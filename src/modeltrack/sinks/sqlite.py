@@ -24,7 +24,7 @@ from typing import Any
 import orjson
 
 from ..events import CostEvent
-from ..rollups import DAILY_SUMS, HOURLY_DIMENSIONS, LATENCY_BOUNDS_MS, LATENCY_BUCKETS, SUMS, TOKENS
+from ..rollups import DAILY_SUMS, HOURLY_DIMENSIONS, LATENCY_BUCKETS, SUMS, TOKENS, latency_bucket
 
 EVENT_COLUMNS = (
     "request_id",
@@ -45,13 +45,32 @@ EVENT_COLUMNS = (
     "latency_ms",
     "org",
     "key_id",
+    "lat_bucket",
     "doc",
 )
 """Every field a reader filters, groups or sums on is a column; ``doc`` is the whole event (JSON)."""
 
 _ADDED_COLUMNS = {
-    c: ("INTEGER" if c in ("status", "cache_hit", *TOKENS) else "REAL" if c.endswith(("_usd", "_ms")) else "TEXT")
-    for c in ("user", "session_id", "status", "error", "cache_hit", "saved_usd", *TOKENS, "latency_ms", "org", "key_id")
+    c: (
+        "INTEGER"
+        if c in ("status", "cache_hit", "lat_bucket", *TOKENS)
+        else "REAL"
+        if c.endswith(("_usd", "_ms"))
+        else "TEXT"
+    )
+    for c in (
+        "user",
+        "session_id",
+        "status",
+        "error",
+        "cache_hit",
+        "saved_usd",
+        *TOKENS,
+        "latency_ms",
+        "org",
+        "key_id",
+        "lat_bucket",
+    )
 }
 """Event columns added after the first version: a database without them gets them, filled from ``doc``."""
 
@@ -133,21 +152,14 @@ CREATE INDEX IF NOT EXISTS sessions_cost ON sessions(last_ts, cost_nano_usd);
 """
 
 
-def _bucket_sql(column: str) -> list[str]:
-    """``lat_NN`` sums: one ``SUM(CASE ...)`` per histogram bucket of ``column`` (milliseconds)."""
-    out = []
-    lo: float = float("-inf")
-    for i, name in enumerate(LATENCY_BUCKETS):
-        hi = LATENCY_BOUNDS_MS[i] if i < len(LATENCY_BOUNDS_MS) else None
-        cond = f"{column} > {lo}" if lo != float("-inf") else "1"
-        if hi is not None:
-            cond += f" AND {column} <= {hi}"
-        out.append(f"SUM(CASE WHEN {cond} THEN 1 ELSE 0 END) AS {name}")
-        lo = hi if hi is not None else lo
-    return out
+def _bucket_sql() -> list[str]:
+    """``lt_NN`` sums: each event's histogram bucket is computed once, when it is bound (``lat_bucket``), so a
+    rollup adds 71 integer comparisons per event, not 142 float ones."""
+    return [f"SUM(lat_bucket = {i}) AS {name}" for i, name in enumerate(LATENCY_BUCKETS)]
 
 
 _ERROR_SQL = "SUM(CASE WHEN status >= 400 OR status = 0 OR error IS NOT NULL THEN 1 ELSE 0 END)"
+_UNPRICED_SQL = "SUM(CASE WHEN cost_usd IS NULL AND status BETWEEN 200 AND 399 THEN 1 ELSE 0 END)"
 _NANO = "CAST(ROUND(COALESCE({0}, 0) * 1e9) AS INTEGER)"
 _TEXT_KEY = "COALESCE({0}, '')"
 _KEYS_H = ", ".join(
@@ -177,8 +189,8 @@ def _roll(table: str, columns: tuple[str, ...], keys: str) -> str:
     (the SQL expressions of ``columns``, the table's primary key)."""
     return f"""
 INSERT INTO {table} ({", ".join((*columns, *SUMS, *LATENCY_BUCKETS))})
-SELECT {keys}, COUNT(*), {_ERROR_SQL}, {", ".join(f"SUM({t})" for t in TOKENS)},
-       SUM({_NANO.format("cost_usd")}), SUM({_NANO.format("saved_usd")}), {", ".join(_bucket_sql("latency_ms"))}
+SELECT {keys}, COUNT(*), {_ERROR_SQL}, {_UNPRICED_SQL}, {", ".join(f"SUM({t})" for t in TOKENS)},
+       SUM({_NANO.format("cost_usd")}), SUM({_NANO.format("saved_usd")}), {", ".join(_bucket_sql())}
 FROM events WHERE rowid > ? GROUP BY {keys}
 ON CONFLICT({", ".join(columns)}) DO UPDATE SET
   {", ".join(f"{c} = {c} + excluded.{c}" for c in (*SUMS, *LATENCY_BUCKETS))}
@@ -262,6 +274,7 @@ def _row(e: CostEvent, doc: Any) -> tuple[Any, ...]:
         e.latency_ms,
         e.org,
         e.key_id,
+        latency_bucket(e.latency_ms),
         doc,
     )
 
@@ -286,7 +299,8 @@ def migrate(conn: sqlite3.Connection) -> None:
         try:
             for c in missing:
                 conn.execute(f"ALTER TABLE events ADD COLUMN {c} {_ADDED_COLUMNS[c]}")
-            if missing:
+            from_doc = [c for c in missing if c != "lat_bucket"]
+            if from_doc:
                 fills = ", ".join(
                     f"{c} = "
                     + (
@@ -294,9 +308,12 @@ def migrate(conn: sqlite3.Connection) -> None:
                         if c == "cache_hit"
                         else f"json_extract(CAST(doc AS TEXT), '$.{c}')"
                     )
-                    for c in missing
+                    for c in from_doc
                 )
                 conn.execute(f"UPDATE events SET {fills}")
+            if "lat_bucket" in missing:  # (after latency_ms, which an old store may have just gained)
+                conn.create_function("modeltrack_latency_bucket", 1, latency_bucket, deterministic=True)
+                conn.execute("UPDATE events SET lat_bucket = modeltrack_latency_bucket(COALESCE(latency_ms, 0))")
             # Every derived table is rebuilt from the events at once: what they would hold had they always
             # had this shape.
             for table, create in DERIVED.items():
