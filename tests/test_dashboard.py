@@ -123,6 +123,8 @@ PAGES = {
     "budgets": "/budgets",
     "whatif": "/whatif?to_model=gpt-4.1-mini",
     "export": "/export",
+    "requests": "/requests",
+    "errors": "/errors",
 }
 
 
@@ -389,4 +391,60 @@ async def test_dark_mode_narrow_screens_every_zone_and_auto_refresh(
     await b.open("/")
     assert await page.locator("[data-testid=refresh]").is_checked()  # remembered, not put in the URL
     assert "refresh" not in b.query()
+    assert b.errors == []
+
+
+async def test_from_any_number_to_its_requests(aiohttp_server: Any, browser: Any, artifacts: Path, seeded: str) -> None:
+    """Issue M: the request log (newest first, older pages, filters, each row's whole event) reached from a
+    breakdown row, a KPI and a chart point; the Errors page; the charts beyond spend. Numbers equal the API's."""
+    b, server = await start(aiohttp_server, browser, artifacts, seeded)
+    since, until = window(7)
+    await b.open("/requests?range=7d", shot="requests")
+    want = await api(server, f"/api/v1/requests?since={since}&until={until}&limit=50")
+    rows = b.page.locator("[data-testid=requests] tbody tr")
+    assert await rows.count() == 50
+    assert await rows.evaluate_all("rs => rs.map(r => r.dataset.key)") == [r["request_id"] for r in want["requests"]]
+    await b.page.locator("[data-testid=older]").click()
+    await b.ready()
+    second = await api(server, f"/api/v1/requests?since={since}&until={until}&limit=50&before={want['next']}")
+    assert await rows.first.get_attribute("data-key") == second["requests"][0]["request_id"]
+    await rows.first.click()
+    await b.ready()
+    detail = b.page.locator("[data-testid=request-detail]")
+    rid = second["requests"][0]["request_id"]
+    assert rid in await detail.inner_text()
+    full = await api(server, f"/api/v1/requests/{rid}")
+    assert await detail.locator("dd[data-field=model]").inner_text() == full["model"]
+    await b.page.screenshot(path=str(artifacts / "request-detail.png"), full_page=True)
+    # A breakdown row's log link: the requests of that team, in the page's period.
+    await b.open("/teams?range=7d")
+    await b.page.locator("[data-testid=breakdown] tr[data-key=search] [data-testid=log-link]").click()
+    await b.ready()
+    assert b.path() == "/requests" and b.query()["team"] == "search"
+    teams = await b.page.locator("[data-testid=requests] tbody tr td:nth-child(4)").all_inner_texts()
+    assert teams and set(teams) == {"search"}
+    # A KPI: the month's requests.
+    await b.open("/")
+    await b.page.locator("[data-testid=kpi-month]").click()
+    await b.ready()
+    assert b.path() == "/requests" and b.query()["range"] == "month"
+    # A chart point: the day clicked.
+    await b.open("/teams?team=search&range=7d")
+    for testid in ("chart-requests", "chart-tokens", "chart-latency", "chart-errors"):
+        assert await b.page.locator(f"[data-testid={testid}] canvas").count() == 1, testid
+    box = await b.page.locator("[data-testid=series] .u-over").bounding_box()
+    assert box is not None
+    await b.page.mouse.move(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+    await b.page.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.5)
+    await b.ready()
+    q = b.query()
+    assert b.path() == "/requests" and q["since"] == q["until"] and q["team"] == "search"
+    # The Errors page: its classes are the API's.
+    await b.open("/errors?range=30d", shot="errors")
+    s30, u30 = window(30)
+    errors = await api(server, f"/api/v1/errors?since={s30}&until={u30}")
+    assert errors["errors"] > 0
+    for c in errors["classes"]:
+        assert await b.value(f"[data-testid=class-{c['class']}] .value") == c["requests"]
+    assert await b.page.locator("[data-testid=errors] tbody tr").count() == len(errors["rows"])
     assert b.errors == []

@@ -5,8 +5,9 @@ they count):
 
 * **daily** by team × app × feature × provider × model: the round-1 table, kept for existing queries;
 * **hourly** by every dimension the API filters or splits on: team × app × feature × user × provider × model ×
-  status × cache hit × org × key (last: the org and the public id of the request's ModelTrack key, empty
-  without one; a key's spend is what its budget and the Keys page read). Hours let a reader answer any
+  status × cache hit × org × key × error × prompt (the org and the public id of the request's ModelTrack key,
+  empty without one: a key's spend is what its budget and the Keys page read; the error type, for the Errors
+  page; the prompt template, a dimension like the others). Hours let a reader answer any
   hour, day or month in any whole-hour time zone, and carry a latency histogram, so percentiles come from the
   rollups too.
 
@@ -21,7 +22,20 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .events import CostEvent
 
-HOURLY_DIMENSIONS = ("team", "app", "feature", "user", "provider", "model", "status", "cache_hit", "org", "key_id")
+HOURLY_DIMENSIONS = (
+    "team",
+    "app",
+    "feature",
+    "user",
+    "provider",
+    "model",
+    "status",
+    "cache_hit",
+    "org",
+    "key_id",
+    "error",
+    "prompt_id",
+)
 DAILY_DIMENSIONS = ("team", "app", "feature", "provider", "model")
 TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
 SUMS = ("requests", "errors", "unpriced", *TOKENS, "cost_nano_usd", "saved_nano_usd")
@@ -83,7 +97,7 @@ def daily_key(ev: CostEvent) -> tuple[str, str, str, str, str, str]:
     return (ev.timestamp[:10], ev.team or "", ev.app or "", ev.feature or "", ev.provider, ev.model or "")
 
 
-def hourly_key(ev: CostEvent) -> tuple[str, str, str, str, str, str, str, int, int, str, str]:
+def hourly_key(ev: CostEvent) -> tuple[str | int, ...]:
     return (
         hour_of(ev.timestamp),
         ev.team or "",
@@ -96,6 +110,8 @@ def hourly_key(ev: CostEvent) -> tuple[str, str, str, str, str, str, str, int, i
         1 if ev.cache_hit else 0,
         ev.org or "",
         ev.key_id or "",
+        ev.error or "",
+        ev.prompt_id or "",
     )
 
 

@@ -15,7 +15,20 @@ from typing import Any, Protocol
 
 from ..events import CostEvent
 
-DIMENSIONS = ("team", "app", "feature", "user", "provider", "model", "status", "cache_hit", "org", "key_id")
+DIMENSIONS = (
+    "team",
+    "app",
+    "feature",
+    "user",
+    "provider",
+    "model",
+    "status",
+    "cache_hit",
+    "org",
+    "key_id",
+    "error",
+    "prompt_id",
+)
 """What the hourly rollups are keyed by: every one can filter a query or split it (``org``: the organisation of
 the request's ModelTrack key, what multi-tenant mode narrows an org's readers to; ``key_id``: that key's public
 id, for its spend and its budget)."""
@@ -50,6 +63,8 @@ class Filters:
     cache_hit: bool | None = None
     org: str | None = None
     key_id: str | None = None
+    error: str | None = None
+    prompt_id: str | None = None
 
     def items(self) -> list[tuple[str, Any]]:
         return [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None]
@@ -130,6 +145,15 @@ class Reader(Protocol):
     async def sessions(self, start: datetime, end: datetime, f: Filters, limit: int) -> list[dict[str, Any]]:
         """The most expensive sessions active in ``[start, end)``: ``session_id``, ``first_ts``, ``last_ts``,
         attribution, ``requests``, token sums, ``cost_nano_usd``, ``latency_ms``."""
+        ...
+
+    async def page(self, f: EventFilter, before: tuple[str, str] | None, limit: int) -> list[CostEvent]:
+        """Matching events newest first, ``limit`` of them, strictly before ``before`` = (timestamp,
+        request_id) when given: keyset paging, one indexed query per page however deep."""
+        ...
+
+    async def event(self, request_id: str) -> CostEvent | None:
+        """One event by its id (None: not in the store)."""
         ...
 
     async def close(self) -> None: ...

@@ -72,6 +72,29 @@ class FirestoreReader:
             evs = [CostEvent.from_dict(d.to_dict()) for d in page]
             yield [e for e in evs if f.filters.matches(e)]
 
+    async def page(self, f: EventFilter, before: tuple[str, str] | None, limit: int) -> list[CostEvent]:
+        out: list[CostEvent] = []
+        cursor = before
+        while len(out) < limit:
+            q = self._query(f, descending=True)
+            if cursor is not None:
+                q = q.start_after({"timestamp": cursor[0], "request_id": cursor[1]})
+            docs = [d.to_dict() async for d in q.limit(limit).stream()]
+            if not docs:
+                break
+            for d in docs:
+                ev = CostEvent.from_dict(d)
+                if f.filters.matches(ev):  # a status class is checked here (one range filter per query)
+                    out.append(ev)
+            cursor = (docs[-1]["timestamp"], docs[-1]["request_id"])
+            if len(docs) < limit:
+                break
+        return out[:limit]
+
+    async def event(self, request_id: str) -> CostEvent | None:
+        snap = await self.sink.collection_ref("events").document(request_id).get()
+        return CostEvent.from_dict(snap.to_dict()) if snap.exists else None
+
     async def aggregate(
         self,
         start: datetime,

@@ -67,5 +67,14 @@ class JSONLReader:
             sums.add(e)
         return sums.top(limit)
 
+    async def page(self, f: EventFilter, before: tuple[str, str] | None, limit: int) -> list[CostEvent]:
+        found = sorted(self._events(f), key=lambda e: (e.timestamp, e.request_id), reverse=True)
+        if before is not None:
+            found = [e for e in found if (e.timestamp, e.request_id) < before]
+        return found[:limit]
+
+    async def event(self, request_id: str) -> CostEvent | None:
+        return next((e for e in self._all() if e.request_id == request_id), None)
+
     async def close(self) -> None:
         return None

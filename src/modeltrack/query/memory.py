@@ -26,6 +26,8 @@ def event_row(ev: CostEvent) -> dict[str, Any]:
         "cache_hit": 1 if ev.cache_hit else 0,
         "org": ev.org or "",
         "key_id": ev.key_id or "",
+        "error": ev.error or "",
+        "prompt_id": ev.prompt_id or "",
         "requests": 1,
         "errors": int(is_error(ev)),
         "unpriced": int(is_unpriced(ev)),

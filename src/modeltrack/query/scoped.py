@@ -62,5 +62,13 @@ class ScopedReader:
     async def sessions(self, start: datetime, end: datetime, f: Filters, limit: int) -> list[dict[str, Any]]:
         return await self.inner.sessions(start, end, self._filters(f), limit)
 
+    async def page(self, f: EventFilter, before: tuple[str, str] | None, limit: int) -> list[CostEvent]:
+        return await self.inner.page(self._events(f), before, limit)
+
+    async def event(self, request_id: str) -> CostEvent | None:
+        """The event, if it is within this scope; outside it, as if it did not exist."""
+        ev = await self.inner.event(request_id)
+        return ev if ev is not None and self._filters(Filters()).matches(ev) else None
+
     async def close(self) -> None:
         return None  # the inner reader is shared by every request

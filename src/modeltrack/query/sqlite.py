@@ -64,6 +64,8 @@ class SQLiteReader:
                 "session_id",
                 "org",
                 "key_id",
+                "error",
+                "prompt_id",
             )
         }
         tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -164,6 +166,26 @@ class SQLiteReader:
         """The stored JSON of each event, as :meth:`iter_events` (an export need not decode and re-encode)."""
         async for rows in self._pages(f, chunk):
             yield [bytes(r[2]) for r in rows]
+
+    def _page_newest(self, f: EventFilter, before: tuple[str, str] | None, limit: int) -> list[CostEvent]:
+        where, args = self._where(f)
+        ts = self._col["timestamp"]
+        if before is not None:
+            # The plain bound lets the timestamp index seek; the OR breaks ties between equal timestamps.
+            where += f" AND {ts} <= ? AND ({ts} < ? OR request_id < ?)"
+            args += [before[0], before[0], before[1]]
+        sql = f"SELECT doc FROM events WHERE {where} ORDER BY {ts} DESC, request_id DESC LIMIT ?"
+        return [CostEvent.from_dict(orjson.loads(r[0])) for r in self._conn.execute(sql, [*args, limit])]
+
+    async def page(self, f: EventFilter, before: tuple[str, str] | None, limit: int) -> list[CostEvent]:
+        return list(await self._call(self._page_newest, f, before, limit))
+
+    def _event(self, request_id: str) -> CostEvent | None:
+        row = self._conn.execute("SELECT doc FROM events WHERE request_id = ?", (request_id,)).fetchone()
+        return None if row is None else CostEvent.from_dict(orjson.loads(row[0]))
+
+    async def event(self, request_id: str) -> CostEvent | None:
+        return await self._call(self._event, request_id)  # type: ignore[no-any-return]
 
     # -- rollups ------------------------------------------------------------------------------------------
     def _daily_table(self, f: Filters, group_by: tuple[str, ...]) -> str | None:

@@ -360,7 +360,7 @@ def parse_filters(get: Any) -> Filters:
     if cache_hit is not None and cache_hit not in ("true", "false"):
         raise QueryError(f"cache_hit {cache_hit!r}: write true or false")
     return Filters(
-        **{d: get(d) for d in ("team", "app", "feature", "user", "provider", "model", "org", "key_id")},
+        **{d: get(d) for d in DIMENSIONS if d not in ("status", "cache_hit")},
         status=status,
         cache_hit=None if cache_hit is None else cache_hit == "true",
     )

@@ -7,7 +7,7 @@ Data model (``COLL`` = the collection from ``firestore://PROJECT/COLL``, default
 * ``COLL_rollups_daily/{day}_{hash}[_{shard}]`` — requests, tokens by kind and ``cost_nano_usd`` per
   (day, team, app, feature, provider, model).
 * ``COLL_rollups_hourly/{hour}_{hash}[_{shard}]`` — per (hour, team, app, feature, user, provider, model,
-  status, cache_hit, org, key_id; without an org and a key it hashes as before they existed): requests, errors,
+  status, cache_hit, org, key_id, error, prompt_id; trailing empty ones of those last four are not hashed):
   tokens, ``cost_nano_usd``, ``saved_nano_usd`` and the latency histogram (``lat_00`` … ``lat_19``,
   :mod:`modeltrack.rollups`).
 * ``COLL_sessions/{hash(org, session_id)}`` — per org and session: requests, tokens, ``cost_nano_usd``, summed latency,
@@ -62,6 +62,8 @@ _HOURLY_FIELDS = (
     "cache_hit",
     "org",
     "key_id",
+    "error",
+    "prompt_id",
 )
 
 
@@ -76,10 +78,17 @@ def session_doc_id(session_id: str, org: str | None = None) -> str:
     return hashlib.sha256(name.encode()).hexdigest()[:32]
 
 
+_FIRST_HOURLY_PARTS = 9  # hour, team, app, feature, user, provider, model, status, cache_hit
+
+
 def hourly_doc_id(key: tuple[Any, ...], shard: int | None = None) -> str:
-    """An hourly rollup's document. The org and the ModelTrack key are the key's last parts; without them the id
-    is the one the same key had before they existed, so existing documents keep counting (no migration)."""
-    return rollup_doc_id(key if key[-1] or key[-2] else key[:-2], shard)
+    """An hourly rollup's document. The dimensions added since the first version (org, key, error, prompt) come
+    last, and trailing empty ones are not hashed: a key without them has the id it had before they existed, so
+    existing documents keep counting (no migration)."""
+    parts = list(key)
+    while len(parts) > _FIRST_HOURLY_PARTS and parts[-1] == "":
+        parts.pop()
+    return rollup_doc_id(tuple(parts), shard)
 
 
 def _epoch_ms(timestamp: str) -> int:

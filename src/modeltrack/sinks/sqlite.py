@@ -45,6 +45,7 @@ EVENT_COLUMNS = (
     "latency_ms",
     "org",
     "key_id",
+    "prompt_id",
     "lat_bucket",
     "doc",
 )
@@ -69,6 +70,7 @@ _ADDED_COLUMNS = {
         "latency_ms",
         "org",
         "key_id",
+        "prompt_id",
         "lat_bucket",
     )
 }
@@ -110,14 +112,14 @@ DERIVED = {
     "rollup_hourly": f"""CREATE TABLE IF NOT EXISTS rollup_hourly (
     hour TEXT NOT NULL, team TEXT NOT NULL, app TEXT NOT NULL, feature TEXT NOT NULL, user TEXT NOT NULL,
     provider TEXT NOT NULL, model TEXT NOT NULL, status INTEGER NOT NULL, cache_hit INTEGER NOT NULL,
-    org TEXT NOT NULL, key_id TEXT NOT NULL, {_SUM_COLUMNS},
-    PRIMARY KEY (hour, team, app, feature, user, provider, model, status, cache_hit, org, key_id)
+    org TEXT NOT NULL, key_id TEXT NOT NULL, error TEXT NOT NULL, prompt_id TEXT NOT NULL, {_SUM_COLUMNS},
+    PRIMARY KEY (hour, team, app, feature, user, provider, model, status, cache_hit, org, key_id, error, prompt_id)
 ) WITHOUT ROWID""",
     "rollup_day_attr": f"""CREATE TABLE IF NOT EXISTS rollup_day_attr (
     day TEXT NOT NULL, team TEXT NOT NULL, app TEXT NOT NULL, feature TEXT NOT NULL,
     provider TEXT NOT NULL, model TEXT NOT NULL, status INTEGER NOT NULL, cache_hit INTEGER NOT NULL,
-    org TEXT NOT NULL, key_id TEXT NOT NULL, {_SUM_COLUMNS},
-    PRIMARY KEY (day, team, app, feature, provider, model, status, cache_hit, org, key_id)
+    org TEXT NOT NULL, key_id TEXT NOT NULL, error TEXT NOT NULL, prompt_id TEXT NOT NULL, {_SUM_COLUMNS},
+    PRIMARY KEY (day, team, app, feature, provider, model, status, cache_hit, org, key_id, error, prompt_id)
 ) WITHOUT ROWID""",
     "rollup_day_user": f"""CREATE TABLE IF NOT EXISTS rollup_day_user (
     day TEXT NOT NULL, user TEXT NOT NULL, cache_hit INTEGER NOT NULL, org TEXT NOT NULL, {_SUM_COLUMNS},
@@ -172,6 +174,8 @@ _KEYS_H = ", ".join(
         "cache_hit",
         _TEXT_KEY.format("org"),
         _TEXT_KEY.format("key_id"),
+        _TEXT_KEY.format("error"),
+        _TEXT_KEY.format("prompt_id"),
     )
 )
 _KEYS_D = ", ".join(
@@ -214,6 +218,8 @@ _ROLL_DAY_ATTR = _roll(
             "cache_hit",
             _TEXT_KEY.format("org"),
             _TEXT_KEY.format("key_id"),
+            _TEXT_KEY.format("error"),
+            _TEXT_KEY.format("prompt_id"),
         )
     ),
 )
@@ -274,6 +280,7 @@ def _row(e: CostEvent, doc: Any) -> tuple[Any, ...]:
         e.latency_ms,
         e.org,
         e.key_id,
+        e.prompt_id,
         latency_bucket(e.latency_ms),
         doc,
     )

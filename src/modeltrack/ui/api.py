@@ -11,8 +11,10 @@ import orjson
 from aiohttp import web
 
 from ..query import DIMENSIONS, Reader, StoreMissing, open_reader
+from ..query.errors import errors
 from ..query.forecast import forecast
 from ..query.overview import overview
+from ..query.requests import EventOnly, parse_cursor, request_detail, request_log
 from ..query.scoped import ScopedReader
 from ..query.times import TimeError, zone
 from ..query.views import (
@@ -74,10 +76,13 @@ class Params:
             *DIMENSIONS,
         }
     )
+    LOG = frozenset({"before", "session_id", "routed", "stream", "unpriced"})
+    """The request log's own parameters (with ``property.NAME``): filters only an event answers."""
 
-    def __init__(self, request: web.Request) -> None:
+    def __init__(self, request: web.Request, log: bool = False) -> None:
         self.q = request.query
-        unknown = sorted(set(self.q) - self.KNOWN)
+        known = self.KNOWN | self.LOG if log else self.KNOWN
+        unknown = sorted(k for k in set(self.q) - known if not (log and k.startswith("property.")))
         if unknown:
             raise QueryError(f"unknown parameter {unknown[0]!r}; known: {', '.join(sorted(self.KNOWN))}")
 
@@ -132,6 +137,9 @@ class Api:
             web.get("/api/v1/breakdown", self.breakdown),
             web.get("/api/v1/values", self.values),
             web.get("/api/v1/sessions", self.sessions),
+            web.get("/api/v1/requests", self.requests),
+            web.get("/api/v1/requests/{request_id}", self.request),
+            web.get("/api/v1/errors", self.errors),
             web.get("/api/v1/sessions/{session_id}", self.session),
             web.get("/api/v1/budgets", self.budgets),
             web.get("/api/v1/forecast", self.forecast),
@@ -206,6 +214,30 @@ class Api:
         return json_response(
             await sessions(await self.reader(request), p.range(), parse_filters(p.get), p.number("limit", 20) or 20)
         )
+
+    async def requests(self, request: web.Request) -> web.Response:
+        p = Params(request, log=True)
+        only = EventOnly.parse(p.get, request.query.keys())
+        return json_response(
+            await request_log(
+                await self.reader(request),
+                p.range(7),
+                parse_filters(p.get),
+                only,
+                parse_cursor(p.get("before")),
+                p.number("limit", 50, hi=500) or 50,
+            )
+        )
+
+    async def request(self, request: web.Request) -> web.Response:
+        try:
+            return json_response(await request_detail(await self.reader(request), request.match_info["request_id"]))
+        except LookupError as exc:
+            return error(404, "not_found", str(exc))
+
+    async def errors(self, request: web.Request) -> web.Response:
+        p = Params(request)
+        return json_response(await errors(await self.reader(request), p.range(), parse_filters(p.get)))
 
     async def session(self, request: web.Request) -> web.Response:
         try:

@@ -40,6 +40,8 @@ PAGES = (
     "users",
     "models",
     "sessions",
+    "requests",
+    "errors",
     "budgets",
     "whatif",
     "export",

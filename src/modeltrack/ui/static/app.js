@@ -2,9 +2,10 @@
 // script can read); the page and its filters live in the URL, so any view can be shared by copying it.
 
 import { ADMIN_PAGES } from "./admin.js";
+import { LOG_PAGES, logLink, openLog, usageCharts } from "./requests.js";
 
 const DIMS = ["team", "app", "feature", "user", "provider", "model"];
-const FILTERS = [...DIMS, "status", "cache_hit"];
+const FILTERS = [...DIMS, "status", "cache_hit", "error", "prompt_id", "key_id"];
 const PAGES = { teams: "team", apps: "app", features: "feature", users: "user", models: "model" };
 const TITLES = { team: "Teams", app: "Apps", feature: "Features", user: "Users", model: "Models", provider: "Providers" };
 let meta = null;
@@ -80,6 +81,14 @@ function kpi(testid, labelText, value, display, note) {
     h("div", { class: "label", text: labelText }),
     h("div", { class: "value", "data-value": value, text: display }),
     note ? h("div", { class: "note", text: note }) : null);
+}
+function unpricedNote(n) { return n ? ` · ${count(n)} unpriced (not in the sum)` : ""; }
+// A KPI card that opens the requests behind its figure.
+function linked(card, params) {
+  card.classList.add("click");
+  card.addEventListener("click", () => openLog(params));
+  card.append(logLink(params));
+  return card;
 }
 function shareBar(r) {
   const fill = h("i");
@@ -166,10 +175,14 @@ function apiUrl(path, params) {
 
 // ---- charts (uPlot) -------------------------------------------------------------------------------------------
 const PALETTE = ["#2f6fed", "#12805c", "#c4320a", "#7a5af8", "#dc6803", "#0e9384", "#dd2590", "#475467", "#98a2b3"];
+// opts: tz, bars, height; field (what each series draws, default cost_usd) and fmt/axis (its formatting);
+// onPoint(bucketIndex, seriesKey): a click on the plot (every chart point opens the requests behind it).
 function chart(container, buckets, series, opts) {
   const width = Math.max(container.clientWidth - 8, 320);
   const xs = buckets.map((b) => Date.parse(b) / 1000);
   const bars = series.length === 1 && opts?.bars !== false;
+  const fmt = opts?.fmt || money;
+  const values = (s) => (opts?.get ? opts.get(s) : s[opts?.field || "cost_usd"]);
   const cfg = {
     width, height: opts?.height || 240,
     tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), opts?.tz || "UTC"),
@@ -177,16 +190,23 @@ function chart(container, buckets, series, opts) {
     cursor: { drag: { x: false, y: false } },
     scales: { x: { time: true } },
     axes: [{ stroke: "#667085", grid: { stroke: "#f0f2f5" } },
-      { stroke: "#667085", grid: { stroke: "#f0f2f5" }, size: 64, values: (u, vals) => vals.map(axisMoney) }],
+      { stroke: "#667085", grid: { stroke: "#f0f2f5" }, size: 64, values: (u, vals) => vals.map(opts?.axis || axisMoney) }],
     series: [{}, ...series.map((s, i) => ({
       label: label(s.key), stroke: PALETTE[i % PALETTE.length], width: 2,
       fill: bars ? PALETTE[0] + "cc" : undefined,
       paths: bars ? uPlot.paths.bars({ size: [0.7, 40] }) : undefined,
       points: { show: !bars },
-      value: (u, v) => money(v),
+      value: (u, v) => fmt(v),
     }))],
   };
-  const plot = new uPlot(cfg, [xs, ...series.map((s) => s.cost_usd)], container);
+  const plot = new uPlot(cfg, [xs, ...series.map(values)], container);
+  if (opts?.onPoint) {
+    plot.over.style.cursor = "pointer";
+    plot.over.addEventListener("click", () => {
+      const i = plot.cursor.idx;
+      if (i !== null && i !== undefined) opts.onPoint(i);
+    });
+  }
   charts.push(plot);
   return plot;
 }
@@ -202,22 +222,27 @@ async function overviewPage(q) {
       `90% band ${money(fc.low_usd)} – ${money(fc.high_usd)}`)
     : kpi("kpi-forecast", "Forecast, end of month", "", "Not enough data", fc.reason);
   const chartBox = h("div", { class: "chart", "data-testid": "trend" });
+  const usage = usageCharts(data.trend, tz, (i) => openLog({ range: "custom", since: data.trend.buckets[i].slice(0, 10), until: data.trend.buckets[i].slice(0, 10) }));
   render(
     h("h1", { text: "Overview" }),
     h("p", { class: "sub", text: `Last event ${when(data.last_event, tz)} · times in ${tz}` }),
     h("div", { class: "grid kpis" },
-      kpi("kpi-today", "Spend today", data.today.cost_usd, money(data.today.cost_usd), `${count(data.today.requests)} requests`),
-      kpi("kpi-month", "Month to date", data.month_to_date.cost_usd, money(data.month_to_date.cost_usd),
-        `${count(data.month_to_date.requests)} requests`),
+      linked(kpi("kpi-today", "Spend today", data.today.cost_usd, money(data.today.cost_usd),
+        `${count(data.today.requests)} requests${unpricedNote(data.today.unpriced)}`), { range: "today", since: null, until: null }),
+      linked(kpi("kpi-month", "Month to date", data.month_to_date.cost_usd, money(data.month_to_date.cost_usd),
+        `${count(data.month_to_date.requests)} requests${unpricedNote(data.month_to_date.unpriced)}`), { range: "month", since: null, until: null }),
       fcCard,
       kpi("kpi-saved", "Saved by the response cache", data.month_to_date.saved_usd, money(data.month_to_date.saved_usd),
         "this month")),
     h("div", { class: "card" }, h("h2", { text: "Daily spend, last 30 days" }), chartBox),
+    usage.node,
     h("div", { class: "grid two", style: null },
       topTable("Top teams this month", "team", data.top_teams),
       topTable("Top models this month", "model", data.top_models)),
   );
-  chart(chartBox, data.trend.buckets, data.trend.series, { tz });
+  const onDay = (i) => openLog({ range: "custom", since: data.trend.buckets[i].slice(0, 10), until: data.trend.buckets[i].slice(0, 10) });
+  chart(chartBox, data.trend.buckets, data.trend.series, { tz, onPoint: onDay });
+  usage.draw();
 }
 function topTable(title, dim, rows) {
   const page = Object.keys(PAGES).find((p) => PAGES[p] === dim);
@@ -235,7 +260,8 @@ function topTable(title, dim, rows) {
 // A breakdown table's columns after the name: [header, cell for a row (the total row with total=true)].
 const tokensIn = (r) => r.input_tokens + r.cache_read_tokens + r.cache_write_tokens;
 const COLUMNS = {
-  spend: ["Spend", (r) => h("td", { class: "num", "data-value": r.cost_usd, text: money(r.cost_usd) })],
+  spend: ["Spend", (r) => h("td", { class: "num", "data-value": r.cost_usd }, money(r.cost_usd),
+    r.unpriced ? h("span", { class: "unpriced", "data-testid": "unpriced", title: "requests with no known cost, not in the sum", text: ` +${count(r.unpriced)} unpriced` }) : null)],
   share: ["Share", (r, total) => (total ? h("td", {}) : h("td", {}, shareBar(r.share), pct(r.share)))],
   change: ["vs previous", (r) => h("td", { class: "num" }, change(r.change_pct))],
   requests: ["Requests", (r) => h("td", { class: "num", "data-value": r.requests, text: count(r.requests) })],
@@ -253,15 +279,16 @@ function breakdownTable(dim, data, onRow, testid = "breakdown", cols = FULL) {
   const rows = [...data.rows, ...(data.other ? [data.other] : [])];
   return h("table", { "data-testid": testid },
     h("thead", {}, h("tr", {}, h("th", { text: TITLES[dim] ? TITLES[dim].slice(0, -1) : dim }),
-      cols.map((c) => h("th", { class: c === "share" ? "" : "num", text: COLUMNS[c][0] })))),
+      cols.map((c) => h("th", { class: c === "share" ? "" : "num", text: COLUMNS[c][0] })), h("th", {}))),
     h("tbody", {}, rows.map((r) => h("tr", {
       class: r[dim] === "__other__" ? "" : "click", "data-key": r[dim] ?? "",
       on: r[dim] === "__other__" ? {} : { click: () => onRow(r[dim] ?? "") },
     },
     h("td", { class: "name", title: label(r[dim]), text: r[dim] === "__other__" ? `${r.values} others` : label(r[dim]) }),
-    cols.map((c) => COLUMNS[c][1](r, false))))),
+    cols.map((c) => COLUMNS[c][1](r, false)),
+    h("td", {}, r[dim] === "__other__" ? null : logLink({ [dim]: r[dim] ?? "" }, "log"))))),
     cols === FULL ? h("tfoot", {}, h("tr", { class: "total", "data-testid": "total" },
-      h("td", { text: "Total" }), cols.map((c) => COLUMNS[c][1](data.total, true)))) : null);
+      h("td", { text: "Total" }), cols.map((c) => COLUMNS[c][1](data.total, true)), h("td", {}, logLink({}, "log")))) : null);
 }
 
 async function dimensionPage(page, q) {
@@ -285,7 +312,12 @@ async function dimensionPage(page, q) {
     h("div", { class: "card" }, h("h2", { text: `Spend by ${dim}` }), chartBox),
     h("div", { class: "card" }, breakdownTable(dim, data, (key) => go(page, { [dim]: key }))),
   );
-  chart(chartBox, ser.buckets, ser.series, { tz: rp.tz, bars: false });
+  chart(chartBox, ser.buckets, ser.series, { tz: rp.tz, bars: false, onPoint: (i) => openLog(bucketRange(ser, i)) });
+}
+// The period of one chart bucket, as the request log's range (a day, or the hour's day for hourly charts).
+function bucketRange(ser, i) {
+  const d = ser.buckets[i].slice(0, 10);
+  return { range: "custom", since: d, until: d };
 }
 
 async function detailPage(page, dim, q, rp) {
@@ -297,21 +329,24 @@ async function detailPage(page, dim, q, rp) {
   ]);
   const total = parts[0]?.total;
   const chartBox = h("div", { class: "chart", "data-testid": "series" });
+  const usage = usageCharts(ser, rp.tz, (i) => openLog(bucketRange(ser, i)));
   render(
     h("p", {}, h("a", { href: "#", on: { click: (e) => { e.preventDefault(); go(page, { [dim]: null }); } }, text: `← All ${TITLES[dim].toLowerCase()}` })),
     h("h1", { "data-testid": "detail-title", text: `${TITLES[dim].slice(0, -1)}: ${label(value)}` }),
     h("p", { class: "sub", text: `${rp.since} to ${rp.until} (${rp.tz})` }),
     total ? h("div", { class: "grid kpis" },
-      kpi("kpi-spend", "Spend", total.cost_usd, money(total.cost_usd), total.change_pct === null ? "new this period" : `${total.change_pct > 0 ? "+" : ""}${total.change_pct}% vs previous period`),
-      kpi("kpi-requests", "Requests", total.requests, count(total.requests), `${pct(total.error_rate)} errors`),
+      linked(kpi("kpi-spend", "Spend", total.cost_usd, money(total.cost_usd), (total.change_pct === null ? "new this period" : `${total.change_pct > 0 ? "+" : ""}${total.change_pct}% vs previous period`) + unpricedNote(total.unpriced)), {}),
+      linked(kpi("kpi-requests", "Requests", total.requests, count(total.requests), `${pct(total.error_rate)} errors`), {}),
       kpi("kpi-latency", "Latency p95", total.latency_p95_ms, ms(total.latency_p95_ms), `p50 ${ms(total.latency_p50_ms)}`),
       kpi("kpi-cache", "Response-cache hits", total.cache_hit_rate, pct(total.cache_hit_rate), `${money(total.saved_usd)} saved`)) : null,
     h("div", { class: "card" }, h("h2", { text: "Spend over time" }), chartBox),
+    usage.node,
     h("div", { class: "grid two" }, others.map((d, i) => h("div", { class: "card" }, h("h2", { text: `By ${d}` }),
       parts[i].rows.length ? breakdownTable(d, parts[i], (key) => go(Object.keys(PAGES).find((p) => PAGES[p] === d) || page, { [d]: key }), `breakdown-${d}`, COMPACT)
         : h("p", { class: "none", text: `No ${d} recorded.` })))),
   );
-  chart(chartBox, ser.buckets, ser.series, { tz: rp.tz });
+  chart(chartBox, ser.buckets, ser.series, { tz: rp.tz, onPoint: (i) => openLog(bucketRange(ser, i)) });
+  usage.draw();
 }
 
 async function sessionsPage(q) {
@@ -537,6 +572,7 @@ async function route() {
     else if (page === "") await overviewPage(q);
     else if (PAGES[page]) await dimensionPage(page, q);
     else if (page === "sessions") await sessionsPage(q);
+    else if (LOG_PAGES[page]) await LOG_PAGES[page](q);
     else if (page === "budgets") await budgetsPage();
     else if (page === "whatif") await whatifPage(q);
     else if (page === "export") exportPage(q);
@@ -581,4 +617,7 @@ function start() {
 }
 start();
 
-export { ApiError, errorCard, h, render, route };
+export {
+  ApiError, DIMS, FILTERS, PAGES, TITLES, api, chart, compact, count, emptyState, errorCard, filters, go, h, kpi, label,
+  ms, pct, rangeParams, render, route, tzName, when,
+};
