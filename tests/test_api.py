@@ -534,7 +534,9 @@ def test_daily_rollups_equal_the_hourly_one_and_are_built_for_an_existing_store(
         assert {t: sorted(conn.execute(sql).fetchall()) for t, sql in queries.items()} == before
 
 
-@pytest.mark.parametrize("tz", ["UTC", "Europe/Paris", "America/New_York", "Asia/Tokyo", "Pacific/Chatham"])
+@pytest.mark.parametrize(
+    "tz", ["UTC", "Europe/Paris", "America/New_York", "Asia/Tokyo", "Pacific/Chatham", "Asia/Kolkata"]
+)
 async def test_daily_buckets_in_any_time_zone_equal_the_events(store_url: str, aiohttp_client: Any, tz: str) -> None:
     """Days, weeks and months in the reader's zone, across a DST change (Paris and New York in late October),
     against sums of the events by their local date. (Chatham is +13:45: events are counted by the hour their
@@ -622,3 +624,48 @@ async def test_unpriced_requests_are_counted_beside_every_sum(store_url: str, ai
     assert all(row["unpriced"] == 0 for m, row in rows.items() if m != "mystery-model")
     overview = await (await client.get("/api/v1/overview", params={"tz": "UTC"})).json()
     assert "unpriced" in orjson.dumps(overview).decode()
+
+
+@pytest.mark.parametrize("tz", ["Asia/Kolkata", "Asia/Kathmandu"])
+async def test_half_hour_zones_count_each_hour_in_one_day_everywhere(
+    tmp_path: Path, aiohttp_client: Any, tz: str
+) -> None:
+    """Issue M, item 8: in a zone with a 30- or 45-minute offset a local midnight falls mid-hour. One rule
+    everywhere: an hour counts in the local day its start falls in. So consecutive days add up to the range
+    they make, through the API's breakdown and series and the CLI's report: no boundary hour twice."""
+    from zoneinfo import ZoneInfo
+
+    from modeltrack.sinks.sqlite import SQLiteSink
+
+    end = datetime(2026, 11, 20, 12, tzinfo=UTC)
+    events = [replace(e, cost_usd=0.001 * (1 + i % 7)) for i, e in enumerate(history(8, 96, seed=19, end=end))]
+    path = tmp_path / "events.db"
+    SQLiteSink(str(path)).write_sync(events)
+    store = f"sqlite:///{path}"
+    client = await aiohttp_client(create_app(ui_settings(store)))
+    zone = ZoneInfo(tz)
+
+    def local_day_of_hour(e: CostEvent) -> str:
+        hour = datetime.fromisoformat(e.timestamp[:13] + ":00:00+00:00")
+        return hour.astimezone(zone).date().isoformat()
+
+    days = [f"2026-11-{d:02d}" for d in range(14, 19)]
+    per_day = []
+    for d in days:
+        r = await client.get("/api/v1/breakdown", params={"dimension": "team", "since": d, "until": d, "tz": tz})
+        total = (await r.json())["total"]
+        per_day.append(total["requests"])
+        assert total["requests"] == sum(1 for e in events if local_day_of_hour(e) == d), d
+    r = await client.get(
+        "/api/v1/breakdown", params={"dimension": "team", "since": days[0], "until": days[-1], "tz": tz}
+    )
+    assert (await r.json())["total"]["requests"] == sum(per_day)
+    ser = await (
+        await client.get("/api/v1/series", params={"granularity": "day", "since": days[0], "until": days[-1], "tz": tz})
+    ).json()
+    assert ser["series"][0]["requests"] == per_day
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELTRACK_")}
+    for d, n in zip(days, per_day, strict=True):
+        cmd = [sys.executable, "-m", "modeltrack", "report", "--store", store, "--since", d, "--until", d, "--tz", tz]
+        out = subprocess.run([*cmd, "--format", "json"], capture_output=True, text=True, env=env, timeout=60)
+        assert orjson.loads(out.stdout)["total"]["requests"] == n, d

@@ -8,7 +8,7 @@ from typing import Any
 
 from .base import EventFilter, Filters, Reader
 from .forecast import forecast
-from .times import bucket_start, ceil_hour, floor_hour, stamp
+from .times import bucket_start, ceil_hour, stamp
 from .views import Range, breakdown, series, usd
 
 
@@ -16,11 +16,12 @@ async def overview(reader: Reader, now: datetime, tz: tzinfo, tz_name: str, filt
     today = bucket_start(now, "day", tz)
     month = bucket_start(now, "month", tz)
     end = ceil_hour(now)
-    today_rows = await reader.aggregate(floor_hour(today), end, filters)
-    month_rng = Range(floor_hour(month), end, tz, tz_name)
+    # An hour counts in the local day its start falls in (views.make_range): local midnights round up.
+    today_rows = await reader.aggregate(ceil_hour(today), end, filters)
+    month_rng = Range(ceil_hour(month), end, tz, tz_name)
     teams = await breakdown(reader, month_rng, "team", filters, limit=5, compare=False)
     models = await breakdown(reader, month_rng, "model", filters, limit=5, compare=False)
-    trend = await series(reader, Range(floor_hour(today - timedelta(days=29)), end, tz, tz_name), "day", filters)
+    trend = await series(reader, Range(ceil_hour(today - timedelta(days=29)), end, tz, tz_name), "day", filters)
     month_forecast = await forecast(reader, now, tz, tz_name, "month", filters)
     month_forecast.pop("history", None)
     latest = await reader.events(EventFilter(filters=filters), 1)

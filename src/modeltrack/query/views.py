@@ -14,7 +14,7 @@ from typing import Any
 
 from ..rollups import LATENCY_BUCKETS, SUMS, TOKENS, percentile
 from .base import DIMENSIONS, EventFilter, Filters, Reader, status_filter
-from .times import TimeError, bucket_start, ceil_hour, floor_hour, hour_start, next_bucket, parse_instant, stamp, zone
+from .times import TimeError, bucket_start, ceil_hour, hour_start, next_bucket, parse_instant, stamp, zone
 
 MAX_LIMIT = 1000
 MAX_BUCKETS = 5000
@@ -61,7 +61,10 @@ def make_range(
         raise QueryError(f"since ({stamp(start)}) must be before until ({stamp(end)}): swap them")
     if end - start > timedelta(days=3660):
         raise QueryError("a range of at most 10 years, please: narrow since/until")
-    return Range(floor_hour(start), ceil_hour(end), tz, tz_name or "UTC")
+    # One rule everywhere (issue M, item 8): an hour of the rollups is in [since, until) when its *start* is.
+    # In a zone with a 30- or 45-minute offset a local midnight falls mid-hour: that hour belongs to the day
+    # its start falls in, so both bounds round up to the next whole hour, and no hour counts in two days.
+    return Range(ceil_hour(start), ceil_hour(end), tz, tz_name or "UTC")
 
 
 def check_dimension(name: str | None, what: str = "dimension") -> str:
@@ -124,7 +127,8 @@ async def series(
     if split is not None:
         check_dimension(split, "split")
     starts = [bucket_start(rng.start, granularity, rng.tz)]
-    while (nxt := next_bucket(starts[-1], granularity, rng.tz)) < rng.end:
+    # A bucket is drawn when one of its hours is in the range (a local midnight mid-hour: the hour's start).
+    while ceil_hour(nxt := next_bucket(starts[-1], granularity, rng.tz)) < rng.end:
         starts.append(nxt)
         if len(starts) > MAX_BUCKETS:
             raise QueryError(f"more than {MAX_BUCKETS} {granularity} buckets: use a coarser granularity")
