@@ -669,3 +669,45 @@ async def test_half_hour_zones_count_each_hour_in_one_day_everywhere(
         cmd = [sys.executable, "-m", "modeltrack", "report", "--store", store, "--since", d, "--until", d, "--tz", tz]
         out = subprocess.run([*cmd, "--format", "json"], capture_output=True, text=True, env=env, timeout=60)
         assert orjson.loads(out.stdout)["total"]["requests"] == n, d
+
+
+async def test_sessions_keep_their_meaning_under_filters_and_name_one_user(store_url: str, aiohttp_client: Any) -> None:
+    """Issue M, item 10: the range and the filters choose which sessions are listed; a listed session always
+    shows its whole figures (a filter never turns 6 requests into 3), and the list and the session's detail
+    name the same attribution: its first request's."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    base = history(1, 12, seed=2, end=now)[:6]
+    span = [
+        replace(
+            e,
+            session_id="span-1",
+            provider=("openai", "anthropic")[i % 2],
+            user=("ana", "bob", "bob", "cy", "bob", "bob")[i],
+            team="search",
+            timestamp=(now - timedelta(minutes=30 - i)).strftime("%Y-%m-%dT%H:%M:%S.000Z"),
+        )
+        for i, e in enumerate(base)
+    ]
+    old = [
+        replace(e, session_id="long-ago", timestamp=(now - timedelta(days=20)).strftime("%Y-%m-%dT%H:%M:%S.000Z"))
+        for e in history(1, 12, seed=3, end=now)[:2]
+    ]
+    sink = open_sink(store_url)
+    await sink.open()
+    await sink.write(list(reversed(span)) + old)  # stored latest first: the first request is not the first row
+    await sink.close()
+    client = await aiohttp_client(create_app(ui_settings(store_url)))
+    since = (now - timedelta(days=2)).strftime("%Y-%m-%d")
+    listed = {}
+    for params in ({}, {"provider": "openai"}, {"provider": "anthropic"}, {"user": "cy"}):
+        data = await (await client.get("/api/v1/sessions", params={"since": since, **params})).json()
+        rows = {s["session_id"]: s for s in data["sessions"]}
+        assert "long-ago" not in rows  # outside the range
+        listed[str(params)] = rows["span-1"]
+    for row in listed.values():
+        assert row["requests"] == 6 and row["user"] == "ana" and row["team"] == "search"
+        assert row["cost_usd"] == pytest.approx(usd(span), abs=1e-9)
+    none = await (await client.get("/api/v1/sessions", params={"since": since, "user": "nobody"})).json()
+    assert none["sessions"] == []
+    detail = await (await client.get("/api/v1/sessions/span-1")).json()
+    assert detail["user"] == "ana" and detail["requests"] == 6

@@ -6,6 +6,7 @@ Production Firestore needs composite indexes for filtered queries: ``deploy/fire
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, tzinfo
 from typing import Any
@@ -14,7 +15,7 @@ from ..events import CostEvent
 from ..rollups import TOKENS, legacy_latency
 from ..sinks.firestore import FirestoreSink
 from .base import EventFilter, Filters
-from .memory import SessionSums, group, row_matches
+from .memory import group, row_matches
 from .times import hour_key, stamp
 
 
@@ -117,32 +118,46 @@ class FirestoreReader:
         return group((r for r in rows if row_matches(r, f)), keys)
 
     async def sessions(self, start: datetime, end: datetime, f: Filters, limit: int) -> list[dict[str, Any]]:
+        """The sessions the range and filters select, with their whole figures; each listed session's
+        attribution is its first request's (one small query per listed session), as on SQLite."""
         from google.cloud import firestore
 
-        if f.provider or f.model or f.status or f.cache_hit is not None:
-            sums = SessionSums()
+        from ..sinks.firestore import session_doc_id
+
+        docs: list[dict[str, Any]] = []
+        if f.items():
+            keys: set[tuple[str, str]] = set()
             async for chunk in self.iter_events(EventFilter(start, end, f)):
-                for e in chunk:
-                    sums.add(e)
-            return sums.top(limit)
-        start_ms, end_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
-        q = self.sink.collection_ref("sessions").where(filter=firestore.FieldFilter("last_ms", ">=", start_ms))
-        out = []
-        async for d in q.stream():
-            row = d.to_dict()
-            if row.get("first_ms", 0) >= end_ms or not row_matches(row, f):
-                continue
-            out.append(
-                {
-                    "session_id": row["session_id"],
-                    "first_ts": stamp(datetime.fromtimestamp(row["first_ms"] / 1000, UTC)),
-                    "last_ts": stamp(datetime.fromtimestamp(row["last_ms"] / 1000, UTC)),
-                    **{k: row.get(k) for k in ("team", "app", "feature", "user", "org")},
-                    **{k: int(row.get(k, 0)) for k in ("requests", *TOKENS, "cost_nano_usd")},
-                    "latency_ms": float(row.get("latency_ms", 0.0)),
-                }
-            )
-        return sorted(out, key=lambda s: -s["cost_nano_usd"])[:limit]
+                keys |= {(e.org or "", e.session_id) for e in chunk if e.session_id is not None}
+            coll = self.sink.collection_ref("sessions")
+            refs = [coll.document(session_doc_id(sid, org)) for org, sid in keys]
+            async for snap in self.sink.client.get_all(refs):
+                if snap.exists:
+                    docs.append(snap.to_dict())
+        else:
+            start_ms, end_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+            q = self.sink.collection_ref("sessions").where(filter=firestore.FieldFilter("last_ms", ">=", start_ms))
+            docs = [row async for d in q.stream() if (row := d.to_dict()).get("first_ms", 0) < end_ms]
+        out = [
+            {
+                "session_id": row["session_id"],
+                "first_ts": stamp(datetime.fromtimestamp(row["first_ms"] / 1000, UTC)),
+                "last_ts": stamp(datetime.fromtimestamp(row["last_ms"] / 1000, UTC)),
+                "org": row.get("org"),
+                **{k: int(row.get(k, 0)) for k in ("requests", *TOKENS, "cost_nano_usd")},
+                "latency_ms": float(row.get("latency_ms", 0.0)),
+            }
+            for row in docs
+        ]
+        top = sorted(out, key=lambda s: -s["cost_nano_usd"])[:limit]
+        firsts = await asyncio.gather(*(self._first(s["session_id"], s["org"]) for s in top))
+        for s, first in zip(top, firsts, strict=True):
+            s.update({k: getattr(first, k) if first is not None else None for k in ("team", "app", "feature", "user")})
+        return top
+
+    async def _first(self, session_id: str, org: str | None) -> CostEvent | None:
+        found = await self.events(EventFilter(session_id=session_id, filters=Filters(org=org or "")), None)
+        return found[0] if found else None
 
     async def close(self) -> None:
         await self.sink.close()

@@ -62,9 +62,14 @@ class JSONLReader:
         return group((r for r in rows if row_matches(r, f)), (("hour",) if by_hour else ()) + group_by)
 
     async def sessions(self, start: datetime, end: datetime, f: Filters, limit: int) -> list[dict[str, Any]]:
+        """The sessions the range and filters select, each summed whole (as the other stores list them)."""
+        picked = {
+            (e.org or "", e.session_id) for e in await asyncio.to_thread(self._events, EventFilter(start, end, f))
+        }
         sums = SessionSums()
-        for e in await asyncio.to_thread(self._events, EventFilter(start, end, f)):
-            sums.add(e)
+        for e in await asyncio.to_thread(self._all):
+            if (e.org or "", e.session_id) in picked:
+                sums.add(e)
         return sums.top(limit)
 
     async def page(self, f: EventFilter, before: tuple[str, str] | None, limit: int) -> list[CostEvent]:

@@ -70,8 +70,8 @@ def group(rows: Iterable[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[st
 
 
 class SessionSums:
-    """Sessions summed from their events, for stores without a sessions table of their own (JSON Lines) and for
-    filters a session row does not carry (provider, model, status, cache hit)."""
+    """Sessions summed from their events, for stores without a sessions table of their own (JSON Lines): whole
+    sessions, with their first request's attribution, as the stores' sessions tables hold them."""
 
     def __init__(self) -> None:
         self.by: dict[tuple[str, str], dict[str, Any]] = {}
@@ -96,7 +96,8 @@ class SessionSums:
                 "cost_nano_usd": 0,
                 "latency_ms": 0.0,
             }
-        s["first_ts"] = min(s["first_ts"], e.timestamp)
+        if e.timestamp < s["first_ts"]:  # a session's attribution is its first request's
+            s.update(first_ts=e.timestamp, team=e.team, app=e.app, feature=e.feature, user=e.user)
         s["last_ts"] = max(s["last_ts"], e.timestamp)
         s["requests"] += 1
         for t in TOKENS:

@@ -327,27 +327,23 @@ class SQLiteReader:
         return list(await self._call(self._aggregate, start, end, f, group_by, by_hour, day_zone))
 
     def _sessions(self, start: datetime, end: datetime, f: Filters, limit: int) -> list[dict[str, Any]]:
+        """Sessions are listed by the requests the range and filters select, and always show their whole
+        figures (issue M, item 10): a filter picks which sessions, never changes what a row means."""
         since, until = stamp(start), stamp(end)
-        if f.provider or f.model or f.status or f.cache_hit is not None:
-            # Filters a session row does not carry: sum the session's matching events instead.
+        cols = (
+            "SELECT session_id, first_ts, last_ts, team, app, feature, user, org, requests, "
+            f"{', '.join(TOKENS)}, cost_nano_usd, latency_ms FROM sessions"
+        )
+        if f.items():
             where, args = self._where(EventFilter(start, end, f))
             sql = (
-                f"SELECT session_id, MIN(timestamp), MAX(timestamp), MIN(team), MIN(app), MIN(feature), MIN(user),"
-                f" COALESCE(org, ''), COUNT(*), {', '.join(f'SUM({t})' for t in TOKENS)},"
-                f" SUM(CAST(ROUND(COALESCE(cost_usd, 0) * 1e9) AS INTEGER)) AS cost, SUM(latency_ms)"
-                f" FROM events WHERE {where} AND session_id IS NOT NULL GROUP BY session_id, COALESCE(org, '')"
-                f" ORDER BY cost DESC LIMIT ?"
+                f"{cols} WHERE (session_id, org) IN (SELECT DISTINCT session_id, COALESCE(org, '') FROM events"
+                f" WHERE {where} AND session_id IS NOT NULL) ORDER BY cost_nano_usd DESC LIMIT ?"
             )
             rows = self._conn.execute(sql, [*args, limit]).fetchall()
         else:
-            conds, args = self._dims(f, _SESSION_COLUMNS)
-            where = " AND ".join(["last_ts >= ?", "first_ts < ?", *conds])
-            sql = (
-                "SELECT session_id, first_ts, last_ts, team, app, feature, user, org, requests, "
-                f"{', '.join(TOKENS)}, cost_nano_usd, latency_ms FROM sessions WHERE {where} "
-                "ORDER BY cost_nano_usd DESC LIMIT ?"
-            )
-            rows = self._conn.execute(sql, [since, until, *args, limit]).fetchall()
+            sql = f"{cols} WHERE last_ts >= ? AND first_ts < ? ORDER BY cost_nano_usd DESC LIMIT ?"
+            rows = self._conn.execute(sql, [since, until, limit]).fetchall()
         names = ("session_id", "first_ts", "last_ts", "team", "app", "feature", "user", "org", *_SESSION_SUMS)
         return [dict(zip(names, r, strict=True)) for r in rows]
 
@@ -360,4 +356,3 @@ class SQLiteReader:
 
 
 _ROLLUP_COLUMNS = {d: d for d in DIMENSIONS}
-_SESSION_COLUMNS = {d: f"COALESCE({d}, '')" for d in ("team", "app", "feature", "user", "org")}

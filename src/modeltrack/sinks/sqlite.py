@@ -240,18 +240,28 @@ ON CONFLICT(day, team, app, feature, provider, model) DO UPDATE SET
 _ROLL_SESSIONS = f"""
 INSERT INTO sessions (session_id, org, first_ts, last_ts, team, app, feature, user, requests,
                       {", ".join(TOKENS)}, cost_nano_usd, latency_ms)
-SELECT session_id, COALESCE(org, ''), MIN(timestamp), MAX(timestamp), MIN(team), MIN(app), MIN(feature),
-       MIN(user), COUNT(*), {", ".join(f"SUM({t})" for t in TOKENS)}, SUM({_NANO.format("cost_usd")}),
-       SUM(latency_ms)
-FROM events WHERE rowid > ? AND session_id IS NOT NULL GROUP BY session_id, COALESCE(org, '')
+SELECT s.session_id, s.org, s.first_ts, s.last_ts, f.team, f.app, f.feature, f.user, s.requests,
+       {", ".join(f"s.{t}" for t in TOKENS)}, s.cost, s.latency
+FROM (SELECT session_id, COALESCE(org, '') AS org, MIN(timestamp) AS first_ts, MAX(timestamp) AS last_ts,
+             COUNT(*) AS requests, {", ".join(f"SUM({t}) AS {t}" for t in TOKENS)},
+             SUM({_NANO.format("cost_usd")}) AS cost, SUM(latency_ms) AS latency
+      FROM events WHERE rowid > ?1 AND session_id IS NOT NULL GROUP BY session_id, COALESCE(org, '')) AS s
+JOIN (SELECT session_id, COALESCE(org, '') AS org, MIN(timestamp), team, app, feature, user
+      FROM events WHERE rowid > ?1 AND session_id IS NOT NULL GROUP BY session_id, COALESCE(org, '')) AS f
+  USING (session_id, org)
+WHERE true
 ON CONFLICT(session_id, org) DO UPDATE SET
+  team = CASE WHEN excluded.first_ts < first_ts THEN excluded.team ELSE team END,
+  app = CASE WHEN excluded.first_ts < first_ts THEN excluded.app ELSE app END,
+  feature = CASE WHEN excluded.first_ts < first_ts THEN excluded.feature ELSE feature END,
+  user = CASE WHEN excluded.first_ts < first_ts THEN excluded.user ELSE user END,
   first_ts = MIN(first_ts, excluded.first_ts), last_ts = MAX(last_ts, excluded.last_ts),
-  team = COALESCE(team, excluded.team), app = COALESCE(app, excluded.app),
-  feature = COALESCE(feature, excluded.feature), user = COALESCE(user, excluded.user),
   requests = requests + excluded.requests,
   {", ".join(f"{c} = {c} + excluded.{c}" for c in (*TOKENS, "cost_nano_usd"))},
   latency_ms = latency_ms + excluded.latency_ms
 """
+"""A session's attribution is its first request's (the one bare ``MIN(timestamp)`` picks: SQLite takes a lone
+min()'s bare columns from its row), so the list and a session's detail name the same team and user."""
 
 _INSERT = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES ({', '.join('?' * len(EVENT_COLUMNS))})"
 
