@@ -448,3 +448,40 @@ async def test_from_any_number_to_its_requests(aiohttp_server: Any, browser: Any
         assert await b.value(f"[data-testid=class-{c['class']}] .value") == c["requests"]
     assert await b.page.locator("[data-testid=errors] tbody tr").count() == len(errors["rows"])
     assert b.errors == []
+
+
+async def test_the_period_rules_every_page_and_nothing_is_clipped(
+    aiohttp_server: Any, browser: Any, artifacts: Path, seeded: str
+) -> None:
+    """Issue M, item 9: the Overview follows the Period selector (and what-if has no selector of its own);
+    "Today" stops at the current hour and is compared with yesterday up to the same time; no card of a detail
+    page overflows at 1,400 px."""
+    b, server = await start(aiohttp_server, browser, artifacts, seeded)
+    since, until = window(7)
+    await b.open("/?range=7d", shot="overview-7d")
+    want = await api(server, f"/api/v1/breakdown?dimension=team&since={since}&until={until}")
+    assert await b.value("[data-testid=kpi-period] .value") == pytest.approx(want["total"]["cost_usd"], abs=1e-9)
+    top = await b.page.locator("[data-testid=top-team] td[data-value]").evaluate_all(
+        "els => els.map(e => Number(e.dataset.value))"
+    )
+    assert top == [r["cost_usd"] for r in want["rows"][:5]]
+    await b.page.select_option("[data-testid=range]", "today")
+    await b.ready()
+    today = datetime.now(UTC).date().isoformat()
+    assert b.query()["range"] == "today"
+    ser = await api(server, f"/api/v1/series?granularity=hour&since={today}&until={today}")
+    assert len(ser["buckets"]) == datetime.now(UTC).hour + 1  # no future hours
+    brk = await api(server, f"/api/v1/breakdown?dimension=team&since={today}&until={today}")
+    span = datetime.fromisoformat(brk["range"]["until"][:19]) - datetime.fromisoformat(brk["range"]["since"][:19])
+    prev = datetime.fromisoformat(brk["previous"]["until"][:19]) - datetime.fromisoformat(brk["previous"]["since"][:19])
+    assert (span == prev and span < timedelta(hours=24)) or span == timedelta(hours=24)
+    # What-if reads the same Period: no second selector, and its answer covers the page's range.
+    await b.open("/whatif?to_model=gpt-4.1-mini&range=7d")
+    assert await b.page.locator("select[name=days]").count() == 0
+    answer = await b.page.locator("[data-testid=whatif-result] .answer").inner_text()
+    assert f"from {since} to {until}" in answer
+    # Nothing overflows its card on a detail page at 1,400 px.
+    await b.open("/teams?team=search", shot="team-detail-1400")
+    widths = await b.page.locator("#view .card").evaluate_all("cs => cs.map(c => c.scrollWidth - c.clientWidth)")
+    assert widths and max(widths) <= 0, widths
+    assert b.errors == []

@@ -1,5 +1,5 @@
-"""The dashboard's first page in one answer: spend today, month to date and the month's forecast, the last 30
-days' trend, and the month's top teams and models."""
+"""The dashboard's first page in one answer: spend in the chosen period (the Period selector), today and month
+to date, the month's forecast, the period's trend, and its top teams and models."""
 
 from __future__ import annotations
 
@@ -12,16 +12,21 @@ from .times import bucket_start, ceil_hour, stamp
 from .views import Range, breakdown, series, usd
 
 
-async def overview(reader: Reader, now: datetime, tz: tzinfo, tz_name: str, filters: Filters) -> dict[str, Any]:
+async def overview(
+    reader: Reader, now: datetime, tz: tzinfo, tz_name: str, filters: Filters, rng: Range | None = None
+) -> dict[str, Any]:
     today = bucket_start(now, "day", tz)
     month = bucket_start(now, "month", tz)
     end = ceil_hour(now)
     # An hour counts in the local day its start falls in (views.make_range): local midnights round up.
     today_rows = await reader.aggregate(ceil_hour(today), end, filters)
     month_rng = Range(ceil_hour(month), end, tz, tz_name)
-    teams = await breakdown(reader, month_rng, "team", filters, limit=5, compare=False)
-    models = await breakdown(reader, month_rng, "model", filters, limit=5, compare=False)
-    trend = await series(reader, Range(ceil_hour(today - timedelta(days=29)), end, tz, tz_name), "day", filters)
+    period = rng or Range(ceil_hour(today - timedelta(days=29)), end, tz, tz_name)
+    month_total = (await breakdown(reader, month_rng, "team", filters, limit=1, compare=False))["total"]
+    teams = await breakdown(reader, period, "team", filters, limit=5, compare=False)
+    models = await breakdown(reader, period, "model", filters, limit=5, compare=False)
+    one_day = period.end - period.start <= timedelta(hours=25)
+    trend = await series(reader, period, "hour" if one_day else "day", filters)
     month_forecast = await forecast(reader, now, tz, tz_name, "month", filters)
     month_forecast.pop("history", None)
     latest = await reader.events(EventFilter(filters=filters), 1)
@@ -38,6 +43,13 @@ async def overview(reader: Reader, now: datetime, tz: tzinfo, tz_name: str, filt
         },
         "month_to_date": {
             "since": stamp(month),
+            "cost_usd": month_total["cost_usd"],
+            "requests": month_total["requests"],
+            "saved_usd": month_total["saved_usd"],
+            "unpriced": month_total["unpriced"],
+        },
+        "period": {
+            **period.describe(),
             "cost_usd": teams["total"]["cost_usd"],
             "requests": teams["total"]["requests"],
             "saved_usd": teams["total"]["saved_usd"],

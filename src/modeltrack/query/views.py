@@ -50,6 +50,9 @@ def make_range(
         tz = zone(tz_name)
         now = now or datetime.now(UTC)
         end = parse_instant(until, tz, end_of_day=True) if until else now
+        # Never past the current hour: "today" is today so far (no future hours drawn as $0), and the previous
+        # period it is compared with is as long (yesterday up to the same time, not all of it).
+        end = min(end, ceil_hour(now))
         if since:
             start = parse_instant(since, tz)
         else:
@@ -57,6 +60,8 @@ def make_range(
             start = (today - timedelta(days=default_days - 1)).astimezone(UTC)
     except TimeError as exc:
         raise QueryError(str(exc)) from None
+    if start >= ceil_hour(now):
+        raise QueryError(f"since ({stamp(start)}) is in the future: nothing has been recorded there yet")
     if start >= end:
         raise QueryError(f"since ({stamp(start)}) must be before until ({stamp(end)}): swap them")
     if end - start > timedelta(days=3660):

@@ -172,8 +172,9 @@ class Api:
         p = Params(request)
         tz_name = p.get("tz") or "UTC"
         tz = _zone(tz_name)
+        rng = p.range()  # the Period selector's range: the trend, the period's spend and its top teams and models
         return json_response(
-            await overview(await self.reader(request), datetime.now(UTC), tz, tz_name, parse_filters(p.get))
+            await overview(await self.reader(request), datetime.now(UTC), tz, tz_name, parse_filters(p.get), rng)
         )
 
     async def series(self, request: web.Request) -> web.Response:

@@ -188,7 +188,8 @@ function chart(container, buckets, series, opts) {
     tzDate: (ts) => uPlot.tzDate(new Date(ts * 1000), opts?.tz || "UTC"),
     legend: { show: series.length > 1 },
     cursor: { drag: { x: false, y: false } },
-    scales: { x: { time: true } },
+    // Bars are centred on their bucket: pad the x range by half a bucket, or the first and last are cut in half.
+    scales: { x: bars && xs.length > 1 ? { time: true, range: (u, lo, hi) => [lo - (xs[1] - xs[0]) / 2, hi + (xs[1] - xs[0]) / 2] } : { time: true } },
     axes: [{ stroke: "#667085", grid: { stroke: "#f0f2f5" } },
       { stroke: "#667085", grid: { stroke: "#f0f2f5" }, size: 64, values: (u, vals) => vals.map(opts?.axis || axisMoney) }],
     series: [{}, ...series.map((s, i) => ({
@@ -214,7 +215,8 @@ function chart(container, buckets, series, opts) {
 // ---- pages ----------------------------------------------------------------------------------------------------
 async function overviewPage(q) {
   const tz = tzName(q);
-  const data = await api("overview", { tz, ...filters(q) });
+  const rp = rangeParams(q);
+  const data = await api("overview", { ...rp, ...filters(q) });
   if (data.empty) return render(Object.keys(filters(q)).length ? noMatch(filters(q)) : noEvents());
   const fc = data.forecast;
   const fcCard = fc.enough_data
@@ -227,18 +229,20 @@ async function overviewPage(q) {
     h("h1", { text: "Overview" }),
     h("p", { class: "sub", text: `Last event ${when(data.last_event, tz)} · times in ${tz}` }),
     h("div", { class: "grid kpis" },
+      linked(kpi("kpi-period", `Spend, ${rp.since === rp.until ? rp.since : `${rp.since} to ${rp.until}`}`, data.period.cost_usd, money(data.period.cost_usd),
+        `${count(data.period.requests)} requests${unpricedNote(data.period.unpriced)}`), {}),
       linked(kpi("kpi-today", "Spend today", data.today.cost_usd, money(data.today.cost_usd),
         `${count(data.today.requests)} requests${unpricedNote(data.today.unpriced)}`), { range: "today", since: null, until: null }),
       linked(kpi("kpi-month", "Month to date", data.month_to_date.cost_usd, money(data.month_to_date.cost_usd),
         `${count(data.month_to_date.requests)} requests${unpricedNote(data.month_to_date.unpriced)}`), { range: "month", since: null, until: null }),
       fcCard,
-      kpi("kpi-saved", "Saved by the response cache", data.month_to_date.saved_usd, money(data.month_to_date.saved_usd),
-        "this month")),
-    h("div", { class: "card" }, h("h2", { text: "Daily spend, last 30 days" }), chartBox),
+      kpi("kpi-saved", "Saved by the response cache", data.period.saved_usd, money(data.period.saved_usd),
+        "in this period")),
+    h("div", { class: "card" }, h("h2", { text: `${data.trend.granularity === "hour" ? "Hourly" : "Daily"} spend, ${rp.since} to ${rp.until}` }), chartBox),
     usage.node,
     h("div", { class: "grid two", style: null },
-      topTable("Top teams this month", "team", data.top_teams),
-      topTable("Top models this month", "model", data.top_models)),
+      topTable("Top teams in this period", "team", data.top_teams),
+      topTable("Top models in this period", "model", data.top_models)),
   );
   const onDay = (i) => openLog({ range: "custom", since: data.trend.buckets[i].slice(0, 10), until: data.trend.buckets[i].slice(0, 10) });
   chart(chartBox, data.trend.buckets, data.trend.series, { tz, onPoint: onDay });
@@ -254,7 +258,7 @@ function topTable(title, dim, rows) {
         h("td", { class: "name", text: label(r[dim]) }),
         h("td", { class: "num", "data-value": r.cost_usd, text: money(r.cost_usd) }),
         h("td", { class: "num" }, shareBar(r.share), pct(r.share))))))
-      : h("p", { class: "none", text: "Nothing this month yet." }));
+      : h("p", { class: "none", text: "Nothing in this period." }));
 }
 
 // A breakdown table's columns after the name: [header, cell for a row (the total row with total=true)].
@@ -263,7 +267,7 @@ const COLUMNS = {
   spend: ["Spend", (r) => h("td", { class: "num", "data-value": r.cost_usd }, money(r.cost_usd),
     r.unpriced ? h("span", { class: "unpriced", "data-testid": "unpriced", title: "requests with no known cost, not in the sum", text: ` +${count(r.unpriced)} unpriced` }) : null)],
   share: ["Share", (r, total) => (total ? h("td", {}) : h("td", {}, shareBar(r.share), pct(r.share)))],
-  change: ["vs previous", (r) => h("td", { class: "num" }, change(r.change_pct))],
+  change: ["vs prev.", (r) => h("td", { class: "num" }, change(r.change_pct))],
   requests: ["Requests", (r) => h("td", { class: "num", "data-value": r.requests, text: count(r.requests) })],
   input: ["Input tok.", (r) => h("td", { class: "num", text: compact(tokensIn(r)) })],
   output: ["Output tok.", (r) => h("td", { class: "num", text: compact(r.output_tokens) })],
@@ -277,7 +281,7 @@ const COMPACT = ["spend", "share", "change", "requests", "p95"];  // detail page
 
 function breakdownTable(dim, data, onRow, testid = "breakdown", cols = FULL) {
   const rows = [...data.rows, ...(data.other ? [data.other] : [])];
-  return h("table", { "data-testid": testid },
+  return h("table", { "data-testid": testid, class: cols === COMPACT ? "compact" : null },
     h("thead", {}, h("tr", {}, h("th", { text: TITLES[dim] ? TITLES[dim].slice(0, -1) : dim }),
       cols.map((c) => h("th", { class: c === "share" ? "" : "num", text: COLUMNS[c][0] })), h("th", {}))),
     h("tbody", {}, rows.map((r) => h("tr", {
@@ -429,11 +433,11 @@ async function budgetsPage() {
 async function whatifPage(q) {
   const models = await api("models");
   const list = h("datalist", { id: "models" }, Object.values(models).flat().map((m) => h("option", { value: m })));
-  const days = q.get("days") || "30";
+  const rp = rangeParams(q);  // the Period selector's range, as on every page (no second selector here)
+  const over = `${rp.since} to ${rp.until}`;
   const input = h("input", { name: "to_model", list: "models", placeholder: "gpt-4.1-mini", value: q.get("to_model") || "", required: true, "data-testid": "to-model" });
-  const daysSel = h("select", { name: "days" }, ["7", "30", "90"].map((d) => h("option", { value: d, selected: d === days, text: `last ${d} days` })));
-  const form = h("form", { class: "row", on: { submit: (e) => { e.preventDefault(); go("whatif", { to_model: input.value.trim() || null, days: daysSel.value }); } } },
-    h("label", {}, "Compare with model", input), h("label", {}, "Over", daysSel), h("button", { type: "submit", text: "Re-price" }), list);
+  const form = h("form", { class: "row", on: { submit: (e) => { e.preventDefault(); go("whatif", { to_model: input.value.trim() || null }); } } },
+    h("label", {}, "Compare with model", input), h("button", { type: "submit", text: "Re-price" }), list);
   const f = filters(q);
   const scope = Object.entries(f).map(([k, v]) => `${k}=${v || "(none)"}`).join(", ") || "all traffic";
   if (!q.get("to_model")) {
@@ -442,10 +446,10 @@ async function whatifPage(q) {
   }
   let result;
   try {
-    const data = await api("whatif", { to_model: q.get("to_model"), days, tz: tzName(q), ...f });
+    const data = await api("whatif", { to_model: q.get("to_model"), ...rp, ...f });
     const cheaper = data.whatif_usd <= data.actual_usd;
     result = h("div", { class: "card", "data-testid": "whatif-result" },
-      h("p", { class: "answer" }, `${scope} over the last ${days} days cost `,
+      h("p", { class: "answer" }, `${scope} from ${over} cost `,
         h("strong", { "data-testid": "actual", "data-value": data.actual_usd, text: money(data.actual_usd) }),
         `; on ${data.target.model} it would have cost `,
         h("strong", { "data-testid": "whatif", "data-value": data.whatif_usd, text: money(data.whatif_usd) }),
