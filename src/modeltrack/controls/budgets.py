@@ -44,7 +44,14 @@ log = logging.getLogger("modeltrack.controls")
 
 LEASE_FRACTION = 0.02
 """A lease is 2 % of the limit (or one request's reservation, if larger): a busy budget costs a ledger round trip
-every ~50 limit-fiftieths of spend, and a dead process can hold back at most that much."""
+every ~50 limit-fiftieths of spend, and a dead process can hold back at most that much.
+
+**The early-refusal bound** (issue M, item 4): a process never keeps more unreserved money than one lease. A
+lease is never larger than that (not one per waiting request), and what settled reservations leave over one
+lease goes back to the ledger at once. So when the ledger cannot cover a request, what is neither spent nor
+reserved is at most one lease in each other process, plus less than two of the refused request's reservations
+(this process's leftover and the ledger's rest): 6 % of the limit, plus that, with 4 processes
+(tests/test_controls.py::test_a_refusal_leaves_at_most_one_lease_per_other_process_unused)."""
 LEASE_IDLE_SECONDS = 1.0
 LEASE_TTL_MIN_SECONDS = 15.0
 """A hold whose owner stopped renewing it for this long (or 4 ticks, if longer) is returned to the ledger."""
@@ -68,6 +75,7 @@ class BudgetState:
         self.room = 0  # what the ledger had left at its last answer
         self.full_until = 0.0  # until then, a request larger than ``room`` is refused without asking the ledger
         self.waiting = 0
+        self.lease = 0  # the size of this process's last lease: the most unreserved money it keeps
         self.holding = False  # this process holds part of the ledger (and renews its hold every tick)
         self.stored_since = 0  # this process's spend that reached the store since its last heartbeat
         self.lock = asyncio.Lock()
@@ -214,7 +222,7 @@ class Budgets:
             try:
                 async with st.lock:
                     if st.free < need:  # not covered by another request's lease fetch while we waited
-                        lease = max(need * st.waiting, round(b.limit_nano * LEASE_FRACTION))
+                        lease = st.lease = max(need, round(b.limit_nano * LEASE_FRACTION))
                         deficit = max(0, -st.free)  # what earlier requests cost beyond their reservations
                         async with asyncio.timeout(STORE_TIMEOUT):
                             granted, after = await self.ledger.take(
@@ -308,6 +316,9 @@ class Budgets:
         for st, amount in adm.reservations:
             st.used += (amount if cost < 0 else cost) - amount
             st.last_use = now
+            if st.free > st.lease > 0:
+                # A reservation settled below its worst case: keep one lease, return the rest now (the bound).
+                self.background.spawn(self._give_back(st, st.free - st.lease))
         adm.reservations.clear()
 
     # -- spend ------------------------------------------------------------------------------------------------
@@ -354,8 +365,8 @@ class Budgets:
         if self.on_alert is not None:
             self.on_alert(st, max(crossed))  # lower thresholds crossed at the same time are not posted separately
 
-    async def _give_back(self, st: BudgetState) -> None:
-        free = st.free
+    async def _give_back(self, st: BudgetState, amount: int | None = None) -> None:
+        free = st.free if amount is None else min(amount, st.free)
         if free <= 0:
             return
         st.granted -= free
