@@ -113,7 +113,9 @@ class ModelTrack:
                     settings.otel_endpoint, self.metrics.registry, settings.otel_service_name
                 )
         self.pipeline = Pipeline.from_settings(sink, self.metrics, settings, on_stored=self._on_stored())
-        self.providers = build_providers(settings.base_urls, settings.inject_stream_usage, settings.azure_deployments)
+        self.providers = build_providers(
+            settings.base_urls, settings.inject_stream_usage, settings.azure_deployments, settings.vertex()
+        )
         self.pools = self._pools(settings)
         self.recorder = Recorder(self.pipeline, self.metrics, pricing, settings.access_log)
         self.keyring = (
@@ -151,22 +153,21 @@ class ModelTrack:
         tls = tls_context(settings.ca_bundle)
         variables = settings.egress
         pools = {}
-        for name, provider in self.providers.items():
-            if not provider.base_url:
-                continue
-            origin = Origin.parse(provider.base_url)
-            try:
-                egress = route_for(origin.scheme, origin.host, origin.port, variables)
-            except EgressError as exc:
-                raise ConfigError(str(exc)) from None
-            pools[name] = UpstreamPool(
-                origin,
-                tls,
-                settings.connect_timeout,
-                max_connections=settings.upstream_max_connections,
-                max_idle=settings.upstream_max_idle,
-                egress=egress,
-            )
+        for provider in self.providers.values():
+            for name, url in provider.origins().items():
+                origin = Origin.parse(url)
+                try:
+                    egress = route_for(origin.scheme, origin.host, origin.port, variables)
+                except EgressError as exc:
+                    raise ConfigError(str(exc)) from None
+                pools[name] = UpstreamPool(
+                    origin,
+                    tls,
+                    settings.connect_timeout,
+                    max_connections=settings.upstream_max_connections,
+                    max_idle=settings.upstream_max_idle,
+                    egress=egress,
+                )
         return pools
 
     async def start(self) -> None:

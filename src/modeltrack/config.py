@@ -34,6 +34,7 @@ PROVIDERS = (
     "together",
     "fireworks",
     "local",
+    "vertex",
 )
 PER_PROVIDER = {
     "BASE_URL": "upstream origin, e.g. https://api.openai.com (a path such as /v1 is accepted: the part a request "
@@ -150,6 +151,10 @@ class Settings:
     )
     otel_metrics: bool = _opt(False, "also export the Prometheus metrics over OTLP (needs MODELTRACK_OTEL_ENDPOINT)")
     otel_service_name: str = _opt("modeltrack", "the service.name of the exported spans and metrics")
+    vertex_regions: str = _opt(
+        "", "Vertex AI regions to serve under /vertex (comma-separated, e.g. us-central1,europe-west4,global)"
+    )
+    vertex_projects: str = _opt("", "the Google Cloud projects /vertex may call (comma-separated): no open relay")
     signup: str = _opt("off", "off: the operator creates orgs; open: POST /api/v1/signup creates an org and its admin")
     provider_keys_file: str = _opt(
         "", "YAML of provider keys per team, for clients that send their ModelTrack key as the SDK's API key"
@@ -307,6 +312,7 @@ class Settings:
             )
         self._check_tenancy()
         self._check_otel()
+        self._check_vertex()
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise ConfigError(f"MODELTRACK_LOG_LEVEL={self.log_level}: write one of debug, info, warning, error")
         for name, url in self.base_urls.items():
@@ -327,6 +333,29 @@ class Settings:
             )
         if self.metrics_port and self.metrics_port == self.port:
             raise ConfigError("MODELTRACK_METRICS_PORT is MODELTRACK_PORT: write another port, or 0 for the main port")
+
+    def vertex(self) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """(regions, projects) allowed under /vertex."""
+
+        def split(v: str) -> tuple[str, ...]:
+            return tuple(x.strip() for x in v.split(",") if x.strip())
+
+        return split(self.vertex_regions), split(self.vertex_projects)
+
+    def _check_vertex(self) -> None:
+        import re
+
+        regions, projects = self.vertex()
+        bad = [r for r in regions if not re.fullmatch(r"global|[a-z]+(-[a-z]+)*\d*(-[a-z0-9]+)*", r)]
+        if bad:
+            raise ConfigError(f"MODELTRACK_VERTEX_REGIONS: {bad[0]!r} is not a region; write e.g. us-central1,global")
+        if regions and not projects:
+            raise ConfigError(
+                "MODELTRACK_VERTEX_REGIONS is set: set MODELTRACK_VERTEX_PROJECTS too (the Google Cloud project ids "
+                "/vertex may call, comma-separated), so the proxy is no open relay"
+            )
+        if projects and not regions:
+            raise ConfigError("MODELTRACK_VERTEX_PROJECTS is set: set MODELTRACK_VERTEX_REGIONS too, e.g. us-central1")
 
     def _check_otel(self) -> None:
         if self.otel_metrics and not self.otel_endpoint:

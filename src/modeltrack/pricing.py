@@ -314,6 +314,11 @@ class Pricing:
         except KeyError:
             pass
         ref = model.lower()
+        if provider == "vertex":
+            # Vertex AI has no prices of its own in genai-prices: Claude at Anthropic's list prices (its model ids
+            # write the date after an @), Gemini at Google's (providers/vertex.py).
+            ref = ref.replace("@", "-")
+            provider = "anthropic" if ref.startswith("claude") else "gemini"
         found = self._resolve(provider, ref)
         if found is None:
             normalized = _COMPACT_DATE.sub(_dashed, ref)

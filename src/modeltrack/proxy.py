@@ -230,7 +230,13 @@ class Proxy:
                 "No provider for this path. Use /openai/..., /anthropic/..., /gemini/..., /v1/... (see README).",
             )
         provider, up_path = route
-        pool = self.pools.get(provider.name)
+        if provider.multi_origin:
+            pool_name = provider.pool_name(up_path)  # the origin from configuration, by the path (Vertex regions)
+            if pool_name is None:
+                return self.error(conn, provider, 403, "location_not_allowed", provider.refusal(up_path))
+            pool = self.pools.get(pool_name)
+        else:
+            pool = self.pools.get(provider.name)
         if pool is None:
             return self.error(
                 conn,

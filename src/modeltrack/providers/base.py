@@ -68,6 +68,8 @@ class Provider:
 
     name: ClassVar[str] = "base"
     default_base_url: ClassVar[str] = ""
+    multi_origin: ClassVar[bool] = False
+    """More than one upstream origin (Vertex AI's regions): the path picks one of the configured pools."""
     inject_stream_usage_default: ClassVar[bool] = False
 
     def __init__(self, base_url: str | None = None, inject_stream_usage: bool | None = None) -> None:
@@ -85,6 +87,17 @@ class Provider:
     def rewrite_body(self, info: RequestInfo, raw: bytes, body: Any) -> bytes:
         """Return the body to send upstream. Default: the client's bytes, untouched."""
         return raw
+
+    def origins(self) -> dict[str, str]:
+        """Pool name → origin (configuration only, never a request)."""
+        return {self.name: self.base_url} if self.base_url else {}
+
+    def pool_name(self, path: str) -> str | None:
+        """The pool a request to ``path`` goes to; None: refused (:meth:`refusal` says why)."""
+        return self.name
+
+    def refusal(self, path: str) -> str:
+        return "This path is not served."
 
     def meter(self, info: RequestInfo, status: int, headers: Any) -> Meter:
         raise NotImplementedError

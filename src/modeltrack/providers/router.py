@@ -16,6 +16,7 @@ from .bedrock import Bedrock
 from .compatible import COMPATIBLE
 from .gemini import Gemini
 from .openai import OpenAI
+from .vertex import Vertex
 
 __all__ = ["Meter", "MeterResult", "Provider", "RequestInfo", "Router", "build_providers"]
 
@@ -24,6 +25,7 @@ def build_providers(
     base_urls: Mapping[str, str] | None = None,
     inject_stream_usage: Mapping[str, bool] | None = None,
     azure_deployments: Mapping[str, str] | None = None,
+    vertex: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
 ) -> dict[str, Provider]:
     base_urls = base_urls or {}
     inject = inject_stream_usage or {}
@@ -37,6 +39,8 @@ def build_providers(
     out: dict[str, Provider] = {n: c(base_urls.get(n), inject.get(n)) for n, c in classes.items()}
     if base_urls.get("azure"):
         out["azure"] = Azure(base_urls["azure"], inject.get("azure"), dict(azure_deployments or {}))
+    if vertex[0]:
+        out["vertex"] = Vertex(vertex[0], vertex[1], base_urls.get("vertex"), inject.get("vertex"))
     return out
 
 
