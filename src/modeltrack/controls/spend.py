@@ -42,7 +42,7 @@ async def store_spend(reader: Reader, budget: Budget, period: Period, now: datet
     # A period starting at a half-hour (a few time zones) reads from the whole hour before: never less spend.
     start = period.start.replace(minute=0, second=0, microsecond=0)
     globs = budget.scope.globs
-    rows = await reader.aggregate(start, end, Filters(**exact), tuple(k for k, _ in globs))
+    rows = await reader.aggregate(start, end, Filters(**exact), tuple(k for k, _ in globs), latency=False)
     if not globs:
         return sum(int(r["cost_nano_usd"]) for r in rows)
     from .match import Scope

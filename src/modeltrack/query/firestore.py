@@ -104,6 +104,7 @@ class FirestoreReader:
         group_by: tuple[str, ...] = (),
         by_hour: bool = False,
         day_zone: tzinfo | None = None,
+        latency: bool = True,
     ) -> list[dict[str, Any]]:
         from google.cloud import firestore
 

@@ -25,7 +25,7 @@ Z90 = 1.645
 
 async def _daily(reader: Reader, start: datetime, end: datetime, filters: Filters, tz: tzinfo) -> dict[datetime, int]:
     out: dict[datetime, int] = {}
-    for row in await reader.aggregate(start, end, filters, (), by_hour=True, day_zone=tz):
+    for row in await reader.aggregate(start, end, filters, (), by_hour=True, day_zone=tz, latency=False):
         day = bucket_start(hour_start(row["hour"]), "day", tz)
         out[day] = out.get(day, 0) + int(row["cost_nano_usd"])
     return out

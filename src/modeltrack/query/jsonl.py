@@ -56,6 +56,7 @@ class JSONLReader:
         group_by: tuple[str, ...] = (),
         by_hour: bool = False,
         day_zone: tzinfo | None = None,
+        latency: bool = True,
     ) -> list[dict[str, Any]]:
         lo, hi = hour_key(start), hour_key(end)
         rows = [r for r in map(event_row, await asyncio.to_thread(self._all)) if lo <= r["hour"] < hi]

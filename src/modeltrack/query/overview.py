@@ -9,7 +9,7 @@ from typing import Any
 from .base import EventFilter, Filters, Reader
 from .forecast import forecast
 from .times import bucket_start, ceil_hour, stamp
-from .views import Range, breakdown, series, usd
+from .views import Range, breakdown, series, summary, usd
 
 
 async def overview(
@@ -19,10 +19,11 @@ async def overview(
     month = bucket_start(now, "month", tz)
     end = ceil_hour(now)
     # An hour counts in the local day its start falls in (views.make_range): local midnights round up.
-    today_rows = await reader.aggregate(ceil_hour(today), end, filters)
+    today_rows = await reader.aggregate(ceil_hour(today), end, filters, latency=False)
     month_rng = Range(ceil_hour(month), end, tz, tz_name)
     period = rng or Range(ceil_hour(today - timedelta(days=29)), end, tz, tz_name)
-    month_total = (await breakdown(reader, month_rng, "team", filters, limit=1, compare=False))["total"]
+    month_rows = await reader.aggregate(month_rng.start, month_rng.end, filters, latency=False)
+    month_total = summary(month_rows[0]) if month_rows else summary({})
     teams = await breakdown(reader, period, "team", filters, limit=5, compare=False)
     models = await breakdown(reader, period, "model", filters, limit=5, compare=False)
     one_day = period.end - period.start <= timedelta(hours=25)

@@ -56,8 +56,9 @@ class ScopedReader:
         group_by: tuple[str, ...] = (),
         by_hour: bool = False,
         day_zone: tzinfo | None = None,
+        latency: bool = True,
     ) -> list[dict[str, Any]]:
-        return await self.inner.aggregate(start, end, self._filters(f), group_by, by_hour, day_zone)
+        return await self.inner.aggregate(start, end, self._filters(f), group_by, by_hour, day_zone, latency)
 
     async def sessions(self, start: datetime, end: datetime, f: Filters, limit: int) -> list[dict[str, Any]]:
         return await self.inner.sessions(start, end, self._filters(f), limit)

@@ -205,6 +205,7 @@ class SQLiteReader:
         group_by: tuple[str, ...],
         by_hour: bool,
         day_zone: tzinfo | None,
+        latency: bool = True,
     ) -> list[dict[str, Any]]:
         """Whole UTC days come from a daily rollup when one holds the question's dimensions, and the hours
         before the first and after the last midnight from the hourly rollup; the sums are the same. By hour,
@@ -219,16 +220,22 @@ class SQLiteReader:
         table = self._daily_table(f, group_by) if (day_zone is not None or not by_hour) else None
         first = start if start == start.replace(hour=0) else (start + _DAY).replace(hour=0)
         last = end.replace(hour=0)
+        summed = _SUMMED if latency else SUMS
         if table is None or first >= last:
-            return self._sum("rollup_hourly", "hour", hour_key(start), hour_key(end), f, group_by, by_hour)
-        days = self._sum(table, "day", first.strftime("%Y-%m-%d"), last.strftime("%Y-%m-%d"), f, group_by, by_hour)
+            return self._sum("rollup_hourly", "hour", hour_key(start), hour_key(end), f, group_by, by_hour, summed)
+        day_lo, day_hi = first.strftime("%Y-%m-%d"), last.strftime("%Y-%m-%d")
+        days = self._sum(table, "day", day_lo, day_hi, f, group_by, by_hour, summed)
         parts = [days]
         if by_hour and day_zone is not None:
-            parts.append(self._move_hours(days, first, last, day_zone, f, group_by))
+            parts.append(self._move_hours(days, first, last, day_zone, f, group_by, summed))
         if start < first:
-            parts.append(self._sum("rollup_hourly", "hour", hour_key(start), hour_key(first), f, group_by, by_hour))
+            parts.append(
+                self._sum("rollup_hourly", "hour", hour_key(start), hour_key(first), f, group_by, by_hour, summed)
+            )
         if last < end:
-            parts.append(self._sum("rollup_hourly", "hour", hour_key(last), hour_key(end), f, group_by, by_hour))
+            parts.append(
+                self._sum("rollup_hourly", "hour", hour_key(last), hour_key(end), f, group_by, by_hour, summed)
+            )
         if len(parts) == 1:
             return parts[0]
         keys = (("hour",) if by_hour else ()) + group_by
@@ -240,9 +247,9 @@ class SQLiteReader:
                 if acc is None:
                     merged[k] = row
                 else:
-                    for c in _SUMMED:
+                    for c in summed:
                         acc[c] += row[c]
-        return [r for r in merged.values() if any(r[c] for c in _SUMMED)]
+        return [r for r in merged.values() if any(r[c] for c in summed)]
 
     def _move_hours(
         self,
@@ -252,6 +259,7 @@ class SQLiteReader:
         tz: tzinfo,
         f: Filters,
         group_by: tuple[str, ...],
+        summed: tuple[str, ...] = _SUMMED,
     ) -> list[dict[str, Any]]:
         """Restamp the day rows (``YYYY-MM-DDT00``) at an hour of their majority local day, subtract the hours
         that belong to another local day, and return those hours as rows of their own."""
@@ -268,40 +276,50 @@ class SQLiteReader:
         index = {(r["hour"], *(r[g] for g in group_by)): r for r in days}
         moved: list[dict[str, Any]] = []
         for i in range(0, len(minority), 500):
-            moved += self._sum_hours(minority[i : i + 500], f, group_by)
+            moved += self._sum_hours(minority[i : i + 500], f, group_by, summed)
         for row in moved:
             day_row = index.get((row["hour"][:10] + "T00", *(row[g] for g in group_by)))
             if day_row is not None:  # (always there: the day table holds every hour's sums)
-                for c in _SUMMED:
+                for c in summed:
                     day_row[c] -= row[c]
         for row in days:
             row["hour"] = stamp_of[row["hour"]]
         return moved
 
-    def _sum_hours(self, hours: list[str], f: Filters, group_by: tuple[str, ...]) -> list[dict[str, Any]]:
+    def _sum_hours(
+        self, hours: list[str], f: Filters, group_by: tuple[str, ...], summed: tuple[str, ...] = _SUMMED
+    ) -> list[dict[str, Any]]:
         keys = ("hour", *group_by)
         conds, args = self._dims(f, _ROLLUP_COLUMNS)
         where = " AND ".join([f"hour IN ({', '.join('?' * len(hours))})", *conds])
         sql = (
-            f"SELECT {', '.join((*keys, *(f'SUM({c})' for c in _SUMMED)))} FROM rollup_hourly WHERE {where} "
+            f"SELECT {', '.join((*keys, *(f'SUM({c})' for c in summed)))} FROM rollup_hourly WHERE {where} "
             f"GROUP BY {', '.join(keys)}"
         )
         return [
             {
                 **dict(zip(keys, row[: len(keys)], strict=True)),
-                **dict(zip(_SUMMED, map(int, row[len(keys) :]), strict=True)),
+                **dict(zip(summed, map(int, row[len(keys) :]), strict=True)),
             }
             for row in self._conn.execute(sql, [*hours, *args])
         ]
 
     def _sum(
-        self, table: str, at: str, lo: str, hi: str, f: Filters, group_by: tuple[str, ...], by_hour: bool
+        self,
+        table: str,
+        at: str,
+        lo: str,
+        hi: str,
+        f: Filters,
+        group_by: tuple[str, ...],
+        by_hour: bool,
+        summed: tuple[str, ...] = _SUMMED,
     ) -> list[dict[str, Any]]:
         keys = (("hour",) if by_hour else ()) + group_by
         cols = [f"{at} || 'T00'" if (k == "hour" and at == "day") else k for k in keys]
         conds, args = self._dims(f, _ROLLUP_COLUMNS)
         where = " AND ".join([f"{at} >= ?", f"{at} < ?", *conds])
-        sql = f"SELECT {', '.join((*cols, *(f'SUM({c})' for c in _SUMMED)))} FROM {table} WHERE {where}"
+        sql = f"SELECT {', '.join((*cols, *(f'SUM({c})' for c in summed)))} FROM {table} WHERE {where}"
         if keys:
             sql += f" GROUP BY {', '.join(cols)}"
         rows = self._conn.execute(sql, [lo, hi, *args]).fetchall()
@@ -311,7 +329,7 @@ class SQLiteReader:
             sums = row[len(keys) :]
             if sums[0] is None:
                 continue  # no row matched (an aggregate without GROUP BY still returns one)
-            d.update(zip(_SUMMED, (int(v or 0) for v in sums), strict=True))
+            d.update(zip(summed, (int(v or 0) for v in sums), strict=True))
             out.append(d)
         return out
 
@@ -323,8 +341,9 @@ class SQLiteReader:
         group_by: tuple[str, ...] = (),
         by_hour: bool = False,
         day_zone: tzinfo | None = None,
+        latency: bool = True,
     ) -> list[dict[str, Any]]:
-        return list(await self._call(self._aggregate, start, end, f, group_by, by_hour, day_zone))
+        return list(await self._call(self._aggregate, start, end, f, group_by, by_hour, day_zone, latency))
 
     def _sessions(self, start: datetime, end: datetime, f: Filters, limit: int) -> list[dict[str, Any]]:
         """Sessions are listed by the requests the range and filters select, and always show their whole

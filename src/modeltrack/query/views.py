@@ -113,9 +113,18 @@ def _round(v: float | None) -> float | None:
     return None if v is None else round(v, 3)
 
 
+_SUMMABLE = frozenset((*SUMS, *LATENCY_BUCKETS))
+
+
+def _pct(cell: dict[str, int], q: float) -> float | None:
+    return _round(percentile([int(cell.get(b, 0)) for b in LATENCY_BUCKETS], q)) if cell else None
+
+
 def _add(acc: dict[str, Any], row: dict[str, Any]) -> None:
-    for name in (*SUMS, *LATENCY_BUCKETS):
-        acc[name] = acc.get(name, 0) + int(row.get(name, 0))
+    """Sum ``row`` into ``acc``: only the figures the row has (a row read without the histogram has none)."""
+    for name, value in row.items():
+        if name in _SUMMABLE and value:
+            acc[name] = acc.get(name, 0) + int(value)
 
 
 def _key(value: Any) -> Any:
@@ -123,7 +132,13 @@ def _key(value: Any) -> Any:
 
 
 async def series(
-    reader: Reader, rng: Range, granularity: str, filters: Filters, split: str | None = None, top: int = 8
+    reader: Reader,
+    rng: Range,
+    granularity: str,
+    filters: Filters,
+    split: str | None = None,
+    top: int = 8,
+    latency: bool = True,
 ) -> dict[str, Any]:
     """Spend and requests per hour/day/week/month bucket (in the range's time zone), optionally one series per
     value of ``split`` (the ``top`` values by spend, the rest summed as ``other``)."""
@@ -145,6 +160,7 @@ async def series(
         (split,) if split else (),
         by_hour=True,
         day_zone=None if granularity == "hour" else rng.tz,
+        latency=latency,
     )
     where: dict[str, int] = {}
     per: dict[Any, list[dict[str, int]]] = {}
@@ -173,13 +189,13 @@ async def series(
         "granularity": granularity,
         "split": split,
         "buckets": [stamp(s) for s in starts],
-        "series": [_series_of(k, cells) for k, cells in out],
+        "series": [_series_of(k, cells, latency) for k, cells in out],
         "total_usd": usd(total_nano),
         "requests": sum(int(c.get("requests", 0)) for cells in per.values() for c in cells),
     }
 
 
-def _series_of(key: Any, cells: list[dict[str, int]]) -> dict[str, Any]:
+def _series_of(key: Any, cells: list[dict[str, int]], latency: bool = True) -> dict[str, Any]:
     """One series: per bucket, spend and requests, and what the charts beyond spend draw: errors and their
     rate, unpriced requests, tokens by kind, and latency percentiles (from the rollups' histogram)."""
     cost = [int(c.get("cost_nano_usd", 0)) for c in cells]
@@ -194,8 +210,8 @@ def _series_of(key: Any, cells: list[dict[str, int]]) -> dict[str, Any]:
         "error_rate": [round(e / n, 4) if n else None for e, n in zip(errors, requests, strict=True)],
         "unpriced": [int(c.get("unpriced", 0)) for c in cells],
         "tokens": {t: [int(c.get(t, 0)) for c in cells] for t in TOKENS},
-        "latency_p50_ms": [_round(percentile([int(c.get(b, 0)) for b in LATENCY_BUCKETS], 0.5)) for c in cells],
-        "latency_p95_ms": [_round(percentile([int(c.get(b, 0)) for b in LATENCY_BUCKETS], 0.95)) for c in cells],
+        "latency_p50_ms": [_pct(c, 0.5) for c in cells] if latency else None,
+        "latency_p95_ms": [_pct(c, 0.95) for c in cells] if latency else None,
     }
 
 
@@ -225,7 +241,7 @@ async def breakdown(
     before: dict[Any, dict[str, Any]] = {}
     if compare:
         prev = rng.previous()
-        for row in await reader.aggregate(prev.start, prev.end, filters, (dimension,)):
+        for row in await reader.aggregate(prev.start, prev.end, filters, (dimension,), latency=False):
             _add(before.setdefault(_key(row[dimension]), {}), row)
 
     def measure(g: dict[str, Any]) -> float:
@@ -354,7 +370,7 @@ async def session_steps(reader: Reader, session_id: str, limit: int = 5000) -> d
 async def values(reader: Reader, rng: Range, dimension: str, filters: Filters, limit: int = 200) -> list[Any]:
     """The values of a dimension seen in the range, by spend (for filter pickers)."""
     check_dimension(dimension)
-    rows = await reader.aggregate(rng.start, rng.end, filters, (dimension,))
+    rows = await reader.aggregate(rng.start, rng.end, filters, (dimension,), latency=False)
     rows.sort(key=lambda r: -int(r["cost_nano_usd"]))
     return [_key(r[dimension]) for r in rows[: check_limit(limit, 200)]]
 

@@ -73,6 +73,7 @@ class Params:
             "kind",
             "format",
             "top",
+            "latency",
             *DIMENSIONS,
         }
     )
@@ -182,10 +183,13 @@ class Api:
         rng = p.range()
         split = p.get("split") or None
         top = p.number("top", 8, 1, 50) or 8
+        latency = p.get("latency") or "true"
+        if latency not in ("true", "false"):
+            raise QueryError(f"latency {latency!r}: write true or false (false: no percentiles, a faster answer)")
+        granularity = p.get("granularity", "day") or "day"
+        reader = await self.reader(request)
         return json_response(
-            await series(
-                await self.reader(request), rng, p.get("granularity", "day") or "day", parse_filters(p.get), split, top
-            )
+            await series(reader, rng, granularity, parse_filters(p.get), split, top, latency == "true")
         )
 
     async def breakdown(self, request: web.Request) -> web.Response:

@@ -301,7 +301,7 @@ async function dimensionPage(page, q) {
   if (q.has(dim)) return detailPage(page, dim, q, rp);
   const [data, ser] = await Promise.all([
     api("breakdown", { dimension: dim, limit: 25, ...rp, ...filters(q) }),
-    api("series", { granularity: rp.since === rp.until ? "hour" : "day", split: dim, top: 6, ...rp, ...filters(q) }),
+    api("series", { granularity: rp.since === rp.until ? "hour" : "day", split: dim, top: 6, latency: "false", ...rp, ...filters(q) }),
   ]);
   if (!data.rows.length && Object.keys(filters(q)).length) return render(h("h1", { text: TITLES[dim] }), noMatch(filters(q)));
   if (!data.rows.length) return render(h("h1", { text: TITLES[dim] }), emptyState(

@@ -117,7 +117,7 @@ async function errorsPage(q) {
   const rp = rangeParams(q);
   const [data, ser] = await Promise.all([
     api("errors", { ...rp, ...filters(q) }),
-    api("series", { granularity: rp.since === rp.until ? "hour" : "day", ...rp, ...filters(q) }),
+    api("series", { granularity: rp.since === rp.until ? "hour" : "day", latency: "false", ...rp, ...filters(q) }),
   ]);
   const chartBox = h("div", { class: "chart", "data-testid": "error-rate" });
   render(
