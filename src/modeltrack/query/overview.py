@@ -24,8 +24,9 @@ async def overview(
     period = rng or Range(ceil_hour(today - timedelta(days=29)), end, tz, tz_name)
     month_rows = await reader.aggregate(month_rng.start, month_rng.end, filters, latency=False)
     month_total = summary(month_rows[0]) if month_rows else summary({})
-    teams = await breakdown(reader, period, "team", filters, limit=5, compare=False)
-    models = await breakdown(reader, period, "model", filters, limit=5, compare=False)
+    # The top tables show spend and share only: no histogram to read.
+    teams = await breakdown(reader, period, "team", filters, limit=5, compare=False, latency=False)
+    models = await breakdown(reader, period, "model", filters, limit=5, compare=False, latency=False)
     one_day = period.end - period.start <= timedelta(hours=25)
     trend = await series(reader, period, "hour" if one_day else "day", filters)
     month_forecast = await forecast(reader, now, tz, tz_name, "month", filters)

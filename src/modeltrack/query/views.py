@@ -223,9 +223,11 @@ async def breakdown(
     limit: int = 10,
     sort: str = "cost",
     compare: bool = True,
+    latency: bool = True,
 ) -> dict[str, Any]:
     """The top ``limit`` values of ``dimension`` in the range, each with spend, requests, tokens, response-cache
-    hit rate, error rate and latency p50/p95, and the same figures of the previous period of equal length."""
+    hit rate, error rate and latency p50/p95 (null with ``latency=False``, which reads no histogram), and the
+    same figures of the previous period of equal length."""
     check_dimension(dimension)
     limit = check_limit(limit)
     if sort not in SORTS:
@@ -233,7 +235,7 @@ async def breakdown(
     by = (dimension,) if dimension == "cache_hit" else (dimension, "cache_hit")
     groups: dict[Any, dict[str, Any]] = {}
     hits: dict[Any, int] = {}
-    for row in await reader.aggregate(rng.start, rng.end, filters, by):
+    for row in await reader.aggregate(rng.start, rng.end, filters, by, latency=latency):
         key = _key(row[dimension])
         _add(groups.setdefault(key, {}), row)
         if row.get("cache_hit"):
