@@ -9,6 +9,7 @@ from typing import Any
 
 import openai
 import orjson
+import pytest
 
 from .replay import Recording
 
@@ -100,3 +101,56 @@ async def test_gpt_image_output_image_tokens_are_priced_as_image_output(replay: 
     assert ev.model == "gpt-image-1.5" and ev.cost_source == "priced"
     assert ev.cost_usd == round(expected, 9), (ev.cost_usd, expected)
     assert (ev.input_tokens, ev.output_tokens) == (50, 272)
+
+
+WAV = b"RIFF" + (36 + 16000).to_bytes(4, "little") + b"WAVEfmt " + bytes(24) + b"data" + bytes(16000)
+
+
+@pytest.mark.parametrize(
+    ("model", "usage", "expected_usage"),
+    [
+        # whisper-1 and other per-duration models (API reference, "Create transcription": usage type "duration")
+        ("whisper-1", {"type": "duration", "seconds": 7.4}, {"audio_seconds": 7}),
+        # gpt-4o-transcribe: billed by tokens, audio tokens among the input (usage type "tokens")
+        (
+            "gpt-4o-transcribe",
+            {
+                "type": "tokens",
+                "input_tokens": 14,
+                "input_token_details": {"text_tokens": 0, "audio_tokens": 14},
+                "output_tokens": 45,
+                "total_tokens": 59,
+            },
+            {"input_tokens": 14, "input_audio_tokens": 14, "output_tokens": 45},
+        ),
+    ],
+)
+async def test_transcriptions_are_priced_by_duration_or_tokens(
+    replay: Any, make_proxy: Any, model: str, usage: dict[str, Any], expected_usage: dict[str, int]
+) -> None:
+    """Issue L, item 5: ``/v1/audio/transcriptions`` (multipart: the model is read from the form without
+    decoding the audio) is priced from the answer's ``usage``: per second for whisper-1, per token for
+    gpt-4o-transcribe; a plain-text answer has no usage and is unpriced, never $0. Costs equal calc_price."""
+    from genai_prices import Usage as GUsage
+    from genai_prices import calc_price
+
+    upstream, upstream_url = replay
+    answer = {"text": "Hello there.", "usage": usage}
+    upstream.current = recorded(
+        "https://api.openai.com/v1/audio/transcriptions", "application/json", orjson.dumps(answer)
+    )
+    proxy = await make_proxy(upstream_url)
+    client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="sk-stt-test", max_retries=0)
+    got = await client.audio.transcriptions.create(model=model, file=("hello.wav", WAV, "audio/wav"))
+    assert got.text == "Hello there."
+    assert upstream.received[-1].body.count(WAV) == 1  # the upload went through whole
+    upstream.current = recorded("https://api.openai.com/v1/audio/transcriptions", "text/plain", b"Hello there.\n")
+    text = await client.audio.transcriptions.create(
+        model=model, file=("hello.wav", WAV, "audio/wav"), response_format="text"
+    )
+    assert "Hello there." in str(text)
+    priced, plain = await proxy.events()
+    expected = calc_price(GUsage(**expected_usage), model, provider_id="openai")
+    assert priced.model == model and priced.cost_source == "priced"
+    assert priced.cost_usd == round(float(expected.total_price), 9) and priced.cost_usd > 0
+    assert plain.model == model and plain.cost_usd is None and plain.error is None  # unpriced, not $0

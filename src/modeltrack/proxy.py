@@ -257,6 +257,7 @@ class Proxy:
             return self.error(conn, provider, 408, "request_timeout", "The request body was not received in time.")
         body = loads(raw) if raw[:1] in (b"{", b"[") and provider.name != "bedrock" else None
         info = provider.request_info(req.method, up_path, query, body)
+        send = provider.rewrite_body(info, raw, body)  # (may also read the model of a multipart upload)
         ticket: Ticket | None = None
         if grant is not None:
             refused = grant.refusal(info.model, wall)
@@ -274,7 +275,6 @@ class Proxy:
                         extra=b"retry-after: %d\r\n" % taken.retry_after,
                     )
                 ticket = taken
-        send = provider.rewrite_body(info, raw, body)
         lines, attrs = forward_headers(req.headers)
         if self.trace_context:
             tp = req.header(b"traceparent")

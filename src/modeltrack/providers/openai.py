@@ -240,6 +240,70 @@ class ModerationMeter(JSONBodyMeter):
         return MeterResult(model=_str(model), usage=Usage(), usage_source="none", zero_cost=True)
 
 
+_AUDIO_IN = ("/audio/transcriptions", "/audio/translations")
+
+
+def multipart_field(raw: bytes, name: bytes, limit: int = 256) -> str | None:
+    """A short text field of a multipart/form-data body (the ``model`` of an audio upload), found without
+    decoding the file part: a search for the field's ``Content-Disposition`` name, then its value up to the next
+    line break; at most ``limit`` bytes, else None."""
+    at = raw.find(b'name="' + name + b'"')
+    if at < 0:
+        return None
+    start = raw.find(b"\r\n\r\n", at, at + 1024)
+    if start < 0:
+        return None
+    start += 4
+    end = raw.find(b"\r\n", start, start + limit + 1)
+    if end < 0:
+        return None
+    try:
+        return raw[start:end].decode("utf-8").strip() or None
+    except UnicodeDecodeError:
+        return None
+
+
+class TranscriptionMeter(JSONBodyMeter):
+    """``/v1/audio/transcriptions`` and ``/translations`` (API reference, "Create transcription": the JSON and
+    ``verbose_json`` answers carry ``usage``, ``{"type": "duration", "seconds": …}`` for models billed by the
+    second such as ``whisper-1``, or ``{"type": "tokens", "input_tokens", "input_token_details": {"audio_tokens",
+    "text_tokens"}, "output_tokens"}`` for ``gpt-4o-transcribe``; an older ``verbose_json`` has a top-level
+    ``duration``). Seconds are billed rounded to the nearest second (genai-prices' ``audio_seconds``). A text,
+    SRT or VTT answer has no usage: the request is ``unpriced``, never $0. The model is the request's (read from
+    the multipart form), as the answer names none."""
+
+    def finish(self, complete: bool) -> MeterResult:
+        head = self._chunks[0].lstrip()[:1] if self._chunks else b""
+        if complete and self.status < 400 and head not in (b"{", b"["):
+            # response_format text, srt or vtt: a transcript with no usage (not an error, and not $0)
+            self._chunks = []
+            return MeterResult(model=self.info.model, usage_source="missing")
+        return super().finish(complete)
+
+    def from_json(self, obj: Any) -> MeterResult:
+        if not isinstance(obj, dict):
+            return MeterResult(model=self.info.model, usage_source="missing")
+        if "error" in obj:
+            return MeterResult(model=self.info.model, error=error_code(obj["error"]))
+        u = obj.get("usage")
+        usage: Usage | None = None
+        if isinstance(u, dict) and u.get("type") == "tokens":
+            d = u.get("input_token_details")
+            audio = as_int(d.get("audio_tokens")) if isinstance(d, dict) else 0
+            usage = Usage(
+                input_tokens=as_int(u.get("input_tokens")),
+                input_audio_tokens=audio,
+                output_tokens=as_int(u.get("output_tokens")),
+            )
+        else:
+            seconds = u.get("seconds") if isinstance(u, dict) and u.get("type") == "duration" else obj.get("duration")
+            if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds >= 0:
+                usage = Usage(details={"audio_seconds": round(seconds)})
+        return MeterResult(
+            model=self.info.model, usage=usage, usage_source="response" if usage is not None else "missing"
+        )
+
+
 class SpeechMeter:
     """``/v1/audio/speech`` (text to speech) is billed per character of the request's ``input`` (genai-prices'
     ``input_characters`` unit: tts-1 $15 and tts-1-hd $30 per million). The answer is audio, with no usage: the
@@ -283,7 +347,10 @@ class OpenAI(Provider):
 
     def rewrite_body(self, info: RequestInfo, raw: bytes, body: Any) -> bytes:
         """Ask for usage on chat/completions streams that did not ask, so stream costs are exact
-        (:mod:`.stream_usage`: spliced in, every other byte as sent)."""
+        (:mod:`.stream_usage`: spliced in, every other byte as sent). An audio upload's model is read here, where
+        the raw multipart form is at hand (the body is sent as it came)."""
+        if info.model is None and body is None and info.path.endswith(_AUDIO_IN):
+            info.model = multipart_field(raw, b"model")
         if not (self.inject_stream_usage and info.stream and isinstance(body, dict)):
             return raw
         if not info.path.endswith("/completions"):
@@ -307,6 +374,8 @@ class OpenAI(Provider):
             return SpeechMeter(info, status)
         if info.path.endswith("/moderations"):
             return ModerationMeter(info, status)
+        if info.path.endswith(_AUDIO_IN):
+            return TranscriptionMeter(info, status)
         if is_sse(headers):
             if "/responses" in info.path:
                 return ResponsesStreamMeter(info, status)
