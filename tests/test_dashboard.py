@@ -485,3 +485,40 @@ async def test_the_period_rules_every_page_and_nothing_is_clipped(
     widths = await b.page.locator("#view .card").evaluate_all("cs => cs.map(c => c.scrollWidth - c.clientWidth)")
     assert widths and max(widths) <= 0, widths
     assert b.errors == []
+
+
+async def test_hosted_sign_up_in_chromium(aiohttp_server: Any, browser: Any, artifacts: Path, tmp_path: Path) -> None:
+    """Issue K: with MODELTRACK_SIGNUP=open (multi-tenant), the sign-in page offers to create an organisation;
+    its first admin's token is shown once, the browser is signed in, and the Keys page works in the new org."""
+    store = f"sqlite:///{tmp_path}/events.db"
+    b, server = await start(aiohttp_server, browser, artifacts, store, multi_tenant=True, signup="open")
+    await b.open("/", shot="signup-form")
+    await b.page.locator("[data-testid=signup-org]").fill("Acme Robotics")
+    await b.page.locator("[data-testid=signup-subject]").fill("founder@acme.example")
+    await b.page.locator("[data-testid=signup] button[type=submit]").click()
+    token = (await b.page.locator("[data-testid=signup-token]").inner_text(timeout=10_000)).strip()
+    assert token.startswith("mtm_")
+    await b.page.screenshot(path=str(artifacts / "signup-token-once.png"), full_page=True)
+    cookies = await b.page.context.cookies()
+    assert any(c["name"] == "modeltrack_admin" and c["httpOnly"] for c in cookies)
+    assert all(token not in c["value"] for c in cookies)
+    await b.open("/keys")
+    form = b.page.locator("[data-testid=create-key]")
+    await form.locator("[data-field=name]").fill("first")
+    await form.locator("button[type=submit]").click()
+    secret = (await b.page.locator("[data-testid=secret] pre").inner_text(timeout=10_000)).strip()
+    assert secret.startswith("mt_")
+    me = await api(server, "/api/v1/admin/me", token)
+    assert me["role"] == "org_admin" and me["subject"] == "founder@acme.example"
+    keys = (await api(server, "/api/v1/admin/keys", token))["keys"]
+    assert [k["name"] for k in keys] == ["first"] and keys[0]["org_id"] == me["org_id"]
+    assert [e for e in b.errors if "401" not in e and "503" not in e] == []
+    # Later, on another browser: the member signs in with that token on the dashboard's own login.
+    page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+    b2 = Browser(page, b.base, artifacts)
+    await b2.open("/")
+    await page.locator("[data-testid=token]").fill(token)
+    await page.locator("[data-testid=token]").press("Enter")
+    await page.wait_for_selector("[data-testid=token]", state="detached", timeout=10_000)
+    await b2.ready()
+    assert await page.locator("form.login").count() == 0

@@ -511,16 +511,39 @@ function noEvents() {
 
 // ---- login, chrome, routing -------------------------------------------------------------------------------------
 let sso = false;  // an OIDC provider is configured: the login offers it beside the token
+let signup = false;  // MODELTRACK_SIGNUP=open (multi-tenant): the login also offers to create an organisation
 function showLogin() {
   document.getElementById("bar").hidden = true;  // no period or filters before there is anything to filter
   const input = h("input", { type: "password", placeholder: "dashboard token", autocomplete: "current-password", "data-testid": "token" });
   const msg = h("p", { class: "none" });
   render(h("form", { class: "card login", on: { submit: async (e) => {
     e.preventDefault();
-    const r = await fetch("/api/v1/login", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ token: input.value }) });
+    // A member's sign-in token (mtm_…) signs in through the admin API's session; a dashboard token here.
+    const where = input.value.trim().startsWith("mtm_") ? "/api/v1/admin/login" : "/api/v1/login";
+    const r = await fetch(where, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ token: input.value.trim() }) });
     if (r.ok) route(); else msg.textContent = "That token is not valid.";
-  } } }, h("h2", { text: "Log in to ModelTrack" }), h("p", { class: "sub", text: "Use a token from MODELTRACK_UI_TOKENS." }), input, h("button", { type: "submit", text: "Log in" }), msg,
-    sso ? h("p", {}, h("a", { href: "/api/v1/oidc/login", "data-testid": "sso", text: "Sign in with your organisation (SSO)" })) : null));
+  } } }, h("h2", { text: "Log in to ModelTrack" }), h("p", { class: "sub", text: "A dashboard token (MODELTRACK_UI_TOKENS), or your own mtm_ sign-in token." }), input, h("button", { type: "submit", text: "Log in" }), msg,
+    sso ? h("p", {}, h("a", { href: "/api/v1/oidc/login", "data-testid": "sso", text: "Sign in with your organisation (SSO)" })) : null),
+    signup ? signupCard() : null);
+}
+
+// Hosted sign-up: a new organisation and its first admin. The admin's sign-in token is shown once (the browser
+// is signed in with it already); only its digest is stored.
+function signupCard() {
+  const org = h("input", { placeholder: "organisation name", "data-testid": "signup-org", required: true });
+  const subject = h("input", { type: "email", placeholder: "you@example.com", "data-testid": "signup-subject", required: true });
+  const out = h("div", { "data-testid": "signup-result" });
+  return h("form", { class: "card login", "data-testid": "signup", on: { submit: async (e) => {
+    e.preventDefault();
+    const r = await fetch("/api/v1/admin/signup", { method: "POST", credentials: "same-origin", headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ org: org.value.trim(), subject: subject.value.trim() }) });
+    const data = await r.json().catch(() => null);
+    if (!r.ok) { out.replaceChildren(h("p", { class: "none", text: data?.error?.message || `HTTP ${r.status}` })); return; }
+    out.replaceChildren(
+      h("p", { text: `Organisation ${data.org.name} (${data.org.id}) is yours. Your sign-in token, shown this once:` }),
+      h("pre", { class: "wrap", "data-testid": "signup-token", text: data.token }),
+      h("p", {}, h("a", { href: "/keys", "data-nav": "", text: "Create your first key →" })));
+  } } }, h("h2", { text: "New here? Create an organisation" }), org, subject, h("button", { type: "submit", text: "Create" }), out);
 }
 
 function chrome(q, page) {
@@ -567,6 +590,7 @@ async function route() {
     if (!meta) {
       const session = await (await fetch("/api/v1/session")).json();
       sso = Boolean(session.sso);
+      signup = Boolean(session.signup);
       if (session.auth && !session.logged_in) { showLogin(); document.body.dataset.ready = "true"; return; }
       meta = await api("meta");
       document.getElementById("store").textContent = `Store: ${meta.store.where}`;
