@@ -153,3 +153,23 @@ async def test_a_team_member_cannot_open_another_teams_request(tmp_path: Any, ai
     since = (datetime.now(UTC) - timedelta(days=3)).strftime("%Y-%m-%d")
     page = await (await client.get("/api/v1/requests", params={"since": since, "limit": "500"}, headers=member)).json()
     assert page["requests"] and {r["team"] for r in page["requests"]} == {"search"}
+
+
+async def test_a_custom_property_is_a_dimension(stored: tuple[str, list[CostEvent]], aiohttp_client: Any) -> None:
+    """Issue M: each property can split spend (``dimension=property.NAME``), read from the events; sums equal
+    the stored events'."""
+    store, events = stored
+    client = await aiohttp_client(create_app(Settings.load(env={}, overrides={"store": store})))
+    since = (datetime.now(UTC) - timedelta(days=3)).strftime("%Y-%m-%d")
+    r = await client.get("/api/v1/breakdown", params={"dimension": "property.env", "since": since, "limit": "5"})
+    assert r.status == 200, await r.text()
+    data = await r.json()
+    assert data["complete"] and data["scanned"] == len(events)
+    got = {row["property.env"]: (row["requests"], row["cost_usd"]) for row in data["rows"]}
+    for value in ("prod", "dev", None):
+        mine = [e for e in events if (e.properties or {}).get("env") == value]
+        assert got[value][0] == len(mine)
+        assert got[value][1] == pytest.approx(sum(e.cost_usd or 0 for e in mine), abs=1e-9)
+    assert data["total"]["requests"] == len(events)
+    r = await client.get("/api/v1/breakdown", params={"dimension": "property."})
+    assert r.status == 400

@@ -162,3 +162,46 @@ async def request_detail(reader: Reader, request_id: str) -> dict[str, Any]:
     out = ev.to_dict()
     out["unpriced"] = is_unpriced(ev)
     return out
+
+
+async def property_breakdown(
+    reader: Reader, rng: Range, filters: Filters, name: str, limit: int = 10, scan_cap: int = 500_000
+) -> dict[str, Any]:
+    """Spend and requests by the value of one custom property (``X-ModelTrack-Property-<name>``). Properties are
+    free-form, so they are not rollup dimensions: the events of the range are read (at most ``scan_cap``; an
+    answer that stopped there says so, ``complete: false``), newest first."""
+    if not name or len(name) > 64:
+        raise QueryError("dimension property.NAME: a property name of 1 to 64 characters, e.g. property.env")
+    groups: dict[str | None, list[int]] = {}
+    scanned = 0
+    cursor: tuple[str, str] | None = None
+    f = EventFilter(rng.start, rng.end, filters)
+    complete = True
+    while True:
+        page = await reader.page(f, cursor, 2000)
+        for ev in page:
+            value = (ev.properties or {}).get(name)
+            g = groups.setdefault(value, [0, 0, 0])
+            g[0] += round((ev.cost_usd or 0) * 1e9)
+            g[1] += 1
+            g[2] += int(is_unpriced(ev))
+        scanned += len(page)
+        if len(page) < 2000:
+            break
+        cursor = (page[-1].timestamp, page[-1].request_id)
+        if scanned >= scan_cap:
+            complete = False
+            break
+    ranked = sorted(groups.items(), key=lambda kv: (-kv[1][0], str(kv[0])))
+    total = [sum(g[i] for g in groups.values()) for i in range(3)]
+    return {
+        "range": rng.describe(),
+        "dimension": f"property.{name}",
+        "rows": [
+            {f"property.{name}": k, "cost_usd": round(g[0] / 1e9, 9), "requests": g[1], "unpriced": g[2]}
+            for k, g in ranked[:limit]
+        ],
+        "total": {"cost_usd": round(total[0] / 1e9, 9), "requests": total[1], "unpriced": total[2]},
+        "scanned": scanned,
+        "complete": complete,
+    }

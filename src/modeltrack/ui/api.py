@@ -14,7 +14,7 @@ from ..query import DIMENSIONS, Reader, StoreMissing, open_reader
 from ..query.errors import errors
 from ..query.forecast import forecast
 from ..query.overview import overview
-from ..query.requests import EventOnly, parse_cursor, request_detail, request_log
+from ..query.requests import EventOnly, parse_cursor, property_breakdown, request_detail, request_log
 from ..query.scoped import ScopedReader
 from ..query.times import TimeError, zone
 from ..query.views import (
@@ -194,6 +194,17 @@ class Api:
 
     async def breakdown(self, request: web.Request) -> web.Response:
         p = Params(request)
+        dim = p.get("dimension") or ""
+        if dim.startswith("property."):  # a custom property: read from the events (not a rollup dimension)
+            return json_response(
+                await property_breakdown(
+                    await self.reader(request),
+                    p.range(),
+                    parse_filters(p.get),
+                    dim[len("property.") :],
+                    p.number("limit", 10) or 10,
+                )
+            )
         compare = (p.get("compare") or "true") != "false"
         data = await breakdown(
             await self.reader(request),
