@@ -12,9 +12,24 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from bench.harness import Proc, modeltrack, wrk
+from bench.sysinfo import free_port
+
+OTLP_RECEIVER = """
+import http.server, sys
+class H(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200); self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0"); self.end_headers()
+    def log_message(self, *a): pass
+http.server.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+"""
+"""A stand-in OTLP/HTTP receiver (answers every export with 200): what the export costs the proxy, not a
+collector's speed."""
 
 NOTHING_MATCHES = {
     "budgets": [
@@ -88,6 +103,17 @@ def run(tmp: Path, up_port: int, lua: Path, secs: int, plain_url: str) -> dict[s
             wrk(kurl, 64, secs, lua, key), wrk(kurl, 1, secs, lua, key)
         )
 
+        # OpenTelemetry export on, to a receiver on this machine: spans are made on the exporter's own thread.
+        otlp_port = free_port()
+        r = Proc("otlp-receiver", [sys.executable, "-c", OTLP_RECEIVER, str(otlp_port)], otlp_port).start(tmp)
+        procs.append(r)
+        env = {"MODELTRACK_OTEL_ENDPOINT": f"http://127.0.0.1:{otlp_port}"}
+        o = modeltrack("modeltrack-otel", tmp, up_port, env=env).start(tmp)
+        procs.append(o)
+        ourl = f"http://127.0.0.1:{o.port}/v1/chat/completions"
+        wrk(ourl, 8, 1, lua)
+        rows["modeltrack + OpenTelemetry export"] = _row(wrk(ourl, 64, secs, lua), wrk(ourl, 1, secs, lua))
+
         cache = tmp / "controls-cache.json"
         cache.write_text(json.dumps(CACHE_ON))
         c = modeltrack("modeltrack-cache", tmp, up_port, env={"MODELTRACK_CONTROLS_FILE": str(cache)}).start(tmp)
@@ -145,6 +171,9 @@ def report(rows: dict[str, dict[str, float]], plain: dict[str, float]) -> list[s
         f"**{keyed['rps'] / plain['rps']:.0%}** of the throughput of a plain request, p50 at concurrency 1 "
         f"{keyed['c1_p50_ms'] - plain['c1_p50_ms']:+.3f} ms (target: within 5 %); with a block budget on its team "
         f"too: **{budgeted['rps'] / plain['rps']:.0%}**, {budgeted['c1_p50_ms'] - plain['c1_p50_ms']:+.3f} ms.",
+        "With OpenTelemetry export on (one span per stored event, to a receiver on this machine): "
+        f"**{rows['modeltrack + OpenTelemetry export']['rps'] / plain['rps']:.0%}** of the throughput of a plain "
+        "request.",
         f"A 10 kB response-cache hit answers at p50 **{hit['c1_p50_ms']:.3f} ms** (target < 1 ms), against "
         f"{miss['c1_p50_ms']:.3f} ms through ModelTrack to the upstream and {direct['c1_p50_ms']:.3f} ms direct; "
         f"{hit['rps']:,.0f} hits/s at 64 connections.",
