@@ -114,7 +114,11 @@ class ModelTrack:
                 )
         self.pipeline = Pipeline.from_settings(sink, self.metrics, settings, on_stored=self._on_stored())
         self.providers = build_providers(
-            settings.base_urls, settings.inject_stream_usage, settings.azure_deployments, settings.vertex()
+            settings.base_urls,
+            settings.inject_stream_usage,
+            settings.azure_deployments,
+            settings.vertex(),
+            settings.azure_resources,
         )
         self.pools = self._pools(settings)
         self.recorder = Recorder(self.pipeline, self.metrics, pricing, settings.access_log)

@@ -198,6 +198,13 @@ class Settings:
         default_factory=dict,
         metadata={"help": "deployment=model,... fallback for Azure pricing", "commands": ("serve",)},
     )
+    azure_resources: dict[str, str] = field(
+        default_factory=dict,
+        metadata={
+            "help": "name=https://RESOURCE.openai.azure.com,... several Azure resources, each under /azure/NAME",
+            "commands": ("serve",),
+        },
+    )
     ui: bool = _opt(False, "also serve the dashboard and API (modeltrack ui) from a child process")
     ui_host: str = _opt(
         "127.0.0.1", "dashboard/API listen address (not loopback: UI tokens required)", commands=("serve", "ui")
@@ -313,6 +320,15 @@ class Settings:
         self._check_tenancy()
         self._check_otel()
         self._check_vertex()
+        for name, url in self.azure_resources.items():
+            if not name or not all(c.isalnum() or c in "-_" for c in name):
+                raise ConfigError(
+                    f"MODELTRACK_AZURE_RESOURCES: {name!r} is not a resource name; write e.g. east=https://acme-east.openai.azure.com"
+                )
+            try:
+                check_base_url("azure", url)
+            except ConfigError as exc:
+                raise ConfigError(f"MODELTRACK_AZURE_RESOURCES {name}: {exc}") from None
         if self.log_level.lower() not in ("debug", "info", "warning", "error", "critical"):
             raise ConfigError(f"MODELTRACK_LOG_LEVEL={self.log_level}: write one of debug, info, warning, error")
         for name, url in self.base_urls.items():

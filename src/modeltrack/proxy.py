@@ -231,9 +231,11 @@ class Proxy:
             )
         provider, up_path = route
         if provider.multi_origin:
-            pool_name = provider.pool_name(up_path)  # the origin from configuration, by the path (Vertex regions)
-            if pool_name is None:
+            # The origin from configuration, chosen by the path (Vertex regions, Azure resources), never a host.
+            located = provider.locate(up_path)
+            if located is None:
                 return self.error(conn, provider, 403, "location_not_allowed", provider.refusal(up_path))
+            pool_name, up_path = located
             pool = self.pools.get(pool_name)
         else:
             pool = self.pools.get(provider.name)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
     from ..metrics import Metrics
 
 log = logging.getLogger("modeltrack.otel")
+EXPORT_CHUNK = 64
+"""Spans built and sent per export request: small enough that the exporter's thread never holds the GIL long."""
 
 PROVIDER_NAMES = {
     "openai": "openai",
@@ -188,16 +191,21 @@ class SpanExport:
             batch = self.queue.get()
             if batch is None:
                 return
-            try:
-                for ev in batch:
-                    self._span(ev)
-                spans, self._collect.ended = self._collect.ended, []
-                ok = self.exporter.export(spans) == SpanExportResult.SUCCESS
-            except Exception as exc:  # noqa: BLE001 - an export problem never ends the thread
-                log.warning("otel: spans not exported (%s)", type(exc).__name__)
-                self._collect.ended = []
-                ok = False
-            self.metrics.otel_spans.labels("exported" if ok else "failed").inc(len(batch))
+            # A few spans at a time, yielding in between: building and encoding a store batch (up to 2,000
+            # events) in one go held the GIL for tens of milliseconds, which the request loop then waited out.
+            for i in range(0, len(batch), EXPORT_CHUNK):
+                part = batch[i : i + EXPORT_CHUNK]
+                try:
+                    for ev in part:
+                        self._span(ev)
+                    spans, self._collect.ended = self._collect.ended, []
+                    ok = self.exporter.export(spans) == SpanExportResult.SUCCESS
+                except Exception as exc:  # noqa: BLE001 - an export problem never ends the thread
+                    log.warning("otel: spans not exported (%s)", type(exc).__name__)
+                    self._collect.ended = []
+                    ok = False
+                self.metrics.otel_spans.labels("exported" if ok else "failed").inc(len(part))
+                time.sleep(0)  # let the request loop have the GIL
 
     def close(self, timeout: float = 5.0) -> None:
         """Export what is queued (up to ``timeout``), then stop the thread."""

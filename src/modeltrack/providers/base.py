@@ -68,8 +68,9 @@ class Provider:
 
     name: ClassVar[str] = "base"
     default_base_url: ClassVar[str] = ""
-    multi_origin: ClassVar[bool] = False
-    """More than one upstream origin (Vertex AI's regions): the path picks one of the configured pools."""
+    multi_origin: bool = False
+    """More than one upstream origin (Vertex AI's regions, Azure resources): the path picks one of the
+    configured pools (:meth:`locate`)."""
     inject_stream_usage_default: ClassVar[bool] = False
 
     def __init__(self, base_url: str | None = None, inject_stream_usage: bool | None = None) -> None:
@@ -92,9 +93,10 @@ class Provider:
         """Pool name → origin (configuration only, never a request)."""
         return {self.name: self.base_url} if self.base_url else {}
 
-    def pool_name(self, path: str) -> str | None:
-        """The pool a request to ``path`` goes to; None: refused (:meth:`refusal` says why)."""
-        return self.name
+    def locate(self, path: str) -> tuple[str, str] | None:
+        """(the pool a request to ``path`` goes to, the path to send upstream); None: refused (:meth:`refusal`
+        says why). Only providers with ``multi_origin`` are asked."""
+        return self.name, path
 
     def refusal(self, path: str) -> str:
         return "This path is not served."

@@ -26,6 +26,7 @@ def build_providers(
     inject_stream_usage: Mapping[str, bool] | None = None,
     azure_deployments: Mapping[str, str] | None = None,
     vertex: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
+    azure_resources: Mapping[str, str] | None = None,
 ) -> dict[str, Provider]:
     base_urls = base_urls or {}
     inject = inject_stream_usage or {}
@@ -37,8 +38,10 @@ def build_providers(
         **COMPATIBLE,
     }
     out: dict[str, Provider] = {n: c(base_urls.get(n), inject.get(n)) for n, c in classes.items()}
-    if base_urls.get("azure"):
-        out["azure"] = Azure(base_urls["azure"], inject.get("azure"), dict(azure_deployments or {}))
+    if base_urls.get("azure") or azure_resources:
+        out["azure"] = Azure(
+            base_urls.get("azure"), inject.get("azure"), dict(azure_deployments or {}), dict(azure_resources or {})
+        )
     if vertex[0]:
         out["vertex"] = Vertex(vertex[0], vertex[1], base_urls.get("vertex"), inject.get("vertex"))
     return out

@@ -62,12 +62,12 @@ class Vertex(Provider):
         """Pool name → origin, one per allowed region."""
         return {f"vertex:{r}": self.base_url or region_origin(r) for r in self.regions}
 
-    def pool_name(self, path: str) -> str | None:
+    def locate(self, path: str) -> tuple[str, str] | None:
         """The region's pool, or None when the path names a region or project the operator did not allow."""
         m = _PATH.match(path)
         if m is None or m["region"] not in self.regions or unquote(m["project"]) not in self.projects:
             return None
-        return f"vertex:{m['region']}"
+        return f"vertex:{m['region']}", path
 
     def refusal(self, path: str) -> str:
         m = _PATH.match(path)
