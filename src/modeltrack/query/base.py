@@ -14,24 +14,12 @@ from datetime import datetime, tzinfo
 from typing import Any, Protocol
 
 from ..events import CostEvent
+from ..rollups import HOURLY_DIMENSIONS
 
-DIMENSIONS = (
-    "team",
-    "app",
-    "feature",
-    "user",
-    "provider",
-    "model",
-    "status",
-    "cache_hit",
-    "org",
-    "key_id",
-    "error",
-    "prompt_id",
-)
-"""What the hourly rollups are keyed by: every one can filter a query or split it (``org``: the organisation of
-the request's ModelTrack key, what multi-tenant mode narrows an org's readers to; ``key_id``: that key's public
-id, for its spend and its budget)."""
+DIMENSIONS = HOURLY_DIMENSIONS
+"""What the hourly rollups are keyed by (defined once, in :mod:`modeltrack.rollups`): every one can filter a
+query or split it (``org``: the organisation of the request's ModelTrack key, what multi-tenant mode narrows an
+org's readers to; ``key_id``: that key's public id, for its spend and its budget)."""
 
 
 class StoreMissing(ValueError):

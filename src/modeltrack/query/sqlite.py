@@ -51,22 +51,7 @@ class SQLiteReader:
         # its events are still readable, fields taken from the stored JSON.
         self._col = {
             c: c if c in cols else f"json_extract(CAST(doc AS TEXT), '$.{c}')"
-            for c in (
-                "timestamp",
-                "team",
-                "app",
-                "feature",
-                "user",
-                "provider",
-                "model",
-                "status",
-                "cache_hit",
-                "session_id",
-                "org",
-                "key_id",
-                "error",
-                "prompt_id",
-            )
+            for c in ("timestamp", "session_id", *DIMENSIONS)
         }
         tables = {r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         self._rollups = "rollup_hourly" in tables

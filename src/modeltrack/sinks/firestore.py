@@ -37,6 +37,7 @@ from typing import Any
 from ..events import CostEvent
 from ..rollups import (
     DAILY_SUMS,
+    HOURLY_DIMENSIONS,
     LATENCY_BUCKETS,
     SUMS,
     TOKENS,
@@ -50,21 +51,7 @@ from ..rollups import (
 
 MAX_WRITES = 500
 _DAILY_FIELDS = ("day", "team", "app", "feature", "provider", "model")
-_HOURLY_FIELDS = (
-    "hour",
-    "team",
-    "app",
-    "feature",
-    "user",
-    "provider",
-    "model",
-    "status",
-    "cache_hit",
-    "org",
-    "key_id",
-    "error",
-    "prompt_id",
-)
+_HOURLY_FIELDS = ("hour", *HOURLY_DIMENSIONS)
 
 
 def rollup_doc_id(key: tuple[Any, ...], shard: int | None = None) -> str:
