@@ -51,6 +51,8 @@ EVENT_COLUMNS = (
 )
 """Every field a reader filters, groups or sums on is a column; ``doc`` is the whole event (JSON)."""
 
+_FIRST_COLUMNS = ("request_id", "timestamp", "provider", "model", "team", "app", "feature", "cost_usd", "doc")
+"""The events table of the first version (``SCHEMA`` still creates it so): every other column was added since."""
 _ADDED_COLUMNS = {
     c: (
         "INTEGER"
@@ -59,20 +61,8 @@ _ADDED_COLUMNS = {
         if c.endswith(("_usd", "_ms"))
         else "TEXT"
     )
-    for c in (
-        "user",
-        "session_id",
-        "status",
-        "error",
-        "cache_hit",
-        "saved_usd",
-        *TOKENS,
-        "latency_ms",
-        "org",
-        "key_id",
-        "prompt_id",
-        "lat_bucket",
-    )
+    for c in EVENT_COLUMNS
+    if c not in _FIRST_COLUMNS
 }
 """Event columns added after the first version: a database without them gets them, filled from ``doc``."""
 
