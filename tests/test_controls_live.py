@@ -185,7 +185,10 @@ async def test_the_memory_cache_holds_its_bound_under_a_flood(aiohttp_server: An
     extra_mb = (cached_rss - bypassed_rss) / 1024
     print(f"\ncache flood: RSS {cached_rss / 1024:.0f} MB with the cache, {bypassed_rss / 1024:.0f} MB without")
     assert cap - 2_100_000 <= held <= cap  # full, and within its bound
-    assert extra_mb < cap / 1e6 + 24, f"the cache costs {extra_mb:.0f} MB of RSS for a {cap / 1e6:.0f} MB bound"
+    # The allowance: ten captures in flight (1 MB each) and a little slack. It once had to be 24 MB, while
+    # finished exchanges waited in reference cycles for the garbage collector, each with its meter's copy of a
+    # 1 MB body; the same flood then cost 88-105 MB of RSS without the cache, 71 MB now.
+    assert extra_mb < cap / 1e6 + 12, f"the cache costs {extra_mb:.0f} MB of RSS for a {cap / 1e6:.0f} MB bound"
 
 
 def test_controls_commands(tmp_path: Path) -> None:

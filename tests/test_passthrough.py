@@ -98,3 +98,34 @@ async def test_compressed_bodies_pass_through_and_are_metered(
     expected = EXPECTED[key]
     assert (ev.input_tokens, ev.output_tokens) == (expected["input_tokens"], expected["output_tokens"])
     assert ev.error is None
+
+
+async def test_a_finished_exchange_is_freed_without_the_garbage_collector(replay: Any, make_proxy: Any) -> None:
+    """An exchange, its meter (which may hold a copy of a large body) and its event go when the request ends, by
+    reference counting alone: no reference cycle leaves them for the garbage collector, which under a flood of
+    large answers let RSS grow by tens of megabytes (tests/test_controls_live.py's cache flood)."""
+    import gc
+
+    upstream, upstream_url = replay
+    proxy = await make_proxy(upstream_url)
+    picked: dict[str, Recording] = {}
+    for rec in RECORDINGS:
+        picked.setdefault(f"{provider_of(rec.uri)} {rec.status} {'stream' in rec.path_qs or b'data:' in rec.body}", rec)
+    gc.collect()
+    gc.disable()
+    try:
+        for rec in picked.values():
+            upstream.current = rec
+            status, _, _ = await fetch(proxy.url + proxy_path(rec), request_body(rec))
+            assert status == rec.status
+        await proxy.events()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        ours = sorted({type(o).__module__ + "." + type(o).__qualname__ for o in gc.garbage})
+        ours = [name for name in ours if name.startswith("modeltrack.")]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert len(picked) >= 6
+    assert ours == [], f"left in reference cycles: {ours}"

@@ -140,6 +140,9 @@ class Connection(asyncio.Protocol):
             self.flow.resume()
         if self._on_close is not None:
             self._on_close(self)
+        # The parser holds this protocol's callbacks: a cycle that would keep the connection (and the last
+        # request's headers) until the garbage collector ran. asyncio calls nothing on a protocol after this.
+        del self._parser
 
     def pause_writing(self) -> None:
         if not self.write_paused:
