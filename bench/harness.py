@@ -77,3 +77,17 @@ def modeltrack(name: str, tmp: Path, upstream_port: int, *args: str, env: dict[s
     cmd = [sys.executable, "-m", "modeltrack", "serve", *args, "--port", str(port), "--log-level", "warning"]
     cmd += ["--store", f"sqlite:///{tmp}/{name}.db", "--spool-dir", str(tmp / f"spool-{name}")]
     return Proc(name, cmd, port, env={"MODELTRACK_OPENAI_BASE_URL": f"http://127.0.0.1:{upstream_port}", **(env or {})})
+
+
+def scrape(base_url: str) -> dict[str, float]:
+    """A target's unlabelled Prometheus samples (``/metrics``), by name."""
+    import urllib.request
+
+    with urllib.request.urlopen(base_url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#") and "{" not in line:
+            name, _, value = line.partition(" ")
+            out[name] = float(value)
+    return out

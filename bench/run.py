@@ -26,7 +26,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.harness import COMMANDS, Proc, modeltrack, pct, wrk
+from bench.harness import COMMANDS, Proc, modeltrack, pct, scrape, wrk
 from bench.sysinfo import free_port, rss_kb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -257,7 +257,17 @@ def main() -> None:
         rows: dict[str, dict[str, float]] = {}
         for name, url in targets.items():
             wrk(url + "/v1/chat/completions", 8, 1, lua, headers.get(name))  # warm-up
+            before = scrape(url) if name == "modeltrack" else {}
             r64 = wrk(url + "/v1/chat/completions", 64, secs, lua, headers.get(name))
+            if name == "modeltrack":
+                # Does the store writer keep up under load? Events stored during the run against requests served.
+                after = scrape(url)
+                written = "modeltrack_events_written_total"
+                keeping_up = {
+                    "served": r64["rps"] * secs,
+                    "stored": after.get(written, 0) - before.get(written, 0),
+                    "queued": after.get("modeltrack_queue_depth", 0),
+                }
             r1 = wrk(url + "/v1/chat/completions", 1, secs, lua, headers.get(name))
             rows[name] = {
                 "rps": r64["rps"],
@@ -395,6 +405,9 @@ def main() -> None:
         f"p99 **{prow['enqueue_p99_us']:.1f} µs** "
         f"(target < 20 µs; includes the crash-safe journal write)",
         f"- pricing: **{price['us_per_event']:.2f} µs** per event (target < 5 µs)",
+        f"- the store writer under load: {keeping_up['stored']:,.0f} events stored while the 64-connection run served "
+        f"{keeping_up['served']:,.0f} requests (**{keeping_up['stored'] / max(keeping_up['served'], 1):.0%}**), "
+        f"{keeping_up['queued']:,.0f} queued at its end (target: the queue stays within a batch, 2,000)",
         "",
         *abench.report(api_rows),
         "## Commands",

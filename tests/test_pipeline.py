@@ -312,6 +312,22 @@ async def test_retry_after_ambiguous_commit_does_not_duplicate(store_url: str, t
     await assert_exactly_once(await _direct(store_url), {f"s-{i}" for i in range(400)})
 
 
+async def test_a_large_batch_with_repeats_is_stored_once_across_insert_statements(tmp_path: Path) -> None:
+    """SQLite inserts a batch INSERT_ROWS events per statement (one GIL hand-off each, not one per row): a batch
+    several statements long, repeating ids inside itself and ids stored by an earlier batch, is stored exactly
+    once, and the rollups equal the stored events."""
+    from modeltrack.sinks.sqlite import INSERT_ROWS
+
+    sink = await _direct(f"sqlite:///{tmp_path}/big.db")
+    first = [make_event(i) for i in range(50)]
+    await sink.write(first)
+    batch = [make_event(i) for i in range(50, 50 + 2 * INSERT_ROWS + 7)]
+    batch += batch[:5] + first[:20]  # repeats of this batch, and of the stored one
+    await sink.write(batch)
+    await assert_exactly_once(sink, {f"s-{i}" for i in range(50 + 2 * INSERT_ROWS + 7)})
+    await sink.close()
+
+
 async def test_firestore_commit_applied_but_answer_lost(
     firestore_emulator: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
