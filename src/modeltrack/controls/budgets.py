@@ -134,6 +134,8 @@ class Budgets:
         self.refresh_seconds = refresh_seconds
         self.on_alert = on_alert
         self.clock = clock or (lambda: datetime.now(UTC))
+        # Epoch seconds, for the per-request period check: a float compare, not an aware datetime's.
+        self._now: Callable[[], float] = time.time if clock is None else (lambda: self.clock().timestamp())
         self.budgets: tuple[Budget, ...] = ()
         self._states: dict[str, BudgetState] = {}
         self._task: asyncio.Task[None] | None = None
@@ -163,9 +165,11 @@ class Budgets:
     def state(self, budget: Budget) -> BudgetState:
         """The budget's state for the current period (a new one at rollover)."""
         st = self._states.get(budget.name)
-        now = self.clock()
-        if st is None or now >= st.period.end or now < st.period.start:
-            st = self._states[budget.name] = BudgetState(budget, Period.of(budget, now))
+        if st is not None:
+            now = self._now()
+            if st.period.start_ts <= now < st.period.end_ts:
+                return st
+        st = self._states[budget.name] = BudgetState(budget, Period.of(budget, self.clock()))
         return st
 
     def matching(self, values: Mapping[str, Any]) -> tuple[Budget, ...]:

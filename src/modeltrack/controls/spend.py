@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -18,6 +18,18 @@ UNIT = {"daily": "day", "weekly": "week", "monthly": "month"}
 class Period:
     start: datetime  # UTC
     end: datetime  # UTC
+    # The bounds as stored timestamps and as epoch seconds, computed once: every recorded event and every
+    # admission compares against them (formatting them per event cost 3 % of a budgeted request's CPU).
+    lo: str = field(init=False, repr=False, compare=False)
+    hi: str = field(init=False, repr=False, compare=False)
+    start_ts: float = field(init=False, repr=False, compare=False)
+    end_ts: float = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lo", stamp(self.start))
+        object.__setattr__(self, "hi", stamp(self.end))
+        object.__setattr__(self, "start_ts", self.start.timestamp())
+        object.__setattr__(self, "end_ts", self.end.timestamp())
 
     @classmethod
     def of(cls, budget: Budget, now: datetime) -> Period:
@@ -27,7 +39,7 @@ class Period:
         return cls(start.astimezone(UTC), next_bucket(start, unit, tz).astimezone(UTC))
 
     def contains(self, timestamp: str) -> bool:
-        return stamp(self.start) <= timestamp < stamp(self.end)
+        return self.lo <= timestamp < self.hi
 
     def elapsed_fraction(self, now: datetime) -> float:
         total = (self.end - self.start).total_seconds()
