@@ -11,12 +11,15 @@ import logging
 from time import perf_counter
 from typing import Any, Protocol
 
+from .batches import KEPT as BATCH_KEPT
+from .batches import BatchRegistry, item_request_id
 from .events import CostEvent, rfc3339
 from .logs import log_exception_safely
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .pricing import Pricing
 from .providers import Meter, MeterResult, RequestInfo
+from .providers.batches import BatchItem
 from .rollups import TOKENS
 from .usage import Usage
 
@@ -50,11 +53,19 @@ class Outcome(Protocol):
 
 
 class Recorder:
-    def __init__(self, pipeline: Pipeline, metrics: Metrics, pricing: Pricing, access_log: bool = False) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        metrics: Metrics,
+        pricing: Pricing,
+        access_log: bool = False,
+        batches: BatchRegistry | None = None,
+    ) -> None:
         self.pipeline = pipeline
         self.metrics = metrics
         self.pricing = pricing
         self.access_log = access_log
+        self.batches = batches
 
     def record(self, o: Outcome, endpoint_kind: str) -> CostEvent | None:
         """Build, price, count and enqueue the event. Never raises: a bug here must not break the response."""
@@ -98,6 +109,9 @@ class Recorder:
                 self.pricing.warn_unpriced(provider, result.model or info.model)
         usage = result.usage
         attrs = o.attrs
+        job = info.extra.get("batch")  # the batch whose results this download is (modeltrack.batches)
+        if result.batch and self.batches is not None:
+            self.batches.note(attrs.get("org"), provider, result.batch, attrs)
         ev = CostEvent(
             timestamp=rfc3339(o.wall),
             request_id=o.rid,
@@ -139,8 +153,13 @@ class Recorder:
             traceparent=attrs.get("traceparent"),
             saved_usd=saved,
             route_rule=o.route_rule,
+            batch_id=job["batch_id"] if job else (result.batch[0].batch_id if result.batch else None),
         )
         self.pipeline.enqueue(ev)
+        if result.items and job is not None and not job["priced"]:
+            self._items(o, result.items, job, endpoint_kind)
+            if complete and ev.error is None and self.batches is not None:
+                self.batches.priced(attrs.get("org"), provider, job["file_id"])
         overhead = o.own + (perf_counter() - end)
         prompt_savings = 0.0
         if ev.cache_read_tokens and cached is None:
@@ -163,6 +182,65 @@ class Recorder:
                 ev.error,
             )
         return ev
+
+    def _items(self, o: Outcome, items: list[BatchItem], job: dict[str, Any], endpoint_kind: str) -> None:
+        """One event per item of a batch's results, at the batch rate, with its creator's attribution (the
+        downloader's when the batch's creation was never seen). Ids are stable: a second read stores nothing."""
+        provider = o.provider_name
+        attrs = job.get("attrs") or {k: o.attrs.get(k) for k in BATCH_KEPT}
+        stamp = rfc3339(o.wall)
+        for i, item in enumerate(items):
+            cost: float | None
+            if item.usage is None:
+                cost, cost_source = None, "no_usage"
+            elif item.error is not None and item.usage == Usage():
+                cost, cost_source = 0.0, "zero"  # an item that failed or expired is not billed
+            else:
+                result = MeterResult(model=item.model, usage=item.usage, usage_source="batch")
+                cost, cost_source = self.pricing.cost(provider, result, None, o.wall, batch=True)
+                if cost_source == "unpriced":
+                    self.pricing.warn_unpriced(provider, item.model)
+            u = item.usage or Usage()
+            ev = CostEvent(
+                timestamp=stamp,
+                request_id=item_request_id(provider, job["batch_id"], item.custom_id or f"#{i}"),
+                upstream_request_id=item.upstream_request_id,
+                provider=provider,
+                endpoint=job.get("endpoint") or o.endpoint,
+                model=item.model,
+                status=item.status,
+                stream=False,
+                input_tokens=u.input_tokens,
+                output_tokens=u.output_tokens,
+                cache_read_tokens=u.cache_read_tokens,
+                cache_write_tokens=u.cache_write_tokens,
+                reasoning_tokens=u.reasoning_tokens,
+                cost_usd=cost,
+                latency_ms=0.0,
+                ttft_ms=None,
+                team=attrs.get("team"),
+                app=attrs.get("app"),
+                feature=attrs.get("feature"),
+                session_id=attrs.get("session_id"),
+                cache_hit=False,
+                routed=False,
+                usage_source="batch" if item.usage is not None else "missing",
+                error=item.error,
+                requested_model=item.model,
+                cache_write_1h_tokens=u.cache_write_1h_tokens,
+                web_search_requests=u.web_search_requests,
+                service_tier=u.service_tier,
+                cost_source=cost_source,
+                user=attrs.get("user"),
+                prompt_id=attrs.get("prompt_id"),
+                properties=attrs.get("properties"),
+                key_id=attrs.get("key_id"),
+                org=attrs.get("org"),
+                batch_id=job["batch_id"],
+                batch=True,
+            )
+            self.pipeline.enqueue(ev)
+            self.metrics.observe(ev, 0.0, endpoint_kind, 0.0)
 
     @staticmethod
     def _access(ev: CostEvent, method: str) -> None:

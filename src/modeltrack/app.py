@@ -22,6 +22,7 @@ from .access import ClientTokens
 from .accounting import Recorder
 from .accounts import KeyRing, open_accounts
 from .accounts.credentials import ProviderKeys
+from .batches import BatchRegistry
 from .config import ConfigError, Settings
 from .controls import Controls, ControlsSpec
 from .controls.ratelimit import RateLimiter, open_rate_ledger
@@ -121,7 +122,8 @@ class ModelTrack:
             settings.azure_resources,
         )
         self.pools = self._pools(settings)
-        self.recorder = Recorder(self.pipeline, self.metrics, pricing, settings.access_log)
+        self.batches = BatchRegistry(sink)
+        self.recorder = Recorder(self.pipeline, self.metrics, pricing, settings.access_log, self.batches)
         self.keyring = (
             KeyRing(
                 accounts,
@@ -326,6 +328,7 @@ class ModelTrack:
         if self.keyring is not None:
             await self.keyring.close()
         await self.ratelimiter.close()
+        await self.batches.drain()
         await self.pipeline.close(grace=max(self.settings.shutdown_grace, 1.0))
         if self.spans is not None:
             await asyncio.to_thread(self.spans.close)

@@ -100,6 +100,11 @@ class CostEvent:
     traceparent: str | None = None
     """The client's W3C ``traceparent`` (recorded only when OpenTelemetry export is on): the proxy's span for
     this event is its child, in the application's trace."""
+    batch_id: str | None = None
+    """The Batch API job this event is about: one of its items (``batch``), or a free call on it (creating it,
+    polling it, downloading its results)."""
+    batch: bool = False
+    """An item of a batch job, priced at the batch rate (modeltrack.batches); False for interactive requests."""
 
     def usage(self) -> Usage:
         """The stored token counts by kind, as the pricing module takes them (what-if re-prices events)."""

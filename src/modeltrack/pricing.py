@@ -117,6 +117,12 @@ class Model:
                     overrides.setdefault(key, rate)
         return {**chosen, **overrides} if overrides else chosen
 
+    def has_variant(self, key: str, value: str, when: datetime) -> bool:
+        """Whether a price variant for ``key=value`` (``processing=batch``) applies at ``when``."""
+        return any(
+            cond.get(key) == value and (constraint is None or constraint(when)) for cond, constraint, _ in self.variants
+        )
+
 
 @dataclass(slots=True)
 class _Provider:
@@ -210,7 +216,7 @@ class Pricing:
         self.overrides = overrides or []
         self._cache: dict[tuple[str, str], tuple[Model, bool] | None] = {}
         self._warned: set[str] = set()
-        self._plans: dict[tuple[int, datetime, str | None], Any] = {}
+        self._plans: dict[tuple[int, datetime, str | None, str | None], Any] = {}
         self._dearest: dict[tuple[str, datetime], tuple[float, float]] = {}
 
     def _prices(self, raw: dict[str, Any], where: str) -> PriceSet:
@@ -365,14 +371,20 @@ class Pricing:
         p = self.providers.get(pid) if pid else None
         return own + ([m.id for m in p.models] if p is not None else [])
 
-    def price_pico(self, model: Model, usage: Usage, when: datetime, direct: bool = True) -> int | Fraction:
+    def price_pico(
+        self, model: Model, usage: Usage, when: datetime, direct: bool = True, processing: str | None = None
+    ) -> int | Fraction:
+        """``processing="batch"``: the model's batch prices (genai-prices' ``processing: batch`` variant)."""
         tier = usage.service_tier if direct else None
-        key = (id(model), when, tier)
+        key = (id(model), when, tier, processing)
         plan = self._plans.get(key)
         if plan is None:
             if len(self._plans) > 10_000:
                 self._plans.clear()
-            plan = self._plans[key] = self._plan(model.price_set(when, {"service_tier": tier} if tier else None))
+            context = {"service_tier": tier} if tier else {}
+            if processing:
+                context["processing"] = processing
+            plan = self._plans[key] = self._plan(model.price_set(when, context or None))
         total_input = usage.total_input_tokens
         leaves: list[int] = []
         total: int | Fraction = 0
@@ -398,9 +410,13 @@ class Pricing:
         return tuple(plan)
 
     def cost(
-        self, provider: str, result: MeterResult, requested_model: str | None, ts: float
+        self, provider: str, result: MeterResult, requested_model: str | None, ts: float, batch: bool = False
     ) -> tuple[float | None, str]:
-        """(cost_usd, cost_source) for an event. Never a silent zero: unknown models give (None, 'unpriced')."""
+        """(cost_usd, cost_source) for an event. Never a silent zero: unknown models give (None, 'unpriced').
+
+        ``batch``: an item of a Batch API job, at the model's batch prices. A model whose price data has no batch
+        rate is priced at its standard rate, and says so (``cost_source: standard_rate``): an upper bound, never
+        a guessed discount."""
         usage = result.usage
         if usage is None:
             return None, "no_usage"
@@ -412,8 +428,16 @@ class Pricing:
         if found is None:
             return None, "unpriced"
         model, direct = found
-        pico = self.price_pico(model, usage, _ts(ts), direct)
-        return round(float(pico) / PICO, 9), "priced" if model.source != "override" else "override"
+        when = _ts(ts)
+        source = "priced" if model.source != "override" else "override"
+        processing = None
+        if batch:
+            if model.has_variant("processing", "batch", when):
+                processing = "batch"
+            else:
+                source = "standard_rate"
+        pico = self.price_pico(model, usage, when, direct, processing)
+        return round(float(pico) / PICO, 9), source
 
     def price(self, provider: str, model: str, usage: Usage, ts: float) -> float | None:
         """USD for ``usage`` as if ``model`` had served it (what-if repricing), or None when it has no price."""

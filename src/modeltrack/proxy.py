@@ -260,6 +260,12 @@ class Proxy:
         body = loads(raw) if raw[:1] in (b"{", b"[") and provider.name != "bedrock" else None
         info = provider.request_info(req.method, up_path, query, body)
         send = provider.rewrite_body(info, raw, body)  # (may also read the model of a multipart upload)
+        file_id = info.extra.get("file_id")
+        if file_id is not None and self.recorder.batches is not None:
+            # A file download: if it is a batch's results, its items are metered (modeltrack.batches).
+            job = await self.recorder.batches.context(fixed.get("org") if fixed else None, provider.name, file_id)
+            if job is not None:
+                info.extra["batch"] = job
         ticket: Ticket | None = None
         if grant is not None:
             refused = grant.refusal(info.model, wall)

@@ -18,6 +18,10 @@ class Background:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    @property
+    def pending(self) -> int:
+        return len(self._tasks)
+
     async def drain(self) -> None:
         """Wait for every task, including those the tasks themselves start."""
         while self._tasks:

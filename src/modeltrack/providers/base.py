@@ -26,6 +26,10 @@ class MeterResult:
     error: str | None = None
     """Error *type/code* only, never message text (it can echo prompt content)."""
     zero_cost: bool = False
+    batch: Any = None
+    """A Batch API object the answer described (``providers.batches.BatchNote``): remembered in the store."""
+    items: Any = None
+    """The items of a batch's results (``list[providers.batches.BatchItem]``): one cost event each."""
 
 
 @dataclass(slots=True)

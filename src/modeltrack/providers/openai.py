@@ -22,6 +22,7 @@ from typing import Any
 from ..usage import Usage, as_int
 from ..wire.sse import SSEEvent
 from .base import BodyView, Meter, MeterResult, Provider, RequestInfo, error_code, loads
+from .batches import BatchObjectMeter, BatchOutputMeter, FreeMeter
 from .meters import JSONBodyMeter, SSEMeter, dig
 from .stream_usage import WithheldUsage, inject
 
@@ -367,11 +368,22 @@ class OpenAI(Provider):
         info = super().request_info(method, path, query, body)
         if path.endswith("/audio/speech") and isinstance(body, dict) and isinstance(body.get("input"), str):
             info.extra["input_characters"] = len(body["input"])  # Unicode characters, as billed
+        elif method == "GET" and path.endswith("/content") and "/files/" in path:
+            # Perhaps a batch's results: the proxy asks its batch registry before forwarding (modeltrack.batches).
+            file_id = path.rsplit("/", 2)[-2]
+            if file_id:
+                info.extra["file_id"] = file_id
         return info
 
     def meter(self, info: RequestInfo, status: int, headers: Any) -> Meter:
         if info.path.endswith("/audio/speech"):
             return SpeechMeter(info, status)
+        if "/batches" in info.path:
+            return BatchObjectMeter(info, status)
+        if "/files" in info.path:
+            if info.extra.get("batch") is not None:
+                return BatchOutputMeter(info, status, openai_usage)
+            return FreeMeter(info, status)
         if info.path.endswith("/moderations"):
             return ModerationMeter(info, status)
         if info.path.endswith(_AUDIO_IN):

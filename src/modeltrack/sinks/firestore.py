@@ -224,6 +224,12 @@ class FirestoreSink:
             return False
         return True
 
+    async def recall(self, key: str) -> str | None:
+        doc = self.collection_ref("claims").document(hashlib.sha256(key.encode()).hexdigest())
+        snap = await doc.get(timeout=self.commit_timeout)
+        at = snap.get("at") if snap.exists else None
+        return at if isinstance(at, str) else None
+
     async def read(self, since: str | None = None, limit: int | None = None) -> list[CostEvent]:
         from google.cloud import firestore
 

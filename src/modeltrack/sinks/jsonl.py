@@ -65,7 +65,23 @@ class JSONLSink:
             f.write(key.encode() + b"\n")
             f.flush()
             os.fsync(f.fileno())
+            with open(self.path + ".claims.values", "ab") as v:  # what each claim was made with (``recall``)
+                v.write(orjson.dumps({"key": key, "at": at}) + b"\n")
             return True
+
+    def _recall(self, key: str) -> str | None:
+        try:
+            with open(self.path + ".claims.values", "rb") as f:
+                for line in f:
+                    doc = orjson.loads(line) if line.strip() else None
+                    if isinstance(doc, dict) and doc.get("key") == key:
+                        return str(doc.get("at"))
+        except (OSError, orjson.JSONDecodeError):
+            return None
+        return None
+
+    async def recall(self, key: str) -> str | None:
+        return await asyncio.to_thread(self._recall, key)
 
     async def claim(self, key: str, at: str) -> bool:
         return await asyncio.to_thread(self._claim, key, at)

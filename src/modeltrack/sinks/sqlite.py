@@ -425,6 +425,14 @@ class SQLiteSink:
     async def claim(self, key: str, at: str) -> bool:
         return bool(await asyncio.to_thread(self.claim_sync, key, at))
 
+    def recall_sync(self, key: str) -> str | None:
+        with self._lock:
+            row = self._connect().execute("SELECT at FROM claims WHERE key = ?", (key,)).fetchone()
+            return None if row is None else str(row[0])
+
+    async def recall(self, key: str) -> str | None:
+        return await asyncio.to_thread(self.recall_sync, key)
+
     def read_sync(self, since: str | None = None, limit: int | None = None) -> list[CostEvent]:
         with self._lock:
             conn = self._connect()

@@ -1,0 +1,180 @@
+"""OpenAI's Batch API and Files API: what each answer says, metered so that every batch item is priced once.
+
+A batch is billed per item, at the batch rate, for the items that ran; creating, polling and downloading cost
+nothing. So (OpenAI API reference, "Batch" and "Files"; the ``openai`` SDK's ``types.Batch``):
+
+* ``POST /v1/batches``, ``GET /v1/batches[/{id}]``, ``POST /v1/batches/{id}/cancel`` answer with batch objects
+  (``{"id": "batch_…", "object": "batch", "endpoint": "/v1/chat/completions", "output_file_id": …,
+  "error_file_id": …}``, a list in ``data``): free (``cost_source: zero``), and :class:`BatchNote` tells the
+  proxy's batch registry (:mod:`modeltrack.batches`) which batch it is, who created it, and which files hold
+  its results.
+* ``GET /v1/files/{id}/content`` of a batch's output or error file is JSON Lines, one item per line
+  (Batch guide, "Retrieving the results"): ``{"id": "batch_req_…", "custom_id": "…", "response":
+  {"status_code": 200, "request_id": "…", "body": {…"model", "usage"…}}, "error": null}``.
+  :class:`BatchOutputMeter` reads it line by line as it streams (one partial line buffered, never the file)
+  and yields a :class:`BatchItem` per line; each becomes a cost event (``accounting``).
+* Every other ``/v1/files`` call (uploads, listings, other files' content) is free and not read.
+
+Tests: tests/test_batches.py (the real ``openai`` SDK through the proxy, on SQLite and the Firestore emulator).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..usage import Usage
+from .base import MeterResult, RequestInfo, error_code, loads
+from .meters import JSONBodyMeter
+
+MAX_LINE = 16 * 1024 * 1024
+"""A result line longer than this is counted as an item whose usage could not be read (``line_too_large``)."""
+
+
+@dataclass(slots=True)
+class BatchNote:
+    """A batch object seen in an answer: its id, the endpoint its items call, the files of its results, and
+    whether this answer created it (the creator's attribution is the batch's)."""
+
+    batch_id: str
+    endpoint: str | None
+    files: tuple[str, ...]
+    created: bool
+
+
+@dataclass(slots=True)
+class BatchItem:
+    custom_id: str
+    status: int
+    model: str | None
+    usage: Usage | None
+    error: str | None
+    upstream_request_id: str | None
+
+
+def _str(v: Any) -> str | None:
+    return v if isinstance(v, str) and v else None
+
+
+def _note(obj: Any, created: bool) -> BatchNote | None:
+    if not isinstance(obj, dict) or obj.get("object") != "batch" or not _str(obj.get("id")):
+        return None
+    files = tuple(f for f in (_str(obj.get("output_file_id")), _str(obj.get("error_file_id"))) if f)
+    return BatchNote(obj["id"], _str(obj.get("endpoint")), files, created)
+
+
+class BatchObjectMeter(JSONBodyMeter):
+    """The batch endpoints: free, and the batch object(s) noted for the registry."""
+
+    def from_json(self, obj: Any) -> MeterResult:
+        if isinstance(obj, dict) and "error" in obj and obj.get("object") != "batch":
+            return MeterResult(error=error_code(obj["error"]))
+        created = self.info.method == "POST" and self.info.path.rstrip("/").endswith("/batches")
+        notes = [_note(obj, created)]
+        if isinstance(obj, dict) and isinstance(obj.get("data"), list):  # GET /v1/batches: a page of them
+            notes = [_note(o, False) for o in obj["data"]]
+        found = [n for n in notes if n is not None]
+        return MeterResult(usage=Usage(), usage_source="none", zero_cost=True, batch=found or None)
+
+
+class FreeMeter:
+    """An endpoint that is never billed (file uploads, listings, downloads): the body streams through unread;
+    an error answer is read for its code."""
+
+    __slots__ = ("_error", "info", "status")
+
+    ended = False
+
+    def __init__(self, info: RequestInfo, status: int) -> None:
+        self.info = info
+        self.status = status
+        self._error = b""
+
+    def feed(self, chunk: bytes) -> None:
+        if self.status >= 400 and len(self._error) < 65536:
+            self._error += chunk
+
+    def finish(self, complete: bool) -> MeterResult:
+        if self.status >= 400:
+            obj = loads(self._error) if self._error else None
+            err = obj.get("error") if isinstance(obj, dict) else None
+            return MeterResult(model=None, error=error_code(err) if err else f"http_{self.status}")
+        return MeterResult(usage=Usage(), usage_source="none", zero_cost=True, error=None if complete else "truncated")
+
+
+class BatchOutputMeter(FreeMeter):
+    """The content of a batch's output or error file: one :class:`BatchItem` per complete line. The download
+    itself is free. ``usage_of`` maps an item's response body to a ``Usage`` (the provider's own parser)."""
+
+    __slots__ = ("_items", "_partial", "_skipping", "usage_of")
+
+    def __init__(self, info: RequestInfo, status: int, usage_of: Any) -> None:
+        super().__init__(info, status)
+        self.usage_of = usage_of
+        self._partial = b""
+        self._skipping = False
+        self._items: list[BatchItem] = []
+
+    def feed(self, chunk: bytes) -> None:
+        if self.status >= 400:
+            return super().feed(chunk)
+        start = 0
+        while True:
+            nl = chunk.find(b"\n", start)
+            if nl < 0:
+                rest = chunk[start:]
+                if not self._skipping:
+                    if len(self._partial) + len(rest) > MAX_LINE:
+                        self._skipping, self._partial = True, b""
+                        self._items.append(BatchItem("", 0, None, None, "line_too_large", None))
+                    else:
+                        self._partial += rest
+                return
+            line = chunk[start:nl]
+            if self._skipping:
+                self._skipping = False
+            else:
+                self._line(self._partial + line if self._partial else line)
+            self._partial = b""
+            start = nl + 1
+
+    def _line(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        obj = loads(line)
+        if not isinstance(obj, dict):
+            self._items.append(BatchItem("", 0, None, None, "invalid_json", None))
+            return
+        custom_id = _str(obj.get("custom_id")) or _str(obj.get("id")) or ""
+        response = obj.get("response")
+        if not isinstance(response, dict):  # an item that failed before it ran (error file): not billed
+            err = obj.get("error")
+            self._items.append(BatchItem(custom_id, 0, None, Usage(), error_code(err) if err else "failed", None))
+            return
+        status = response.get("status_code")
+        status = status if isinstance(status, int) and not isinstance(status, bool) else 0
+        body = response.get("body")
+        body = body if isinstance(body, dict) else {}
+        err = body.get("error") if "error" in body else obj.get("error")
+        usage = self.usage_of(body.get("usage"), body.get("service_tier")) if "usage" in body else None
+        if usage is None and status >= 400:
+            usage = Usage()  # a failed item: nothing billed for it
+        self._items.append(
+            BatchItem(
+                custom_id,
+                status,
+                _str(body.get("model")),
+                usage,
+                error_code(err) if err else None,
+                _str(response.get("request_id")),
+            )
+        )
+
+    def finish(self, complete: bool) -> MeterResult:
+        result = super().finish(complete)
+        if self.status < 400:
+            if complete and self._partial.strip():
+                self._line(self._partial)  # a last line without its newline
+            self._partial = b""
+            result.items, self._items = self._items, []
+        return result

@@ -1,0 +1,240 @@
+"""OpenAI's Batch API through the proxy (issue L, item 3), with the real ``openai`` SDK as the client, on SQLite and
+the Firestore emulator.
+
+The upstream answers in the documented wire format: the batch object of the API reference ("Batch", "The batch
+object": ``id``, ``object: "batch"``, ``endpoint``, ``input_file_id``, ``status``, ``output_file_id``,
+``error_file_id``, ``request_counts``), the file object ("Files", "The file object"), and result files in the
+Batch guide's JSON Lines ("Retrieving the results": ``{"id", "custom_id", "response": {"status_code",
+"request_id", "body"}, "error"}``; an error file's failed lines carry ``response: null`` and an ``error``).
+
+What is checked: every item is priced once, at the batch rate (equal to genai-prices' ``calc_price`` with
+``price_context={"processing": "batch"}``), with the attribution of whoever created the batch; polling and
+downloading are free; reading the results twice stores nothing twice; the key is in no log and no event.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+import openai
+import orjson
+import pytest
+from aiohttp import web
+
+from modeltrack.config import Settings
+from modeltrack.ui import create_app
+
+KEY = "sk-canary-batch-0123456789abcdef"
+MODEL = "gpt-4o-mini-2024-07-18"
+
+
+def _line(custom_id: str, prompt: int, completion: int, cached: int = 0) -> dict[str, Any]:
+    return {
+        "id": f"batch_req_{custom_id}",
+        "custom_id": custom_id,
+        "response": {
+            "status_code": 200,
+            "request_id": f"req_up_{custom_id}",
+            "body": {
+                "id": f"chatcmpl-{custom_id}",
+                "object": "chat.completion",
+                "created": 1711652795,
+                "model": MODEL,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+                "usage": {
+                    "prompt_tokens": prompt,
+                    "completion_tokens": completion,
+                    "total_tokens": prompt + completion,
+                    "prompt_tokens_details": {"cached_tokens": cached},
+                },
+                "system_fingerprint": "fp_44709d6fcb",
+            },
+        },
+        "error": None,
+    }
+
+
+OUTPUT = [
+    _line("task-1", 1200, 300),
+    _line("task-2", 2048, 512, cached=1024),
+    {
+        "id": "batch_req_task-3",
+        "custom_id": "task-3",
+        "response": {
+            "status_code": 400,
+            "request_id": "req_up_task-3",
+            "body": {"error": {"message": "bad", "type": "invalid_request_error", "code": "invalid_value"}},
+        },
+        "error": None,
+    },
+]
+ERRORS = [
+    {
+        "id": "batch_req_task-4",
+        "custom_id": "task-4",
+        "response": None,
+        "error": {"code": "batch_expired", "message": "This request could not be executed before expiry."},
+    }
+]
+
+
+def _jsonl(lines: list[dict[str, Any]]) -> bytes:
+    return b"".join(orjson.dumps(x) + b"\n" for x in lines)
+
+
+class Upstream:
+    """OpenAI's Files and Batch endpoints, as documented; the batch completes on its first retrieval."""
+
+    def __init__(self) -> None:
+        self.polls = 0
+        self.downloads = 0
+
+    def batch(self, status: str) -> dict[str, Any]:
+        done = status == "completed"
+        return {
+            "id": "batch_67c1a2b3",
+            "object": "batch",
+            "endpoint": "/v1/chat/completions",
+            "errors": None,
+            "input_file_id": "file-in42",
+            "completion_window": "24h",
+            "status": status,
+            "output_file_id": "file-out42" if done else None,
+            "error_file_id": "file-err42" if done else None,
+            "created_at": 1711471533,
+            "in_progress_at": 1711471538,
+            "expires_at": 1711557933,
+            "completed_at": 1711493133 if done else None,
+            "request_counts": {"total": 4, "completed": 3 if done else 0, "failed": 1 if done else 0},
+            "metadata": None,
+        }
+
+    def app(self) -> web.Application:
+        app = web.Application()
+
+        async def upload(request: web.Request) -> web.Response:
+            await request.read()
+            return web.json_response(
+                {
+                    "id": "file-in42",
+                    "object": "file",
+                    "bytes": 120000,
+                    "created_at": 1711471533,
+                    "filename": "batch.jsonl",
+                    "purpose": "batch",
+                    "status": "processed",
+                }
+            )
+
+        async def create(request: web.Request) -> web.Response:
+            body = await request.json()
+            assert body["input_file_id"] == "file-in42" and body["endpoint"] == "/v1/chat/completions"
+            return web.json_response(self.batch("validating"))
+
+        async def retrieve(request: web.Request) -> web.Response:
+            self.polls += 1
+            return web.json_response(self.batch("completed"))
+
+        async def content(request: web.Request) -> web.Response:
+            self.downloads += 1
+            lines = {"file-out42": OUTPUT, "file-err42": ERRORS}.get(request.match_info["fid"])
+            if lines is None:
+                return web.json_response(
+                    {"error": {"message": "no such file", "type": "invalid_request_error"}}, status=404
+                )
+            return web.Response(body=_jsonl(lines), content_type="application/octet-stream")
+
+        app.router.add_post("/v1/files", upload)
+        app.router.add_post("/v1/batches", create)
+        app.router.add_get("/v1/batches/{bid}", retrieve)
+        app.router.add_get("/v1/files/{fid}/content", content)
+        return app
+
+
+def calc(prompt: int, completion: int, cached: int, batch: bool) -> float:
+    from genai_prices import Usage, calc_price
+
+    usage = Usage(input_tokens=prompt, cache_read_tokens=cached, output_tokens=completion)
+    price = calc_price(
+        usage,
+        MODEL,
+        provider_id="openai",
+        genai_request_timestamp=datetime.now().astimezone(),
+        price_context={"processing": "batch"} if batch else None,
+    )
+    return float(price.total_price)
+
+
+async def test_a_batch_is_priced_once_per_item_at_the_batch_rate_for_its_creator(
+    aiohttp_server: Any, aiohttp_client: Any, make_proxy: Any, store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    upstream = Upstream()
+    server = await aiohttp_server(upstream.app())
+    proxy = await make_proxy(str(server.make_url("")).rstrip("/"), store=store_url, access_log=True)
+
+    def client(team: str) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(
+            api_key=KEY,
+            base_url=proxy.url + "/v1",
+            default_headers={"X-ModelTrack-Team": team, "X-ModelTrack-App": "evals", "X-ModelTrack-User": team},
+            max_retries=0,
+        )
+
+    creator, reader = client("research"), client("ops")
+    uploaded = await creator.files.create(file=("batch.jsonl", b'{"custom_id": "task-1"}\n'), purpose="batch")
+    batch = await creator.batches.create(
+        input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h"
+    )
+    assert batch.id == "batch_67c1a2b3" and batch.status == "validating"
+    for _ in range(3):  # polling is free, and never prices anything
+        polled = await reader.batches.retrieve(batch.id)
+    assert polled.output_file_id == "file-out42" and upstream.polls == 3
+    for _ in range(2):  # the results read twice: priced once
+        out = await reader.files.content(polled.output_file_id)
+        assert out.content == _jsonl(OUTPUT)  # byte for byte
+    errors = await reader.files.content(polled.error_file_id or "")
+    assert errors.content == _jsonl(ERRORS)
+
+    events = await proxy.events()
+    items = {e.upstream_request_id or e.request_id: e for e in events if e.batch}
+    calls = [e for e in events if not e.batch]
+    assert len(calls) == 1 + 1 + 3 + 2 + 1  # upload, create, polls, downloads
+    assert all(e.cost_usd == 0 and e.cost_source == "zero" for e in calls)
+    assert [e.batch_id for e in calls].count("batch_67c1a2b3") == 1 + 3 + 3
+    assert len(items) == 4 and len([e for e in events if e.batch]) == 4, "every item exactly once"
+
+    for e in items.values():
+        assert e.batch_id == "batch_67c1a2b3" and e.endpoint == "/v1/chat/completions"
+        assert (e.team, e.app, e.user) == ("research", "evals", "research"), "the creator's attribution"
+    one, two = items["req_up_task-1"], items["req_up_task-2"]
+    assert (one.input_tokens, one.output_tokens, one.model) == (1200, 300, MODEL)
+    assert (two.input_tokens, two.cache_read_tokens, two.output_tokens) == (1024, 1024, 512)
+    for e, (p, c, cached) in ((one, (1200, 300, 0)), (two, (2048, 512, 1024))):
+        assert e.cost_source == "priced" and e.cost_usd == pytest.approx(calc(p, c, cached, True), abs=1e-9)
+        assert e.cost_usd < calc(p, c, cached, False), "the batch rate, not the standard one"
+    failed, expired = items["req_up_task-3"], next(e for e in items.values() if e.error == "batch_expired")
+    assert (failed.status, failed.error, failed.cost_usd) == (400, "invalid_value", 0.0)
+    assert expired.cost_usd == 0.0
+
+    # A second proxy on the same store (another replica) knows the batch: nothing is priced again.
+    again = await make_proxy(str(server.make_url("")).rstrip("/"), store=store_url)
+    c2 = openai.AsyncOpenAI(api_key=KEY, base_url=again.url + "/v1", max_retries=0)
+    await c2.files.content("file-out42")
+    later = await again.events()
+    assert len([e for e in later if e.batch]) == 4
+
+    text = caplog.text + "".join(orjson.dumps(e.to_dict()).decode() for e in later)
+    assert KEY not in text and "canary" not in text
+
+    # The request log shows batch spend as such: the items, with their batch.
+    ui = await aiohttp_client(create_app(Settings.load(env={}, overrides={"store": store_url})))
+    r = await ui.get("/api/v1/requests", params={"batch": "true"})
+    assert r.status == 200
+    rows = (await r.json())["requests"]
+    assert sorted(x["request_id"] for x in rows) == sorted(e.request_id for e in items.values())
+    assert all(x["batch"] and x["batch_id"] == "batch_67c1a2b3" for x in rows)
+    r = await ui.get("/api/v1/requests", params={"batch": "false", "batch_id": "batch_67c1a2b3"})
+    assert len((await r.json())["requests"]) == 1 + 3 + 3 + 1  # the free calls on it, the replica's read too
