@@ -238,3 +238,125 @@ async def test_a_batch_is_priced_once_per_item_at_the_batch_rate_for_its_creator
     assert all(x["batch"] and x["batch_id"] == "batch_67c1a2b3" for x in rows)
     r = await ui.get("/api/v1/requests", params={"batch": "false", "batch_id": "batch_67c1a2b3"})
     assert len((await r.json())["requests"]) == 1 + 3 + 3 + 1  # the free calls on it, the replica's read too
+
+
+BATCH_ID = "msgbatch_01HkcTjaV5uDC8jWR4ZsDV8d"
+SONNET = "claude-sonnet-4-5-20250929"
+HAIKU3 = "claude-3-haiku-20240307"  # no batch price in the data: its standard rate, and said so
+
+
+def _message_batch(ended: bool) -> dict[str, Any]:
+    """Anthropic's Message Batch object (API reference, "Message Batches"; the SDK's ``MessageBatch``)."""
+    counts = {"processing": 0 if ended else 4, "succeeded": 2 if ended else 0, "errored": 1 if ended else 0}
+    return {
+        "id": BATCH_ID,
+        "type": "message_batch",
+        "processing_status": "ended" if ended else "in_progress",
+        "request_counts": {**counts, "canceled": 0, "expired": 1 if ended else 0},
+        "ended_at": "2024-09-24T19:37:24.100435Z" if ended else None,
+        "created_at": "2024-09-24T18:37:24.100435Z",
+        "expires_at": "2024-09-25T18:37:24.100435Z",
+        "archived_at": None,
+        "cancel_initiated_at": None,
+        # The API's own absolute URL, which the SDK fetches as it is.
+        "results_url": f"https://api.anthropic.com/v1/messages/batches/{BATCH_ID}/results" if ended else None,
+    }
+
+
+def _result(custom_id: str, model: str, usage: dict[str, int]) -> dict[str, Any]:
+    message = {
+        "id": f"msg_{custom_id}",
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": [{"type": "text", "text": "ok"}],
+        "stop_reason": "end_turn",
+        "stop_sequence": None,
+        "usage": usage,
+    }
+    return {"custom_id": custom_id, "result": {"type": "succeeded", "message": message}}
+
+
+RESULTS = [
+    _result("r-1", SONNET, {"input_tokens": 3000, "output_tokens": 700, "cache_read_input_tokens": 2000}),
+    _result("r-2", HAIKU3, {"input_tokens": 800, "output_tokens": 100}),
+    {
+        "custom_id": "r-3",
+        "result": {
+            "type": "errored",
+            "error": {"type": "error", "error": {"type": "invalid_request_error", "message": "bad"}},
+        },
+    },
+    {"custom_id": "r-4", "result": {"type": "expired"}},
+]
+
+
+async def test_anthropic_message_batches_through_the_sdk(
+    aiohttp_server: Any, make_proxy: Any, store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The anthropic SDK reads a batch's results from the ``results_url`` its batch object names: the proxy points
+    it back at itself, so the results are metered (without that, the SDK would go to api.anthropic.com)."""
+    import anthropic
+
+    caplog.set_level(logging.DEBUG)
+    seen: list[str] = []
+    app = web.Application()
+
+    async def create(request: web.Request) -> web.Response:
+        body = await request.json()
+        assert [r["custom_id"] for r in body["requests"]] == ["r-1", "r-2", "r-3", "r-4"]
+        return web.json_response(_message_batch(False))
+
+    async def retrieve(request: web.Request) -> web.Response:
+        seen.append("retrieve")
+        return web.json_response(_message_batch(True))
+
+    async def results(request: web.Request) -> web.Response:
+        seen.append("results")
+        return web.Response(body=_jsonl(RESULTS), content_type="application/binary")
+
+    app.router.add_post("/v1/messages/batches", create)
+    app.router.add_get(f"/v1/messages/batches/{BATCH_ID}", retrieve)
+    app.router.add_get(f"/v1/messages/batches/{BATCH_ID}/results", results)
+    server = await aiohttp_server(app)
+    proxy = await make_proxy(str(server.make_url("")).rstrip("/"), store=store_url)
+
+    def client(team: str) -> anthropic.AsyncAnthropic:
+        return anthropic.AsyncAnthropic(
+            api_key=KEY, base_url=proxy.url + "/anthropic", default_headers={"X-ModelTrack-Team": team}, max_retries=0
+        )
+
+    params = {"model": SONNET, "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]}
+    created = await client("research").messages.batches.create(
+        requests=[{"custom_id": f"r-{i}", "params": params} for i in range(1, 5)]  # type: ignore[misc]
+    )
+    assert created.id == BATCH_ID
+    polled = await client("ops").messages.batches.retrieve(BATCH_ID)
+    assert polled.results_url == f"{proxy.url}/anthropic/v1/messages/batches/{BATCH_ID}/results"
+    for _ in range(2):  # read twice: priced once
+        got = [r.custom_id async for r in await client("ops").messages.batches.results(BATCH_ID)]
+        assert got == ["r-1", "r-2", "r-3", "r-4"]
+    assert seen == ["retrieve", "retrieve", "results", "retrieve", "results"], "every call through the proxy"
+
+    events = await proxy.events()
+    items = {e.upstream_request_id or e.error: e for e in events if e.batch}
+    assert len(items) == 4 and all(e.batch_id == BATCH_ID and e.team == "research" for e in items.values())
+    sonnet, haiku = items["msg_r-1"], items["msg_r-2"]
+    assert (sonnet.input_tokens, sonnet.cache_read_tokens, sonnet.output_tokens) == (3000, 2000, 700)
+    from genai_prices import Usage, calc_price
+
+    now = datetime.now().astimezone()
+    want = calc_price(
+        Usage(input_tokens=5000, cache_read_tokens=2000, output_tokens=700),
+        SONNET,
+        provider_id="anthropic",
+        genai_request_timestamp=now,
+        price_context={"processing": "batch"},
+    )
+    assert sonnet.cost_source == "priced" and sonnet.cost_usd == pytest.approx(float(want.total_price), abs=1e-9)
+    standard = calc_price(Usage(input_tokens=800, output_tokens=100), HAIKU3, provider_id="anthropic")
+    assert haiku.cost_source == "standard_rate"
+    assert haiku.cost_usd == pytest.approx(float(standard.total_price), abs=1e-9)
+    assert items["invalid_request_error"].cost_usd == 0.0 and items["expired"].cost_usd == 0.0
+    assert all(e.cost_usd == 0 for e in events if not e.batch)
+    assert KEY not in caplog.text

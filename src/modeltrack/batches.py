@@ -49,12 +49,19 @@ class BatchRegistry:
     def _key(kind: str, org: str | None, provider: str, ident: str) -> str:
         return f"batch-{kind}\0{org or ''}\0{provider}\0{ident}"
 
-    async def context(self, org: str | None, provider: str, file_id: str) -> dict[str, Any] | None:
-        """What the proxy needs to meter a download of ``file_id``: None when it is no batch's result file (or
-        the store did not answer in time)."""
+    async def context(
+        self, org: str | None, provider: str, file_id: str | None = None, batch_id: str | None = None
+    ) -> dict[str, Any] | None:
+        """What the proxy needs to meter a download of a batch's results: of ``file_id`` (OpenAI: None when it is
+        no batch's result file), or of the batch ``batch_id`` itself (Anthropic). None too when the store did
+        not answer in time."""
+        if batch_id is not None:
+            file_id = batch_id  # the results are the batch's own: what "priced" is remembered for
+        assert file_id is not None
         try:
             async with asyncio.timeout(LOOKUP_SECONDS):
-                batch_id = await self.sink.recall(self._key("file", org, provider, file_id))
+                if batch_id is None:
+                    batch_id = await self.sink.recall(self._key("file", org, provider, file_id))
                 if batch_id is None and self.background.pending:
                     # The answer that named this file (a status poll a moment ago) may still be being remembered.
                     await self.background.drain()

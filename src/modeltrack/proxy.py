@@ -36,7 +36,7 @@ from .http.upstream import Unsent
 from .http.upstream_pool import PoolExhausted, UpstreamPool
 from .http.watchdog import Watchdogs
 from .metrics import Metrics
-from .providers import Provider, Router
+from .providers import Provider, RequestInfo, Router
 from .providers.base import loads
 from .providers.router import wrong_base_url
 
@@ -52,6 +52,7 @@ _KINDS: dict[str, str] = {}
 
 
 _TRACEPARENT = re.compile(rb"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+_HOST = re.compile(rb"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
 """W3C Trace Context: version, trace id, parent id, flags (anything else is not continued)."""
 
 
@@ -115,6 +116,7 @@ class Proxy:
         self.multi_tenant = settings.multi_tenant
         self.require_key = settings.require_key or settings.multi_tenant
         self.trace_context = bool(settings.otel_endpoint)  # record the client's traceparent for its span
+        self.tls = bool(settings.tls_cert)  # the scheme clients reach us by (Anthropic's results_url)
         self.recorder = recorder
         self.metrics: Metrics = recorder.metrics
         self.pools = pools
@@ -260,12 +262,8 @@ class Proxy:
         body = loads(raw) if raw[:1] in (b"{", b"[") and provider.name != "bedrock" else None
         info = provider.request_info(req.method, up_path, query, body)
         send = provider.rewrite_body(info, raw, body)  # (may also read the model of a multipart upload)
-        file_id = info.extra.get("file_id")
-        if file_id is not None and self.recorder.batches is not None:
-            # A file download: if it is a batch's results, its items are metered (modeltrack.batches).
-            job = await self.recorder.batches.context(fixed.get("org") if fixed else None, provider.name, file_id)
-            if job is not None:
-                info.extra["batch"] = job
+        if info.extra:
+            await self._batch_context(req, provider.name, info, path, up_path, fixed)
         ticket: Ticket | None = None
         if grant is not None:
             refused = grant.refusal(info.model, wall)
@@ -402,6 +400,24 @@ class Proxy:
                 # the body, alive until the garbage collector ran (tests/test_controls_live.py, the flood).
                 ex.watchdog = None
             self.record(ex)
+
+    async def _batch_context(
+        self, req: Request, provider: str, info: RequestInfo, path: str, up_path: str, fixed: dict[str, str] | None
+    ) -> None:
+        """Batch API calls (modeltrack.batches): a download of a batch's results learns which batch it is, so its
+        items are metered; an answer with Anthropic's ``results_url`` learns the origin the client used."""
+        registry = self.recorder.batches
+        file_id, batch_id = info.extra.get("file_id"), info.extra.get("batch_results")
+        if registry is not None and (file_id is not None or batch_id is not None):
+            org = fixed.get("org") if fixed else None
+            job = await registry.context(org, provider, file_id=file_id, batch_id=batch_id)
+            if job is not None:
+                info.extra["batch"] = job
+        host = req.header(b"host") if info.extra.get("batch_api") else None
+        if host is not None and _HOST.fullmatch(host):
+            prefix = path[: len(path) - len(up_path)] if path.endswith(up_path) else ""
+            scheme = "https" if self.tls else "http"
+            info.extra["public_base"] = f"{scheme}://{host.decode('ascii')}{prefix}"
 
     def _unreachable(self, conn: Connection, ex: Exchange, pool: UpstreamPool, exc: BaseException) -> None:
         name = ex.provider.name

@@ -15,7 +15,8 @@ import orjson
 
 from ..usage import Usage, as_int
 from ..wire.sse import SSEEvent
-from .base import Meter, MeterResult, Provider, RequestInfo, error_code, loads
+from .base import BodyView, Meter, MeterResult, Provider, RequestInfo, error_code, loads
+from .batches import BatchObjectMeter, FreeMeter, MessageBatchResultsMeter, ResultsURLView
 from .meters import JSONBodyMeter, SSEMeter, dig
 from .openai import is_sse
 
@@ -122,12 +123,34 @@ class Anthropic(Provider):
     name = "anthropic"
     default_base_url = "https://api.anthropic.com"
 
+    def request_info(self, method: str, path: str, query: str, body: Any) -> RequestInfo:
+        info = super().request_info(method, path, query, body)
+        if "/messages/batches" in path:
+            parts = path.rstrip("/").split("/")
+            if method == "GET" and parts[-1] == "results" and len(parts) >= 2:
+                info.extra["batch_results"] = parts[-2]  # the proxy asks its batch registry (modeltrack.batches)
+            info.extra["batch_api"] = True
+        return info
+
     def meter(self, info: RequestInfo, status: int, headers: Any) -> Meter:
         if info.path.endswith("/count_tokens"):
             return CountTokensMeter(info, status)
+        if info.extra.get("batch_api"):
+            if "batch_results" in info.extra:
+                if info.extra.get("batch") is not None:
+                    return MessageBatchResultsMeter(info, status, anthropic_usage)
+                return FreeMeter(info, status)
+            return BatchObjectMeter(info, status)
         if is_sse(headers):
             return AnthropicStreamMeter(info, status)
         return AnthropicJSONMeter(info, status)
+
+    def client_view(self, info: RequestInfo, status: int, encoding: str | None) -> BodyView | None:
+        """Batch objects' ``results_url`` pointed back at the proxy (:class:`.batches.ResultsURLView`)."""
+        base = info.extra.get("public_base")
+        if base and "batch_results" not in info.extra and 200 <= status < 300 and encoding is None:
+            return ResultsURLView(base)
+        return None
 
     def error_body(self, status: int, kind: str, message: str) -> bytes:
         return orjson.dumps({"type": "error", "error": {"type": kind, "message": message}})

@@ -1,4 +1,5 @@
-"""OpenAI's Batch API and Files API: what each answer says, metered so that every batch item is priced once.
+"""Batch APIs (OpenAI's Batch and Files APIs, Anthropic's Message Batches): what each answer says, metered so
+that every batch item is priced once.
 
 A batch is billed per item, at the batch rate, for the items that ran; creating, polling and downloading cost
 nothing. So (OpenAI API reference, "Batch" and "Files"; the ``openai`` SDK's ``types.Batch``):
@@ -14,6 +15,10 @@ nothing. So (OpenAI API reference, "Batch" and "Files"; the ``openai`` SDK's ``t
   :class:`BatchOutputMeter` reads it line by line as it streams (one partial line buffered, never the file)
   and yields a :class:`BatchItem` per line; each becomes a cost event (``accounting``).
 * Every other ``/v1/files`` call (uploads, listings, other files' content) is free and not read.
+* Anthropic: ``/v1/messages/batches[/{id}]`` answer with message batch objects (``type: "message_batch"``), free;
+  ``/v1/messages/batches/{id}/results`` is JSON Lines read by :class:`MessageBatchResultsMeter`. Its batch
+  objects' ``results_url`` is pointed back at the proxy (:class:`ResultsURLView`), or the SDK would fetch the
+  results from the API directly.
 
 Tests: tests/test_batches.py (the real ``openai`` SDK through the proxy, on SQLite and the Firestore emulator).
 """
@@ -22,6 +27,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from ..usage import Usage
 from .base import MeterResult, RequestInfo, error_code, loads
@@ -57,17 +64,22 @@ def _str(v: Any) -> str | None:
 
 
 def _note(obj: Any, created: bool) -> BatchNote | None:
-    if not isinstance(obj, dict) or obj.get("object") != "batch" or not _str(obj.get("id")):
+    if not isinstance(obj, dict) or not _str(obj.get("id")):
+        return None
+    if obj.get("type") == "message_batch":  # Anthropic: its results are found by the batch id itself
+        return BatchNote(obj["id"], "/v1/messages", (), created)
+    if obj.get("object") != "batch":
         return None
     files = tuple(f for f in (_str(obj.get("output_file_id")), _str(obj.get("error_file_id"))) if f)
     return BatchNote(obj["id"], _str(obj.get("endpoint")), files, created)
 
 
 class BatchObjectMeter(JSONBodyMeter):
-    """The batch endpoints: free, and the batch object(s) noted for the registry."""
+    """The batch endpoints (OpenAI's ``/v1/batches``, Anthropic's ``/v1/messages/batches``): free, and the batch
+    object(s) noted for the registry."""
 
     def from_json(self, obj: Any) -> MeterResult:
-        if isinstance(obj, dict) and "error" in obj and obj.get("object") != "batch":
+        if isinstance(obj, dict) and "error" in obj and _note(obj, False) is None:
             return MeterResult(error=error_code(obj["error"]))
         created = self.info.method == "POST" and self.info.path.rstrip("/").endswith("/batches")
         notes = [_note(obj, created)]
@@ -178,3 +190,74 @@ class BatchOutputMeter(FreeMeter):
             self._partial = b""
             result.items, self._items = self._items, []
         return result
+
+
+class MessageBatchResultsMeter(BatchOutputMeter):
+    """Anthropic's ``GET /v1/messages/batches/{id}/results`` (API reference, "Retrieve Message Batch results";
+    the ``anthropic`` SDK's ``MessageBatchIndividualResponse``): JSON Lines of ``{"custom_id", "result":
+    {"type": "succeeded", "message": {…"model", "usage"…}}}``, or a result of type ``errored`` (with an
+    ``error``), ``canceled`` or ``expired``, which are not billed."""
+
+    def _line(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        obj = loads(line)
+        result = obj.get("result") if isinstance(obj, dict) else None
+        if not isinstance(result, dict):
+            self._items.append(BatchItem("", 0, None, None, "invalid_json", None))
+            return
+        custom_id = _str(obj.get("custom_id")) or ""
+        kind = result.get("type")
+        if kind == "succeeded" and isinstance(result.get("message"), dict):
+            message = result["message"]
+            usage = self.usage_of(message.get("usage"))
+            self._items.append(
+                BatchItem(custom_id, 200, _str(message.get("model")), usage, None, _str(message.get("id")))
+            )
+            return
+        err = result.get("error")
+        if isinstance(err, dict) and isinstance(err.get("error"), dict):
+            err = err["error"]  # an ErrorResponse: {"type": "error", "error": {"type", "message"}}
+        code = error_code(err) if err else (kind if isinstance(kind, str) and kind else "failed")
+        self._items.append(BatchItem(custom_id, 0, None, Usage(), code, None))
+
+
+class ResultsURLView:
+    """Anthropic's batch objects name where their results are (``results_url``, an absolute URL at the API's
+    own origin), and the ``anthropic`` SDK fetches exactly that URL: left alone, the results would bypass the
+    proxy and never be metered. So, on batch answers only, each ``results_url`` is given the origin (and route
+    prefix) the client used to reach ModelTrack; the path is kept. The body is held (a batch object is small,
+    at most ``limit`` bytes; a larger one passes unchanged) and rewritten once. Every other byte is the
+    upstream's."""
+
+    __slots__ = ("_buf", "_passing", "base", "limit")
+
+    def __init__(self, base: str, limit: int = 1 << 20) -> None:
+        self.base = base
+        self.limit = limit
+        self._buf = b""
+        self._passing = False
+
+    def feed(self, data: bytes) -> bytes:
+        if self._passing:
+            return data
+        self._buf += data
+        if len(self._buf) > self.limit:
+            self._passing = True
+            out, self._buf = self._buf, b""
+            return out
+        return b""
+
+    def flush(self) -> bytes:
+        raw, self._buf = self._buf, b""
+        obj = loads(raw) if raw else None
+        found = [obj] if isinstance(obj, dict) else []
+        if isinstance(obj, dict) and isinstance(obj.get("data"), list):
+            found += obj["data"]
+        for o in found:
+            url = o.get("results_url") if isinstance(o, dict) else None
+            at = url.find("/v1/messages/batches/") if isinstance(url, str) else -1
+            if at >= 0:
+                assert isinstance(url, str)
+                raw = raw.replace(orjson.dumps(url), orjson.dumps(self.base + url[at:]))
+        return raw
