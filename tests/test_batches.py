@@ -360,3 +360,94 @@ async def test_anthropic_message_batches_through_the_sdk(
     assert items["invalid_request_error"].cost_usd == 0.0 and items["expired"].cost_usd == 0.0
     assert all(e.cost_usd == 0 for e in events if not e.batch)
     assert KEY not in caplog.text
+
+
+def _gemini_batch(state: str) -> dict[str, Any]:
+    """A Gemini API batch (API reference, "Batch Mode"; the google-genai SDK's ``_BatchJob_from_mldev`` reads
+    ``name`` and ``metadata``: ``model``, ``state``, ``output.inlinedResponses.inlinedResponses``)."""
+
+    def answer(key: str, prompt: int, out: int, thoughts: int) -> dict[str, Any]:
+        usage = {
+            "promptTokenCount": prompt,
+            "candidatesTokenCount": out,
+            "thoughtsTokenCount": thoughts,
+            "totalTokenCount": prompt + out + thoughts,
+            "promptTokensDetails": [{"modality": "TEXT", "tokenCount": prompt}],
+        }
+        response = {
+            "candidates": [{"content": {"role": "model", "parts": [{"text": "ok"}]}, "finishReason": "STOP"}],
+            "usageMetadata": usage,
+            "modelVersion": "gemini-2.5-flash",
+            "responseId": f"resp-{key}",
+        }
+        return {"response": response, "metadata": {"key": key}}
+
+    meta: dict[str, Any] = {
+        "@type": "type.googleapis.com/google.ai.generativelanguage.v1main.GenerateContentBatch",
+        "model": "models/gemini-2.5-flash",
+        "displayName": "nightly",
+        "state": state,
+        "createTime": "2026-12-01T10:00:00Z",
+        "updateTime": "2026-12-01T10:05:00Z",
+    }
+    if state == "BATCH_STATE_SUCCEEDED":
+        meta["output"] = {
+            "inlinedResponses": {"inlinedResponses": [answer("q-1", 900, 120, 300), answer("q-2", 400, 80, 0)]}
+        }
+        meta["endTime"] = "2026-12-01T10:05:00Z"
+    return {"name": "batches/nightly123", "metadata": meta, "done": state == "BATCH_STATE_SUCCEEDED"}
+
+
+async def test_gemini_batch_mode_through_the_sdk(aiohttp_server: Any, make_proxy: Any, store_url: str) -> None:
+    """Inlined answers arrive in the poll that finds the batch succeeded, and in every later poll: priced once."""
+    from genai_prices import Usage, calc_price
+    from google import genai
+    from google.genai import types
+
+    polls = 0
+    app = web.Application()
+
+    async def create(request: web.Request) -> web.Response:
+        body = await request.json()
+        assert len(body["batch"]["inputConfig"]["requests"]["requests"]) == 2
+        return web.json_response(_gemini_batch("BATCH_STATE_PENDING"))
+
+    async def get(request: web.Request) -> web.Response:
+        nonlocal polls
+        polls += 1
+        return web.json_response(_gemini_batch("BATCH_STATE_RUNNING" if polls == 1 else "BATCH_STATE_SUCCEEDED"))
+
+    app.router.add_post("/v1beta/models/gemini-2.5-flash:batchGenerateContent", create)
+    app.router.add_get("/v1beta/batches/nightly123", get)
+    server = await aiohttp_server(app)
+    proxy = await make_proxy(str(server.make_url("")).rstrip("/"), store=store_url)
+
+    def client(team: str) -> genai.Client:
+        options = types.HttpOptions(
+            base_url=proxy.url + "/gemini", api_version="v1beta", headers={"X-ModelTrack-Team": team}
+        )
+        return genai.Client(api_key=KEY, http_options=options)
+
+    requests = [{"contents": [{"parts": [{"text": q}], "role": "user"}]} for q in ("a", "b")]
+    job = await client("research").aio.batches.create(model="gemini-2.5-flash", src=requests)  # type: ignore[arg-type]
+    assert job.name == "batches/nightly123"
+    for _ in range(4):  # running, then succeeded three times: the answers are priced once
+        job = await client("ops").aio.batches.get(name="batches/nightly123")
+    assert job.dest is not None and job.dest.inlined_responses is not None and len(job.dest.inlined_responses) == 2
+
+    events = await proxy.events()
+    items = {e.upstream_request_id: e for e in events if e.batch}
+    assert set(items) == {"resp-q-1", "resp-q-2"} and len([e for e in events if e.batch]) == 2
+    assert all(e.team == "research" and e.batch_id == "batches/nightly123" for e in items.values())
+    one = items["resp-q-1"]
+    want = calc_price(
+        Usage(input_tokens=900, output_tokens=420),
+        "gemini-2.5-flash",
+        provider_id="google",
+        genai_request_timestamp=datetime.now().astimezone(),
+        price_context={"processing": "batch"},
+    )
+    assert (one.input_tokens, one.output_tokens, one.reasoning_tokens) == (900, 420, 300)
+    assert one.cost_source == "priced" and one.cost_usd == pytest.approx(float(want.total_price), abs=1e-9)
+    assert all(e.cost_usd == 0 and e.batch_id == "batches/nightly123" for e in events if not e.batch)
+    assert polls == 4

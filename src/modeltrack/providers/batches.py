@@ -261,3 +261,50 @@ class ResultsURLView:
                 assert isinstance(url, str)
                 raw = raw.replace(orjson.dumps(url), orjson.dumps(self.base + url[at:]))
         return raw
+
+
+class GeminiBatchMeter(JSONBodyMeter):
+    """The Gemini API's batch mode (API reference, "Batch Mode": ``models/{model}:batchGenerateContent`` creates
+    a batch and answers with its operation; ``GET batches/{id}`` polls it; the ``google-genai`` SDK's
+    ``_BatchJob_from_mldev``): ``{"name": "batches/…", "metadata": {"model", "state", "output":
+    {"inlinedResponses": {"inlinedResponses": [{"response": {…"usageMetadata", "modelVersion"…}, "metadata":
+    {"key"}}, …]}}}, "done", "response"}``. Free calls; once the batch has succeeded, its inlined responses are its
+    items, one event each, keyed by their ``key`` (else their position). ``usage_of`` is the Gemini usage parser."""
+
+    def __init__(self, info: RequestInfo, status: int, usage_of: Any) -> None:
+        super().__init__(info, status)
+        self.usage_of = usage_of
+
+    def from_json(self, obj: Any) -> MeterResult:
+        if not isinstance(obj, dict) or not _str(obj.get("name")):
+            err = obj.get("error") if isinstance(obj, dict) else None
+            return MeterResult(error=error_code(err) if err else "unexpected_json")
+        created = self.info.method == "POST" and ":batchGenerateContent" in self.info.path
+        note = BatchNote(obj["name"], ":generateContent", (), created)
+        result = MeterResult(usage=Usage(), usage_source="none", zero_cost=True, batch=[note])
+        raw_meta = obj.get("metadata")
+        meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
+        found = None
+        for holder in (meta.get("output"), obj.get("response")):
+            inlined = holder.get("inlinedResponses") if isinstance(holder, dict) else None
+            if isinstance(inlined, dict) and isinstance(inlined.get("inlinedResponses"), list):
+                found = inlined["inlinedResponses"]
+                break
+        if found is None or self.info.extra.get("batch") is None:
+            return result
+        model = _str(meta.get("model"))
+        items = []
+        for i, entry in enumerate(found):
+            entry = entry if isinstance(entry, dict) else {}
+            key = entry.get("metadata", {}).get("key") if isinstance(entry.get("metadata"), dict) else None
+            custom_id = key if isinstance(key, str) and key else f"#{i}"
+            response = entry.get("response")
+            if not isinstance(response, dict):
+                err = entry.get("error")
+                items.append(BatchItem(custom_id, 0, None, Usage(), error_code(err) if err else "failed", None))
+                continue
+            usage = self.usage_of(response.get("usageMetadata"))
+            served = _str(response.get("modelVersion")) or (model.removeprefix("models/") if model else None)
+            items.append(BatchItem(custom_id, 200, served, usage, None, _str(response.get("responseId"))))
+        result.items = items
+        return result

@@ -17,6 +17,7 @@ from ..usage import Usage, as_int
 from ..wire.jsonstream import JSONArraySplitter
 from ..wire.sse import SSEEvent
 from .base import Meter, MeterResult, Provider, RequestInfo, error_code, loads
+from .batches import GeminiBatchMeter
 from .meters import JSONBodyMeter, SSEMeter
 from .openai import is_sse
 
@@ -166,9 +167,17 @@ class Gemini(Provider):
             rest = unquote(path[i + len(marker) :])
             model = rest.split(":", 1)[0].split("/", 1)[0] or None
         stream = ":streamGenerateContent" in path
-        return RequestInfo(method, path, query, model, stream)
+        info = RequestInfo(method, path, query, model, stream)
+        if ":batchGenerateContent" in path or "/batches/" in path:
+            info.extra["batch_api"] = True
+            if method == "GET" and "/batches/" in path:
+                # A poll: once the batch succeeded, its answers are in it (modeltrack.batches).
+                info.extra["batch_results"] = "batches/" + path.rsplit("/batches/", 1)[1].split(":", 1)[0]
+        return info
 
     def meter(self, info: RequestInfo, status: int, headers: Any) -> Meter:
+        if info.extra.get("batch_api"):
+            return GeminiBatchMeter(info, status, gemini_usage)
         if is_sse(headers):
             return GeminiSSEMeter(info, status)
         if info.stream and status < 400:
