@@ -222,7 +222,8 @@ async def test_admin_api(aiohttp_client: Any, tmp_path: Path) -> None:
     r = await client.post(
         "/api/v1/admin/members", json={"subject": "lee", "role": "team_admin", "team_id": team["id"]}, headers=op
     )
-    lead = {"Authorization": f"Bearer {(await r.json())['secret']}"}
+    lee = await r.json()
+    lead = {"Authorization": f"Bearer {lee['secret']}"}
     me = await (await client.get("/api/v1/admin/me", headers=lead)).json()
     assert me == {"subject": "lee", "role": "team_admin", "org_id": "org_default", "team_id": team["id"]}
     r = await client.post("/api/v1/admin/teams", json={"name": "other"}, headers=lead)
@@ -238,6 +239,11 @@ async def test_admin_api(aiohttp_client: Any, tmp_path: Path) -> None:
     lines = (await r.text()).splitlines()
     assert len(lines) == len(entries) and "attachment" in r.headers["Content-Disposition"]
     assert key["secret"] not in await r.text()
+    # A member removed signs in no more: its token is refused on the very next request.
+    r = await client.delete(f"/api/v1/admin/members/{lee['id']}", headers=op)
+    assert r.status == 200
+    r = await client.get("/api/v1/admin/me", headers=lead)
+    assert r.status == 401
 
 
 async def test_ui_tokens_cannot_administer(aiohttp_client: Any, tmp_path: Path) -> None:

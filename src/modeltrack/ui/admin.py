@@ -62,6 +62,10 @@ class AdminApi:
         self.local_operator = not admin_tokens and ui_host in LOOPBACK and not multi_tenant
         self.signup_open = signup == "open"
         self._signups: dict[str, list[float]] = {}
+        # Members by sign-in token digest, rebuilt when the store's version moves (any write: a member added,
+        # rotated or removed takes effect on the next request). One version read per request, not every member.
+        self._members: dict[str, dict[str, Any]] = {}
+        self._members_version: int | None = None
 
     def _session_key(self, kind: str, secret_digest: str) -> bytes:
         # A member's sessions die with its token (rotated or removed); an admin token's with the configured set.
@@ -118,6 +122,15 @@ class AdminApi:
             raise AccountError("change things from the dashboard itself (same origin)", 403, "cross_origin")
         return found
 
+    async def _member_by_token(self, wanted: str) -> dict[str, Any] | None:
+        store = self.admin.store
+        version = await store.version()
+        if version != self._members_version:
+            members = await store.records("members")
+            self._members = {str(m["token_digest"]): m for m in members if m.get("token_digest")}
+            self._members_version = version
+        return self._members.get(wanted)
+
     async def _actor(self, request: web.Request) -> Actor:
         auth = request.headers.get("Authorization", "")
         if auth.startswith("Bearer "):
@@ -125,10 +138,9 @@ class AdminApi:
             if self.tokens and self.tokens.lookup(given.encode()) is not None:
                 return Actor.operator("admin-token:" + hashlib.sha256(given.encode()).hexdigest()[:8])
             if given.startswith(MEMBER_TOKEN_PREFIX):
-                wanted = digest(given)
-                for m in await self.admin.store.records("members"):
-                    if hmac.compare_digest(str(m.get("token_digest", "")), wanted):
-                        return Actor(str(m["subject"]), str(m["role"]), str(m["org_id"]), m.get("team_id"))
+                m = await self._member_by_token(digest(given))
+                if m is not None:
+                    return Actor(str(m["subject"]), str(m["role"]), str(m["org_id"]), m.get("team_id"))
             raise AccountError("that token is not an admin token or a member's sign-in token", 401, "unauthorized")
         cookie = request.cookies.get(COOKIE)
         if cookie and cookie.startswith("o.") and self.oidc is not None:
@@ -194,9 +206,9 @@ class AdminApi:
             value = self._cookie("t", hashlib.sha256(given.encode()).hexdigest()[:8], "")
         elif given.startswith(MEMBER_TOKEN_PREFIX):
             wanted = digest(given)
-            for m in await self.admin.store.records("members"):
-                if hmac.compare_digest(str(m.get("token_digest", "")), wanted):
-                    value = self._cookie("m", str(m["id"]), wanted)
+            m = await self._member_by_token(wanted)
+            if m is not None:
+                value = self._cookie("m", str(m["id"]), wanted)
         if value is None:
             await asyncio.sleep(0.3)  # a wrong token costs time: guessing stays slow
             raise AccountError("that token is not an admin token or a member's sign-in token", 401, "unauthorized")
