@@ -309,7 +309,9 @@ async def test_anthropic_message_batches_through_the_sdk(
 
     async def retrieve(request: web.Request) -> web.Response:
         seen.append("retrieve")
-        return web.json_response(_message_batch(True))
+        answer = web.json_response(_message_batch(True))
+        answer.enable_compression()  # gzip when the request accepts it, as the API does
+        return answer
 
     async def results(request: web.Request) -> web.Response:
         seen.append("results")

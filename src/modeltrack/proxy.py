@@ -282,6 +282,10 @@ class Proxy:
                     )
                 ticket = taken
         lines, attrs = forward_headers(req.headers)
+        if "public_base" in info.extra:
+            # Anthropic's batch objects: their results_url is rewritten (providers.batches.ResultsURLView), which
+            # needs the JSON as it is; a small answer is asked for uncompressed.
+            lines = [kv for kv in lines if kv[0].lower() != b"accept-encoding"]
         if self.trace_context:
             tp = req.header(b"traceparent")
             if tp is not None and _TRACEPARENT.fullmatch(tp):
@@ -413,7 +417,8 @@ class Proxy:
             job = await registry.context(org, provider, file_id=file_id, batch_id=batch_id)
             if job is not None:
                 info.extra["batch"] = job
-        host = req.header(b"host") if info.extra.get("batch_api") else None
+        answers_objects = info.extra.get("batch_api") and batch_id is None  # not the results themselves
+        host = req.header(b"host") if provider == "anthropic" and answers_objects else None
         if host is not None and _HOST.fullmatch(host):
             prefix = path[: len(path) - len(up_path)] if path.endswith(up_path) else ""
             scheme = "https" if self.tls else "http"
