@@ -328,6 +328,9 @@ def main() -> None:
 
         prow = asyncio.run(pbench.main_async(20_000 if args.quick else 100_000, firestore=False))[0]
         price = prbench.run(20_000 if args.quick else 200_000)
+        from bench import batches as bbench
+
+        batch_row = bbench.run(tmp, 2_000 if args.quick else 20_000)
 
         from bench import api as abench
 
@@ -405,6 +408,7 @@ def main() -> None:
         f"p99 **{prow['enqueue_p99_us']:.1f} µs** "
         f"(target < 20 µs; includes the crash-safe journal write)",
         f"- pricing: **{price['us_per_event']:.2f} µs** per event (target < 5 µs)",
+        *bbench.report(batch_row),
         f"- the store writer under load: {keeping_up['stored']:,.0f} events stored while the 64-connection run served "
         f"{keeping_up['served']:,.0f} requests (**{keeping_up['stored'] / max(keeping_up['served'], 1):.0%}**), "
         f"{keeping_up['queued']:,.0f} queued at its end (target: the queue stays within a batch, 2,000)",

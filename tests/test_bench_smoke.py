@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from bench import pipeline, pricing
 
 
@@ -21,3 +23,11 @@ async def test_soak_harness() -> None:
     r = await soak.soak(minutes=0.1, concurrency=8, fault_rate=0.2)
     assert r["requests"] > 20 and r["events_stored"] == r["requests"] and r["exit_code"] == 0
     assert sum(r["faults_injected"].values()) > 0
+
+
+def test_batch_bench_harness(tmp_path: Path) -> None:
+    from bench import batches
+
+    r = batches.run(tmp_path, 200)
+    assert (r["stored"], r["distinct"]) == (200, 200)  # every item once, after two reads
+    assert "items/s" in batches.report(r)[0]

@@ -137,7 +137,8 @@ class Anthropic(Provider):
             return CountTokensMeter(info, status)
         if info.extra.get("batch_api"):
             if "batch_results" in info.extra:
-                if info.extra.get("batch") is not None:
+                job = info.extra.get("batch")
+                if job is not None and not job["priced"]:  # (already priced: streamed through unread)
                     return MessageBatchResultsMeter(info, status, anthropic_usage)
                 return FreeMeter(info, status)
             return BatchObjectMeter(info, status)

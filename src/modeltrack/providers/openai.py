@@ -381,7 +381,8 @@ class OpenAI(Provider):
         if "/batches" in info.path:
             return BatchObjectMeter(info, status)
         if "/files" in info.path:
-            if info.extra.get("batch") is not None:
+            job = info.extra.get("batch")
+            if job is not None and not job["priced"]:  # (already priced: streamed through unread)
                 return BatchOutputMeter(info, status, openai_usage)
             return FreeMeter(info, status)
         if info.path.endswith("/moderations"):
