@@ -87,7 +87,7 @@ def run(tmp: Path, items: int) -> dict[str, Any]:
         up.stop()
     db = sqlite3.connect(tmp / "modeltrack-batches.db")
     stored, distinct = db.execute(
-        "SELECT COUNT(*), COUNT(DISTINCT request_id) FROM events WHERE json_extract(CAST(doc AS TEXT), '$.batch')"
+        "SELECT COUNT(*), COUNT(DISTINCT request_id) FROM events WHERE processing = 'batch'"
     ).fetchone()
     db.close()
     return {"items": items, **got, "stored": stored, "distinct": distinct}

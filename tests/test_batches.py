@@ -199,12 +199,12 @@ async def test_a_batch_is_priced_once_per_item_at_the_batch_rate_for_its_creator
     assert errors.content == _jsonl(ERRORS)
 
     events = await proxy.events()
-    items = {e.upstream_request_id or e.request_id: e for e in events if e.batch}
-    calls = [e for e in events if not e.batch]
+    items = {e.upstream_request_id or e.request_id: e for e in events if e.processing == "batch"}
+    calls = [e for e in events if e.processing != "batch"]
     assert len(calls) == 1 + 1 + 3 + 2 + 1  # upload, create, polls, downloads
     assert all(e.cost_usd == 0 and e.cost_source == "zero" for e in calls)
     assert [e.batch_id for e in calls].count("batch_67c1a2b3") == 1 + 3 + 3
-    assert len(items) == 4 and len([e for e in events if e.batch]) == 4, "every item exactly once"
+    assert len(items) == 4 and len([e for e in events if e.processing == "batch"]) == 4, "every item exactly once"
 
     for e in items.values():
         assert e.batch_id == "batch_67c1a2b3" and e.endpoint == "/v1/chat/completions"
@@ -224,20 +224,28 @@ async def test_a_batch_is_priced_once_per_item_at_the_batch_rate_for_its_creator
     c2 = openai.AsyncOpenAI(api_key=KEY, base_url=again.url + "/v1", max_retries=0)
     await c2.files.content("file-out42")
     later = await again.events()
-    assert len([e for e in later if e.batch]) == 4
+    assert len([e for e in later if e.processing == "batch"]) == 4
 
     text = caplog.text + "".join(orjson.dumps(e.to_dict()).decode() for e in later)
     assert KEY not in text and "canary" not in text
 
     # The request log shows batch spend as such: the items, with their batch.
     ui = await aiohttp_client(create_app(Settings.load(env={}, overrides={"store": store_url})))
-    r = await ui.get("/api/v1/requests", params={"batch": "true"})
+    r = await ui.get("/api/v1/requests", params={"processing": "batch"})
     assert r.status == 200
     rows = (await r.json())["requests"]
     assert sorted(x["request_id"] for x in rows) == sorted(e.request_id for e in items.values())
-    assert all(x["batch"] and x["batch_id"] == "batch_67c1a2b3" for x in rows)
-    r = await ui.get("/api/v1/requests", params={"batch": "false", "batch_id": "batch_67c1a2b3"})
+    assert all(x["processing"] == "batch" and x["batch_id"] == "batch_67c1a2b3" for x in rows)
+    r = await ui.get("/api/v1/requests", params={"processing": "", "batch_id": "batch_67c1a2b3"})
     assert len((await r.json())["requests"]) == 1 + 3 + 3 + 1  # the free calls on it, the replica's read too
+    # Breakdowns split batch spend from interactive spend (a rollup dimension, equal to the events).
+    r = await ui.get("/api/v1/breakdown", params={"dimension": "processing"})
+    split = {row["processing"]: row for row in (await r.json())["rows"]}
+    assert split["batch"]["requests"] == 4
+    assert split["batch"]["cost_usd"] == pytest.approx(sum(e.cost_usd or 0 for e in items.values()), abs=1e-9)
+    assert split[None]["requests"] == len(later) - 4 and split[None]["cost_usd"] == 0  # None: "(none)"
+    r = await ui.get("/api/v1/breakdown", params={"dimension": "team", "processing": "batch"})
+    assert [(row["team"], row["requests"]) for row in (await r.json())["rows"]] == [("research", 4)]
 
 
 BATCH_ID = "msgbatch_01HkcTjaV5uDC8jWR4ZsDV8d"
@@ -341,7 +349,7 @@ async def test_anthropic_message_batches_through_the_sdk(
     assert seen == ["retrieve", "retrieve", "results", "retrieve", "results"], "every call through the proxy"
 
     events = await proxy.events()
-    items = {e.upstream_request_id or e.error: e for e in events if e.batch}
+    items = {e.upstream_request_id or e.error: e for e in events if e.processing == "batch"}
     assert len(items) == 4 and all(e.batch_id == BATCH_ID and e.team == "research" for e in items.values())
     sonnet, haiku = items["msg_r-1"], items["msg_r-2"]
     assert (sonnet.input_tokens, sonnet.cache_read_tokens, sonnet.output_tokens) == (3000, 2000, 700)
@@ -360,7 +368,7 @@ async def test_anthropic_message_batches_through_the_sdk(
     assert haiku.cost_source == "standard_rate"
     assert haiku.cost_usd == pytest.approx(float(standard.total_price), abs=1e-9)
     assert items["invalid_request_error"].cost_usd == 0.0 and items["expired"].cost_usd == 0.0
-    assert all(e.cost_usd == 0 for e in events if not e.batch)
+    assert all(e.cost_usd == 0 for e in events if e.processing != "batch")
     assert KEY not in caplog.text
 
 
@@ -438,8 +446,8 @@ async def test_gemini_batch_mode_through_the_sdk(aiohttp_server: Any, make_proxy
     assert job.dest is not None and job.dest.inlined_responses is not None and len(job.dest.inlined_responses) == 2
 
     events = await proxy.events()
-    items = {e.upstream_request_id: e for e in events if e.batch}
-    assert set(items) == {"resp-q-1", "resp-q-2"} and len([e for e in events if e.batch]) == 2
+    items = {e.upstream_request_id: e for e in events if e.processing == "batch"}
+    assert set(items) == {"resp-q-1", "resp-q-2"} and len([e for e in events if e.processing == "batch"]) == 2
     assert all(e.team == "research" and e.batch_id == "batches/nightly123" for e in items.values())
     one = items["resp-q-1"]
     want = calc_price(
@@ -451,5 +459,5 @@ async def test_gemini_batch_mode_through_the_sdk(aiohttp_server: Any, make_proxy
     )
     assert (one.input_tokens, one.output_tokens, one.reasoning_tokens) == (900, 420, 300)
     assert one.cost_source == "priced" and one.cost_usd == pytest.approx(float(want.total_price), abs=1e-9)
-    assert all(e.cost_usd == 0 and e.batch_id == "batches/nightly123" for e in events if not e.batch)
+    assert all(e.cost_usd == 0 and e.batch_id == "batches/nightly123" for e in events if e.processing != "batch")
     assert polls == 4

@@ -237,7 +237,7 @@ class Recorder:
                 key_id=attrs.get("key_id"),
                 org=attrs.get("org"),
                 batch_id=job["batch_id"],
-                batch=True,
+                processing="batch",
             )
             self.pipeline.enqueue(ev)
             self.metrics.observe(ev, 0.0, endpoint_kind, 0.0)

@@ -103,8 +103,9 @@ class CostEvent:
     batch_id: str | None = None
     """The Batch API job this event is about: one of its items (``batch``), or a free call on it (creating it,
     polling it, downloading its results)."""
-    batch: bool = False
-    """An item of a batch job, priced at the batch rate (modeltrack.batches); False for interactive requests."""
+    processing: str | None = None
+    """``batch`` for an item of a Batch API job, priced at the batch rate (modeltrack.batches); None for an
+    interactive request. A rollup dimension: breakdowns split batch spend from interactive spend."""
 
     def usage(self) -> Usage:
         """The stored token counts by kind, as the pricing module takes them (what-if re-prices events)."""

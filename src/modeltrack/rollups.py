@@ -35,6 +35,7 @@ HOURLY_DIMENSIONS = (
     "key_id",
     "error",
     "prompt_id",
+    "processing",
 )
 DAILY_DIMENSIONS = ("team", "app", "feature", "provider", "model")
 TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens", "reasoning_tokens")
@@ -112,6 +113,7 @@ def hourly_key(ev: CostEvent) -> tuple[str | int, ...]:
         ev.key_id or "",
         ev.error or "",
         ev.prompt_id or "",
+        ev.processing or "",
     )
 
 

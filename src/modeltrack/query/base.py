@@ -53,6 +53,7 @@ class Filters:
     key_id: str | None = None
     error: str | None = None
     prompt_id: str | None = None
+    processing: str | None = None  # "batch" (Batch API items) or "" (interactive)
 
     def items(self) -> list[tuple[str, Any]]:
         return [(f.name, getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None]

@@ -28,6 +28,7 @@ def event_row(ev: CostEvent) -> dict[str, Any]:
         "key_id": ev.key_id or "",
         "error": ev.error or "",
         "prompt_id": ev.prompt_id or "",
+        "processing": ev.processing or "",
         "requests": 1,
         "errors": int(is_error(ev)),
         "unpriced": int(is_unpriced(ev)),

@@ -2,7 +2,7 @@
 
 Newest first, paged by keyset (``before`` = the last row's timestamp and request id, so a page deep in the log
 costs what the first one does), filtered on every event field: the rollup dimensions go to the store as
-filters, and what only the event holds (session, routed, stream, unpriced, a property, a batch) is checked here on
+filters, and what only the event holds (session, routed, stream, unpriced, a property, a batch id) is checked here on
 each page, scanning at most ``scan_cap`` events per answer. An answer that stopped at that cap says so
 (``next`` lets the caller go on), so a rare match is never reported as "nothing". The detail is the whole
 stored event. Held by tests/test_request_log.py.
@@ -47,7 +47,7 @@ ROW_FIELDS = (
     "cache_hit",
     "routed",
     "key_id",
-    "batch",
+    "processing",
     "batch_id",
 )
 
@@ -69,7 +69,6 @@ class EventOnly:
     stream: bool | None = None
     unpriced: bool | None = None
     properties: tuple[tuple[str, str], ...] = ()
-    batch: bool | None = None  # items of Batch API jobs (true), or interactive requests (false)
     batch_id: str | None = None
 
     @classmethod
@@ -84,7 +83,6 @@ class EventOnly:
             stream=_flag("stream", get("stream")),
             unpriced=_flag("unpriced", get("unpriced")),
             properties=props,
-            batch=_flag("batch", get("batch")),
             batch_id=get("batch_id") or None,
         )
 
@@ -94,8 +92,6 @@ class EventOnly:
         if self.stream is not None and ev.stream != self.stream:
             return False
         if self.unpriced is not None and is_unpriced(ev) != self.unpriced:
-            return False
-        if self.batch is not None and ev.batch != self.batch:
             return False
         if self.batch_id is not None and ev.batch_id != self.batch_id:
             return False
@@ -112,7 +108,6 @@ class EventOnly:
             and self.stream is None
             and self.unpriced is None
             and not self.properties
-            and self.batch is None
             and self.batch_id is None
         )
 

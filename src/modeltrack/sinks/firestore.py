@@ -7,7 +7,8 @@ Data model (``COLL`` = the collection from ``firestore://PROJECT/COLL``, default
 * ``COLL_rollups_daily/{day}_{hash}[_{shard}]`` — requests, tokens by kind and ``cost_nano_usd`` per
   (day, team, app, feature, provider, model).
 * ``COLL_rollups_hourly/{hour}_{hash}[_{shard}]`` — per (hour, team, app, feature, user, provider, model,
-  status, cache_hit, org, key_id, error, prompt_id; trailing empty ones of those last four are not hashed):
+  status, cache_hit, org, key_id, error, prompt_id, processing; trailing empty ones of those last five are not
+  hashed):
   tokens, ``cost_nano_usd``, ``saved_nano_usd`` and the latency histogram (``lat_00`` … ``lat_19``,
   :mod:`modeltrack.rollups`).
 * ``COLL_sessions/{hash(org, session_id)}`` — per org and session: requests, tokens, ``cost_nano_usd``, summed latency,
@@ -249,8 +250,8 @@ class FirestoreSink:
         out: dict[tuple[Any, ...], dict[str, Any]] = {}
         async for d in self.collection_ref(kind).stream():
             row = d.to_dict()
-            key = tuple(row[k] for k in fields)
-            acc = out.setdefault(key, {k: row[k] for k in fields})
+            key = tuple(row.get(k, "") for k in fields)  # (a document older than a dimension lacks it)
+            acc = out.setdefault(key, dict(zip(fields, key, strict=True)))
             for k in sums:
                 acc[k] = acc.get(k, 0) + int(row.get(k, 0))
         return list(out.values())

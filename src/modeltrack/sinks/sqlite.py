@@ -46,6 +46,7 @@ EVENT_COLUMNS = (
     "org",
     "key_id",
     "prompt_id",
+    "processing",
     "lat_bucket",
     "doc",
 )
@@ -102,14 +103,17 @@ DERIVED = {
     "rollup_hourly": f"""CREATE TABLE IF NOT EXISTS rollup_hourly (
     hour TEXT NOT NULL, team TEXT NOT NULL, app TEXT NOT NULL, feature TEXT NOT NULL, user TEXT NOT NULL,
     provider TEXT NOT NULL, model TEXT NOT NULL, status INTEGER NOT NULL, cache_hit INTEGER NOT NULL,
-    org TEXT NOT NULL, key_id TEXT NOT NULL, error TEXT NOT NULL, prompt_id TEXT NOT NULL, {_SUM_COLUMNS},
-    PRIMARY KEY (hour, team, app, feature, user, provider, model, status, cache_hit, org, key_id, error, prompt_id)
+    org TEXT NOT NULL, key_id TEXT NOT NULL, error TEXT NOT NULL, prompt_id TEXT NOT NULL,
+    processing TEXT NOT NULL, {_SUM_COLUMNS},
+    PRIMARY KEY (hour, team, app, feature, user, provider, model, status, cache_hit, org, key_id, error, prompt_id,
+                 processing)
 ) WITHOUT ROWID""",
     "rollup_day_attr": f"""CREATE TABLE IF NOT EXISTS rollup_day_attr (
     day TEXT NOT NULL, team TEXT NOT NULL, app TEXT NOT NULL, feature TEXT NOT NULL,
     provider TEXT NOT NULL, model TEXT NOT NULL, status INTEGER NOT NULL, cache_hit INTEGER NOT NULL,
-    org TEXT NOT NULL, key_id TEXT NOT NULL, error TEXT NOT NULL, prompt_id TEXT NOT NULL, {_SUM_COLUMNS},
-    PRIMARY KEY (day, team, app, feature, provider, model, status, cache_hit, org, key_id, error, prompt_id)
+    org TEXT NOT NULL, key_id TEXT NOT NULL, error TEXT NOT NULL, prompt_id TEXT NOT NULL,
+    processing TEXT NOT NULL, {_SUM_COLUMNS},
+    PRIMARY KEY (day, team, app, feature, provider, model, status, cache_hit, org, key_id, error, prompt_id, processing)
 ) WITHOUT ROWID""",
     "rollup_day_user": f"""CREATE TABLE IF NOT EXISTS rollup_day_user (
     day TEXT NOT NULL, user TEXT NOT NULL, cache_hit INTEGER NOT NULL, org TEXT NOT NULL, {_SUM_COLUMNS},
@@ -166,6 +170,7 @@ _KEYS_H = ", ".join(
         _TEXT_KEY.format("key_id"),
         _TEXT_KEY.format("error"),
         _TEXT_KEY.format("prompt_id"),
+        _TEXT_KEY.format("processing"),
     )
 )
 _KEYS_D = ", ".join(
@@ -210,6 +215,7 @@ _ROLL_DAY_ATTR = _roll(
             _TEXT_KEY.format("key_id"),
             _TEXT_KEY.format("error"),
             _TEXT_KEY.format("prompt_id"),
+            _TEXT_KEY.format("processing"),
         )
     ),
 )
@@ -291,6 +297,7 @@ def _row(e: CostEvent, doc: Any) -> tuple[Any, ...]:
         e.org,
         e.key_id,
         e.prompt_id,
+        e.processing,
         latency_bucket(e.latency_ms),
         doc,
     )

@@ -77,7 +77,7 @@ class Params:
             *DIMENSIONS,
         }
     )
-    LOG = frozenset({"before", "session_id", "routed", "stream", "unpriced", "batch", "batch_id"})
+    LOG = frozenset({"before", "session_id", "routed", "stream", "unpriced", "batch_id"})
     """The request log's own parameters (with ``property.NAME``): filters only an event answers."""
 
     def __init__(self, request: web.Request, log: bool = False) -> None:

@@ -5,7 +5,7 @@ import { ADMIN_PAGES } from "./admin.js";
 import { LOG_PAGES, logLink, openLog, usageCharts } from "./requests.js";
 
 const DIMS = ["team", "app", "feature", "user", "provider", "model"];
-const FILTERS = [...DIMS, "status", "cache_hit", "error", "prompt_id", "key_id"];
+const FILTERS = [...DIMS, "status", "cache_hit", "error", "prompt_id", "key_id", "processing"];
 const PAGES = { teams: "team", apps: "app", features: "feature", users: "user", models: "model" };
 const TITLES = { team: "Teams", app: "Apps", feature: "Features", user: "Users", model: "Models", provider: "Providers" };
 let meta = null;
@@ -470,7 +470,7 @@ function exportPage(q) {
   const f = filters(q);
   const kind = h("select", { name: "kind" }, [["events", "Events (one row per request)"], ["breakdown", "Breakdown"], ["series", "Daily series"], ["sessions", "Sessions"]]
     .map(([v, t]) => h("option", { value: v, text: t })));
-  const dimSel = h("select", { name: "dimension" }, DIMS.map((d) => h("option", { value: d, text: d })));
+  const dimSel = h("select", { name: "dimension" }, [...DIMS, "processing"].map((d) => h("option", { value: d, text: d })));
   const fmt = h("select", { name: "format" }, h("option", { value: "csv", text: "CSV" }), h("option", { value: "jsonl", text: "JSON Lines" }));
   const link = h("a", { "data-testid": "download", download: "" });
   const cmd = h("pre", { class: "wrap", "data-testid": "curl" });

@@ -7,7 +7,7 @@ import {
   when,
 } from "./app.js";
 
-const EVENT_ONLY = ["session_id", "routed", "stream", "unpriced"];
+const EVENT_ONLY = ["session_id", "routed", "stream", "unpriced", "batch_id"];
 const fields = () => [...FILTERS, ...EVENT_ONLY];  // (a function: app.js's constants exist once it has run)
 
 // The log's own filters from the URL: every rollup filter, and what only an event answers (with property.NAME).
@@ -90,7 +90,7 @@ async function requestsPage(q) {
       .map((t, i) => h("th", { class: i >= 6 ? "num" : "", text: t })))),
     h("tbody", {}, data.requests.map((r) => h("tr", { class: "click", "data-key": r.request_id, on: { click: () => go(null, { request: r.request_id }) } },
       h("td", { text: when(r.timestamp, rp.tz) }),
-      h("td", { class: "name", text: `${label(r.model)}${r.cache_hit ? " (cached)" : ""}${r.routed ? " (routed)" : ""}` }),
+      h("td", { class: "name", text: `${label(r.model)}${r.cache_hit ? " (cached)" : ""}${r.routed ? " (routed)" : ""}${r.processing === "batch" ? " (batch)" : ""}` }),
       h("td", { class: r.status >= 400 || r.error ? "up" : "", text: r.error ? `${r.status} ${r.error}` : String(r.status) }),
       h("td", { text: label(r.team) }), h("td", { text: label(r.app) }), h("td", { text: label(r.user) }),
       h("td", { class: "num", text: compact(r.input_tokens + r.cache_read_tokens + r.cache_write_tokens) }),
