@@ -106,11 +106,15 @@ class FreeMeter:
         if self.status >= 400 and len(self._error) < 65536:
             self._error += chunk
 
+    def error_result(self, model: str | None = None) -> MeterResult:
+        """An error answer (status ≥ 400): its code, from the JSON error object when there is one."""
+        obj = loads(self._error) if self._error else None
+        err = obj.get("error") if isinstance(obj, dict) else None
+        return MeterResult(model=model, error=error_code(err) if err else f"http_{self.status}")
+
     def finish(self, complete: bool) -> MeterResult:
         if self.status >= 400:
-            obj = loads(self._error) if self._error else None
-            err = obj.get("error") if isinstance(obj, dict) else None
-            return MeterResult(model=None, error=error_code(err) if err else f"http_{self.status}")
+            return self.error_result()
         return MeterResult(usage=Usage(), usage_source="none", zero_cost=True, error=None if complete else "truncated")
 
 

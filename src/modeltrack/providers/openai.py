@@ -305,30 +305,17 @@ class TranscriptionMeter(JSONBodyMeter):
         )
 
 
-class SpeechMeter:
+class SpeechMeter(FreeMeter):
     """``/v1/audio/speech`` (text to speech) is billed per character of the request's ``input`` (genai-prices'
     ``input_characters`` unit: tts-1 $15 and tts-1-hd $30 per million). The answer is audio, with no usage: the
     count comes from the request (extracted in :meth:`OpenAI.request_info`; the body itself is never kept), and
     the audio streams through unread. An error answer is JSON and is read for its code."""
 
-    __slots__ = ("_error", "info", "status")
-
-    ended = False
-
-    def __init__(self, info: RequestInfo, status: int) -> None:
-        self.info = info
-        self.status = status
-        self._error = b""
-
-    def feed(self, chunk: bytes) -> None:
-        if self.status >= 400 and len(self._error) < 65536:
-            self._error += chunk
+    __slots__ = ()
 
     def finish(self, complete: bool) -> MeterResult:
         if self.status >= 400:
-            obj = loads(self._error) if self._error else None
-            err = obj.get("error") if isinstance(obj, dict) else None
-            return MeterResult(model=self.info.model, error=error_code(err) if err else f"http_{self.status}")
+            return self.error_result(self.info.model)
         chars = self.info.extra.get("input_characters")
         if not isinstance(chars, int):
             return MeterResult(model=self.info.model, usage_source="missing")
