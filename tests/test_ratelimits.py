@@ -65,6 +65,43 @@ async def test_retry_after_is_the_real_wait() -> None:
     assert not hasattr(await limiter.admit(limits, 0), "retry_after")
 
 
+class _CountingLedger(MemoryRateLedger):
+    """The in-memory ledger, counting how often the shared bucket is asked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.takes = 0
+
+    async def take(self, key: str, want: float, need: float, interval: float) -> tuple[float, float]:
+        self.takes += 1
+        return await super().take(key, want, need, interval)
+
+
+async def test_leases_are_taken_without_the_store_until_they_run_out() -> None:
+    """``take_now`` admits from this process's leases without awaiting, all buckets or none, and hands over to
+    ``admit`` (one shared-bucket take per lease) when one runs out: the totals are the same as awaiting each."""
+    ledger = _CountingLedger()
+    limiter = RateLimiter(ledger)
+    limits = (_limit("key:k:rpm", 600), _limit("key:k:tpm", 6_000, "tokens"))
+    assert limiter.take_now(limits, 10) is None  # no lease yet: nothing taken
+    assert ledger.takes == 0
+    admitted = 0
+    for _ in range(2_000):
+        ticket = limiter.take_now(limits, 10)
+        if ticket is None:
+            got = await limiter.admit(limits, 10)
+            if hasattr(got, "retry_after"):
+                break
+        admitted += 1
+    assert admitted == 600  # the TPM bucket (6,000 tokens at 10 a request) and the RPM one both allow 600
+    lease_rpm, lease_tpm = max(1, int(600 * LEASE_FRACTION)), max(1, int(6_000 * LEASE_FRACTION))
+    assert ledger.takes <= 600 // lease_rpm + 6_000 // lease_tpm + 4  # a take per lease, not per request
+    # All or none: a request larger than what the TPM lease holds takes nothing from the RPM lease either.
+    left = limiter.leases["key:k:rpm"].cells
+    assert limiter.take_now(limits, 10**6) is None
+    assert limiter.leases["key:k:rpm"].cells == left
+
+
 def _limit(scope: str, per_minute: int, unit: str = "requests") -> Any:
     from modeltrack.controls.ratelimit import Limit
 
