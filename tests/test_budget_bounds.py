@@ -98,3 +98,51 @@ async def test_a_refusal_while_requests_are_in_flight_is_temporary(
                 break
             await asyncio.sleep(0.2)
         assert status == 200  # admitted once the requests in flight ended, as Retry-After said
+
+
+async def test_the_lease_is_reserved_from_without_awaiting() -> None:
+    """``admit_now`` reserves from this process's lease with no ledger call, and declines (reserving nothing)
+    whenever :meth:`Budgets.admit` has work to do: a state never read, a lease that cannot cover the request, a
+    spent budget. Used as the proxy uses it (``admit_now(...) or await admit(...)``), a budget admits exactly
+    what awaiting ``admit`` alone admits, and asks the ledger once per lease."""
+    from dataclasses import replace
+
+    from modeltrack.controls.budgets import LEASE_FRACTION, Budgets
+    from modeltrack.controls.ledger import MemoryLedger
+    from modeltrack.controls.match import Scope
+    from modeltrack.controls.spec import Budget
+    from modeltrack.metrics import Metrics
+
+    from .test_pipeline import make_event
+
+    class Counting(MemoryLedger):
+        takes = 0
+
+        async def take(self, *args: Any, **kwargs: Any) -> tuple[int, int]:
+            Counting.takes += 1
+            return await super().take(*args, **kwargs)
+
+    limit_nano, need = 1_000_000, 1_000
+    budget = Budget(name="b", scope=Scope(), period="daily", timezone="UTC", limit_usd=limit_nano / 1e9)
+    outcomes: list[list[bool]] = []
+    for fast in (False, True):
+        Counting.takes = 0
+        b = Budgets([budget], Counting(), None, Metrics(), 60.0)
+        matched = b.matching({})
+        assert b.admit_now(matched, need) is None  # never read from the store: the awaited path reads it
+        admitted = []
+        for _ in range(2_500):
+            before = b.state(budget).used
+            adm = b.admit_now(matched, need) if fast else None
+            if adm is None:
+                assert b.state(budget).used == before  # a declined fast path reserved nothing
+                adm = await b.admit(matched, need)
+            admitted.append(adm.refusal is None)
+            if adm.refusal is None:
+                b.settle(adm, replace(make_event(0), cost_usd=need / 2 / 1e9, status=200))
+        await b.background.drain()
+        outcomes.append(admitted)
+        lease = round(limit_nano * LEASE_FRACTION)
+        assert Counting.takes <= limit_nano // lease + 3, Counting.takes  # one ledger call per lease
+    assert outcomes[0] == outcomes[1]
+    assert 1_990 <= outcomes[1].count(True) <= 2_000  # half of each reservation settles: up to the limit, no more

@@ -359,3 +359,27 @@ def test_cached_audio_is_priced_at_the_cached_audio_rate() -> None:
     got, _ = PRICING.cost("gemini", MeterResult(model="gemini-2.5-flash", usage=usage), None, PEAK)
     # by hand: cached audio 285×0.1 + cached text 215×0.03 + audio 315×1 + text 185×0.3 µ$
     assert got == round((285 * 0.1 + 215 * 0.03 + 315 * 1.0 + 185 * 0.3) / 1e6, 9) == 0.00040545
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini", "deepseek"])
+def test_the_reservation_bound_is_the_dearer_of_both_full_prices(provider: str) -> None:
+    """A budget reserves ``bound``: for every model of the provider, at sizes below, at and above the input tiers
+    (Gemini 2.5 Pro's 200k) and at two times, it equals the dearer full price of the tokens as uncached input and
+    as cache writes: the per-token shortcut below the first tier changes nothing."""
+    pricing = Pricing.load()  # its own memo, so the sizes below start from an empty one
+    models = pricing.model_ids(provider)
+    assert len(models) > 5
+    checked = 0
+    for model in models:
+        for ts in (PEAK, OFF_PEAK):
+            for inp, out in ((1, 0), (1_000, 100), (200_000, 1), (200_001, 7), (1_234_567, 8_192)):
+                got = pricing.bound(provider, model, inp, out, ts)
+                plain = pricing.price(provider, model, Usage(input_tokens=inp, output_tokens=out), ts)
+                written = pricing.price(provider, model, Usage(cache_write_tokens=inp, output_tokens=out), ts)
+                if plain is None or written is None:  # an id its own provider does not resolve
+                    assert got is None
+                    continue
+                assert got is not None
+                checked += 1
+                assert abs(got - max(plain, written)) <= 1e-9 * max(1.0, got), (model, ts, inp, out)
+    assert checked >= 9 * len(models), (checked, len(models))  # (a few ids resolve to nothing)

@@ -218,6 +218,7 @@ class Pricing:
         self._warned: set[str] = set()
         self._plans: dict[tuple[int, datetime, str | None, str | None], Any] = {}
         self._dearest: dict[tuple[str, datetime], tuple[float, float]] = {}
+        self._linear: dict[tuple[int, int, bool], tuple[Rate, Rate, int]] = {}
 
     def _prices(self, raw: dict[str, Any], where: str) -> PriceSet:
         out: PriceSet = {}
@@ -450,15 +451,40 @@ class Pricing:
     def bound(self, provider: str, model: str | None, input_tokens: int, output_tokens: int, ts: float) -> float | None:
         """An upper bound of a request's cost before it is sent (a budget reservation): every input token at the
         dearer of the uncached and the cache-write rate, every output token at the output rate (reasoning is
-        output). None when the model has no price."""
+        output). None when the model has no price.
+
+        Below a model's first input tier the price is linear in tokens, so the per-token rates are worked out once
+        per model and minute and the bound is two multiplications (it runs for every budgeted request); above it,
+        both usages are priced in full. The result is the same either way
+        (tests/test_pricing.py::test_the_reservation_bound_is_the_dearer_of_both_full_prices)."""
         found = self.resolve(provider, model)
         if found is None:
             return None
         m, direct = found
-        when = _ts(ts)
+        minute = int(ts // 60)
+        key = (id(m), minute, direct)
+        lin = self._linear.get(key)
+        if lin is None:
+            if len(self._linear) > 4096:
+                self._linear.clear()
+            lin = self._linear[key] = self._linear_rates(m, _ts_minute(minute), direct)
+        r_in, r_out, upto = lin
+        if input_tokens <= upto:
+            return float(input_tokens * r_in + output_tokens * r_out) / PICO
+        when = _ts_minute(minute)
         plain = self.price_pico(m, Usage(input_tokens=input_tokens, output_tokens=output_tokens), when, direct)
         written = self.price_pico(m, Usage(cache_write_tokens=input_tokens, output_tokens=output_tokens), when, direct)
         return float(max(plain, written)) / PICO
+
+    def _linear_rates(self, m: Model, when: datetime, direct: bool) -> tuple[Rate, Rate, int]:
+        """(input rate, output rate, the input tokens up to which they hold) in pico-dollars per token: the dearer
+        of uncached and cache-write input, and output, at one token each (below every tier's start)."""
+        starts = [r.tiers[0][0] for r in m.price_set(when, None).values() if isinstance(r, Tiered) and r.tiers]
+        r_in = max(
+            self.price_pico(m, Usage(input_tokens=1), when, direct),
+            self.price_pico(m, Usage(cache_write_tokens=1), when, direct),
+        )
+        return r_in, self.price_pico(m, Usage(output_tokens=1), when, direct), min(starts, default=1 << 62)
 
     def dearest_bound(self, provider: str, input_tokens: int, output_tokens: int, ts: float) -> float | None:
         """An upper bound of the request's cost at the provider's dearest rates (its overrides and its own price

@@ -273,7 +273,9 @@ class Proxy:
             self.keyring.used_now(grant.key_id, wall)
             if grant.limits:
                 tokens = sum(bound_tokens(len(raw), body, RATE_RESERVE)) if grant.tpm else 0
-                taken = await self.ratelimiter.admit(list(grant.limits), tokens)
+                taken: Ticket | RateRefusal | None = self.ratelimiter.take_now(grant.limits, tokens)
+                if taken is None:
+                    taken = await self.ratelimiter.admit(grant.limits, tokens)
                 if isinstance(taken, RateRefusal):
                     return conn.respond(
                         429,

@@ -186,6 +186,31 @@ class Budgets:
         return found
 
     # -- admission --------------------------------------------------------------------------------------------
+    def admit_now(self, matched: tuple[Budget, ...], reserve_nano: int) -> Admission | None:
+        """:meth:`admit` without awaiting, for the common case: every budget's state is current and read from the
+        store, none is spent, and this process's lease covers the reservation. None otherwise, with nothing
+        reserved: the caller awaits :meth:`admit`, which refreshes, asks the ledger or refuses. Same outcome, no
+        coroutine per request (tests/test_budget_bounds.py::test_the_lease_is_reserved_from_without_awaiting)."""
+        adm = Admission()
+        now = self._now()
+        for budget in matched:
+            st = self._states.get(budget.name)
+            if st is None or st.refreshed_at is None or not st.period.start_ts <= now < st.period.end_ts:
+                self.release(adm)
+                return None
+            spent = st.store_spent + st.pending_total
+            if budget.action == "block":
+                if spent >= budget.limit_nano or (reserve_nano > 0 and st.granted - st.used < reserve_nano):
+                    self.release(adm)
+                    return None
+                if reserve_nano > 0:
+                    st.used += reserve_nano
+                    st.last_use = time.monotonic()
+                    adm.reservations.append((st, reserve_nano))
+            if budget.warn_at and spent >= budget.warn_at[0] / 100 * budget.limit_nano:
+                adm.headers.append(st.header())
+        return adm
+
     async def admit(self, matched: Iterable[Budget], reserve_nano: int) -> Admission:
         """Check a request against the budgets it matched (:meth:`matching`), reserving ``reserve_nano``."""
         adm = Admission()

@@ -57,6 +57,7 @@ class Plan:
     cache_ttl: float | None  # the first matching cache rule's TTL; None: no cache rule applies
 
     empty: bool = False  # none of the above: the request is not the controls' business
+    blocks: bool = False  # a matching budget refuses when spent: the request reserves its worst case
 
 
 @dataclass(slots=True)
@@ -250,7 +251,9 @@ class Controls:
                 )
             routes = tuple(r for r in spec.routes if r.scope.matches(values))
             budgets = self.budgets.matching(values)
-            p = self._plans[key] = Plan(spec, routes, budgets, ttl, not routes and not budgets and ttl is None)
+            empty = not routes and not budgets and ttl is None
+            blocks = any(b.action == "block" for b in budgets)
+            p = self._plans[key] = Plan(spec, routes, budgets, ttl, empty, blocks)
         if p.empty and not (spec.cache is not None and attrs.get("cache")):
             return None
         return p
@@ -331,7 +334,7 @@ class Controls:
         # 3. Budgets: reserve the worst case, or refuse.
         if matched:
             reserve = 0
-            if any(b.action == "block" for b in matched):
+            if p.blocks if matched is p.budgets else any(b.action == "block" for b in matched):
                 inp, out = bound_tokens(len(d.body), parsed, spec.reserve)
                 bound = self.pricing.bound(provider, d.route.to if d.routed_from and d.route else model, inp, out, wall)
                 if bound is None:  # no price for the model asked for: never reserve zero (README, "Spend controls")
@@ -340,7 +343,7 @@ class Controls:
                         bound = self.pricing.dearest_bound(provider, inp, out, wall)
                 if bound is not None:
                     reserve = round(bound * 1e9) + 1
-            adm = await self.budgets.admit(matched, reserve)
+            adm = self.budgets.admit_now(matched, reserve) or await self.budgets.admit(matched, reserve)
             if adm.refusal is not None:
                 d.refusal = adm.refusal
                 return d

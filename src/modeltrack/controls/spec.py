@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import time as dtime
+from functools import cached_property
 
 from .match import Scope
 
@@ -41,7 +42,7 @@ class Budget:
     webhook: str | None = None
     on_store_error: str = "open"
 
-    @property
+    @cached_property
     def limit_nano(self) -> int:
         return round(self.limit_usd * 1e9)
 
