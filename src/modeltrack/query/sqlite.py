@@ -11,10 +11,9 @@ import asyncio
 import os
 import sqlite3
 import threading
-from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import datetime, timedelta, tzinfo
+from datetime import datetime, tzinfo
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -23,11 +22,11 @@ import orjson
 
 from ..events import CostEvent
 from ..rollups import LATENCY_BUCKETS, SUMS, TOKENS
+from . import stitch
 from .base import DIMENSIONS, EventFilter, Filters, StoreMissing
-from .times import bucket_start, hour_key, stamp
+from .times import hour_key, stamp
 
 _SUMMED = (*SUMS, *LATENCY_BUCKETS)
-_DAY = timedelta(days=1)
 _SESSION_SUMS = ("requests", *TOKENS, "cost_nano_usd", "latency_ms")
 
 
@@ -192,84 +191,24 @@ class SQLiteReader:
         day_zone: tzinfo | None,
         latency: bool = True,
     ) -> list[dict[str, Any]]:
-        """Whole UTC days come from a daily rollup when one holds the question's dimensions, and the hours
-        before the first and after the last midnight from the hourly rollup; the sums are the same. By hour,
-        that is only done for a caller that buckets by day or coarser in ``day_zone``: each UTC day is then one
-        row stamped at an hour of the local day most of its hours belong to, and its other hours (one or two a
-        day in Europe, five in New York; none in UTC) are read by hour and moved out of it."""
+        """Whole UTC days from a daily rollup when one holds the question's dimensions, the rest from the hourly
+        rollup (:mod:`modeltrack.query.stitch`); the sums are the same."""
         if not self._rollups:
             raise StoreMissing(f"{self.path} has no hourly rollups yet: start `modeltrack serve` on it once")
         for g in group_by:
             if g not in DIMENSIONS:
                 raise ValueError(g)
-        table = self._daily_table(f, group_by) if (day_zone is not None or not by_hour) else None
-        first = start if start == start.replace(hour=0) else (start + _DAY).replace(hour=0)
-        last = end.replace(hour=0)
         summed = _SUMMED if latency else SUMS
-        if table is None or first >= last:
+        table = self._daily_table(f, group_by)
+        p = stitch.plan(start, end, by_hour, day_zone) if table is not None else None
+        if p is None or table is None:
             return self._sum("rollup_hourly", "hour", hour_key(start), hour_key(end), f, group_by, by_hour, summed)
-        day_lo, day_hi = first.strftime("%Y-%m-%d"), last.strftime("%Y-%m-%d")
-        days = self._sum(table, "day", day_lo, day_hi, f, group_by, by_hour, summed)
-        parts = [days]
-        if by_hour and day_zone is not None:
-            parts.append(self._move_hours(days, first, last, day_zone, f, group_by, summed))
-        if start < first:
-            parts.append(
-                self._sum("rollup_hourly", "hour", hour_key(start), hour_key(first), f, group_by, by_hour, summed)
-            )
-        if last < end:
-            parts.append(
-                self._sum("rollup_hourly", "hour", hour_key(last), hour_key(end), f, group_by, by_hour, summed)
-            )
-        if len(parts) == 1:
-            return parts[0]
-        keys = (("hour",) if by_hour else ()) + group_by
-        merged: dict[tuple[Any, ...], dict[str, Any]] = {}
-        for rows in parts:
-            for row in rows:
-                k = tuple(row[x] for x in keys)
-                acc = merged.get(k)
-                if acc is None:
-                    merged[k] = row
-                else:
-                    for c in summed:
-                        acc[c] += row[c]
-        return [r for r in merged.values() if any(r[c] for c in summed)]
-
-    def _move_hours(
-        self,
-        days: list[dict[str, Any]],
-        first: datetime,
-        last: datetime,
-        tz: tzinfo,
-        f: Filters,
-        group_by: tuple[str, ...],
-        summed: tuple[str, ...] = _SUMMED,
-    ) -> list[dict[str, Any]]:
-        """Restamp the day rows (``YYYY-MM-DDT00``) at an hour of their majority local day, subtract the hours
-        that belong to another local day, and return those hours as rows of their own."""
-        stamp_of: dict[str, str] = {}
-        minority: list[str] = []
-        d = first
-        while d < last:
-            hours = [d + timedelta(hours=i) for i in range(24)]
-            local_days = [bucket_start(h, "day", tz) for h in hours]
-            major = Counter(local_days).most_common(1)[0][0]
-            stamp_of[hour_key(d)] = hour_key(hours[local_days.index(major)])
-            minority += [hour_key(h) for h, b in zip(hours, local_days, strict=True) if b != major]
-            d += _DAY
-        index = {(r["hour"], *(r[g] for g in group_by)): r for r in days}
+        days = self._sum(table, "day", p.day_lo, p.day_hi, f, group_by, by_hour, summed)
+        edges = [self._sum("rollup_hourly", "hour", lo, hi, f, group_by, by_hour, summed) for lo, hi in p.edges]
         moved: list[dict[str, Any]] = []
-        for i in range(0, len(minority), 500):
-            moved += self._sum_hours(minority[i : i + 500], f, group_by, summed)
-        for row in moved:
-            day_row = index.get((row["hour"][:10] + "T00", *(row[g] for g in group_by)))
-            if day_row is not None:  # (always there: the day table holds every hour's sums)
-                for c in summed:
-                    day_row[c] -= row[c]
-        for row in days:
-            row["hour"] = stamp_of[row["hour"]]
-        return moved
+        for i in range(0, len(p.minority), 500):
+            moved += self._sum_hours(p.minority[i : i + 500], f, group_by, summed)
+        return stitch.combine(p, days, edges, moved, (("hour",) if by_hour else ()) + group_by, summed)
 
     def _sum_hours(
         self, hours: list[str], f: Filters, group_by: tuple[str, ...], summed: tuple[str, ...] = _SUMMED
