@@ -134,3 +134,32 @@ def percentile(buckets: list[int], q: float) -> float | None:
             return lo + (hi - lo) * max(rank - seen, 0) / n
         seen += n
     return float(LATENCY_BOUNDS_MS[-1])
+
+
+def event_row(ev: CostEvent) -> dict[str, Any]:
+    """One event as an hourly-rollup row of its own (what the stores add to their rollups for it)."""
+    row: dict[str, Any] = {
+        "hour": hour_of(ev.timestamp),
+        "team": ev.team or "",
+        "app": ev.app or "",
+        "feature": ev.feature or "",
+        "user": ev.user or "",
+        "provider": ev.provider,
+        "model": ev.model or "",
+        "status": ev.status,
+        "cache_hit": 1 if ev.cache_hit else 0,
+        "org": ev.org or "",
+        "key_id": ev.key_id or "",
+        "error": ev.error or "",
+        "prompt_id": ev.prompt_id or "",
+        "processing": ev.processing or "",
+        "requests": 1,
+        "errors": int(is_error(ev)),
+        "unpriced": int(is_unpriced(ev)),
+        "cost_nano_usd": nano_usd(ev.cost_usd),
+        "saved_nano_usd": nano_usd(ev.saved_usd),
+        LATENCY_BUCKETS[latency_bucket(ev.latency_ms)]: 1,
+    }
+    for t in TOKENS:
+        row[t] = getattr(ev, t)
+    return row

@@ -9,6 +9,7 @@ machine that holds the store, recorded in the audit log as ``cli:$USER``).
     modeltrack admin delete keys key_…     # a key is revoked
     modeltrack admin audit --format jsonl > audit.jsonl
     modeltrack admin export > org.yaml && modeltrack admin apply org.yaml [--prune]
+    modeltrack admin migrate               # Firestore: slices for the hours written before them, once
 
 ``field=value`` values are read as JSON when they parse (numbers, lists, null), else as text.
 """
@@ -68,6 +69,9 @@ def add_parser(sub: Any) -> None:
     c = cmd("apply", "make the store equal a file written by export")
     c.add_argument("file")
     c.add_argument("--prune", action="store_true", help="also delete what the file does not have (keys: revoke)")
+    m = asub.add_parser("migrate", help="build what a store written by an older version lacks, exactly once")
+    m.add_argument("--store", help="store URL (default: $MODELTRACK_STORE, as `modeltrack serve` resolves it)")
+    m.set_defaults(func=run_migrate)
     p.set_defaults(func=lambda args: _usage(p))
 
 
@@ -87,6 +91,35 @@ def parse_fields(pairs: list[str]) -> dict[str, Any]:
         except orjson.JSONDecodeError:
             out[name] = raw
     return out
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    """Firestore: the slices of the hours written before them (:meth:`FirestoreSink.migrate_slices`). SQLite
+    rebuilds what it derives from the events whenever it is opened, so it has nothing to migrate."""
+    url = store_url(args)
+    if not url.startswith("firestore://"):
+        print(
+            f"{url.split(':', 1)[0]}:// stores rebuild their rollups when opened: nothing to migrate", file=sys.stderr
+        )
+        return 0
+    from ..sinks import open_sink
+    from ..sinks.firestore import FirestoreSink
+
+    sink = open_sink(url)
+    assert isinstance(sink, FirestoreSink)
+
+    async def go() -> int:
+        try:
+            return await sink.migrate_slices()
+        finally:
+            await sink.close()
+
+    read = asyncio.run(go())
+    if read:
+        print(f"slices built from {read:,} hourly rollup documents; every hour is now answered from them")
+    else:
+        print("nothing to migrate: the slices already cover every hour")
+    return 0
 
 
 def run_admin(args: argparse.Namespace) -> int:

@@ -7,16 +7,61 @@ Production Firestore needs composite indexes for filtered queries: ``deploy/fire
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from datetime import UTC, datetime, tzinfo
+import time
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from ..events import CostEvent
-from ..rollups import TOKENS, legacy_latency
+from ..rollups import LATENCY_BUCKETS, SUMS, TOKENS, legacy_latency
+from ..sinks import slices
 from ..sinks.firestore import FirestoreSink
-from .base import EventFilter, Filters
-from .memory import group, row_matches
-from .times import hour_key, stamp
+from . import stitch
+from .base import DIMENSIONS, EventFilter, Filters
+from .memory import add_into, group, row_matches
+from .times import hour_key, hour_start, stamp
+
+SINCE_TTL = 30.0
+"""Seconds a reader trusts what it read of where the slices begin (it only moves when a store is migrated)."""
+SUMMED = (*SUMS, *LATENCY_BUCKETS)
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Which slices answer a question: split by ``dim`` (and what it carries), in the organisation scopes
+    ``orgs``, pinned on a team or not (``ALL``); ``select`` the filters the cells must match."""
+
+    dim: str
+    orgs: tuple[str, ...]
+    pinned: str
+    select: Filters
+    user: str | None = None  # a filter on one user: only its shard is read
+
+    def names(self, kind: str) -> list[str]:
+        parts: Iterable[str] = ("main",)
+        if self.dim == "user":  # one user's shard, or every shard
+            parts = [slices.part_of("user", self.user)] if self.user is not None else slices.USER_PARTS
+        return [slices.slice_name(kind, o, self.pinned, part) for o in self.orgs for part in parts]
+
+
+def slice_for(f: Filters, group_by: tuple[str, ...]) -> Slice | None:
+    """The slices that hold a question, or None (then the hourly rollups answer it): every dimension it groups
+    or filters by, besides the organisation and a pinned team, must be carried by one slice."""
+    wanted = dict(f.items())
+    org = wanted.pop("org", None)
+    orgs = (org,) if org is not None else ("", slices.ALL)  # events without an org, and every org's
+    team = wanted.get("team")
+    pinned = slices.ALL
+    if team is not None and "team" not in group_by:
+        pinned = wanted.pop("team")
+    needed = {*group_by, *wanted} - {"cache_hit"}
+    for dim in ("provider", "model", *slices.SLICED):
+        if pinned != slices.ALL and dim == slices.PIN:
+            continue
+        if needed <= set(slices.carried(dim)):
+            return Slice(dim, orgs, pinned, Filters(**wanted), wanted.get("user") if dim == "user" else None)
+    return None
 
 
 class FirestoreReader:
@@ -24,6 +69,10 @@ class FirestoreReader:
 
     def __init__(self, sink: FirestoreSink) -> None:
         self.sink = sink
+        self.reads = 0  # documents read by aggregations (bench/firestore_scale.py reports it per question)
+        self._since_value: str | None = None
+        self._orgs = True  # any event has an org (the all-organisations slices exist): read from the store
+        self._since_at = -SINCE_TTL
 
     def _query(self, f: EventFilter, descending: bool = False) -> Any:
         from google.cloud import firestore
@@ -106,17 +155,100 @@ class FirestoreReader:
         day_zone: tzinfo | None = None,
         latency: bool = True,
     ) -> list[dict[str, Any]]:
+        """From the slices when one holds the question (:func:`slice_for`), for the hours they cover; from the
+        hourly rollups otherwise. Both give the same sums (tests/test_firestore_analytics.py)."""
+        for g in group_by:
+            if g not in DIMENSIONS:
+                raise ValueError(g)
+        summed = SUMMED if latency else SUMS
+        keys = (("hour",) if by_hour else ()) + group_by
+        sl = slice_for(f, group_by)
+        since = await self._since() if sl is not None else None
+        if sl is not None and not self._orgs and f.org is None:
+            sl = replace(sl, orgs=("",))  # no event has an org: the all-organisations slices do not exist
+        if sl is None or since is None:
+            return await self._hourly(start, end, f, keys)
+        cut = max(start, min(end, hour_start(since))) if since else start
+        parts = []
+        if start < cut:
+            parts.append(await self._hourly(start, cut, f, keys))
+        if cut < end:
+            parts.append(await self._sliced(sl, cut, end, by_hour, day_zone, keys, summed))
+        return parts[0] if len(parts) == 1 else stitch.merge(parts, keys, summed)
+
+    async def _since(self) -> str | None:
+        now = time.monotonic()
+        if now - self._since_at > SINCE_TTL:
+            (self._since_value, self._orgs), self._since_at = await self.sink.slices_meta(), now
+        return self._since_value
+
+    async def _hourly(self, start: datetime, end: datetime, f: Filters, keys: tuple[str, ...]) -> list[dict[str, Any]]:
         from google.cloud import firestore
 
         q = self.sink.collection_ref("rollups_hourly")
         q = q.where(filter=firestore.FieldFilter("hour", ">=", hour_key(start)))
         q = q.where(filter=firestore.FieldFilter("hour", "<", hour_key(end)))
         rows = [d.to_dict() async for d in q.stream()]
+        self.reads += len(rows)
         for row in rows:
             if any(k.startswith("lat_") for k in row):
                 legacy_latency(row)  # a document written before the log-spaced buckets
-        keys = (("hour",) if by_hour else ()) + group_by
         return group((r for r in rows if row_matches(r, f)), keys)
+
+    async def _sliced(
+        self,
+        sl: Slice,
+        start: datetime,
+        end: datetime,
+        by_hour: bool,
+        day_zone: tzinfo | None,
+        keys: tuple[str, ...],
+        summed: tuple[str, ...],
+    ) -> list[dict[str, Any]]:
+        p = stitch.plan(start, end, by_hour, day_zone)
+        if p is None:
+            return await self._cells(sl, "hour", _hours(start, end), keys, summed)
+        days = [(p.first + timedelta(days=i)).strftime("%Y-%m-%d") for i in range((p.last - p.first).days)]
+        edges = [h for lo, hi in p.edges for h in _hours(hour_start(lo), hour_start(hi))]
+        # Day rows are stamped at their midnight (as SQLite's are) before stitch restamps them; minority hours
+        # are grouped by hour.
+        got = await asyncio.gather(
+            self._cells(sl, "day", days, keys, summed),
+            self._cells(sl, "hour", edges, keys, summed),
+            self._cells(sl, "hour", p.minority, ("hour", *keys[1:]) if p.stamp_of else keys, summed),
+        )
+        return stitch.combine(p, got[0], [got[1]], got[2], keys, summed)
+
+    async def _cells(
+        self, sl: Slice, kind: str, buckets: list[str], keys: tuple[str, ...], summed: tuple[str, ...]
+    ) -> list[dict[str, Any]]:
+        """The slice's cells in ``buckets``, selected and grouped. The documents are read by id (a lookup per
+        document, however large the collection), with only the dimension asked for."""
+        if not buckets:
+            return []
+        coll = self.sink.collection_ref("slices")
+        shards = range(self.sink.shards)
+        refs = [
+            coll.document(slices.slice_doc_id(name, b, shard))
+            for name in sl.names(kind)
+            for b in buckets
+            for shard in shards
+        ]
+        self.reads += len(refs)
+        out: dict[tuple[Any, ...], dict[str, Any]] = {}
+        dims = slices.carried(sl.dim)
+        async for snap in self.sink.client.get_all(refs, field_paths=["b", sl.dim]):
+            if not snap.exists:
+                continue
+            doc = snap.to_dict()
+            hour = doc["b"] + "T00" if kind == "day" else doc["b"]
+            for key, sums in (doc.get(sl.dim) or {}).items():
+                cell = slices.cell_values(key, dims)
+                if not row_matches(cell, sl.select):
+                    continue
+                cell["hour"] = hour
+                add_into(out, keys, tuple(cell[x] for x in keys), sums, summed)
+        return list(out.values())
 
     async def sessions(self, start: datetime, end: datetime, f: Filters, limit: int) -> list[dict[str, Any]]:
         """The sessions the range and filters select, with their whole figures; each listed session's
@@ -162,3 +294,12 @@ class FirestoreReader:
 
     async def close(self) -> None:
         await self.sink.close()
+
+
+async def _docs(q: Any) -> list[dict[str, Any]]:
+    return [d.to_dict() async for d in q.stream()]
+
+
+def _hours(start: datetime, end: datetime) -> list[str]:
+    n = int((end - start).total_seconds() // 3600)
+    return [hour_key(start + timedelta(hours=i)) for i in range(n)]

@@ -12,8 +12,9 @@ from typing import Any
 import orjson
 
 from ..events import CostEvent
+from ..rollups import event_row
 from .base import EventFilter, Filters, StoreMissing
-from .memory import SessionSums, event_row, group, row_matches
+from .memory import SessionSums, group, row_matches
 from .times import hour_key, stamp
 
 

@@ -6,39 +6,10 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..events import CostEvent
-from ..rollups import LATENCY_BUCKETS, SUMS, TOKENS, hour_of, is_error, is_unpriced, latency_bucket, nano_usd
+from ..rollups import LATENCY_BUCKETS, SUMS, TOKENS, nano_usd
 from .base import Filters
 
 SUMMED = (*SUMS, *LATENCY_BUCKETS)
-
-
-def event_row(ev: CostEvent) -> dict[str, Any]:
-    """One event as an hourly-rollup row of its own (what the stores add to their rollups for it)."""
-    row: dict[str, Any] = {
-        "hour": hour_of(ev.timestamp),
-        "team": ev.team or "",
-        "app": ev.app or "",
-        "feature": ev.feature or "",
-        "user": ev.user or "",
-        "provider": ev.provider,
-        "model": ev.model or "",
-        "status": ev.status,
-        "cache_hit": 1 if ev.cache_hit else 0,
-        "org": ev.org or "",
-        "key_id": ev.key_id or "",
-        "error": ev.error or "",
-        "prompt_id": ev.prompt_id or "",
-        "processing": ev.processing or "",
-        "requests": 1,
-        "errors": int(is_error(ev)),
-        "unpriced": int(is_unpriced(ev)),
-        "cost_nano_usd": nano_usd(ev.cost_usd),
-        "saved_nano_usd": nano_usd(ev.saved_usd),
-        LATENCY_BUCKETS[latency_bucket(ev.latency_ms)]: 1,
-    }
-    for t in TOKENS:
-        row[t] = getattr(ev, t)
-    return row
 
 
 def row_matches(row: dict[str, Any], f: Filters) -> bool:
@@ -59,15 +30,25 @@ def row_matches(row: dict[str, Any], f: Filters) -> bool:
 def group(rows: Iterable[dict[str, Any]], keys: tuple[str, ...]) -> list[dict[str, Any]]:
     out: dict[tuple[Any, ...], dict[str, Any]] = {}
     for row in rows:
-        k = tuple(row.get(name) for name in keys)
-        acc = out.get(k)
-        if acc is None:
-            acc = out[k] = {**dict(zip(keys, k, strict=True)), **dict.fromkeys(SUMMED, 0)}
-        for name in SUMMED:
-            v = row.get(name)
-            if v:
-                acc[name] += int(v)
+        add_into(out, keys, tuple(row.get(name) for name in keys), row)
     return list(out.values())
+
+
+def add_into(
+    out: dict[tuple[Any, ...], dict[str, Any]],
+    keys: tuple[str, ...],
+    k: tuple[Any, ...],
+    sums: dict[str, Any],
+    summed: tuple[str, ...] = SUMMED,
+) -> None:
+    """Add ``sums`` to the group ``k`` (the values of ``keys``) of ``out``."""
+    acc = out.get(k)
+    if acc is None:
+        acc = out[k] = {**dict(zip(keys, k, strict=True)), **dict.fromkeys(summed, 0)}
+    for name in summed:
+        v = sums.get(name)
+        if v:
+            acc[name] += int(v)
 
 
 class SessionSums:

@@ -11,6 +11,9 @@ Data model (``COLL`` = the collection from ``firestore://PROJECT/COLL``, default
   hashed):
   tokens, ``cost_nano_usd``, ``saved_nano_usd`` and the latency histogram (``lat_00`` … ``lat_19``,
   :mod:`modeltrack.rollups`).
+* ``COLL_slices/{bucket}_{hash}[_{shard}]`` — per UTC day and hour, organisation scope, pinned team and
+  dimension: a map from each value to its sums, for one-dimension questions in one read a day
+  (:mod:`modeltrack.sinks.slices`).
 * ``COLL_sessions/{hash(org, session_id)}`` — per org and session: requests, tokens, ``cost_nano_usd``, summed latency,
   first and last seen (epoch ms, ``Minimum``/``Maximum`` transforms), team/app/feature/user as last seen.
 * ``COLL_claims/{key}`` — once-only markers (a budget alert, a scheduled report): ``create()`` succeeds once.
@@ -30,9 +33,10 @@ commit.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..events import CostEvent
@@ -47,10 +51,14 @@ from ..rollups import (
     is_error,
     is_unpriced,
     latency_bucket,
+    legacy_latency,
     nano_usd,
 )
+from . import slices
 
 MAX_WRITES = 500
+SLICES_META = "_meta"  # the document in ``COLL_slices`` that says from when the slices count every event
+SUMMED = (*SUMS, *LATENCY_BUCKETS)
 _DAILY_FIELDS = ("day", "team", "app", "feature", "provider", "model")
 _HOURLY_FIELDS = ("hour", *HOURLY_DIMENSIONS)
 
@@ -94,6 +102,8 @@ class FirestoreSink:
         self.shards = max(1, shards)
         self.commit_timeout = commit_timeout
         self._client: Any = None
+        self._marked = False
+        self._orgs = False
 
     @property
     def client(self) -> Any:
@@ -105,18 +115,88 @@ class FirestoreSink:
         return self._client
 
     def collection_ref(self, kind: str) -> Any:
-        """``events``, ``rollups_daily``, ``rollups_hourly``, ``sessions`` or ``claims``."""
+        """``events``, ``rollups_daily``, ``rollups_hourly``, ``slices``, ``sessions`` or ``claims``."""
         return self.client.collection(f"{self.collection}_{kind}")
 
     async def open(self) -> None:
         _ = self.client
+
+    async def _mark_slices(self) -> None:
+        """Mark where the slices begin, once per store, before this process's first write: every hour of a store
+        that has no events yet, else the next UTC midnight, from when every event written is counted in them.
+        Readers answer hours before it from the hourly rollups, until ``modeltrack admin migrate`` builds their
+        slices (:meth:`migrate_slices`). A store that cannot be reached is marked at a later write."""
+        from google.api_core import exceptions as gexc
+
+        meta = self.collection_ref("slices").document(SLICES_META)
+        if not (await meta.get(timeout=self.commit_timeout, retry=None)).exists:
+            events = self.collection_ref("events").limit(1)
+            empty = not [d async for d in events.stream(timeout=self.commit_timeout, retry=None)]
+            tomorrow = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT00")
+            with contextlib.suppress(gexc.Conflict):  # another writer marked it first: its mark stands
+                await meta.create({"since": "" if empty else tomorrow}, timeout=self.commit_timeout, retry=None)
+        self._marked = True
+
+    async def slices_since(self) -> str | None:
+        """The first hour (``YYYY-MM-DDTHH``) the slices count every event of; ``""``: all of them; None: no
+        writer has opened the store since slices exist (the hourly rollups answer everything)."""
+        return (await self.slices_meta())[0]
+
+    async def slices_meta(self) -> tuple[str | None, bool]:
+        """(:meth:`slices_since`, whether any event has an organisation: the all-organisations slices exist)."""
+        snap = await self.collection_ref("slices").document(SLICES_META).get(timeout=self.commit_timeout)
+        doc = snap.to_dict() if snap.exists else {}
+        since = doc.get("since")
+        return (since if isinstance(since, str) else None), bool(doc.get("orgs"))
+
+    async def migrate_slices(self) -> int:
+        """Build the slices of every hour before :meth:`slices_since` from the hourly rollups, then mark all hours
+        as covered: exactly once (a store already covered is left alone; running it again rebuilds the same
+        documents, which are written whole, not incremented). Returns the hourly documents read.
+
+        Run it once every replica writes slices (after the rollout): an event of those hours stored *while* it
+        runs may be counted in the hourly rollups and not in the slices."""
+        since = await self.slices_since()
+        if since == "":
+            return 0
+        limit = since or (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT00")
+        if since is None:  # never opened by a writer since slices exist: mark from tomorrow first
+            await self.collection_ref("slices").document(SLICES_META).set({"since": limit})
+        from google.cloud import firestore
+
+        acc: slices.Acc = {}
+        read, orgs = 0, False
+        q = self.collection_ref("rollups_hourly").where(filter=firestore.FieldFilter("hour", "<", limit))
+        async for d in q.stream():
+            row = d.to_dict()
+            read += 1
+            if any(k.startswith("lat_") for k in row):
+                legacy_latency(row)
+            dims = {k: row.get(k, 0 if k in ("status", "cache_hit") else "") for k in _HOURLY_FIELDS}
+            slices.add_row(acc, {**dims, **{k: row.get(k) for k in SUMMED}})
+            orgs = orgs or bool(dims["org"])
+        batch, n = self.client.batch(), 0
+        for (name, bucket), dims in acc.items():
+            ref = self.collection_ref("slices").document(slices.slice_doc_id(name, bucket, 0))
+            batch.set(ref, {"slice": name, "b": bucket, **dims})
+            n += 1
+            if n == MAX_WRITES:
+                await batch.commit(timeout=self.commit_timeout)
+                batch, n = self.client.batch(), 0
+        if n:
+            await batch.commit(timeout=self.commit_timeout)
+        mark: dict[str, Any] = {"since": ""}
+        if orgs:
+            mark["orgs"] = True
+        await self.collection_ref("slices").document(SLICES_META).set(mark, merge=True)
+        return read
 
     def _chunks(self, events: list[CostEvent]) -> list[list[CostEvent]]:
         chunks: list[list[CostEvent]] = []
         cur: list[CostEvent] = []
         keys: set[tuple[Any, ...]] = set()
         for ev in events:
-            mine: set[tuple[Any, ...]] = {daily_key(ev), hourly_key(ev)}
+            mine: set[tuple[Any, ...]] = {daily_key(ev), hourly_key(ev), *slices.keys(ev)}
             if ev.session_id is not None:
                 mine.add(("session", ev.org or "", ev.session_id))
             if cur and len(cur) + 1 + len(keys | mine) > MAX_WRITES:
@@ -129,6 +209,15 @@ class FirestoreSink:
         return chunks
 
     async def write(self, events: list[CostEvent]) -> None:
+        if not self._marked:
+            with contextlib.suppress(Exception):  # best effort: the events are what must be stored now
+                await self._mark_slices()
+        if not self._orgs and any(ev.org for ev in events):
+            # Readers then read the all-organisations slices too (without, half as many documents). Set before
+            # the events are written, so no reader can see an org's events without it.
+            meta = self.collection_ref("slices").document(SLICES_META)
+            await meta.set({"orgs": True}, merge=True, timeout=self.commit_timeout)
+            self._orgs = True
         # De-duplicate within the batch first (a replayed spool can contain an id twice).
         unique = list({ev.request_id: ev for ev in events}.values())
         for chunk in self._chunks(unique):
@@ -161,8 +250,10 @@ class FirestoreSink:
         daily: dict[tuple[Any, ...], dict[str, int]] = {}
         hourly: dict[tuple[Any, ...], dict[str, int]] = {}
         sessions: dict[tuple[str, str], dict[str, Any]] = {}
+        cells: slices.Acc = {}
         for ev in events:
             batch.create(self.collection_ref("events").document(ev.request_id), ev.to_dict())
+            slices.add(cells, ev)
             tokens = [getattr(ev, t) for t in TOKENS]
             cost = nano_usd(ev.cost_usd)
             d = daily.setdefault(daily_key(ev), dict.fromkeys(DAILY_SUMS, 0))
@@ -202,6 +293,14 @@ class FirestoreSink:
             batch.set(
                 self.collection_ref("rollups_hourly").document(hourly_doc_id(key, self._shard())), doc, merge=True
             )
+        for (name, bucket), dims in cells.items():
+            part: dict[str, Any] = {"slice": name, "b": bucket}
+            for dim, values in dims.items():
+                part[dim] = {
+                    cell: {k: firestore.Increment(n) for k, n in sums.items()} for cell, sums in values.items()
+                }
+            ref = self.collection_ref("slices").document(slices.slice_doc_id(name, bucket, self._shard() or 0))
+            batch.set(ref, part, merge=True)
         for (org, sid), s in sessions.items():
             doc = {"session_id": sid, **s["attrs"]}
             doc.update({k: firestore.Increment(v) for k, v in s["sums"].items()})

@@ -1,0 +1,129 @@
+"""Slices: Firestore's rollups shaped for the questions the dashboard and the API ask (issue N).
+
+Firestore has no GROUP BY: a reader of the hourly rollups streams every document in the range into Python, and
+their key includes the user, so a 30-day page read tens of thousands of documents at a million events a day. A
+**slice** answers a one-dimension question from one document per day (or hour):
+
+* ``COLL_slices/{bucket}_{hash}_{shard}`` holds, for one bucket (a UTC day ``2026-11-29`` or hour
+  ``2026-11-29T20``) and one organisation scope, a field per dimension: a map from each value of that dimension
+  (with the cache hit, and for a model its provider: :func:`carried`) to its sums: requests, errors, unpriced,
+  tokens by kind, cost, savings and the latency histogram. Its ``slice`` field names the document
+  (:func:`slice_name`), ``b`` its bucket. Readers compute the ids of the documents a question needs and read
+  them by id (no query, no index), asking for the one dimension they need (a projection), so a document's
+  other dimensions never cross the wire.
+* A commit adds to one such document per bucket and scope, not one per dimension: in writes, slices cost about
+  what the daily and hourly rollups do.
+* Each organisation scope has its documents: the event's own org, and ``*`` (all organisations) when it has one,
+  so the operator's all-org view is as cheap as an org's.
+* **Pinned on the team:** the same documents again per team, for every other dimension. A team-scoped viewer
+  (whose every question carries ``team=``) and the dashboard's drill-down from a team are then one-dimension
+  questions too.
+* The ``user`` dimension is kept in :data:`USER_SHARDS` documents of its own, by a hash of the user, so a day
+  with many users keeps each document far below Firestore's 1 MiB.
+
+What no slice holds (two dimensions besides the team and the cache hit) is read from the hourly rollups, as
+before (:mod:`modeltrack.query.firestore`).
+
+Exactly once: slices are ``Increment`` transforms in the same atomic commit as the events they count, like every
+rollup (:mod:`modeltrack.sinks.firestore`). Sums equal SQLite's on the same events
+(tests/test_firestore_analytics.py).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import TYPE_CHECKING, Any
+
+from ..rollups import HOURLY_DIMENSIONS, event_row
+
+if TYPE_CHECKING:
+    from ..events import CostEvent
+
+ALL = "*"
+"""The organisation scope of every organisation's events together (and the unpinned team)."""
+PIN = "team"
+USER_SHARDS = 8
+SEP = "\x1f"  # never in an attribution value: HTTP refuses control characters in headers
+_NOT_SUMMED = {"hour", *HOURLY_DIMENSIONS}
+SLICED = tuple(d for d in HOURLY_DIMENSIONS if d != "cache_hit")
+"""The dimensions with slices of their own (every slice also splits by the cache hit: :func:`carried`)."""
+
+
+def slice_name(kind: str, org: str, team: str, part: str = "main") -> str:
+    """``kind`` ``day`` or ``hour``; ``org`` an organisation or :data:`ALL`; ``team`` a team (pinned) or
+    :data:`ALL`; ``part`` ``main`` (every dimension but the user) or ``user{shard}``."""
+    return SEP.join((kind, org, team, part))
+
+
+def part_of(dim: str, user: str | None = None) -> str:
+    """The document of a slice that holds ``dim``: ``main``, or the user's shard."""
+    return f"user{user_shard(user)}" if dim == "user" and user is not None else "main"
+
+
+USER_PARTS = tuple(f"user{i}" for i in range(USER_SHARDS))
+
+
+def user_shard(user: str) -> int:
+    return int.from_bytes(hashlib.sha256(user.encode()).digest()[:2], "big") % USER_SHARDS
+
+
+def carried(dim: str) -> tuple[str, ...]:
+    """The dimensions a slice of ``dim`` splits by: ``dim`` itself, the response-cache hit (every breakdown shows
+    a hit rate), and for ``model`` its provider (what-if groups by both)."""
+    return ("cache_hit", "provider", "model") if dim == "model" else ("cache_hit", dim)
+
+
+def cell_key(row: dict[str, Any], dims: tuple[str, ...]) -> str:
+    """A cell's map key: its values joined (never empty: Firestore refuses empty field names)."""
+    return SEP.join(str(row[d]) for d in dims)
+
+
+def cell_values(key: str, dims: tuple[str, ...]) -> dict[str, Any]:
+    return {d: int(v) if d in ("status", "cache_hit") else v for d, v in zip(dims, key.split(SEP), strict=True)}
+
+
+def slice_doc_id(name: str, bucket: str, shard: int) -> str:
+    """A slice document's id: readers compute it (a lookup by id, never a query). Shard 0 is the only one
+    of a store without ``?shards=N``, so raising N later keeps every document found; lowering it hides the
+    documents of the shards above, until ``modeltrack admin migrate``."""
+    digest = hashlib.sha256(name.encode()).hexdigest()[:24]
+    return f"{bucket}_{digest}_{shard}"
+
+
+Acc = dict[tuple[str, str], dict[str, dict[str, dict[str, int]]]]
+"""(slice name, bucket) → dimension → cell key → sums: what a commit adds to the slices."""
+
+
+def _cells(row: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(slice name, bucket, dimension, cell key) of every slice cell an event's row adds to."""
+    hour, org, team, user = row["hour"], row["org"], row["team"], row["user"]
+    out = []
+    for kind, bucket in (("day", hour[:10]), ("hour", hour)):
+        for o in (org, ALL) if org else (org,):
+            for pinned in (ALL, team):
+                main = slice_name(kind, o, pinned)
+                for dim in SLICED:
+                    if pinned != ALL and dim == PIN:
+                        continue
+                    name = slice_name(kind, o, pinned, part_of(dim, user)) if dim == "user" else main
+                    out.append((name, bucket, dim, cell_key(row, carried(dim))))
+    return out
+
+
+def add(acc: Acc, ev: CostEvent) -> None:
+    """Count one event in every slice it belongs to."""
+    add_row(acc, event_row(ev))
+
+
+def add_row(acc: Acc, row: dict[str, Any]) -> None:
+    """Count an hourly-rollup row (an event's own, or a stored hourly document) in every slice it belongs to."""
+    sums = [(k, int(v)) for k, v in row.items() if k not in _NOT_SUMMED and v]
+    for name, bucket, dim, cell in _cells(row):
+        into = acc.setdefault((name, bucket), {}).setdefault(dim, {}).setdefault(cell, {})
+        for k, n in sums:
+            into[k] = into.get(k, 0) + n
+
+
+def keys(ev: CostEvent) -> set[tuple[str, str]]:
+    """The slice documents (before write shards) an event adds to: what a commit's write count must include."""
+    return {(name, bucket) for name, bucket, _, _ in _cells(event_row(ev))}

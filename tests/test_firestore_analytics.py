@@ -1,0 +1,162 @@
+"""Firestore analytics from slices (issue N): the same events written to SQLite and to the Firestore emulator
+through the real sinks answer every question alike, whether the slices (sinks/slices.py) or the hourly rollups
+answer it on Firestore; the slices read a few documents a day; a store written before slices keeps answering,
+and ``migrate_slices`` builds them exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modeltrack.cli.main import main
+from modeltrack.query.base import Filters
+from modeltrack.query.firestore import FirestoreReader, slice_for
+from modeltrack.query.sqlite import SQLiteReader
+from modeltrack.query.times import zone
+from modeltrack.sinks.firestore import SLICES_META, FirestoreSink
+from modeltrack.sinks.sqlite import SQLiteSink
+
+from .seed import history
+
+pytestmark = pytest.mark.usefixtures("firestore_emulator")
+
+END = datetime(2026, 11, 30, 15, 0, tzinfo=UTC)
+START = END - timedelta(days=30, hours=7)  # neither end at a midnight: day rows plus edge hours
+
+QUESTIONS: list[tuple[Filters, tuple[str, ...]]] = [
+    (Filters(), ()),
+    (Filters(), ("team", "cache_hit")),
+    (Filters(), ("model", "cache_hit")),
+    (Filters(), ("provider", "model")),
+    (Filters(), ("user", "cache_hit")),
+    (Filters(), ("status",)),
+    (Filters(), ("org",)),
+    (Filters(), ("key_id",)),
+    (Filters(), ("processing",)),
+    (Filters(team="search"), ("model", "cache_hit")),
+    (Filters(team=""), ("app",)),
+    (Filters(team="ads"), ("team",)),
+    (Filters(org="acme"), ("team", "cache_hit")),
+    (Filters(org=""), ()),
+    (Filters(model="gpt-4o-2024-08-06"), ()),
+    (Filters(status="4xx"), ("status",)),
+    (Filters(cache_hit=True), ("model",)),
+    (Filters(user="customer-3"), ()),
+    (Filters(team="support", user="customer-5"), ("user",)),
+    (Filters(provider="openai"), ("provider", "model")),
+    # Not held by one slice: the hourly rollups answer these.
+    (Filters(provider="openai"), ("team",)),
+    (Filters(), ("team", "model")),
+    (Filters(team="search", app="web"), ("feature",)),
+]
+
+
+def _events() -> list[Any]:
+    evs = history(33, 25, seed=11, end=END)
+    out = []
+    for i, e in enumerate(evs):
+        out.append(
+            replace(
+                e,
+                org=("acme", "globex", None)[i % 3],
+                key_id=f"key_{i % 4}" if i % 5 else None,
+                processing="batch" if i % 17 == 0 else None,
+                latency_ms=0.3 + (i % 50) * 37.1,
+            )
+        )
+    return out
+
+
+def _norm(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    return sorted(tuple(sorted((k, v) for k, v in r.items() if v != 0 or k in ("status", "cache_hit"))) for r in rows)
+
+
+@pytest.fixture
+async def stores(tmp_path: Path) -> Any:
+    events = _events()
+    SQLiteSink(str(tmp_path / "e.db")).write_sync(events)
+    sink = FirestoreSink("modeltrack-test", f"t{uuid.uuid4().hex[:12]}")
+    await sink.write(events)
+    fs = FirestoreReader(sink)
+    sq = SQLiteReader(str(tmp_path / "e.db"))
+    yield fs, sq, sink, events
+    await fs.close()
+    await sq.close()
+
+
+async def _same(fs: FirestoreReader, sq: SQLiteReader, f: Filters, group_by: tuple[str, ...], **kw: Any) -> int:
+    before = fs.reads
+    got = await fs.aggregate(START, END, f, group_by, **kw)
+    want = await sq.aggregate(START, END, f, group_by, **kw)
+    assert want, (f, group_by)
+    assert _norm(got) == _norm(want), (f, group_by, kw)
+    return fs.reads - before
+
+
+async def test_every_question_equals_sqlite_and_slices_read_a_few_documents_a_day(stores: Any) -> None:
+    fs, sq, _, events = stores
+    hourly = len({(e.timestamp[:13], e.team, e.app, e.feature, e.user, e.model, e.status, e.org) for e in events})
+    for f, group_by in QUESTIONS:
+        reads = await _same(fs, sq, f, group_by)
+        sl = slice_for(f, group_by)
+        if sl is None:
+            assert reads >= hourly // 2, (f, group_by, reads)  # the hourly rollups, streamed whole
+        else:
+            # 30 days and 2 × 23 edge hours at most, per organisation scope and user shard: the issue's goal.
+            assert reads <= (30 + 46) * len(sl.names("day")), (f, group_by, reads)
+            assert reads <= 1000, (f, group_by, reads)
+    # By hour, and by local day in whole-hour and half-hour zones (the day rows are restamped, minority hours
+    # moved out of them).
+    for tz in (None, "UTC", "Europe/Paris", "America/New_York", "Asia/Kolkata"):
+        for f, group_by in ((Filters(), ()), (Filters(team="search"), ("model",)), (Filters(org="acme"), ("team",))):
+            await _same(fs, sq, f, group_by, by_hour=True, day_zone=zone(tz) if tz else None)
+
+
+async def test_a_store_written_before_slices_answers_alike_and_migrates_exactly_once(
+    stores: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, sq, sink, _ = stores
+    # What a store written by an older version looks like: slices only from the mark its first upgraded writer set.
+    mark = (END - timedelta(days=3)).strftime("%Y-%m-%dT00")
+    async for d in sink.collection_ref("slices").stream():
+        if d.id != SLICES_META and d.get("b") < mark[: len(d.get("b"))]:  # a day before the mark's, or an hour
+            await d.reference.delete()
+    await sink.collection_ref("slices").document(SLICES_META).set({"since": mark}, merge=True)
+    fresh = FirestoreReader(sink)
+    reads = await _same(fresh, sq, Filters(), ("team", "cache_hit"))
+    assert reads > 100  # before the mark: the hourly rollups
+    url = f"firestore://modeltrack-test/{sink.collection}"
+    assert await asyncio.to_thread(main, ["admin", "migrate", "--store", url]) == 0
+    assert "slices built from" in capsys.readouterr().out
+    assert await sink.slices_since() == ""
+    migrated = FirestoreReader(sink)
+    for f, group_by in QUESTIONS:
+        await _same(migrated, sq, f, group_by)
+    reads = await _same(migrated, sq, Filters(), ("team", "cache_hit"))
+    assert reads <= 2 * (30 + 46)  # both organisation scopes ("" and every org's)
+    assert await asyncio.to_thread(main, ["admin", "migrate", "--store", url]) == 0
+    assert "nothing to migrate" in capsys.readouterr().out  # exactly once: a covered store is left alone
+    assert await sink.migrate_slices() == 0
+    await _same(FirestoreReader(sink), sq, Filters(), ("team", "cache_hit"))
+
+
+def test_the_deploy_kit_exempts_every_slice_dimension_from_indexing() -> None:
+    """A slice document holds a map per dimension with a field per value and sum: indexed, a busy day would pass
+    Firestore's 40,000 index entries a document and refuse its writes. Slices are read by id, never queried."""
+    import json
+
+    from modeltrack.sinks.slices import SLICED
+
+    doc = json.loads((Path(__file__).resolve().parent.parent / "deploy" / "firestore.indexes.json").read_text())
+    exempt = {
+        o["fieldPath"]
+        for o in doc["fieldOverrides"]
+        if o["collectionGroup"] == "modeltrack_slices" and not o["indexes"]
+    }
+    assert exempt == set(SLICED)
