@@ -111,6 +111,15 @@ async def test_every_question_equals_sqlite_and_slices_read_a_few_documents_a_da
             # 30 days and 2 × 23 edge hours at most, per organisation scope and user shard: the goal.
             assert reads <= (30 + 46) * len(sl.names("day")), (f, group_by, reads)
             assert reads <= 1000, (f, group_by, reads)
+    # The dearest sessions: read dearest first, a page, never every session of the range.
+    for f in (Filters(), Filters(org="acme"), Filters(org="")):
+        before = fs.reads
+        got = await fs.sessions(START, END, f, 5)
+        want = await sq.sessions(START, END, f, 5)
+        assert [(r["session_id"], r["org"], r["cost_nano_usd"]) for r in got] == [
+            (r["session_id"], r["org"], r["cost_nano_usd"]) for r in want
+        ], f
+        assert fs.reads - before <= 20
     # By hour, and by local day in whole-hour and half-hour zones (the day rows are restamped, minority hours
     # moved out of them).
     for tz in (None, "UTC", "Europe/Paris", "America/New_York", "Asia/Kolkata"):

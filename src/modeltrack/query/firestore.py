@@ -237,14 +237,16 @@ class FirestoreReader:
         self.reads += len(refs)
         out: dict[tuple[Any, ...], dict[str, Any]] = {}
         dims = slices.carried(sl.dim)
+        select = bool(sl.select.items())
         async for snap in self.sink.client.get_all(refs, field_paths=["b", sl.dim]):
             if not snap.exists:
                 continue
-            doc = snap.to_dict()
+            # Read, never changed: to_dict() would deep-copy every cell first (40 % of a user breakdown's time).
+            doc = getattr(snap, "_data", None) or snap.to_dict()
             hour = doc["b"] + "T00" if kind == "day" else doc["b"]
             for key, sums in (doc.get(sl.dim) or {}).items():
                 cell = slices.cell_values(key, dims)
-                if not row_matches(cell, sl.select):
+                if select and not row_matches(cell, sl.select):
                     continue
                 cell["hour"] = hour
                 add_into(out, keys, tuple(cell[x] for x in keys), sums, summed)
@@ -253,12 +255,13 @@ class FirestoreReader:
     async def sessions(self, start: datetime, end: datetime, f: Filters, limit: int) -> list[dict[str, Any]]:
         """The sessions the range and filters select, with their whole figures; each listed session's
         attribution is its first request's (one small query per listed session), as on SQLite."""
-        from google.cloud import firestore
 
         from ..sinks.firestore import session_doc_id
 
         docs: list[dict[str, Any]] = []
-        if f.items():
+        if {k for k, _ in f.items()} <= {"org"}:
+            docs = await self._top_sessions(start, end, f.org, limit)
+        elif f.items():
             keys: set[tuple[str, str]] = set()
             async for chunk in self.iter_events(EventFilter(start, end, f)):
                 keys |= {(e.org or "", e.session_id) for e in chunk if e.session_id is not None}
@@ -267,16 +270,12 @@ class FirestoreReader:
             async for snap in self.sink.client.get_all(refs):
                 if snap.exists:
                     docs.append(snap.to_dict())
-        else:
-            start_ms, end_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
-            q = self.sink.collection_ref("sessions").where(filter=firestore.FieldFilter("last_ms", ">=", start_ms))
-            docs = [row async for d in q.stream() if (row := d.to_dict()).get("first_ms", 0) < end_ms]
         out = [
             {
                 "session_id": row["session_id"],
                 "first_ts": stamp(datetime.fromtimestamp(row["first_ms"] / 1000, UTC)),
                 "last_ts": stamp(datetime.fromtimestamp(row["last_ms"] / 1000, UTC)),
-                "org": row.get("org"),
+                "org": row.get("org") or "",  # as SQLite keeps it
                 **{k: int(row.get(k, 0)) for k in ("requests", *TOKENS, "cost_nano_usd")},
                 "latency_ms": float(row.get("latency_ms", 0.0)),
             }
@@ -287,6 +286,31 @@ class FirestoreReader:
         for s, first in zip(top, firsts, strict=True):
             s.update({k: getattr(first, k) if first is not None else None for k in ("team", "app", "feature", "user")})
         return top
+
+    async def _top_sessions(self, start: datetime, end: datetime, org: str | None, limit: int) -> list[dict[str, Any]]:
+        """The dearest sessions active in ``[start, end)`` (of one org): read dearest first, a page at a time,
+        until ``limit`` of them started before ``end``; never every session of the range. Production Firestore
+        serves this from the composite index in deploy/firestore.indexes.json."""
+        from google.cloud import firestore
+
+        start_ms, end_ms = int(start.timestamp() * 1000), int(end.timestamp() * 1000)
+        q = self.sink.collection_ref("sessions")
+        if org is not None:
+            q = q.where(filter=firestore.FieldFilter("org", "==", org or None))  # "(none)": stored as null
+        q = q.where(filter=firestore.FieldFilter("last_ms", ">=", start_ms))
+        q = q.order_by("cost_nano_usd", direction=firestore.Query.DESCENDING)
+        out: list[dict[str, Any]] = []
+        last: Any = None
+        page = max(limit, 20)
+        while len(out) < limit:
+            pq = q.limit(page) if last is None else q.start_after(last).limit(page)
+            snaps = [d async for d in pq.stream()]
+            self.reads += len(snaps)
+            out += [row for d in snaps if (row := d.to_dict()).get("first_ms", 0) < end_ms]
+            if len(snaps) < page:
+                break
+            last = snaps[-1]
+        return out[:limit]
 
     async def _first(self, session_id: str, org: str | None) -> CostEvent | None:
         found = await self.events(EventFilter(session_id=session_id, filters=Filters(org=org or "")), None)

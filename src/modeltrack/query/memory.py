@@ -45,10 +45,15 @@ def add_into(
     acc = out.get(k)
     if acc is None:
         acc = out[k] = {**dict(zip(keys, k, strict=True)), **dict.fromkeys(summed, 0)}
-    for name in summed:
-        v = sums.get(name)
-        if v:
-            acc[name] += int(v)
+    if len(sums) < len(summed):  # a sparse cell (a slice's): walk its own few sums
+        for name, v in sums.items():
+            if v and name in acc and name not in keys:
+                acc[name] += int(v)
+    else:
+        for name in summed:
+            v = sums.get(name)
+            if v:
+                acc[name] += int(v)
 
 
 class SessionSums:

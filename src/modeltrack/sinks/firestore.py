@@ -47,6 +47,7 @@ from ..rollups import (
     SUMS,
     TOKENS,
     daily_key,
+    event_row,
     hourly_key,
     is_error,
     is_unpriced,
@@ -191,21 +192,27 @@ class FirestoreSink:
         await self.collection_ref("slices").document(SLICES_META).set(mark, merge=True)
         return read
 
-    def _chunks(self, events: list[CostEvent]) -> list[list[CostEvent]]:
-        chunks: list[list[CostEvent]] = []
+    def _chunks(self, events: list[CostEvent]) -> list[tuple[list[CostEvent], slices.Acc]]:
+        """Commits of at most 500 writes (events and the rollup, slice and session documents they add to), each
+        slice document within Firestore's 500 field transforms; with each commit's slice cells."""
+        chunks: list[tuple[list[CostEvent], slices.Acc]] = []
         cur: list[CostEvent] = []
+        acc: slices.Acc = {}
+        fields: dict[tuple[str, str], int] = {}
         keys: set[tuple[Any, ...]] = set()
         for ev in events:
+            row = event_row(ev)
             mine: set[tuple[Any, ...]] = {daily_key(ev), hourly_key(ev), *slices.keys(ev)}
             if ev.session_id is not None:
                 mine.add(("session", ev.org or "", ev.session_id))
-            if cur and len(cur) + 1 + len(keys | mine) > MAX_WRITES:
-                chunks.append(cur)
-                cur, keys = [], set()
+            if cur and (len(cur) + 1 + len(keys | mine) > MAX_WRITES or not slices.fits(acc, fields, row)):
+                chunks.append((cur, acc))
+                cur, keys, acc, fields = [], set(), {}, {}
             cur.append(ev)
             keys |= mine
+            slices.add_row(acc, row, fields)
         if cur:
-            chunks.append(cur)
+            chunks.append((cur, acc))
         return chunks
 
     async def write(self, events: list[CostEvent]) -> None:
@@ -220,17 +227,18 @@ class FirestoreSink:
             self._orgs = True
         # De-duplicate within the batch first (a replayed spool can contain an id twice).
         unique = list({ev.request_id: ev for ev in events}.values())
-        for chunk in self._chunks(unique):
-            await self._commit(chunk)
+        for chunk, cells in self._chunks(unique):
+            await self._commit(chunk, cells)
 
-    async def _commit(self, events: list[CostEvent]) -> None:
+    async def _commit(self, events: list[CostEvent], cells: slices.Acc | None = None) -> None:
+        """``cells``: the events' slice cells, when already counted (:meth:`_chunks`)."""
         from google.api_core import exceptions as gexc
 
         for _ in range(3):
             if not events:
                 return
             try:
-                await self._batch(events).commit(timeout=self.commit_timeout, retry=None)
+                await self._batch(events, cells).commit(timeout=self.commit_timeout, retry=None)
                 return
             except gexc.Conflict:
                 # ALREADY_EXISTS: some of these events were stored by an earlier (ambiguous) commit.
@@ -241,19 +249,21 @@ class FirestoreSink:
                     if snap.exists
                 }
                 events = [ev for ev in events if ev.request_id not in existing]
+                cells = None  # fewer events: counted again
         raise RuntimeError("firestore: conflicts persisted after 3 attempts")  # transient: will be retried
 
-    def _batch(self, events: list[CostEvent]) -> Any:
+    def _batch(self, events: list[CostEvent], counted: slices.Acc | None = None) -> Any:
         from google.cloud import firestore
 
         batch = self.client.batch()
         daily: dict[tuple[Any, ...], dict[str, int]] = {}
         hourly: dict[tuple[Any, ...], dict[str, int]] = {}
         sessions: dict[tuple[str, str], dict[str, Any]] = {}
-        cells: slices.Acc = {}
+        cells: slices.Acc = {} if counted is None else counted
         for ev in events:
             batch.create(self.collection_ref("events").document(ev.request_id), ev.to_dict())
-            slices.add(cells, ev)
+            if counted is None:
+                slices.add(cells, ev)
             tokens = [getattr(ev, t) for t in TOKENS]
             cost = nano_usd(ev.cost_usd)
             d = daily.setdefault(daily_key(ev), dict.fromkeys(DAILY_SUMS, 0))

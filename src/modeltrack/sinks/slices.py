@@ -115,13 +115,33 @@ def add(acc: Acc, ev: CostEvent) -> None:
     add_row(acc, event_row(ev))
 
 
-def add_row(acc: Acc, row: dict[str, Any]) -> None:
-    """Count an hourly-rollup row (an event's own, or a stored hourly document) in every slice it belongs to."""
+def add_row(acc: Acc, row: dict[str, Any], fields: dict[tuple[str, str], int] | None = None) -> None:
+    """Count an hourly-rollup row (an event's own, or a stored hourly document) in every slice it belongs to;
+    ``fields`` (when given) counts each document's fields, the increments its write will carry."""
     sums = [(k, int(v)) for k, v in row.items() if k not in _NOT_SUMMED and v]
     for name, bucket, dim, cell in _cells(row):
         into = acc.setdefault((name, bucket), {}).setdefault(dim, {}).setdefault(cell, {})
         for k, n in sums:
+            if k not in into and fields is not None:
+                fields[(name, bucket)] = fields.get((name, bucket), 0) + 1
             into[k] = into.get(k, 0) + n
+
+
+MAX_TRANSFORMS = 480
+"""Firestore applies at most 500 field transforms to one document in one commit; every sum of every cell is an
+``Increment``, so a commit stops adding events before a slice document would pass this (a margin kept)."""
+
+
+def fits(acc: Acc, fields: dict[tuple[str, str], int], row: dict[str, Any]) -> bool:
+    """Whether counting ``row`` too keeps every slice document of a commit within :data:`MAX_TRANSFORMS`."""
+    sums = [k for k, v in row.items() if k not in _NOT_SUMMED and v]
+    extra: dict[tuple[str, str], int] = {}
+    for name, bucket, dim, cell in _cells(row):
+        have = acc.get((name, bucket), {}).get(dim, {}).get(cell, {})
+        new = sum(1 for k in sums if k not in have)
+        if new:
+            extra[(name, bucket)] = extra.get((name, bucket), 0) + new
+    return all(fields.get(k, 0) + n <= MAX_TRANSFORMS for k, n in extra.items())
 
 
 def keys(ev: CostEvent) -> set[tuple[str, str]]:
