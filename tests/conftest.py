@@ -13,7 +13,7 @@ from modeltrack.app import ModelTrack
 from modeltrack.config import PROVIDERS, Settings
 from modeltrack.pipeline import Pipeline
 
-from .faults import FirestoreEmulator, RedisServer, Tinyproxy
+from .faults import FirestoreEmulator, RedisServer, Tinyproxy, emulator_running
 from .replay import ReplayUpstream
 
 
@@ -71,18 +71,8 @@ async def make_proxy(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Pr
 @pytest.fixture(scope="session")
 def firestore_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FirestoreEmulator]:
     """The real Firestore emulator on a free loopback port, shared by the session; tests use unique collections."""
-    emu = FirestoreEmulator(free_port(), tmp_path_factory.mktemp("emulator") / "emulator.log")
-    emu.start()
-    old = os.environ.get("FIRESTORE_EMULATOR_HOST")
-    os.environ["FIRESTORE_EMULATOR_HOST"] = emu.host
-    try:
+    with emulator_running(FirestoreEmulator(free_port(), tmp_path_factory.mktemp("emulator") / "emulator.log")) as emu:
         yield emu
-    finally:
-        emu.stop()
-        if old is None:
-            os.environ.pop("FIRESTORE_EMULATOR_HOST", None)
-        else:
-            os.environ["FIRESTORE_EMULATOR_HOST"] = old
 
 
 @pytest.fixture(params=["sqlite", "firestore"])

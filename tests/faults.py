@@ -10,6 +10,7 @@ import shutil
 import subprocess
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 from bench.sysinfo import free_port, wait_port
@@ -58,6 +59,23 @@ class FirestoreEmulator:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 os.killpg(self.proc.pid, 9)
+
+
+@contextlib.contextmanager
+def emulator_running(emu: FirestoreEmulator) -> Iterator[FirestoreEmulator]:
+    """Started, with ``FIRESTORE_EMULATOR_HOST`` pointing the Firestore client at it; stopped and the variable
+    restored after (the test session's emulator, and the bench's)."""
+    emu.start()
+    old = os.environ.get("FIRESTORE_EMULATOR_HOST")
+    os.environ["FIRESTORE_EMULATOR_HOST"] = emu.host
+    try:
+        yield emu
+    finally:
+        emu.stop()
+        if old is None:
+            os.environ.pop("FIRESTORE_EMULATOR_HOST", None)
+        else:
+            os.environ["FIRESTORE_EMULATOR_HOST"] = old
 
 
 class RedisServer:
