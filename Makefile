@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test tools lint typecheck unit pricing bench bench-peers soak clean vendor-ui
+.PHONY: run test tools lint typecheck unit pricing bench bench-peers bench-firestore soak clean vendor-ui
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -49,6 +49,10 @@ bench: $(VENV)/.dev-deps
 
 bench-peers: $(VENV)/.dev-deps
 	$(BIN)/python -m bench.run --peers
+
+## bench-firestore: 300,000 events in the Firestore emulator, the dashboard's 30-day questions timed (~6 min)
+bench-firestore: $(VENV)/.dev-deps
+	$(BIN)/python -m bench.firestore_scale
 
 ## vendor-ui: refresh the dashboard's vendored chart library (uPlot) from the npm registry, checksum-pinned
 vendor-ui:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from bench import pipeline, pricing
 
 
@@ -31,3 +32,15 @@ def test_batch_bench_harness(tmp_path: Path) -> None:
     r = batches.run(tmp_path, 200)
     assert (r["stored"], r["distinct"]) == (200, 200)  # every item once, after two reads
     assert "items/s" in batches.report(r)[0]
+
+
+@pytest.mark.usefixtures("firestore_emulator")
+async def test_firestore_scale_bench_harness() -> None:
+    """The Firestore bench at a small size: every question answered from slices, within the read bound."""
+    from bench import firestore_scale
+
+    r = await firestore_scale.main_async(3_000, 3, 300)
+    assert r["seed"]["events"] == 3_000 and r["seed"]["documents"] > 0
+    assert len(r["questions"]) >= 10 and all(0 < q["reads"] <= 1_000 for q in r["questions"])
+    assert r["writes_per_s"] > 0
+    assert "documents read" in "\n".join(firestore_scale.report(r))
