@@ -202,7 +202,7 @@ class FirestoreSink:
         keys: set[tuple[Any, ...]] = set()
         for ev in events:
             row = event_row(ev)
-            mine: set[tuple[Any, ...]] = {daily_key(ev), hourly_key(ev), *slices.keys(ev)}
+            mine: set[tuple[Any, ...]] = {daily_key(ev), hourly_key(ev), *slices.keys(row)}
             if ev.session_id is not None:
                 mine.add(("session", ev.org or "", ev.session_id))
             if cur and (len(cur) + 1 + len(keys | mine) > MAX_WRITES or not slices.fits(acc, fields, row)):

@@ -144,6 +144,6 @@ def fits(acc: Acc, fields: dict[tuple[str, str], int], row: dict[str, Any]) -> b
     return all(fields.get(k, 0) + n <= MAX_TRANSFORMS for k, n in extra.items())
 
 
-def keys(ev: CostEvent) -> set[tuple[str, str]]:
-    """The slice documents (before write shards) an event adds to: what a commit's write count must include."""
-    return {(name, bucket) for name, bucket, _, _ in _cells(event_row(ev))}
+def keys(row: dict[str, Any]) -> set[tuple[str, str]]:
+    """The slice documents (before write shards) an event's row adds to: what a commit's write count includes."""
+    return {(name, bucket) for name, bucket, _, _ in _cells(row)}
