@@ -53,6 +53,8 @@ times the one before, to 0.1 × 2^23 ms ≈ 14 minutes; one more bucket takes ev
 0.1 ms to 14 minutes it is at most 26 % above or 21 % below it (linear within the bucket); below 0.1 ms it
 reads as at most 0.1 ms. (tests/test_api.py::test_latency_percentiles_resolve_sub_millisecond_to_minutes)"""
 LATENCY_BUCKETS = tuple(f"lt_{i:02d}" for i in range(len(LATENCY_BOUNDS_MS) + 1))
+SUMMED = (*SUMS, *LATENCY_BUCKETS)
+"""Every sum a rollup row carries: the counters and the latency histogram."""
 LEGACY_LATENCY_BOUNDS_MS: tuple[int, ...] = (25, 50, 100, 200, 300, 500, 750, 1_000, 1_500, 2_000, 3_000, 5_000)
 LEGACY_LATENCY_BOUNDS_MS += (7_500, 10_000, 15_000, 20_000, 30_000, 60_000, 120_000)
 """The buckets rollups had before (``lat_00`` … ``lat_19``): Firestore documents written then are read by

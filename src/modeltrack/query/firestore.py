@@ -14,7 +14,7 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from ..events import CostEvent
-from ..rollups import LATENCY_BUCKETS, SUMS, TOKENS, legacy_latency
+from ..rollups import SUMMED, SUMS, TOKENS, legacy_latency
 from ..sinks import slices
 from ..sinks.firestore import FirestoreSink
 from . import stitch
@@ -24,7 +24,6 @@ from .times import hour_key, hour_start, stamp
 
 SINCE_TTL = 30.0
 """Seconds a reader trusts what it read of where the slices begin (it only moves when a store is migrated)."""
-SUMMED = (*SUMS, *LATENCY_BUCKETS)
 
 
 @dataclass(frozen=True)
@@ -210,12 +209,11 @@ class FirestoreReader:
             return await self._cells(sl, "hour", _hours(start, end), keys, summed)
         days = [(p.first + timedelta(days=i)).strftime("%Y-%m-%d") for i in range((p.last - p.first).days)]
         edges = [h for lo, hi in p.edges for h in _hours(hour_start(lo), hour_start(hi))]
-        # Day rows are stamped at their midnight (as SQLite's are) before stitch restamps them; minority hours
-        # are grouped by hour.
+        # Day rows are stamped at their midnight (as SQLite's are) before stitch restamps them.
         got = await asyncio.gather(
             self._cells(sl, "day", days, keys, summed),
             self._cells(sl, "hour", edges, keys, summed),
-            self._cells(sl, "hour", p.minority, ("hour", *keys[1:]) if p.stamp_of else keys, summed),
+            self._cells(sl, "hour", p.minority, keys, summed),
         )
         return stitch.combine(p, got[0], [got[1]], got[2], keys, summed)
 
@@ -318,10 +316,6 @@ class FirestoreReader:
 
     async def close(self) -> None:
         await self.sink.close()
-
-
-async def _docs(q: Any) -> list[dict[str, Any]]:
-    return [d.to_dict() async for d in q.stream()]
 
 
 def _hours(start: datetime, end: datetime) -> list[str]:

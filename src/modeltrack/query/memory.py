@@ -6,10 +6,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..events import CostEvent
-from ..rollups import LATENCY_BUCKETS, SUMS, TOKENS, nano_usd
+from ..rollups import SUMMED, TOKENS, nano_usd
 from .base import Filters
-
-SUMMED = (*SUMS, *LATENCY_BUCKETS)
 
 
 def row_matches(row: dict[str, Any], f: Filters) -> bool:

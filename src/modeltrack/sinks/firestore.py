@@ -44,6 +44,7 @@ from ..rollups import (
     DAILY_SUMS,
     HOURLY_DIMENSIONS,
     LATENCY_BUCKETS,
+    SUMMED,
     SUMS,
     TOKENS,
     daily_key,
@@ -59,7 +60,6 @@ from . import slices
 
 MAX_WRITES = 500
 SLICES_META = "_meta"  # the document in ``COLL_slices`` that says from when the slices count every event
-SUMMED = (*SUMS, *LATENCY_BUCKETS)
 _DAILY_FIELDS = ("day", "team", "app", "feature", "provider", "model")
 _HOURLY_FIELDS = ("hour", *HOURLY_DIMENSIONS)
 
@@ -355,7 +355,7 @@ class FirestoreSink:
     async def rollups(self, kind: str = "rollups_daily") -> list[dict[str, Any]]:
         """Every rollup row of ``rollups_daily`` or ``rollups_hourly``, shards summed (for checks)."""
         fields = _DAILY_FIELDS if kind == "rollups_daily" else _HOURLY_FIELDS
-        sums = DAILY_SUMS if kind == "rollups_daily" else (*SUMS, *LATENCY_BUCKETS)
+        sums = DAILY_SUMS if kind == "rollups_daily" else SUMMED
         out: dict[tuple[Any, ...], dict[str, Any]] = {}
         async for d in self.collection_ref(kind).stream():
             row = d.to_dict()
