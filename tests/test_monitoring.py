@@ -337,10 +337,11 @@ async def test_random_team_flood_keeps_series_bounded(replay: Any, tmp_path: Pat
     assert len(text) < 2_000_000
     folded = [x for x in text.splitlines() if x.startswith('modeltrack_label_values_folded_total{label="team"}')]
     assert float(folded[0].split()[-1]) >= n - 100
-    # Memory is bounded: RSS oscillates with allocator/cache high-water (63–91 MB over 100k requests measured
-    # here) but has no trend; the later samples stay within 30% of the earlier peak and far below 150 MB.
-    assert max(rss) < 150_000, rss
-    assert max(rss[3:]) < max(rss[:3]) * 1.30, rss
+    # Memory is bounded and flat: ~80 MB from the first 10k requests on, measured here. It once climbed to
+    # 140-160 MB: the SQLite sink compiled one multi-row INSERT per batch size and sqlite3 kept 128 of them
+    # (sinks/sqlite.py, _chunks). The later samples stay within 15% of the earlier peak.
+    assert max(rss) < 120_000, rss
+    assert max(rss[3:]) < max(rss[:3]) * 1.15, rss
     assert len(proxy.events_cli().splitlines()) == n  # events keep every (sanitised) team value
 
 

@@ -529,6 +529,23 @@ def test_journal_segments_rotate_replay_and_close_as_plain_jsonl(tmp_path: Path,
 # --- recovery without traffic --------------------------------------------------------------------------------
 
 
+async def test_sqlite_sink_stores_batches_of_every_size_exactly_once(tmp_path: Path) -> None:
+    """Batches of each size from 1 to 1,030 (past two full 400-row statements and the 512-id lookups), each
+    resent with half its events already stored: every event lands once, whatever the split into statements."""
+    sink = SQLiteSink(str(tmp_path / "events.db"))
+    await sink.open()
+    sent: set[str] = set()
+    start = 0
+    for size in [*range(1, 70), 127, 128, 129, 399, 400, 401, 511, 512, 513, 799, 800, 801, 1030]:
+        events = [make_event(i) for i in range(start, start + size + size // 2)]
+        await sink.write(events[:size])
+        await sink.write(events[size // 2 :])  # its first half is stored already
+        sent.update(e.session_id or "" for e in events)
+        start += len(events)
+    await assert_exactly_once(sink, sent)
+    await sink.close()
+
+
 async def test_spool_is_replayed_when_the_store_recovers_without_new_events(tmp_path: Path) -> None:
     """Load stops while the store is down: the spooled events must still reach the store once it is back, and
     the failing state must clear, with no further event to trigger it (the pipeline probes on its own)."""

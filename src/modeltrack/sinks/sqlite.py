@@ -16,6 +16,7 @@ filled from the stored JSON, hourly rollups and sessions built from the events).
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import sqlite3
 import threading
@@ -268,8 +269,30 @@ under load, each take-back waited for the loop's switch interval, and the writer
 6,000/s arrived (the queue grew without bound). 400 rows × 25 columns stays under SQLite's 32,766 variables."""
 
 
+@functools.cache
 def _insert(n: int) -> str:
     return _INSERT + ", ".join([_ROW_MARKS] * n)
+
+
+def _chunks(n: int, per: int) -> list[int]:
+    """Split ``n`` rows into statements of ``per`` rows, then powers of two: a batch of any size uses at most
+    ~10 distinct statement texts. Python's sqlite3 keeps the last 128 prepared statements per connection, and a
+    400-row ``VALUES`` compiles to a large program: one text per batch size (1 … 400) held ~80 MB of them in a
+    proxy under a flood (tests/test_monitoring.py::test_random_team_flood_keeps_series_bounded)."""
+    sizes = [per] * (n // per)
+    rest = n % per
+    bit = 1 << max(rest.bit_length() - 1, 0)
+    while rest:
+        if rest >= bit:
+            sizes.append(bit)
+            rest -= bit
+        bit >>= 1
+    return sizes
+
+
+@functools.cache
+def _select_ids(n: int) -> str:
+    return f"SELECT request_id FROM events WHERE request_id IN ({','.join('?' * n)})"
 
 
 def _row(e: CostEvent, doc: Any) -> tuple[Any, ...]:
@@ -386,12 +409,11 @@ class SQLiteSink:
             try:
                 ids = [ev.request_id for ev in events]
                 existing: set[str] = set()
-                for i in range(0, len(ids), 900):
-                    part = ids[i : i + 900]
-                    marks = ",".join("?" * len(part))
-                    existing.update(
-                        r[0] for r in conn.execute(f"SELECT request_id FROM events WHERE request_id IN ({marks})", part)
-                    )
+                i = 0
+                for size in _chunks(len(ids), 512):
+                    part = ids[i : i + size]
+                    i += size
+                    existing.update(r[0] for r in conn.execute(_select_ids(size), part))
                 # The pipeline hands over each event's JSON line, encoded once at enqueue: store it without the
                 # newline (a memoryview slice, no copy) instead of encoding again here.
                 lines: list[bytes] | None = getattr(events, "docs", None)
@@ -406,9 +428,11 @@ class SQLiteSink:
                     per = max(
                         1, min(INSERT_ROWS, conn.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER) // len(EVENT_COLUMNS))
                     )
-                    for i in range(0, len(new_rows), per):
-                        chunk = new_rows[i : i + per]
-                        conn.execute(_insert(len(chunk)), [v for row in chunk for v in row])
+                    i = 0
+                    for size in _chunks(len(new_rows), per):
+                        chunk = new_rows[i : i + size]
+                        i += size
+                        conn.execute(_insert(size), [v for row in chunk for v in row])
                     # The rows just inserted have the rowids after ``last``: the rollups take exactly them.
                     conn.execute(_ROLL_DAILY, (last,))
                     conn.execute(_ROLL_HOURLY, (last,))
