@@ -434,10 +434,19 @@ async def test_sigterm_under_load_drains_and_exits_zero(store_url: str, replay: 
     assert in_flight > 100, "most streams must still be running when the signal arrives"
     assert proxy.proc is not None
     proxy.proc.send_signal(signal.SIGTERM)
-    await asyncio.sleep(0.05)
-    with pytest.raises(aiohttp.ClientError):
-        async with aiohttp.ClientSession() as s, s.get(proxy.url + "/healthz") as r:
-            await r.read()
+    # The listener closes as soon as the loop runs the signal handler: on a loaded 2-core CI machine that is not
+    # always within a fixed 50 ms, so poll for it, and check the streams were still draining when it happened.
+    refused_at: int | None = None
+    deadline = time.monotonic() + 5.0
+    while refused_at is None and time.monotonic() < deadline:
+        try:
+            async with aiohttp.ClientSession() as s, s.get(proxy.url + "/healthz") as r:
+                await r.read()
+            await asyncio.sleep(0.01)
+        except aiohttp.ClientError:
+            refused_at = len(done)
+    assert refused_at is not None, "the listener must close on SIGTERM"
+    assert refused_at < 150, "new connections are refused while the in-flight streams still drain"
     await task
     assert await proxy.wait() == 0
     assert len(done) == 150, "in-flight streams must finish within the grace period"

@@ -303,16 +303,22 @@ class ModelTrack:
         conn.respond(200, exposition(self.metrics.registry), _METRICS_TYPE)
 
     # -- shutdown -----------------------------------------------------------------------------------------
-    async def close(self, grace: float | None = None) -> None:
-        """Stop accepting, let in-flight requests (streams included) finish for up to ``grace`` seconds, then cut
-        what is left (their events are recorded as ``shutdown``), drain the queue to the store, and try
-        to store what is in the spool too (on Cloud Run, /tmp is memory: a spool left there is lost)."""
-        grace = self.settings.shutdown_grace if grace is None else grace
+    def stop_accepting(self) -> None:
+        """Close the listeners and end keep-alive: from here on no new request starts. Idempotent, and called
+        from the signal handler itself, so a SIGTERM that comes while :meth:`start` still reads the store (the
+        port already answers then) stops new connections at once rather than after the start-up."""
         self.draining = True
         for server in self.servers:
             server.close()
         for conn in list(self.connections):
             conn.keep_alive_off()
+
+    async def close(self, grace: float | None = None) -> None:
+        """Stop accepting, let in-flight requests (streams included) finish for up to ``grace`` seconds, then cut
+        what is left (their events are recorded as ``shutdown``), drain the queue to the store, and try
+        to store what is in the spool too (on Cloud Run, /tmp is memory: a spool left there is lost)."""
+        grace = self.settings.shutdown_grace if grace is None else grace
+        self.stop_accepting()
         if self.proxy.inflight:
             self.proxy.drained = asyncio.Event()
             with contextlib.suppress(TimeoutError):
@@ -365,6 +371,7 @@ async def serve(settings: Settings, announce: Any = None) -> int:
         received += 1
         if received == 1:
             log.info("signal received: draining (grace %.1fs); send again to exit at once", settings.shutdown_grace)
+            app.stop_accepting()
             stop.set()
             return
         pipeline = app.pipeline
