@@ -38,6 +38,11 @@ def history(days: int, per_day: int, seed: int = 7, end: datetime | None = None)
             status = 200 if rnd.random() > 0.03 else rnd.choice((429, 500))
             cost = None if status != 200 else round((inp * pin + outp * pout) / 1e6, 9)
             session = f"run-{rnd.randrange(40)}" if rnd.random() < 0.3 else None
+            stream = rnd.random() < 0.5
+            latency = round(rnd.uniform(80, 9000), 1)
+            # A stream's first token: a share of its latency (no random draw, so a seed gives the same events
+            # as before streams had one).
+            ttft = round(40 + latency * 0.08, 1) if stream and status == 200 else None
             out.append(
                 CostEvent(
                     timestamp=ts.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts.microsecond // 1000:03d}Z",
@@ -47,15 +52,15 @@ def history(days: int, per_day: int, seed: int = 7, end: datetime | None = None)
                     endpoint="/v1/chat/completions",
                     model=model,
                     status=status,
-                    stream=rnd.random() < 0.5,
+                    stream=stream,
                     input_tokens=inp if status == 200 else 0,
                     output_tokens=outp if status == 200 else 0,
                     cache_read_tokens=0,
                     cache_write_tokens=0,
                     reasoning_tokens=0,
                     cost_usd=0.0 if cached else cost,
-                    latency_ms=round(rnd.uniform(80, 9000), 1),
-                    ttft_ms=None,
+                    latency_ms=latency,
+                    ttft_ms=ttft,
                     team=rnd.choice(TEAMS),
                     app=rnd.choice(APPS),
                     feature=rnd.choice(FEATURES),

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 import os
+import random
 import subprocess
 import sys
 from collections import Counter, defaultdict
@@ -597,6 +599,55 @@ async def test_latency_percentiles_resolve_sub_millisecond_to_minutes(
     assert total["requests"] == len(events)
     for name in ("latency_p50_ms", "latency_p95_ms"):
         assert true_p50 / 1.26 <= total[name] <= true_p50 * 1.27, (name, total[name], true_p50)
+
+
+def _nearest_rank(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(math.ceil(q * len(ordered)) - 1, 0)]
+
+
+async def test_ttft_percentiles_come_from_the_streams_alone(store_url: str, aiohttp_client: Any) -> None:
+    """Issue M, "more than spend": time-to-first-token percentiles, per breakdown row and per chart bucket,
+    from a TTFT histogram in the rollups (the latency histogram's bounds and error bound). Only requests that
+    had a first token count: a provider answered without streams has none (null, not 0)."""
+    rnd = random.Random(5)
+    now = datetime.now(UTC)
+    events = [
+        replace(e, ttft_ms=round(rnd.lognormvariate(5.5, 0.8), 2))
+        if e.stream and e.status == 200 and e.provider != "gemini"
+        else replace(e, ttft_ms=None)
+        for e in history(3, 80, seed=21, end=now)
+    ]
+    sink = open_sink(store_url)
+    await sink.open()
+    await sink.write(events)
+    await sink.close()
+    client = await aiohttp_client(create_app(ui_settings(store_url)))
+    data = await get(client, "/api/v1/breakdown?dimension=provider&days=4&tz=UTC")
+    rows = {r["provider"]: r for r in data["rows"]}
+    assert rows["gemini"]["requests"] > 0 and rows["gemini"]["ttft_p50_ms"] is None
+    for provider in ("openai", "anthropic"):
+        firsts = [e.ttft_ms for e in events if e.provider == provider and e.ttft_ms is not None]
+        assert len(firsts) > 20
+        for q, name in ((0.5, "ttft_p50_ms"), (0.95, "ttft_p95_ms")):
+            true = _nearest_rank(firsts, q)
+            assert true / 1.26 <= rows[provider][name] <= true * 1.27, (provider, name, rows[provider][name], true)
+    series = await get(client, "/api/v1/series?granularity=day&days=4&tz=UTC&provider=openai")
+    line = series["series"][0]
+    checked = 0
+    for i, bucket in enumerate(series["buckets"]):
+        firsts = [
+            e.ttft_ms
+            for e in events
+            if e.provider == "openai" and e.ttft_ms is not None and e.timestamp[:10] == bucket[:10]
+        ]
+        if not firsts:
+            assert line["ttft_p50_ms"][i] is None
+            continue
+        true = _nearest_rank(firsts, 0.5)
+        assert true / 1.26 <= line["ttft_p50_ms"][i] <= true * 1.27, (bucket, line["ttft_p50_ms"][i], true)
+        checked += 1
+    assert checked >= 2
 
 
 async def test_unpriced_requests_are_counted_beside_every_sum(store_url: str, aiohttp_client: Any) -> None:

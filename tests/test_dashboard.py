@@ -5,6 +5,7 @@ or range change updates the URL and the data; screenshots of each page are kept 
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -66,6 +67,11 @@ class Browser:
 
     def path(self) -> str:
         return urlsplit(self.page.url).path
+
+
+def ms_text(v: float) -> str:
+    """The dashboard's ``ms()`` format (app.js)."""
+    return f"{v / 1000:.2f} s" if v >= 1000 else f"{math.floor(v + 0.5)} ms"
 
 
 @pytest.fixture
@@ -430,7 +436,7 @@ async def test_from_any_number_to_its_requests(aiohttp_server: Any, browser: Any
     assert b.path() == "/requests" and b.query()["range"] == "month"
     # A chart point: the day clicked.
     await b.open("/teams?team=search&range=7d")
-    for testid in ("chart-requests", "chart-tokens", "chart-latency", "chart-errors"):
+    for testid in ("chart-requests", "chart-tokens", "chart-latency", "chart-ttft", "chart-errors"):
         assert await b.page.locator(f"[data-testid={testid}] canvas").count() == 1, testid
     box = await b.page.locator("[data-testid=series] .u-over").bounding_box()
     assert box is not None
@@ -439,6 +445,18 @@ async def test_from_any_number_to_its_requests(aiohttp_server: Any, browser: Any
     await b.ready()
     q = b.query()
     assert b.path() == "/requests" and q["since"] == q["until"] and q["team"] == "search"
+    # The TTFT chart's first point, read from its legend under the cursor, is the API's (the Overview's trend).
+    async with b.page.expect_response(lambda r: "/api/v1/overview" in r.url) as answer:
+        await b.open("/?range=7d")
+    trend = (await (await answer.value).json())["trend"]
+    first = trend["series"][0]
+    assert first["ttft_p50_ms"][0] is not None
+    await b.page.locator("[data-testid=chart-ttft]").scroll_into_view_if_needed()
+    over = await b.page.locator("[data-testid=chart-ttft] .u-over").bounding_box()
+    assert over is not None
+    await b.page.mouse.move(over["x"] + 1, over["y"] + over["height"] / 2)
+    legend = await b.page.locator("[data-testid=chart-ttft] .u-legend .u-series .u-value").all_inner_texts()
+    assert legend[-2:] == [ms_text(first["ttft_p50_ms"][0]), ms_text(first["ttft_p95_ms"][0])], legend
     # The Errors page: its classes are the API's.
     await b.open("/errors?range=30d", shot="errors")
     s30, u30 = window(30)

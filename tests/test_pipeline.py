@@ -89,6 +89,8 @@ def _sums(events: list[CostEvent], key: Any, with_hourly: bool) -> dict[tuple[An
             acc["saved_nano_usd"] += round((e.saved_usd or 0) * 1e9)
             acc["unpriced"] += int(e.cost_usd is None and 200 <= e.status < 400)
             acc[f"lt_{bisect.bisect_left(LATENCY_BOUNDS_MS, e.latency_ms):02d}"] += 1
+            if e.ttft_ms is not None:  # the TTFT histogram counts only the requests that had a first token
+                acc[f"ft_{bisect.bisect_left(LATENCY_BOUNDS_MS, e.ttft_ms):02d}"] += 1
     return out
 
 

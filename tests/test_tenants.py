@@ -249,7 +249,11 @@ def test_an_older_store_gains_the_org_dimension_with_every_sum_kept(tmp_path: Pa
     path = tmp_path / "events.db"
     events = [replace(e, session_id=f"s{i % 7}") for i, e in enumerate(history(3, 40, seed=5))]
     SQLiteSink(str(path)).write_sync(events)
-    sums = "SUM(requests), SUM(errors), SUM(cost_nano_usd), SUM(input_tokens), SUM(lt_03)"
+    from modeltrack.rollups import TTFT_BUCKETS
+
+    # The TTFT histogram as a count and a checksum of where each count sits.
+    ttft = f"SUM({' + '.join(TTFT_BUCKETS)}), SUM({' + '.join(f'{i} * {b}' for i, b in enumerate(TTFT_BUCKETS))})"
+    sums = f"SUM(requests), SUM(errors), SUM(cost_nano_usd), SUM(input_tokens), SUM(lt_03), {ttft}"
     queries = {
         "hourly": f"SELECT hour, team, user, model, status, {sums} FROM rollup_hourly GROUP BY 1, 2, 3, 4, 5",
         "day_attr": f"SELECT day, team, model, {sums} FROM rollup_day_attr GROUP BY 1, 2, 3",
@@ -259,9 +263,11 @@ def test_an_older_store_gains_the_org_dimension_with_every_sum_kept(tmp_path: Pa
     with sqlite3.connect(path) as conn:
         before = {k: sorted(conn.execute(q).fetchall()) for k, q in queries.items()}
         assert all(before.values())
+        assert sum(r[-2] for r in before["hourly"]) == sum(e.ttft_ms is not None for e in events) > 0
         # The previous version's shapes: no org anywhere.
         conn.execute("DROP INDEX IF EXISTS events_org")
         conn.execute("ALTER TABLE events DROP COLUMN org")
+        conn.execute("ALTER TABLE events DROP COLUMN ft_bucket")  # (the TTFT histogram came later still)
         for table in ("rollup_hourly", "rollup_day_attr", "rollup_day_user", "sessions"):
             conn.execute(f"DROP TABLE {table}")
         conn.execute(

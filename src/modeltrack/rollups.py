@@ -8,7 +8,7 @@ they count):
   status × cache hit × org × key × error × prompt (the org and the public id of the request's ModelTrack key,
   empty without one: a key's spend is what its budget and the Keys page read; the error type, for the Errors
   page; the prompt template, a dimension like the others). Hours let a reader answer any
-  hour, day or month in any whole-hour time zone, and carry a latency histogram, so percentiles come from the
+  hour, day or month in any whole-hour time zone, and carry latency and TTFT histograms, so percentiles come from the
   rollups too.
 
 Money is summed as integer nano-dollars (``cost_usd`` is rounded to 1e-9, so nothing is lost).
@@ -53,8 +53,12 @@ times the one before, to 0.1 × 2^23 ms ≈ 14 minutes; one more bucket takes ev
 0.1 ms to 14 minutes it is at most 26 % above or 21 % below it (linear within the bucket); below 0.1 ms it
 reads as at most 0.1 ms. (tests/test_api.py::test_latency_percentiles_resolve_sub_millisecond_to_minutes)"""
 LATENCY_BUCKETS = tuple(f"lt_{i:02d}" for i in range(len(LATENCY_BOUNDS_MS) + 1))
-SUMMED = (*SUMS, *LATENCY_BUCKETS)
-"""Every sum a rollup row carries: the counters and the latency histogram."""
+TTFT_BUCKETS = tuple(f"ft_{i:02d}" for i in range(len(LATENCY_BOUNDS_MS) + 1))
+"""The time to first token's histogram: the same bounds (and error bound) as latency's, counted only for the
+requests that have one (streams that sent a first token), so its percentiles are the streams' own."""
+HISTOGRAMS = (*LATENCY_BUCKETS, *TTFT_BUCKETS)
+SUMMED = (*SUMS, *HISTOGRAMS)
+"""Every sum a rollup row carries: the counters and the latency and TTFT histograms."""
 LEGACY_LATENCY_BOUNDS_MS: tuple[int, ...] = (25, 50, 100, 200, 300, 500, 750, 1_000, 1_500, 2_000, 3_000, 5_000)
 LEGACY_LATENCY_BOUNDS_MS += (7_500, 10_000, 15_000, 20_000, 30_000, 60_000, 120_000)
 """The buckets rollups had before (``lat_00`` … ``lat_19``): Firestore documents written then are read by
@@ -120,8 +124,8 @@ def hourly_key(ev: CostEvent) -> tuple[str | int, ...]:
 
 
 def percentile(buckets: list[int], q: float) -> float | None:
-    """An estimate of the ``q`` quantile (0..1) of latency from histogram counts: linear within the bucket,
-    the last (open) bucket reported at its lower bound. None when there is no observation."""
+    """An estimate of the ``q`` quantile (0..1) from a latency or TTFT histogram's counts: linear within the
+    bucket, the last (open) bucket reported at its lower bound. None when there is no observation."""
     total = sum(buckets)
     if total == 0:
         return None
@@ -162,6 +166,8 @@ def event_row(ev: CostEvent) -> dict[str, Any]:
         "saved_nano_usd": nano_usd(ev.saved_usd),
         LATENCY_BUCKETS[latency_bucket(ev.latency_ms)]: 1,
     }
+    if ev.ttft_ms is not None:
+        row[TTFT_BUCKETS[latency_bucket(ev.ttft_ms)]] = 1
     for t in TOKENS:
         row[t] = getattr(ev, t)
     return row

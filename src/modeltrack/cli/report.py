@@ -50,7 +50,7 @@ def run_report(args: argparse.Namespace) -> int:
     if args.format == "csv":
         cols = [args.by, "cost_usd", "requests", "input_tokens", "output_tokens", "cache_read_tokens"]
         cols += ["cache_write_tokens", "reasoning_tokens", "error_rate", "cache_hit_rate", "latency_p50_ms"]
-        cols += ["latency_p95_ms", "previous_cost_usd", "change_pct"]
+        cols += ["latency_p95_ms", "ttft_p50_ms", "ttft_p95_ms", "previous_cost_usd", "change_pct"]
         sys.stdout.buffer.write(csv_lines(cols, rows, True))
         return 0
     rng_d = data["range"]

@@ -21,12 +21,12 @@ from urllib.parse import quote
 import orjson
 
 from ..events import CostEvent
-from ..rollups import LATENCY_BUCKETS, SUMS, TOKENS
+from ..rollups import HISTOGRAMS, SUMS, TOKENS
 from . import stitch
 from .base import DIMENSIONS, EventFilter, Filters, StoreMissing
 from .times import hour_key, stamp
 
-_SUMMED = (*SUMS, *LATENCY_BUCKETS)
+_SUMMED = (*SUMS, *HISTOGRAMS)
 _SESSION_SUMS = ("requests", *TOKENS, "cost_nano_usd", "latency_ms")
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
-from ..rollups import LATENCY_BUCKETS, SUMS, TOKENS, percentile
+from ..rollups import HISTOGRAMS, LATENCY_BUCKETS, SUMS, TOKENS, TTFT_BUCKETS, percentile
 from .base import DIMENSIONS, EventFilter, Filters, Reader, status_filter
 from .times import TimeError, bucket_start, ceil_hour, hour_start, next_bucket, parse_instant, stamp, zone
 
@@ -91,9 +91,11 @@ def usd(nano: int) -> float:
 
 
 def summary(row: dict[str, Any]) -> dict[str, Any]:
-    """One group's figures: money in USD, tokens, rates, and latency percentiles from the rollups' histogram."""
+    """One group's figures: money in USD, tokens, rates, and latency and TTFT percentiles from the rollups'
+    histograms (TTFT's over the requests that had a first token: null when none did)."""
     requests = int(row.get("requests", 0))
     buckets = [int(row.get(b, 0)) for b in LATENCY_BUCKETS]
+    first = [int(row.get(b, 0)) for b in TTFT_BUCKETS]
     out: dict[str, Any] = {
         "cost_usd": usd(int(row.get("cost_nano_usd", 0))),
         "saved_usd": usd(int(row.get("saved_nano_usd", 0))),
@@ -104,6 +106,8 @@ def summary(row: dict[str, Any]) -> dict[str, Any]:
         "error_rate": round(int(row.get("errors", 0)) / requests, 4) if requests else 0.0,
         "latency_p50_ms": _round(percentile(buckets, 0.50)),
         "latency_p95_ms": _round(percentile(buckets, 0.95)),
+        "ttft_p50_ms": _round(percentile(first, 0.50)),
+        "ttft_p95_ms": _round(percentile(first, 0.95)),
     }
     return out
 
@@ -113,11 +117,11 @@ def _round(v: float | None) -> float | None:
     return None if v is None else round(v, 3)
 
 
-_SUMMABLE = frozenset((*SUMS, *LATENCY_BUCKETS))
+_SUMMABLE = frozenset((*SUMS, *HISTOGRAMS))
 
 
-def _pct(cell: dict[str, int], q: float) -> float | None:
-    return _round(percentile([int(cell.get(b, 0)) for b in LATENCY_BUCKETS], q)) if cell else None
+def _pct(cell: dict[str, int], q: float, buckets: tuple[str, ...] = LATENCY_BUCKETS) -> float | None:
+    return _round(percentile([int(cell.get(b, 0)) for b in buckets], q)) if cell else None
 
 
 def _add(acc: dict[str, Any], row: dict[str, Any]) -> None:
@@ -197,7 +201,7 @@ async def series(
 
 def _series_of(key: Any, cells: list[dict[str, int]], latency: bool = True) -> dict[str, Any]:
     """One series: per bucket, spend and requests, and what the charts beyond spend draw: errors and their
-    rate, unpriced requests, tokens by kind, and latency percentiles (from the rollups' histogram)."""
+    rate, unpriced requests, tokens by kind, and latency and TTFT percentiles (from the rollups' histograms)."""
     cost = [int(c.get("cost_nano_usd", 0)) for c in cells]
     requests = [int(c.get("requests", 0)) for c in cells]
     errors = [int(c.get("errors", 0)) for c in cells]
@@ -212,6 +216,8 @@ def _series_of(key: Any, cells: list[dict[str, int]], latency: bool = True) -> d
         "tokens": {t: [int(c.get(t, 0)) for c in cells] for t in TOKENS},
         "latency_p50_ms": [_pct(c, 0.5) for c in cells] if latency else None,
         "latency_p95_ms": [_pct(c, 0.95) for c in cells] if latency else None,
+        "ttft_p50_ms": [_pct(c, 0.5, TTFT_BUCKETS) for c in cells] if latency else None,
+        "ttft_p95_ms": [_pct(c, 0.95, TTFT_BUCKETS) for c in cells] if latency else None,
     }
 
 

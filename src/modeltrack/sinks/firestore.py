@@ -47,6 +47,7 @@ from ..rollups import (
     SUMMED,
     SUMS,
     TOKENS,
+    TTFT_BUCKETS,
     daily_key,
     event_row,
     hourly_key,
@@ -281,6 +282,9 @@ class FirestoreSink:
             h["saved_nano_usd"] += nano_usd(ev.saved_usd)
             bucket = LATENCY_BUCKETS[latency_bucket(ev.latency_ms)]
             h[bucket] = h.get(bucket, 0) + 1
+            if ev.ttft_ms is not None:
+                bucket = TTFT_BUCKETS[latency_bucket(ev.ttft_ms)]
+                h[bucket] = h.get(bucket, 0) + 1
             if ev.session_id is not None:
                 s = sessions.setdefault(
                     (ev.org or "", ev.session_id),

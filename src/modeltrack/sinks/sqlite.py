@@ -6,7 +6,9 @@ neither duplicates an event nor double-counts a rollup.
 
 The rollups (:mod:`modeltrack.rollups`) are aggregated *by SQLite*, from the rows this transaction inserted
 (their rowids are contiguous): the writer thread then holds the GIL only to bind the event rows, and the
-aggregation runs inside ``sqlite3_step`` with the GIL released, off the request loop's back.
+aggregation runs inside ``sqlite3_step`` with the GIL released, off the request loop's back. The events are
+summed once, by the hourly key, into a per-batch delta (an in-memory temp table); the hourly and both day rollups
+are added from it, so the day rollups group a batch's hourly rows rather than its events again.
 
 A database written by an earlier version is migrated in place when the writer opens it (columns added and
 filled from the stored JSON, hourly rollups and sessions built from the events). Readers
@@ -25,7 +27,16 @@ from typing import Any
 import orjson
 
 from ..events import CostEvent
-from ..rollups import DAILY_SUMS, HOURLY_DIMENSIONS, LATENCY_BUCKETS, SUMS, TOKENS, latency_bucket
+from ..rollups import (
+    DAILY_SUMS,
+    HISTOGRAMS,
+    HOURLY_DIMENSIONS,
+    LATENCY_BUCKETS,
+    SUMS,
+    TOKENS,
+    TTFT_BUCKETS,
+    latency_bucket,
+)
 
 EVENT_COLUMNS = (
     "request_id",
@@ -49,6 +60,7 @@ EVENT_COLUMNS = (
     "prompt_id",
     "processing",
     "lat_bucket",
+    "ft_bucket",
     "doc",
 )
 """Every field a reader filters, groups or sums on is a column; ``doc`` is the whole event (JSON)."""
@@ -59,6 +71,8 @@ _ADDED_COLUMNS = {
     c: (
         "INTEGER"
         if c in ("status", "cache_hit", "lat_bucket", *TOKENS)
+        else "INTEGER NOT NULL DEFAULT -1"
+        if c == "ft_bucket"
         else "REAL"
         if c.endswith(("_usd", "_ms"))
         else "TEXT"
@@ -99,7 +113,7 @@ CREATE TABLE IF NOT EXISTS claims (
 """``claims``: once-only markers shared by every process and replica on this store (a budget threshold's
 alert, a period's report): the first to insert a key owns the action."""
 
-_SUM_COLUMNS = ", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in (*SUMS, *LATENCY_BUCKETS))
+_SUM_COLUMNS = ", ".join(f"{c} INTEGER NOT NULL DEFAULT 0" for c in (*SUMS, *HISTOGRAMS))
 DERIVED = {
     "rollup_hourly": f"""CREATE TABLE IF NOT EXISTS rollup_hourly (
     hour TEXT NOT NULL, team TEXT NOT NULL, app TEXT NOT NULL, feature TEXT NOT NULL, user TEXT NOT NULL,
@@ -150,9 +164,13 @@ CREATE INDEX IF NOT EXISTS sessions_cost ON sessions(last_ts, cost_nano_usd);
 
 
 def _bucket_sql() -> list[str]:
-    """``lt_NN`` sums: each event's histogram bucket is computed once, when it is bound (``lat_bucket``), so a
-    rollup adds 71 integer comparisons per event, not 142 float ones."""
-    return [f"SUM(lat_bucket = {i}) AS {name}" for i, name in enumerate(LATENCY_BUCKETS)]
+    """``lt_NN`` and ``ft_NN`` sums: each event's histogram buckets are computed once, when it is bound
+    (``lat_bucket``; ``ft_bucket``, -1 without a first token), so a rollup adds integer comparisons per event,
+    not float ones."""
+    return [
+        *(f"SUM(lat_bucket = {i}) AS {name}" for i, name in enumerate(LATENCY_BUCKETS)),
+        *(f"SUM(ft_bucket = {i}) AS {name}" for i, name in enumerate(TTFT_BUCKETS)),
+    ]
 
 
 _ERROR_SQL = "SUM(CASE WHEN status >= 400 OR status = 0 OR error IS NOT NULL THEN 1 ELSE 0 END)"
@@ -184,47 +202,60 @@ _KEYS_D = ", ".join(
 )
 
 
-def _roll(table: str, columns: tuple[str, ...], keys: str) -> str:
-    """Add the events after a rowid to a rollup with the full sums and latency histogram, grouped by ``keys``
-    (the SQL expressions of ``columns``, the table's primary key)."""
-    return f"""
-INSERT INTO {table} ({", ".join((*columns, *SUMS, *LATENCY_BUCKETS))})
-SELECT {keys}, COUNT(*), {_ERROR_SQL}, {_UNPRICED_SQL}, {", ".join(f"SUM({t})" for t in TOKENS)},
+_HOURLY_COLUMNS = ("hour", *HOURLY_DIMENSIONS)
+_SUMMED_COLUMNS = (*SUMS, *HISTOGRAMS)
+
+_DELTA_CREATE = f"""CREATE TEMP TABLE IF NOT EXISTS rollup_delta ({", ".join((*_HOURLY_COLUMNS, *_SUMMED_COLUMNS))})"""
+"""A batch's events summed by the hourly key, once: the three rollups are added from it. The day rollups then
+group a batch's few hourly rows, not its events again, and the 142 histogram sums are taken over the events
+once, not three times."""
+
+_DELTA_FILL = f"""
+INSERT INTO temp.rollup_delta
+SELECT {_KEYS_H}, COUNT(*), {_ERROR_SQL}, {_UNPRICED_SQL}, {", ".join(f"SUM({t})" for t in TOKENS)},
        SUM({_NANO.format("cost_usd")}), SUM({_NANO.format("saved_usd")}), {", ".join(_bucket_sql())}
-FROM events WHERE rowid > ? GROUP BY {keys}
-ON CONFLICT({", ".join(columns)}) DO UPDATE SET
-  {", ".join(f"{c} = {c} + excluded.{c}" for c in (*SUMS, *LATENCY_BUCKETS))}
+FROM events WHERE rowid > ? GROUP BY {_KEYS_H}
 """
 
 
-_ROLL_HOURLY = _roll("rollup_hourly", ("hour", *HOURLY_DIMENSIONS), _KEYS_H)
+def _roll(table: str, columns: tuple[str, ...], keys: tuple[str, ...]) -> str:
+    """Add the batch's delta to a rollup with the full sums and histograms, grouped by ``keys`` (expressions on
+    the delta's columns, in the order of ``columns``, the table's primary key)."""
+    return f"""
+INSERT INTO {table} ({", ".join((*columns, *_SUMMED_COLUMNS))})
+SELECT {", ".join(keys)}, {", ".join(f"SUM({c})" for c in _SUMMED_COLUMNS)}
+FROM temp.rollup_delta GROUP BY {", ".join(keys)}
+ON CONFLICT({", ".join(columns)}) DO UPDATE SET
+  {", ".join(f"{c} = {c} + excluded.{c}" for c in _SUMMED_COLUMNS)}
+"""
+
+
+_ROLL_HOURLY = f"""
+INSERT INTO rollup_hourly ({", ".join((*_HOURLY_COLUMNS, *_SUMMED_COLUMNS))})
+SELECT * FROM temp.rollup_delta WHERE true
+ON CONFLICT({", ".join(_HOURLY_COLUMNS)}) DO UPDATE SET
+  {", ".join(f"{c} = {c} + excluded.{c}" for c in _SUMMED_COLUMNS)}
+"""
 # Two daily rollups a reader uses for whole UTC days: without the user (few rows a day: a 30-day breakdown by
 # team, app, feature, model or status reads hundreds of rows, not the hourly table's one per user and hour),
 # and by user alone (a breakdown by user).
-_ROLL_DAY_ATTR = _roll(
-    "rollup_day_attr",
-    ("day", *(d for d in HOURLY_DIMENSIONS if d != "user")),
-    ", ".join(
-        (
-            "substr(timestamp, 1, 10)",
-            *(_TEXT_KEY.format(c) for c in ("team", "app", "feature")),
-            "provider",
-            _TEXT_KEY.format("model"),
-            "status",
-            "cache_hit",
-            _TEXT_KEY.format("org"),
-            _TEXT_KEY.format("key_id"),
-            _TEXT_KEY.format("error"),
-            _TEXT_KEY.format("prompt_id"),
-            _TEXT_KEY.format("processing"),
-        )
-    ),
-)
+_DAY_ATTR = tuple(d for d in HOURLY_DIMENSIONS if d != "user")
+_ROLL_DAY_ATTR = _roll("rollup_day_attr", ("day", *_DAY_ATTR), ("substr(hour, 1, 10)", *_DAY_ATTR))
 _ROLL_DAY_USER = _roll(
-    "rollup_day_user",
-    ("day", "user", "cache_hit", "org"),
-    f"substr(timestamp, 1, 10), {_TEXT_KEY.format('user')}, cache_hit, {_TEXT_KEY.format('org')}",
+    "rollup_day_user", ("day", "user", "cache_hit", "org"), ("substr(hour, 1, 10)", "user", "cache_hit", "org")
 )
+
+
+def _roll_up(conn: sqlite3.Connection, after: int) -> None:
+    """Add the events stored after rowid ``after`` to the hourly and both day rollups (inside the caller's
+    transaction)."""
+    conn.execute(_DELTA_CREATE)
+    conn.execute("DELETE FROM temp.rollup_delta")
+    conn.execute(_DELTA_FILL, (after,))
+    conn.execute(_ROLL_HOURLY)
+    conn.execute(_ROLL_DAY_ATTR)
+    conn.execute(_ROLL_DAY_USER)
+
 
 _ROLL_DAILY = f"""
 INSERT INTO rollup_daily (day, team, app, feature, provider, model, {", ".join(DAILY_SUMS)})
@@ -266,7 +297,7 @@ INSERT_ROWS = 400
 """Events inserted per statement, as one multi-row ``VALUES``: Python's sqlite3 releases and takes back the GIL
 around every statement step, and ``executemany`` steps once per row. In a proxy whose event loop holds the GIL
 under load, each take-back waited for the loop's switch interval, and the writer stored ~2,000 events/s while
-6,000/s arrived (the queue grew without bound). 400 rows × 25 columns stays under SQLite's 32,766 variables."""
+6,000/s arrived (the queue grew without bound). 400 rows × 27 columns stays under SQLite's 32,766 variables."""
 
 
 @functools.cache
@@ -322,6 +353,7 @@ def _row(e: CostEvent, doc: Any) -> tuple[Any, ...]:
         e.prompt_id,
         e.processing,
         latency_bucket(e.latency_ms),
+        -1 if e.ttft_ms is None else latency_bucket(e.ttft_ms),
         doc,
     )
 
@@ -346,7 +378,7 @@ def migrate(conn: sqlite3.Connection) -> None:
         try:
             for c in missing:
                 conn.execute(f"ALTER TABLE events ADD COLUMN {c} {_ADDED_COLUMNS[c]}")
-            from_doc = [c for c in missing if c != "lat_bucket"]
+            from_doc = [c for c in missing if c not in ("lat_bucket", "ft_bucket")]
             if from_doc:
                 fills = ", ".join(
                     f"{c} = "
@@ -361,13 +393,19 @@ def migrate(conn: sqlite3.Connection) -> None:
             if "lat_bucket" in missing:  # (after latency_ms, which an old store may have just gained)
                 conn.create_function("modeltrack_latency_bucket", 1, latency_bucket, deterministic=True)
                 conn.execute("UPDATE events SET lat_bucket = modeltrack_latency_bucket(COALESCE(latency_ms, 0))")
+            if "ft_bucket" in missing:
+                conn.create_function("modeltrack_latency_bucket", 1, latency_bucket, deterministic=True)
+                conn.execute(
+                    "UPDATE events SET ft_bucket = modeltrack_latency_bucket(json_extract(CAST(doc AS TEXT), "
+                    "'$.ttft_ms')) WHERE json_extract(CAST(doc AS TEXT), '$.ttft_ms') IS NOT NULL"
+                )
             # Every derived table is rebuilt from the events at once: what they would hold had they always
             # had this shape.
             for table, create in DERIVED.items():
                 conn.execute(f"DROP TABLE IF EXISTS {table}")
                 conn.execute(create)
-            for roll in (_ROLL_HOURLY, _ROLL_DAY_ATTR, _ROLL_DAY_USER, _ROLL_SESSIONS):
-                conn.execute(roll, (0,))
+            _roll_up(conn, 0)
+            conn.execute(_ROLL_SESSIONS, (0,))
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
@@ -389,6 +427,7 @@ class SQLiteSink:
             parent = os.path.dirname(os.path.abspath(self.path))
             os.makedirs(parent, exist_ok=True)
             conn = sqlite3.connect(self.path, check_same_thread=False, timeout=self.busy_timeout, isolation_level=None)
+            conn.execute("PRAGMA temp_store=MEMORY")  # the per-batch rollup delta never touches a file
             migrate(conn)
             self._conn = conn
         return self._conn
@@ -435,9 +474,7 @@ class SQLiteSink:
                         conn.execute(_insert(size), [v for row in chunk for v in row])
                     # The rows just inserted have the rowids after ``last``: the rollups take exactly them.
                     conn.execute(_ROLL_DAILY, (last,))
-                    conn.execute(_ROLL_HOURLY, (last,))
-                    conn.execute(_ROLL_DAY_ATTR, (last,))
-                    conn.execute(_ROLL_DAY_USER, (last,))
+                    _roll_up(conn, last)
                     conn.execute(_ROLL_SESSIONS, (last,))
                 conn.execute("COMMIT")
             except BaseException:

@@ -139,23 +139,27 @@ async function errorsPage(q) {
     onPoint: (i) => openLog({ range: "custom", since: ser.buckets[i].slice(0, 10), until: ser.buckets[i].slice(0, 10), status: "5xx" }) });
 }
 
-// Requests, tokens by kind, latency percentiles and error rate for one series answer (no split).
+// Requests, tokens by kind, latency and time-to-first-token percentiles and error rate for one series answer
+// (no split). TTFT is the streams' own: a bucket without a stream has no point.
 export function usageCharts(ser, tz, onPoint) {
-  const boxes = ["requests", "tokens", "latency", "errors"].map((k) => h("div", { class: "chart small", "data-testid": `chart-${k}` }));
+  const boxes = ["requests", "tokens", "latency", "ttft", "errors"].map((k) => h("div", { class: "chart small", "data-testid": `chart-${k}` }));
   const node = h("div", { class: "grid two" },
     h("div", { class: "card" }, h("h2", { text: "Requests" }), boxes[0]),
     h("div", { class: "card" }, h("h2", { text: "Tokens by kind" }), boxes[1]),
     h("div", { class: "card" }, h("h2", { text: "Latency p50 / p95" }), boxes[2]),
-    h("div", { class: "card" }, h("h2", { text: "Error rate" }), boxes[3]));
+    h("div", { class: "card" }, h("h2", { text: "Time to first token p50 / p95 (streams)" }), boxes[3]),
+    h("div", { class: "card" }, h("h2", { text: "Error rate" }), boxes[4]));
   const draw = () => {
-    const total = ser.series[0] || { requests: [], tokens: {}, latency_p50_ms: [], latency_p95_ms: [], error_rate: [] };
+    const total = ser.series[0] || { requests: [], tokens: {}, latency_p50_ms: [], latency_p95_ms: [], ttft_p50_ms: [], ttft_p95_ms: [], error_rate: [] };
     const small = { tz, height: 160, onPoint };
     chart(boxes[0], ser.buckets, [{ key: "requests", v: total.requests }], { ...small, get: (s) => s.v, fmt: count, axis: compact });
     chart(boxes[1], ser.buckets, Object.entries(total.tokens || {}).map(([k, v]) => ({ key: k.replace("_tokens", ""), v })),
       { ...small, bars: false, get: (s) => s.v, fmt: count, axis: compact });
     chart(boxes[2], ser.buckets, [{ key: "p50", v: total.latency_p50_ms }, { key: "p95", v: total.latency_p95_ms }],
       { ...small, bars: false, get: (s) => s.v, fmt: ms, axis: ms });
-    chart(boxes[3], ser.buckets, [{ key: "error rate", v: total.error_rate }], { ...small, get: (s) => s.v, fmt: pct, axis: pct });
+    chart(boxes[3], ser.buckets, [{ key: "p50", v: total.ttft_p50_ms || [] }, { key: "p95", v: total.ttft_p95_ms || [] }],
+      { ...small, bars: false, get: (s) => s.v, fmt: ms, axis: ms });
+    chart(boxes[4], ser.buckets, [{ key: "error rate", v: total.error_rate }], { ...small, get: (s) => s.v, fmt: pct, axis: pct });
   };
   return { node, draw };
 }
