@@ -154,3 +154,51 @@ async def test_transcriptions_are_priced_by_duration_or_tokens(
     assert priced.model == model and priced.cost_source == "priced"
     assert priced.cost_usd == round(float(expected.total_price), 9) and priced.cost_usd > 0
     assert plain.model == model and plain.cost_usd is None and plain.error is None  # unpriced, not $0
+
+
+def wav(seconds: float, rate: int = 16_000) -> bytes:
+    """A real WAV file (16-bit mono silence) of the given length, written by the standard library."""
+    import io
+    import wave
+
+    out = io.BytesIO()
+    with wave.open(out, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(rate)
+        w.writeframes(bytes(2 * round(seconds * rate)))
+    return out.getvalue()
+
+
+async def test_a_plain_text_transcript_is_priced_by_the_audio_length(replay: Any, make_proxy: Any) -> None:
+    """Issue L, item 5: a transcription answered as text, SRT or VTT names no duration. whisper-1 is billed per
+    second, so the proxy reads the uploaded audio's own length from the multipart body (providers/audio.py) and
+    prices that; a per-token model (gpt-4o-transcribe) or audio whose length cannot be read stays unpriced, never
+    $0. Costs equal calc_price for the rounded seconds."""
+    from genai_prices import Usage as GUsage
+    from genai_prices import calc_price
+
+    upstream, upstream_url = replay
+    proxy = await make_proxy(upstream_url)
+    client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="sk-stt-test", max_retries=0)
+    asked = [
+        ("whisper-1", "text", wav(7.4), b"Hello there.\n"),
+        ("whisper-1", "srt", wav(61.6), b"1\n00:00:00,000 --> 00:00:01,000\nHello there.\n"),
+        ("whisper-1", "vtt", wav(2.2, rate=8_000), b"WEBVTT\n\n00:00.000 --> 00:01.000\nHello there.\n"),
+        ("gpt-4o-transcribe", "text", wav(7.4), b"Hello there.\n"),  # billed by tokens: none reported
+        ("whisper-1", "text", b"\x1aE\xdf\xa3 not a readable header", b"Hello there.\n"),  # WebM-like: unknown
+    ]
+    for model, fmt, audio, answer in asked:
+        upstream.current = recorded("https://api.openai.com/v1/audio/transcriptions", "text/plain", answer)
+        await client.audio.transcriptions.create(
+            model=model, file=("speech.wav", audio, "audio/wav"), response_format=fmt
+        )
+        assert upstream.received[-1].body.count(audio) == 1  # the upload went through whole
+    events = await proxy.events()
+    assert [e.model for e in events] == [m for m, *_ in asked]
+    for ev, seconds in zip(events[:3], (7, 62, 2), strict=True):
+        expected = calc_price(GUsage(audio_seconds=seconds), "whisper-1", provider_id="openai")
+        assert ev.cost_source == "priced" and ev.usage_source == "request", ev
+        assert ev.cost_usd == round(float(expected.total_price), 9) > 0, (ev.cost_usd, expected.total_price)
+    for ev in events[3:]:
+        assert ev.cost_usd is None and ev.error is None, ev  # unpriced, not $0

@@ -437,6 +437,12 @@ class Pricing:
                 processing = "batch"
             else:
                 source = "standard_rate"
+        if usage.details and not usage.total_input_tokens and not usage.output_tokens:
+            # Billed by another unit alone (seconds of audio, characters): a model with no price for it is
+            # unpriced, never $0 (a per-token transcription model answered as plain text, say).
+            prices = model.price_set(when, None)
+            if not any(prices.get(k) for k, n in usage.details.items() if n):
+                return None, "unpriced"
         pico = self.price_pico(model, usage, when, direct, processing)
         return round(float(pico) / PICO, 9), source
 

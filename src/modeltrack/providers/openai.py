@@ -20,7 +20,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..usage import Usage, as_int
+from ..wire.multipart import file_part, text_field
 from ..wire.sse import SSEEvent
+from .audio import audio_seconds
 from .base import BodyView, Meter, MeterResult, Provider, RequestInfo, error_code, loads
 from .batches import BatchObjectMeter, BatchOutputMeter, FreeMeter
 from .meters import JSONBodyMeter, SSEMeter, dig
@@ -242,26 +244,7 @@ class ModerationMeter(JSONBodyMeter):
 
 
 _AUDIO_IN = ("/audio/transcriptions", "/audio/translations")
-
-
-def multipart_field(raw: bytes, name: bytes, limit: int = 256) -> str | None:
-    """A short text field of a multipart/form-data body (the ``model`` of an audio upload), found without
-    decoding the file part: a search for the field's ``Content-Disposition`` name, then its value up to the next
-    line break; at most ``limit`` bytes, else None."""
-    at = raw.find(b'name="' + name + b'"')
-    if at < 0:
-        return None
-    start = raw.find(b"\r\n\r\n", at, at + 1024)
-    if start < 0:
-        return None
-    start += 4
-    end = raw.find(b"\r\n", start, start + limit + 1)
-    if end < 0:
-        return None
-    try:
-        return raw[start:end].decode("utf-8").strip() or None
-    except UnicodeDecodeError:
-        return None
+_TEXT_FORMATS = ("text", "srt", "vtt")
 
 
 class TranscriptionMeter(JSONBodyMeter):
@@ -270,14 +253,20 @@ class TranscriptionMeter(JSONBodyMeter):
     second such as ``whisper-1``, or ``{"type": "tokens", "input_tokens", "input_token_details": {"audio_tokens",
     "text_tokens"}, "output_tokens"}`` for ``gpt-4o-transcribe``; an older ``verbose_json`` has a top-level
     ``duration``). Seconds are billed rounded to the nearest second (genai-prices' ``audio_seconds``). A text,
-    SRT or VTT answer has no usage: the request is ``unpriced``, never $0. The model is the request's (read from
+    SRT or VTT answer has no usage: it is priced by the uploaded audio's own length (:mod:`.audio`) where that
+    can be read, else the request is ``unpriced``, never $0. The model is the request's (read from
     the multipart form), as the answer names none."""
 
     def finish(self, complete: bool) -> MeterResult:
         head = self._chunks[0].lstrip()[:1] if self._chunks else b""
         if complete and self.status < 400 and head not in (b"{", b"["):
-            # response_format text, srt or vtt: a transcript with no usage (not an error, and not $0)
+            # response_format text, srt or vtt: a transcript with no usage. Priced by the audio's own length
+            # when it could be read (a per-second model; a per-token one stays unpriced), never $0.
             self._chunks = []
+            seconds = self.info.extra.get("audio_seconds")
+            if isinstance(seconds, float):
+                usage = Usage(details={"audio_seconds": round(seconds)})
+                return MeterResult(model=self.info.model, usage=usage, usage_source="request")
             return MeterResult(model=self.info.model, usage_source="missing")
         return super().finish(complete)
 
@@ -338,7 +327,13 @@ class OpenAI(Provider):
         (:mod:`.stream_usage`: spliced in, every other byte as sent). An audio upload's model is read here, where
         the raw multipart form is at hand (the body is sent as it came)."""
         if info.model is None and body is None and info.path.endswith(_AUDIO_IN):
-            info.model = multipart_field(raw, b"model")
+            info.model = text_field(raw, b"model")
+            if text_field(raw, b"response_format") in _TEXT_FORMATS:
+                # The answer will name no duration: the audio's own length is what a per-second model bills.
+                audio = file_part(raw, b"file")
+                seconds = audio_seconds(audio) if audio is not None else None
+                if seconds is not None:
+                    info.extra["audio_seconds"] = seconds
         if not (self.inject_stream_usage and info.stream and isinstance(body, dict)):
             return raw
         if not info.path.endswith("/completions"):
