@@ -6,16 +6,21 @@ tests/test_other_units.py::test_a_plain_text_transcript_is_priced_by_the_audio_l
 from __future__ import annotations
 
 
-def text_field(raw: bytes, name: bytes, limit: int = 256) -> str | None:
-    """A short text field (an upload's ``model`` or ``response_format``): its value up to the next line break,
-    at most ``limit`` bytes, else None."""
+def _content_start(raw: bytes, name: bytes) -> int | None:
+    """Where the content of the part named ``name`` begins (after its headers), or None."""
     at = raw.find(b'name="' + name + b'"')
     if at < 0:
         return None
-    start = raw.find(b"\r\n\r\n", at, at + 1024)
-    if start < 0:
+    start = raw.find(b"\r\n\r\n", at, at + 4096)
+    return None if start < 0 else start + 4
+
+
+def text_field(raw: bytes, name: bytes, limit: int = 256) -> str | None:
+    """A short text field (an upload's ``model`` or ``response_format``): its value up to the next line break,
+    at most ``limit`` bytes, else None."""
+    start = _content_start(raw, name)
+    if start is None:
         return None
-    start += 4
     end = raw.find(b"\r\n", start, start + limit + 1)
     if end < 0:
         return None
@@ -33,13 +38,9 @@ def file_part(raw: bytes, name: bytes) -> memoryview | None:
     if line_end < 0:
         return None
     delimiter = b"\r\n" + raw[:line_end]
-    at = raw.find(b'name="' + name + b'"')
-    if at < 0:
+    start = _content_start(raw, name)
+    if start is None:
         return None
-    start = raw.find(b"\r\n\r\n", at, at + 4096)
-    if start < 0:
-        return None
-    start += 4
     end = raw.find(delimiter, start)
     if end < 0:
         return None
