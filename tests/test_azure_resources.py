@@ -1,7 +1,8 @@
 """Several Azure OpenAI resources behind one proxy (issue L, item 2): ``MODELTRACK_AZURE_RESOURCES`` names each
 resource's origin, ``/azure/{name}/openai/...`` picks one, and nothing else can: an unknown name is refused
 before anything is sent, so the proxy stays no open relay. The real ``openai`` SDK's ``AsyncAzureOpenAI`` is the
-client; each resource answers with the real recorded Azure response."""
+client; each resource answers with the real recorded Azure response. Bedrock regions
+(``MODELTRACK_BEDROCK_REGIONS``, ``/bedrock/{region}/...``) follow the same rule."""
 
 from __future__ import annotations
 
@@ -60,3 +61,55 @@ async def test_each_resource_has_its_own_origin(replay: Any, make_proxy: Any, ai
 def test_a_bad_resource_is_refused_at_start_up(resources: dict[str, str], says: str) -> None:
     with pytest.raises(ConfigError, match=says):
         Settings.load(env={}, overrides={"azure_resources": resources})
+
+
+async def test_each_bedrock_region_has_its_own_origin(replay: Any, make_proxy: Any, aiohttp_server: Any) -> None:
+    """Bedrock in several regions (issue L, item 2): ``/bedrock/{region}/model/...`` goes to that region's own
+    pool (the path reaches it without the region, every byte as signed), the Host is the region's, an unlisted
+    region is refused before anything is sent, and each answer is metered and priced as with one region."""
+    import aiohttp
+    import yarl
+
+    from .expected import COST
+    from .test_passthrough import request_body
+
+    rec = load("test_bedrock__test_bedrock_model_stream")
+    east, east_url = replay
+    frankfurt = ReplayUpstream(current=rec)
+    frankfurt_url = str((await aiohttp_server(frankfurt.app())).make_url("")).rstrip("/")
+    east.current = rec
+    proxy = await make_proxy(
+        east_url,
+        bedrock_regions="us-east-1,eu-central-1",
+        bedrock_endpoints={"us-east-1": east_url, "eu-central-1": frankfurt_url},
+    )
+    signed = {"Authorization": "AWS4-HMAC-SHA256 Credential=AKIDCANARY/20260101/x/bedrock/aws4_request, sig=1"}
+    async with aiohttp.ClientSession(auto_decompress=False) as s:
+        for region, upstream, url in (("us-east-1", east, east_url), ("eu-central-1", frankfurt, frankfurt_url)):
+            sent = yarl.URL(f"{proxy.url}/bedrock/{region}{rec.path_qs}", encoded=True)  # exactly these bytes
+            async with s.post(sent, data=request_body(rec), headers=signed) as r:
+                assert r.status == 200 and await r.read() == rec.body
+            (got,) = upstream.received
+            assert got.raw_path == rec.path_qs  # the region is the proxy's choice of origin, not sent on
+            assert (b"Host", url.split("://", 1)[1].encode()) in got.raw_headers
+        async with s.post(f"{proxy.url}/bedrock/ap-south-1{rec.path_qs}", data=b"{}", headers=signed) as r:
+            refused = await r.json()
+            assert r.status == 403 and "No such Bedrock region here" in refused["message"], refused
+    assert len(east.received) == len(frankfurt.received) == 1
+    events = await proxy.events()
+    priced = [e for e in events if e.status == 200]
+    assert len(priced) == 2
+    assert all(e.provider == "bedrock" and e.cost_usd == COST[(rec.name, 0)] for e in priced)
+
+
+@pytest.mark.parametrize(
+    ("settings", "says"),
+    [
+        ({"bedrock_regions": "us-east-1,mars-1"}, "'mars-1' is not an AWS region"),
+        ({"bedrock_regions": "us-east-1", "bedrock_endpoints": {"eu-west-1": "https://x"}}, "not in MODELTRACK_"),
+        ({"bedrock_regions": "us-east-1", "bedrock_endpoints": {"us-east-1": "ftp://x"}}, "BEDROCK_ENDPOINTS us-east"),
+    ],
+)
+def test_a_bad_bedrock_region_is_refused_at_start_up(settings: dict[str, Any], says: str) -> None:
+    with pytest.raises(ConfigError, match=says):
+        Settings.load(env={}, overrides=settings)

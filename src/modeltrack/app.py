@@ -120,6 +120,7 @@ class ModelTrack:
             settings.azure_deployments,
             settings.vertex(),
             settings.azure_resources,
+            settings.bedrock(),
         )
         self.pools = self._pools(settings)
         self.batches = BatchRegistry(sink)

@@ -205,6 +205,17 @@ class Settings:
             "commands": ("serve",),
         },
     )
+    bedrock_regions: str = _opt(
+        "", "AWS regions served under /bedrock/REGION (comma-separated, e.g. us-east-1,eu-central-1): a pool each"
+    )
+    bedrock_endpoints: dict[str, str] = field(
+        default_factory=dict,
+        metadata={
+            "help": "region=https://... a listed region's endpoint other than bedrock-runtime.REGION.amazonaws.com "
+            "(a VPC endpoint)",
+            "commands": ("serve",),
+        },
+    )
     ui: bool = _opt(False, "also serve the dashboard and API (modeltrack ui) from a child process")
     ui_host: str = _opt(
         "127.0.0.1", "dashboard/API listen address (not loopback: UI tokens required)", commands=("serve", "ui")
@@ -320,6 +331,7 @@ class Settings:
         self._check_tenancy()
         self._check_otel()
         self._check_vertex()
+        self._check_bedrock()
         for name, url in self.azure_resources.items():
             if not name or not all(c.isalnum() or c in "-_" for c in name):
                 raise ConfigError(
@@ -372,6 +384,30 @@ class Settings:
             )
         if projects and not regions:
             raise ConfigError("MODELTRACK_VERTEX_PROJECTS is set: set MODELTRACK_VERTEX_REGIONS too, e.g. us-central1")
+
+    def bedrock(self) -> dict[str, str]:
+        """Region → endpoint for every region allowed under /bedrock/REGION."""
+        regions = tuple(x.strip() for x in self.bedrock_regions.split(",") if x.strip())
+        return {r: self.bedrock_endpoints.get(r) or f"https://bedrock-runtime.{r}.amazonaws.com" for r in regions}
+
+    def _check_bedrock(self) -> None:
+        import re
+
+        regions = self.bedrock()
+        bad = [r for r in regions if not re.fullmatch(r"[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d+", r)]
+        if bad:
+            raise ConfigError(f"MODELTRACK_BEDROCK_REGIONS: {bad[0]!r} is not an AWS region; write e.g. us-east-1")
+        stray = sorted(set(self.bedrock_endpoints) - set(regions))
+        if stray:
+            raise ConfigError(
+                f"MODELTRACK_BEDROCK_ENDPOINTS names {stray[0]!r}, which is not in MODELTRACK_BEDROCK_REGIONS: "
+                "add it there, or remove its endpoint"
+            )
+        for region, url in regions.items():
+            try:
+                check_base_url("bedrock", url)
+            except ConfigError as exc:
+                raise ConfigError(f"MODELTRACK_BEDROCK_ENDPOINTS {region}: {exc}") from None
 
     def _check_otel(self) -> None:
         if self.otel_metrics and not self.otel_endpoint:

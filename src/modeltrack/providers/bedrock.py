@@ -151,11 +151,48 @@ class BedrockStreamMeter:
 
 
 class Bedrock(Provider):
+    """One region (``MODELTRACK_BEDROCK_BASE_URL``, default us-east-1) under ``/bedrock/model/...`` and
+    ``/model/...``; with ``MODELTRACK_BEDROCK_REGIONS``, each listed region under ``/bedrock/{region}/model/...``,
+    with its own upstream pool whose origin comes from configuration only (``bedrock-runtime.{region}
+    .amazonaws.com``, or ``MODELTRACK_BEDROCK_ENDPOINTS``). The region picks among configured origins: an
+    unlisted one is refused (403) before anything is sent, so no request can name a host
+    (tests/test_azure_resources.py::test_each_bedrock_region_has_its_own_origin). The client signs for the
+    region's own host, as with one region."""
+
     name = "bedrock"
     default_base_url = "https://bedrock-runtime.us-east-1.amazonaws.com"
 
+    def __init__(
+        self,
+        base_url: str | None = None,
+        inject_stream_usage: bool | None = None,
+        regions: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(base_url, inject_stream_usage)
+        self.regions = {k: v.rstrip("/") for k, v in (regions or {}).items()}
+        self.multi_origin = bool(self.regions)
+
+    def origins(self) -> dict[str, str]:
+        out = super().origins()
+        out.update({f"bedrock:{region}": url for region, url in self.regions.items()})
+        return out
+
+    def locate(self, path: str) -> tuple[str, str] | None:
+        """``/{region}/model/...`` → that region's pool and ``/model/...``; ``/model/...`` → the single region."""
+        region, _, rest = path[1:].partition("/")
+        if region in self.regions:
+            return f"bedrock:{region}", "/" + rest
+        if region == "model":
+            return self.name, path
+        return None
+
+    def refusal(self, path: str) -> str:
+        regions = ", ".join(sorted(self.regions))
+        return f"No such Bedrock region here: write /bedrock/REGION/model/..., REGION one of {regions}."
+
     def request_info(self, method: str, path: str, query: str, body: Any) -> RequestInfo:
-        # /model/{modelId}/{converse|converse-stream|invoke|invoke-with-response-stream}
+        # /model/{modelId}/{converse|converse-stream|invoke|invoke-with-response-stream} (a region's prefix is
+        # gone: :meth:`locate` took it)
         model = None
         parts = path.split("/")
         if len(parts) >= 4 and parts[1] == "model":

@@ -27,6 +27,7 @@ def build_providers(
     azure_deployments: Mapping[str, str] | None = None,
     vertex: tuple[tuple[str, ...], tuple[str, ...]] = ((), ()),
     azure_resources: Mapping[str, str] | None = None,
+    bedrock_regions: Mapping[str, str] | None = None,
 ) -> dict[str, Provider]:
     base_urls = base_urls or {}
     inject = inject_stream_usage or {}
@@ -42,6 +43,8 @@ def build_providers(
         out["azure"] = Azure(
             base_urls.get("azure"), inject.get("azure"), dict(azure_deployments or {}), dict(azure_resources or {})
         )
+    if bedrock_regions:
+        out["bedrock"] = Bedrock(base_urls.get("bedrock"), inject.get("bedrock"), dict(bedrock_regions))
     if vertex[0]:
         out["vertex"] = Vertex(vertex[0], vertex[1], base_urls.get("vertex"), inject.get("vertex"))
     return out
