@@ -408,11 +408,20 @@ def _gemini_batch(state: str) -> dict[str, Any]:
     return {"name": "batches/nightly123", "metadata": meta, "done": state == "BATCH_STATE_SUCCEEDED"}
 
 
+def _genai(proxy_url: str, team: str) -> Any:
+    """A ``google-genai`` client through the proxy's ``/gemini`` route, for ``team``."""
+    from google import genai
+    from google.genai import types
+
+    options = types.HttpOptions(
+        base_url=proxy_url + "/gemini", api_version="v1beta", headers={"X-ModelTrack-Team": team}
+    )
+    return genai.Client(api_key=KEY, http_options=options)
+
+
 async def test_gemini_batch_mode_through_the_sdk(aiohttp_server: Any, make_proxy: Any, store_url: str) -> None:
     """Inlined answers arrive in the poll that finds the batch succeeded, and in every later poll: priced once."""
     from genai_prices import Usage, calc_price
-    from google import genai
-    from google.genai import types
 
     polls = 0
     app = web.Application()
@@ -432,11 +441,8 @@ async def test_gemini_batch_mode_through_the_sdk(aiohttp_server: Any, make_proxy
     server = await aiohttp_server(app)
     proxy = await make_proxy(str(server.make_url("")).rstrip("/"), store=store_url)
 
-    def client(team: str) -> genai.Client:
-        options = types.HttpOptions(
-            base_url=proxy.url + "/gemini", api_version="v1beta", headers={"X-ModelTrack-Team": team}
-        )
-        return genai.Client(api_key=KEY, http_options=options)
+    def client(team: str) -> Any:
+        return _genai(proxy.url, team)
 
     requests = [{"contents": [{"parts": [{"text": q}], "role": "user"}]} for q in ("a", "b")]
     job = await client("research").aio.batches.create(model="gemini-2.5-flash", src=requests)  # type: ignore[arg-type]
@@ -461,3 +467,89 @@ async def test_gemini_batch_mode_through_the_sdk(aiohttp_server: Any, make_proxy
     assert one.cost_source == "priced" and one.cost_usd == pytest.approx(float(want.total_price), abs=1e-9)
     assert all(e.cost_usd == 0 and e.batch_id == "batches/nightly123" for e in events if e.processing != "batch")
     assert polls == 4
+
+
+async def test_a_gemini_batch_answered_in_a_responses_file_is_priced_when_read(
+    aiohttp_server: Any, make_proxy: Any, store_url: str
+) -> None:
+    """A batch built from an input file answers in a file (``output.responsesFile``): the poll that names it is
+    remembered, and the file's download (``files.download``, ``GET /v1beta/files/{id}:download?alt=media``) is
+    metered, one event per line, keyed by the line's ``key`` (else its position), priced once however often it
+    is read, for the batch's creator. A status line (an item that failed) costs nothing."""
+    from genai_prices import Usage, calc_price
+
+    def line(key: str | None, prompt: int, out: int) -> bytes:
+        response = {
+            "candidates": [{"content": {"role": "model", "parts": [{"text": "ok"}]}, "finishReason": "STOP"}],
+            "usageMetadata": {"promptTokenCount": prompt, "candidatesTokenCount": out, "totalTokenCount": prompt + out},
+            "modelVersion": "gemini-2.5-flash",
+            "responseId": f"resp-{key or prompt}",
+        }
+        return orjson.dumps({"key": key, "response": response} if key else response) + b"\n"
+
+    results = (
+        line("f-1", 700, 90)
+        + orjson.dumps({"key": "f-2", "error": {"code": 400, "message": "bad", "status": "INVALID_ARGUMENT"}})
+        + b"\n"
+        + line(None, 300, 40)  # a bare GenerateContentResponse: keyed by its position
+    )
+    downloads = 0
+    app = web.Application()
+
+    def batch(state: str) -> dict[str, Any]:
+        meta: dict[str, Any] = {"model": "models/gemini-2.5-flash", "state": state, "displayName": "from-file"}
+        if state == "BATCH_STATE_SUCCEEDED":
+            meta["output"] = {"responsesFile": "files/batch-fromfile1"}
+        return {"name": "batches/fromfile1", "metadata": meta, "done": state == "BATCH_STATE_SUCCEEDED"}
+
+    async def create(request: web.Request) -> web.Response:
+        body = await request.json()
+        assert body["batch"]["inputConfig"] == {"fileName": "files/input-1"}
+        return web.json_response(batch("BATCH_STATE_PENDING"))
+
+    async def get(request: web.Request) -> web.Response:
+        return web.json_response(batch("BATCH_STATE_SUCCEEDED"))
+
+    async def download(request: web.Request) -> web.Response:
+        nonlocal downloads
+        downloads += 1
+        assert request.query.get("alt") == "media"
+        return web.Response(body=results, content_type="application/octet-stream")
+
+    app.router.add_post("/v1beta/models/gemini-2.5-flash:batchGenerateContent", create)
+    app.router.add_get("/v1beta/batches/fromfile1", get)
+    app.router.add_get("/v1beta/files/batch-fromfile1:download", download)
+    server = await aiohttp_server(app)
+    proxy = await make_proxy(str(server.make_url("")).rstrip("/"), store=store_url)
+
+    def client(team: str) -> Any:
+        return _genai(proxy.url, team)
+
+    job = await client("research").aio.batches.create(model="gemini-2.5-flash", src="files/input-1")
+    assert job.name == "batches/fromfile1"
+    job = await client("ops").aio.batches.get(name="batches/fromfile1")
+    assert job.dest is not None and job.dest.file_name == "files/batch-fromfile1"
+    for _ in range(2):  # read twice: priced once
+        assert await client("ops").aio.files.download(file=job.dest.file_name) == results
+    assert downloads == 2
+
+    events = await proxy.events()
+    items = {e.upstream_request_id or e.error: e for e in events if e.processing == "batch"}
+    assert len([e for e in events if e.processing == "batch"]) == 3 and set(items) == {
+        "resp-f-1",
+        "resp-300",
+        "INVALID_ARGUMENT",
+    }
+    assert all(e.team == "research" and e.batch_id == "batches/fromfile1" for e in items.values())
+    for rid, (prompt, out) in (("resp-f-1", (700, 90)), ("resp-300", (300, 40))):
+        want = calc_price(
+            Usage(input_tokens=prompt, output_tokens=out),
+            "gemini-2.5-flash",
+            provider_id="google",
+            genai_request_timestamp=datetime.now().astimezone(),
+            price_context={"processing": "batch"},
+        )
+        assert items[rid].cost_source == "priced"
+        assert items[rid].cost_usd == pytest.approx(float(want.total_price), abs=1e-9) and items[rid].cost_usd > 0
+    assert items["INVALID_ARGUMENT"].cost_usd == 0.0
+    assert all(e.cost_usd == 0 for e in events if e.processing != "batch")

@@ -284,16 +284,24 @@ class GeminiBatchMeter(JSONBodyMeter):
             err = obj.get("error") if isinstance(obj, dict) else None
             return MeterResult(error=error_code(err) if err else "unexpected_json")
         created = self.info.method == "POST" and ":batchGenerateContent" in self.info.path
-        note = BatchNote(obj["name"], ":generateContent", (), created)
-        result = MeterResult(usage=Usage(), usage_source="none", zero_cost=True, batch=[note])
         raw_meta = obj.get("metadata")
         meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
         found = None
+        files: tuple[str, ...] = ()
         for holder in (meta.get("output"), obj.get("response")):
-            inlined = holder.get("inlinedResponses") if isinstance(holder, dict) else None
+            if not isinstance(holder, dict):
+                continue
+            # A batch built from an input file answers in a file (GenerateContentBatchOutput.responsesFile):
+            # remembered, so its download is metered (GeminiBatchFileMeter).
+            responses_file = _str(holder.get("responsesFile"))
+            if responses_file is not None:
+                files = (responses_file,)
+            inlined = holder.get("inlinedResponses")
             if isinstance(inlined, dict) and isinstance(inlined.get("inlinedResponses"), list):
                 found = inlined["inlinedResponses"]
                 break
+        note = BatchNote(obj["name"], ":generateContent", files, created)
+        result = MeterResult(usage=Usage(), usage_source="none", zero_cost=True, batch=[note])
         if found is None or self.info.extra.get("batch") is None:
             return result
         model = _str(meta.get("model"))
@@ -312,3 +320,39 @@ class GeminiBatchMeter(JSONBodyMeter):
             items.append(BatchItem(custom_id, 200, served, usage, None, _str(response.get("responseId"))))
         result.items = items
         return result
+
+
+class GeminiBatchFileMeter(BatchOutputMeter):
+    """The responses file of a Gemini batch built from an input file (API reference, "Batch Mode":
+    ``GenerateContentBatchOutput.responsesFile``, "a JSONL file with a single response per line … in the same
+    order as the input requests"; the batch guide: each line "is either a GenerateContentResponse or a status
+    object"), downloaded with ``GET files/{id}:download?alt=media`` (``google-genai``'s ``files.download``). A line
+    is ``{"key", "response": {…"usageMetadata", "modelVersion"…}}``, a bare ``GenerateContentResponse``, or a
+    status (``{"key", "error"|"status": {…}}``: not billed). An item is keyed by its ``key``, else by its
+    position, as the inlined answers are (GeminiBatchMeter)."""
+
+    __slots__ = ("_n",)
+
+    def __init__(self, info: RequestInfo, status: int, usage_of: Any) -> None:
+        super().__init__(info, status, usage_of)
+        self._n = 0
+
+    def _line(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        position, self._n = self._n, self._n + 1
+        obj = loads(line)
+        if not isinstance(obj, dict):
+            self._items.append(BatchItem(f"#{position}", 0, None, None, "invalid_json", None))
+            return
+        custom_id = _str(obj.get("key")) or f"#{position}"
+        response = obj.get("response") if isinstance(obj.get("response"), dict) else None
+        if response is None and ("usageMetadata" in obj or "candidates" in obj):
+            response = obj  # a bare GenerateContentResponse
+        if response is None:
+            err = obj.get("error") or obj.get("status")
+            self._items.append(BatchItem(custom_id, 0, None, Usage(), error_code(err) if err else "failed", None))
+            return
+        usage = self.usage_of(response.get("usageMetadata"))
+        model = _str(response.get("modelVersion"))
+        self._items.append(BatchItem(custom_id, 200, model, usage, None, _str(response.get("responseId"))))

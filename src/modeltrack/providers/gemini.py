@@ -8,6 +8,7 @@ authoritative, so only the last is decoded.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import unquote
 
@@ -17,7 +18,7 @@ from ..usage import Usage, as_int
 from ..wire.jsonstream import JSONArraySplitter
 from ..wire.sse import SSEEvent
 from .base import Meter, MeterResult, Provider, RequestInfo, error_code, loads
-from .batches import GeminiBatchMeter
+from .batches import FreeMeter, GeminiBatchFileMeter, GeminiBatchMeter
 from .meters import JSONBodyMeter, SSEMeter
 from .openai import is_sse
 
@@ -154,6 +155,11 @@ class GeminiArrayMeter:
         return res
 
 
+_DOWNLOAD = re.compile(r"(?:/download)?/v1(?:beta|alpha)?/files/(?P<file>[A-Za-z0-9_-]+):download")
+"""A file's content (``google-genai`` asks ``/v1beta/files/{id}:download?alt=media``; the REST reference names
+``/download/v1beta/…``): a batch's responses file is metered when it is read."""
+
+
 class Gemini(Provider):
     name = "gemini"
     default_base_url = "https://generativelanguage.googleapis.com"
@@ -168,7 +174,10 @@ class Gemini(Provider):
             model = rest.split(":", 1)[0].split("/", 1)[0] or None
         stream = ":streamGenerateContent" in path
         info = RequestInfo(method, path, query, model, stream)
-        if ":batchGenerateContent" in path or "/batches/" in path:
+        download = _DOWNLOAD.fullmatch(path) if method == "GET" else None
+        if download is not None:
+            info.extra["file_id"] = "files/" + download["file"]  # perhaps a batch's responses (modeltrack.batches)
+        elif ":batchGenerateContent" in path or "/batches/" in path:
             info.extra["batch_api"] = True
             if method == "GET" and "/batches/" in path:
                 # A poll: once the batch succeeded, its answers are in it (modeltrack.batches).
@@ -178,6 +187,11 @@ class Gemini(Provider):
     def meter(self, info: RequestInfo, status: int, headers: Any) -> Meter:
         if info.extra.get("batch_api"):
             return GeminiBatchMeter(info, status, gemini_usage)
+        if "file_id" in info.extra:
+            job = info.extra.get("batch")
+            if job is not None and not job["priced"]:  # (already priced: streamed through unread)
+                return GeminiBatchFileMeter(info, status, gemini_usage)
+            return FreeMeter(info, status)
         if is_sse(headers):
             return GeminiSSEMeter(info, status)
         if info.stream and status < 400:

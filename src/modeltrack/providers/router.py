@@ -125,7 +125,11 @@ class Router:
             return provider, rest
         if path.startswith("/v1/messages") or "anthropic-version" in headers:
             return self.providers["anthropic"], path
-        if path.startswith(("/v1beta/", "/v1alpha/")) or "x-goog-api-key" in headers or _gemini_method(path):
+        if (
+            path.startswith(("/v1beta/", "/v1alpha/", "/download/v1beta/", "/download/v1alpha/"))
+            or "x-goog-api-key" in headers
+            or _gemini_method(path)
+        ):
             # google-genai >= 1.x defaults to /v1/models/{m}:generateContent; a ":method" suffix on a /models/
             # path is Gemini's REST style and never an OpenAI route.
             return self.providers["gemini"], path
