@@ -128,6 +128,20 @@ class Settings:
     read_timeout: float = _opt(
         600.0, "upstream idle timeout between reads (not a total limit)", lo=0.001, hi=86400, unit="seconds"
     )
+    websocket_idle_timeout: float = _opt(
+        300.0,
+        "a WebSocket tunnel (Realtime, Live) with no byte either way for this long is closed",
+        lo=0.001,
+        hi=86400,
+        unit="seconds",
+    )
+    websocket_max_message: int = _opt(
+        16 * MIB,
+        "largest WebSocket message either way; a larger one closes the tunnel",
+        lo=1024,
+        hi=2**31,
+        unit="bytes",
+    )
     upstream_max_connections: int = _opt(
         1024,
         "connections per upstream origin, open or opening (0: no cap); more wait up to the connect timeout",

@@ -13,13 +13,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import socket
-import ssl
 import time
 from collections.abc import Mapping
 from time import perf_counter
 from typing import TYPE_CHECKING
 
+from . import upgrades
 from .access import ClientTokens
 from .accounting import Recorder
 from .accounts.credentials import ProviderKeys, sdk_key
@@ -28,7 +27,6 @@ from .controls.estimate import bound_tokens
 from .controls.ratelimit import MemoryRateLedger, RateLimiter, RateRefusal, Ticket, real_tokens
 from .controls.spec import Reserve
 from .exchange import Exchange
-from .http.egress import TunnelRefused
 from .http.headers import HeaderView, forward_headers
 from .http.message import Request, RequestError
 from .http.server import Connection
@@ -38,6 +36,7 @@ from .http.watchdog import Watchdogs
 from .metrics import Metrics
 from .providers import Provider, RequestInfo, Router
 from .providers.base import loads
+from .providers.realtime import SocketMeter, socket_meter
 from .providers.router import wrong_base_url
 
 if TYPE_CHECKING:
@@ -48,6 +47,10 @@ log = logging.getLogger("modeltrack.proxy")
 RATE_RESERVE = Reserve()  # a TPM reservation is bounded as a budget's is (controls.estimate)
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+_NO_SOCKET = (
+    "This path does not accept a WebSocket upgrade: ModelTrack tunnels OpenAI Realtime (/v1/realtime), Responses "
+    "over WebSocket (/v1/responses) and Gemini Live (/ws/google.ai.generativelanguage.*.BidiGenerateContent)."
+)
 _KINDS: dict[str, str] = {}
 
 
@@ -80,21 +83,6 @@ def _endpoint_kind(path: str) -> str:
     return "/".join(parts[:2]) or "/"
 
 
-def _why(exc: BaseException) -> str:
-    """A content-free description of a connection failure (exception messages can hold URLs or peer text)."""
-    if isinstance(exc, socket.gaierror):
-        return "DNS lookup failed"
-    if isinstance(exc, TunnelRefused):
-        return f"the egress proxy refused the tunnel ({exc.status})"
-    if isinstance(exc, ssl.SSLCertVerificationError):
-        return "the TLS certificate is not trusted (MODELTRACK_CA_BUNDLE adds CAs)"
-    if isinstance(exc, ssl.SSLError):
-        return "the TLS handshake failed"
-    if isinstance(exc, ConnectionRefusedError):
-        return "connection refused"
-    return f"connection failed ({type(exc).__name__})"
-
-
 class Proxy:
     def __init__(
         self,
@@ -124,6 +112,8 @@ class Proxy:
         self.controls = controls
         self.client_tokens = self.tokens_in_force()  # empty = access control off
         self.body_timeout = settings.body_timeout
+        self.ws_max_message = settings.websocket_max_message
+        self.ws_idle_timeout = settings.websocket_idle_timeout
         self.read_timeout = settings.read_timeout
         self.read_timeouts = dict(settings.read_timeouts)  # per provider (MODELTRACK_<PROVIDER>_READ_TIMEOUT)
         self.watchdogs = Watchdogs()
@@ -261,6 +251,12 @@ class Proxy:
             return self.error(conn, provider, 408, "request_timeout", "The request body was not received in time.")
         body = loads(raw) if raw[:1] in (b"{", b"[") and provider.name != "bedrock" else None
         info = provider.request_info(req.method, up_path, query, body)
+        socket: SocketMeter | None = None
+        if req.websocket:
+            socket = socket_meter(provider, info)
+            if socket is None:
+                return self.error(conn, provider, 400, "websocket_not_served", _NO_SOCKET)
+            info.model, info.stream = socket.model, True
         send = provider.rewrite_body(info, raw, body)  # (may also read the model of a multipart upload)
         if info.extra:
             await self._batch_context(req, provider.name, info, path, up_path, fixed)
@@ -312,8 +308,11 @@ class Proxy:
             lines[at[0]] = (name, value[: value.find(b"mt_")] + secret.encode())
         if fixed:
             attrs.update(fixed)  # a token's own attribution beats the headers
+        if socket is not None:
+            attrs["cache"] = "off"  # a socket is never answered from the response cache (restored below)
         decision: Decision | None = None
         plan = self.controls.plan(provider.name, info.model, attrs) if self.controls is not None else None
+
         if plan is not None:
             assert self.controls is not None
             decision = await self.controls.decide(
@@ -337,6 +336,27 @@ class Proxy:
             if decision.routed_from is not None and decision.route is not None:
                 up_path, send = decision.path, decision.body
                 info.path, info.model = up_path, decision.route.to
+        if socket is not None:
+            attrs.pop("cache", None)
+            return await upgrades.serve(
+                self,
+                req,
+                conn,
+                provider,
+                info,
+                pool,
+                up_path,
+                query,
+                lines,
+                attrs,
+                socket,
+                decision,
+                ticket,
+                grant,
+                start,
+                wall,
+                kind=endpoint_kind(up_path),
+            )
         del body  # the parsed body can be as large as the request: not kept for the whole exchange
         origin = pool.origin
         path = origin.join(up_path) if origin.base_path else up_path
@@ -427,18 +447,7 @@ class Proxy:
             info.extra["public_base"] = f"{scheme}://{host.decode('ascii')}{prefix}"
 
     def _unreachable(self, conn: Connection, ex: Exchange, pool: UpstreamPool, exc: BaseException) -> None:
-        name = ex.provider.name
-        why = _why(exc)
-        via = f" through the egress proxy {pool.egress.describe()}" if pool.egress is not None else ""
-        fix = f"MODELTRACK_{name.upper()}_BASE_URL" + (" or HTTPS_PROXY/NO_PROXY" if via else "")
-        log.warning("upstream %s unreachable at %s%s: %s; check %s", name, pool.origin.url, via, why, fix)
-        self._fail(
-            conn,
-            ex,
-            502,
-            "upstream_unreachable",
-            f"The {name} upstream at {pool.origin.url} could not be reached: {why}. Check {fix}.",
-        )
+        self._fail(conn, ex, 502, "upstream_unreachable", pool.unreachable(ex.provider.name, exc))
 
     def _answer_from_controls(self, conn: Connection, ex: Exchange, d: Decision) -> None:
         """A refusal (budget, routing rule) or a response-cache hit: no upstream call. The event is recorded

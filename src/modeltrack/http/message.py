@@ -67,6 +67,7 @@ class Request:
         "refused",
         "target",
         "version",
+        "websocket",
     )
 
     def __init__(self, method: str, target: bytes, headers: list[tuple[bytes, bytes]], version: str) -> None:
@@ -78,6 +79,7 @@ class Request:
         self.expect_continue = False
         self.error: RequestError | None = None  # set: the body will not be read (too large, malformed, refused)
         self.refused = False  # answered by the server itself, in its turn, without calling the handler
+        self.websocket = False  # a GET asking to upgrade to WebSocket: the handler tunnels it or refuses it
         self._parts: list[bytes] = []
         self._size = 0
         self._done = False

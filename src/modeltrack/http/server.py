@@ -18,6 +18,10 @@ What this server promises, held to nginx's and aiohttp's standard (tests/test_se
 * chunked trailers are dropped, never merged into the headers (they would be forwarded, or set attribution);
   a ``#fragment`` never reaches the target; an ``Upgrade:`` is ignored (RFC 9110 §7.8: a server may), so a POST
   that carries one keeps its body; ``CONNECT`` is parsed and refused by the handler;
+* a ``GET`` that asks for ``Upgrade: websocket`` is the one exception: nothing the client sends after its head is
+  parsed as HTTP. The handler either switches the connection to a tunnel (:meth:`Connection.switch`: the held
+  bytes and all that follow go to the tunnel, unparsed) or answers it, after which the connection closes with
+  those bytes unread (tests/test_protocols.py::test_bytes_after_a_refused_websocket_upgrade_are_never_parsed);
 * HTTP/1.0 and 1.1 keep-alive, pipelined requests answered in order, ``Expect: 100-continue`` (1.1 clients
   only), ``103 Early Hints`` passed on to 1.1 clients;
 * nothing is written after a sized response's ``Content-Length``; a client disconnect cancels the request's
@@ -45,6 +49,19 @@ LINGER_SECONDS = 2.0
 """After refusing a request whose body is still arriving, keep reading (and discarding) for this long before
 closing, as nginx's lingering close does: closing a socket with unread data makes the kernel send a reset,
 which can destroy the refusal before the client has read it."""
+
+
+MAX_HELD = 1 << 16
+"""Bytes a client may send after a WebSocket upgrade's head before it is answered (frames sent ahead of the
+``101``): past this, reading pauses until the handler decides."""
+
+
+class TunnelEnd(Protocol):
+    """What a switched connection hands the client's bytes to (:class:`modeltrack.tunnel.Tunnel`)."""
+
+    def from_client(self, data: bytes) -> None: ...
+
+    def client_lost(self) -> None: ...
 
 
 class FlowListener(Protocol):
@@ -95,6 +112,9 @@ class Connection(asyncio.Protocol):
         self._in_head = False  # between message begin and headers complete: later "headers" are trailers
         self._synthetic = False  # feeding the synthetic head that resumes a body after an ignored Upgrade
         self._upgraded: Request | None = None  # a request whose body llhttp left unparsed (Upgrade)
+        self._held: list[bytes] | None = None  # after a WebSocket upgrade's head: not parsed, kept for a tunnel
+        self._held_size = 0
+        self.tunnel: TunnelEnd | None = None  # switched: every byte from the client goes here
         self._header_bytes = 0
         # fields the server itself reads, noted as they are parsed (no second scan of the headers)
         self._hosts = 0
@@ -128,6 +148,8 @@ class Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._cancel_timer()
+        if self.tunnel is not None:
+            self.tunnel.client_lost()
         if self._task is not None and not self._task.done():
             self._task.cancel()  # the client is gone: stop the handler (it records what it has)
         for req in self._queue:
@@ -157,6 +179,12 @@ class Connection(asyncio.Protocol):
                 self.flow.resume()
 
     def data_received(self, data: bytes) -> None:
+        if self.tunnel is not None:
+            self.tunnel.from_client(data)
+            return
+        if self._held is not None:
+            self._hold(data)
+            return
         if self._broken:
             if self._lingering:
                 self._discarded += len(data)
@@ -199,6 +227,14 @@ class Connection(asyncio.Protocol):
         req, self._upgraded = self._upgraded, None
         if req is None:
             self._close_after_queue()  # CONNECT: refused by the handler; what follows is not HTTP
+            return
+        if req.websocket:
+            # What follows is WebSocket frames if the handler tunnels, and is never read if it refuses.
+            req._finish()
+            self._held = []
+            self._close_after_queue()
+            if rest:
+                self._hold(rest)
             return
         length = req.header(b"content-length")
         chunked = req.header(b"transfer-encoding") is not None
@@ -288,6 +324,9 @@ class Connection(asyncio.Protocol):
                 req.expect_continue = True
         if p.should_upgrade():
             self._upgraded = req if method != "CONNECT" else None
+            if method == "GET" and not declared and self._coding is None:
+                upgrade = req.header(b"upgrade")
+                req.websocket = upgrade is not None and b"websocket" in upgrade.lower()
         self._current = req
         queue = self._queue
         queue.append(req)
@@ -335,6 +374,41 @@ class Connection(asyncio.Protocol):
         if self._current is not None:
             self._current._finish()
             self._current = None
+
+    def _hold(self, data: bytes) -> None:
+        held = self._held
+        assert held is not None
+        held.append(data)
+        self._held_size += len(data)
+        if self._held_size > MAX_HELD:
+            self._pause_reading()
+
+    # -- the WebSocket tunnel -----------------------------------------------------------------------------
+    def switch(self, head: bytes, tunnel: TunnelEnd) -> bytes:
+        """Answer the upgrade with ``head`` (the upstream's ``101``, as the client should see it) and hand the
+        connection to ``tunnel``; returns the bytes the client sent ahead of the answer, for the tunnel to send
+        on. The connection closes when the handler returns."""
+        self._write(head)
+        self._started = self._finished = self._close_now = True
+        self._head_only = True  # nothing more of an HTTP response is written
+        held, self._held = self._held or [], None
+        self._held_size = 0
+        self.tunnel = tunnel
+        self.resume_reading()
+        return b"".join(held)
+
+    def write_raw(self, data: bytes | memoryview) -> None:
+        """Tunnel bytes for the client, as they came."""
+        self._write(data)
+
+    def pause_reading(self) -> None:
+        """The tunnel's upstream cannot take more: stop reading the client (its TCP window closes)."""
+        self._pause_reading()
+
+    def resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and not self.closed:
+            self._reading_paused = False
+            self.transport.resume_reading()
 
     # -- serving ------------------------------------------------------------------------------------------
     def _enqueue(self, req: Request) -> None:
@@ -402,7 +476,7 @@ class Connection(asyncio.Protocol):
                 if not self._finished:
                     self.abort()
                     return
-                if not req._done or req.error is not None:
+                if not req._done or req.error is not None or self._held is not None:
                     # A body we did not read to the end leaves the connection unparseable: close it, but let the
                     # client finish sending first, or its unread bytes would reset our answer away.
                     self._linger()
@@ -533,6 +607,7 @@ class Connection(asyncio.Protocol):
             self.close()
             return
         self._broken = self._lingering = True
+        self._held = None  # a refused WebSocket upgrade's frames: read and dropped like any unread body
         self._discarded = 0
         self._reading_paused = False
         t.resume_reading()

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import select
+import socket
 import ssl
 import time
 from collections import deque
@@ -18,8 +20,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from .egress import EgressRoute, open_tunnel
+from .egress import EgressRoute, TunnelRefused, open_tunnel
 from .upstream import BUSY, IDLE, UpstreamConnection
+
+log = logging.getLogger("modeltrack.proxy")  # where every upstream failure is reported
 
 FRESH_RELEASE = 0.002
 """Seconds after its release during which a connection is not reused while a new one may be opened instead. An
@@ -27,6 +31,21 @@ upstream that closes right after answering has its FIN on the way for that long;
 write the next request into a connection that is already closed, and a POST that may have reached the
 upstream is never sent twice. Idle connections are reused oldest first, so with steady traffic the oldest one
 is well past this age and the pool settles at a few warm connections; only a burst pays a new connection."""
+
+
+def _why(exc: BaseException) -> str:
+    """A content-free description of a connection failure (exception messages can hold URLs or peer text)."""
+    if isinstance(exc, socket.gaierror):
+        return "DNS lookup failed"
+    if isinstance(exc, TunnelRefused):
+        return f"the egress proxy refused the tunnel ({exc.status})"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "the TLS certificate is not trusted (MODELTRACK_CA_BUNDLE adds CAs)"
+    if isinstance(exc, ssl.SSLError):
+        return "the TLS handshake failed"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    return f"connection failed ({type(exc).__name__})"
 
 
 class PoolExhausted(Exception):
@@ -251,6 +270,37 @@ class UpstreamPool:
             proto.connection_made(tls_transport)
         else:
             await loop.create_connection(lambda: proto, self.egress.host, self.egress.port)
+
+    async def open_raw(self, proto: asyncio.Protocol) -> None:
+        """A connection to the same origin outside the pool, for a WebSocket tunnel (:mod:`.upgrade`), with the
+        same TLS and egress rules; through an egress proxy it is always a ``CONNECT`` tunnel, since a forward
+        proxy does not carry an upgraded connection asked in absolute form."""
+        loop = asyncio.get_running_loop()
+        o, tls = self.origin, self._tls
+        async with asyncio.timeout(self._connect_timeout):
+            if self.egress is None:
+                await loop.create_connection(
+                    lambda: proto, o.host, o.port, ssl=tls, server_hostname=o.host if tls else None
+                )
+                return
+            transport = await open_tunnel(loop, self.egress, o.host, o.port)
+            if tls is not None:
+                tls_transport = await loop.start_tls(transport, proto, tls, server_hostname=o.host)
+                if tls_transport is None:
+                    raise ConnectionError("TLS through the egress proxy failed")
+                transport = tls_transport
+            else:
+                transport.set_protocol(proto)
+            proto.connection_made(transport)
+
+    def unreachable(self, name: str, exc: BaseException) -> str:
+        """Log why the origin of provider ``name`` could not be reached (never the exception's text: it can hold
+        URLs or peer text) and return what to tell the client, with the setting to check."""
+        why = _why(exc)
+        via = f" through the egress proxy {self.egress.describe()}" if self.egress is not None else ""
+        fix = f"MODELTRACK_{name.upper()}_BASE_URL" + (" or HTTPS_PROXY/NO_PROXY" if via else "")
+        log.warning("upstream %s unreachable at %s%s: %s; check %s", name, self.origin.url, via, why, fix)
+        return f"The {name} upstream at {self.origin.url} could not be reached: {why}. Check {fix}."
 
     def release(self, conn: UpstreamConnection) -> None:
         """Pool a connection after a clean exchange. Idempotent: only a busy connection becomes idle."""

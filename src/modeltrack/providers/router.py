@@ -105,6 +105,9 @@ def wrong_base_url(path: str, prefixes: tuple[str, ...] = ()) -> tuple[str, str]
     return None
 
 
+_GEMINI_LIVE = "/ws/google.ai.generativelanguage."  # Gemini Live's WebSocket path (google-genai's live.connect)
+
+
 def _gemini_method(path: str) -> bool:
     return "/models/" in path and ":" in path.rsplit("/", 1)[-1]
 
@@ -126,7 +129,7 @@ class Router:
         if path.startswith("/v1/messages") or "anthropic-version" in headers:
             return self.providers["anthropic"], path
         if (
-            path.startswith(("/v1beta/", "/v1alpha/", "/download/v1beta/", "/download/v1alpha/"))
+            path.startswith(("/v1beta/", "/v1alpha/", "/download/v1beta/", "/download/v1alpha/", _GEMINI_LIVE))
             or "x-goog-api-key" in headers
             or _gemini_method(path)
         ):

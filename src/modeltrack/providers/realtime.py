@@ -1,0 +1,251 @@
+"""Meters for the WebSocket APIs: one :class:`Turn` (one cost event) per response a session produces.
+
+A socket meter is fed whole messages (``wire.websocket``) from both directions and reports each response's
+usage when the provider's own end-of-response message says it:
+
+* **OpenAI Realtime** (``/v1/realtime``): ``response.done`` carries ``response.usage``
+  (https://platform.openai.com/docs/api-reference/realtime-server-events/response/done): ``input_tokens``
+  INCLUDES ``input_token_details.cached_tokens``; ``input_token_details.{text,audio,image}_tokens`` split the
+  input by modality and ``cached_tokens_details.{text,audio,image}_tokens`` split the cached part, so cached
+  audio is priced at the cached-audio rate; ``output_token_details.{text,audio}_tokens`` split the output. The
+  model is the URL's ``model=``, then whatever ``session.created``/``session.updated`` say.
+* **OpenAI Responses over WebSocket** (``/v1/responses``): the streaming events of the Responses API as messages;
+  ``response.completed|incomplete|failed`` carries ``response.usage`` and ``response.model``
+  (https://platform.openai.com/docs/guides/websocket-mode).
+* **Gemini Live** (``/ws/google.ai.generativelanguage.*.GenerativeService.BidiGenerateContent``): the client's
+  ``setup.model`` names the model; a server message's ``usageMetadata`` reports the turn it ends, with
+  ``responseTokenCount``/``responseTokensDetails`` where ``generateContent`` says ``candidates``
+  (https://ai.google.dev/api/live#UsageMetadata).
+
+A message is decoded only when its bytes contain the marker of one of these (a delta with audio is never
+decoded), and then its ``type`` is checked, so a marker inside generated text counts nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+from ..usage import Usage, as_int
+from .base import MeterResult, Provider, RequestInfo, error_code, loads
+from .gemini import Gemini, gemini_usage
+from .openai import OpenAI, openai_usage
+
+
+@dataclass(slots=True)
+class Turn:
+    """One response of a session, for one cost event."""
+
+    result: MeterResult
+    response_id: str | None
+    started: float | None  # when its ``response.created`` (or first message) was seen; None: not seen
+    first_output: float | None = None
+
+
+def _obj(v: Any) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
+
+
+def realtime_usage(u: Any) -> Usage | None:
+    """A Realtime ``response.usage`` onto the ledger (see the module docstring for the subset relations)."""
+    if not isinstance(u, dict):
+        return None
+    inp, out = as_int(u.get("input_tokens")), as_int(u.get("output_tokens"))
+    idt, odt = _obj(u.get("input_token_details")), _obj(u.get("output_token_details"))
+    cached = as_int(idt.get("cached_tokens"))
+    cd = _obj(idt.get("cached_tokens_details"))
+    details = {f"cache_{m}_read_tokens": n for m in ("text", "audio", "image") if (n := as_int(cd.get(f"{m}_tokens")))}
+    return Usage(
+        input_tokens=max(inp - cached, 0),
+        output_tokens=out,
+        cache_read_tokens=cached,
+        input_audio_tokens=as_int(idt.get("audio_tokens")),
+        output_audio_tokens=as_int(odt.get("audio_tokens")),
+        input_image_tokens=as_int(idt.get("image_tokens")),
+        details=details or None,
+    )
+
+
+def live_usage(u: Any) -> Usage | None:
+    """Gemini Live's ``usageMetadata``: ``generateContent``'s, with ``response*`` for ``candidates*``."""
+    if not isinstance(u, dict):
+        return None
+    u = dict(u)
+    if "responseTokenCount" in u:
+        u["candidatesTokenCount"] = u.pop("responseTokenCount")
+    if "responseTokensDetails" in u:
+        u["candidatesTokensDetails"] = u.pop("responseTokensDetails")
+    return gemini_usage(u)
+
+
+class SocketMeter:
+    """Base: tracks the model and the response under way; subclasses read their provider's messages."""
+
+    def __init__(self, model: str | None) -> None:
+        self.model = model
+        self.open: dict[str, float] = {}  # response id -> when it was created
+        self.first_output: dict[str, float] = {}
+        self.pending: float | None = None  # a response under way whose id is not known (Gemini turns)
+
+    def from_client(self, msg: bytes, now: float) -> None:
+        return None
+
+    def from_server(self, msg: bytes, now: float) -> Turn | None:
+        raise NotImplementedError
+
+    def under_way(self) -> bool:
+        """A response was started and its usage not yet reported: a cut now loses its usage."""
+        return bool(self.open) or self.pending is not None
+
+    def _created(self, msg: bytes, now: float) -> bool:
+        """A ``response.created`` (both OpenAI socket APIs send one): the response's clock starts."""
+        if b'"response.created"' not in msg[:512]:
+            return False
+        obj = loads(msg)
+        if isinstance(obj, dict) and obj.get("type") == "response.created":
+            resp = obj.get("response")
+            rid = resp.get("id") if isinstance(resp, dict) else None
+            if isinstance(rid, str) and len(self.open) < 64:
+                self.open.setdefault(rid, now)
+        return True
+
+    def _ended(self, rid: Any) -> tuple[float | None, float | None]:
+        if not isinstance(rid, str):
+            return None, None
+        return self.open.pop(rid, None), self.first_output.pop(rid, None)
+
+
+def _str(v: Any) -> str | None:
+    return v if isinstance(v, str) and v else None
+
+
+class OpenAIRealtimeMeter(SocketMeter):
+    def from_server(self, msg: bytes, now: float) -> Turn | None:
+        head = msg[:96]
+        if self._created(msg, now):
+            return None
+        if len(self.first_output) < len(self.open) and b"delta" in head and b'"response_id"' in msg:
+            # The first output of a response (its time to first token): decoded only while a response under way
+            # has none yet, so one decode per response, not one per audio delta.
+            obj = loads(msg)
+            rid = obj.get("response_id") if isinstance(obj, dict) else None
+            if isinstance(rid, str) and rid in self.open and rid not in self.first_output:
+                self.first_output[rid] = now
+            return None
+        if b'"session.created"' in msg or b'"session.updated"' in msg:
+            obj = loads(msg)
+            if isinstance(obj, dict) and obj.get("type") in ("session.created", "session.updated"):
+                session = obj.get("session")
+                model = session.get("model") if isinstance(session, dict) else None
+                self.model = _str(model) or self.model
+            return None
+        if b'"response.done"' not in msg:
+            return None
+        obj = loads(msg)
+        if not isinstance(obj, dict) or obj.get("type") != "response.done":
+            return None
+        resp = _obj(obj.get("response"))
+        rid = resp.get("id")
+        started, first = self._ended(rid)
+        usage = realtime_usage(resp.get("usage"))
+        error = None
+        if resp.get("status") == "failed":
+            details = resp.get("status_details")
+            err = details.get("error") if isinstance(details, dict) else None
+            error = error_code(err) if err else "response_failed"
+        return Turn(
+            MeterResult(model=self.model, usage=usage, usage_source="stream" if usage else "missing", error=error),
+            _str(rid),
+            started,
+            first,
+        )
+
+
+_RESPONSES_TERMINAL = ("response.completed", "response.incomplete", "response.failed")
+_TERMINAL_MARKERS = tuple(b'"%s"' % t.encode() for t in _RESPONSES_TERMINAL)
+
+
+class OpenAIResponsesSocketMeter(SocketMeter):
+    def from_client(self, msg: bytes, now: float) -> None:
+        if b'"response.create"' in msg[:256]:
+            obj = loads(msg)
+            if isinstance(obj, dict) and obj.get("type") == "response.create":
+                self.model = _str(obj.get("model")) or self.model
+
+    def from_server(self, msg: bytes, now: float) -> Turn | None:
+        head = msg[:96]
+        if self._created(msg, now):
+            return None
+        if len(self.first_output) < len(self.open) and b"delta" in head:
+            # Responses deltas carry no response id: the first delta after a creation is that one's first token
+            for open_id in self.open:
+                self.first_output.setdefault(open_id, now)
+            return None
+        if not any(t in msg for t in _TERMINAL_MARKERS):
+            return None
+        obj = loads(msg)
+        if not isinstance(obj, dict) or obj.get("type") not in _RESPONSES_TERMINAL:
+            return None
+        resp = _obj(obj.get("response"))
+        rid = resp.get("id")
+        started, first = self._ended(rid)
+        usage = openai_usage(resp.get("usage"), resp.get("service_tier"))
+        err = resp.get("error")
+        model = _str(resp.get("model")) or self.model
+        return Turn(
+            MeterResult(
+                model=model,
+                usage=usage,
+                usage_source="stream" if usage else "missing",
+                error=error_code(err) if err else None,
+            ),
+            _str(rid),
+            started,
+            first,
+        )
+
+
+class GeminiLiveMeter(SocketMeter):
+    def from_client(self, msg: bytes, now: float) -> None:
+        if self.model is None and b'"setup"' in msg[:64]:
+            obj = loads(msg)
+            setup = obj.get("setup") if isinstance(obj, dict) else None
+            model = _str(setup.get("model")) if isinstance(setup, dict) else None
+            if model is not None:
+                self.model = model.rsplit("/", 1)[-1]  # "models/gemini-..." (or a Vertex resource name)
+
+    def from_server(self, msg: bytes, now: float) -> Turn | None:
+        if b'"usageMetadata"' not in msg:
+            if self.pending is None and b'"serverContent"' in msg[:64]:
+                self.pending = now  # the turn's first output
+            return None
+        obj = loads(msg)
+        if not isinstance(obj, dict) or "usageMetadata" not in obj:
+            return None
+        started, self.pending = self.pending, None
+        usage = live_usage(obj.get("usageMetadata"))
+        return Turn(
+            MeterResult(model=self.model, usage=usage, usage_source="stream" if usage else "missing"),
+            None,
+            started,
+            started,
+        )
+
+
+def socket_meter(provider: Provider, info: RequestInfo) -> SocketMeter | None:
+    """The meter of the WebSocket API at ``info.path``; None: the path is not one, and its upgrade is refused."""
+    path = info.path
+    if isinstance(provider, OpenAI):  # Azure OpenAI too: ``/openai/realtime?deployment=`` or ``?model=``
+        if path.endswith("/realtime"):
+            query = parse_qs(info.query)
+            named = query.get("model") or query.get("deployment")
+            return OpenAIRealtimeMeter(info.model or (named[0] if named else None))
+        if path.endswith("/responses"):
+            return OpenAIResponsesSocketMeter(info.model)
+    elif isinstance(provider, Gemini):
+        if path.startswith("/ws/google.ai.generativelanguage.") and path.endswith(
+            (".BidiGenerateContent", ".BidiGenerateContentConstrained")
+        ):
+            return GeminiLiveMeter(None)
+    return None
