@@ -59,6 +59,19 @@ REALTIME_USAGE = {
     },
     "output_token_details": {"text_tokens": 30, "audio_tokens": 91},
 }
+TRANSCRIBED = {  # the openai SDK's ConversationItemInputAudioTranscriptionCompletedEvent, tokens usage
+    "type": "conversation.item.input_audio_transcription.completed",
+    "item_id": "item_in_1",
+    "content_index": 0,
+    "transcript": "Hello there.",
+    "usage": {
+        "type": "tokens",
+        "input_tokens": 47,
+        "input_token_details": {"audio_tokens": 40, "text_tokens": 7},
+        "output_tokens": 5,
+        "total_tokens": 52,
+    },
+}
 LIVE_USAGE = {
     "promptTokenCount": 522,
     "responseTokenCount": 42,
@@ -77,6 +90,7 @@ class Upstream:
         self.delta_bytes = 4096  # base64 audio per output delta
         self.deltas = 3
         self.pause = 0.0  # seconds between two output deltas
+        self.transcriber: str | None = None  # the session transcribes the input audio with this model
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -108,15 +122,10 @@ class Upstream:
         if not isinstance(ws, web.WebSocketResponse):
             return ws
         model = request.query.get("model", "")
-        await ws.send_str(
-            orjson.dumps(
-                {
-                    "type": "session.created",
-                    "event_id": "event_1",
-                    "session": {"type": "realtime", "object": "realtime.session", "id": "sess_1", "model": model},
-                }
-            ).decode()
-        )
+        session: dict[str, Any] = {"type": "realtime", "object": "realtime.session", "id": "sess_1", "model": model}
+        if self.transcriber:
+            session["audio"] = {"input": {"transcription": {"model": self.transcriber}}}
+        await ws.send_str(orjson.dumps({"type": "session.created", "event_id": "event_1", "session": session}).decode())
         n = 0
         async for msg in ws:
             if msg.type != WSMsgType.TEXT:
@@ -168,6 +177,8 @@ class Upstream:
                     }
                 ).decode()
             )
+            if self.transcriber:
+                await ws.send_str(orjson.dumps(TRANSCRIBED | {"event_id": f"event_t{n}"}).decode())
         return ws
 
     async def responses(self, request: web.Request) -> web.StreamResponse:
@@ -280,6 +291,29 @@ async def test_realtime_sessions_are_priced_per_response_with_one_session_id(
     assert session.startswith("ws_")
     assert len({e.request_id for e in events}) == 2
     _no_key_logged(caplog, CANARY)
+
+
+async def test_a_realtime_sessions_input_transcription_is_priced_at_the_transcription_model(
+    ws_upstream: Any, make_proxy: Any
+) -> None:
+    """The session's ``audio.input.transcription.model`` transcribes the caller's audio apart, billed at that
+    model's prices (the event's own reference says so): one event per transcript, in the same session."""
+    upstream, url = ws_upstream
+    upstream.transcriber = "gpt-4o-transcribe"
+    proxy = await make_proxy(url)
+    client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key=CANARY, max_retries=0)
+    async with client.realtime.connect(model="gpt-realtime") as conn:
+        await conn.response.create()
+        async for event in conn:
+            if event.type == "conversation.item.input_audio_transcription.completed":
+                break
+    events = await _events(proxy, 2)
+    by_model = {e.model: e for e in events}
+    asr = by_model["gpt-4o-transcribe"]
+    expected = _price(GUsage(input_tokens=47, input_audio_tokens=40, output_tokens=5), "gpt-4o-transcribe", "openai")
+    assert asr.cost_usd == expected and asr.cost_source == "priced" and (asr.input_tokens, asr.output_tokens) == (47, 5)
+    assert by_model["gpt-realtime"].cost_usd is not None
+    assert len({e.session_id for e in events}) == 1
 
 
 async def test_responses_over_websocket_price_each_response_like_its_http_stream(

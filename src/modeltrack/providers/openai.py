@@ -247,6 +247,24 @@ _AUDIO_IN = ("/audio/transcriptions", "/audio/translations")
 _TEXT_FORMATS = ("text", "srt", "vtt")
 
 
+def transcription_usage(u: Any, duration: Any = None) -> Usage | None:
+    """A transcription's ``usage`` (``{"type": "tokens", …}`` or ``{"type": "duration", "seconds"}``, or an older
+    top-level ``duration``): the same object in ``/v1/audio/transcriptions`` answers and in a Realtime session's
+    ``conversation.item.input_audio_transcription.completed``. Seconds are billed rounded to the nearest one."""
+    if isinstance(u, dict) and u.get("type") == "tokens":
+        d = u.get("input_token_details")
+        audio = as_int(d.get("audio_tokens")) if isinstance(d, dict) else 0
+        return Usage(
+            input_tokens=as_int(u.get("input_tokens")),
+            input_audio_tokens=audio,
+            output_tokens=as_int(u.get("output_tokens")),
+        )
+    seconds = u.get("seconds") if isinstance(u, dict) and u.get("type") == "duration" else duration
+    if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds >= 0:
+        return Usage(details={"audio_seconds": round(seconds)})
+    return None
+
+
 class TranscriptionMeter(JSONBodyMeter):
     """``/v1/audio/transcriptions`` and ``/translations`` (API reference, "Create transcription": the JSON and
     ``verbose_json`` answers carry ``usage``, ``{"type": "duration", "seconds": …}`` for models billed by the
@@ -275,20 +293,7 @@ class TranscriptionMeter(JSONBodyMeter):
             return MeterResult(model=self.info.model, usage_source="missing")
         if "error" in obj:
             return MeterResult(model=self.info.model, error=error_code(obj["error"]))
-        u = obj.get("usage")
-        usage: Usage | None = None
-        if isinstance(u, dict) and u.get("type") == "tokens":
-            d = u.get("input_token_details")
-            audio = as_int(d.get("audio_tokens")) if isinstance(d, dict) else 0
-            usage = Usage(
-                input_tokens=as_int(u.get("input_tokens")),
-                input_audio_tokens=audio,
-                output_tokens=as_int(u.get("output_tokens")),
-            )
-        else:
-            seconds = u.get("seconds") if isinstance(u, dict) and u.get("type") == "duration" else obj.get("duration")
-            if isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds >= 0:
-                usage = Usage(details={"audio_seconds": round(seconds)})
+        usage = transcription_usage(obj.get("usage"), obj.get("duration"))
         return MeterResult(
             model=self.info.model, usage=usage, usage_source="response" if usage is not None else "missing"
         )

@@ -8,7 +8,10 @@ usage when the provider's own end-of-response message says it:
   INCLUDES ``input_token_details.cached_tokens``; ``input_token_details.{text,audio,image}_tokens`` split the
   input by modality and ``cached_tokens_details.{text,audio,image}_tokens`` split the cached part, so cached
   audio is priced at the cached-audio rate; ``output_token_details.{text,audio}_tokens`` split the output. The
-  model is the URL's ``model=``, then whatever ``session.created``/``session.updated`` say.
+  model is the URL's ``model=``, then whatever ``session.created``/``session.updated`` say. The input audio's
+  transcription, when the session asks for one, is billed apart at the transcription model's prices:
+  ``conversation.item.input_audio_transcription.completed`` carries its ``usage`` (tokens, or seconds), one event
+  each, with the model the session configured.
 * **OpenAI Responses over WebSocket** (``/v1/responses``): the streaming events of the Responses API as messages;
   ``response.completed|incomplete|failed`` carries ``response.usage`` and ``response.model``
   (https://platform.openai.com/docs/guides/websocket-mode).
@@ -30,7 +33,7 @@ from urllib.parse import parse_qs
 from ..usage import Usage, as_int
 from .base import MeterResult, Provider, RequestInfo, error_code, loads
 from .gemini import Gemini, gemini_usage
-from .openai import OpenAI, openai_usage
+from .openai import OpenAI, openai_usage, transcription_usage
 
 
 @dataclass(slots=True)
@@ -121,6 +124,10 @@ def _str(v: Any) -> str | None:
 
 
 class OpenAIRealtimeMeter(SocketMeter):
+    def __init__(self, model: str | None) -> None:
+        super().__init__(model)
+        self.transcriber: str | None = None  # the session's input audio transcription model, if it has one
+
     def from_server(self, msg: bytes, now: float) -> Turn | None:
         head = msg[:96]
         if self._created(msg, now):
@@ -136,10 +143,21 @@ class OpenAIRealtimeMeter(SocketMeter):
         if b'"session.created"' in msg or b'"session.updated"' in msg:
             obj = loads(msg)
             if isinstance(obj, dict) and obj.get("type") in ("session.created", "session.updated"):
-                session = obj.get("session")
-                model = session.get("model") if isinstance(session, dict) else None
-                self.model = _str(model) or self.model
+                session = _obj(obj.get("session"))
+                self.model = _str(session.get("model")) or self.model
+                # The input transcription model (GA: audio.input.transcription; beta: input_audio_transcription)
+                asr = _obj(_obj(_obj(session.get("audio")).get("input")).get("transcription"))
+                asr = asr or _obj(session.get("input_audio_transcription"))
+                self.transcriber = _str(asr.get("model")) or self.transcriber
             return None
+        if b'"conversation.item.input_audio_transcription.completed"' in msg:
+            obj = loads(msg)
+            if not isinstance(obj, dict) or obj.get("type") != "conversation.item.input_audio_transcription.completed":
+                return None
+            # Billed at the transcription model's prices, not the realtime model's (the event's own reference).
+            usage = transcription_usage(obj.get("usage"))
+            source = "stream" if usage else "missing"
+            return Turn(MeterResult(model=self.transcriber, usage=usage, usage_source=source), None, None)
         if b'"response.done"' not in msg:
             return None
         obj = loads(msg)
