@@ -331,6 +331,9 @@ def main() -> None:
         from bench import batches as bbench
 
         batch_row = bbench.run(tmp, 2_000 if args.quick else 20_000)
+        from bench import realtime as rtbench
+
+        realtime_row = rtbench.run(tmp, 10 if args.quick else 50, 5 if args.quick else 20, 20)
 
         from bench import api as abench
 
@@ -409,6 +412,7 @@ def main() -> None:
         f"(target < 20 µs; includes the crash-safe journal write)",
         f"- pricing: **{price['us_per_event']:.2f} µs** per event (target < 5 µs)",
         *bbench.report(batch_row),
+        *rtbench.report(realtime_row),
         f"- the store writer under load: {keeping_up['stored']:,.0f} events stored while the 64-connection run served "
         f"{keeping_up['served']:,.0f} requests (**{keeping_up['stored'] / max(keeping_up['served'], 1):.0%}**), "
         f"{keeping_up['queued']:,.0f} queued at its end (target: the queue stays within a batch, 2,000)",

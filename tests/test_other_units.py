@@ -5,6 +5,8 @@ follow the providers' API references and the openai SDK's types; the real openai
 
 from __future__ import annotations
 
+import base64
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -202,3 +204,73 @@ async def test_a_plain_text_transcript_is_priced_by_the_audio_length(replay: Any
         assert ev.cost_usd == round(float(expected.total_price), 9) > 0, (ev.cost_usd, expected.total_price)
     for ev in events[3:]:
         assert ev.cost_usd is None and ev.error is None, ev  # unpriced, not $0
+
+
+async def test_imagen_is_priced_per_generated_image(replay: Any, make_proxy: Any, tmp_path: Path) -> None:
+    """Issue L, item 7: Imagen's ``…/publishers/google/models/{m}:predict`` (Vertex AI's Imagen API reference,
+    "Generate images": ``predictions``, one per image, each ``{"bytesBase64Encoded", "mimeType"}``; one the safety
+    filter withheld carries ``raiFilteredReason`` instead and is not billed). google-genai's ``generate_images``
+    serves Vertex AI only now (Imagen is deprecated on the Gemini API). genai-prices has no Imagen prices: the
+    per-image price (``output_images``) comes from the override file; without one the call is ``unpriced``, never
+    $0. The images (3 × 200 KB of base64) stream through, never buffered."""
+    from google import genai
+    from google.genai import types as gtypes
+    from google.oauth2.credentials import Credentials
+
+    upstream, upstream_url = replay
+    image = base64.b64encode(bytes(range(256)) * 600).decode()
+    body = {
+        "predictions": [
+            {"bytesBase64Encoded": image, "mimeType": "image/png"},
+            {"raiFilteredReason": "Filtered by the safety settings."},
+            {"bytesBase64Encoded": image, "mimeType": "image/png"},
+            {"mimeType": "image/png", "bytesBase64Encoded": image},
+        ]
+    }
+    uri = (
+        "https://us-central1-aiplatform.googleapis.com/v1beta1/projects/acme/locations/us-central1/publishers/google"
+        "/models/imagen-4.0-generate-001:predict"
+    )
+    upstream.current = recorded(uri, "application/json", orjson.dumps(body))
+    prices = tmp_path / "prices.yaml"
+    prices.write_text("models:\n  - match: {starts_with: imagen-4.0-generate}\n    prices: {output_images: 0.04}\n")
+    for pricing_file, expected in ((str(prices), (0.12, "override")), ("", (None, "unpriced"))):
+        proxy = await make_proxy(
+            upstream_url,
+            pricing_file=pricing_file,
+            store=f"sqlite:///{tmp_path}/{bool(pricing_file)}.db",
+            vertex_regions="us-central1",
+            vertex_projects="acme",
+        )
+        client = genai.Client(
+            vertexai=True,
+            project="acme",
+            location="us-central1",
+            credentials=Credentials(token="ya29.imagen-test"),
+            http_options=gtypes.HttpOptions(base_url=proxy.url + "/vertex"),
+        )
+        answer = await client.aio.models.generate_images(
+            model="imagen-4.0-generate-001", prompt="a lighthouse", config={"number_of_images": 4}
+        )
+        images = [g for g in answer.generated_images or [] if g.image and g.image.image_bytes]
+        assert len(images) == 3 and images[0].image is not None
+        assert images[0].image.image_bytes == base64.b64decode(image)
+        (ev,) = await proxy.events()
+        assert (ev.cost_usd, ev.cost_source) == expected
+        assert ev.model == "imagen-4.0-generate-001" and ev.provider == "vertex" and ev.status == 200
+
+
+def test_an_image_is_counted_once_however_the_body_is_split() -> None:
+    """The key that marks an image is found when a chunk boundary cuts it anywhere, and never counted twice."""
+    from modeltrack.providers.base import RequestInfo
+    from modeltrack.providers.images import ImageCountMeter
+
+    body = orjson.dumps(
+        {"predictions": [{"bytesBase64Encoded": "QUJD" * 10, "mimeType": "image/png"} for _ in range(3)]}
+    )
+    for size in range(1, 60):
+        meter = ImageCountMeter(RequestInfo("POST", "/v1beta/models/imagen-4.0-generate-001:predict", ""), 200)
+        for i in range(0, len(body), size):
+            meter.feed(body[i : i + size])
+        result = meter.finish(True)
+        assert result.usage is not None and result.usage.details == {"output_images": 3}, size

@@ -39,6 +39,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("modeltrack.pricing")
 
+OWN_UNITS: dict[str, dict[str, Any]] = {
+    "output_images": {
+        "per": 1,
+        "price_key": "output_images",
+        "dimensions": {"direction": "output", "family": "images"},
+    },
+}
+"""Units providers bill that genai-prices has none for (Imagen's per-image price): priced only where the override
+file gives a price (README, "Pricing"); a model without one is ``unpriced``, never $0."""
+
 PICO = 10**12
 REPO_PRICES = Path(__file__).resolve().parents[2] / "pricing" / "prices.json"
 PACKAGE_PRICES = Path(__file__).resolve().parent / "_data" / "prices.json"
@@ -203,7 +213,7 @@ class Pricing:
         self.source = f"{data.get('source', '?')} {data.get('source_version', '?')}"
         self.units: dict[str, Unit] = {}
         self._by_price_key: dict[str, Unit] = {}
-        for key, u in (data.get("units") or {}).items():
+        for key, u in {**(data.get("units") or {}), **OWN_UNITS}.items():
             unit = Unit(key, u["price_key"], int(u["per"]), frozenset(u["dimensions"].items()))
             self.units[key] = unit
             self._by_price_key[unit.price_key] = unit

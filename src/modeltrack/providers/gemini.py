@@ -19,6 +19,7 @@ from ..wire.jsonstream import JSONArraySplitter
 from ..wire.sse import SSEEvent
 from .base import Meter, MeterResult, Provider, RequestInfo, error_code, loads
 from .batches import FreeMeter, GeminiBatchFileMeter, GeminiBatchMeter
+from .images import ImageCountMeter
 from .meters import JSONBodyMeter, SSEMeter
 from .openai import is_sse
 
@@ -185,6 +186,8 @@ class Gemini(Provider):
         return info
 
     def meter(self, info: RequestInfo, status: int, headers: Any) -> Meter:
+        if info.path.endswith(":predict"):
+            return ImageCountMeter(info, status)  # Imagen (here and on Vertex AI): billed per image
         if info.extra.get("batch_api"):
             return GeminiBatchMeter(info, status, gemini_usage)
         if "file_id" in info.extra:
