@@ -95,6 +95,7 @@ class Upstream:
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/v1/realtime", self.realtime)
+        app.router.add_get("/openai/realtime", self.realtime)  # Azure OpenAI's path
         app.router.add_get("/v1/responses", self.responses)
         app.router.add_get("/ws/{method}", self.live)
         return app
@@ -314,6 +315,26 @@ async def test_a_realtime_sessions_input_transcription_is_priced_at_the_transcri
     assert asr.cost_usd == expected and asr.cost_source == "priced" and (asr.input_tokens, asr.output_tokens) == (47, 5)
     assert by_model["gpt-realtime"].cost_usd is not None
     assert len({e.session_id for e in events}) == 1
+
+
+async def test_azure_realtime_is_priced_as_the_deployments_model(ws_upstream: Any, make_proxy: Any) -> None:
+    """Azure OpenAI's Realtime (``/openai/realtime?api-version=…&deployment=NAME``, key in ``api-key``) through an
+    Azure resource: the deployment's model (MODELTRACK_AZURE_DEPLOYMENTS) is priced."""
+    upstream, url = ws_upstream
+    proxy = await make_proxy(url, azure_resources={"east": url}, azure_deployments={"voice-prod": "gpt-realtime"})
+    async with aiohttp.ClientSession() as s:
+        ws = await s.ws_connect(
+            proxy.url + "/azure/east/openai/realtime?api-version=2025-08-28&deployment=voice-prod",
+            headers={"api-key": CANARY},
+        )
+        await ws.receive(timeout=5)
+        await ws.send_str('{"type":"response.create"}')
+        while b"response.done" not in (await ws.receive(timeout=5)).data.encode():
+            pass
+        await ws.close()
+    (ev,) = await _events(proxy, 1)
+    assert (ev.provider, ev.model, ev.cost_usd) == ("azure", "gpt-realtime", 0.0067416)
+    assert upstream.handshakes[0]["api-key"] == CANARY and "deployment=voice-prod" in upstream.handshakes[0]["query"]
 
 
 async def test_responses_over_websocket_price_each_response_like_its_http_stream(

@@ -31,6 +31,7 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from ..usage import Usage, as_int
+from .azure import Azure
 from .base import MeterResult, Provider, RequestInfo, error_code, loads
 from .gemini import Gemini, gemini_usage
 from .openai import OpenAI, openai_usage, transcription_usage
@@ -258,7 +259,10 @@ def socket_meter(provider: Provider, info: RequestInfo) -> SocketMeter | None:
         if path.endswith("/realtime"):
             query = parse_qs(info.query)
             named = query.get("model") or query.get("deployment")
-            return OpenAIRealtimeMeter(info.model or (named[0] if named else None))
+            model = named[0] if named else None
+            if model is not None and isinstance(provider, Azure):
+                model = provider.deployments.get(model, model)  # MODELTRACK_AZURE_DEPLOYMENTS names its model
+            return OpenAIRealtimeMeter(info.model or model)
         if path.endswith("/responses"):
             return OpenAIResponsesSocketMeter(info.model)
     elif isinstance(provider, Gemini):
