@@ -274,3 +274,81 @@ def test_an_image_is_counted_once_however_the_body_is_split() -> None:
             meter.feed(body[i : i + size])
         result = meter.finish(True)
         assert result.usage is not None and result.usage.details == {"output_images": 3}, size
+
+
+async def test_a_sora_video_is_billed_once_when_it_completes(
+    make_proxy: Any, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """Issue L, item 9: a Sora job (API reference "Videos"; the openai SDK's ``Video``: ``status`` queued →
+    in_progress → completed, ``seconds``, ``size``) is billed once, when a poll first reads it completed, per second
+    at the price of its model and size (sora-2-pro 1792x1024 here, a ``price_variants`` entry of the override file:
+    genai-prices has no Sora prices), to the team that created it, whoever polls; the creation, the other polls and
+    the download are free."""
+    from aiohttp import web
+
+    from modeltrack.batches import item_request_id
+
+    polls = {"n": 0}
+    video = {
+        "id": "video_68d7512d07848190b3e45da0ecbebcde004da08e1e0678d5",
+        "object": "video",
+        "model": "sora-2-pro",
+        "status": "queued",
+        "progress": 0,
+        "created_at": 1764800000,
+        "seconds": "8",
+        "size": "1792x1024",
+    }
+
+    async def create(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response(video)
+
+    async def retrieve(request: web.Request) -> web.Response:
+        polls["n"] += 1
+        done = polls["n"] > 1
+        return web.json_response(
+            video
+            | (
+                {"status": "completed", "progress": 100, "completed_at": 1764800100}
+                if done
+                else {"status": "in_progress", "progress": 40}
+            )
+        )
+
+    async def content(request: web.Request) -> web.Response:
+        return web.Response(body=b"\x00\x00\x00\x18ftypmp42" + bytes(4096), content_type="video/mp4")
+
+    app = web.Application()
+    app.router.add_post("/v1/videos", create)
+    app.router.add_get("/v1/videos/{vid}", retrieve)
+    app.router.add_get("/v1/videos/{vid}/content", content)
+    server = await aiohttp_server(app)
+    prices = tmp_path / "prices.yaml"
+    prices.write_text(
+        "models:\n  - model: sora-2-pro\n    prices: {output_video_seconds: 0.30}\n"
+        "    price_variants:\n      - when: {size: 1792x1024}\n        prices: {output_video_seconds: 0.50}\n"
+    )
+    proxy = await make_proxy(str(server.make_url("")).rstrip("/"), pricing_file=str(prices))
+    client = openai.AsyncOpenAI(base_url=proxy.url + "/v1", api_key="sk-sora-test", max_retries=0)
+    job = await client.videos.create(
+        model="sora-2-pro",
+        prompt="a lighthouse",
+        seconds="8",
+        size="1792x1024",
+        extra_headers={"X-ModelTrack-Team": "studio"},
+    )
+    states = [
+        (await client.videos.retrieve(job.id, extra_headers={"X-ModelTrack-Team": "ops"})).status for _ in range(3)
+    ]
+    assert states == ["in_progress", "completed", "completed"]
+    data = await client.videos.download_content(job.id)
+    assert (await data.aread()).startswith(b"\x00\x00\x00\x18ftyp")
+    events = await proxy.events()
+    billed = [e for e in events if e.cost_usd]
+    assert len(billed) == 1, [(e.endpoint, e.cost_usd) for e in events]
+    (ev,) = billed
+    assert (ev.cost_usd, ev.cost_source, ev.model, ev.team) == (4.0, "override", "sora-2-pro", "studio")
+    assert ev.request_id == item_request_id("openai", job.id, "job") and ev.batch_id == job.id
+    assert all(e.cost_usd == 0.0 and e.cost_source == "zero" for e in events if e is not ev)
+    assert len(events) in (4, 5)  # a poll racing the "priced" mark stores nothing more (the same event id)

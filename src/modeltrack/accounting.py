@@ -110,11 +110,17 @@ class Recorder:
         usage = result.usage
         attrs = o.attrs
         job = info.extra.get("batch")  # the batch whose results this download is (modeltrack.batches)
+        rid = o.rid
+        if result.settles is not None:
+            # An async job's completion (a video): billed once, to its creator, under the job's own event id.
+            rid = item_request_id(provider, result.settles, "job")
+            if job is not None and job.get("attrs"):
+                attrs = {**attrs, **job["attrs"]}
         if result.batch and self.batches is not None:
             self.batches.note(attrs.get("org"), provider, result.batch, attrs)
         ev = CostEvent(
             timestamp=rfc3339(o.wall),
-            request_id=o.rid,
+            request_id=rid,
             upstream_request_id=o.upstream_id,
             provider=provider,
             endpoint=o.endpoint,
@@ -156,6 +162,8 @@ class Recorder:
             batch_id=job["batch_id"] if job else (result.batch[0].batch_id if result.batch else None),
         )
         self.pipeline.enqueue(ev)
+        if result.settles is not None and self.batches is not None and cost_source != "unpriced":
+            self.batches.priced(attrs.get("org"), provider, result.settles)
         if result.items and job is not None and not job["priced"]:
             self._items(o, result.items, job, endpoint_kind)
             if complete and ev.error is None and self.batches is not None:

@@ -45,9 +45,14 @@ OWN_UNITS: dict[str, dict[str, Any]] = {
         "price_key": "output_images",
         "dimensions": {"direction": "output", "family": "images"},
     },
+    "output_video_seconds": {
+        "per": 1,
+        "price_key": "output_video_seconds",
+        "dimensions": {"direction": "output", "family": "durations", "modality": "video"},
+    },
 }
-"""Units providers bill that genai-prices has none for (Imagen's per-image price): priced only where the override
-file gives a price (README, "Pricing"); a model without one is ``unpriced``, never $0."""
+"""Units providers bill that genai-prices has none for (Imagen per image, Sora per second of video): priced only
+where the override file gives a price (README, "Pricing"); a model without one is ``unpriced``, never $0."""
 
 PICO = 10**12
 REPO_PRICES = Path(__file__).resolve().parents[2] / "pricing" / "prices.json"
@@ -226,7 +231,7 @@ class Pricing:
         self.overrides = overrides or []
         self._cache: dict[tuple[str, str], tuple[Model, bool] | None] = {}
         self._warned: set[str] = set()
-        self._plans: dict[tuple[int, datetime, str | None, str | None], Any] = {}
+        self._plans: dict[tuple[int, datetime, str | None, str | None, tuple[tuple[str, str], ...]], Any] = {}
         self._dearest: dict[tuple[str, datetime], tuple[float, float]] = {}
         self._linear: dict[tuple[int, int, bool], tuple[Rate, Rate, int]] = {}
 
@@ -383,16 +388,25 @@ class Pricing:
         return own + ([m.id for m in p.models] if p is not None else [])
 
     def price_pico(
-        self, model: Model, usage: Usage, when: datetime, direct: bool = True, processing: str | None = None
+        self,
+        model: Model,
+        usage: Usage,
+        when: datetime,
+        direct: bool = True,
+        processing: str | None = None,
+        variant: tuple[tuple[str, str], ...] = (),
     ) -> int | Fraction:
-        """``processing="batch"``: the model's batch prices (genai-prices' ``processing: batch`` variant)."""
+        """``processing="batch"``: the model's batch prices (genai-prices' ``processing: batch`` variant).
+        ``variant``: more of the price context the answer fixed (a video's ``size``), matched against the
+        override file's ``price_variants``."""
         tier = usage.service_tier if direct else None
-        key = (id(model), when, tier, processing)
+        key = (id(model), when, tier, processing, variant)
         plan = self._plans.get(key)
         if plan is None:
             if len(self._plans) > 10_000:
                 self._plans.clear()
             context = {"service_tier": tier} if tier else {}
+            context.update(variant)
             if processing:
                 context["processing"] = processing
             plan = self._plans[key] = self._plan(model.price_set(when, context or None))
@@ -453,7 +467,7 @@ class Pricing:
             prices = model.price_set(when, None)
             if not any(prices.get(k) for k, n in usage.details.items() if n):
                 return None, "unpriced"
-        pico = self.price_pico(model, usage, when, direct, processing)
+        pico = self.price_pico(model, usage, when, direct, processing, result.variant)
         return round(float(pico) / PICO, 9), source
 
     def price(self, provider: str, model: str, usage: Usage, ts: float) -> float | None:

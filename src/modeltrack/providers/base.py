@@ -30,6 +30,11 @@ class MeterResult:
     """A Batch API object the answer described (``providers.batches.BatchNote``): remembered in the store."""
     items: Any = None
     """The items of a batch's results (``list[providers.batches.BatchItem]``): one cost event each."""
+    variant: tuple[tuple[str, str], ...] = ()
+    """Price context the answer fixed beyond the model (a video's ``(("size", "1792x1024"),)``)."""
+    settles: str | None = None
+    """An async job (a video) this answer bills, once: its event id is the job's, and the job is remembered as
+    priced (modeltrack.batches), so a later poll bills nothing."""
 
 
 @dataclass(slots=True)

@@ -27,6 +27,7 @@ from .base import BodyView, Meter, MeterResult, Provider, RequestInfo, error_cod
 from .batches import BatchObjectMeter, BatchOutputMeter, FreeMeter
 from .meters import JSONBodyMeter, SSEMeter, dig
 from .stream_usage import WithheldUsage, inject
+from .videos import VideoMeter
 
 _USAGE_MARKERS = (b'"usage":{', b'"usage": {')
 _RESPONSES_TERMINAL = (b"response.completed", b"response.incomplete", b"response.failed")
@@ -355,6 +356,11 @@ class OpenAI(Provider):
         info = super().request_info(method, path, query, body)
         if path.endswith("/audio/speech") and isinstance(body, dict) and isinstance(body.get("input"), str):
             info.extra["input_characters"] = len(body["input"])  # Unicode characters, as billed
+        elif "/videos" in path:
+            rest = path.split("/videos", 1)[1].strip("/").split("/")
+            if method == "GET" and len(rest) == 1 and rest[0].startswith("video_"):
+                # A poll of a video job: the registry says whether its completion was billed (modeltrack.batches)
+                info.extra["batch_results"] = rest[0]
         elif method == "GET" and path.endswith("/content") and "/files/" in path:
             # Perhaps a batch's results: the proxy asks its batch registry before forwarding (modeltrack.batches).
             file_id = path.rsplit("/", 2)[-2]
@@ -367,6 +373,8 @@ class OpenAI(Provider):
             return SpeechMeter(info, status)
         if "/batches" in info.path:
             return BatchObjectMeter(info, status)
+        if "/videos" in info.path:
+            return FreeMeter(info, status) if info.path.endswith("/content") else VideoMeter(info, status)
         if "/files" in info.path:
             job = info.extra.get("batch")
             if job is not None and not job["priced"]:  # (already priced: streamed through unread)
