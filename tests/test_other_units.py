@@ -352,3 +352,93 @@ async def test_a_sora_video_is_billed_once_when_it_completes(
     assert ev.request_id == item_request_id("openai", job.id, "job") and ev.batch_id == job.id
     assert all(e.cost_usd == 0.0 and e.cost_source == "zero" for e in events if e is not ev)
     assert len(events) in (4, 5)  # a poll racing the "priced" mark stores nothing more (the same event id)
+
+
+async def test_a_veo_video_on_vertex_is_billed_once_when_done(
+    make_proxy: Any, aiohttp_server: Any, tmp_path: Path
+) -> None:
+    """Issue L, item 9: Veo on Vertex AI (google-genai's ``generate_videos`` with ``vertexai=True``;
+    ``models/{m}:predictLongRunning`` with ``parameters.durationSeconds``, ``sampleCount``, ``resolution``, answered
+    with an operation; ``models/{m}:fetchPredictOperation`` polls it until ``done`` with ``response.videos``). The
+    seconds are the creation's, remembered with the job: 6 s × 2 videos at the 1080p price of the override file
+    (genai-prices has no Veo prices), billed once, to the creating team; the other polls are free."""
+    from aiohttp import web
+    from google import genai
+    from google.genai import types as gtypes
+    from google.oauth2.credentials import Credentials
+
+    from modeltrack.batches import item_request_id
+
+    base = "/v1beta1/projects/acme/locations/us-central1/publishers/google/models/veo-3.0-generate-001"
+    op = base.removeprefix("/v1beta1/") + "/operations/5e6c4a1f-0d3b-4f7e-9a52-1c8d2b7e6f90"
+    asked: list[Any] = []
+    polls = {"n": 0}
+
+    async def create(request: web.Request) -> web.Response:
+        asked.append(await request.json())
+        return web.json_response({"name": op})
+
+    async def fetch(request: web.Request) -> web.Response:
+        assert (await request.json())["operationName"] == op
+        polls["n"] += 1
+        if polls["n"] < 2:
+            return web.json_response({"name": op, "done": False})
+        video = {
+            "bytesBase64Encoded": base64.b64encode(b"\x00\x00\x00\x18ftypmp42" + bytes(512)).decode(),
+            "mimeType": "video/mp4",
+        }
+        return web.json_response(
+            {
+                "name": op,
+                "done": True,
+                "response": {
+                    "@type": "type.googleapis.com/cloud.ai.large_models.vision.GenerateVideoResponse",
+                    "raiMediaFilteredCount": 0,
+                    "videos": [video, video],
+                },
+            }
+        )
+
+    app = web.Application()
+    app.router.add_post(base + ":predictLongRunning", create)
+    app.router.add_post(base + ":fetchPredictOperation", fetch)
+    server = await aiohttp_server(app)
+    prices = tmp_path / "prices.yaml"
+    prices.write_text(
+        "models:\n  - model: veo-3.0-generate-001\n    prices: {output_video_seconds: 0.40}\n"
+        "    price_variants:\n      - when: {resolution: 1080p}\n        prices: {output_video_seconds: 0.50}\n"
+    )
+    proxy = await make_proxy(
+        str(server.make_url("")).rstrip("/"),
+        pricing_file=str(prices),
+        vertex_regions="us-central1",
+        vertex_projects="acme",
+    )
+
+    def client(team: str) -> genai.Client:
+        options = gtypes.HttpOptions(base_url=proxy.url + "/vertex", headers={"X-ModelTrack-Team": team})
+        return genai.Client(
+            vertexai=True,
+            project="acme",
+            location="us-central1",
+            credentials=Credentials(token="ya29.veo-test"),
+            http_options=options,
+        )
+
+    config = gtypes.GenerateVideosConfig(duration_seconds=6, number_of_videos=2, resolution="1080p")
+    operation = await client("film").aio.models.generate_videos(
+        model="veo-3.0-generate-001", prompt="a lighthouse at dusk", config=config
+    )
+    assert asked[0]["parameters"]["durationSeconds"] == 6
+    poller = client("ops")
+    for _ in range(3):
+        operation = await poller.aio.operations.get(operation)
+    assert operation.done and operation.response is not None
+    assert len(operation.response.generated_videos or []) == 2
+    events = await proxy.events()
+    billed = [e for e in events if e.cost_usd]
+    assert len(billed) == 1, [(e.endpoint, e.cost_usd, e.error) for e in events]
+    (ev,) = billed
+    assert (ev.cost_usd, ev.cost_source, ev.model, ev.team) == (6.0, "override", "veo-3.0-generate-001", "film")
+    assert ev.request_id == item_request_id("vertex", op, "job") and ev.provider == "vertex"
+    assert all(e.cost_usd == 0.0 for e in events if e is not ev)

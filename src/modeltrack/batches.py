@@ -79,6 +79,7 @@ class BatchRegistry:
             "file_id": file_id,
             "endpoint": job.get("endpoint"),
             "attrs": job.get("attrs"),
+            "meta": job.get("meta"),
             "priced": priced is not None,
         }
 
@@ -88,7 +89,7 @@ class BatchRegistry:
         for n in notes:
             if n.created:
                 kept = {k: attrs[k] for k in KEPT if attrs.get(k) is not None}
-                doc = orjson.dumps({"endpoint": n.endpoint, "attrs": kept, "at": now}).decode()
+                doc = orjson.dumps({"endpoint": n.endpoint, "attrs": kept, "at": now, "meta": n.meta}).decode()
                 self.background.spawn(self._claim(self._key("job", org, provider, n.batch_id), doc))
             for f in n.files:
                 self.background.spawn(self._claim(self._key("file", org, provider, f), n.batch_id))

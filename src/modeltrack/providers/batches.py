@@ -47,6 +47,9 @@ class BatchNote:
     endpoint: str | None
     files: tuple[str, ...]
     created: bool
+    meta: dict[str, Any] | None = None
+    """What a job's creation said that its completion will not (a Veo job's seconds per video), remembered with
+    its creator's attribution."""
 
 
 @dataclass(slots=True)

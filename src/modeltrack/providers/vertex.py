@@ -27,12 +27,14 @@ import orjson
 from .anthropic import Anthropic
 from .base import Meter, Provider, RequestInfo
 from .gemini import Gemini
+from .videos import VeoMeter, veo_request
 
 _PATH = re.compile(
     r"/v1(?:beta1)?/projects/(?P<project>[^/]+)/locations/(?P<region>[^/]+)/publishers/(?P<publisher>google|anthropic)"
     r"/models/(?P<model>[^/:]+)(?::(?P<method>[A-Za-z]+))?"
 )
 STREAM_METHODS = frozenset({"streamGenerateContent", "streamRawPredict"})
+VIDEO_METHODS = frozenset({"predictLongRunning", "fetchPredictOperation"})  # Veo
 
 
 def region_origin(region: str) -> str:
@@ -87,9 +89,13 @@ class Vertex(Provider):
             return RequestInfo(method, path, query, None, False)
         info = RequestInfo(method, path, query, unquote(m["model"]), (m["method"] or "") in STREAM_METHODS)
         info.extra["publisher"] = m["publisher"]
+        if m["method"] in VIDEO_METHODS:
+            veo_request(info, m["method"], body)
         return info
 
     def meter(self, info: RequestInfo, status: int, headers: Any) -> Meter:
+        if "veo" in info.extra:
+            return VeoMeter(info, status)
         if info.extra.get("publisher") == "anthropic":
             return self._anthropic.meter(info, status, headers)
         return self._gemini.meter(info, status, headers)

@@ -63,3 +63,73 @@ class VideoMeter(JSONBodyMeter):
             batch=note,
             error=error_code(err) if err and obj.get("status") == "failed" else None,
         )
+
+
+def veo_request(info: RequestInfo, method: str, body: Any) -> None:
+    """What a Veo call on Vertex AI says (Vertex AI's Veo API reference: ``models/{m}:predictLongRunning`` with
+    ``{"instances": […], "parameters": {"durationSeconds", "sampleCount", "resolution", …}}`` answers an operation
+    ``{"name": "…/operations/{id}"}``; ``models/{m}:fetchPredictOperation`` with ``{"operationName"}`` polls it).
+    The seconds are in the creation's parameters only: they are remembered with the job (modeltrack.batches)."""
+    if method == "predictLongRunning":
+        params = body.get("parameters") if isinstance(body, dict) else None
+        params = params if isinstance(params, dict) else {}
+        seconds = params.get("durationSeconds", VEO_DEFAULT_SECONDS)
+        resolution = params.get("resolution")
+        info.extra["veo"] = {
+            "create": True,
+            "seconds": seconds if isinstance(seconds, int) and not isinstance(seconds, bool) else None,
+            "resolution": resolution if isinstance(resolution, str) else None,
+        }
+        return
+    info.extra["veo"] = {"create": False}
+    name = body.get("operationName") if isinstance(body, dict) else None
+    if isinstance(name, str) and name:
+        info.extra["batch_results"] = name  # the registry is asked for the job before the poll goes out
+
+
+VEO_DEFAULT_SECONDS = 8
+"""Vertex AI's Veo reference: ``durationSeconds`` defaults to 8 for Veo 3 (what a creation without one bills)."""
+
+
+class VeoMeter(JSONBodyMeter):
+    """Veo on Vertex AI: the creation remembers the job's seconds per video and its creator; the first poll that
+    reads it ``done`` bills ``seconds × videos`` (``response.videos``, each with ``bytesBase64Encoded`` or
+    ``gcsUri``; ``raiMediaFilteredCount`` ones are not delivered and not counted) once, under the job's own event
+    id, with ``resolution`` as the price variant. A job whose creation was not seen has no known length: its
+    completion is recorded ``unpriced``, never guessed. Answers up to 64 MB are read (videos returned inline)."""
+
+    def from_json(self, obj: Any) -> MeterResult:
+        veo = self.info.extra.get("veo") or {}
+        model = self.info.model
+        if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
+            err = obj.get("error") if isinstance(obj, dict) else None
+            return MeterResult(model=model, error=error_code(err) if err else "unexpected_json")
+        name: str = obj["name"]
+        if veo.get("create"):
+            meta = {"seconds": veo.get("seconds"), "resolution": veo.get("resolution")}
+            note = [BatchNote(name, ":predictLongRunning", (), True, meta)]
+            return MeterResult(model=model, usage=Usage(), usage_source="none", zero_cost=True, batch=note)
+        free = MeterResult(model=model, usage=Usage(), usage_source="none", zero_cost=True)
+        job = self.info.extra.get("batch")
+        if not obj.get("done") or (job is not None and job["priced"]):
+            return free
+        if obj.get("error"):
+            free.error = error_code(obj["error"])
+            return free
+        response = obj.get("response")
+        listed = response.get("videos") if isinstance(response, dict) else None
+        videos: list[Any] = listed if isinstance(listed, list) else []
+        count = len([v for v in videos if isinstance(v, dict) and (v.get("bytesBase64Encoded") or v.get("gcsUri"))])
+        meta = (job or {}).get("meta") or {}
+        seconds = meta.get("seconds")
+        if not isinstance(seconds, int):
+            return MeterResult(model=model, usage_source="missing", error="video_length_unknown", settles=name)
+        resolution = meta.get("resolution")
+        return MeterResult(
+            model=model,
+            usage=Usage(details={"output_video_seconds": seconds * count}),
+            usage_source="response",
+            zero_cost=count == 0,
+            variant=(("resolution", resolution),) if isinstance(resolution, str) else (),
+            settles=name,
+        )
