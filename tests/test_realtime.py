@@ -91,6 +91,7 @@ class Upstream:
         self.deltas = 3
         self.pause = 0.0  # seconds between two output deltas
         self.transcriber: str | None = None  # the session transcribes the input audio with this model
+        self.hang = False
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -102,6 +103,8 @@ class Upstream:
 
     async def _open(self, request: web.Request) -> web.WebSocketResponse | web.Response:
         self.handshakes.append({k.lower(): v for k, v in request.headers.items()} | {"query": request.query_string})
+        if self.hang:
+            await asyncio.sleep(30)  # never answers the upgrade
         auth = request.headers.get("authorization", "") or request.headers.get("x-goog-api-key", "")
         if "wrong" in auth:
             return web.json_response(
@@ -493,6 +496,16 @@ async def test_an_idle_tunnel_is_closed(ws_upstream: Any, make_proxy: Any) -> No
         assert orjson.loads(first.data)["type"] == "session.created"
         closed = await ws.receive(timeout=5)
         assert closed.type in (WSMsgType.CLOSED, WSMsgType.CLOSE, WSMsgType.ERROR)
+
+
+async def test_an_upstream_that_never_answers_the_upgrade_is_a_504(ws_upstream: Any, make_proxy: Any) -> None:
+    upstream, url = ws_upstream
+    upstream.hang = True
+    proxy = await make_proxy(url, websocket_idle_timeout=0.3)
+    answer = await _raw(proxy.url, _UPGRADE % (b"/v1/realtime?model=gpt-realtime", CANARY.encode()))
+    assert answer.startswith(b"HTTP/1.1 504 ") and b"upstream_timeout" in answer
+    (ev,) = await _events(proxy, 1)
+    assert (ev.status, ev.error, ev.cost_usd) == (504, "upstream_timeout", None)
 
 
 async def test_a_session_cut_mid_response_records_it_unpriced(ws_upstream: Any, make_proxy: Any) -> None:

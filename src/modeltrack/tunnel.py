@@ -150,6 +150,7 @@ class Tunnel:
         self._idle = idle_timeout
         self._last = client.loop.time()
         self._timer: asyncio.TimerHandle | None = None
+        self._arm()  # from the start: an upstream that never answers the upgrade is timed out as an idle one
         self.refusal: tuple[int, bytes, bytes, bytes] | None = None  # (status, reason, header block, body)
         self.policed = False  # responses are checked against limits and budgets (run() does it)
         self._checking = False  # the client is not read until the last response's check is done
@@ -164,7 +165,6 @@ class Tunnel:
         block = b"".join(b"%s: %s\r\n" % (k, v) for k, v in headers if k.lower() not in _NOT_SENT_BACK)
         early = self.client.switch(b"HTTP/1.1 101 Switching Protocols\r\n%s\r\n" % block, self)
         self.switched = True
-        self._arm()
         if early:
             self.from_client(early)
         if rest:

@@ -98,8 +98,11 @@ async def serve(
     except OSError as exc:
         message = pool.unreachable(provider.name, exc)
         return _failed(owner, conn, tunnel, 502, "upstream_unreachable", message, kind)
-    tunnel.upstream = upstream
-    upstream.write(head)
+    if tunnel.done.done():  # timed out while connecting
+        upstream.abort()
+    else:
+        tunnel.upstream = upstream
+        upstream.write(head)
     conn.flow = tunnel
     limits = grant.limits if grant is not None else ()
     plan = owner.controls.plan(provider.name, info.model, attrs) if owner.controls is not None else None
@@ -143,6 +146,8 @@ async def serve(
         record_turn(owner, TurnOutcome(tunnel, _refused(provider, info, status, block, body), None, start, None), kind)
         conn.start(status, reason, block, len(body), body)
         conn.finish()
+    elif not tunnel.switched and tunnel.error == "idle_timeout":
+        _failed(owner, conn, tunnel, 504, "upstream_timeout", "The upstream did not answer the upgrade in time.", kind)
     elif not tunnel.switched:
         _failed(owner, conn, tunnel, 502, "upstream_bad_response", "The upstream sent an invalid response.", kind)
 

@@ -7,11 +7,12 @@ It writes the client's upgrade request, reads the answer's head with httptools, 
   read and all later ones, goes to the tunnel unparsed (:meth:`Receiver.on_switched`,
   :meth:`Receiver.from_upstream`);
 * the answer is anything else (401, 403, 404...): its body is read, bounded, and handed over whole
-  (:meth:`Receiver.on_refused`), to be answered to the client as an HTTP response; the connection is closed.
+  (:meth:`Receiver.on_refused`), to be answered to the client as an HTTP response; the connection is closed;
+* a ``101`` that does not name the upgrade, or anything that is not HTTP, is a bad response (a 502).
 
 Backpressure both ways: the tunnel pauses this socket when the client cannot take more, and this protocol tells
 the tunnel when the upstream cannot (``pause_writing``), so neither direction grows a buffer.
-(tests/test_realtime.py, tests/test_protocols.py)
+(tests/test_realtime.py, tests/test_upgrade_protocol.py)
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class UpstreamUpgrade(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.switched = False
         self._answered = False
+        self._complete = False
         self._status = 0
         self._reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -101,8 +103,12 @@ class UpstreamUpgrade(asyncio.Protocol):
                 return
             self.switched = True
             receiver.on_switched(self._headers, data[exc.args[0] :])
+            return
         except (httptools.HttpParserError, ValueError):
             self._bad()
+            return
+        if self._status == 101 and self._complete:
+            self._bad()  # a 101 without Upgrade/Connection: llhttp completed it as a message, switched nothing
 
     def _bad(self) -> None:
         receiver = self.receiver
@@ -151,7 +157,8 @@ class UpstreamUpgrade(asyncio.Protocol):
         if status < 200 and status != 101:
             return  # an interim answer (100, 103): the final one follows
         if status == 101:
-            return  # a 101 without a valid Upgrade: llhttp raises nothing; the connection's end reports it
+            self._complete = True  # valid, llhttp raises the upgrade right after this; invalid, nothing follows
+            return
         self._answered = True
         receiver = self.receiver
         self.close()
