@@ -496,6 +496,10 @@ async def test_an_idle_tunnel_is_closed(ws_upstream: Any, make_proxy: Any) -> No
         assert orjson.loads(first.data)["type"] == "session.created"
         closed = await ws.receive(timeout=5)
         assert closed.type in (WSMsgType.CLOSED, WSMsgType.CLOSE, WSMsgType.ERROR)
+        async with s.get(proxy.url + "/metrics") as r:
+            text = await r.text()
+    assert 'modeltrack_websocket_sessions_closed_total{provider="openai",reason="idle_timeout"} 1.0' in text
+    assert 'modeltrack_websocket_sessions_open{provider="openai"} 0.0' in text
 
 
 async def test_an_upstream_that_never_answers_the_upgrade_is_a_504(ws_upstream: Any, make_proxy: Any) -> None:

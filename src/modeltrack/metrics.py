@@ -184,6 +184,20 @@ class Metrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.websocket_open = Gauge(
+            "modeltrack_websocket_sessions_open",
+            "WebSocket tunnels (Realtime, Live) open now.",
+            ("provider",),
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.websocket_closed = Counter(
+            "modeltrack_websocket_sessions_closed",
+            "WebSocket tunnels closed, by reason: closed (by either side), client_disconnected, idle_timeout, "
+            "message_too_large, websocket_protocol_error, budget_exceeded, rate_limited, shutdown.",
+            ("provider", "reason"),
+            registry=r,
+        )
         self.webhooks = Counter(
             "modeltrack_webhook_deliveries", "Budget alerts and reports posted.", ("webhook", "result"), registry=r
         )

@@ -132,6 +132,8 @@ async def serve(
             owner.controls.finished(d, None, None)
         return None
 
+    opened = owner.metrics.websocket_open.labels(provider.name)
+    opened.inc()
     try:
         await run(tunnel, check if limits or plan is not None else None)
     except asyncio.CancelledError:
@@ -141,6 +143,9 @@ async def serve(
         conn.flow = None
         if not tunnel.done.done():
             tunnel.cut("closed")
+        opened.dec()
+        if tunnel.switched:
+            owner.metrics.websocket_closed.labels(provider.name, tunnel.error or "closed").inc()
     if tunnel.refusal is not None:
         status, reason, block, body = tunnel.refusal
         record_turn(owner, TurnOutcome(tunnel, _refused(provider, info, status, block, body), None, start, None), kind)
