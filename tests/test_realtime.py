@@ -99,6 +99,7 @@ class Upstream:
         app.router.add_get("/openai/realtime", self.realtime)  # Azure OpenAI's path
         app.router.add_get("/v1/responses", self.responses)
         app.router.add_get("/ws/{method}", self.live)
+        app.router.add_get("/ws/{service}/BidiGenerateContent", self.live)  # Vertex AI Live
         return app
 
     async def _open(self, request: web.Request) -> web.WebSocketResponse | web.Response:
@@ -418,6 +419,57 @@ async def test_gemini_live_turns_are_priced_from_usage_metadata(
         assert ev.cost_usd == expected and ev.cost_source == "priced"
     assert len({e.session_id for e in events}) == 1
     _no_key_logged(caplog, GEMINI_CANARY)
+
+
+async def test_vertex_live_checks_the_sessions_project_before_anything_goes_on(
+    ws_upstream: Any, make_proxy: Any, tmp_path: Path
+) -> None:
+    """Vertex AI Live (google-genai ``vertexai=True``: ``wss://…/ws/google.cloud.aiplatform.v1beta1.LlmBidiService/
+    BidiGenerateContent``, an OAuth bearer token, ``setup.model`` a resource name): the path names no region, so
+    the one configured region's origin serves it, and the session's first message is checked against the project
+    and region allow-list before it is sent on. An allowed session is metered as Gemini Live; another project's is
+    closed, and its setup never reaches Google."""
+    from google.oauth2.credentials import Credentials
+
+    upstream, url = ws_upstream
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    chain, key = tmp_path / "chain.pem", tmp_path / "key.pem"
+    cert.private_key_pem.write_to_path(str(key))
+    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    proxy = await make_proxy(
+        url, tls_cert=str(chain), tls_key=str(key), vertex_regions="us-central1", vertex_projects="acme"
+    )
+    trust = ssl.create_default_context()
+    ca.configure_trust(trust)
+
+    def client(project: str) -> genai.Client:
+        options = types.HttpOptions(
+            base_url=proxy.url.replace("http://", "https://") + "/vertex", async_client_args={"ssl": trust}
+        )
+        token = Credentials(token="ya29.live-canary")
+        return genai.Client(
+            vertexai=True, project=project, location="us-central1", credentials=token, http_options=options
+        )
+
+    async with client("acme").aio.live.connect(
+        model="gemini-live-2.5-flash", config={"response_modalities": ["TEXT"]}
+    ) as session:
+        await session.send_client_content(turns={"role": "user", "parts": [{"text": "Hello"}]})
+        async for msg in session.receive():
+            if msg.server_content and msg.server_content.turn_complete:
+                break
+    (ev,) = await _events(proxy, 1)
+    assert (ev.provider, ev.model, ev.input_tokens, ev.output_tokens) == ("vertex", "gemini-live-2.5-flash", 522, 42)
+    assert ev.cost_usd is not None and ev.cost_usd > 0
+    assert upstream.handshakes[0]["authorization"] == "Bearer ya29.live-canary"
+    setups = len([e for e in upstream.received if "setup" in e])
+    with pytest.raises(Exception):  # noqa: B017 - the SDK reports the closed session in its own way
+        async with client("evil").aio.live.connect(model="gemini-live-2.5-flash") as session:
+            await session.send_client_content(turns={"role": "user", "parts": [{"text": "Hello"}]})
+            async for _ in session.receive():
+                pass
+    assert len([e for e in upstream.received if "setup" in e]) == setups, "the refused setup never went on"
 
 
 async def test_an_upgrade_the_upstream_refuses_is_answered_and_recorded(ws_upstream: Any, make_proxy: Any) -> None:

@@ -187,8 +187,9 @@ class Tunnel:
         reader = self._from_client
         for msg in reader.feed(data):
             self.meter.from_client(msg, perf_counter())
-        if reader.failed is not None:
-            return self._end(reader.failed, close_client=True)  # (what failed the bound is never sent on)
+        if reader.failed is not None or self.meter.refused is not None:
+            # (what failed the bound, or a message the rules refuse, is never sent on)
+            return self._end(reader.failed or self.meter.refused, close_client=True)
         up.write(data)
 
     def from_upstream(self, data: bytes) -> None:

@@ -18,7 +18,10 @@ usage when the provider's own end-of-response message says it:
 * **Gemini Live** (``/ws/google.ai.generativelanguage.*.GenerativeService.BidiGenerateContent``): the client's
   ``setup.model`` names the model; a server message's ``usageMetadata`` reports the turn it ends, with
   ``responseTokenCount``/``responseTokensDetails`` where ``generateContent`` says ``candidates``
-  (https://ai.google.dev/api/live#UsageMetadata).
+  (https://ai.google.dev/api/live#UsageMetadata). Vertex AI Live (``/vertex/ws/google.cloud.aiplatform.*.
+  LlmBidiService/BidiGenerateContent``) speaks the same messages; its ``setup.model`` is a resource name
+  (``projects/P/locations/L/publishers/google/models/M``) whose project and region are checked against the
+  allow-list before the message goes on.
 
 A message is decoded only when its bytes contain the marker of one of these (a delta with audio is never
 decoded), and then its ``type`` is checked, so a marker inside generated text counts nothing.
@@ -26,15 +29,17 @@ decoded), and then its ``type`` is checked, so a marker inside generated text co
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 from ..usage import Usage, as_int
 from .azure import Azure
 from .base import MeterResult, Provider, RequestInfo, error_code, loads
 from .gemini import Gemini, gemini_usage
 from .openai import OpenAI, openai_usage, transcription_usage
+from .vertex import Vertex, is_live
 
 
 @dataclass(slots=True)
@@ -71,6 +76,9 @@ def realtime_usage(u: Any) -> Usage | None:
     )
 
 
+_VERTEX_MODEL = re.compile(r"projects/(?P<project>[^/]+)/locations/(?P<region>[^/]+)/publishers/google/models/[^/]+")
+
+
 def live_usage(u: Any) -> Usage | None:
     """Gemini Live's ``usageMetadata``: ``generateContent``'s, with ``response*`` for ``candidates*``."""
     if not isinstance(u, dict):
@@ -91,6 +99,7 @@ class SocketMeter:
         self.open: dict[str, float] = {}  # response id -> when it was created
         self.first_output: dict[str, float] = {}
         self.pending: float | None = None  # a response under way whose id is not known (Gemini turns)
+        self.refused: str | None = None  # set by a client message that must not go on: the tunnel closes first
 
     def from_client(self, msg: bytes, now: float) -> None:
         return None
@@ -226,6 +235,10 @@ class OpenAIResponsesSocketMeter(SocketMeter):
 
 
 class GeminiLiveMeter(SocketMeter):
+    def __init__(self, model: str | None, allowed: tuple[frozenset[str], str] | None = None) -> None:
+        super().__init__(model)
+        self.allowed = allowed  # Vertex AI: (projects, region) a session's model may name
+
     def from_client(self, msg: bytes, now: float) -> None:
         if self.model is None and b'"setup"' in msg[:64]:
             obj = loads(msg)
@@ -233,6 +246,11 @@ class GeminiLiveMeter(SocketMeter):
             model = _str(setup.get("model")) if isinstance(setup, dict) else None
             if model is not None:
                 self.model = model.rsplit("/", 1)[-1]  # "models/gemini-..." (or a Vertex resource name)
+            if self.allowed is not None:
+                projects, region = self.allowed
+                m = _VERTEX_MODEL.fullmatch(model or "")
+                if m is None or unquote(m["project"]) not in projects or m["region"] != region:
+                    self.refused = "location_not_allowed"
 
     def from_server(self, msg: bytes, now: float) -> Turn | None:
         if b'"usageMetadata"' not in msg:
@@ -265,6 +283,9 @@ def socket_meter(provider: Provider, info: RequestInfo) -> SocketMeter | None:
             return OpenAIRealtimeMeter(info.model or model)
         if path.endswith("/responses"):
             return OpenAIResponsesSocketMeter(info.model)
+    elif isinstance(provider, Vertex):
+        if is_live(path) and len(provider.regions) == 1:
+            return GeminiLiveMeter(None, allowed=(provider.projects, provider.regions[0]))
     elif isinstance(provider, Gemini):
         if path.startswith("/ws/google.ai.generativelanguage.") and path.endswith(
             (".BidiGenerateContent", ".BidiGenerateContentConstrained")

@@ -37,6 +37,11 @@ STREAM_METHODS = frozenset({"streamGenerateContent", "streamRawPredict"})
 VIDEO_METHODS = frozenset({"predictLongRunning", "fetchPredictOperation"})  # Veo
 
 
+def is_live(path: str) -> bool:
+    """Vertex AI Live: ``/ws/google.cloud.aiplatform.{version}.LlmBidiService/BidiGenerateContent``."""
+    return path.startswith("/ws/google.cloud.aiplatform.") and path.endswith(".LlmBidiService/BidiGenerateContent")
+
+
 def region_origin(region: str) -> str:
     """The public endpoint of a Vertex region (``global`` has none of its own)."""
     return "https://aiplatform.googleapis.com" if region == "global" else f"https://{region}-aiplatform.googleapis.com"
@@ -66,12 +71,22 @@ class Vertex(Provider):
 
     def locate(self, path: str) -> tuple[str, str] | None:
         """The region's pool, or None when the path names a region or project the operator did not allow."""
+        if is_live(path):
+            # Vertex AI Live names no region in its path (google-genai asks the regional host): served when one
+            # region is configured; its project and region are checked in the session's first message, before
+            # it goes on (providers.realtime.GeminiLiveMeter).
+            return (f"vertex:{self.regions[0]}", path) if len(self.regions) == 1 else None
         m = _PATH.match(path)
         if m is None or m["region"] not in self.regions or unquote(m["project"]) not in self.projects:
             return None
         return f"vertex:{m['region']}", path
 
     def refusal(self, path: str) -> str:
+        if is_live(path):
+            return (
+                "Vertex AI Live names no region in its path: it is served when MODELTRACK_VERTEX_REGIONS names one "
+                f"region (it names {len(self.regions)})."
+            )
         m = _PATH.match(path)
         if m is None:
             return (
