@@ -101,8 +101,9 @@ class CostEvent:
     """The client's W3C ``traceparent`` (recorded only when OpenTelemetry export is on): the proxy's span for
     this event is its child, in the application's trace."""
     batch_id: str | None = None
-    """The Batch API job this event is about: one of its items (``batch``), or a free call on it (creating it,
-    polling it, downloading its results)."""
+    """The async job this event is about: a Batch API job (one of its items, ``processing: batch``, or a free call
+    on it: creating it, polling it, downloading its results), or a video job (Sora's ``video_…``, a Veo
+    operation: the completion that bills it, or a free call on it)."""
     processing: str | None = None
     """``batch`` for an item of a Batch API job, priced at the batch rate (modeltrack.batches); None for an
     interactive request. A rollup dimension: breakdowns split batch spend from interactive spend."""
