@@ -225,6 +225,20 @@ async def ws_upstream(aiohttp_server: Any) -> tuple[Upstream, str]:
     return upstream, str(server.make_url("")).rstrip("/")
 
 
+async def tls_proxy(make_proxy: Any, url: str, tmp_path: Path, **settings: Any) -> tuple[Any, ssl.SSLContext]:
+    """A proxy serving TLS with a throwaway CA's certificate (google-genai always connects Live with ``wss://``),
+    and a client context that trusts it."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    chain, key = tmp_path / "chain.pem", tmp_path / "key.pem"
+    cert.private_key_pem.write_to_path(str(key))
+    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
+    proxy = await make_proxy(url, tls_cert=str(chain), tls_key=str(key), **settings)
+    trust = ssl.create_default_context()
+    ca.configure_trust(trust)
+    return proxy, trust
+
+
 def _price(usage: GUsage, model: str, provider: str) -> float:
     return round(float(calc_price(usage, model, provider_id=provider).total_price), 9)
 
@@ -379,14 +393,7 @@ async def test_gemini_live_turns_are_priced_from_usage_metadata(
     """google-genai connects with ``wss://`` whenever it has an API key: the proxy serves TLS (a trustme CA)."""
     caplog.set_level(logging.DEBUG)
     upstream, url = ws_upstream
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    chain, key = tmp_path / "chain.pem", tmp_path / "key.pem"
-    cert.private_key_pem.write_to_path(str(key))
-    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
-    proxy = await make_proxy(url, tls_cert=str(chain), tls_key=str(key), access_log=True)
-    trust = ssl.create_default_context()
-    ca.configure_trust(trust)
+    proxy, trust = await tls_proxy(make_proxy, url, tmp_path, access_log=True)
     options = types.HttpOptions(base_url=proxy.url.replace("http://", "https://"), async_client_args={"ssl": trust})
     client = genai.Client(api_key=GEMINI_CANARY, http_options=options)
     texts: list[str] = []
@@ -432,16 +439,7 @@ async def test_vertex_live_checks_the_sessions_project_before_anything_goes_on(
     from google.oauth2.credentials import Credentials
 
     upstream, url = ws_upstream
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1")
-    chain, key = tmp_path / "chain.pem", tmp_path / "key.pem"
-    cert.private_key_pem.write_to_path(str(key))
-    chain.write_bytes(b"".join(blob.bytes() for blob in cert.cert_chain_pems))
-    proxy = await make_proxy(
-        url, tls_cert=str(chain), tls_key=str(key), vertex_regions="us-central1", vertex_projects="acme"
-    )
-    trust = ssl.create_default_context()
-    ca.configure_trust(trust)
+    proxy, trust = await tls_proxy(make_proxy, url, tmp_path, vertex_regions="us-central1", vertex_projects="acme")
 
     def client(project: str) -> genai.Client:
         options = types.HttpOptions(

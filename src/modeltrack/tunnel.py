@@ -41,7 +41,8 @@ from .wire.websocket import MessageReader
 log = logging.getLogger("modeltrack.proxy")
 
 _NOT_SENT_UP = frozenset({b"sec-websocket-extensions"})
-_NOT_SENT_BACK = HOP_BY_HOP - {b"upgrade", b"connection"} | {b"content-length"}
+_NOT_SENT_BACK = HOP_BY_HOP - {b"upgrade", b"connection"} | {b"content-length"}  # a 101: the switch is named
+_NOT_SENT_BACK_REFUSED = HOP_BY_HOP | {b"content-length"}  # a refusal is a response like any other
 
 
 class _Done:
@@ -141,7 +142,6 @@ class Tunnel:
         self.error: str | None = None
         self.upstream: UpstreamUpgrade | None = None
         self.switched = False
-        self.turns = 0
         self.events: list[CostEvent] = []  # recorded, not yet checked against limits and budgets
         self.checked = asyncio.Event()  # set when an event waits to be checked, or when the tunnel ends
         self.done: asyncio.Future[None] = client.loop.create_future()
@@ -172,9 +172,7 @@ class Tunnel:
 
     def on_refused(self, status: int, reason: bytes, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
         self.status = status
-        block = b"".join(
-            b"%s: %s\r\n" % (k, v) for k, v in headers if k.lower() not in _NOT_SENT_BACK | {b"transfer-encoding"}
-        )
+        block = b"".join(b"%s: %s\r\n" % (k, v) for k, v in headers if k.lower() not in _NOT_SENT_BACK_REFUSED)
         self.refusal = (status, reason or REASONS.get(status, b"Unknown"), block, body)
         self._end(None)
 
@@ -207,7 +205,6 @@ class Tunnel:
         now = perf_counter()
         start = turn.started if turn.started is not None else now
         ev = self._record(TurnOutcome(self, turn.result, turn.response_id, start, turn.first_output))
-        self.turns += 1
         if ev is not None and self.policed:
             # Nothing more of the client's reaches the provider until this response is checked: a session cannot
             # start another response past a spent budget while the check is under way.
