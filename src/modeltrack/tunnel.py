@@ -228,6 +228,10 @@ class Tunnel:
         else:
             self._end(None, close_client=True)
 
+    def fail(self, error: str) -> None:
+        """The upgrade failed before a session began (the caller answers the client)."""
+        self._end(error)
+
     def cut(self, why: str) -> None:
         """End the session from our side (a limit, a budget, the shutdown): both connections are closed."""
         if not self.done.done():

@@ -105,15 +105,18 @@ async def serve(
         upstream.write(head)
     conn.flow = tunnel
     limits = grant.limits if grant is not None else ()
-    plan = owner.controls.plan(provider.name, info.model, attrs) if owner.controls is not None else None
+    controls = owner.controls
 
     async def check(ev: CostEvent) -> str | None:
         if limits:
             taken = await owner.ratelimiter.admit(limits, real_tokens(ev) or 0)
             if isinstance(taken, RateRefusal):
                 return "rate_limited"
-        if plan is not None and plan.blocks and owner.controls is not None:
-            d = await owner.controls.decide(
+        # The plan of the model the response named (Gemini Live names its model only in the session's first
+        # message, after the upgrade was admitted).
+        plan = controls.plan(provider.name, ev.model, attrs) if controls is not None else None
+        if plan is not None and plan.blocks and controls is not None:
+            d = await controls.decide(
                 plan,
                 provider=provider.name,
                 method="GET",
@@ -129,13 +132,13 @@ async def serve(
             )
             if d.refused:
                 return "budget_exceeded"
-            owner.controls.finished(d, None, None)
+            controls.finished(d, None, None)
         return None
 
     opened = owner.metrics.websocket_open.labels(provider.name)
     opened.inc()
     try:
-        await run(tunnel, check if limits or plan is not None else None)
+        await run(tunnel, check if limits or controls is not None else None)
     except asyncio.CancelledError:
         tunnel.cut(tunnel.error or owner.cut_reason)
         raise
@@ -165,6 +168,7 @@ def record_turn(owner: Owner, o: TurnOutcome, kind: str) -> CostEvent | None:
 
 
 def _failed(owner: Owner, conn: Connection, tunnel: Tunnel, status: int, error: str, message: str, kind: str) -> None:
+    tunnel.fail(error)  # (its idle timer stops)
     tunnel.status = status
     result = MeterResult(model=tunnel.info.model, error=error)
     record_turn(owner, TurnOutcome(tunnel, result, None, tunnel.start, None), kind)
