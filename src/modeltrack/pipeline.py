@@ -187,9 +187,11 @@ class Journal:
             self._map = None
         with contextlib.suppress(OSError):
             os.ftruncate(self._fd, self._pos)  # drop the reserved tail: a closed segment is plain JSONL
-        os.close(self._fd)  # releases our lock; the file is deleted once acked
-        self._fd = -1
+        fd, self._fd = self._fd, -1
+        # Deleted (once every event in it is stored) while our lock still holds it: another process's replay
+        # never picks up a segment whose events are all stored. Closing releases the lock.
         self._maybe_delete(self._seg)
+        os.close(fd)
 
     def append(self, line: bytes) -> int:
         """Return the segment id to ack later, or 0 if the journal could not be written (counted)."""
@@ -523,7 +525,11 @@ class Pipeline:
                         log.warning("replay paused: store unavailable (%s)", type(exc).__name__)
                         self.failing_since = time.monotonic()
                     return replayed
-                os.remove(path)
+                # A live process's journal segment is unlocked a moment before its owner deletes it (every
+                # event in it stored): whichever of the two removes it first, the other finds it gone. Its events
+                # were stored again, idempotently (the sinks keep one per request_id).
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(path)
             finally:
                 os.close(fd)
             replayed += len(events)

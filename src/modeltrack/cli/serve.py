@@ -124,7 +124,11 @@ def _serve(settings: Settings) -> int:
     if settings.workers > 1 and not os.environ.get("MODELTRACK_WORKER"):
         return _supervise(settings)
 
+    listening = False
+
     def announce(app: object) -> None:
+        nonlocal listening
+        listening = True
         scheme = "https" if settings.tls_cert else "http"
         print(
             f"modeltrack {__version__} listening on {scheme}://{settings.host}:{settings.port}",
@@ -138,7 +142,10 @@ def _serve(settings: Settings) -> int:
         print(f"modeltrack: configuration error: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"modeltrack: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
+        if listening:  # not a bind failure: say what it was, without its text (it can name paths or peers)
+            print(f"modeltrack: stopped by an error ({type(exc).__name__}: {exc.strerror})", file=sys.stderr)
+        else:
+            print(f"modeltrack: cannot listen on {settings.host}:{settings.port}: {exc.strerror}", file=sys.stderr)
         return 1
 
 
