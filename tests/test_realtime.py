@@ -678,3 +678,34 @@ async def _events(proxy: Any, n: int) -> list[Any]:
             return sorted(events, key=lambda e: e.timestamp)
         await asyncio.sleep(0.05)
     raise AssertionError(f"expected {n} events, got {len(events)}")
+
+
+def test_a_response_done_is_read_whatever_the_order_of_its_keys() -> None:
+    """The meter skips a message by the ``type`` its head shows, and only when that ``type`` is the top-level one:
+    a ``response.done`` whose ``response`` object comes first (its own nested ``type`` seen first) is still read."""
+    from modeltrack.providers.realtime import OpenAIRealtimeMeter, event_type
+
+    delta = b'{"type":"response.output_audio.delta","event_id":"e1","response_id":"r","delta":"AAAA"}'
+    assert event_type(delta) == b"response.output_audio.delta"
+    nested_first = orjson.dumps(
+        {
+            "response": {"object": "realtime.response", "type": "x", "id": "r", "usage": REALTIME_USAGE},
+            "type": "response.done",
+            "event_id": "e2",
+        }
+    )
+    assert event_type(nested_first) is None
+    for msg in (
+        nested_first,
+        orjson.dumps(
+            {
+                "event_id": "e3",
+                "type": "response.done",
+                "response": {"id": "r", "status": "completed", "usage": REALTIME_USAGE},
+            }
+        ),
+    ):
+        turn = OpenAIRealtimeMeter("gpt-realtime").from_server(msg, 0.0)
+        assert turn is not None and turn.result.usage is not None
+        assert (turn.result.usage.input_tokens, turn.result.usage.cache_read_tokens) == (68, 64)
+    assert OpenAIRealtimeMeter("gpt-realtime").from_server(delta, 0.0) is None

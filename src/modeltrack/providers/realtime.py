@@ -133,12 +133,49 @@ def _str(v: Any) -> str | None:
     return v if isinstance(v, str) and v else None
 
 
+_TYPE = re.compile(rb'"type"\s*:\s*"([A-Za-z0-9_.]{1,80})"')
+_REALTIME_READ = frozenset(
+    {
+        b"response.created",
+        b"response.done",
+        b"session.created",
+        b"session.updated",
+        b"conversation.item.input_audio_transcription.completed",
+    }
+)
+
+
+def event_type(msg: bytes) -> bytes | None:
+    """The message's own ``type`` when its head shows it unambiguously (the first ``"type"`` before any nested
+    object opens), else None: the caller then reads the message the slow, certain way."""
+    m = _TYPE.search(msg, 0, 256)
+    if m is None or msg.find(b"{", 1, m.start()) >= 0:
+        return None
+    return m.group(1)
+
+
 class OpenAIRealtimeMeter(SocketMeter):
     def __init__(self, model: str | None) -> None:
         super().__init__(model)
         self.transcriber: str | None = None  # the session's input audio transcription model, if it has one
 
     def from_server(self, msg: bytes, now: float) -> Turn | None:
+        kind = event_type(msg)
+        if kind is not None and kind not in _REALTIME_READ:
+            if kind.endswith(b".delta") and len(self.first_output) < len(self.open):
+                self._first_output(msg, now)
+            return None  # (an audio delta, most messages: one short regex over its head, nothing else)
+        return self._read(msg, now)
+
+    def _first_output(self, msg: bytes, now: float) -> None:
+        """The first output of a response (its time to first token): decoded only while a response under way has
+        none yet, so one decode per response, not one per audio delta."""
+        obj = loads(msg)
+        rid = obj.get("response_id") if isinstance(obj, dict) else None
+        if isinstance(rid, str) and rid in self.open and rid not in self.first_output:
+            self.first_output[rid] = now
+
+    def _read(self, msg: bytes, now: float) -> Turn | None:
         head = msg[:96]
         if self._created(msg, now):
             return None
@@ -192,9 +229,16 @@ class OpenAIRealtimeMeter(SocketMeter):
 
 _RESPONSES_TERMINAL = ("response.completed", "response.incomplete", "response.failed")
 _TERMINAL_MARKERS = tuple(b'"%s"' % t.encode() for t in _RESPONSES_TERMINAL)
+_TERMINAL_TYPES = frozenset(t.encode() for t in _RESPONSES_TERMINAL)
 
 
 class OpenAIResponsesSocketMeter(SocketMeter):
+    def _first_output(self, now: float) -> None:
+        """Responses deltas carry no response id: the first delta after a creation is that one's first token."""
+        if len(self.first_output) < len(self.open):
+            for open_id in self.open:
+                self.first_output.setdefault(open_id, now)
+
     def from_client(self, msg: bytes, now: float) -> None:
         if b'"response.create"' in msg[:256]:
             obj = loads(msg)
@@ -202,13 +246,16 @@ class OpenAIResponsesSocketMeter(SocketMeter):
                 self.model = _str(obj.get("model")) or self.model
 
     def from_server(self, msg: bytes, now: float) -> Turn | None:
+        kind = event_type(msg)
         head = msg[:96]
+        if kind is not None and kind != b"response.created" and kind not in _TERMINAL_TYPES:
+            if kind.endswith(b".delta"):
+                self._first_output(now)
+            return None  # (most messages: one short regex over the head)
         if self._created(msg, now):
             return None
         if len(self.first_output) < len(self.open) and b"delta" in head:
-            # Responses deltas carry no response id: the first delta after a creation is that one's first token
-            for open_id in self.open:
-                self.first_output.setdefault(open_id, now)
+            self._first_output(now)
             return None
         if not any(t in msg for t in _TERMINAL_MARKERS):
             return None
