@@ -122,6 +122,11 @@ class Provider:
         return orjson.dumps({"error": {"message": message, "type": kind, "code": kind, "param": None}})
 
 
+def nonempty_str(value: Any) -> str | None:
+    """A JSON field that must be a non-empty string (an id, a model name), else None."""
+    return value if isinstance(value, str) and value else None
+
+
 def loads(data: bytes) -> Any:
     """orjson.loads that never raises: a meter must survive garbage."""
     try:

@@ -31,7 +31,7 @@ from typing import Any
 import orjson
 
 from ..usage import Usage
-from .base import MeterResult, RequestInfo, error_code, loads
+from .base import MeterResult, RequestInfo, error_code, loads, nonempty_str
 from .meters import JSONBodyMeter
 
 MAX_LINE = 16 * 1024 * 1024
@@ -62,19 +62,15 @@ class BatchItem:
     upstream_request_id: str | None
 
 
-def _str(v: Any) -> str | None:
-    return v if isinstance(v, str) and v else None
-
-
 def _note(obj: Any, created: bool) -> BatchNote | None:
-    if not isinstance(obj, dict) or not _str(obj.get("id")):
+    if not isinstance(obj, dict) or not nonempty_str(obj.get("id")):
         return None
     if obj.get("type") == "message_batch":  # Anthropic: its results are found by the batch id itself
         return BatchNote(obj["id"], "/v1/messages", (), created)
     if obj.get("object") != "batch":
         return None
-    files = tuple(f for f in (_str(obj.get("output_file_id")), _str(obj.get("error_file_id"))) if f)
-    return BatchNote(obj["id"], _str(obj.get("endpoint")), files, created)
+    files = tuple(f for f in (nonempty_str(obj.get("output_file_id")), nonempty_str(obj.get("error_file_id"))) if f)
+    return BatchNote(obj["id"], nonempty_str(obj.get("endpoint")), files, created)
 
 
 class BatchObjectMeter(JSONBodyMeter):
@@ -164,7 +160,7 @@ class BatchOutputMeter(FreeMeter):
         if not isinstance(obj, dict):
             self._items.append(BatchItem("", 0, None, None, "invalid_json", None))
             return
-        custom_id = _str(obj.get("custom_id")) or _str(obj.get("id")) or ""
+        custom_id = nonempty_str(obj.get("custom_id")) or nonempty_str(obj.get("id")) or ""
         response = obj.get("response")
         if not isinstance(response, dict):  # an item that failed before it ran (error file): not billed
             err = obj.get("error")
@@ -182,10 +178,10 @@ class BatchOutputMeter(FreeMeter):
             BatchItem(
                 custom_id,
                 status,
-                _str(body.get("model")),
+                nonempty_str(body.get("model")),
                 usage,
                 error_code(err) if err else None,
-                _str(response.get("request_id")),
+                nonempty_str(response.get("request_id")),
             )
         )
 
@@ -213,13 +209,15 @@ class MessageBatchResultsMeter(BatchOutputMeter):
         if not isinstance(result, dict):
             self._items.append(BatchItem("", 0, None, None, "invalid_json", None))
             return
-        custom_id = _str(obj.get("custom_id")) or ""
+        custom_id = nonempty_str(obj.get("custom_id")) or ""
         kind = result.get("type")
         if kind == "succeeded" and isinstance(result.get("message"), dict):
             message = result["message"]
             usage = self.usage_of(message.get("usage"))
             self._items.append(
-                BatchItem(custom_id, 200, _str(message.get("model")), usage, None, _str(message.get("id")))
+                BatchItem(
+                    custom_id, 200, nonempty_str(message.get("model")), usage, None, nonempty_str(message.get("id"))
+                )
             )
             return
         err = result.get("error")
@@ -283,7 +281,7 @@ class GeminiBatchMeter(JSONBodyMeter):
         self.usage_of = usage_of
 
     def from_json(self, obj: Any) -> MeterResult:
-        if not isinstance(obj, dict) or not _str(obj.get("name")):
+        if not isinstance(obj, dict) or not nonempty_str(obj.get("name")):
             err = obj.get("error") if isinstance(obj, dict) else None
             return MeterResult(error=error_code(err) if err else "unexpected_json")
         created = self.info.method == "POST" and ":batchGenerateContent" in self.info.path
@@ -296,7 +294,7 @@ class GeminiBatchMeter(JSONBodyMeter):
                 continue
             # A batch built from an input file answers in a file (GenerateContentBatchOutput.responsesFile):
             # remembered, so its download is metered (GeminiBatchFileMeter).
-            responses_file = _str(holder.get("responsesFile"))
+            responses_file = nonempty_str(holder.get("responsesFile"))
             if responses_file is not None:
                 files = (responses_file,)
             inlined = holder.get("inlinedResponses")
@@ -307,7 +305,7 @@ class GeminiBatchMeter(JSONBodyMeter):
         result = MeterResult(usage=Usage(), usage_source="none", zero_cost=True, batch=[note])
         if found is None or self.info.extra.get("batch") is None:
             return result
-        model = _str(meta.get("model"))
+        model = nonempty_str(meta.get("model"))
         items = []
         for i, entry in enumerate(found):
             entry = entry if isinstance(entry, dict) else {}
@@ -319,8 +317,8 @@ class GeminiBatchMeter(JSONBodyMeter):
                 items.append(BatchItem(custom_id, 0, None, Usage(), error_code(err) if err else "failed", None))
                 continue
             usage = self.usage_of(response.get("usageMetadata"))
-            served = _str(response.get("modelVersion")) or (model.removeprefix("models/") if model else None)
-            items.append(BatchItem(custom_id, 200, served, usage, None, _str(response.get("responseId"))))
+            served = nonempty_str(response.get("modelVersion")) or (model.removeprefix("models/") if model else None)
+            items.append(BatchItem(custom_id, 200, served, usage, None, nonempty_str(response.get("responseId"))))
         result.items = items
         return result
 
@@ -348,7 +346,7 @@ class GeminiBatchFileMeter(BatchOutputMeter):
         if not isinstance(obj, dict):
             self._items.append(BatchItem(f"#{position}", 0, None, None, "invalid_json", None))
             return
-        custom_id = _str(obj.get("key")) or f"#{position}"
+        custom_id = nonempty_str(obj.get("key")) or f"#{position}"
         response = obj.get("response") if isinstance(obj.get("response"), dict) else None
         if response is None and ("usageMetadata" in obj or "candidates" in obj):
             response = obj  # a bare GenerateContentResponse
@@ -357,5 +355,5 @@ class GeminiBatchFileMeter(BatchOutputMeter):
             self._items.append(BatchItem(custom_id, 0, None, Usage(), error_code(err) if err else "failed", None))
             return
         usage = self.usage_of(response.get("usageMetadata"))
-        model = _str(response.get("modelVersion"))
-        self._items.append(BatchItem(custom_id, 200, model, usage, None, _str(response.get("responseId"))))
+        model = nonempty_str(response.get("modelVersion"))
+        self._items.append(BatchItem(custom_id, 200, model, usage, None, nonempty_str(response.get("responseId"))))

@@ -23,7 +23,7 @@ from ..usage import Usage, as_int
 from ..wire.multipart import file_part, text_field
 from ..wire.sse import SSEEvent
 from .audio import audio_seconds
-from .base import BodyView, Meter, MeterResult, Provider, RequestInfo, error_code, loads
+from .base import BodyView, Meter, MeterResult, Provider, RequestInfo, error_code, loads, nonempty_str
 from .batches import BatchObjectMeter, BatchOutputMeter, FreeMeter
 from .meters import JSONBodyMeter, SSEMeter, dig
 from .stream_usage import WithheldUsage, inject
@@ -101,7 +101,7 @@ class OpenAIJSONMeter(JSONBodyMeter):
             err = obj.get("error")
             usage = _usage_of(obj)
             return MeterResult(
-                model=_str(obj.get("model")),
+                model=nonempty_str(obj.get("model")),
                 usage=usage,
                 usage_source=_source(usage),
                 error=error_code(err) if err else None,
@@ -110,7 +110,7 @@ class OpenAIJSONMeter(JSONBodyMeter):
             return MeterResult(error=error_code(obj["error"]))
         usage = _usage_of(obj)
         return MeterResult(
-            model=_str(obj.get("model")),
+            model=nonempty_str(obj.get("model")),
             usage=usage,
             usage_source="provider" if usage and usage.reported_cost_usd is not None else _source(usage),
             error=error_code(obj["error"]) if obj.get("error") else None,
@@ -138,7 +138,7 @@ class OpenAIStreamMeter(SSEMeter):
             self._seen_first = True
             obj = loads(data)
             if isinstance(obj, dict):
-                self.model = _str(obj.get("model"))
+                self.model = nonempty_str(obj.get("model"))
         if b'"usage"' in data and (_USAGE_MARKERS[0] in data or _USAGE_MARKERS[1] in data):
             self._prev_usage, self._last_usage = self._last_usage, data
         if b'"error"' in data:
@@ -186,7 +186,7 @@ class ResponsesStreamMeter(SSEMeter):
             self.ended = True
         elif name == b"response.created" and self.model is None:
             obj = loads(data)
-            self.model = _str(dig(obj, "response", "model"))
+            self.model = nonempty_str(dig(obj, "response", "model"))
         elif name == b"error":
             self.error_from(data)
 
@@ -213,15 +213,11 @@ class ResponsesStreamMeter(SSEMeter):
             reason = dig(resp, "incomplete_details", "reason")
             err = f"incomplete:{error_code(reason)}" if reason else None
         return MeterResult(
-            model=_str(resp.get("model")) or self.model,
+            model=nonempty_str(resp.get("model")) or self.model,
             usage=usage,
             usage_source=_source(usage, "stream"),
             error=err,
         )
-
-
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
 
 
 def _source(usage: Usage | None, present: str = "response") -> str:
@@ -241,7 +237,7 @@ class ModerationMeter(JSONBodyMeter):
         if isinstance(obj, dict) and "error" in obj and "results" not in obj:
             return MeterResult(error=error_code(obj["error"]))
         model = obj.get("model") if isinstance(obj, dict) else None
-        return MeterResult(model=_str(model), usage=Usage(), usage_source="none", zero_cost=True)
+        return MeterResult(model=nonempty_str(model), usage=Usage(), usage_source="none", zero_cost=True)
 
 
 _AUDIO_IN = ("/audio/transcriptions", "/audio/translations")

@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, unquote
 
 from ..usage import Usage, as_int
 from .azure import Azure
-from .base import MeterResult, Provider, RequestInfo, error_code, loads
+from .base import MeterResult, Provider, RequestInfo, error_code, loads, nonempty_str
 from .gemini import Gemini, gemini_usage
 from .openai import OpenAI, openai_usage, transcription_usage
 from .vertex import Vertex, is_live
@@ -129,10 +129,6 @@ class SocketMeter:
         return self.open.pop(rid, None), self.first_output.pop(rid, None)
 
 
-def _str(v: Any) -> str | None:
-    return v if isinstance(v, str) and v else None
-
-
 _TYPE = re.compile(rb'"type"\s*:\s*"([A-Za-z0-9_.]{1,80})"')
 _REALTIME_READ = frozenset(
     {
@@ -191,11 +187,11 @@ class OpenAIRealtimeMeter(SocketMeter):
             obj = loads(msg)
             if isinstance(obj, dict) and obj.get("type") in ("session.created", "session.updated"):
                 session = _obj(obj.get("session"))
-                self.model = _str(session.get("model")) or self.model
+                self.model = nonempty_str(session.get("model")) or self.model
                 # The input transcription model (GA: audio.input.transcription; beta: input_audio_transcription)
                 asr = _obj(_obj(_obj(session.get("audio")).get("input")).get("transcription"))
                 asr = asr or _obj(session.get("input_audio_transcription"))
-                self.transcriber = _str(asr.get("model")) or self.transcriber
+                self.transcriber = nonempty_str(asr.get("model")) or self.transcriber
             return None
         if b'"conversation.item.input_audio_transcription.completed"' in msg:
             obj = loads(msg)
@@ -221,7 +217,7 @@ class OpenAIRealtimeMeter(SocketMeter):
             error = error_code(err) if err else "response_failed"
         return Turn(
             MeterResult(model=self.model, usage=usage, usage_source="stream" if usage else "missing", error=error),
-            _str(rid),
+            nonempty_str(rid),
             started,
             first,
         )
@@ -243,7 +239,7 @@ class OpenAIResponsesSocketMeter(SocketMeter):
         if b'"response.create"' in msg[:256]:
             obj = loads(msg)
             if isinstance(obj, dict) and obj.get("type") == "response.create":
-                self.model = _str(obj.get("model")) or self.model
+                self.model = nonempty_str(obj.get("model")) or self.model
 
     def from_server(self, msg: bytes, now: float) -> Turn | None:
         kind = event_type(msg)
@@ -267,7 +263,7 @@ class OpenAIResponsesSocketMeter(SocketMeter):
         started, first = self._ended(rid)
         usage = openai_usage(resp.get("usage"), resp.get("service_tier"))
         err = resp.get("error")
-        model = _str(resp.get("model")) or self.model
+        model = nonempty_str(resp.get("model")) or self.model
         return Turn(
             MeterResult(
                 model=model,
@@ -275,7 +271,7 @@ class OpenAIResponsesSocketMeter(SocketMeter):
                 usage_source="stream" if usage else "missing",
                 error=error_code(err) if err else None,
             ),
-            _str(rid),
+            nonempty_str(rid),
             started,
             first,
         )
@@ -290,7 +286,7 @@ class GeminiLiveMeter(SocketMeter):
         if self.model is None and b'"setup"' in msg[:64]:
             obj = loads(msg)
             setup = obj.get("setup") if isinstance(obj, dict) else None
-            model = _str(setup.get("model")) if isinstance(setup, dict) else None
+            model = nonempty_str(setup.get("model")) if isinstance(setup, dict) else None
             if model is not None:
                 self.model = model.rsplit("/", 1)[-1]  # "models/gemini-..." (or a Vertex resource name)
             if self.allowed is not None:
