@@ -221,6 +221,11 @@ async def test_one_span_per_stored_event_equal_field_by_field_in_the_clients_tra
     for canary in (prompt_canary, key_canary):
         assert canary.encode() not in receiver.raw  # no prompt, response or key in any attribute
     registry = proxy.service.metrics.registry
+    # The exporter's thread counts a batch once the receiver's answer is back, a moment after the receiver
+    # stored it: wait for two, then check there are not more.
+    await _wait_for(
+        lambda: (registry.get_sample_value("modeltrack_otel_spans_total", {"outcome": "exported"}) or 0) >= 2
+    )
     assert registry.get_sample_value("modeltrack_otel_spans_total", {"outcome": "exported"}) == 2
 
 
