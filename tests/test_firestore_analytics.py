@@ -15,10 +15,14 @@ from typing import Any
 import pytest
 
 from modeltrack.cli.main import main
+from modeltrack.pricing import Pricing
+from modeltrack.query import fsraw
 from modeltrack.query.base import Filters
 from modeltrack.query.firestore import FirestoreReader, slice_for
 from modeltrack.query.sqlite import SQLiteReader
 from modeltrack.query.times import zone
+from modeltrack.query.views import Range
+from modeltrack.query.whatif import whatif
 from modeltrack.sinks.firestore import SLICES_META, FirestoreSink
 from modeltrack.sinks.sqlite import SQLiteSink
 
@@ -127,6 +131,34 @@ async def test_every_question_equals_sqlite_and_slices_read_a_few_documents_a_da
             await _same(fs, sq, f, group_by, by_hour=True, day_zone=zone(tz) if tz else None)
 
 
+async def test_whatif_from_daily_sums_equals_each_request_repriced_on_both_stores(stores: Any) -> None:
+    """Past its request limit, what-if re-prices sums: per UTC day when the target's prices hold all day (a 24th
+    of the documents of per hour), per hour when it has time-of-day rates (DeepSeek's off-peak hours). Each
+    equals its requests re-priced one by one (these targets have no context tiers), at the hour's start for the
+    hourly sums, on SQLite and on Firestore."""
+    fs, sq, _, events = stores
+    pricing = Pricing.load()
+    rng = Range(START, END, zone("UTC"), "UTC")
+    reads: dict[bool, int] = {}
+    billed = [e for e in events if not e.cache_hit and START.isoformat()[:19] <= e.timestamp < END.isoformat()[:19]]
+    for provider, model, all_day in (("openai", "gpt-4.1-mini", True), ("deepseek", "deepseek-chat", False)):
+        assert pricing.same_all_day(provider, model) is all_day
+        each = 0
+        for e in billed:
+            at = datetime.fromisoformat(e.timestamp.replace("Z", "+00:00")).timestamp()
+            if not all_day:
+                at -= at % 3600  # what an hour's sums can know: its requests priced at the hour's start
+            each += round((pricing.price(provider, model, e.usage(), at) or 0) * 1e9)
+        for reader in (sq, fs):
+            before = fs.reads
+            got = await whatif(reader, pricing, rng, Filters(), provider, model, max_events=0)
+            assert got["method"] == "aggregate" and got["requests"] == len(billed), (reader.name, model)
+            assert got["whatif_usd"] == pytest.approx(each / 1e9, abs=len(billed) * 1e-9), (reader.name, model)
+        reads[all_day] = fs.reads - before
+    # 30 days and the 31 edge hours of a range with neither end at midnight, against 30 × 24 + 31 hours:
+    assert reads[True] * 5 < reads[False]
+
+
 async def test_a_store_written_before_slices_answers_alike_and_migrates_exactly_once(
     stores: Any, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -169,3 +201,30 @@ def test_the_deploy_kit_exempts_every_slice_dimension_from_indexing() -> None:
         if o["collectionGroup"] == "modeltrack_slices" and not o["indexes"]
     }
     assert exempt == set(SLICED)
+
+
+async def test_raw_reads_equal_the_clients_own(stores: Any) -> None:
+    """The slices are decoded from the wire's messages (query/fsraw.py), not through ``get_all``'s generic
+    decoder and deep copy: every slice document, by every dimension, reads alike both ways."""
+    _, _, sink, _ = stores
+    coll = sink.collection_ref("slices")
+    refs = [snap.reference async for snap in coll.select([]).stream() if snap.id != SLICES_META]
+    assert len(refs) > 100
+    refs.append(coll.document("no-such-slice"))  # a missing document is left out, as get_all's snapshot says
+    for dim in ("team", "user", "model", "key_id"):
+        raw = {bucket_and_cells async for bucket_and_cells in _pairs(fsraw.batch_get(sink.client, refs, dim))}
+        client = set()
+        async for snap in sink.client.get_all(refs, field_paths=["b", dim]):
+            if snap.exists:
+                doc = snap.to_dict()
+                client.add((doc["b"], _frozen(doc.get(dim) or {})))
+        assert raw == client and len(raw) > 10, dim
+
+
+async def _pairs(got: Any) -> Any:
+    async for bucket, cells in got:
+        yield bucket, _frozen(cells)
+
+
+def _frozen(cells: dict[str, dict[str, Any]]) -> Any:
+    return frozenset((key, frozenset(sums.items())) for key, sums in cells.items())

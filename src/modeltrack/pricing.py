@@ -114,6 +114,7 @@ class Model:
     variants: list[tuple[dict[str, str], Any, PriceSet]]
     provider: str
     source: str = "genai-prices"
+    by_time_of_day: bool = False  # a price (or variant) holds only at some hours (off-peak rates)
 
     def price_set(self, when: datetime, context: dict[str, str] | None) -> PriceSet:
         chosen = self.prices[0][1]
@@ -262,7 +263,10 @@ class Pricing:
             (dict(v["when"]), _constraint(v.get("constraint")), self._prices(v["prices"], where))
             for v in m.get("price_variants") or []
         ]
-        return Model(str(m["id"]), _clause(m["match"]), prices, variants, provider, source)
+        specs = [c.get("constraint") for c in raw] if isinstance(raw, list) else []
+        specs += [v.get("constraint") for v in m.get("price_variants") or []]
+        by_time = any(isinstance(c, dict) and "start_time" in c for c in specs)
+        return Model(str(m["id"]), _clause(m["match"]), prices, variants, provider, source, by_time)
 
     # --- public API -----------------------------------------------------------------------------------------
 
@@ -469,6 +473,12 @@ class Pricing:
                 return None, "unpriced"
         pico = self.price_pico(model, usage, when, direct, processing, result.variant)
         return round(float(pico) / PICO, 9), source
+
+    def same_all_day(self, provider: str, model: str) -> bool:
+        """Whether ``model``'s prices hold for whole UTC days: true unless one is a time-of-day rate. Date
+        constraints (``start_date``) change prices at a UTC midnight, so a day's usage can be priced at once."""
+        found = self.resolve(provider, model)
+        return found is not None and not found[0].by_time_of_day
 
     def price(self, provider: str, model: str, usage: Usage, ts: float) -> float | None:
         """USD for ``usage`` as if ``model`` had served it (what-if repricing), or None when it has no price."""

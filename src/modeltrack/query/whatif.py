@@ -3,13 +3,15 @@ pricing module the proxy uses: "this feature on gpt-4.1-mini would have cost $X 
 
 Each request is re-priced on its own (its token counts by kind, at its own time, so context tiers and dated
 prices apply as they would have); past ``MAX_EVENTS`` requests the slice is re-priced from the hourly rollups by
-model instead, which applies base-tier prices (the answer says which). What is compared is what was billed:
-response-cache hits cost nothing and are left out; requests whose model had no price count as unpriced.
+model instead, which applies base-tier prices (the answer says which), per UTC day unless the target has
+time-of-day rates (then per hour, each hour at its start's rate: DeepSeek's off-peak window opens at 16:30 UTC).
+What is compared is what was billed: response-cache hits cost nothing and are left out; requests whose model had
+no price count as unpriced.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from ..usage import Usage
@@ -24,7 +26,13 @@ MAX_EVENTS = 200_000
 
 
 async def whatif(
-    reader: Reader, pricing: Pricing, rng: Range, filters: Filters, provider: str, model: str
+    reader: Reader,
+    pricing: Pricing,
+    rng: Range,
+    filters: Filters,
+    provider: str,
+    model: str,
+    max_events: int = MAX_EVENTS,
 ) -> dict[str, Any]:
     if not model:
         raise QueryError("name the model to compare with: to_model=gpt-4.1-mini (and to_provider= if it is ambiguous)")
@@ -37,7 +45,7 @@ async def whatif(
     n = sum(int(r["requests"]) for r in rollup)
     groups: dict[tuple[str, str], dict[str, Any]] = {}
     unpriced = 0
-    if n <= MAX_EVENTS:
+    if n <= max_events:
         method = "per_request"
         async for chunk in reader.iter_events(EventFilter(rng.start, rng.end, billed)):
             for e in chunk:
@@ -51,7 +59,12 @@ async def whatif(
                 g["whatif_nano"] += round((pricing.price(provider, model, e.usage(), ts) or 0) * 1e9)
     else:
         method = "aggregate"
-        for r in await reader.aggregate(rng.start, rng.end, billed, ("provider", "model"), by_hour=True):
+        # Summed per UTC day when the target's prices hold all day (a day's rows then price exactly as its hours'
+        # would: base-tier prices are linear), which reads a 24th of the documents; per hour otherwise.
+        daily = UTC if pricing.same_all_day(provider, model) else None
+        for r in await reader.aggregate(
+            rng.start, rng.end, billed, ("provider", "model"), by_hour=True, day_zone=daily
+        ):
             g = _group(groups, r["provider"], r["model"])
             g["requests"] += int(r["requests"])
             g["actual_nano"] += int(r["cost_nano_usd"])
