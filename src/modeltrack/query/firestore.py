@@ -19,7 +19,7 @@ from ..sinks import slices
 from ..sinks.firestore import FirestoreSink
 from . import fsraw, stitch
 from .base import DIMENSIONS, EventFilter, Filters
-from .memory import add_into, group, row_matches
+from .memory import group, row_matches
 from .times import hour_key, hour_start, stamp
 
 _UNSEEN: Any = object()
@@ -240,9 +240,10 @@ class FirestoreReader:
         at = keys.index("hour") if "hour" in keys else -1
         # A cell key (a user, a team...) recurs in every bucket: parsed and matched once, not once a bucket.
         groups: dict[str, tuple[Any, ...] | None] = {}
+        wanted = frozenset(summed)
         async for bucket, cells in fsraw.batch_get(self.sink.client, refs, sl.dim):
             hour = bucket + "T00" if kind == "day" else bucket
-            for key, sums in cells.items():
+            for key, sums in cells:
                 k = groups.get(key, _UNSEEN)
                 if k is _UNSEEN:
                     cell = slices.cell_values(key, dims)
@@ -253,7 +254,12 @@ class FirestoreReader:
                     continue
                 if at >= 0:
                     k = (*k[:at], hour, *k[at + 1 :])
-                add_into(out, keys, k, sums, summed)
+                acc = out.get(k)
+                if acc is None:
+                    acc = out[k] = {**dict(zip(keys, k, strict=True)), **dict.fromkeys(summed, 0)}
+                for name, v in sums:  # memory.add_into's sparse walk, inline: some 80,000 cells a question
+                    if v and name in wanted:
+                        acc[name] += v
         return list(out.values())
 
     async def sessions(self, start: datetime, end: datetime, f: Filters, limit: int) -> list[dict[str, Any]]:
