@@ -49,8 +49,17 @@ class Proc:
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
 
 
-def wrk(url: str, conns: int, seconds: int, lua: Path, extra_headers: dict[str, str] | None = None) -> dict[str, float]:
-    cmd = ["wrk", "-t", str(min(conns, 2)), "-c", str(conns), "-d", f"{seconds}s", "--latency", "-s", str(lua)]
+def wrk(
+    url: str,
+    conns: int,
+    seconds: int,
+    lua: Path,
+    extra_headers: dict[str, str] | None = None,
+    cpus: str | None = None,
+) -> dict[str, float]:
+    """``cpus`` pins wrk to those cores (``taskset -c``), for the scaling row on a machine with cores to spare."""
+    cmd = ["taskset", "-c", cpus] if cpus else []
+    cmd += ["wrk", "-t", str(min(conns, 2)), "-c", str(conns), "-d", f"{seconds}s", "--latency", "-s", str(lua)]
     for k, v in (extra_headers or {}).items():
         cmd += ["-H", f"{k}: {v}"]
     cmd.append(url)
@@ -72,10 +81,14 @@ def pct(values: list[float], p: float) -> float:
     return v[min(len(v) - 1, int(len(v) * p))]
 
 
-def modeltrack(name: str, tmp: Path, upstream_port: int, *args: str, env: dict[str, str] | None = None) -> Proc:
-    """``modeltrack serve`` on a free port against the fake upstream, with its own store and spool."""
+def modeltrack(
+    name: str, tmp: Path, upstream_port: int, *args: str, env: dict[str, str] | None = None, cpus: str | None = None
+) -> Proc:
+    """``modeltrack serve`` on a free port against the fake upstream, with its own store and spool; ``cpus`` pins
+    it, and the workers it starts, to those cores."""
     port = free_port()
-    cmd = [sys.executable, "-m", "modeltrack", "serve", *args, "--port", str(port), "--log-level", "warning"]
+    cmd = ["taskset", "-c", cpus] if cpus else []
+    cmd += [sys.executable, "-m", "modeltrack", "serve", *args, "--port", str(port), "--log-level", "warning"]
     cmd += ["--store", f"sqlite:///{tmp}/{name}.db", "--spool-dir", str(tmp / f"spool-{name}")]
     return Proc(name, cmd, port, env={"MODELTRACK_OPENAI_BASE_URL": f"http://127.0.0.1:{upstream_port}", **(env or {})})
 
