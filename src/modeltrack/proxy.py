@@ -326,10 +326,9 @@ class Proxy:
                 parsed=body,
                 model=info.model,
                 attrs=attrs,
-                client_token=req.header(b"x-modeltrack-key") or b"",
                 wall=wall,
             )
-            if decision.refused or decision.hit is not None:
+            if decision.refusal is not None or decision.hit is not None:
                 ex = Exchange(self, conn, provider, info, up_path, attrs, start, wall)
                 ex.decision, ex.rate_ticket = decision, ticket
                 return self._answer_from_controls(conn, ex, decision)

@@ -127,7 +127,6 @@ async def serve(
                 parsed=None,
                 model=ev.model,
                 attrs={**attrs, "cache": "off"},
-                client_token=b"",
                 wall=time.time(),
             )
             if d.refused:

@@ -345,7 +345,7 @@ class Budgets:
         for st, amount in adm.reservations:
             st.used += (amount if cost < 0 else cost) - amount
             st.last_use = now
-            if st.free > st.lease > 0:
+            if st.granted - st.used > st.lease > 0:  # more free than one lease (BudgetState.free, inline)
                 # A reservation settled below its worst case: keep one lease, return the rest now (the bound).
                 self.background.spawn(self._give_back(st, st.free - st.lease))
         adm.reservations.clear()
@@ -358,12 +358,15 @@ class Budgets:
         if not matched:
             return
         cost = round(ev.cost_usd * 1e9)
+        stamp = ev.timestamp
         for budget in matched:
             st = self.state(budget)
-            if st.period.contains(ev.timestamp):
+            period = st.period
+            if period.lo <= stamp < period.hi:  # Period.contains, inline: once per budgeted event
                 st.pending[ev.request_id] = cost
                 st.pending_total += cost
-                self._check_thresholds(st)
+                if budget.warn_at:
+                    self._check_thresholds(st)
 
     def on_stored(self, events: Iterable[CostEvent]) -> None:
         if not self._states:

@@ -271,7 +271,6 @@ class Controls:
         parsed: Any,
         model: str | None,
         attrs: Mapping[str, Any],
-        client_token: bytes,
         wall: float,
     ) -> Decision:
         spec = p.spec
@@ -315,6 +314,8 @@ class Controls:
                 target = (path + "?" + query if query else path).encode("latin-1")
                 routed_to = (d.route.to or "") if d.routed_from is not None and d.route is not None else ""
                 target += b"\0" + routed_to.encode()
+                # The client's ModelTrack key is part of the key (read here: most controlled requests never cache).
+                client_token = next((v for k, v in headers if k.lower() == b"x-modeltrack-key"), b"")
                 d.cache_key = cache_key(
                     provider, method, target, headers, body, parsed, client_token, attrs.get("org") or ""
                 )
@@ -348,8 +349,10 @@ class Controls:
                 d.refusal = adm.refusal
                 return d
             d.admission = adm
-            lines.extend(b"x-modeltrack-budget: %s\r\n" % _header_value(h) for h in adm.headers)
-        d.head = b"".join(lines)
+            for h in adm.headers:
+                lines.append(b"x-modeltrack-budget: %s\r\n" % _header_value(h))
+        if lines:
+            d.head = b"".join(lines)
         return d
 
     def _percent(self, budget: str) -> float:
