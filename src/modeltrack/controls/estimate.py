@@ -18,11 +18,12 @@ from typing import Any
 from .spec import Reserve
 
 _CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+_CAP_KEYS = frozenset((*_CAPS, "generationConfig", "inferenceConfig"))
 
 
 def output_cap(body: Any) -> int | None:
-    if not isinstance(body, dict):
-        return None
+    if not isinstance(body, dict) or _CAP_KEYS.isdisjoint(body):
+        return None  # (one C-level pass over the body's keys: a request without a cap, checked for TPM and budgets)
     for name in _CAPS:
         v = body.get(name)
         if isinstance(v, int) and not isinstance(v, bool) and v > 0:
