@@ -53,7 +53,7 @@ class Grant:
             return 401, "key_revoked", f"ModelTrack key {self.key_id} was revoked."
         if self.expires is not None and now >= self.expires:
             return 401, "key_expired", f"ModelTrack key {self.key_id} has expired."
-        if not model_allowed(self.allowed_models, model):
+        if self.allowed_models and not model_allowed(self.allowed_models, model):
             allowed = ", ".join(self.allowed_models)
             return 403, "model_not_allowed", f"ModelTrack key {self.key_id} may use only: {allowed}."
         return None
