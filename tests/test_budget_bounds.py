@@ -146,3 +146,96 @@ async def test_the_lease_is_reserved_from_without_awaiting() -> None:
         assert Counting.takes <= limit_nano // lease + 3, Counting.takes  # one ledger call per lease
     assert outcomes[0] == outcomes[1]
     assert 1_990 <= outcomes[1].count(True) <= 2_000  # half of each reservation settles: up to the limit, no more
+
+
+async def test_deciding_without_awaiting_reaches_the_awaited_decision(tmp_path: Path) -> None:
+    """The proxy asks ``Controls.decide_now`` first and awaits ``decide`` only when it declines. Over the same
+    requests (a block budget that runs out, with a warning threshold), both ways admit and refuse the same
+    requests, reserve the same amounts and send the same headers; and ``decide_now`` declines, reserving
+    nothing, whenever ``decide`` has more to do: a routing rule, a cache rule or a cache header, an unpriced model,
+    a budget state never read."""
+    from dataclasses import replace
+
+    from modeltrack.controls.engine import Controls
+    from modeltrack.controls.parse import parse
+    from modeltrack.metrics import Metrics
+    from modeltrack.pricing import Pricing
+    from modeltrack.sinks import open_sink
+
+    from .test_pipeline import make_event
+
+    body = orjson.dumps({"model": "gpt-4o-mini", "max_tokens": 100, "messages": [{"role": "user", "content": "hi"}]})
+    parsed = orjson.loads(body)
+    doc = {
+        "budgets": [
+            {"name": "t", "match": {"team": "t"}, "period": "daily", "limit_usd": 0.02, "warn_at": [50]},
+        ],
+        "routes": [{"name": "r", "match": {"team": "routed"}, "action": "downgrade", "to": "gpt-4o-mini"}],
+        "cache": {"rules": [{"match": {"team": "cached"}}]},
+    }
+    pricing = Pricing.load()
+    seen: list[list[tuple[bool, int, bytes]]] = []
+
+    async def slow() -> Any:
+        return await controls.decide(
+            plan,
+            provider="openai",
+            method="POST",
+            path="/v1/chat/completions",
+            query="",
+            headers=[],
+            body=body,
+            parsed=parsed,
+            model="gpt-4o-mini",
+            attrs={"team": "t"},
+            wall=time.time(),
+        )
+
+    for fast in (False, True):
+        store = f"sqlite:///{tmp_path}/{fast}.db"
+        sink = open_sink(store)
+        await sink.open()
+        controls = Controls(parse(doc), store_url=store, sink=sink, pricing=pricing, metrics=Metrics())
+        try:
+            plan = controls.plan("openai", "gpt-4o-mini", {"team": "t"})
+            assert plan is not None
+            args = ("openai", "/v1/chat/completions", body, parsed, "gpt-4o-mini", {"team": "t"}, time.time())
+            assert controls.decide_now(plan, *args) is None  # the budget's state was never read
+            await controls.start()
+            taken = await slow()  # takes this process's first lease from the ledger
+            assert taken.admission is not None
+            controls.budgets.release(taken.admission)
+            first = controls.decide_now(plan, *args)  # what each decline below is compared with
+            assert first is not None and first.admission is not None
+            controls.budgets.release(first.admission)
+            for attrs, model in (
+                ({"team": "routed"}, "gpt-4o-mini"),
+                ({"team": "cached"}, "gpt-4o-mini"),
+                ({"team": "t", "cache": "on"}, "gpt-4o-mini"),
+                ({"team": "t"}, "no-such-model-anywhere"),
+            ):
+                p = controls.plan("openai", model, attrs)
+                assert p is not None
+                st = controls.budgets.state(controls.budgets.budgets[0])
+                used = st.used
+                assert controls.decide_now(p, "openai", "/v1/x", body, parsed, model, attrs, time.time()) is None
+                assert st.used == used
+            outcomes = []
+            for _ in range(120):
+                d = controls.decide_now(plan, *args) if fast else None
+                if d is None:
+                    d = await slow()
+                held = sum(n for _, n in d.admission.reservations) if d.admission else 0
+                outcomes.append((d.refusal is None, held, d.head))
+                if d.refusal is None:
+                    ev = replace(make_event(0), team="t", cost_usd=0.0003, status=200)
+                    controls.on_recorded(ev)
+                    controls.finished(d, ev, None)
+            seen.append(outcomes)
+        finally:
+            await controls.close()
+            await sink.close()
+    assert seen[0] == seen[1]
+    admitted = [ok for ok, _, _ in seen[1]]
+    assert 0 < admitted.count(True) < len(admitted)  # the budget ran out within the run: refusals compared too
+    assert any(head for _, _, head in seen[1])  # the warning header was sent, the same way

@@ -193,7 +193,7 @@ class Proxy:
                 return self.error(
                     conn, None, 503, "keys_unavailable", "Keys cannot be checked: the store is unreachable."
                 )
-            fixed = {**grant.attrs, "key_id": grant.key_id, "org": grant.org_id}
+            fixed = grant.fixed
         elif self.client_tokens and not self.multi_tenant:
             fixed = self.client_tokens.lookup(given)
             if fixed is None:
@@ -261,6 +261,7 @@ class Proxy:
         if info.extra:
             await self._batch_context(req, provider.name, info, path, up_path, fixed)
         ticket: Ticket | None = None
+        bounds: tuple[int, int] | None = None  # the request's worst-case tokens, once for TPM and budgets
         if grant is not None:
             refused = grant.refusal(info.model, wall)
             if refused is not None:
@@ -268,7 +269,11 @@ class Proxy:
             assert self.keyring is not None
             self.keyring.used_now(grant.key_id, wall)
             if grant.limits:
-                tokens = sum(bound_tokens(len(raw), body, RATE_RESERVE)) if grant.tpm else 0
+                tokens = 0
+                if grant.tpm:
+                    reserve = self.controls.spec.reserve if self.controls is not None else RATE_RESERVE
+                    bounds = bound_tokens(len(raw), body, reserve)
+                    tokens = bounds[0] + bounds[1]
                 taken: Ticket | RateRefusal | None = self.ratelimiter.take_now(grant.limits, tokens)
                 if taken is None:
                     taken = await self.ratelimiter.admit(grant.limits, tokens)
@@ -315,7 +320,9 @@ class Proxy:
 
         if plan is not None:
             assert self.controls is not None
-            decision = await self.controls.decide(
+            decision = self.controls.decide_now(
+                plan, provider.name, up_path, send, body, info.model, attrs, wall, bounds if send is raw else None
+            ) or await self.controls.decide(
                 plan,
                 provider=provider.name,
                 method=req.method,

@@ -19,7 +19,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,6 +46,12 @@ class Grant:
     limits: tuple[Limit, ...] = ()  # the key's own RPM/TPM, its team's and its org's (controls.ratelimit)
     tpm: bool = False  # one of the limits counts tokens (the request's worst case is then bounded)
     team_id: str | None = None  # for the provider keys held per team (accounts.credentials)
+    fixed: dict[str, str] = field(init=False, compare=False)
+    """The attribution a request with this key gets (``attrs`` plus ``key_id`` and ``org``): built once here, read
+    (never changed) by every request."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fixed", {**self.attrs, "key_id": self.key_id, "org": self.org_id})
 
     def refusal(self, model: str | None, now: float) -> tuple[int, str, str] | None:
         """(status, error type, message) when this key may not make the request, else None."""

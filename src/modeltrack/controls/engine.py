@@ -258,6 +258,41 @@ class Controls:
             return None
         return p
 
+    def decide_now(
+        self,
+        p: Plan,
+        provider: str,
+        path: str,
+        body: bytes,
+        parsed: Any,
+        model: str | None,
+        attrs: Mapping[str, Any],
+        wall: float,
+        bounds: tuple[int, int] | None = None,
+    ) -> Decision | None:
+        """:meth:`decide` without awaiting, for the usual controlled request: no routing rule applies, the
+        response cache is not asked, the model has a price, and the budgets admit it from this process's lease
+        (:meth:`Budgets.admit_now`). None otherwise, with nothing reserved: the caller then awaits :meth:`decide`,
+        which reaches the same outcome the long way (tests/test_controls.py, every budget and routing test goes
+        through both). ``bounds`` is the request's token bound when the caller already has it (a TPM limit),
+        computed with this spec's ``reserve``."""
+        if p.routes or p.cache_ttl is not None or attrs.get("cache"):
+            return None
+        reserve = 0
+        if p.blocks:
+            inp, out = bounds if bounds is not None else bound_tokens(len(body), parsed, p.spec.reserve)
+            bound = self.pricing.bound(provider, model, inp, out, wall)
+            if bound is None:
+                return None  # unpriced: decide() reserves the spec's or the provider's dearest bound
+            reserve = round(bound * 1e9) + 1
+        adm = self.budgets.admit_now(p.budgets, reserve)
+        if adm is None:
+            return None
+        d = Decision(path, body, admission=adm)
+        if adm.headers:
+            d.head = b"".join(b"x-modeltrack-budget: %s\r\n" % _header_value(h) for h in adm.headers)
+        return d
+
     async def decide(
         self,
         p: Plan,
