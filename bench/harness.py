@@ -94,14 +94,14 @@ def modeltrack(
 
 
 def scrape(base_url: str) -> dict[str, float]:
-    """A target's unlabelled Prometheus samples (``/metrics``), by name."""
+    """A target's Prometheus samples (``/metrics``), by series (``name`` or ``name{label="value"}``)."""
     import urllib.request
 
     with urllib.request.urlopen(base_url + "/metrics", timeout=10) as r:
         text = r.read().decode()
     out: dict[str, float] = {}
     for line in text.splitlines():
-        if line and not line.startswith("#") and "{" not in line:
-            name, _, value = line.partition(" ")
-            out[name] = float(value)
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            out[series] = float(value)
     return out

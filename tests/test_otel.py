@@ -29,7 +29,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 
 from modeltrack.config import ConfigError, Settings
 from modeltrack.metrics import Metrics
-from modeltrack.otel import MetricsMirror, SpanExport
+from modeltrack.otel import MetricsMirror, SpanExport, Target
 
 from .test_spend_controls import CLAUDE, MINI_STREAM, mini_body
 
@@ -102,7 +102,12 @@ class Receiver:
             await self.release.wait()
         body = await request.read()
         self.raw += body
-        req = ExportTraceServiceRequest.FromString(body)
+        self.take_traces(ExportTraceServiceRequest.FromString(body))
+        return web.Response(
+            body=ExportTraceServiceResponse().SerializeToString(), content_type="application/x-protobuf"
+        )
+
+    def take_traces(self, req: ExportTraceServiceRequest) -> None:
         for rs in req.resource_spans:
             resource = {a.key: _value(a.value) for a in rs.resource.attributes}
             for ss in rs.scope_spans:
@@ -121,12 +126,14 @@ class Receiver:
                             "resource": resource,
                         }
                     )
-        return web.Response(
-            body=ExportTraceServiceResponse().SerializeToString(), content_type="application/x-protobuf"
-        )
 
     async def metric(self, request: web.Request) -> web.Response:
-        req = ExportMetricsServiceRequest.FromString(await request.read())
+        self.take_metrics(ExportMetricsServiceRequest.FromString(await request.read()))
+        return web.Response(
+            body=ExportMetricsServiceResponse().SerializeToString(), content_type="application/x-protobuf"
+        )
+
+    def take_metrics(self, req: ExportMetricsServiceRequest) -> None:
         for rm in req.resource_metrics:
             for sm in rm.scope_metrics:
                 for m in sm.metrics:
@@ -138,9 +145,79 @@ class Receiver:
                         )
                         for p in points
                     ]
-        return web.Response(
-            body=ExportMetricsServiceResponse().SerializeToString(), content_type="application/x-protobuf"
-        )
+
+
+class GrpcReceiver(Receiver):
+    """The same receiver over OTLP/gRPC: a real gRPC server with the official trace and metrics services; it
+    keeps each call's metadata (where OTEL_EXPORTER_OTLP_HEADERS arrive)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.metadata: list[dict[str, str]] = []
+        self.server: Any = None
+
+    def start(self) -> int:
+        from concurrent.futures import ThreadPoolExecutor
+
+        import grpc
+        from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2_grpc as mgrpc
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc as tgrpc
+
+        receiver = self
+
+        class Traces(tgrpc.TraceServiceServicer):
+            def Export(self, request: Any, context: Any) -> Any:
+                receiver.metadata.append(dict(context.invocation_metadata()))
+                receiver.raw += request.SerializeToString()
+                receiver.take_traces(request)
+                return ExportTraceServiceResponse()
+
+        class Metrics_(mgrpc.MetricsServiceServicer):
+            def Export(self, request: Any, context: Any) -> Any:
+                receiver.metadata.append(dict(context.invocation_metadata()))
+                receiver.take_metrics(request)
+                return ExportMetricsServiceResponse()
+
+        self.server = grpc.server(ThreadPoolExecutor(4))
+        tgrpc.add_TraceServiceServicer_to_server(Traces(), self.server)
+        mgrpc.add_MetricsServiceServicer_to_server(Metrics_(), self.server)
+        port = int(self.server.add_insecure_port("127.0.0.1:0"))
+        self.server.start()
+        return port
+
+
+async def spans_of(receiver: Receiver, events: list[Any]) -> dict[str, dict[str, Any]]:
+    """The receiver's spans by request id, once it has one per stored event (two here), and no other."""
+    assert len(events) == 2
+    await _wait_for(lambda: len(receiver.spans) >= 2)
+    spans = {sp["attributes"]["modeltrack.request_id"]: sp for sp in receiver.spans}
+    assert set(spans) == {e.request_id for e in events}
+    return spans
+
+
+def assert_span_is_the_event(sp: dict[str, Any], ev: Any, service_name: str = "modeltrack") -> None:
+    """Every stored field, on its attribute (FIELD_TO_ATTRIBUTE), and the span's name, kind, times, resource."""
+    attrs = sp["attributes"]
+    for name, attribute in FIELD_TO_ATTRIBUTE.items():
+        value = getattr(ev, name)
+        if attribute is None:
+            continue
+        if value is None:
+            assert attribute not in attrs, (name, attrs.get(attribute))
+        elif isinstance(value, float):
+            assert attrs[attribute] == pytest.approx(value, rel=1e-12), name
+        else:
+            assert attrs[attribute] == value, name
+    assert attrs["gen_ai.usage.input_tokens"] == ev.input_tokens + ev.cache_read_tokens + ev.cache_write_tokens
+    assert attrs["gen_ai.provider.name"] == ev.provider and attrs["gen_ai.operation.name"] == "chat"
+    for prop, value in (ev.properties or {}).items():
+        assert attrs[f"modeltrack.property.{prop}"] == value
+    assert sp["kind"] == 3  # SPAN_KIND_CLIENT
+    assert sp["name"] == f"chat {ev.requested_model}"
+    assert sp["resource"]["service.name"] == service_name
+    started = datetime.fromisoformat(ev.timestamp.replace("Z", "+00:00")).timestamp()
+    assert sp["start"] / 1e9 == pytest.approx(started, abs=1e-6)
+    assert (sp["end"] - sp["start"]) / 1e6 == pytest.approx(ev.latency_ms, abs=0.001)
 
 
 async def _wait_for(pred: Any, timeout: float = 15.0) -> None:
@@ -183,33 +260,9 @@ async def test_one_span_per_stored_event_equal_field_by_field_in_the_clients_tra
         async with s.post(proxy.url + "/nowhere/at/all", data=b"{}") as r:
             assert r.status == 404  # no provider: no event, so no span
     events = await proxy.events()
-    assert len(events) == 2
-    await _wait_for(lambda: len(receiver.spans) >= 2)
-    spans = {sp["attributes"]["modeltrack.request_id"]: sp for sp in receiver.spans}
-    assert set(spans) == {e.request_id for e in events}
+    spans = await spans_of(receiver, events)
     for ev in events:
-        sp = spans[ev.request_id]
-        attrs = sp["attributes"]
-        for name, attribute in FIELD_TO_ATTRIBUTE.items():
-            value = getattr(ev, name)
-            if attribute is None:
-                continue
-            if value is None:
-                assert attribute not in attrs, (name, attrs.get(attribute))
-            elif isinstance(value, float):
-                assert attrs[attribute] == pytest.approx(value, rel=1e-12), name
-            else:
-                assert attrs[attribute] == value, name
-        assert attrs["gen_ai.usage.input_tokens"] == ev.input_tokens + ev.cache_read_tokens + ev.cache_write_tokens
-        assert attrs["gen_ai.provider.name"] == ev.provider and attrs["gen_ai.operation.name"] == "chat"
-        for prop, value in (ev.properties or {}).items():
-            assert attrs[f"modeltrack.property.{prop}"] == value
-        assert sp["kind"] == 3  # SPAN_KIND_CLIENT
-        assert sp["name"] == f"chat {ev.requested_model}"
-        assert sp["resource"]["service.name"] == "modeltrack"
-        started = datetime.fromisoformat(ev.timestamp.replace("Z", "+00:00")).timestamp()
-        assert sp["start"] / 1e9 == pytest.approx(started, abs=1e-6)
-        assert (sp["end"] - sp["start"]) / 1e6 == pytest.approx(ev.latency_ms, abs=0.001)
+        assert_span_is_the_event(spans[ev.request_id], ev)
     mini = next(e for e in events if e.provider == "openai")
     claude = next(e for e in events if e.provider == "anthropic")
     assert mini.traceparent == f"00-{trace_id}-{parent_id}-01" and claude.traceparent is None
@@ -245,7 +298,8 @@ async def test_an_exporter_outage_never_blocks_and_drops_are_counted(
                 assert r.status == 200 and await r.read()
     assert len(await proxy.events()) == 5  # stored; the exporter's thread is stuck on the first batch
     metrics = Metrics()
-    export = SpanExport(str(server.make_url("")).rstrip("/"), metrics, max_queued_batches=2, timeout=30)
+    target = Target(endpoint=str(server.make_url("")).rstrip("/"))
+    export = SpanExport(target, metrics, max_queued_batches=2, timeout=30)
     events = await proxy.events()
     export.offer(events[:1])
     await _wait_for(export.queue.empty)  # the exporter's thread took it, and is stuck sending it
@@ -267,7 +321,7 @@ async def test_metrics_mirror_the_prometheus_ones(aiohttp_server: Any) -> None:
     metrics.events_written.inc(7)
     metrics.otel_spans.labels("dropped").inc(3)
     metrics.batch_size.observe(12)
-    mirror = MetricsMirror(str(server.make_url("")).rstrip("/"), metrics.registry, interval=3600)
+    mirror = MetricsMirror(Target(endpoint=str(server.make_url("")).rstrip("/")), metrics.registry, interval=3600)
     await asyncio.to_thread(mirror.flush)
     await _wait_for(lambda: "modeltrack_events_written_total" in receiver.metrics)
     assert receiver.metrics["modeltrack_events_written_total"] == [({}, 7.0)]
@@ -287,12 +341,108 @@ async def test_metrics_mirror_the_prometheus_ones(aiohttp_server: Any) -> None:
 @pytest.mark.parametrize(
     ("overrides", "says"),
     [
-        ({"otel_metrics": True}, "needs MODELTRACK_OTEL_ENDPOINT"),
-        ({"otel_endpoint": "collector:4318"}, "write the collector's OTLP/HTTP base URL"),
+        ({"otel_metrics": True}, "needs an OTLP endpoint"),
+        ({"otel_endpoint": "collector:4318"}, "write the collector's OTLP URL"),
         ({"otel_endpoint": "http://user:secret@collector:4318"}, "OTEL_EXPORTER_OTLP_HEADERS"),
+        (
+            {"otel_env": {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json"}},
+            "write http/protobuf .* or grpc",
+        ),
+        (
+            {"otel_env": {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://u:secret@c:4318/v1/traces"}},
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT=http://c...: write",
+        ),
+        (
+            {"otel_endpoint": "http://c:4317/otlp", "otel_env": {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc"}},
+            "OTLP over gRPC does not use",
+        ),
     ],
 )
 def test_a_bad_otel_setting_is_refused_with_what_to_write(overrides: dict[str, Any], says: str) -> None:
     with pytest.raises(ConfigError, match=says) as err:
         Settings.load(env={}, overrides=overrides)
     assert "secret" not in str(err.value)
+
+
+async def test_grpc_and_the_standard_variables(replay: Any, make_proxy: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Configured only with the standard OTEL_* variables, as any OpenTelemetry SDK is: OTLP over gRPC to the
+    endpoint they name, their headers on every call, their service name; spans equal the stored events field by
+    field, and the mirrored metrics arrive over gRPC too. The headers' credential reaches the receiver and
+    nothing else: not the span data, not the worker's command line."""
+    receiver = GrpcReceiver()
+    port = receiver.start()
+    canary = "otelcanary5q4"
+    variables = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_HEADERS": f"x-tenant=acme,authorization=Bearer%20{canary}",
+        "OTEL_SERVICE_NAME": "proxy-eu",
+    }
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)  # the metrics mirror's exporter reads the process's own environment
+    try:
+        upstream, upstream_url = replay
+        upstream.current = MINI_STREAM
+        proxy = await make_proxy(upstream_url, otel_env=variables, otel_metrics=True)
+        target = proxy.service.settings.otel
+        assert target is not None and target.protocol == "grpc" and target.endpoint is None
+        async with aiohttp.ClientSession() as s:
+            for team in ("search", "ads"):
+                async with s.post(
+                    proxy.url + "/v1/chat/completions", data=mini_body(), headers={"X-ModelTrack-Team": team}
+                ) as r:
+                    assert r.status == 200 and await r.read()
+        events = await proxy.events()
+        spans = await spans_of(receiver, events)
+        for ev in events:
+            assert_span_is_the_event(spans[ev.request_id], ev, service_name="proxy-eu")
+        assert receiver.metadata and all(
+            m.get("x-tenant") == "acme" and m.get("authorization") == f"Bearer {canary}" for m in receiver.metadata
+        )
+        assert canary.encode() not in receiver.raw
+        worker = proxy.service.spans.worker
+        assert worker is not None and canary not in " ".join(worker.args)
+        mirror = proxy.service.metrics_mirror
+        assert mirror is not None
+        await asyncio.to_thread(mirror.flush)
+        await _wait_for(lambda: "modeltrack_events_written_total" in receiver.metrics)
+        assert receiver.metrics["modeltrack_events_written_total"] == [({}, 2.0)]
+    finally:
+        receiver.server.stop(0)
+
+
+async def test_a_worker_that_dies_is_replaced_and_its_batch_counted(aiohttp_server: Any) -> None:
+    """The worker process is killed while it holds a batch (its receiver has not answered): that batch is
+    counted failed, and the next batch goes to a new worker and is exported."""
+    from .test_pipeline import make_event
+
+    receiver = Receiver(hang=True)
+    server = await aiohttp_server(receiver.app())
+    metrics = Metrics()
+    count = metrics.registry.get_sample_value
+    export = SpanExport(Target(endpoint=str(server.make_url("")).rstrip("/")), metrics, timeout=30)
+    try:
+        export.offer([make_event(1), make_event(2)])
+        await _wait_for(lambda: export.queue.empty() and export.worker is not None)
+        first = export.worker
+        assert first is not None
+        first.kill()
+        await _wait_for(lambda: count("modeltrack_otel_spans_total", {"outcome": "failed"}) == 2)
+        receiver.release.set()
+        later = make_event(3)
+        export.offer([later])
+        await _wait_for(lambda: count("modeltrack_otel_spans_total", {"outcome": "exported"}) == 1)
+        assert export.worker is not None and export.worker is not first
+        assert [sp["attributes"]["modeltrack.request_id"] for sp in receiver.spans] == [later.request_id]
+    finally:
+        receiver.release.set()
+        await asyncio.to_thread(export.close)
+    assert export.worker is None
+
+
+def test_export_is_off_by_default_and_when_the_sdk_is_disabled() -> None:
+    assert Settings.load(env={}).otel is None
+    on = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"}
+    assert Settings.load(env={}, overrides={"otel_env": on}).otel == Target("http/protobuf", None, "modeltrack")
+    off = {**on, "OTEL_SDK_DISABLED": "true"}
+    assert Settings.load(env={}, overrides={"otel_env": off}).otel is None

@@ -107,12 +107,10 @@ class ModelTrack:
             )
         self.spans: SpanExport | None = None
         self.metrics_mirror: MetricsMirror | None = None
-        if settings.otel_endpoint:
-            self.spans = SpanExport(settings.otel_endpoint, self.metrics, settings.otel_service_name)
+        if settings.otel is not None:
+            self.spans = SpanExport(settings.otel, self.metrics)
             if settings.otel_metrics:
-                self.metrics_mirror = MetricsMirror(
-                    settings.otel_endpoint, self.metrics.registry, settings.otel_service_name
-                )
+                self.metrics_mirror = MetricsMirror(settings.otel, self.metrics.registry)
         self.pipeline = Pipeline.from_settings(sink, self.metrics, settings, on_stored=self._on_stored())
         self.providers = build_providers(
             settings.base_urls,

@@ -17,8 +17,11 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from .otel.target import Target
 
 PROVIDERS = (
     "openai",
@@ -161,10 +164,14 @@ class Settings:
         "and every query are scoped to the key's org",
     )
     otel_endpoint: str = _opt(
-        "", "OTLP/HTTP endpoint (e.g. http://collector:4318): one OpenTelemetry span per cost event; empty: off"
+        "",
+        "OTLP endpoint (e.g. http://collector:4318): one OpenTelemetry span per cost event; empty: off unless "
+        "the standard OTEL_EXPORTER_OTLP_ENDPOINT is set (OTEL_EXPORTER_OTLP_PROTOCOL: http/protobuf or grpc)",
     )
-    otel_metrics: bool = _opt(False, "also export the Prometheus metrics over OTLP (needs MODELTRACK_OTEL_ENDPOINT)")
-    otel_service_name: str = _opt("modeltrack", "the service.name of the exported spans and metrics")
+    otel_metrics: bool = _opt(False, "also export the Prometheus metrics over OTLP (needs an OTLP endpoint)")
+    otel_service_name: str = _opt(
+        "", "the service.name of the exported spans and metrics; empty: OTEL_SERVICE_NAME, else modeltrack"
+    )
     vertex_regions: str = _opt(
         "", "Vertex AI regions to serve under /vertex (comma-separated, e.g. us-central1,europe-west4,global)"
     )
@@ -274,6 +281,10 @@ class Settings:
     # The standard egress variables (HTTPS_PROXY, HTTP_PROXY, ALL_PROXY, NO_PROXY), read from the same
     # environment as everything else:
     egress: dict[str, str] = field(default_factory=dict, metadata={"env": False})
+    # The standard OpenTelemetry variables (OTEL_*), read from the same environment; and the export target they
+    # and the MODELTRACK_OTEL_* settings resolve to (None: export is off).
+    otel_env: dict[str, str] = field(default_factory=dict, metadata={"env": False})
+    otel: Target | None = field(default=None, metadata={"env": False})
 
     @classmethod
     def load(
@@ -304,6 +315,7 @@ class Settings:
         from .http.egress import proxy_variables
 
         s.egress = proxy_variables(env)
+        s.otel_env = {k: v for k, v in env.items() if k.startswith("OTEL_")}
         for k, v in (overrides or {}).items():
             if v is not None:
                 setattr(s, k, v)
@@ -424,24 +436,29 @@ class Settings:
                 raise ConfigError(f"MODELTRACK_BEDROCK_ENDPOINTS {region}: {exc}") from None
 
     def _check_otel(self) -> None:
-        if self.otel_metrics and not self.otel_endpoint:
-            raise ConfigError("MODELTRACK_OTEL_METRICS=true needs MODELTRACK_OTEL_ENDPOINT=http://collector:4318")
-        if not self.otel_endpoint:
-            return
-        from urllib.parse import urlsplit
+        from .otel.target import resolve
 
-        u = urlsplit(self.otel_endpoint)
-        if u.scheme not in ("http", "https") or not u.hostname or u.query or u.username or u.password:
-            raise ConfigError(
-                f"MODELTRACK_OTEL_ENDPOINT={u.scheme}://{u.hostname or ''}...: write the collector's OTLP/HTTP base "
-                "URL, e.g. http://otel-collector:4318 (credentials go in OTEL_EXPORTER_OTLP_HEADERS)"
-            )
         try:
-            import opentelemetry.exporter.otlp.proto.http
-            import opentelemetry.sdk  # noqa: F401
+            self.otel = resolve(self.otel_env, self.otel_endpoint, self.otel_service_name or None)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if self.otel_metrics and self.otel is None:
+            raise ConfigError(
+                "MODELTRACK_OTEL_METRICS=true needs an OTLP endpoint: MODELTRACK_OTEL_ENDPOINT=http://collector:4318 "
+                "or OTEL_EXPORTER_OTLP_ENDPOINT"
+            )
+        if self.otel is None:
+            return
+        try:
+            import opentelemetry.sdk
+
+            if self.otel.protocol == "grpc":
+                import opentelemetry.exporter.otlp.proto.grpc
+            else:
+                import opentelemetry.exporter.otlp.proto.http  # noqa: F401
         except ImportError:
             raise ConfigError(
-                "MODELTRACK_OTEL_ENDPOINT is set but the OpenTelemetry SDK is not installed: "
+                "OpenTelemetry export is on but the OpenTelemetry SDK or its OTLP exporter is not installed: "
                 "pip install 'modeltrack-proxy[server,otel]'"
             ) from None
 

@@ -103,7 +103,7 @@ class Proxy:
         # Multi-tenant mode: every request carries an org's mt_ key, which fixes the org of everything it makes.
         self.multi_tenant = settings.multi_tenant
         self.require_key = settings.require_key or settings.multi_tenant
-        self.trace_context = bool(settings.otel_endpoint)  # record the client's traceparent for its span
+        self.trace_context = settings.otel is not None  # record the client's traceparent for its span
         self.tls = bool(settings.tls_cert)  # the scheme clients reach us by (Anthropic's results_url)
         self.recorder = recorder
         self.metrics: Metrics = recorder.metrics

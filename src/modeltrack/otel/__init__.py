@@ -1,6 +1,8 @@
-"""OpenTelemetry export (``MODELTRACK_OTEL_ENDPOINT``): spans per cost event, and optionally the metrics."""
+"""OpenTelemetry export: a span per cost event, and optionally the metrics, over OTLP/HTTP or gRPC."""
 
+from .attributes import attributes, operation
 from .metrics import MetricsMirror
-from .spans import SpanExport, attributes, operation
+from .spans import SpanExport
+from .target import Target
 
-__all__ = ["MetricsMirror", "SpanExport", "attributes", "operation"]
+__all__ = ["MetricsMirror", "SpanExport", "Target", "attributes", "operation"]

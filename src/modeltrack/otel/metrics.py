@@ -12,29 +12,26 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
+if TYPE_CHECKING:
+    from .target import Target
+
 
 class MetricsMirror:
-    def __init__(
-        self, endpoint: str, registry: CollectorRegistry, service_name: str = "modeltrack", interval: float = 60.0
-    ) -> None:
-        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+    def __init__(self, target: Target, registry: CollectorRegistry, interval: float = 60.0) -> None:
         from opentelemetry.sdk.metrics import MeterProvider
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
-        from opentelemetry.sdk.resources import Resource
 
         self.registry = registry
         self._lock = threading.Lock()
         self._snapshot: dict[str, list[tuple[dict[str, str], float]]] = {}
         self._taken = 0.0
-        exporter = OTLPMetricExporter(endpoint=endpoint.rstrip("/") + "/v1/metrics")
+        exporter = target.metric_exporter()
         self.reader = PeriodicExportingMetricReader(exporter, export_interval_millis=interval * 1000)
-        self.provider = MeterProvider(
-            resource=Resource.create({"service.name": service_name}), metric_readers=[self.reader]
-        )
+        self.provider = MeterProvider(resource=target.resource(), metric_readers=[self.reader])
         meter = self.provider.get_meter("modeltrack")
         for family in registry.collect():
             for series, kind in self._series(family.name, family.type):
