@@ -124,9 +124,11 @@ def run(tmp: Path, up_port: int, lua: Path, secs: int, plain_url: str) -> dict[s
         procs.append(o)
         ourl = f"http://127.0.0.1:{o.port}/v1/chat/completions"
         wrk(ourl, 8, 1, lua)
-        before = otel_counts(f"http://127.0.0.1:{o.port}"), children_cpu(o.pid)
+        otel_url = f"http://127.0.0.1:{o.port}"
+        otel_catch_up(otel_url, o.pid, otel_counts(otel_url), 0.0)  # the warm-up's spans are out first
+        before = otel_counts(otel_url), children_cpu(o.pid)
         rows["modeltrack + OpenTelemetry export"] = _row(wrk(ourl, 64, secs, lua), wrk(ourl, 1, secs, lua))
-        rows["OpenTelemetry exporter"] = otel_catch_up(f"http://127.0.0.1:{o.port}", o.pid, *before)
+        rows["OpenTelemetry exporter"] = otel_catch_up(otel_url, o.pid, *before)
 
         # The interleaved rounds (see the module docstring), against a plain ModelTrack started like the others.
         plain = modeltrack("modeltrack-paired", tmp, up_port).start(tmp)

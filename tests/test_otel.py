@@ -90,6 +90,7 @@ class Receiver:
         self.raw = bytearray()
         self.hang = hang
         self.release = asyncio.Event()  # a hanging receiver answers once the test is done with it
+        self.arrived = 0  # export requests received (a hanging receiver counts them before it hangs)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -98,6 +99,7 @@ class Receiver:
         return app
 
     async def traces(self, request: web.Request) -> web.Response:
+        self.arrived += 1
         if self.hang:
             await self.release.wait()
         body = await request.read()
@@ -297,12 +299,14 @@ async def test_an_exporter_outage_never_blocks_and_drops_are_counted(
             async with s.post(proxy.url + "/v1/chat/completions", data=mini_body()) as r:
                 assert r.status == 200 and await r.read()
     assert len(await proxy.events()) == 5  # stored; the exporter's thread is stuck on the first batch
+    # The queue itself, on an exporter of its own, to a second receiver that never answers either.
+    stuck = Receiver(hang=True)
+    target = Target(endpoint=str((await aiohttp_server(stuck.app())).make_url("")).rstrip("/"))
     metrics = Metrics()
-    target = Target(endpoint=str(server.make_url("")).rstrip("/"))
     export = SpanExport(target, metrics, max_queued_batches=2, timeout=30)
     events = await proxy.events()
     export.offer(events[:1])
-    await _wait_for(export.queue.empty)  # the exporter's thread took it, and is stuck sending it
+    await _wait_for(lambda: stuck.arrived == 1)  # the worker sent it, and waits for the answer
     for ev in events[1:]:
         export.offer([ev])  # returns at once, whatever the receiver does
     count = metrics.registry.get_sample_value
@@ -310,6 +314,7 @@ async def test_an_exporter_outage_never_blocks_and_drops_are_counted(
     assert dropped == len(events) - 3  # one in the hung export, two queued, the rest dropped
     assert count("modeltrack_otel_spans_total", {"outcome": "exported"}) is None  # none so far
     receiver.release.set()
+    stuck.release.set()
     await asyncio.to_thread(export.close)
     assert count("modeltrack_otel_spans_total", {"outcome": "exported"}) == 3  # what was queued, once it answered
 
@@ -423,7 +428,7 @@ async def test_a_worker_that_dies_is_replaced_and_its_batch_counted(aiohttp_serv
     export = SpanExport(Target(endpoint=str(server.make_url("")).rstrip("/")), metrics, timeout=30)
     try:
         export.offer([make_event(1), make_event(2)])
-        await _wait_for(lambda: export.queue.empty() and export.worker is not None)
+        await _wait_for(lambda: receiver.arrived == 1)  # the worker holds the batch: it waits for the answer
         first = export.worker
         assert first is not None
         first.kill()

@@ -22,6 +22,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -33,6 +34,10 @@ if TYPE_CHECKING:
     from .target import Target
 
 log = logging.getLogger("modeltrack.otel")
+GATHER_SECONDS = 0.5
+"""How long the feeder waits for more stored batches to join a small one (a span is exported at most this much
+later than it would be alone)."""
+GATHER_MAX = 2_048
 
 
 class SpanExport:
@@ -88,14 +93,33 @@ class SpanExport:
         exported, failed = answer.split()
         return int(exported), int(failed)
 
+    def _gather(self) -> tuple[list[CostEvent], bool]:
+        """The next batch to export, and whether close() asked to stop after it. The store's batches are
+        joined, up to :data:`GATHER_MAX` events or :data:`GATHER_SECONDS` after the first: the worker's cost per
+        span doubles for batches of ten (one OTLP request each) against batches of hundreds."""
+        first = self.queue.get()
+        if first is None:
+            return [], True
+        batch, deadline = first, time.monotonic() + GATHER_SECONDS
+        while len(batch) < GATHER_MAX:
+            try:
+                more = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if more is None:
+                return batch, True
+            batch += more
+        return batch, False
+
     def _run(self) -> None:
         with self._lock:  # started now, so its imports are done before the first batch comes
             if not self._closing:
                 self.worker = self._start()
-        while True:
-            batch = self.queue.get()
-            if batch is None:
-                return
+        last = False
+        while not last:
+            batch, last = self._gather()
+            if not batch:
+                continue
             try:
                 exported, failed = self._send(batch)
             except (OSError, EOFError, ValueError) as exc:
