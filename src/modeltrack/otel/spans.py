@@ -122,10 +122,8 @@ class SpanExport:
                 continue
             try:
                 exported, failed = self._send(batch)
-            except (OSError, EOFError, ValueError) as exc:
-                log.warning(
-                    "otel: the exporter process stopped (%s); %d spans not exported", type(exc).__name__, len(batch)
-                )
+            except Exception as exc:  # noqa: BLE001 - the worker died, or a batch would not encode: never the thread
+                log.warning("otel: %d spans not exported (%s); the worker is replaced", len(batch), type(exc).__name__)
                 self._stop_worker(0)
                 exported, failed = 0, len(batch)
             if exported:
