@@ -95,7 +95,7 @@ async def seed(sink: Any, n: int, days: int, end: datetime) -> dict[str, float]:
         slices.add_row(acc, row)
     counted = time.perf_counter() - t0
     coll = sink.collection_ref("slices")
-    await coll.document(SLICES_META).set({"since": ""})
+    await coll.document(SLICES_META).set({"since": "", "weeks": ""})
     t1 = time.perf_counter()
     items = list(acc.items())
     written = len(items)

@@ -6,6 +6,7 @@ and ``migrate_slices`` builds them exactly once."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -13,17 +14,22 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from google.cloud import firestore
+from google.cloud.firestore_v1.field_path import FieldPath
 
 from modeltrack.cli.main import main
+from modeltrack.events import rfc3339
 from modeltrack.pricing import Pricing
-from modeltrack.query import fsraw
+from modeltrack.query import fsraw, views
 from modeltrack.query.base import Filters
 from modeltrack.query.firestore import FirestoreReader, slice_for
+from modeltrack.query.scoped import ScopedReader
 from modeltrack.query.sqlite import SQLiteReader
 from modeltrack.query.times import zone
 from modeltrack.query.views import Range
 from modeltrack.query.whatif import whatif
 from modeltrack.sinks.firestore import SLICES_META, FirestoreSink
+from modeltrack.sinks.slices import MAPS, USER_HISTOGRAMS
 from modeltrack.sinks.sqlite import SQLiteSink
 
 from .seed import history
@@ -166,9 +172,12 @@ async def test_a_store_written_before_slices_answers_alike_and_migrates_exactly_
     # What a store written by an older version looks like: slices only from the mark its first upgraded writer set.
     mark = (END - timedelta(days=3)).strftime("%Y-%m-%dT00")
     async for d in sink.collection_ref("slices").stream():
-        if d.id != SLICES_META and d.get("b") < mark[: len(d.get("b"))]:  # a day before the mark's, or an hour
+        if d.id == SLICES_META:
+            continue
+        if d.get("slice").startswith("week") or d.get("b") < mark[: len(d.get("b"))]:  # and a day or hour before
             await d.reference.delete()
-    await sink.collection_ref("slices").document(SLICES_META).set({"since": mark}, merge=True)
+    meta = sink.collection_ref("slices").document(SLICES_META)
+    await meta.set({"since": mark, "weeks": firestore.DELETE_FIELD}, merge=True)
     fresh = FirestoreReader(sink)
     reads = await _same(fresh, sq, Filters(), ("team", "cache_hit"))
     assert reads > 100  # before the mark: the hourly rollups
@@ -176,6 +185,7 @@ async def test_a_store_written_before_slices_answers_alike_and_migrates_exactly_
     assert await asyncio.to_thread(main, ["admin", "migrate", "--store", url]) == 0
     assert "slices built from" in capsys.readouterr().out
     assert await sink.slices_since() == ""
+    assert (await sink.slices_meta()).weeks == ""
     migrated = FirestoreReader(sink)
     for f, group_by in QUESTIONS:
         await _same(migrated, sq, f, group_by)
@@ -187,12 +197,69 @@ async def test_a_store_written_before_slices_answers_alike_and_migrates_exactly_
     await _same(FirestoreReader(sink), sq, Filters(), ("team", "cache_hit"))
 
 
+async def test_a_store_written_before_weeks_answers_alike_and_migrates_them(stores: Any) -> None:
+    """The user's week documents (sinks/slices.py) came after the day and hour slices: a store written before
+    them answers from days until ``admin migrate`` builds its weeks; a writer that opens it marks them from
+    the next Monday, the first week it counts whole."""
+    fs, sq, sink, _ = stores
+    by_user = [(f, g) for f, g in QUESTIONS if slice_for(f, g) is not None and slice_for(f, g).dim == "user"]
+    assert len(by_user) == 3
+    names = len(slice_for(Filters(), ("user", "cache_hit")).names("day"))  # type: ignore[union-attr]
+    # START..END: 29 whole days, 4 of them whole weeks (Mondays 2, 9, 16 and 23 November), and 31 edge hours.
+    assert await _same(fs, sq, Filters(), ("user", "cache_hit")) == (4 + 1 + 31) * names
+    # What a store written by the version before weeks looks like: no week documents, no mark.
+    async for d in sink.collection_ref("slices").stream():
+        if d.id != SLICES_META and d.get("slice").startswith("week"):
+            await d.reference.delete()
+    meta = sink.collection_ref("slices").document(SLICES_META)
+    await meta.set({"weeks": firestore.DELETE_FIELD}, merge=True)
+    assert (await sink.slices_meta()).weeks is None
+    for f, g in by_user:
+        await _same(FirestoreReader(sink), sq, f, g)
+    assert await _same(FirestoreReader(sink), sq, Filters(), ("user", "cache_hit")) == (29 + 31) * names
+    # A writer of this version opens it (an event after END, which no question here counts): it marks the weeks
+    # from the next Monday, and until then readers still answer from days.
+    later = FirestoreSink("modeltrack-test", sink.collection)
+    await later.write([replace(_events()[0], request_id="req_after_end", timestamp=rfc3339(time.time()))])
+    weeks = (await sink.slices_meta()).weeks
+    today = datetime.now(UTC).date()
+    assert weeks == (today + timedelta(days=7 - today.weekday())).isoformat()
+    assert await _same(FirestoreReader(sink), sq, Filters(), ("user", "cache_hit")) == (29 + 31) * names
+    assert await sink.migrate_slices() > 0
+    assert (await sink.slices_meta()).weeks == ""
+    for f, g in by_user:
+        await _same(FirestoreReader(sink), sq, f, g)
+    assert await _same(FirestoreReader(sink), sq, Filters(), ("user", "cache_hit")) == (4 + 1 + 31) * names
+    assert await sink.migrate_slices() == 0  # exactly once
+    await later.close()
+
+
+async def test_a_breakdown_by_user_equals_sqlites_with_the_top_rows_histograms_read_apart(stores: Any) -> None:
+    """By user, Firestore ranks on the users' sums, then reads the top rows' histograms and previous period alone
+    (their cells, through a field mask), and the rest's from the total less the top rows
+    (query/views.py::breakdown). Every figure equals SQLite's, which reads them all at once: percentiles of the
+    top rows, of the rest and of the total, and the previous period's."""
+    fs, sq, _, _ = stores
+    assert fs.histograms_apart and not getattr(sq, "histograms_apart", False)
+    rng = Range(END - timedelta(days=10), END, zone("UTC"), "UTC")  # the previous 10 days have events too
+    for f in (Filters(), Filters(team="support"), Filters(status="2xx")):
+        for sort in ("cost", "requests", "latency"):
+            for limit in (3, 40):
+                for fr, sr in ((fs, sq), (ScopedReader(fs, org="acme"), ScopedReader(sq, org="acme"))):
+                    got = await views.breakdown(fr, rng, "user", f, limit=limit, sort=sort)
+                    want = await views.breakdown(sr, rng, "user", f, limit=limit, sort=sort)
+                    assert got == want, (f, sort, limit, fr.name)
+                    assert want["rows"] and want["previous"] and want["total"]["latency_p95_ms"] is not None
+                    assert (want["other"] is not None) == (limit == 3)
+    before = fs.reads
+    await views.breakdown(fs, rng, "user", Filters(), limit=3)
+    assert fs.reads - before <= 1000
+
+
 def test_the_deploy_kit_exempts_every_slice_dimension_from_indexing() -> None:
     """A slice document holds a map per dimension with a field per value and sum: indexed, a busy day would pass
     Firestore's 40,000 index entries a document and refuse its writes. Slices are read by id, never queried."""
     import json
-
-    from modeltrack.sinks.slices import SLICED
 
     doc = json.loads((Path(__file__).resolve().parent.parent / "deploy" / "firestore.indexes.json").read_text())
     exempt = {
@@ -200,7 +267,7 @@ def test_the_deploy_kit_exempts_every_slice_dimension_from_indexing() -> None:
         for o in doc["fieldOverrides"]
         if o["collectionGroup"] == "modeltrack_slices" and not o["indexes"]
     }
-    assert exempt == set(SLICED)
+    assert exempt == set(MAPS)
 
 
 async def test_raw_reads_equal_the_clients_own(stores: Any) -> None:
@@ -213,12 +280,32 @@ async def test_raw_reads_equal_the_clients_own(stores: Any) -> None:
     assert len(refs) > 100
     refs.append(coll.document("no-such-slice"))  # a missing document is left out, as get_all's snapshot says
     public = _PublicOnly(sink.client)
-    for dim in ("team", "user", "model", "key_id"):
-        raw = {pair async for pair in _pairs(fsraw.batch_get(sink.client, refs, dim))}
-        client = {pair async for pair in _pairs(fsraw.batch_get(public, refs, dim))}
-        assert raw == client, dim
-        assert sum(1 for _, cells in raw if cells) > 10, dim  # (a user shard's documents hold users only)
-    assert public.calls == 4
+    some = [
+        FieldPath(m, f"{hit}\x1fcustomer-{i}").to_api_repr()
+        for m in ("user", USER_HISTOGRAMS)
+        for hit in "01"
+        for i in range(3)
+    ]
+    reads: list[tuple[tuple[str, ...], list[str] | None]] = [
+        (("team",), None),
+        (("user",), None),
+        (("user", USER_HISTOGRAMS), None),  # a user's sums, then its histograms
+        (("user", USER_HISTOGRAMS), some),  # only some users' cells
+        (("model",), None),
+        (("key_id",), None),
+    ]
+    for maps, mask in reads:
+        raw = {pair async for pair in _pairs(fsraw.batch_get(sink.client, refs, maps, mask))}
+        client = {pair async for pair in _pairs(fsraw.batch_get(public, refs, maps, mask))}
+        assert raw == client, maps
+        assert sum(1 for _, cells in raw if cells) > 10, maps  # (a user shard's documents hold users only)
+        if mask:
+            assert {key.split("\x1f")[1] for _, cells in raw for key, _ in cells} == {
+                "customer-0",
+                "customer-1",
+                "customer-2",
+            }
+    assert public.calls == len(reads)
 
 
 class _PublicOnly:

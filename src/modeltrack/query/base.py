@@ -8,7 +8,7 @@ SQLite aggregates in SQL (fast over millions of events), Firestore and JSON Line
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass, fields, replace
 from datetime import datetime, tzinfo
 from typing import Any, Protocol
@@ -125,12 +125,15 @@ class Reader(Protocol):
         by_hour: bool = False,
         day_zone: tzinfo | None = None,
         latency: bool = True,
+        values: Collection[Any] | None = None,
     ) -> list[dict[str, Any]]:
         """Hourly-rollup sums over whole hours ``[start, end)``, grouped by ``group_by`` dimensions (and by
         ``hour`` with ``by_hour``): one dict per group, with the group's keys, every rollup sum and the
         latency histogram. ``day_zone``: the caller buckets by day or coarser in this time zone, so a store
         may answer many hours as one row stamped at any hour of the same local day. ``latency=False``: the
-        caller needs no percentiles, so a store may leave the histogram out (71 fewer sums a row)."""
+        caller needs no percentiles, so a store may leave the histogram out (71 fewer sums a row).
+        ``values``: only the groups whose first ``group_by`` dimension has one of these values, as the store
+        returned them (a breakdown's top rows; :func:`only`)."""
         ...
 
     async def sessions(self, start: datetime, end: datetime, f: Filters, limit: int) -> list[dict[str, Any]]:
@@ -148,3 +151,8 @@ class Reader(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+def only(rows: list[dict[str, Any]], group_by: tuple[str, ...], values: Collection[Any] | None) -> list[dict[str, Any]]:
+    """The rows of :meth:`Reader.aggregate` its ``values`` keep (all of them without)."""
+    return rows if values is None else [r for r in rows if r[group_by[0]] in values]

@@ -8,17 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Collection, Iterable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, date, datetime, timedelta, tzinfo
 from typing import Any
 
 from ..events import CostEvent
-from ..rollups import SUMMED, SUMS, TOKENS, legacy_latency
-from ..sinks import slices
+from ..rollups import HISTOGRAMS, SUMMED, SUMS, TOKENS, legacy_latency
+from ..sinks import slicemeta, slices
 from ..sinks.firestore import FirestoreSink
 from . import fsraw, stitch
-from .base import DIMENSIONS, EventFilter, Filters
+from .base import DIMENSIONS, EventFilter, Filters, only
 from .memory import group, row_matches
 from .times import hour_key, hour_start, stamp
 
@@ -37,11 +37,17 @@ class Slice:
     pinned: str
     select: Filters
     user: str | None = None  # a filter on one user: only its shard is read
+    only: frozenset[str] | None = None  # these users' cells only: their shards, and a mask on their cells
 
     def names(self, kind: str) -> list[str]:
         parts: Iterable[str] = ("main",)
-        if self.dim == "user":  # one user's shard, or every shard
-            parts = [slices.part_of("user", self.user)] if self.user is not None else slices.USER_PARTS
+        if self.dim == "user":  # one user's shard, those of a few, or every shard
+            if self.user is not None:
+                parts = [slices.part_of("user", self.user)]
+            elif self.only is not None:
+                parts = sorted({slices.part_of("user", u) for u in self.only})
+            else:
+                parts = slices.USER_PARTS
         return [slices.slice_name(kind, o, self.pinned, part) for o in self.orgs for part in parts]
 
 
@@ -66,12 +72,14 @@ def slice_for(f: Filters, group_by: tuple[str, ...]) -> Slice | None:
 
 class FirestoreReader:
     name = "firestore"
+    histograms_apart = True
+    """The user's histograms are kept apart from its sums (:data:`slices.USER_HISTOGRAMS`): a breakdown by user
+    ranks on the sums and reads the top rows' histograms alone (:func:`modeltrack.query.views.breakdown`)."""
 
     def __init__(self, sink: FirestoreSink) -> None:
         self.sink = sink
         self.reads = 0  # documents read by aggregations (bench/firestore_scale.py reports it per question)
-        self._since_value: str | None = None
-        self._orgs = True  # any event has an org (the all-organisations slices exist): read from the store
+        self._marks = slicemeta.Marks(None, None, True)  # until read from the store
         self._since_at = -SINCE_TTL
 
     def _query(self, f: EventFilter, descending: bool = False) -> Any:
@@ -154,33 +162,38 @@ class FirestoreReader:
         by_hour: bool = False,
         day_zone: tzinfo | None = None,
         latency: bool = True,
+        values: Collection[Any] | None = None,
     ) -> list[dict[str, Any]]:
         """From the slices when one holds the question (:func:`slice_for`), for the hours they cover; from the
-        hourly rollups otherwise. Both give the same sums (tests/test_firestore_analytics.py)."""
+        hourly rollups otherwise. Both give the same sums (tests/test_firestore_analytics.py). ``values``: only
+        the groups whose first ``group_by`` dimension has one of these values (a breakdown's top rows); by user,
+        only their cells are read."""
         for g in group_by:
             if g not in DIMENSIONS:
                 raise ValueError(g)
         summed = SUMMED if latency else SUMS
         keys = (("hour",) if by_hour else ()) + group_by
         sl = slice_for(f, group_by)
+        if sl is not None and values is not None and sl.dim == "user" == group_by[0] and sl.user is None:
+            sl = replace(sl, only=frozenset(str(v) for v in values))
         since = await self._since() if sl is not None else None
-        if sl is not None and not self._orgs and f.org is None:
+        if sl is not None and not self._marks.orgs and f.org is None:
             sl = replace(sl, orgs=("",))  # no event has an org: the all-organisations slices do not exist
         if sl is None or since is None:
-            return await self._hourly(start, end, f, keys)
+            return only(await self._hourly(start, end, f, keys), group_by, values)
         cut = max(start, min(end, hour_start(since))) if since else start
         parts = []
         if start < cut:
             parts.append(await self._hourly(start, cut, f, keys))
         if cut < end:
             parts.append(await self._sliced(sl, cut, end, by_hour, day_zone, keys, summed))
-        return parts[0] if len(parts) == 1 else stitch.merge(parts, keys, summed)
+        return only(parts[0] if len(parts) == 1 else stitch.merge(parts, keys, summed), group_by, values)
 
     async def _since(self) -> str | None:
         now = time.monotonic()
         if now - self._since_at > SINCE_TTL:
-            (self._since_value, self._orgs), self._since_at = await self.sink.slices_meta(), now
-        return self._since_value
+            self._marks, self._since_at = await self.sink.slices_meta(), now
+        return self._marks.since
 
     async def _hourly(self, start: datetime, end: datetime, f: Filters, keys: tuple[str, ...]) -> list[dict[str, Any]]:
         from google.cloud import firestore
@@ -207,24 +220,37 @@ class FirestoreReader:
     ) -> list[dict[str, Any]]:
         p = stitch.plan(start, end, by_hour, day_zone)
         if p is None:
-            return await self._cells(sl, "hour", _hours(start, end), keys, summed)
+            return _rows(await self._cells(sl, "hour", _hours(start, end), keys, summed, {}), summed)
         days = [(p.first + timedelta(days=i)).strftime("%Y-%m-%d") for i in range((p.last - p.first).days)]
+        weeks: list[str] = []
+        if sl.dim == "user" and not by_hour and self._marks.weeks is not None:
+            weeks, days = _whole_weeks(days, self._marks.weeks)
         edges = [h for lo, hi in p.edges for h in _hours(hour_start(lo), hour_start(hi))]
+        if not p.stamp_of:
+            # No hour moves between rows: every part sums into the same groups as it is read (no merge after).
+            out: Groups = {}
+            await asyncio.gather(
+                self._cells(sl, "day", days, keys, summed, out),
+                self._cells(sl, "hour", edges, keys, summed, out),
+                self._cells(sl, "week", weeks, keys, summed, out),
+            )
+            return _rows(out, summed)
         # Day rows are stamped at their midnight (as SQLite's are) before stitch restamps them.
         got = await asyncio.gather(
-            self._cells(sl, "day", days, keys, summed),
-            self._cells(sl, "hour", edges, keys, summed),
-            self._cells(sl, "hour", p.minority, keys, summed),
+            self._cells(sl, "day", days, keys, summed, {}),
+            self._cells(sl, "hour", edges, keys, summed, {}),
+            self._cells(sl, "hour", p.minority, keys, summed, {}),
         )
-        return stitch.combine(p, got[0], [got[1]], got[2], keys, summed)
+        day_rows, edge_rows, moved = (_rows(g, summed) for g in got)
+        return stitch.combine(p, day_rows, [edge_rows], moved, keys, summed)
 
     async def _cells(
-        self, sl: Slice, kind: str, buckets: list[str], keys: tuple[str, ...], summed: tuple[str, ...]
-    ) -> list[dict[str, Any]]:
-        """The slice's cells in ``buckets``, selected and grouped. The documents are read by id (a lookup per
-        document, however large the collection), with only the dimension asked for."""
+        self, sl: Slice, kind: str, buckets: list[str], keys: tuple[str, ...], summed: tuple[str, ...], out: Groups
+    ) -> Groups:
+        """The slice's cells in ``buckets``, selected and summed into their groups in ``out``. The documents are
+        read by id (a lookup per document, however large the collection), with only the dimension asked for."""
         if not buckets:
-            return []
+            return out
         coll = self.sink.collection_ref("slices")
         shards = range(self.sink.shards)
         refs = [
@@ -234,16 +260,25 @@ class FirestoreReader:
             for shard in shards
         ]
         self.reads += len(refs)
-        out: dict[tuple[Any, ...], dict[str, Any]] = {}
+        wanted = frozenset(summed)
+        maps: tuple[str, ...] = (sl.dim,)
+        if sl.dim == "user" and HISTOGRAMS[0] in wanted:
+            maps = ("user", slices.USER_HISTOGRAMS)
+        mask = None
+        if sl.only is not None:
+            from google.cloud.firestore_v1.field_path import FieldPath
+
+            # (a user cell's key: its cache-hit flag, then the user: slices.carried)
+            cells = [slices.SEP.join((hit, u)) for u in sorted(sl.only) for hit in ("0", "1")]
+            mask = [FieldPath(m, c).to_api_repr() for m in maps for c in cells]
         dims = slices.carried(sl.dim)
         select = bool(sl.select.items())
         at = keys.index("hour") if "hour" in keys else -1
         # A cell key (a user, a team...) recurs in every bucket: parsed and matched once, not once a bucket.
         groups: dict[str, tuple[Any, ...] | None] = {}
-        wanted = frozenset(summed)
-        async for bucket, cells in fsraw.batch_get(self.sink.client, refs, sl.dim):
+        async for bucket, found in fsraw.batch_get(self.sink.client, refs, maps, mask):
             hour = bucket + "T00" if kind == "day" else bucket
-            for key, sums in cells:
+            for key, sums in found:
                 k = groups.get(key, _UNSEEN)
                 if k is _UNSEEN:
                     cell = slices.cell_values(key, dims)
@@ -257,10 +292,10 @@ class FirestoreReader:
                 acc = out.get(k)
                 if acc is None:
                     acc = out[k] = {**dict(zip(keys, k, strict=True)), **dict.fromkeys(summed, 0)}
-                for name, v in sums:  # memory.add_into's sparse walk, inline: some 80,000 cells a question
+                for name, v in sums:  # memory.add_into's sparse walk, inline: some 70,000 cells a question
                     if v and name in wanted:
                         acc[name] += v
-        return list(out.values())
+        return out
 
     async def sessions(self, start: datetime, end: datetime, f: Filters, limit: int) -> list[dict[str, Any]]:
         """The sessions the range and filters select, with their whole figures; each listed session's
@@ -328,6 +363,29 @@ class FirestoreReader:
 
     async def close(self) -> None:
         await self.sink.close()
+
+
+Groups = dict[tuple[Any, ...], dict[str, Any]]
+"""A question's groups as they are summed: the group's key values → its row."""
+
+
+def _rows(groups: Groups, summed: tuple[str, ...]) -> list[dict[str, Any]]:
+    """The groups' rows, those whose sums are all zero left out, as a GROUP BY would."""
+    return [r for r in groups.values() if any(r[c] for c in summed)]
+
+
+def _whole_weeks(days: list[str], since: str) -> tuple[list[str], list[str]]:
+    """The UTC weeks (their Mondays) whose seven days are all in ``days`` and that the week documents cover
+    (from ``since``, a Monday or ``""``), and the days left to read by day. A week is only read for a question
+    without hours: its one row has no day to stamp."""
+    have = set(days)
+    weeks = [d for d in days if d >= since and slices.week_of(d) == d and all(_plus(d, i) in have for i in range(1, 7))]
+    covered = {_plus(w, i) for w in weeks for i in range(7)}
+    return weeks, [d for d in days if d not in covered]
+
+
+def _plus(day: str, n: int) -> str:
+    return (date.fromisoformat(day) + timedelta(days=n)).isoformat()
 
 
 def _hours(start: datetime, end: datetime) -> list[str]:

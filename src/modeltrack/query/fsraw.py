@@ -18,6 +18,7 @@ question answered from the slices equals SQLite's answer on the same events) and
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Iterator
+from itertools import chain
 from typing import Any
 
 Cells = Iterable[tuple[str, Iterable[tuple[str, int]]]]
@@ -39,21 +40,26 @@ def _cells(value: Any) -> Iterator[tuple[str, Iterator[tuple[str, int]]]]:
         yield key, _sums(cells[key])
 
 
-async def batch_get(client: Any, refs: list[Any], field: str) -> AsyncIterator[tuple[str, Cells]]:
-    """For each document of ``refs`` that exists: its bucket (field ``b``) and the cells of map ``field``."""
+async def batch_get(
+    client: Any, refs: list[Any], maps: tuple[str, ...], mask: list[str] | None = None
+) -> AsyncIterator[tuple[str, Cells]]:
+    """For each document of ``refs`` that exists: its bucket (field ``b``) and the cells of the maps ``maps``
+    (of one dimension: its sums, and for the user its histograms), one map's after the other. ``mask``: the
+    field paths to read, when not every cell of those maps (the default)."""
+    paths = ["b", *(mask if mask is not None else maps)]
     api = getattr(client, "_firestore_api", None)
     database = getattr(client, "_database_string", None)
     metadata = getattr(client, "_rpc_metadata", None)
     if api is None or database is None or metadata is None:
-        async for snap in client.get_all(refs, field_paths=["b", field]):
+        async for snap in client.get_all(refs, field_paths=paths):
             if snap.exists:
                 doc = snap.to_dict()
-                yield doc["b"], [(key, sums.items()) for key, sums in (doc.get(field) or {}).items()]
+                yield doc["b"], [(key, sums.items()) for m in maps for key, sums in (doc.get(m) or {}).items()]
         return
     request = {
         "database": database,
         "documents": [f"{database}/documents/{ref.path}" for ref in refs],
-        "mask": {"field_paths": ["b", field]},
+        "mask": {"field_paths": paths},
     }
     stream = await api.batch_get_documents(request=request, metadata=metadata)
     async for response in stream:
@@ -61,4 +67,6 @@ async def batch_get(client: Any, refs: list[Any], field: str) -> AsyncIterator[t
         if pb.WhichOneof("result") != "found":
             continue
         fields = pb.found.fields
-        yield fields["b"].string_value, _cells(fields[field]) if field in fields else ()
+        found = [fields[m] for m in maps if m in fields]
+        cells = _cells(found[0]) if len(found) == 1 else chain.from_iterable(map(_cells, found))
+        yield fields["b"].string_value, cells

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from datetime import datetime, tzinfo
 from typing import Any
 
@@ -13,7 +13,7 @@ import orjson
 
 from ..events import CostEvent
 from ..rollups import event_row
-from .base import EventFilter, Filters, StoreMissing
+from .base import EventFilter, Filters, StoreMissing, only
 from .memory import SessionSums, group, row_matches
 from .times import hour_key, stamp
 
@@ -58,10 +58,12 @@ class JSONLReader:
         by_hour: bool = False,
         day_zone: tzinfo | None = None,
         latency: bool = True,
+        values: Collection[Any] | None = None,
     ) -> list[dict[str, Any]]:
         lo, hi = hour_key(start), hour_key(end)
         rows = [r for r in map(event_row, await asyncio.to_thread(self._all)) if lo <= r["hour"] < hi]
-        return group((r for r in rows if row_matches(r, f)), (("hour",) if by_hour else ()) + group_by)
+        keys = (("hour",) if by_hour else ()) + group_by
+        return only(group((r for r in rows if row_matches(r, f)), keys), group_by, values)
 
     async def sessions(self, start: datetime, end: datetime, f: Filters, limit: int) -> list[dict[str, Any]]:
         """The sessions the range and filters select, each summed whole (as the other stores list them)."""

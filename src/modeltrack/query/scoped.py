@@ -13,7 +13,7 @@ tests/test_tenants.py (every endpoint, on SQLite and on the Firestore emulator).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import replace
 from datetime import datetime, tzinfo
 from typing import Any
@@ -57,8 +57,13 @@ class ScopedReader:
         by_hour: bool = False,
         day_zone: tzinfo | None = None,
         latency: bool = True,
+        values: Collection[Any] | None = None,
     ) -> list[dict[str, Any]]:
-        return await self.inner.aggregate(start, end, self._filters(f), group_by, by_hour, day_zone, latency)
+        return await self.inner.aggregate(start, end, self._filters(f), group_by, by_hour, day_zone, latency, values)
+
+    @property
+    def histograms_apart(self) -> bool:
+        return bool(getattr(self.inner, "histograms_apart", False))
 
     async def sessions(self, start: datetime, end: datetime, f: Filters, limit: int) -> list[dict[str, Any]]:
         return await self.inner.sessions(start, end, self._filters(f), limit)

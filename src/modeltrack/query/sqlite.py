@@ -11,7 +11,7 @@ import asyncio
 import os
 import sqlite3
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import replace
 from datetime import datetime, tzinfo
 from pathlib import Path
@@ -23,7 +23,7 @@ import orjson
 from ..events import CostEvent
 from ..rollups import HISTOGRAMS, SUMS, TOKENS
 from . import stitch
-from .base import DIMENSIONS, EventFilter, Filters, StoreMissing
+from .base import DIMENSIONS, EventFilter, Filters, StoreMissing, only
 from .times import hour_key, stamp
 
 _SUMMED = (*SUMS, *HISTOGRAMS)
@@ -266,8 +266,10 @@ class SQLiteReader:
         by_hour: bool = False,
         day_zone: tzinfo | None = None,
         latency: bool = True,
+        values: Collection[Any] | None = None,
     ) -> list[dict[str, Any]]:
-        return list(await self._call(self._aggregate, start, end, f, group_by, by_hour, day_zone, latency))
+        rows = list(await self._call(self._aggregate, start, end, f, group_by, by_hour, day_zone, latency))
+        return only(rows, group_by, values)
 
     def _sessions(self, start: datetime, end: datetime, f: Filters, limit: int) -> list[dict[str, Any]]:
         """Sessions are listed by the requests the range and filters select, and always show their whole

@@ -127,8 +127,21 @@ def _pct(cell: dict[str, int], q: float, buckets: tuple[str, ...] = LATENCY_BUCK
 def _add(acc: dict[str, Any], row: dict[str, Any]) -> None:
     """Sum ``row`` into ``acc``: only the figures the row has (a row read without the histogram has none)."""
     for name, value in row.items():
-        if name in _SUMMABLE and value:
+        if value and name in _SUMMABLE:  # (most of a row's histogram buckets are zero: tested first)
             acc[name] = acc.get(name, 0) + int(value)
+
+
+def _histogram(row: dict[str, Any]) -> dict[str, Any]:
+    return {b: row[b] for b in HISTOGRAMS if row.get(b)}
+
+
+def _less(whole: dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, Any]:
+    out = {k: v for k, v in whole.items() if k in _SUMMABLE}
+    for part in parts:
+        for k, v in part.items():
+            if k in _SUMMABLE:
+                out[k] = out.get(k, 0) - int(v)
+    return {k: v for k, v in out.items() if v}
 
 
 def _key(value: Any) -> Any:
@@ -233,24 +246,26 @@ async def breakdown(
 ) -> dict[str, Any]:
     """The top ``limit`` values of ``dimension`` in the range, each with spend, requests, tokens, response-cache
     hit rate, error rate and latency p50/p95 (null with ``latency=False``, which reads no histogram), and the
-    same figures of the previous period of equal length."""
+    same figures of the previous period of equal length. ``other`` is every value the rows do not show: its
+    previous period includes values seen only then, so the rows and ``other`` add up to ``total`` in both."""
     check_dimension(dimension)
     limit = check_limit(limit)
     if sort not in SORTS:
         raise QueryError(f"sort {sort!r} is not one of {', '.join(SORTS)}")
     by = (dimension,) if dimension == "cache_hit" else (dimension, "cache_hit")
+    # Thousands of users: on a store that keeps their histograms apart from their sums (Firestore), the ranking
+    # reads sums only; the top rows' percentiles and the previous period are read for those rows alone, and the
+    # rest's from the total less the top rows. The figures are the same (tests/test_firestore_analytics.py).
+    apart = dimension == "user" and sort != "latency" and bool(getattr(reader, "histograms_apart", False))
     groups: dict[Any, dict[str, Any]] = {}
     hits: dict[Any, int] = {}
-    for row in await reader.aggregate(rng.start, rng.end, filters, by, latency=latency):
+    stored: dict[Any, Any] = {}  # a group's key → its value as the store returned it
+    for row in await reader.aggregate(rng.start, rng.end, filters, by, latency=latency and not apart):
         key = _key(row[dimension])
+        stored[key] = row[dimension]
         _add(groups.setdefault(key, {}), row)
         if row.get("cache_hit"):
             hits[key] = hits.get(key, 0) + int(row["requests"])
-    before: dict[Any, dict[str, Any]] = {}
-    if compare:
-        prev = rng.previous()
-        for row in await reader.aggregate(prev.start, prev.end, filters, (dimension,), latency=False):
-            _add(before.setdefault(_key(row[dimension]), {}), row)
 
     def measure(g: dict[str, Any]) -> float:
         if sort == "cost":
@@ -264,12 +279,24 @@ async def breakdown(
         return percentile([int(g.get(b, 0)) for b in LATENCY_BUCKETS], 0.95) or 0.0
 
     ranked = sorted(groups, key=lambda k: (-measure(groups[k]), str(k)))
+    top = [stored[k] for k in ranked[:limit]]
     total: dict[str, Any] = {}
     for g in groups.values():
         _add(total, g)
+    if apart and latency and groups:
+        for row in await reader.aggregate(rng.start, rng.end, filters, (dimension,), values=top):
+            _add(groups[_key(row[dimension])], _histogram(row))
+        for row in await reader.aggregate(rng.start, rng.end, filters):
+            _add(total, _histogram(row))
+    before: dict[Any, dict[str, Any]] = {}
     total_prev: dict[str, Any] = {}
-    for g in before.values():
-        _add(total_prev, g)
+    if compare:
+        prev = rng.previous()
+        values = top if apart else None
+        for row in await reader.aggregate(prev.start, prev.end, filters, (dimension,), latency=False, values=values):
+            _add(before.setdefault(_key(row[dimension]), {}), row)
+        for row in await reader.aggregate(prev.start, prev.end, filters, latency=False) if apart else before.values():
+            _add(total_prev, row)
 
     def row_of(key: Any, g: dict[str, Any], prev: dict[str, Any] | None, n_hits: int) -> dict[str, Any]:
         r = {dimension: key, **summary(g)}
@@ -292,11 +319,13 @@ async def breakdown(
     other = None
     if rest:
         acc: dict[str, Any] = {}
-        acc_prev: dict[str, Any] = {}
         for k in rest:
             _add(acc, groups[k])
-            if k in before:
-                _add(acc_prev, before[k])
+        if apart:  # histograms were read for the top rows only: the rest's is the total's less theirs
+            _add(acc, _less(_histogram(total), [_histogram(groups[k]) for k in ranked[:limit]]))
+        # Its previous period: everything the top rows do not show (values seen only then too), so that the
+        # rows and the rest add up to the total in both periods.
+        acc_prev = _less(total_prev, [before[k] for k in ranked[:limit] if k in before])
         other = row_of("__other__", acc, acc_prev, sum(hits.get(k, 0) for k in rest))
         other["values"] = len(rest)
     totals = row_of("__total__", total, total_prev, sum(hits.values()))

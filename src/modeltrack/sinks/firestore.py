@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from ..events import CostEvent
@@ -54,13 +54,12 @@ from ..rollups import (
     is_error,
     is_unpriced,
     latency_bucket,
-    legacy_latency,
     nano_usd,
 )
-from . import slices
+from . import slicemeta, slices
 
 MAX_WRITES = 500
-SLICES_META = "_meta"  # the document in ``COLL_slices`` that says from when the slices count every event
+SLICES_META = slicemeta.META
 _DAILY_FIELDS = ("day", "team", "app", "feature", "provider", "model")
 _HOURLY_FIELDS = ("hour", *HOURLY_DIMENSIONS)
 
@@ -123,75 +122,18 @@ class FirestoreSink:
     async def open(self) -> None:
         _ = self.client
 
-    async def _mark_slices(self) -> None:
-        """Mark where the slices begin, once per store, before this process's first write: every hour of a store
-        that has no events yet, else the next UTC midnight, from when every event written is counted in them.
-        Readers answer hours before it from the hourly rollups, until ``modeltrack admin migrate`` builds their
-        slices (:meth:`migrate_slices`). A store that cannot be reached is marked at a later write."""
-        from google.api_core import exceptions as gexc
-
-        meta = self.collection_ref("slices").document(SLICES_META)
-        if not (await meta.get(timeout=self.commit_timeout, retry=None)).exists:
-            events = self.collection_ref("events").limit(1)
-            empty = not [d async for d in events.stream(timeout=self.commit_timeout, retry=None)]
-            tomorrow = (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT00")
-            with contextlib.suppress(gexc.Conflict):  # another writer marked it first: its mark stands
-                await meta.create({"since": "" if empty else tomorrow}, timeout=self.commit_timeout, retry=None)
-        self._marked = True
-
     async def slices_since(self) -> str | None:
-        """The first hour (``YYYY-MM-DDTHH``) the slices count every event of; ``""``: all of them; None: no
-        writer has opened the store since slices exist (the hourly rollups answer everything)."""
-        return (await self.slices_meta())[0]
+        """The first hour (``YYYY-MM-DDTHH``) the day and hour slices count every event of; ``""``: all of them;
+        None: no writer has opened the store since slices exist (the hourly rollups answer everything)."""
+        return (await self.slices_meta()).since
 
-    async def slices_meta(self) -> tuple[str | None, bool]:
-        """(:meth:`slices_since`, whether any event has an organisation: the all-organisations slices exist)."""
-        snap = await self.collection_ref("slices").document(SLICES_META).get(timeout=self.commit_timeout)
-        doc = snap.to_dict() if snap.exists else {}
-        since = doc.get("since")
-        return (since if isinstance(since, str) else None), bool(doc.get("orgs"))
+    async def slices_meta(self) -> slicemeta.Marks:
+        """From when the slices count every event (:mod:`.slicemeta`)."""
+        return await slicemeta.read(self)
 
     async def migrate_slices(self) -> int:
-        """Build the slices of every hour before :meth:`slices_since` from the hourly rollups, then mark all hours
-        as covered: exactly once (a store already covered is left alone; running it again rebuilds the same
-        documents, which are written whole, not incremented). Returns the hourly documents read.
-
-        Run it once every replica writes slices (after the rollout): an event of those hours stored *while* it
-        runs may be counted in the hourly rollups and not in the slices."""
-        since = await self.slices_since()
-        if since == "":
-            return 0
-        limit = since or (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT00")
-        if since is None:  # never opened by a writer since slices exist: mark from tomorrow first
-            await self.collection_ref("slices").document(SLICES_META).set({"since": limit})
-        from google.cloud import firestore
-
-        acc: slices.Acc = {}
-        read, orgs = 0, False
-        q = self.collection_ref("rollups_hourly").where(filter=firestore.FieldFilter("hour", "<", limit))
-        async for d in q.stream():
-            row = d.to_dict()
-            read += 1
-            if any(k.startswith("lat_") for k in row):
-                legacy_latency(row)
-            dims = {k: row.get(k, 0 if k in ("status", "cache_hit") else "") for k in _HOURLY_FIELDS}
-            slices.add_row(acc, {**dims, **{k: row.get(k) for k in SUMMED}})
-            orgs = orgs or bool(dims["org"])
-        batch, n = self.client.batch(), 0
-        for (name, bucket), dims in acc.items():
-            ref = self.collection_ref("slices").document(slices.slice_doc_id(name, bucket, 0))
-            batch.set(ref, {"slice": name, "b": bucket, **dims})
-            n += 1
-            if n == MAX_WRITES:
-                await batch.commit(timeout=self.commit_timeout)
-                batch, n = self.client.batch(), 0
-        if n:
-            await batch.commit(timeout=self.commit_timeout)
-        mark: dict[str, Any] = {"since": ""}
-        if orgs:
-            mark["orgs"] = True
-        await self.collection_ref("slices").document(SLICES_META).set(mark, merge=True)
-        return read
+        """Build the slices written before them (``modeltrack admin migrate``): :func:`.slicemeta.migrate`."""
+        return await slicemeta.migrate(self)
 
     def _chunks(self, events: list[CostEvent]) -> list[tuple[list[CostEvent], slices.Acc]]:
         """Commits of at most 500 writes (events and the rollup, slice and session documents they add to), each
@@ -219,11 +161,11 @@ class FirestoreSink:
     async def write(self, events: list[CostEvent]) -> None:
         if not self._marked:
             with contextlib.suppress(Exception):  # best effort: the events are what must be stored now
-                await self._mark_slices()
+                await slicemeta.mark(self)
         if not self._orgs and any(ev.org for ev in events):
             # Readers then read the all-organisations slices too (without, half as many documents). Set before
             # the events are written, so no reader can see an org's events without it.
-            meta = self.collection_ref("slices").document(SLICES_META)
+            meta = self.collection_ref("slices").document(slicemeta.META)
             await meta.set({"orgs": True}, merge=True, timeout=self.commit_timeout)
             self._orgs = True
         # De-duplicate within the batch first (a replayed spool can contain an id twice).

@@ -20,6 +20,10 @@ their key includes the user, so a 30-day page read tens of thousands of document
   questions too.
 * The ``user`` dimension is kept in :data:`USER_SHARDS` documents of its own, by a hash of the user, so a day
   with many users keeps each document far below Firestore's 1 MiB.
+* **Weeks, for the user:** the user shards are kept by UTC week too (``week``, its bucket the Monday
+  ``2026-11-30``). Every day has nearly every user, so a 30-day question by user read some 30 cells a user from
+  day documents; from weeks it reads 4 or 5, with the days outside whole weeks (bench/results/firestore.md).
+  Only the user: the other dimensions have a few dozen values a day, and a day document each is already small.
 
 What no slice holds (two dimensions besides the team and the cache hit) is read from the hourly rollups, as
 before (:mod:`modeltrack.query.firestore`).
@@ -32,9 +36,11 @@ rollup (:mod:`modeltrack.sinks.firestore`). Sums equal SQLite's on the same even
 from __future__ import annotations
 
 import hashlib
+from datetime import date, timedelta
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
-from ..rollups import HOURLY_DIMENSIONS, event_row
+from ..rollups import HISTOGRAMS, HOURLY_DIMENSIONS, event_row
 
 if TYPE_CHECKING:
     from ..events import CostEvent
@@ -47,11 +53,18 @@ SEP = "\x1f"  # never in an attribution value: HTTP refuses control characters i
 _NOT_SUMMED = {"hour", *HOURLY_DIMENSIONS}
 SLICED = tuple(d for d in HOURLY_DIMENSIONS if d != "cache_hit")
 """The dimensions with slices of their own (every slice also splits by the cache hit: :func:`carried`)."""
+USER_HISTOGRAMS = "user_h"
+"""The map of the user cells' latency and TTFT histograms, beside their sums in ``user``: ranking thousands of
+users reads their sums only, and the histograms of the top rows alone (:meth:`FirestoreReader.aggregate`'s
+``values``). Documents written before it hold both in ``user``; readers take either."""
+MAPS = (*SLICED, USER_HISTOGRAMS)
+"""Every map a slice document holds (deploy/firestore.indexes.json exempts each from indexing)."""
+_HISTOGRAMS = frozenset(HISTOGRAMS)
 
 
 def slice_name(kind: str, org: str, team: str, part: str = "main") -> str:
-    """``kind`` ``day`` or ``hour``; ``org`` an organisation or :data:`ALL`; ``team`` a team (pinned) or
-    :data:`ALL`; ``part`` ``main`` (every dimension but the user) or ``user{shard}``."""
+    """``kind`` ``day``, ``hour`` or ``week`` (user shards only); ``org`` an organisation or :data:`ALL`;
+    ``team`` a team (pinned) or :data:`ALL`; ``part`` ``main`` (every dimension but the user) or ``user{shard}``."""
     return SEP.join((kind, org, team, part))
 
 
@@ -82,6 +95,13 @@ def cell_values(key: str, dims: tuple[str, ...]) -> dict[str, Any]:
     return {d: int(v) if d in ("status", "cache_hit") else v for d, v in zip(dims, key.split(SEP), strict=True)}
 
 
+@lru_cache(maxsize=4096)
+def week_of(day: str) -> str:
+    """The Monday (``YYYY-MM-DD``) of the UTC week a day ``YYYY-MM-DD`` is in: a week document's bucket."""
+    d = date.fromisoformat(day)
+    return (d - timedelta(days=d.weekday())).isoformat()
+
+
 def slice_doc_id(name: str, bucket: str, shard: int) -> str:
     """A slice document's id: readers compute it (a lookup by id, never a query). Shard 0 is the only one
     of a store without ``?shards=N``, so raising N later keeps every document found; lowering it hides the
@@ -97,17 +117,33 @@ Acc = dict[tuple[str, str], dict[str, dict[str, dict[str, int]]]]
 def _cells(row: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     """(slice name, bucket, dimension, cell key) of every slice cell an event's row adds to."""
     hour, org, team, user = row["hour"], row["org"], row["team"], row["user"]
+    week = week_of(hour[:10])
+    users = cell_key(row, carried("user"))
     out = []
-    for kind, bucket in (("day", hour[:10]), ("hour", hour)):
-        for o in (org, ALL) if org else (org,):
-            for pinned in (ALL, team):
+    for o in (org, ALL) if org else (org,):
+        for pinned in (ALL, team):
+            for kind, bucket in (("day", hour[:10]), ("hour", hour)):
                 main = slice_name(kind, o, pinned)
                 for dim in SLICED:
                     if pinned != ALL and dim == PIN:
                         continue
                     name = slice_name(kind, o, pinned, part_of(dim, user)) if dim == "user" else main
                     out.append((name, bucket, dim, cell_key(row, carried(dim))))
+            out.append((slice_name("week", o, pinned, part_of("user", user)), week, "user", users))
+    # A user cell's histogram goes in a map of its own beside its sums (:data:`USER_HISTOGRAMS`).
+    out += [(name, bucket, USER_HISTOGRAMS, cell) for name, bucket, dim, cell in out if dim == "user"]
     return out
+
+
+def _split(row: dict[str, Any]) -> dict[str, list[tuple[str, int]]]:
+    """A row's non-zero sums for each map: the user's sums without its histogram, the histogram alone, and
+    every sum (``""``) for the other dimensions."""
+    sums = [(k, int(v)) for k, v in row.items() if k not in _NOT_SUMMED and v]
+    return {
+        "": sums,
+        "user": [(k, n) for k, n in sums if k not in _HISTOGRAMS],
+        USER_HISTOGRAMS: [(k, n) for k, n in sums if k in _HISTOGRAMS],
+    }
 
 
 def add(acc: Acc, ev: CostEvent) -> None:
@@ -118,8 +154,11 @@ def add(acc: Acc, ev: CostEvent) -> None:
 def add_row(acc: Acc, row: dict[str, Any], fields: dict[tuple[str, str], int] | None = None) -> None:
     """Count an hourly-rollup row (an event's own, or a stored hourly document) in every slice it belongs to;
     ``fields`` (when given) counts each document's fields, the increments its write will carry."""
-    sums = [(k, int(v)) for k, v in row.items() if k not in _NOT_SUMMED and v]
+    split = _split(row)
     for name, bucket, dim, cell in _cells(row):
+        sums = split[dim] if dim in split else split[""]
+        if not sums:  # (a cell written as an empty map would replace what it held: none is written)
+            continue
         into = acc.setdefault((name, bucket), {}).setdefault(dim, {}).setdefault(cell, {})
         for k, n in sums:
             if k not in into and fields is not None:
@@ -134,11 +173,11 @@ MAX_TRANSFORMS = 480
 
 def fits(acc: Acc, fields: dict[tuple[str, str], int], row: dict[str, Any]) -> bool:
     """Whether counting ``row`` too keeps every slice document of a commit within :data:`MAX_TRANSFORMS`."""
-    sums = [k for k, v in row.items() if k not in _NOT_SUMMED and v]
+    split = _split(row)
     extra: dict[tuple[str, str], int] = {}
     for name, bucket, dim, cell in _cells(row):
         have = acc.get((name, bucket), {}).get(dim, {}).get(cell, {})
-        new = sum(1 for k in sums if k not in have)
+        new = sum(1 for k, _ in (split[dim] if dim in split else split[""]) if k not in have)
         if new:
             extra[(name, bucket)] = extra.get((name, bucket), 0) + new
     return all(fields.get(k, 0) + n <= MAX_TRANSFORMS for k, n in extra.items())

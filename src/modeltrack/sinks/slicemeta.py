@@ -1,0 +1,145 @@
+"""From when a Firestore store's slices count every event, and building the ones before (``admin migrate``).
+
+A store written by an older version has events its slices never counted. The ``_meta`` document of
+``COLL_slices`` says from when they count every event, so readers use them only from there:
+
+* ``since``: the first hour (``YYYY-MM-DDTHH``) of the day and hour slices; ``""`` every hour;
+* ``weeks``: the first Monday (``YYYY-MM-DD``) of the user's week documents (:mod:`.slices`, added after the
+  day and hour slices); ``""`` every week;
+* ``orgs``: whether any event has an organisation (the all-organisations slices exist).
+
+A writer marks a store before its first write (:func:`mark`): an empty store is covered from the start; one with
+events from the next UTC midnight (day and hour slices) and the next Monday (weeks), the first whole buckets it
+counts. A mark only moves later than the truth, never earlier: readers then answer more from the hourly rollups
+(or days), never from documents that miss events. :func:`migrate` builds what comes before the marks from the
+hourly rollups, exactly once. Held by tests/test_firestore_analytics.py
+(``test_a_store_written_before_slices_answers_alike_and_migrates_exactly_once``,
+``test_a_store_written_before_weeks_answers_alike_and_migrates_them``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from ..rollups import HOURLY_DIMENSIONS, SUMMED, legacy_latency
+from . import slices
+
+if TYPE_CHECKING:
+    from .firestore import FirestoreSink
+
+META = "_meta"
+"""The document in ``COLL_slices`` that holds the marks."""
+MAX_WRITES = 500
+_HOURLY_FIELDS = ("hour", *HOURLY_DIMENSIONS)
+
+
+@dataclass(frozen=True)
+class Marks:
+    """What :data:`META` says: None where a mark is missing (no writer of a version with those documents has
+    opened the store)."""
+
+    since: str | None
+    weeks: str | None
+    orgs: bool
+
+
+def _tomorrow() -> str:
+    return (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT00")
+
+
+def _next_monday() -> str:
+    today = datetime.now(UTC).date()
+    return (today + timedelta(days=7 - today.weekday())).isoformat()
+
+
+async def read(sink: FirestoreSink) -> Marks:
+    snap = await sink.collection_ref("slices").document(META).get(timeout=sink.commit_timeout)
+    doc = snap.to_dict() if snap.exists else {}
+    since, weeks = doc.get("since"), doc.get("weeks")
+    return Marks(
+        since if isinstance(since, str) else None, weeks if isinstance(weeks, str) else None, bool(doc.get("orgs"))
+    )
+
+
+async def mark(sink: FirestoreSink) -> None:
+    """Mark where the slices begin, before this process's first write (see the module's docstring)."""
+    from google.api_core import exceptions as gexc
+
+    meta = sink.collection_ref("slices").document(META)
+    snap = await meta.get(timeout=sink.commit_timeout, retry=None)
+    if not snap.exists:
+        events = sink.collection_ref("events").limit(1)
+        empty = not [d async for d in events.stream(timeout=sink.commit_timeout, retry=None)]
+        first = {"since": "", "weeks": ""} if empty else {"since": _tomorrow(), "weeks": _next_monday()}
+        with contextlib.suppress(gexc.Conflict):  # another writer marked it first: its mark stands
+            await meta.create(first, timeout=sink.commit_timeout, retry=None)
+    elif not isinstance((snap.to_dict() or {}).get("weeks"), str):
+        # Marked by a version without week documents. Another writer may mark it at the same time, or a
+        # migration set "" in between: a later mark than the truth only costs reads, so no precondition.
+        await meta.update({"weeks": _next_monday()}, timeout=sink.commit_timeout, retry=None)
+
+
+async def migrate(sink: FirestoreSink) -> int:
+    """Build the slices of every hour before ``since``, and the week documents of every week before ``weeks``,
+    from the hourly rollups, then mark all of them as covered: exactly once (a covered store is left alone;
+    running it again rebuilds the same documents, which are written whole, not incremented). Returns the hourly
+    documents read.
+
+    Run it once every replica writes them (after the rollout): an event of those hours stored *while* it runs
+    may be counted in the hourly rollups and not in the slices."""
+    from google.cloud import firestore
+
+    marks = await read(sink)
+    if marks.since == "" and marks.weeks == "":
+        return 0
+    meta = sink.collection_ref("slices").document(META)
+    # Never opened by a writer that keeps them: mark from the next whole bucket first (writers count from there).
+    if marks.since is None:
+        await meta.set({"since": _tomorrow()}, merge=True)
+    if marks.weeks is None:
+        await meta.set({"weeks": _next_monday()}, merge=True)
+    marks = await read(sink)
+    hours = marks.since if marks.since else None  # rebuild the day and hour slices of hours before it
+    weeks = marks.weeks if marks.weeks else None  # and the week documents of weeks before this Monday
+    until = max(h for h in (hours, weeks and weeks + "T00") if h)
+
+    acc: slices.Acc = {}
+    read_, orgs = 0, False
+    q = sink.collection_ref("rollups_hourly").where(filter=firestore.FieldFilter("hour", "<", until))
+    async for d in q.stream():
+        row = d.to_dict()
+        read_ += 1
+        if any(k.startswith("lat_") for k in row):
+            legacy_latency(row)
+        dims = {k: row.get(k, 0 if k in ("status", "cache_hit") else "") for k in _HOURLY_FIELDS}
+        slices.add_row(acc, {**dims, **{k: row.get(k) for k in SUMMED}})
+        orgs = orgs or bool(dims["org"])
+
+    def wanted(name: str, bucket: str) -> bool:
+        if name.startswith("week" + slices.SEP):
+            return weeks is not None and bucket < weeks
+        return hours is not None and (bucket if "T" in bucket else bucket + "T00") < hours
+
+    coll = sink.collection_ref("slices")
+    batch, n = sink.client.batch(), 0
+    for (name, bucket), dims in acc.items():
+        if not wanted(name, bucket):
+            continue
+        if n + sink.shards > MAX_WRITES:
+            await batch.commit(timeout=sink.commit_timeout)
+            batch, n = sink.client.batch(), 0
+        batch.set(coll.document(slices.slice_doc_id(name, bucket, 0)), {"slice": name, "b": bucket, **dims})
+        # What writers added to the other shards is in the hourly rollups too: counted once, in shard 0.
+        for shard in range(1, sink.shards):
+            batch.delete(coll.document(slices.slice_doc_id(name, bucket, shard)))
+        n += sink.shards
+    if n:
+        await batch.commit(timeout=sink.commit_timeout)
+    done: dict[str, Any] = {"since": "", "weeks": ""}
+    if orgs:
+        done["orgs"] = True
+    await meta.set(done, merge=True)
+    return read_
