@@ -256,6 +256,31 @@ async def test_a_breakdown_by_user_equals_sqlites_with_the_top_rows_histograms_r
     assert fs.reads - before <= 1000
 
 
+async def test_a_range_that_reaches_the_present_reads_its_last_day_whole(tmp_path: Path) -> None:
+    """No event is stamped after now, so a range ending after now holds the same events as one ending at the end
+    of its last UTC day (or week, by user): Firestore reads that day's document instead of its hours. The
+    answers equal SQLite's, which reads the hours."""
+    now = datetime.now(UTC)
+    events = history(12, 20, seed=4, end=now)
+    assert max(e.timestamp for e in events) < rfc3339(now.timestamp())
+    SQLiteSink(str(tmp_path / "now.db")).write_sync(events)
+    sink = FirestoreSink("modeltrack-test", f"n{uuid.uuid4().hex[:12]}")
+    await sink.write(events)
+    fs, sq = FirestoreReader(sink), SQLiteReader(str(tmp_path / "now.db"))
+    today = now.replace(hour=0, minute=0, second=0, microsecond=0)
+    end = now.replace(minute=0, second=0, microsecond=0) + timedelta(hours=1)  # as the dashboard's ranges end
+    for start in (today - timedelta(days=9), today - timedelta(days=9, hours=-5), today):
+        for f, group_by in QUESTIONS[:9]:
+            before = fs.reads
+            got = await fs.aggregate(start, end, f, group_by)
+            assert _norm(got) == _norm(await sq.aggregate(start, end, f, group_by)), (start, f, group_by)
+            if start == today - timedelta(days=9) and group_by == ("team", "cache_hit"):
+                assert not any(e.org for e in events)  # one organisation scope: ""
+                assert fs.reads - before == 10  # 10 day documents: no hour's
+    await fs.close()
+    await sq.close()
+
+
 def test_the_deploy_kit_exempts_every_slice_dimension_from_indexing() -> None:
     """A slice document holds a map per dimension with a field per value and sum: indexed, a busy day would pass
     Firestore's 40,000 index entries a document and refuse its writes. Slices are read by id, never queried."""

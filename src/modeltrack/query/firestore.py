@@ -218,12 +218,15 @@ class FirestoreReader:
         keys: tuple[str, ...],
         summed: tuple[str, ...],
     ) -> list[dict[str, Any]]:
+        weekly = sl.dim == "user" and not by_hour and self._marks.weeks is not None
+        if not by_hour and end >= datetime.now(UTC):
+            end = _horizon(start, end, weekly)
         p = stitch.plan(start, end, by_hour, day_zone)
         if p is None:
             return _rows(await self._cells(sl, "hour", _hours(start, end), keys, summed, {}), summed)
         days = [(p.first + timedelta(days=i)).strftime("%Y-%m-%d") for i in range((p.last - p.first).days)]
         weeks: list[str] = []
-        if sl.dim == "user" and not by_hour and self._marks.weeks is not None:
+        if weekly and self._marks.weeks is not None:
             weeks, days = _whole_weeks(days, self._marks.weeks)
         edges = [h for lo, hi in p.edges for h in _hours(hour_start(lo), hour_start(hi))]
         if not p.stamp_of:
@@ -372,6 +375,19 @@ Groups = dict[tuple[Any, ...], dict[str, Any]]
 def _rows(groups: Groups, summed: tuple[str, ...]) -> list[dict[str, Any]]:
     """The groups' rows, those whose sums are all zero left out, as a GROUP BY would."""
     return [r for r in groups.values() if any(r[c] for c in summed)]
+
+
+def _horizon(start: datetime, end: datetime, weekly: bool) -> datetime:
+    """Where a range that reaches the present may end instead: at the end of its last UTC day, or of its last
+    week if it holds that week's Monday (``weekly``). An event is stamped when its request was made, so none is
+    stamped after now: extended so, the range holds the same events, and its last day (week) is read from one
+    document instead of an hour's document each (the dashboard's ranges end at the next whole hour)."""
+    last = (end - timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
+    day = last.replace(hour=0)
+    monday = day - timedelta(days=day.weekday())
+    if weekly and start <= monday:
+        return max(end, monday + timedelta(days=7))
+    return max(end, day + timedelta(days=1))
 
 
 def _whole_weeks(days: list[str], since: str) -> tuple[list[str], list[str]]:
