@@ -28,6 +28,7 @@ from modeltrack.query.sqlite import SQLiteReader
 from modeltrack.query.times import zone
 from modeltrack.query.views import Range
 from modeltrack.query.whatif import whatif
+from modeltrack.sinks.base import StoreURLError, open_sink
 from modeltrack.sinks.firestore import SLICES_META, FirestoreSink
 from modeltrack.sinks.slices import MAPS, USER_HISTOGRAMS
 from modeltrack.sinks.sqlite import SQLiteSink
@@ -279,6 +280,39 @@ async def test_a_range_that_reaches_the_present_reads_its_last_day_whole(tmp_pat
                 assert fs.reads - before == 10  # 10 day documents: no hour's
     await fs.close()
     await sq.close()
+
+
+async def test_a_store_keeps_the_user_shards_it_was_created_with(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """More users a day need more user documents a bucket (each stays within Firestore's 1 MiB): a store
+    created with ``?user_shards=N`` records N in its marks; every writer and reader uses the store's N, whatever
+    its own URL says (a user's document depends on it), and answers equal SQLite's."""
+    with pytest.raises(StoreURLError, match="user_shards must be a whole number from 1 to 4096, got '0'"):
+        open_sink("firestore://p/c?user_shards=0")
+    events = _events()[:300]
+    coll = f"u{uuid.uuid4().hex[:12]}"
+    first = open_sink(f"firestore://modeltrack-test/{coll}?user_shards=3")
+    assert isinstance(first, FirestoreSink)
+    await first.write(events[:150])
+    later = open_sink(f"firestore://modeltrack-test/{coll}?user_shards=5")
+    assert isinstance(later, FirestoreSink)
+    with caplog.at_level("WARNING"):
+        await later.write(events[150:])
+    assert "keeps 3 user shards" in caplog.text and "?user_shards=5 is ignored" in caplog.text
+    assert (await first.slices_meta()).user_shards == 3
+    parts = set()
+    async for d in first.collection_ref("slices").stream():
+        if d.id != SLICES_META and "user" in d.get("slice"):
+            parts.add(d.get("slice").rsplit("\x1f", 1)[1])
+    assert parts == {"user0", "user1", "user2"}
+    SQLiteSink(str(tmp_path / "u.db")).write_sync(events)
+    fs, sq = FirestoreReader(first), SQLiteReader(str(tmp_path / "u.db"))
+    for f, group_by in QUESTIONS:
+        await _same(fs, sq, f, group_by)
+    await fs.close()
+    await sq.close()
+    await later.close()
 
 
 def test_the_deploy_kit_exempts_every_slice_dimension_from_indexing() -> None:

@@ -38,16 +38,17 @@ class Slice:
     select: Filters
     user: str | None = None  # a filter on one user: only its shard is read
     only: frozenset[str] | None = None  # these users' cells only: their shards, and a mask on their cells
+    users: int = slices.USER_SHARDS  # the store's user shards (slicemeta.Marks.user_shards)
 
     def names(self, kind: str) -> list[str]:
         parts: Iterable[str] = ("main",)
         if self.dim == "user":  # one user's shard, those of a few, or every shard
             if self.user is not None:
-                parts = [slices.part_of("user", self.user)]
+                parts = [slices.part_of("user", self.user, self.users)]
             elif self.only is not None:
-                parts = sorted({slices.part_of("user", u) for u in self.only})
+                parts = sorted({slices.part_of("user", u, self.users) for u in self.only})
             else:
-                parts = slices.USER_PARTS
+                parts = slices.user_parts(self.users)
         return [slices.slice_name(kind, o, self.pinned, part) for o in self.orgs for part in parts]
 
 
@@ -181,6 +182,8 @@ class FirestoreReader:
             sl = replace(sl, orgs=("",))  # no event has an org: the all-organisations slices do not exist
         if sl is None or since is None:
             return only(await self._hourly(start, end, f, keys), group_by, values)
+        if sl.dim == "user":
+            sl = replace(sl, users=self._marks.user_shards)
         cut = max(start, min(end, hour_start(since))) if since else start
         parts = []
         if start < cut:

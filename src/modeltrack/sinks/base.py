@@ -41,6 +41,18 @@ class StoreURLError(ValueError):
     pass
 
 
+def _count(params: dict[str, str], name: str, default: int | None, most: int, example: str) -> int | None:
+    """A firestore:// option that counts documents: a whole number from 1 to ``most``."""
+    if name not in params:
+        return default
+    value = params[name]
+    if not value.isdigit() or not 1 <= int(value) <= most:
+        raise StoreURLError(
+            f"firestore:// {name} must be a whole number from 1 to {most}, got {value!r} (e.g. {example})"
+        )
+    return int(value)
+
+
 def open_sink(url: str) -> Sink:
     if url.startswith("sqlite://"):
         from .sqlite import SQLiteSink
@@ -56,17 +68,17 @@ def open_sink(url: str) -> Sink:
         rest, _, query = url[len("firestore://") :].partition("?")
         rest = rest.strip("/")
         if not rest:
-            raise StoreURLError("firestore:// needs a project: firestore://PROJECT[/COLLECTION][?shards=N]")
+            raise StoreURLError(
+                "firestore:// needs a project: firestore://PROJECT[/COLLECTION][?shards=N][&user_shards=M]"
+            )
         project, _, collection = rest.partition("/")
         params = dict(p.partition("=")[::2] for p in query.split("&") if p)
-        unknown = set(params) - {"shards"}
+        unknown = set(params) - {"shards", "user_shards"}
         if unknown:
-            raise StoreURLError(f"unknown firestore:// option(s): {sorted(unknown)} (supported: shards)")
-        try:
-            shards = int(params.get("shards", "1"))
-        except ValueError:
-            raise StoreURLError("firestore:// shards must be an integer") from None
-        return FirestoreSink(project, collection or "modeltrack", shards=shards)
+            raise StoreURLError(f"unknown firestore:// option(s): {sorted(unknown)} (supported: shards, user_shards)")
+        shards = _count(params, "shards", 1, 1000, "?shards=4 for about four commits a second")
+        users = _count(params, "user_shards", None, 4096, "?user_shards=20 for about 10,000 users a day")
+        return FirestoreSink(project, collection or "modeltrack", shards=shards or 1, user_shards=users)
     raise StoreURLError(
         f"unsupported store URL scheme (expected sqlite://, jsonl:// or firestore://): {url.split(':', 1)[0]}"
     )

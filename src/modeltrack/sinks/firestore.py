@@ -33,8 +33,8 @@ commit.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import logging
 import random
 from datetime import datetime
 from typing import Any
@@ -57,6 +57,8 @@ from ..rollups import (
     nano_usd,
 )
 from . import slicemeta, slices
+
+log = logging.getLogger("modeltrack.sinks.firestore")
 
 MAX_WRITES = 500
 SLICES_META = slicemeta.META
@@ -96,14 +98,22 @@ class FirestoreSink:
     name = "firestore"
 
     def __init__(
-        self, project: str, collection: str = "modeltrack", shards: int = 1, commit_timeout: float = 10.0
+        self,
+        project: str,
+        collection: str = "modeltrack",
+        shards: int = 1,
+        commit_timeout: float = 10.0,
+        user_shards: int | None = None,
     ) -> None:
+        """``user_shards``: for a store this writer creates, how many documents a bucket's users are spread over
+        (:mod:`.slicemeta`); an existing store keeps its own number."""
         self.project = project
         self.collection = collection
         self.shards = max(1, shards)
         self.commit_timeout = commit_timeout
+        self.user_shards = user_shards
         self._client: Any = None
-        self._marked = False
+        self._users = 0  # the store's user shards, known once its marks are read (before the first write)
         self._orgs = False
 
     @property
@@ -145,23 +155,31 @@ class FirestoreSink:
         keys: set[tuple[Any, ...]] = set()
         for ev in events:
             row = event_row(ev)
-            mine: set[tuple[Any, ...]] = {daily_key(ev), hourly_key(ev), *slices.keys(row)}
+            mine: set[tuple[Any, ...]] = {daily_key(ev), hourly_key(ev), *slices.keys(row, self._users)}
             if ev.session_id is not None:
                 mine.add(("session", ev.org or "", ev.session_id))
-            if cur and (len(cur) + 1 + len(keys | mine) > MAX_WRITES or not slices.fits(acc, fields, row)):
+            if cur and (len(cur) + 1 + len(keys | mine) > MAX_WRITES or not slices.fits(acc, fields, row, self._users)):
                 chunks.append((cur, acc))
                 cur, keys, acc, fields = [], set(), {}, {}
             cur.append(ev)
             keys |= mine
-            slices.add_row(acc, row, fields)
+            slices.add_row(acc, row, fields, self._users)
         if cur:
             chunks.append((cur, acc))
         return chunks
 
     async def write(self, events: list[CostEvent]) -> None:
-        if not self._marked:
-            with contextlib.suppress(Exception):  # best effort: the events are what must be stored now
-                await slicemeta.mark(self)
+        if not self._users:
+            # Where each user's cells go depends on the store's user shards: no write before they are known (a
+            # failure here fails the batch, which the pipeline retries like any other).
+            marks = await slicemeta.mark(self)
+            if self.user_shards is not None and marks.user_shards != self.user_shards:
+                log.warning(
+                    "firestore: this store keeps %d user shards, set when it was created: ?user_shards=%d is ignored",
+                    marks.user_shards,
+                    self.user_shards,
+                )
+            self._users = marks.user_shards
         if not self._orgs and any(ev.org for ev in events):
             # Readers then read the all-organisations slices too (without, half as many documents). Set before
             # the events are written, so no reader can see an org's events without it.
@@ -206,7 +224,7 @@ class FirestoreSink:
         for ev in events:
             batch.create(self.collection_ref("events").document(ev.request_id), ev.to_dict())
             if counted is None:
-                slices.add(cells, ev)
+                slices.add(cells, ev, self._users)
             tokens = [getattr(ev, t) for t in TOKENS]
             cost = nano_usd(ev.cost_usd)
             d = daily.setdefault(daily_key(ev), dict.fromkeys(DAILY_SUMS, 0))

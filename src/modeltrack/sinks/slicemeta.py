@@ -6,7 +6,10 @@ A store written by an older version has events its slices never counted. The ``_
 * ``since``: the first hour (``YYYY-MM-DDTHH``) of the day and hour slices; ``""`` every hour;
 * ``weeks``: the first Monday (``YYYY-MM-DD``) of the user's week documents (:mod:`.slices`, added after the
   day and hour slices); ``""`` every week;
-* ``orgs``: whether any event has an organisation (the all-organisations slices exist).
+* ``orgs``: whether any event has an organisation (the all-organisations slices exist);
+* ``user_shards``: how many documents a bucket's users are spread over (:data:`slices.USER_SHARDS` when absent).
+  Set once, by the writer that creates the marks (``?user_shards=N`` on its store URL); every writer and reader
+  then uses the store's number, whatever its own URL says, since a user's shard depends on it.
 
 A writer marks a store before its first write (:func:`mark`): an empty store is covered from the start; one with
 events from the next UTC midnight (day and hour slices) and the next Monday (weeks), the first whole buckets it
@@ -19,7 +22,6 @@ hourly rollups, exactly once. Held by tests/test_firestore_analytics.py
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -44,6 +46,7 @@ class Marks:
     since: str | None
     weeks: str | None
     orgs: bool
+    user_shards: int = slices.USER_SHARDS
 
 
 def _tomorrow() -> str:
@@ -57,15 +60,22 @@ def _next_monday() -> str:
 
 async def read(sink: FirestoreSink) -> Marks:
     snap = await sink.collection_ref("slices").document(META).get(timeout=sink.commit_timeout)
-    doc = snap.to_dict() if snap.exists else {}
-    since, weeks = doc.get("since"), doc.get("weeks")
+    return _marks(snap.to_dict() if snap.exists else {})
+
+
+def _marks(doc: dict[str, Any]) -> Marks:
+    since, weeks, users = doc.get("since"), doc.get("weeks"), doc.get("user_shards")
     return Marks(
-        since if isinstance(since, str) else None, weeks if isinstance(weeks, str) else None, bool(doc.get("orgs"))
+        since if isinstance(since, str) else None,
+        weeks if isinstance(weeks, str) else None,
+        bool(doc.get("orgs")),
+        users if isinstance(users, int) and users >= 1 else slices.USER_SHARDS,
     )
 
 
-async def mark(sink: FirestoreSink) -> None:
-    """Mark where the slices begin, before this process's first write (see the module's docstring)."""
+async def mark(sink: FirestoreSink) -> Marks:
+    """Mark where the slices begin, before this process's first write (see the module's docstring), and return
+    the store's marks (the writer needs its user shards)."""
     from google.api_core import exceptions as gexc
 
     meta = sink.collection_ref("slices").document(META)
@@ -73,13 +83,21 @@ async def mark(sink: FirestoreSink) -> None:
     if not snap.exists:
         events = sink.collection_ref("events").limit(1)
         empty = not [d async for d in events.stream(timeout=sink.commit_timeout, retry=None)]
-        first = {"since": "", "weeks": ""} if empty else {"since": _tomorrow(), "weeks": _next_monday()}
-        with contextlib.suppress(gexc.Conflict):  # another writer marked it first: its mark stands
+        first: dict[str, Any] = {"since": "", "weeks": ""} if empty else {"since": _tomorrow(), "weeks": _next_monday()}
+        if sink.user_shards is not None:
+            first["user_shards"] = sink.user_shards
+        try:
             await meta.create(first, timeout=sink.commit_timeout, retry=None)
-    elif not isinstance((snap.to_dict() or {}).get("weeks"), str):
+            return _marks(first)
+        except gexc.Conflict:  # another writer marked it first: its mark stands
+            snap = await meta.get(timeout=sink.commit_timeout, retry=None)
+    doc = snap.to_dict() or {}
+    if not isinstance(doc.get("weeks"), str):
         # Marked by a version without week documents. Another writer may mark it at the same time, or a
         # migration set "" in between: a later mark than the truth only costs reads, so no precondition.
         await meta.update({"weeks": _next_monday()}, timeout=sink.commit_timeout, retry=None)
+        doc["weeks"] = _next_monday()
+    return _marks(doc)
 
 
 async def migrate(sink: FirestoreSink) -> int:
@@ -115,7 +133,7 @@ async def migrate(sink: FirestoreSink) -> int:
         if any(k.startswith("lat_") for k in row):
             legacy_latency(row)
         dims = {k: row.get(k, 0 if k in ("status", "cache_hit") else "") for k in _HOURLY_FIELDS}
-        slices.add_row(acc, {**dims, **{k: row.get(k) for k in SUMMED}})
+        slices.add_row(acc, {**dims, **{k: row.get(k) for k in SUMMED}}, users=marks.user_shards)
         orgs = orgs or bool(dims["org"])
 
     def wanted(name: str, bucket: str) -> bool:

@@ -18,8 +18,9 @@ their key includes the user, so a 30-day page read tens of thousands of document
 * **Pinned on the team:** the same documents again per team, for every other dimension. A team-scoped viewer
   (whose every question carries ``team=``) and the dashboard's drill-down from a team are then one-dimension
   questions too.
-* The ``user`` dimension is kept in :data:`USER_SHARDS` documents of its own, by a hash of the user, so a day
-  with many users keeps each document far below Firestore's 1 MiB.
+* The ``user`` dimension is kept in documents of its own, by a hash of the user into the store's user shards
+  (:data:`USER_SHARDS` unless it was created with ``?user_shards=N``, recorded in its marks:
+  :mod:`.slicemeta`), so a day with many users keeps each document within Firestore's 1 MiB.
 * **Weeks, for the user:** the user shards are kept by UTC week too (``week``, its bucket the Monday
   ``2026-11-30``). Every day has nearly every user, so a 30-day question by user read some 30 cells a user from
   day documents; from weeks it reads 4 or 5, with the days outside whole weeks (bench/results/firestore.md).
@@ -68,16 +69,18 @@ def slice_name(kind: str, org: str, team: str, part: str = "main") -> str:
     return SEP.join((kind, org, team, part))
 
 
-def part_of(dim: str, user: str | None = None) -> str:
-    """The document of a slice that holds ``dim``: ``main``, or the user's shard."""
-    return f"user{user_shard(user)}" if dim == "user" and user is not None else "main"
+def part_of(dim: str, user: str | None = None, users: int = USER_SHARDS) -> str:
+    """The document of a slice that holds ``dim``: ``main``, or the user's shard of ``users``."""
+    return f"user{user_shard(user, users)}" if dim == "user" and user is not None else "main"
 
 
-USER_PARTS = tuple(f"user{i}" for i in range(USER_SHARDS))
+def user_parts(users: int = USER_SHARDS) -> tuple[str, ...]:
+    """Every user shard's part, of a store with ``users`` of them."""
+    return tuple(f"user{i}" for i in range(users))
 
 
-def user_shard(user: str) -> int:
-    return int.from_bytes(hashlib.sha256(user.encode()).digest()[:2], "big") % USER_SHARDS
+def user_shard(user: str, users: int = USER_SHARDS) -> int:
+    return int.from_bytes(hashlib.sha256(user.encode()).digest()[:2], "big") % users
 
 
 def carried(dim: str) -> tuple[str, ...]:
@@ -114,11 +117,11 @@ Acc = dict[tuple[str, str], dict[str, dict[str, dict[str, int]]]]
 """(slice name, bucket) → dimension → cell key → sums: what a commit adds to the slices."""
 
 
-def _cells(row: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+def _cells(row: dict[str, Any], users: int) -> list[tuple[str, str, str, str]]:
     """(slice name, bucket, dimension, cell key) of every slice cell an event's row adds to."""
     hour, org, team, user = row["hour"], row["org"], row["team"], row["user"]
     week = week_of(hour[:10])
-    users = cell_key(row, carried("user"))
+    cell = cell_key(row, carried("user"))
     out = []
     for o in (org, ALL) if org else (org,):
         for pinned in (ALL, team):
@@ -127,9 +130,9 @@ def _cells(row: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 for dim in SLICED:
                     if pinned != ALL and dim == PIN:
                         continue
-                    name = slice_name(kind, o, pinned, part_of(dim, user)) if dim == "user" else main
+                    name = slice_name(kind, o, pinned, part_of(dim, user, users)) if dim == "user" else main
                     out.append((name, bucket, dim, cell_key(row, carried(dim))))
-            out.append((slice_name("week", o, pinned, part_of("user", user)), week, "user", users))
+            out.append((slice_name("week", o, pinned, part_of("user", user, users)), week, "user", cell))
     # A user cell's histogram goes in a map of its own beside its sums (:data:`USER_HISTOGRAMS`).
     out += [(name, bucket, USER_HISTOGRAMS, cell) for name, bucket, dim, cell in out if dim == "user"]
     return out
@@ -146,16 +149,18 @@ def _split(row: dict[str, Any]) -> dict[str, list[tuple[str, int]]]:
     }
 
 
-def add(acc: Acc, ev: CostEvent) -> None:
-    """Count one event in every slice it belongs to."""
-    add_row(acc, event_row(ev))
+def add(acc: Acc, ev: CostEvent, users: int = USER_SHARDS) -> None:
+    """Count one event in every slice it belongs to (of a store with ``users`` user shards)."""
+    add_row(acc, event_row(ev), users=users)
 
 
-def add_row(acc: Acc, row: dict[str, Any], fields: dict[tuple[str, str], int] | None = None) -> None:
+def add_row(
+    acc: Acc, row: dict[str, Any], fields: dict[tuple[str, str], int] | None = None, users: int = USER_SHARDS
+) -> None:
     """Count an hourly-rollup row (an event's own, or a stored hourly document) in every slice it belongs to;
     ``fields`` (when given) counts each document's fields, the increments its write will carry."""
     split = _split(row)
-    for name, bucket, dim, cell in _cells(row):
+    for name, bucket, dim, cell in _cells(row, users):
         sums = split[dim] if dim in split else split[""]
         if not sums:  # (a cell written as an empty map would replace what it held: none is written)
             continue
@@ -171,11 +176,11 @@ MAX_TRANSFORMS = 480
 ``Increment``, so a commit stops adding events before a slice document would pass this (a margin kept)."""
 
 
-def fits(acc: Acc, fields: dict[tuple[str, str], int], row: dict[str, Any]) -> bool:
+def fits(acc: Acc, fields: dict[tuple[str, str], int], row: dict[str, Any], users: int = USER_SHARDS) -> bool:
     """Whether counting ``row`` too keeps every slice document of a commit within :data:`MAX_TRANSFORMS`."""
     split = _split(row)
     extra: dict[tuple[str, str], int] = {}
-    for name, bucket, dim, cell in _cells(row):
+    for name, bucket, dim, cell in _cells(row, users):
         have = acc.get((name, bucket), {}).get(dim, {}).get(cell, {})
         new = sum(1 for k, _ in (split[dim] if dim in split else split[""]) if k not in have)
         if new:
@@ -183,6 +188,6 @@ def fits(acc: Acc, fields: dict[tuple[str, str], int], row: dict[str, Any]) -> b
     return all(fields.get(k, 0) + n <= MAX_TRANSFORMS for k, n in extra.items())
 
 
-def keys(row: dict[str, Any]) -> set[tuple[str, str]]:
+def keys(row: dict[str, Any], users: int = USER_SHARDS) -> set[tuple[str, str]]:
     """The slice documents (before write shards) an event's row adds to: what a commit's write count includes."""
-    return {(name, bucket) for name, bucket, _, _ in _cells(row)}
+    return {(name, bucket) for name, bucket, _, _ in _cells(row, users)}
