@@ -22,7 +22,8 @@ from modeltrack.events import rfc3339
 from modeltrack.pricing import Pricing
 from modeltrack.query import fsraw, views
 from modeltrack.query.base import Filters
-from modeltrack.query.firestore import FirestoreReader, slice_for
+from modeltrack.query.firestore import FirestoreReader
+from modeltrack.query.fsplan import slice_for
 from modeltrack.query.scoped import ScopedReader
 from modeltrack.query.sqlite import SQLiteReader
 from modeltrack.query.times import zone

@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Collection, Iterable
-from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta, tzinfo
+from collections.abc import AsyncIterator, Collection
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from ..events import CostEvent
 from ..rollups import HISTOGRAMS, SUMMED, SUMS, TOKENS, legacy_latency
 from ..sinks import slicemeta, slices
 from ..sinks.firestore import FirestoreSink
-from . import fsraw, stitch
+from . import fsplan, fsraw, stitch
 from .base import DIMENSIONS, EventFilter, Filters, only
 from .memory import group, row_matches
 from .times import hour_key, hour_start, stamp
@@ -25,50 +25,6 @@ from .times import hour_key, hour_start, stamp
 _UNSEEN: Any = object()
 SINCE_TTL = 30.0
 """Seconds a reader trusts what it read of where the slices begin (it only moves when a store is migrated)."""
-
-
-@dataclass(frozen=True)
-class Slice:
-    """Which slices answer a question: split by ``dim`` (and what it carries), in the organisation scopes
-    ``orgs``, pinned on a team or not (``ALL``); ``select`` the filters the cells must match."""
-
-    dim: str
-    orgs: tuple[str, ...]
-    pinned: str
-    select: Filters
-    user: str | None = None  # a filter on one user: only its shard is read
-    only: frozenset[str] | None = None  # these users' cells only: their shards, and a mask on their cells
-    users: int = slices.USER_SHARDS  # the store's user shards (slicemeta.Marks.user_shards)
-
-    def names(self, kind: str) -> list[str]:
-        parts: Iterable[str] = ("main",)
-        if self.dim == "user":  # one user's shard, those of a few, or every shard
-            if self.user is not None:
-                parts = [slices.part_of("user", self.user, self.users)]
-            elif self.only is not None:
-                parts = sorted({slices.part_of("user", u, self.users) for u in self.only})
-            else:
-                parts = slices.user_parts(self.users)
-        return [slices.slice_name(kind, o, self.pinned, part) for o in self.orgs for part in parts]
-
-
-def slice_for(f: Filters, group_by: tuple[str, ...]) -> Slice | None:
-    """The slices that hold a question, or None (then the hourly rollups answer it): every dimension it groups
-    or filters by, besides the organisation and a pinned team, must be carried by one slice."""
-    wanted = dict(f.items())
-    org = wanted.pop("org", None)
-    orgs = (org,) if org is not None else ("", slices.ALL)  # events without an org, and every org's
-    team = wanted.get("team")
-    pinned = slices.ALL
-    if team is not None and "team" not in group_by:
-        pinned = wanted.pop("team")
-    needed = {*group_by, *wanted} - {"cache_hit"}
-    for dim in ("provider", "model", *slices.SLICED):
-        if pinned != slices.ALL and dim == slices.PIN:
-            continue
-        if needed <= set(slices.carried(dim)):
-            return Slice(dim, orgs, pinned, Filters(**wanted), wanted.get("user") if dim == "user" else None)
-    return None
 
 
 class FirestoreReader:
@@ -174,7 +130,7 @@ class FirestoreReader:
                 raise ValueError(g)
         summed = SUMMED if latency else SUMS
         keys = (("hour",) if by_hour else ()) + group_by
-        sl = slice_for(f, group_by)
+        sl = fsplan.slice_for(f, group_by)
         if sl is not None and values is not None and sl.dim == "user" == group_by[0] and sl.user is None:
             sl = replace(sl, only=frozenset(str(v) for v in values))
         since = await self._since() if sl is not None else None
@@ -213,7 +169,7 @@ class FirestoreReader:
 
     async def _sliced(
         self,
-        sl: Slice,
+        sl: fsplan.Slice,
         start: datetime,
         end: datetime,
         by_hour: bool,
@@ -223,15 +179,15 @@ class FirestoreReader:
     ) -> list[dict[str, Any]]:
         weekly = sl.dim == "user" and not by_hour and self._marks.weeks is not None
         if not by_hour and end >= datetime.now(UTC):
-            end = _horizon(start, end, weekly)
+            end = fsplan.horizon(start, end, weekly)
         p = stitch.plan(start, end, by_hour, day_zone)
         if p is None:
-            return _rows(await self._cells(sl, "hour", _hours(start, end), keys, summed, {}), summed)
+            return _rows(await self._cells(sl, "hour", fsplan.hours(start, end), keys, summed, {}), summed)
         days = [(p.first + timedelta(days=i)).strftime("%Y-%m-%d") for i in range((p.last - p.first).days)]
         weeks: list[str] = []
         if weekly and self._marks.weeks is not None:
-            weeks, days = _whole_weeks(days, self._marks.weeks)
-        edges = [h for lo, hi in p.edges for h in _hours(hour_start(lo), hour_start(hi))]
+            weeks, days = fsplan.whole_weeks(days, self._marks.weeks)
+        edges = [h for lo, hi in p.edges for h in fsplan.hours(hour_start(lo), hour_start(hi))]
         if not p.stamp_of:
             # No hour moves between rows: every part sums into the same groups as it is read (no merge after).
             out: Groups = {}
@@ -251,7 +207,13 @@ class FirestoreReader:
         return stitch.combine(p, day_rows, [edge_rows], moved, keys, summed)
 
     async def _cells(
-        self, sl: Slice, kind: str, buckets: list[str], keys: tuple[str, ...], summed: tuple[str, ...], out: Groups
+        self,
+        sl: fsplan.Slice,
+        kind: str,
+        buckets: list[str],
+        keys: tuple[str, ...],
+        summed: tuple[str, ...],
+        out: Groups,
     ) -> Groups:
         """The slice's cells in ``buckets``, selected and summed into their groups in ``out``. The documents are
         read by id (a lookup per document, however large the collection), with only the dimension asked for."""
@@ -378,35 +340,3 @@ Groups = dict[tuple[Any, ...], dict[str, Any]]
 def _rows(groups: Groups, summed: tuple[str, ...]) -> list[dict[str, Any]]:
     """The groups' rows, those whose sums are all zero left out, as a GROUP BY would."""
     return [r for r in groups.values() if any(r[c] for c in summed)]
-
-
-def _horizon(start: datetime, end: datetime, weekly: bool) -> datetime:
-    """Where a range that reaches the present may end instead: at the end of its last UTC day, or of its last
-    week if it holds that week's Monday (``weekly``). An event is stamped when its request was made, so none is
-    stamped after now: extended so, the range holds the same events, and its last day (week) is read from one
-    document instead of an hour's document each (the dashboard's ranges end at the next whole hour)."""
-    last = (end - timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
-    day = last.replace(hour=0)
-    monday = day - timedelta(days=day.weekday())
-    if weekly and start <= monday:
-        return max(end, monday + timedelta(days=7))
-    return max(end, day + timedelta(days=1))
-
-
-def _whole_weeks(days: list[str], since: str) -> tuple[list[str], list[str]]:
-    """The UTC weeks (their Mondays) whose seven days are all in ``days`` and that the week documents cover
-    (from ``since``, a Monday or ``""``), and the days left to read by day. A week is only read for a question
-    without hours: its one row has no day to stamp."""
-    have = set(days)
-    weeks = [d for d in days if d >= since and slices.week_of(d) == d and all(_plus(d, i) in have for i in range(1, 7))]
-    covered = {_plus(w, i) for w in weeks for i in range(7)}
-    return weeks, [d for d in days if d not in covered]
-
-
-def _plus(day: str, n: int) -> str:
-    return (date.fromisoformat(day) + timedelta(days=n)).isoformat()
-
-
-def _hours(start: datetime, end: datetime) -> list[str]:
-    n = int((end - start).total_seconds() // 3600)
-    return [hour_key(start + timedelta(hours=i)) for i in range(n)]

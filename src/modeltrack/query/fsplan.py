@@ -1,0 +1,92 @@
+"""Which Firestore slice documents answer a question (:mod:`modeltrack.sinks.slices`): the slice that holds its
+dimensions (:func:`slice_for`), and how its range is cut into weeks, days and hours (:func:`whole_weeks`,
+:func:`horizon`, with :mod:`.stitch`). :mod:`.firestore` reads what this names. Held by
+tests/test_firestore_analytics.py (every question equals SQLite's answer, and reads the documents stated)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+
+from ..sinks import slices
+from .base import Filters
+from .times import hour_key
+
+
+@dataclass(frozen=True)
+class Slice:
+    """Which slices answer a question: split by ``dim`` (and what it carries), in the organisation scopes
+    ``orgs``, pinned on a team or not (``ALL``); ``select`` the filters the cells must match."""
+
+    dim: str
+    orgs: tuple[str, ...]
+    pinned: str
+    select: Filters
+    user: str | None = None  # a filter on one user: only its shard is read
+    only: frozenset[str] | None = None  # these users' cells only: their shards, and a mask on their cells
+    users: int = slices.USER_SHARDS  # the store's user shards (slicemeta.Marks.user_shards)
+
+    def names(self, kind: str) -> list[str]:
+        parts: Iterable[str] = ("main",)
+        if self.dim == "user":  # one user's shard, those of a few, or every shard
+            if self.user is not None:
+                parts = [slices.part_of("user", self.user, self.users)]
+            elif self.only is not None:
+                parts = sorted({slices.part_of("user", u, self.users) for u in self.only})
+            else:
+                parts = slices.user_parts(self.users)
+        return [slices.slice_name(kind, o, self.pinned, part) for o in self.orgs for part in parts]
+
+
+def slice_for(f: Filters, group_by: tuple[str, ...]) -> Slice | None:
+    """The slices that hold a question, or None (then the hourly rollups answer it): every dimension it groups
+    or filters by, besides the organisation and a pinned team, must be carried by one slice."""
+    wanted = dict(f.items())
+    org = wanted.pop("org", None)
+    orgs = (org,) if org is not None else ("", slices.ALL)  # events without an org, and every org's
+    team = wanted.get("team")
+    pinned = slices.ALL
+    if team is not None and "team" not in group_by:
+        pinned = wanted.pop("team")
+    needed = {*group_by, *wanted} - {"cache_hit"}
+    for dim in ("provider", "model", *slices.SLICED):
+        if pinned != slices.ALL and dim == slices.PIN:
+            continue
+        if needed <= set(slices.carried(dim)):
+            return Slice(dim, orgs, pinned, Filters(**wanted), wanted.get("user") if dim == "user" else None)
+    return None
+
+
+def horizon(start: datetime, end: datetime, weekly: bool) -> datetime:
+    """Where a range that reaches the present may end instead: at the end of its last UTC day, or of its last
+    week if it holds that week's Monday (``weekly``). An event is stamped when its request was made, so none is
+    stamped after now: extended so, the range holds the same events, and its last day (week) is read from one
+    document instead of an hour's document each (the dashboard's ranges end at the next whole hour)."""
+    last = (end - timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
+    day = last.replace(hour=0)
+    monday = day - timedelta(days=day.weekday())
+    if weekly and start <= monday:
+        return max(end, monday + timedelta(days=7))
+    return max(end, day + timedelta(days=1))
+
+
+def whole_weeks(days: list[str], since: str) -> tuple[list[str], list[str]]:
+    """The UTC weeks (their Mondays) whose seven days are all in ``days`` and that the week documents cover
+    (from ``since``, a Monday or ``""``), and the days left to read by day. A week is only read for a question
+    without hours: its one row has no day to stamp."""
+    have = set(days)
+    weeks = [
+        d for d in days if d >= since and slices.week_of(d) == d and all(plus_days(d, i) in have for i in range(1, 7))
+    ]
+    covered = {plus_days(w, i) for w in weeks for i in range(7)}
+    return weeks, [d for d in days if d not in covered]
+
+
+def plus_days(day: str, n: int) -> str:
+    return (date.fromisoformat(day) + timedelta(days=n)).isoformat()
+
+
+def hours(start: datetime, end: datetime) -> list[str]:
+    n = int((end - start).total_seconds() // 3600)
+    return [hour_key(start + timedelta(hours=i)) for i in range(n)]
