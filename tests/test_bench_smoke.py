@@ -44,3 +44,15 @@ async def test_firestore_scale_bench_harness() -> None:
     assert len(r["questions"]) >= 10 and all(0 < q["reads"] <= 1_000 for q in r["questions"])
     assert r["writes_per_s"] > 0
     assert "documents read" in "\n".join(firestore_scale.report(r))
+
+
+@pytest.mark.usefixtures("firestore_emulator")
+async def test_firestore_dense_bench_harness() -> None:
+    """The million-a-day user bench at 40 users: their day and week documents written, the breakdown answered
+    from them (the previous period, before the seeded month, reads documents that do not exist)."""
+    from bench import firestore_dense
+
+    r = await firestore_dense.main_async(40)
+    assert r["documents"] >= 30 + 4  # a user shard's 30 days and the weeks they fall in, at least
+    assert len(r["times"]) == firestore_dense.REPEAT and 0 < r["reads"] <= 1_000
+    assert r["max_bytes"] >= r["median_bytes"] > 0
