@@ -14,8 +14,9 @@ same documents the sink's commits build, without a million event documents the q
 document's size and the number a question reads depend on how many distinct values a day has, not on how many
 events it has: 33,000 events a day over these values read as many documents as a million a day would.
 
-**Questions** are those of the Overview, Spend, the breakdowns and what-if (:mod:`modeltrack.query.views`), run
-through :class:`modeltrack.query.firestore.FirestoreReader` as the API runs them. Each runs ``REPEAT`` times.
+**Questions** are those of the Overview, Spend, the breakdowns and what-if (:mod:`modeltrack.query.views`,
+:mod:`modeltrack.query.breakdown`), run through :class:`modeltrack.query.firestore.FirestoreReader` as the API
+runs them. Each runs ``REPEAT`` times.
 
 **Writes.** The emulator's sustained rate through :class:`modeltrack.sinks.firestore.FirestoreSink` (batches of
 recent events, each commit atomic with its rollups and slices) is measured too. The emulator models neither
@@ -127,6 +128,7 @@ async def questions(reader: Any, end: datetime) -> list[tuple[str, Any]]:
     from modeltrack.pricing import Pricing
     from modeltrack.query import views
     from modeltrack.query.base import Filters
+    from modeltrack.query.breakdown import breakdown
     from modeltrack.query.overview import overview
     from modeltrack.query.times import zone
     from modeltrack.query.whatif import whatif
@@ -138,10 +140,10 @@ async def questions(reader: Any, end: datetime) -> list[tuple[str, Any]]:
     f, team = Filters(), Filters(team="team-03")
     pricing = Pricing.load()
     return [
-        ("breakdown by team", lambda: views.breakdown(reader, rng, "team", f)),
-        ("breakdown by model", lambda: views.breakdown(reader, rng, "model", f)),
-        ("breakdown by user (5,000 users)", lambda: views.breakdown(reader, rng, "user", f)),
-        ("breakdown by feature, one team (a team's viewer)", lambda: views.breakdown(reader, rng, "feature", team)),
+        ("breakdown by team", lambda: breakdown(reader, rng, "team", f)),
+        ("breakdown by model", lambda: breakdown(reader, rng, "model", f)),
+        ("breakdown by user (5,000 users)", lambda: breakdown(reader, rng, "user", f)),
+        ("breakdown by feature, one team (a team's viewer)", lambda: breakdown(reader, rng, "feature", team)),
         ("series by day, one key (its Keys page)", lambda: views.series(reader, rng, "day", Filters(key_id="key_07"))),
         ("series by day", lambda: views.series(reader, rng, "day", f)),
         ("series by day split by team, Europe/Paris", lambda: views.series(reader, paris, "day", f, "team")),

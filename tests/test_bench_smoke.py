@@ -48,11 +48,13 @@ async def test_firestore_scale_bench_harness() -> None:
 
 @pytest.mark.usefixtures("firestore_emulator")
 async def test_firestore_dense_bench_harness() -> None:
-    """The million-a-day user bench at 40 users: their day and week documents written, the breakdown answered
-    from them (the previous period, before the seeded month, reads documents that do not exist)."""
+    """The million-a-day user bench at 40 users in 2 shards: their day and week documents written, the breakdown
+    answered from them (the previous period, before the seeded month, reads documents that do not exist)."""
     from bench import firestore_dense
 
-    r = await firestore_dense.main_async(40)
-    assert r["documents"] >= 30 + 4  # a user shard's 30 days and the weeks they fall in, at least
+    r = await firestore_dense.main_async(40, 2)
+    assert r["user_documents"] >= 2 * (30 + 4)  # two user shards' 30 days and the weeks they fall in, at least
+    assert r["documents"] >= r["user_documents"] + 30  # and the other dimensions' days
     assert len(r["times"]) == firestore_dense.REPEAT and 0 < r["reads"] <= 1_000
     assert r["max_bytes"] >= r["median_bytes"] > 0
+    assert r["max_fields"] > 40  # (a user's fields a day, at least: the counter counts inside maps)

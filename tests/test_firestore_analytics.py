@@ -20,8 +20,9 @@ from google.cloud.firestore_v1.field_path import FieldPath
 from modeltrack.cli.main import main
 from modeltrack.events import rfc3339
 from modeltrack.pricing import Pricing
-from modeltrack.query import fsraw, views
+from modeltrack.query import fsraw
 from modeltrack.query.base import Filters
+from modeltrack.query.breakdown import SORTS, breakdown
 from modeltrack.query.firestore import FirestoreReader
 from modeltrack.query.fsplan import slice_for
 from modeltrack.query.scoped import ScopedReader
@@ -237,24 +238,33 @@ async def test_a_store_written_before_weeks_answers_alike_and_migrates_them(stor
 
 
 async def test_a_breakdown_by_user_equals_sqlites_with_the_top_rows_histograms_read_apart(stores: Any) -> None:
-    """By user, Firestore ranks on the users' sums, then reads the top rows' histograms and previous period alone
-    (their cells, through a field mask), and the rest's from the total less the top rows
-    (query/views.py::breakdown). Every figure equals SQLite's, which reads them all at once: percentiles of the
-    top rows, of the rest and of the total, and the previous period's."""
+    """By user, Firestore ranks on the one or two sums its sort needs, then reads the top rows' whole figures and
+    previous period alone (their cells, through a field mask), and the rest's from the total less the top rows
+    (query/breakdown.py). Every figure equals SQLite's, which reads them all at once: percentiles of the
+    top rows, of the rest and of the total, hit rates, and the previous period's."""
     fs, sq, _, _ = stores
     assert fs.histograms_apart and not getattr(sq, "histograms_apart", False)
     rng = Range(END - timedelta(days=10), END, zone("UTC"), "UTC")  # the previous 10 days have events too
     for f in (Filters(), Filters(team="support"), Filters(status="2xx")):
-        for sort in ("cost", "requests", "latency"):
+        for sort in SORTS:
             for limit in (3, 40):
                 for fr, sr in ((fs, sq), (ScopedReader(fs, org="acme"), ScopedReader(sq, org="acme"))):
-                    got = await views.breakdown(fr, rng, "user", f, limit=limit, sort=sort)
-                    want = await views.breakdown(sr, rng, "user", f, limit=limit, sort=sort)
+                    got = await breakdown(fr, rng, "user", f, limit=limit, sort=sort)
+                    want = await breakdown(sr, rng, "user", f, limit=limit, sort=sort)
                     assert got == want, (f, sort, limit, fr.name)
                     assert want["rows"] and want["previous"] and want["total"]["latency_p95_ms"] is not None
                     assert (want["other"] is not None) == (limit == 3)
+                    assert want["total"]["cache_hits"] > 0
+    for latency in (True, False):  # (the API's latency=false reads no histogram at all)
+        got = await breakdown(fs, rng, "user", Filters(), limit=3, latency=latency)
+        assert got == await breakdown(sq, rng, "user", Filters(), limit=3, latency=latency)
+    # The ranking's read: a cell's other sums are never decoded, and the two it asks for equal SQLite's.
+    ranked = await fs.aggregate(rng.start, rng.end, Filters(), ("user", "cache_hit"), sums=("requests", "errors"))
+    whole = await sq.aggregate(rng.start, rng.end, Filters(), ("user", "cache_hit"))
+    assert {k for r in ranked for k in r} == {"user", "cache_hit", "requests", "errors"}
+    assert _norm(ranked) == _norm([{k: r[k] for k in ("user", "cache_hit", "requests", "errors")} for r in whole])
     before = fs.reads
-    await views.breakdown(fs, rng, "user", Filters(), limit=3)
+    await breakdown(fs, rng, "user", Filters(), limit=3)
     assert fs.reads - before <= 1000
 
 

@@ -14,7 +14,8 @@ from typing import Any
 import orjson
 
 from ..query import DIMENSIONS
-from ..query.views import breakdown, make_range, parse_filters
+from ..query.breakdown import breakdown
+from ..query.views import make_range, parse_filters
 from ..tabular import csv_lines, text_table
 from .common import positive_int, reader
 from .events import add_filter_arguments

@@ -126,6 +126,7 @@ class Reader(Protocol):
         day_zone: tzinfo | None = None,
         latency: bool = True,
         values: Collection[Any] | None = None,
+        sums: Collection[str] | None = None,
     ) -> list[dict[str, Any]]:
         """Hourly-rollup sums over whole hours ``[start, end)``, grouped by ``group_by`` dimensions (and by
         ``hour`` with ``by_hour``): one dict per group, with the group's keys, every rollup sum and the
@@ -133,7 +134,8 @@ class Reader(Protocol):
         may answer many hours as one row stamped at any hour of the same local day. ``latency=False``: the
         caller needs no percentiles, so a store may leave the histogram out (71 fewer sums a row).
         ``values``: only the groups whose first ``group_by`` dimension has one of these values, as the store
-        returned them (a breakdown's top rows; :func:`only`)."""
+        returned them (a breakdown's top rows; :func:`only`). ``sums``: the only sums the caller needs (a ranking
+        needs one or two), so a store may leave the others out of its rows."""
         ...
 
     async def sessions(self, start: datetime, end: datetime, f: Filters, limit: int) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ class FirestoreReader:
     name = "firestore"
     histograms_apart = True
     """The user's histograms are kept apart from its sums (:data:`slices.USER_HISTOGRAMS`): a breakdown by user
-    ranks on the sums and reads the top rows' histograms alone (:func:`modeltrack.query.views.breakdown`)."""
+    ranks on the sums and reads the top rows' histograms alone (:func:`modeltrack.query.breakdown.breakdown`)."""
 
     def __init__(self, sink: FirestoreSink) -> None:
         self.sink = sink
@@ -120,15 +120,19 @@ class FirestoreReader:
         day_zone: tzinfo | None = None,
         latency: bool = True,
         values: Collection[Any] | None = None,
+        sums: Collection[str] | None = None,
     ) -> list[dict[str, Any]]:
         """From the slices when one holds the question (:func:`slice_for`), for the hours they cover; from the
         hourly rollups otherwise. Both give the same sums (tests/test_firestore_analytics.py). ``values``: only
         the groups whose first ``group_by`` dimension has one of these values (a breakdown's top rows); by user,
-        only their cells are read."""
+        only their cells are read. ``sums``: from the slices, only these sums are read from each cell (a
+        ranking of thousands of users reads two values a cell, not every sum)."""
         for g in group_by:
             if g not in DIMENSIONS:
                 raise ValueError(g)
         summed = SUMMED if latency else SUMS
+        if sums is not None:
+            summed = tuple(s for s in SUMS if s in sums)
         keys = (("hour",) if by_hour else ()) + group_by
         sl = fsplan.slice_for(f, group_by)
         if sl is not None and values is not None and sl.dim == "user" == group_by[0] and sl.user is None:
@@ -232,6 +236,8 @@ class FirestoreReader:
         maps: tuple[str, ...] = (sl.dim,)
         if sl.dim == "user" and HISTOGRAMS[0] in wanted:
             maps = ("user", slices.USER_HISTOGRAMS)
+        # A few sums (a ranking's): looked up by name in each cell, the others never decoded.
+        few = summed if len(summed) <= fsraw.FEW else None
         mask = None
         if sl.only is not None:
             from google.cloud.firestore_v1.field_path import FieldPath
@@ -244,7 +250,7 @@ class FirestoreReader:
         at = keys.index("hour") if "hour" in keys else -1
         # A cell key (a user, a team...) recurs in every bucket: parsed and matched once, not once a bucket.
         groups: dict[str, tuple[Any, ...] | None] = {}
-        async for bucket, found in fsraw.batch_get(self.sink.client, refs, maps, mask):
+        async for bucket, found in fsraw.batch_get(self.sink.client, refs, maps, mask, few):
             hour = bucket + "T00" if kind == "day" else bucket
             for key, sums in found:
                 k = groups.get(key, _UNSEEN)

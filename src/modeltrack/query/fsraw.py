@@ -32,20 +32,40 @@ def _sums(cell: Any) -> Iterator[tuple[str, int]]:
         yield name, v.integer_value or int(v.double_value)
 
 
-def _cells(value: Any) -> Iterator[tuple[str, Iterator[tuple[str, int]]]]:
+def _named(cell: Any, names: tuple[str, ...]) -> list[tuple[str, int]]:
+    fields = cell.map_value.fields
+    return [(n, (v := fields[n]).integer_value or int(v.double_value)) for n in names if n in fields]
+
+
+FEW = 6
+"""Up to this many sums asked for (a ranking's): each is looked up in a cell by name (a cell holds up to 12);
+more are read by walking the cell."""
+
+
+def _cells(value: Any, names: tuple[str, ...] | None = None) -> Iterator[tuple[str, Iterable[tuple[str, int]]]]:
     """A dimension's map of cells as wire messages: nothing is built but the pairs themselves (a question sums
-    them straight into its groups). Slices write integers; a double is read as an integer, as the sums are."""
+    them straight into its groups), and with ``names`` only those sums. Slices write integers; a double is read
+    as an integer, as the sums are."""
     cells = value.map_value.fields
+    if names is not None:
+        for key in cells:
+            yield key, _named(cells[key], names)
+        return
     for key in cells:
         yield key, _sums(cells[key])
 
 
 async def batch_get(
-    client: Any, refs: list[Any], maps: tuple[str, ...], mask: list[str] | None = None
+    client: Any,
+    refs: list[Any],
+    maps: tuple[str, ...],
+    mask: list[str] | None = None,
+    names: tuple[str, ...] | None = None,
 ) -> AsyncIterator[tuple[str, Cells]]:
     """For each document of ``refs`` that exists: its bucket (field ``b``) and the cells of the maps ``maps``
     (of one dimension: its sums, and for the user its histograms), one map's after the other. ``mask``: the
-    field paths to read, when not every cell of those maps (the default)."""
+    field paths to read, when not every cell of those maps (the default). ``names``: only these sums of each
+    cell (at most :data:`FEW`; every sum without)."""
     paths = ["b", *(mask if mask is not None else maps)]
     api = getattr(client, "_firestore_api", None)
     database = getattr(client, "_database_string", None)
@@ -54,7 +74,14 @@ async def batch_get(
         async for snap in client.get_all(refs, field_paths=paths):
             if snap.exists:
                 doc = snap.to_dict()
-                yield doc["b"], [(key, sums.items()) for m in maps for key, sums in (doc.get(m) or {}).items()]
+                yield (
+                    doc["b"],
+                    [
+                        (key, sums.items() if names is None else [(n, sums[n]) for n in names if n in sums])
+                        for m in maps
+                        for key, sums in (doc.get(m) or {}).items()
+                    ],
+                )
         return
     request = {
         "database": database,
@@ -68,5 +95,5 @@ async def batch_get(
             continue
         fields = pb.found.fields
         found = [fields[m] for m in maps if m in fields]
-        cells = _cells(found[0]) if len(found) == 1 else chain.from_iterable(map(_cells, found))
+        cells = _cells(found[0], names) if len(found) == 1 else chain.from_iterable(_cells(f, names) for f in found)
         yield fields["b"].string_value, cells

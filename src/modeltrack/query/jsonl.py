@@ -59,6 +59,7 @@ class JSONLReader:
         day_zone: tzinfo | None = None,
         latency: bool = True,
         values: Collection[Any] | None = None,
+        sums: Collection[str] | None = None,
     ) -> list[dict[str, Any]]:
         lo, hi = hour_key(start), hour_key(end)
         rows = [r for r in map(event_row, await asyncio.to_thread(self._all)) if lo <= r["hour"] < hi]

@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 from .base import EventFilter, Filters, Reader
+from .breakdown import breakdown
 from .forecast import forecast
 from .times import bucket_start, ceil_hour, stamp
-from .views import Range, breakdown, series, summary, usd
+from .views import Range, series, summary, usd
 
 
 async def overview(

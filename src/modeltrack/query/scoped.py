@@ -58,8 +58,11 @@ class ScopedReader:
         day_zone: tzinfo | None = None,
         latency: bool = True,
         values: Collection[Any] | None = None,
+        sums: Collection[str] | None = None,
     ) -> list[dict[str, Any]]:
-        return await self.inner.aggregate(start, end, self._filters(f), group_by, by_hour, day_zone, latency, values)
+        return await self.inner.aggregate(
+            start, end, self._filters(f), group_by, by_hour, day_zone, latency, values, sums
+        )
 
     @property
     def histograms_apart(self) -> bool:

@@ -267,6 +267,7 @@ class SQLiteReader:
         day_zone: tzinfo | None = None,
         latency: bool = True,
         values: Collection[Any] | None = None,
+        sums: Collection[str] | None = None,
     ) -> list[dict[str, Any]]:
         rows = list(await self._call(self._aggregate, start, end, f, group_by, by_hour, day_zone, latency))
         return only(rows, group_by, values)

@@ -1,6 +1,7 @@
 """What the API, the dashboard and ``modeltrack report`` answer, built on the :class:`~modeltrack.query.Reader`
-interface, so every store answers alike: spend over time, breakdowns with the previous period, sessions and
-their steps, and the overview. Forecasts and what-if live in :mod:`.forecast` and :mod:`.whatif`.
+interface, so every store answers alike: ranges, spend over time, sessions and their steps, and the figures
+every answer shares. Breakdowns live in :mod:`.breakdown`, the overview in :mod:`.overview`, forecasts and
+what-if in :mod:`.forecast` and :mod:`.whatif`.
 
 All money comes from the stored events and rollups (integer nano-dollars, summed exactly), never from prices.
 Ranges are whole hours (the rollups' resolution); the effective range is returned with every answer.
@@ -19,7 +20,6 @@ from .times import TimeError, bucket_start, ceil_hour, hour_start, next_bucket, 
 MAX_LIMIT = 1000
 MAX_BUCKETS = 5000
 GRANULARITIES = ("hour", "day", "week", "month")
-SORTS = ("cost", "requests", "tokens", "errors", "latency")
 
 
 class QueryError(ValueError):
@@ -124,18 +124,14 @@ def _pct(cell: dict[str, int], q: float, buckets: tuple[str, ...] = LATENCY_BUCK
     return _round(percentile([int(cell.get(b, 0)) for b in buckets], q)) if cell else None
 
 
-def _add(acc: dict[str, Any], row: dict[str, Any]) -> None:
+def add_sums(acc: dict[str, Any], row: dict[str, Any]) -> None:
     """Sum ``row`` into ``acc``: only the figures the row has (a row read without the histogram has none)."""
     for name, value in row.items():
         if value and name in _SUMMABLE:  # (most of a row's histogram buckets are zero: tested first)
             acc[name] = acc.get(name, 0) + int(value)
 
 
-def _histogram(row: dict[str, Any]) -> dict[str, Any]:
-    return {b: row[b] for b in HISTOGRAMS if row.get(b)}
-
-
-def _less(whole: dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, Any]:
+def less_sums(whole: dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, Any]:
     out = {k: v for k, v in whole.items() if k in _SUMMABLE}
     for part in parts:
         for k, v in part.items():
@@ -144,7 +140,7 @@ def _less(whole: dict[str, Any], parts: list[dict[str, Any]]) -> dict[str, Any]:
     return {k: v for k, v in out.items() if v}
 
 
-def _key(value: Any) -> Any:
+def value_key(value: Any) -> Any:
     return None if value in ("", None) else value
 
 
@@ -186,11 +182,11 @@ async def series(
         i = where.get(h)
         if i is None:
             i = where[h] = index[bucket_start(hour_start(h), granularity, rng.tz).astimezone(UTC)]
-        key = _key(row.get(split)) if split else "total"
+        key = value_key(row.get(split)) if split else "total"
         cells = per.get(key)
         if cells is None:
             cells = per[key] = [{} for _ in starts]
-        _add(cells[i], row)
+        add_sums(cells[i], row)
     ranked = sorted(per, key=lambda k: -sum(int(c.get("cost_nano_usd", 0)) for c in per[k]))
     keep, rest = ranked[:top], ranked[top:]
     out = [(k, per[k]) for k in keep]
@@ -198,7 +194,7 @@ async def series(
         other: list[dict[str, int]] = [{} for _ in starts]
         for k in rest:
             for j, cell in enumerate(per[k]):
-                _add(other[j], cell)
+                add_sums(other[j], cell)
         out.append(("__other__", other))
     total_nano = sum(int(c.get("cost_nano_usd", 0)) for cells in per.values() for c in cells)
     return {
@@ -231,112 +227,6 @@ def _series_of(key: Any, cells: list[dict[str, int]], latency: bool = True) -> d
         "latency_p95_ms": [_pct(c, 0.95) for c in cells] if latency else None,
         "ttft_p50_ms": [_pct(c, 0.5, TTFT_BUCKETS) for c in cells] if latency else None,
         "ttft_p95_ms": [_pct(c, 0.95, TTFT_BUCKETS) for c in cells] if latency else None,
-    }
-
-
-async def breakdown(
-    reader: Reader,
-    rng: Range,
-    dimension: str,
-    filters: Filters,
-    limit: int = 10,
-    sort: str = "cost",
-    compare: bool = True,
-    latency: bool = True,
-) -> dict[str, Any]:
-    """The top ``limit`` values of ``dimension`` in the range, each with spend, requests, tokens, response-cache
-    hit rate, error rate and latency p50/p95 (null with ``latency=False``, which reads no histogram), and the
-    same figures of the previous period of equal length. ``other`` is every value the rows do not show: its
-    previous period includes values seen only then, so the rows and ``other`` add up to ``total`` in both."""
-    check_dimension(dimension)
-    limit = check_limit(limit)
-    if sort not in SORTS:
-        raise QueryError(f"sort {sort!r} is not one of {', '.join(SORTS)}")
-    by = (dimension,) if dimension == "cache_hit" else (dimension, "cache_hit")
-    # Thousands of users: on a store that keeps their histograms apart from their sums (Firestore), the ranking
-    # reads sums only; the top rows' percentiles and the previous period are read for those rows alone, and the
-    # rest's from the total less the top rows. The figures are the same (tests/test_firestore_analytics.py).
-    apart = dimension == "user" and sort != "latency" and bool(getattr(reader, "histograms_apart", False))
-    groups: dict[Any, dict[str, Any]] = {}
-    hits: dict[Any, int] = {}
-    stored: dict[Any, Any] = {}  # a group's key → its value as the store returned it
-    for row in await reader.aggregate(rng.start, rng.end, filters, by, latency=latency and not apart):
-        key = _key(row[dimension])
-        stored[key] = row[dimension]
-        _add(groups.setdefault(key, {}), row)
-        if row.get("cache_hit"):
-            hits[key] = hits.get(key, 0) + int(row["requests"])
-
-    def measure(g: dict[str, Any]) -> float:
-        if sort == "cost":
-            return int(g.get("cost_nano_usd", 0))
-        if sort == "requests":
-            return int(g.get("requests", 0))
-        if sort == "tokens":
-            return sum(int(g.get(t, 0)) for t in TOKENS)
-        if sort == "errors":
-            return int(g.get("errors", 0))
-        return percentile([int(g.get(b, 0)) for b in LATENCY_BUCKETS], 0.95) or 0.0
-
-    ranked = sorted(groups, key=lambda k: (-measure(groups[k]), str(k)))
-    top = [stored[k] for k in ranked[:limit]]
-    total: dict[str, Any] = {}
-    for g in groups.values():
-        _add(total, g)
-    if apart and latency and groups:
-        for row in await reader.aggregate(rng.start, rng.end, filters, (dimension,), values=top):
-            _add(groups[_key(row[dimension])], _histogram(row))
-        for row in await reader.aggregate(rng.start, rng.end, filters):
-            _add(total, _histogram(row))
-    before: dict[Any, dict[str, Any]] = {}
-    total_prev: dict[str, Any] = {}
-    if compare:
-        prev = rng.previous()
-        values = top if apart else None
-        for row in await reader.aggregate(prev.start, prev.end, filters, (dimension,), latency=False, values=values):
-            _add(before.setdefault(_key(row[dimension]), {}), row)
-        for row in await reader.aggregate(prev.start, prev.end, filters, latency=False) if apart else before.values():
-            _add(total_prev, row)
-
-    def row_of(key: Any, g: dict[str, Any], prev: dict[str, Any] | None, n_hits: int) -> dict[str, Any]:
-        r = {dimension: key, **summary(g)}
-        r["cache_hits"] = n_hits
-        r["cache_hit_rate"] = round(n_hits / r["requests"], 4) if r["requests"] else 0.0
-        r["share"] = (
-            round(int(g.get("cost_nano_usd", 0)) / int(total.get("cost_nano_usd", 0)), 4)
-            if total.get("cost_nano_usd")
-            else 0.0
-        )
-        if compare:
-            p_cost = int((prev or {}).get("cost_nano_usd", 0))
-            r["previous_cost_usd"] = usd(p_cost)
-            r["previous_requests"] = int((prev or {}).get("requests", 0))
-            r["change_pct"] = round(100 * (int(g.get("cost_nano_usd", 0)) - p_cost) / p_cost, 1) if p_cost else None
-        return r
-
-    rows = [row_of(k, groups[k], before.get(k), hits.get(k, 0)) for k in ranked[:limit]]
-    rest = ranked[limit:]
-    other = None
-    if rest:
-        acc: dict[str, Any] = {}
-        for k in rest:
-            _add(acc, groups[k])
-        if apart:  # histograms were read for the top rows only: the rest's is the total's less theirs
-            _add(acc, _less(_histogram(total), [_histogram(groups[k]) for k in ranked[:limit]]))
-        # Its previous period: everything the top rows do not show (values seen only then too), so that the
-        # rows and the rest add up to the total in both periods.
-        acc_prev = _less(total_prev, [before[k] for k in ranked[:limit] if k in before])
-        other = row_of("__other__", acc, acc_prev, sum(hits.get(k, 0) for k in rest))
-        other["values"] = len(rest)
-    totals = row_of("__total__", total, total_prev, sum(hits.values()))
-    return {
-        "range": rng.describe(),
-        "previous": rng.previous().describe() if compare else None,
-        "dimension": dimension,
-        "sort": sort,
-        "rows": rows,
-        "other": other,
-        "total": totals,
     }
 
 
@@ -409,7 +299,7 @@ async def values(reader: Reader, rng: Range, dimension: str, filters: Filters, l
     check_dimension(dimension)
     rows = await reader.aggregate(rng.start, rng.end, filters, (dimension,), latency=False)
     rows.sort(key=lambda r: -int(r["cost_nano_usd"]))
-    return [_key(r[dimension]) for r in rows[: check_limit(limit, 200)]]
+    return [value_key(r[dimension]) for r in rows[: check_limit(limit, 200)]]
 
 
 def parse_filters(get: Any) -> Filters:

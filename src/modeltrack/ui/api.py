@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 from ..query import DIMENSIONS, Reader, StoreMissing, open_reader
+from ..query.breakdown import breakdown
 from ..query.errors import errors
 from ..query.forecast import forecast
 from ..query.overview import overview
@@ -21,7 +22,6 @@ from ..query.views import (
     GRANULARITIES,
     QueryError,
     Range,
-    breakdown,
     make_range,
     parse_filters,
     series,

@@ -14,7 +14,8 @@ from aiohttp import web
 
 from ..events import FIELD_ORDER
 from ..query import EventFilter
-from ..query.views import QueryError, Range, breakdown, parse_filters, series, sessions
+from ..query.breakdown import breakdown
+from ..query.views import QueryError, Range, parse_filters, series, sessions
 from ..tabular import csv_lines
 from .api import Api, Params
 
