@@ -18,8 +18,9 @@ import pytest
 
 from modeltrack.config import Settings
 from modeltrack.events import CostEvent, new_request_id, rfc3339
+from modeltrack.journal import Journal, read_events
 from modeltrack.metrics import Metrics
-from modeltrack.pipeline import Journal, Pipeline, _read_events, is_transient
+from modeltrack.pipeline import Pipeline, is_transient
 from modeltrack.rollups import LATENCY_BOUNDS_MS
 from modeltrack.sinks import Sink, open_sink
 from modeltrack.sinks.firestore import FirestoreSink
@@ -523,12 +524,12 @@ def test_journal_segments_rotate_replay_and_close_as_plain_jsonl(tmp_path: Path,
     live = journal._paths[segs[-1]]
     assert os.path.getsize(live) == seg_bytes  # reserved, NUL-padded
     in_live = [i for i, s in enumerate(segs) if s == segs[-1]]
-    assert [e.request_id for e in _read_events(live)] == [ids[i] for i in in_live]
+    assert [e.request_id for e in read_events(live)] == [ids[i] for i in in_live]
     assert "corrupt" not in caplog.text  # the padding is the end of the data, not a torn line
     # Nothing acked yet: every closed segment is still there, truncated to its lines, and replays in full.
     closed = sorted(journal._paths[s] for s in set(segs[:-1]) if s != segs[-1])
     assert all(open(p, "rb").read().count(b"\x00") == 0 for p in closed)
-    replayed = [e.request_id for p in closed for e in _read_events(p)]
+    replayed = [e.request_id for p in closed for e in read_events(p)]
     assert sorted(replayed) == sorted(ids[: in_live[0]])
     journal.ack(segs)  # acked closed segments are deleted; the live one stays until closed
     assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(live)]
