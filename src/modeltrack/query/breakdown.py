@@ -18,8 +18,12 @@ from .base import Filters, Reader
 from .views import QueryError, Range, add_sums, check_dimension, check_limit, less_sums, summary, usd, value_key
 
 SORTS = ("cost", "requests", "tokens", "errors", "latency")
-_RANKED_ON = {"cost": ("requests", "cost_nano_usd"), "requests": ("requests",), "tokens": ("requests", *TOKENS)}
-_RANKED_ON["errors"] = ("requests", "errors")
+_RANKED_ON = {
+    "cost": ("requests", "cost_nano_usd"),
+    "requests": ("requests",),
+    "tokens": ("requests", *TOKENS),
+    "errors": ("requests", "errors"),
+}
 """The sums a ranking by each sort reads (with ``requests``, which every group has) when the store can read
 fewer than all of them (a breakdown by user on Firestore)."""
 
