@@ -9,8 +9,9 @@ day's worth of that user's requests at a million a day over 5,000 users (190 ans
 the response cache, every sum filled, latency and TTFT histograms drawn from log-normal distributions), through
 the sink's own :func:`modeltrack.sinks.slices.add_row`. Then the dashboard's 30-day breakdown by user is timed
 as the API runs it, and the largest documents are measured in bytes and in fields: Firestore allows 1 MiB and
-20,000 fields a document, a map's fields counted (the emulator enforces neither). A user here fills ~74 fields a
-day, so the store has 40 user shards (125 users a document), not the default 8 (README, "Firestore at scale").
+20,000 fields a document, and a map's fields are counted here (the safe reading; the emulator enforces neither).
+A user here fills ~74 fields a day, so the store has 40 user shards (125 users a document), not the default 8
+(README, "Firestore at scale").
 """
 
 from __future__ import annotations
