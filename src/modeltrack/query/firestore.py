@@ -31,7 +31,7 @@ class FirestoreReader:
     name = "firestore"
     histograms_apart = True
     """The user's histograms are kept apart from its sums (:data:`slices.USER_HISTOGRAMS`): a breakdown by user
-    ranks on the sums and reads the top rows' histograms alone (:func:`modeltrack.query.breakdown.breakdown`)."""
+    ranks on its sort's sums alone and reads only the top rows whole (:func:`modeltrack.query.breakdown.breakdown`)."""
 
     def __init__(self, sink: FirestoreSink) -> None:
         self.sink = sink

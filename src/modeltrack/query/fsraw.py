@@ -38,8 +38,8 @@ def _named(cell: Any, names: tuple[str, ...]) -> list[tuple[str, int]]:
 
 
 FEW = 6
-"""Up to this many sums asked for (a ranking's): each is looked up in a cell by name (a cell holds up to 12);
-more are read by walking the cell."""
+"""Up to this many sums asked for (a ranking's): each is looked up in a cell by name (a cell holds ten sums,
+and in documents written before ``user_h`` its histogram too); more are read by walking the cell."""
 
 
 def _cells(value: Any, names: tuple[str, ...] | None = None) -> Iterator[tuple[str, Iterable[tuple[str, int]]]]:
