@@ -144,6 +144,7 @@ async def questions(reader: Any, end: datetime) -> list[tuple[str, Any]]:
         ("breakdown by model", lambda: breakdown(reader, rng, "model", f)),
         ("breakdown by user (5,000 users)", lambda: breakdown(reader, rng, "user", f)),
         ("breakdown by feature, one team (a team's viewer)", lambda: breakdown(reader, rng, "feature", team)),
+        ("breakdown by key (50 keys)", lambda: breakdown(reader, rng, "key_id", f)),
         ("series by day, one key (its Keys page)", lambda: views.series(reader, rng, "day", Filters(key_id="key_07"))),
         ("series by day", lambda: views.series(reader, rng, "day", f)),
         ("series by day split by team, Europe/Paris", lambda: views.series(reader, paris, "day", f, "team")),

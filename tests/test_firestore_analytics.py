@@ -32,7 +32,7 @@ from modeltrack.query.views import Range
 from modeltrack.query.whatif import whatif
 from modeltrack.sinks.base import StoreURLError, open_sink
 from modeltrack.sinks.firestore import SLICES_META, FirestoreSink
-from modeltrack.sinks.slices import MAPS, USER_HISTOGRAMS
+from modeltrack.sinks.slices import MAPS, SEP, SPREAD, USER_HISTOGRAMS, slice_doc_id, slice_name
 from modeltrack.sinks.sqlite import SQLiteSink
 
 from .seed import history
@@ -51,6 +51,9 @@ QUESTIONS: list[tuple[Filters, tuple[str, ...]]] = [
     (Filters(), ("status",)),
     (Filters(), ("org",)),
     (Filters(), ("key_id",)),
+    (Filters(), ("prompt_id", "cache_hit")),
+    (Filters(key_id="key_2"), ()),
+    (Filters(team="search"), ("key_id",)),
     (Filters(), ("processing",)),
     (Filters(team="search"), ("model", "cache_hit")),
     (Filters(team=""), ("app",)),
@@ -79,6 +82,7 @@ def _events() -> list[Any]:
                 e,
                 org=("acme", "globex", None)[i % 3],
                 key_id=f"key_{i % 4}" if i % 5 else None,
+                prompt_id=f"prompt-{i % 7}" if i % 3 else None,
                 processing="batch" if i % 17 == 0 else None,
                 latency_ms=0.3 + (i % 50) * 37.1,
             )
@@ -268,6 +272,66 @@ async def test_a_breakdown_by_user_equals_sqlites_with_the_top_rows_histograms_r
     assert fs.reads - before <= 1000
 
 
+async def test_keys_and_prompt_ids_stay_out_of_the_main_document_and_an_earlier_versions_cells_still_count(
+    tmp_path: Path,
+) -> None:
+    """A platform's keys and prompt ids can number in the thousands a day, and a busy value's cell is some 80
+    fields: in the main slice document, which every other dimension shares, they would take it past Firestore's
+    20,000 fields a document, and Firestore would refuse the commits. So each value's cells are in one of the
+    store's value-shard documents (sinks/slices.py), and the main document holds none. A version before kept them
+    in the main document; a store written both ways in the same buckets (a rolling upgrade: half the events
+    each way) answers every question by key and prompt id as SQLite does, each event counted once."""
+    events = [replace(e, key_id=f"mt_key_{i % 600}", prompt_id=f"p{i % 90}") for i, e in enumerate(_events())]
+    half = len(events) // 2
+    SQLiteSink(str(tmp_path / "e.db")).write_sync(events)
+    sink = FirestoreSink("modeltrack-test", f"k{uuid.uuid4().hex[:12]}", value_shards=3)
+    await sink.write(events[:half])
+    coll = sink.collection_ref("slices")
+    docs = [d async for d in coll.stream() if d.id != SLICES_META]
+    where: dict[tuple[str, str], set[str]] = {}
+    for d in docs:
+        part = d.get("slice").rsplit(SEP, 1)[1]
+        maps = set(d.to_dict()) & set(SPREAD)
+        assert (part.startswith("values")) == bool(maps), (part, maps)
+        for dim in maps:
+            for cell in d.get(dim):
+                where.setdefault((dim, cell.split(SEP)[-1]), set()).add(part)
+    assert set(where) == {(d, getattr(e, d)) for e in events[:half] for d in SPREAD}
+    assert len(where) > 300
+    assert all(len(parts) == 1 for parts in where.values())  # a value's cells in its one shard, every bucket
+    assert {p for parts in where.values() for p in parts} == {"values0", "values1", "values2"}
+    # The earlier version's placement: those cells moved into the main documents of their buckets.
+    for d in docs:
+        kind, org, team, part = d.get("slice").split(SEP)
+        if part.startswith("values"):
+            main_doc = coll.document(slice_doc_id(slice_name(kind, org, team), d.get("b"), 0))
+            await main_doc.set({dim: d.get(dim) for dim in SPREAD if dim in d.to_dict()}, merge=True)
+            await d.reference.delete()
+    # This version writes the other half, into value shards of the same buckets.
+    later = FirestoreSink("modeltrack-test", sink.collection)
+    await later.write(events[half:])
+    fs, sq = FirestoreReader(later), SQLiteReader(str(tmp_path / "e.db"))
+    questions = [
+        (Filters(), ("key_id",)),
+        (Filters(), ("prompt_id", "cache_hit")),
+        (Filters(key_id="mt_key_7"), ()),
+        (Filters(prompt_id="p3"), ("cache_hit",)),
+        (Filters(team="search"), ("key_id",)),
+        (Filters(org="acme"), ("prompt_id",)),
+    ]
+    for f, group_by in questions:
+        sl = slice_for(f, group_by)
+        assert sl is not None and sl.dim in SPREAD, (f, group_by)
+        reads = await _same(fs, sq, f, group_by)
+        names = len(replace(sl, values=3).names("day"))  # the main document and this store's 3 value shards
+        assert reads <= (30 + 46) * names and reads <= 1000, (f, group_by, reads)
+    await _same(fs, sq, Filters(team="search"), ("key_id",), by_hour=True)
+    await _same(fs, sq, Filters(), ("prompt_id",), by_hour=True, day_zone=zone("Europe/Paris"))
+    await fs.close()
+    await sq.close()
+    await sink.close()
+
+
 async def test_a_range_that_reaches_the_present_reads_its_last_day_whole(tmp_path: Path) -> None:
     """No event is stamped after now, so a range ending after now holds the same events as one ending at the end
     of its last UTC day (or week, by user): Firestore reads that day's document instead of its hours. The
@@ -293,30 +357,34 @@ async def test_a_range_that_reaches_the_present_reads_its_last_day_whole(tmp_pat
     await sq.close()
 
 
-async def test_a_store_keeps_the_user_shards_it_was_created_with(
+async def test_a_store_keeps_the_user_and_value_shards_it_was_created_with(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """More users a day need more user documents a bucket (each stays within Firestore's 1 MiB): a store
-    created with ``?user_shards=N`` records N in its marks; every writer and reader uses the store's N, whatever
-    its own URL says (a user's document depends on it), and answers equal SQLite's."""
-    with pytest.raises(StoreURLError, match="user_shards must be a whole number from 1 to 4096, got '0'"):
-        open_sink("firestore://p/c?user_shards=0")
+    """More users (keys, prompt ids) a day need more of their documents a bucket (each stays within Firestore's
+    limits): a store created with ``?user_shards=N&value_shards=M`` records N and M in its marks; every writer and
+    reader uses the store's numbers, whatever its own URL says (a user's document depends on them), and answers
+    equal SQLite's."""
+    for bad in ("user_shards", "value_shards"):
+        with pytest.raises(StoreURLError, match=f"{bad} must be a whole number from 1 to 4096, got '0'"):
+            open_sink(f"firestore://p/c?{bad}=0")
     events = _events()[:300]
     coll = f"u{uuid.uuid4().hex[:12]}"
-    first = open_sink(f"firestore://modeltrack-test/{coll}?user_shards=3")
+    first = open_sink(f"firestore://modeltrack-test/{coll}?user_shards=3&value_shards=2")
     assert isinstance(first, FirestoreSink)
     await first.write(events[:150])
-    later = open_sink(f"firestore://modeltrack-test/{coll}?user_shards=5")
+    later = open_sink(f"firestore://modeltrack-test/{coll}?user_shards=5&value_shards=6")
     assert isinstance(later, FirestoreSink)
     with caplog.at_level("WARNING"):
         await later.write(events[150:])
     assert "keeps 3 user shards" in caplog.text and "?user_shards=5 is ignored" in caplog.text
-    assert (await first.slices_meta()).user_shards == 3
+    assert "keeps 2 value shards" in caplog.text and "?value_shards=6 is ignored" in caplog.text
+    marks = await first.slices_meta()
+    assert (marks.user_shards, marks.value_shards) == (3, 2)
     parts = set()
     async for d in first.collection_ref("slices").stream():
-        if d.id != SLICES_META and "user" in d.get("slice"):
-            parts.add(d.get("slice").rsplit("\x1f", 1)[1])
-    assert parts == {"user0", "user1", "user2"}
+        if d.id != SLICES_META:
+            parts.add(d.get("slice").rsplit(SEP, 1)[1])
+    assert parts == {"main", "user0", "user1", "user2", "values0", "values1"}
     SQLiteSink(str(tmp_path / "u.db")).write_sync(events)
     fs, sq = FirestoreReader(first), SQLiteReader(str(tmp_path / "u.db"))
     for f, group_by in QUESTIONS:

@@ -135,15 +135,14 @@ class FirestoreReader:
             summed = tuple(s for s in SUMS if s in sums)
         keys = (("hour",) if by_hour else ()) + group_by
         sl = fsplan.slice_for(f, group_by)
-        if sl is not None and values is not None and sl.dim == "user" == group_by[0] and sl.user is None:
+        if sl is not None and values is not None and sl.dim == "user" == group_by[0] and sl.value is None:
             sl = replace(sl, only=frozenset(str(v) for v in values))
         since = await self._since() if sl is not None else None
         if sl is not None and not self._marks.orgs and f.org is None:
             sl = replace(sl, orgs=("",))  # no event has an org: the all-organisations slices do not exist
         if sl is None or since is None:
             return only(await self._hourly(start, end, f, keys), group_by, values)
-        if sl.dim == "user":
-            sl = replace(sl, users=self._marks.user_shards)
+        sl = replace(sl, users=self._marks.user_shards, values=self._marks.value_shards)
         cut = max(start, min(end, hour_start(since))) if since else start
         parts = []
         if start < cut:

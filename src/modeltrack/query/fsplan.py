@@ -23,19 +23,28 @@ class Slice:
     orgs: tuple[str, ...]
     pinned: str
     select: Filters
-    user: str | None = None  # a filter on one user: only its shard is read
+    value: str | None = None  # a filter on one user (key, prompt id): only its shard is read
     only: frozenset[str] | None = None  # these users' cells only: their shards, and a mask on their cells
     users: int = slices.USER_SHARDS  # the store's user shards (slicemeta.Marks.user_shards)
+    values: int = slices.VALUE_SHARDS  # and its value shards, for keys and prompt ids
 
     def names(self, kind: str) -> list[str]:
+        """The slice documents' names, for buckets of ``kind``. A key's or a prompt id's cells are in the main
+        document when a version before :data:`slices.SPREAD` wrote them, in their value shard since: both are
+        read, and each event is counted in one of them only."""
         parts: Iterable[str] = ("main",)
         if self.dim == "user":  # one user's shard, those of a few, or every shard
-            if self.user is not None:
-                parts = [slices.part_of("user", self.user, self.users)]
+            if self.value is not None:
+                parts = [slices.part_of("user", self.value, self.users)]
             elif self.only is not None:
                 parts = sorted({slices.part_of("user", u, self.users) for u in self.only})
             else:
                 parts = slices.user_parts(self.users)
+        elif self.dim in slices.SPREAD:
+            if self.value is not None:
+                parts = ("main", slices.part_of(self.dim, self.value, values=self.values))
+            else:
+                parts = ("main", *slices.value_parts(self.values))
         return [slices.slice_name(kind, o, self.pinned, part) for o in self.orgs for part in parts]
 
 
@@ -54,7 +63,8 @@ def slice_for(f: Filters, group_by: tuple[str, ...]) -> Slice | None:
         if pinned != slices.ALL and dim == slices.PIN:
             continue
         if needed <= set(slices.carried(dim)):
-            return Slice(dim, orgs, pinned, Filters(**wanted), wanted.get("user") if dim == "user" else None)
+            value = wanted.get(dim) if dim == "user" or dim in slices.SPREAD else None
+            return Slice(dim, orgs, pinned, Filters(**wanted), None if value is None else str(value))
     return None
 
 

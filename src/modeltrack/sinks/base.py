@@ -69,16 +69,21 @@ def open_sink(url: str) -> Sink:
         rest = rest.strip("/")
         if not rest:
             raise StoreURLError(
-                "firestore:// needs a project: firestore://PROJECT[/COLLECTION][?shards=N][&user_shards=M]"
+                "firestore:// needs a project: firestore://PROJECT[/COLLECTION][?shards=N][&user_shards=M][&value_shards=K]"
             )
         project, _, collection = rest.partition("/")
         params = dict(p.partition("=")[::2] for p in query.split("&") if p)
-        unknown = set(params) - {"shards", "user_shards"}
+        unknown = set(params) - {"shards", "user_shards", "value_shards"}
         if unknown:
-            raise StoreURLError(f"unknown firestore:// option(s): {sorted(unknown)} (supported: shards, user_shards)")
+            raise StoreURLError(
+                f"unknown firestore:// option(s): {sorted(unknown)} (supported: shards, user_shards, value_shards)"
+            )
         shards = _count(params, "shards", 1, 1000, "?shards=4 for about four commits a second")
         users = _count(params, "user_shards", None, 4096, "?user_shards=20 for about 10,000 users a day")
-        return FirestoreSink(project, collection or "modeltrack", shards=shards or 1, user_shards=users)
+        values = _count(params, "value_shards", None, 4096, "?value_shards=8 for about 2,000 keys and prompt ids a day")
+        return FirestoreSink(
+            project, collection or "modeltrack", shards=shards or 1, user_shards=users, value_shards=values
+        )
     raise StoreURLError(
         f"unsupported store URL scheme (expected sqlite://, jsonl:// or firestore://): {url.split(':', 1)[0]}"
     )

@@ -104,16 +104,20 @@ class FirestoreSink:
         shards: int = 1,
         commit_timeout: float = 10.0,
         user_shards: int | None = None,
+        value_shards: int | None = None,
     ) -> None:
-        """``user_shards``: for a store this writer creates, how many documents a bucket's users are spread over
-        (:mod:`.slicemeta`); an existing store keeps its own number."""
+        """``user_shards`` and ``value_shards``: for a store this writer creates, how many documents a bucket's
+        users, and its keys and prompt ids, are spread over (:mod:`.slicemeta`); an existing store keeps its own
+        numbers."""
         self.project = project
         self.collection = collection
         self.shards = max(1, shards)
         self.commit_timeout = commit_timeout
         self.user_shards = user_shards
+        self.value_shards = value_shards
         self._client: Any = None
         self._users = 0  # the store's user shards, known once its marks are read (before the first write)
+        self._values = slices.VALUE_SHARDS  # and its value shards
         self._orgs = False
 
     @property
@@ -155,31 +159,40 @@ class FirestoreSink:
         keys: set[tuple[Any, ...]] = set()
         for ev in events:
             row = event_row(ev)
-            mine: set[tuple[Any, ...]] = {daily_key(ev), hourly_key(ev), *slices.keys(row, self._users)}
+            mine: set[tuple[Any, ...]] = {daily_key(ev), hourly_key(ev), *slices.keys(row, self._users, self._values)}
             if ev.session_id is not None:
                 mine.add(("session", ev.org or "", ev.session_id))
-            if cur and (len(cur) + 1 + len(keys | mine) > MAX_WRITES or not slices.fits(acc, fields, row, self._users)):
+            if cur and (
+                len(cur) + 1 + len(keys | mine) > MAX_WRITES
+                or not slices.fits(acc, fields, row, self._users, self._values)
+            ):
                 chunks.append((cur, acc))
                 cur, keys, acc, fields = [], set(), {}, {}
             cur.append(ev)
             keys |= mine
-            slices.add_row(acc, row, fields, self._users)
+            slices.add_row(acc, row, fields, self._users, self._values)
         if cur:
             chunks.append((cur, acc))
         return chunks
 
     async def write(self, events: list[CostEvent]) -> None:
         if not self._users:
-            # Where each user's cells go depends on the store's user shards: no write before they are known (a
-            # failure here fails the batch, which the pipeline retries like any other).
+            # Where each user's (key's, prompt id's) cells go depends on the store's shards: no write before they
+            # are known (a failure here fails the batch, which the pipeline retries like any other).
             marks = await slicemeta.mark(self)
-            if self.user_shards is not None and marks.user_shards != self.user_shards:
-                log.warning(
-                    "firestore: this store keeps %d user shards, set when it was created: ?user_shards=%d is ignored",
-                    marks.user_shards,
-                    self.user_shards,
-                )
-            self._users = marks.user_shards
+            for what, mine, its in (
+                ("user", self.user_shards, marks.user_shards),
+                ("value", self.value_shards, marks.value_shards),
+            ):
+                if mine is not None and mine != its:
+                    log.warning(
+                        "firestore: this store keeps %d %s shards, set when it was created: ?%s_shards=%d is ignored",
+                        its,
+                        what,
+                        what,
+                        mine,
+                    )
+            self._users, self._values = marks.user_shards, marks.value_shards
         if not self._orgs and any(ev.org for ev in events):
             # Readers then read the all-organisations slices too (without, half as many documents). Set before
             # the events are written, so no reader can see an org's events without it.

@@ -10,6 +10,9 @@ A store written by an older version has events its slices never counted. The ``_
 * ``user_shards``: how many documents a bucket's users are spread over (:data:`slices.USER_SHARDS` when absent).
   Set once, by the writer that creates the marks (``?user_shards=N`` on its store URL); every writer and reader
   then uses the store's number, whatever its own URL says, since a user's shard depends on it.
+* ``value_shards``: the same for keys and prompt ids (:data:`slices.VALUE_SHARDS` when absent, as for every store
+  marked before they had documents of their own: their cells were in the main documents, which readers still
+  read for them).
 
 A writer marks a store before its first write (:func:`mark`): an empty store is covered from the start; one with
 events from the next UTC midnight (day and hour slices) and the next Monday (weeks), the first whole buckets it
@@ -47,6 +50,7 @@ class Marks:
     weeks: str | None
     orgs: bool
     user_shards: int = slices.USER_SHARDS
+    value_shards: int = slices.VALUE_SHARDS
 
 
 def _tomorrow() -> str:
@@ -64,12 +68,13 @@ async def read(sink: FirestoreSink) -> Marks:
 
 
 def _marks(doc: dict[str, Any]) -> Marks:
-    since, weeks, users = doc.get("since"), doc.get("weeks"), doc.get("user_shards")
+    since, weeks, users, values = (doc.get(k) for k in ("since", "weeks", "user_shards", "value_shards"))
     return Marks(
         since if isinstance(since, str) else None,
         weeks if isinstance(weeks, str) else None,
         bool(doc.get("orgs")),
         users if isinstance(users, int) and users >= 1 else slices.USER_SHARDS,
+        values if isinstance(values, int) and values >= 1 else slices.VALUE_SHARDS,
     )
 
 
@@ -86,6 +91,8 @@ async def mark(sink: FirestoreSink) -> Marks:
         first: dict[str, Any] = {"since": "", "weeks": ""} if empty else {"since": _tomorrow(), "weeks": _next_monday()}
         if sink.user_shards is not None:
             first["user_shards"] = sink.user_shards
+        if sink.value_shards is not None:
+            first["value_shards"] = sink.value_shards
         try:
             await meta.create(first, timeout=sink.commit_timeout, retry=None)
             return _marks(first)
@@ -133,7 +140,9 @@ async def migrate(sink: FirestoreSink) -> int:
         if any(k.startswith("lat_") for k in row):
             legacy_latency(row)
         dims = {k: row.get(k, 0 if k in ("status", "cache_hit") else "") for k in _HOURLY_FIELDS}
-        slices.add_row(acc, {**dims, **{k: row.get(k) for k in SUMMED}}, users=marks.user_shards)
+        slices.add_row(
+            acc, {**dims, **{k: row.get(k) for k in SUMMED}}, users=marks.user_shards, values=marks.value_shards
+        )
         orgs = orgs or bool(dims["org"])
 
     def wanted(name: str, bucket: str) -> bool:

@@ -20,7 +20,12 @@ their key includes the user, so a 30-day page read tens of thousands of document
   questions too.
 * The ``user`` dimension is kept in documents of its own, by a hash of the user into the store's user shards
   (:data:`USER_SHARDS` unless it was created with ``?user_shards=N``, recorded in its marks:
-  :mod:`.slicemeta`), so a day with many users keeps each document within Firestore's 1 MiB.
+  :mod:`.slicemeta`), so a day with many users keeps each document within Firestore's 1 MiB and 20,000 fields.
+* **Keys and prompt ids too** (:data:`SPREAD`): a platform can have thousands of each, a cell is some 80 fields
+  at a busy value, and the main document allows 20,000. They are kept in documents of their own, by a hash of
+  the value into the store's value shards (:data:`VALUE_SHARDS`, or ``?value_shards=N``), so the main document
+  holds only dimensions with a few dozen values a day. A version before this kept them in the main document:
+  readers read it too (:meth:`modeltrack.query.fsplan.Slice.names`), so either placement is counted once.
 * **Weeks, for the user:** the user shards are kept by UTC week too (``week``, its bucket the Monday
   ``2026-11-30``). Every day has nearly every user, so a 30-day question by user read some 30 cells a user from
   day documents; from weeks it reads 4 or 5, with the days outside whole weeks (bench/results/firestore.md).
@@ -50,6 +55,11 @@ ALL = "*"
 """The organisation scope of every organisation's events together (and the unpinned team)."""
 PIN = "team"
 USER_SHARDS = 8
+SPREAD = ("key_id", "prompt_id")
+"""Dimensions whose values can number in the thousands a day, kept out of the main document (module docstring)."""
+VALUE_SHARDS = 2
+"""The value shards of a store created without ``?value_shards=N``: some 250 busy keys or prompt ids a document
+(README, "Firestore analytics at scale")."""
 SEP = "\x1f"  # never in an attribution value: HTTP refuses control characters in headers
 _NOT_SUMMED = {"hour", *HOURLY_DIMENSIONS}
 SLICED = tuple(d for d in HOURLY_DIMENSIONS if d != "cache_hit")
@@ -65,13 +75,21 @@ _HISTOGRAMS = frozenset(HISTOGRAMS)
 
 def slice_name(kind: str, org: str, team: str, part: str = "main") -> str:
     """``kind`` ``day``, ``hour`` or ``week`` (user shards only); ``org`` an organisation or :data:`ALL`;
-    ``team`` a team (pinned) or :data:`ALL`; ``part`` ``main`` (every dimension but the user) or ``user{shard}``."""
+    ``team`` a team (pinned) or :data:`ALL`; ``part`` ``main`` (every dimension but those apart), ``user{shard}``
+    or ``values{shard}`` (:data:`SPREAD`)."""
     return SEP.join((kind, org, team, part))
 
 
-def part_of(dim: str, user: str | None = None, users: int = USER_SHARDS) -> str:
-    """The document of a slice that holds ``dim``: ``main``, or the user's shard of ``users``."""
-    return f"user{user_shard(user, users)}" if dim == "user" and user is not None else "main"
+def part_of(dim: str, value: str | None = None, users: int = USER_SHARDS, values: int = VALUE_SHARDS) -> str:
+    """The document of a slice that holds ``dim``'s cell of ``value``: the user's shard of ``users``, a key's or
+    a prompt id's shard of ``values``, or ``main`` (every other dimension)."""
+    if value is None:
+        return "main"
+    if dim == "user":
+        return f"user{user_shard(value, users)}"
+    if dim in SPREAD:
+        return f"values{user_shard(value, values)}"
+    return "main"
 
 
 def user_parts(users: int = USER_SHARDS) -> tuple[str, ...]:
@@ -79,8 +97,14 @@ def user_parts(users: int = USER_SHARDS) -> tuple[str, ...]:
     return tuple(f"user{i}" for i in range(users))
 
 
-def user_shard(user: str, users: int = USER_SHARDS) -> int:
-    return int.from_bytes(hashlib.sha256(user.encode()).digest()[:2], "big") % users
+def value_parts(values: int = VALUE_SHARDS) -> tuple[str, ...]:
+    """Every value shard's part (keys and prompt ids: :data:`SPREAD`), of a store with ``values`` of them."""
+    return tuple(f"values{i}" for i in range(values))
+
+
+def user_shard(value: str, shards: int = USER_SHARDS) -> int:
+    """A value's shard of ``shards`` (a user's, a key's, a prompt id's): stable across processes and versions."""
+    return int.from_bytes(hashlib.sha256(value.encode()).digest()[:2], "big") % shards
 
 
 def carried(dim: str) -> tuple[str, ...]:
@@ -117,11 +141,12 @@ Acc = dict[tuple[str, str], dict[str, dict[str, dict[str, int]]]]
 """(slice name, bucket) → dimension → cell key → sums: what a commit adds to the slices."""
 
 
-def _cells(row: dict[str, Any], users: int) -> list[tuple[str, str, str, str]]:
+def _cells(row: dict[str, Any], users: int, values: int) -> list[tuple[str, str, str, str]]:
     """(slice name, bucket, dimension, cell key) of every slice cell an event's row adds to."""
-    hour, org, team, user = row["hour"], row["org"], row["team"], row["user"]
+    hour, org, team = row["hour"], row["org"], row["team"]
     week = week_of(hour[:10])
     cell = cell_key(row, carried("user"))
+    apart = {d: part_of(d, str(row[d]), users, values) for d in ("user", *SPREAD)}
     out = []
     for o in (org, ALL) if org else (org,):
         for pinned in (ALL, team):
@@ -130,9 +155,9 @@ def _cells(row: dict[str, Any], users: int) -> list[tuple[str, str, str, str]]:
                 for dim in SLICED:
                     if pinned != ALL and dim == PIN:
                         continue
-                    name = slice_name(kind, o, pinned, part_of(dim, user, users)) if dim == "user" else main
+                    name = slice_name(kind, o, pinned, apart[dim]) if dim in apart else main
                     out.append((name, bucket, dim, cell_key(row, carried(dim))))
-            out.append((slice_name("week", o, pinned, part_of("user", user, users)), week, "user", cell))
+            out.append((slice_name("week", o, pinned, apart["user"]), week, "user", cell))
     # A user cell's histogram goes in a map of its own beside its sums (:data:`USER_HISTOGRAMS`).
     out += [(name, bucket, USER_HISTOGRAMS, cell) for name, bucket, dim, cell in out if dim == "user"]
     return out
@@ -149,18 +174,23 @@ def _split(row: dict[str, Any]) -> dict[str, list[tuple[str, int]]]:
     }
 
 
-def add(acc: Acc, ev: CostEvent, users: int = USER_SHARDS) -> None:
-    """Count one event in every slice it belongs to (of a store with ``users`` user shards)."""
-    add_row(acc, event_row(ev), users=users)
+def add(acc: Acc, ev: CostEvent, users: int = USER_SHARDS, values: int = VALUE_SHARDS) -> None:
+    """Count one event in every slice it belongs to (of a store with ``users`` user and ``values`` value
+    shards)."""
+    add_row(acc, event_row(ev), users=users, values=values)
 
 
 def add_row(
-    acc: Acc, row: dict[str, Any], fields: dict[tuple[str, str], int] | None = None, users: int = USER_SHARDS
+    acc: Acc,
+    row: dict[str, Any],
+    fields: dict[tuple[str, str], int] | None = None,
+    users: int = USER_SHARDS,
+    values: int = VALUE_SHARDS,
 ) -> None:
     """Count an hourly-rollup row (an event's own, or a stored hourly document) in every slice it belongs to;
     ``fields`` (when given) counts each document's fields, the increments its write will carry."""
     split = _split(row)
-    for name, bucket, dim, cell in _cells(row, users):
+    for name, bucket, dim, cell in _cells(row, users, values):
         sums = split[dim] if dim in split else split[""]
         if not sums:  # (a cell written as an empty map would replace what it held: none is written)
             continue
@@ -176,11 +206,17 @@ MAX_TRANSFORMS = 480
 ``Increment``, so a commit stops adding events before a slice document would pass this (a margin kept)."""
 
 
-def fits(acc: Acc, fields: dict[tuple[str, str], int], row: dict[str, Any], users: int = USER_SHARDS) -> bool:
+def fits(
+    acc: Acc,
+    fields: dict[tuple[str, str], int],
+    row: dict[str, Any],
+    users: int = USER_SHARDS,
+    values: int = VALUE_SHARDS,
+) -> bool:
     """Whether counting ``row`` too keeps every slice document of a commit within :data:`MAX_TRANSFORMS`."""
     split = _split(row)
     extra: dict[tuple[str, str], int] = {}
-    for name, bucket, dim, cell in _cells(row, users):
+    for name, bucket, dim, cell in _cells(row, users, values):
         have = acc.get((name, bucket), {}).get(dim, {}).get(cell, {})
         new = sum(1 for k, _ in (split[dim] if dim in split else split[""]) if k not in have)
         if new:
@@ -188,6 +224,6 @@ def fits(acc: Acc, fields: dict[tuple[str, str], int], row: dict[str, Any], user
     return all(fields.get(k, 0) + n <= MAX_TRANSFORMS for k, n in extra.items())
 
 
-def keys(row: dict[str, Any], users: int = USER_SHARDS) -> set[tuple[str, str]]:
+def keys(row: dict[str, Any], users: int = USER_SHARDS, values: int = VALUE_SHARDS) -> set[tuple[str, str]]:
     """The slice documents (before write shards) an event's row adds to: what a commit's write count includes."""
-    return {(name, bucket) for name, bucket, _, _ in _cells(row, users)}
+    return {(name, bucket) for name, bucket, _, _ in _cells(row, users, values)}
