@@ -21,197 +21,23 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, date, datetime
-from datetime import time as dtime
-from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
-from .usage import Usage
+from ..usage import Usage
+from .load import clause, compile_model, read_data, read_overrides
+from .model import OWN_UNITS, PICO, PROVIDER_IDS, Model, PriceSet, ProviderPrices, Rate, Tiered, Unit
 
 if TYPE_CHECKING:
-    from .providers.base import MeterResult
+    from ..providers.base import MeterResult
 
 log = logging.getLogger("modeltrack.pricing")
 
-OWN_UNITS: dict[str, dict[str, Any]] = {
-    "output_images": {
-        "per": 1,
-        "price_key": "output_images",
-        "dimensions": {"direction": "output", "family": "images"},
-    },
-    "output_video_seconds": {
-        "per": 1,
-        "price_key": "output_video_seconds",
-        "dimensions": {"direction": "output", "family": "durations", "modality": "video"},
-    },
-}
-"""Units providers bill that genai-prices has none for (Imagen per image, Sora per second of video): priced only
-where the override file gives a price (README, "Pricing"); a model without one is ``unpriced``, never $0."""
-
-PICO = 10**12
-REPO_PRICES = Path(__file__).resolve().parents[2] / "pricing" / "prices.json"
-PACKAGE_PRICES = Path(__file__).resolve().parent / "_data" / "prices.json"
-
-# ModelTrack provider name → genai-prices provider id.
-PROVIDER_IDS = {
-    "openai": "openai",
-    "anthropic": "anthropic",
-    "gemini": "google",
-    "azure": "azure",
-    "bedrock": "aws",
-    "groq": "groq",
-    "mistral": "mistral",
-    "deepseek": "deepseek",
-    "xai": "x-ai",
-    "openrouter": "openrouter",
-    "together": "together",
-    "fireworks": "fireworks",
-}
-
 _COMPACT_DATE = re.compile(r"(-)(20\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?=-|:|$)")
-
-Rate = int | Fraction
-
-
-class PricingError(ValueError):
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Tiered:
-    base: Rate
-    tiers: tuple[tuple[int, Rate], ...]  # (start, rate), ascending
-
-    def at(self, total_input: int) -> Rate:
-        for start, rate in reversed(self.tiers):
-            if total_input > start:
-                return rate
-        return self.base
-
-
-PriceSet = dict[str, Rate | Tiered]  # usage_key -> rate in pico-dollars per unit
-
-
-@dataclass(frozen=True, slots=True)
-class Unit:
-    usage_key: str
-    price_key: str
-    per: int
-    dims: frozenset[tuple[str, str]]
-
-
-@dataclass(slots=True)
-class Model:
-    id: str
-    match: Any
-    prices: list[tuple[Any, PriceSet]]  # (constraint or None, prices); the last active one wins
-    variants: list[tuple[dict[str, str], Any, PriceSet]]
-    provider: str
-    source: str = "genai-prices"
-    by_time_of_day: bool = False  # a price (or variant) holds only at some hours (off-peak rates)
-
-    def price_set(self, when: datetime, context: dict[str, str] | None) -> PriceSet:
-        chosen = self.prices[0][1]
-        for constraint, prices in reversed(self.prices):
-            if constraint is None or constraint(when):
-                chosen = prices
-                break
-        if not context or not self.variants:
-            return chosen
-        overrides: PriceSet = {}
-        for cond, constraint, prices in self.variants:
-            if constraint is not None and not constraint(when):
-                continue
-            if all(context.get(k) == v for k, v in cond.items()):
-                for key, rate in prices.items():
-                    overrides.setdefault(key, rate)
-        return {**chosen, **overrides} if overrides else chosen
-
-    def has_variant(self, key: str, value: str, when: datetime) -> bool:
-        """Whether a price variant for ``key=value`` (``processing=batch``) applies at ``when``."""
-        return any(
-            cond.get(key) == value and (constraint is None or constraint(when)) for cond, constraint, _ in self.variants
-        )
-
-
-@dataclass(slots=True)
-class _Provider:
-    id: str
-    models: list[Model]
-    fallbacks: list[str]
-    model_match: Any
-    """genai-prices' guess of which models are this provider's own (``contains: claude``), or None."""
-
-
-# --- loading -------------------------------------------------------------------------------------------------
-
-
-def _clause(spec: Any) -> Any:
-    """Compile a genai-prices match clause into a predicate on the lower-cased model name."""
-    if not isinstance(spec, dict) or len(spec) != 1:
-        raise PricingError(f"invalid match clause: {spec!r}")
-    ((kind, arg),) = spec.items()
-    if kind == "equals":
-        v = str(arg).lower()
-        return lambda s: s == v
-    if kind == "starts_with":
-        v = str(arg).lower()
-        return lambda s: s.startswith(v)
-    if kind == "ends_with":
-        v = str(arg).lower()
-        return lambda s: s.endswith(v)
-    if kind == "contains":
-        v = str(arg).lower()
-        return lambda s: v in s
-    if kind == "regex":
-        rx = re.compile(str(arg))
-        return lambda s: rx.search(s) is not None
-    if kind in ("or", "and"):
-        subs = [_clause(x) for x in arg]
-        return (lambda s: any(f(s) for f in subs)) if kind == "or" else (lambda s: all(f(s) for f in subs))
-    raise PricingError(f"unknown match clause {kind!r}")
-
-
-def _constraint(spec: Any) -> Any:
-    if spec is None:
-        return None
-    if "start_date" in spec:
-        d = date.fromisoformat(spec["start_date"])
-        return lambda ts: ts.astimezone(UTC).date() >= d
-    if "start_time" in spec:
-        start = _utc_time(spec["start_time"])
-        end = _utc_time(spec["end_time"])
-
-        def active(ts: datetime) -> bool:
-            t = ts.astimezone(UTC).timetz()
-            return (t >= start or t < end) if end < start else start <= t < end
-
-        return active
-    raise PricingError(f"unknown price constraint: {spec!r}")
-
-
-def _utc_time(raw: str) -> dtime:
-    t = dtime.fromisoformat(raw)
-    if t.tzinfo is None:
-        return t.replace(tzinfo=UTC)
-    return datetime.combine(date(1970, 1, 1), t).astimezone(UTC).timetz()
-
-
-def _rate(raw: Any, per: int, where: str) -> Rate:
-    try:
-        d = Decimal(str(raw))
-    except InvalidOperation:
-        raise PricingError(f"{where}: price {raw!r} is not a number") from None
-    if not d.is_finite() or d < 0:
-        raise PricingError(f"{where}: price {raw!r} must be a finite, non-negative number")
-    exact = Fraction(d) * PICO / per
-    return int(exact) if exact.denominator == 1 else exact
 
 
 class Pricing:
@@ -223,12 +49,12 @@ class Pricing:
             unit = Unit(key, u["price_key"], int(u["per"]), frozenset(u["dimensions"].items()))
             self.units[key] = unit
             self._by_price_key[unit.price_key] = unit
-        self.providers: dict[str, _Provider] = {}
+        self.providers: dict[str, ProviderPrices] = {}
         for p in data.get("providers") or []:
             pid = p["id"]
-            models = [self._model(m, pid) for m in p.get("models") or []]
-            mm = _clause(p["model_match"]) if p.get("model_match") else None
-            self.providers[pid] = _Provider(pid, models, list(p.get("fallback_model_providers") or []), mm)
+            models = [compile_model(m, pid, self._by_price_key) for m in p.get("models") or []]
+            mm = clause(p["model_match"]) if p.get("model_match") else None
+            self.providers[pid] = ProviderPrices(pid, models, list(p.get("fallback_model_providers") or []), mm)
         self.overrides = overrides or []
         self._cache: dict[tuple[str, str], tuple[Model, bool] | None] = {}
         self._warned: set[str] = set()
@@ -236,99 +62,19 @@ class Pricing:
         self._dearest: dict[tuple[str, datetime], tuple[float, float]] = {}
         self._linear: dict[tuple[int, int, bool], tuple[Rate, Rate, int]] = {}
 
-    def _prices(self, raw: dict[str, Any], where: str) -> PriceSet:
-        out: PriceSet = {}
-        for price_key, value in raw.items():
-            unit = self._by_price_key.get(price_key)
-            if unit is None:
-                raise PricingError(f"{where}: unknown price key {price_key!r}")
-            if isinstance(value, dict):
-                tiers = tuple(
-                    (int(t["start"]), _rate(t["price"], unit.per, where))
-                    for t in sorted(value.get("tiers") or [], key=lambda t: int(t["start"]))
-                )
-                out[unit.usage_key] = Tiered(_rate(value["base"], unit.per, where), tiers)
-            else:
-                out[unit.usage_key] = _rate(value, unit.per, where)
-        return out
-
-    def _model(self, m: dict[str, Any], provider: str, source: str = "genai-prices", where: str | None = None) -> Model:
-        where = where or f"{provider}/{m.get('id')}"
-        raw = m.get("prices")
-        if isinstance(raw, list):
-            prices = [(_constraint(c.get("constraint")), self._prices(c["prices"], where)) for c in raw]
-        else:
-            prices = [(None, self._prices(raw or {}, where))]
-        variants = [
-            (dict(v["when"]), _constraint(v.get("constraint")), self._prices(v["prices"], where))
-            for v in m.get("price_variants") or []
-        ]
-        specs = [c.get("constraint") for c in raw] if isinstance(raw, list) else []
-        specs += [v.get("constraint") for v in m.get("price_variants") or []]
-        by_time = any(isinstance(c, dict) and "start_time" in c for c in specs)
-        return Model(str(m["id"]), _clause(m["match"]), prices, variants, provider, source, by_time)
-
     # --- public API -----------------------------------------------------------------------------------------
 
     @classmethod
     def load(cls, overrides_path: str | None = None, data_path: Path | None = None) -> Pricing:
-        path = data_path or (REPO_PRICES if REPO_PRICES.exists() else PACKAGE_PRICES)
-        try:
-            data = orjson.loads(path.read_bytes())
-        except FileNotFoundError:
-            raise PricingError(f"price data not found at {path}: run `make pricing`") from None
-        pricing = cls(data)
+        pricing = cls(read_data(data_path))
         if overrides_path:
             pricing.overrides = pricing.parse_overrides(overrides_path)
         return pricing
 
     def parse_overrides(self, path: str) -> list[Model]:
-        """``models: [{provider?, model | match, prices: {input_mtok: .., ...}}]`` — validated, errors name the
-        entry."""
-        import yaml
-
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise PricingError(f"MODELTRACK_PRICING_FILE {path}: {exc.strerror}") from None
-        try:
-            doc = yaml.safe_load(text)  # YAML is a superset of JSON
-        except yaml.YAMLError as exc:
-            raise PricingError(
-                f"MODELTRACK_PRICING_FILE {path}: not valid YAML/JSON ({exc.__class__.__name__})"
-            ) from None
-        entries = doc.get("models") if isinstance(doc, dict) else None
-        if not isinstance(entries, list):
-            raise PricingError(f"MODELTRACK_PRICING_FILE {path}: expected a top-level `models:` list")
-        out = []
-        for i, e in enumerate(entries):
-            name = e.get("model") if isinstance(e, dict) else None
-            where = f"MODELTRACK_PRICING_FILE entry #{i + 1}" + (f" ({name})" if name else "")
-            if not isinstance(e, dict):
-                raise PricingError(f"{where}: expected a mapping")
-            unknown = set(e) - {"provider", "model", "match", "prices", "price_variants"}
-            if unknown:
-                raise PricingError(f"{where}: unknown field(s) {sorted(unknown)}")
-            if bool(e.get("model")) == bool(e.get("match")):
-                raise PricingError(f"{where}: give exactly one of `model` (exact name) or `match` (a clause)")
-            if not isinstance(e.get("prices"), dict) or not e["prices"]:
-                raise PricingError(f"{where}: `prices` must be a non-empty mapping like {{input_mtok: 0.5}}")
-            provider = e.get("provider") or "*"
-            if provider != "*" and provider not in PROVIDER_IDS and provider != "local":
-                raise PricingError(f"{where}: unknown provider {provider!r}")
-            spec = {
-                "id": name or str(e["match"]),
-                "match": {"equals": name} if name else e["match"],
-                "prices": e["prices"],
-                "price_variants": e.get("price_variants"),
-            }
-            try:
-                out.append(self._model(spec, provider, source="override", where=where))
-            except PricingError:
-                raise
-            except (KeyError, TypeError, ValueError) as exc:
-                raise PricingError(f"{where}: invalid entry ({exc.__class__.__name__}: {exc})") from None
-        return out
+        """``models: [{provider?, model | match, prices: {input_mtok: .., ...}}]``: validated, errors name the
+        entry (:func:`.load.read_overrides`)."""
+        return read_overrides(path, self._by_price_key)
 
     def resolve(self, provider: str, model: str | None) -> tuple[Model, bool] | None:
         """Return (model, matched_directly) or None. ``matched_directly`` is False for fallback providers."""
