@@ -638,3 +638,69 @@ async def test_readyz_recovers_and_the_spool_drains_without_traffic(
     await sink.open()
     await assert_exactly_once(sink, set(done))
     await sink.close()
+
+
+def _policies() -> dict[int, int]:
+    """Each thread of this process and its scheduling policy (``/proc``'s ``stat``, field 41)."""
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # (a thread that just ended)
+        out[int(tid)] = int(fields[38])  # field 41 counted from 1, the first two before the ")"
+    return out
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+async def test_the_store_writer_runs_at_idle_priority_and_gives_it_back(tmp_path: Path) -> None:
+    """The pipeline's batches are written at SCHED_IDLE (sinks/background.py): a thread of the process is seen at
+    that policy while a large batch is written, every event is stored, and once the write is over no thread is
+    left at it (the executor's thread runs its other work at its own priority)."""
+    sink = SQLiteSink(str(tmp_path / "events.db"))
+    await sink.open()
+    assert set(_policies().values()) == {os.SCHED_OTHER}
+    events = [make_event(i) for i in range(30_000)]
+    seen: set[int] = set()
+    write = asyncio.create_task(sink.write(events))
+    while not write.done():
+        seen.update(_policies().values())
+        await asyncio.sleep(0.001)
+    await write
+    assert os.SCHED_IDLE in seen
+    assert set(_policies().values()) == {os.SCHED_OTHER}
+    await assert_exactly_once(sink, {e.session_id or "" for e in events})
+    # The same sink's direct write (the CLI's, a replay's) stays at the caller's priority.
+    seen.clear()
+    more = [make_event(i) for i in range(30_000, 40_000)]
+    direct = asyncio.create_task(asyncio.to_thread(sink.write_sync, more))
+    while not direct.done():
+        seen.update(_policies().values())
+        await asyncio.sleep(0.001)
+    await direct
+    assert seen == {os.SCHED_OTHER}
+    await sink.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+def test_a_starved_writer_writes_at_normal_priority_for_a_while(caplog: Any) -> None:
+    """A write that waited longer than STARVED_SECONDS at idle priority (no idle CPU on the machine) makes the
+    next writes run at normal priority for HOLD_SECONDS, then idle priority is tried again; the log says so."""
+    from modeltrack.sinks.background import HOLD_SECONDS, STARVED_SECONDS, Background
+
+    now = [1000.0]
+    bg = Background(clock=lambda: now[0])
+    policy = os.sched_getscheduler(0)
+    with caplog.at_level("INFO", logger="modeltrack.pipeline"), bg.batch() as idle:
+        assert idle and os.sched_getscheduler(0) == os.SCHED_IDLE
+        now[0] += STARVED_SECONDS + 0.5  # starved
+    assert os.sched_getscheduler(0) == policy
+    assert bg.starved == 1 and "writing at normal priority" in caplog.text
+    now[0] += HOLD_SECONDS - 1
+    with bg.batch() as idle:
+        assert not idle and os.sched_getscheduler(0) == policy
+    now[0] += 2
+    with bg.batch() as idle:
+        assert idle and os.sched_getscheduler(0) == os.SCHED_IDLE
+    assert os.sched_getscheduler(0) == policy and bg.starved == 1
