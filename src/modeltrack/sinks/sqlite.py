@@ -27,7 +27,6 @@ from ..events import CostEvent
 from ..rollups import (
     latency_bucket,
 )
-from .background import Background
 from .sqlschema import EVENT_COLUMNS, ROLL_DAILY, ROLL_SESSIONS, migrate, roll_up
 
 _INSERT = f"INSERT INTO events ({', '.join(EVENT_COLUMNS)}) VALUES "
@@ -105,7 +104,6 @@ class SQLiteSink:
         self.busy_timeout = busy_timeout
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.Lock()
-        self.background = Background()  # the pipeline's batches are written at idle CPU priority
 
     def _connect(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -167,12 +165,7 @@ class SQLiteSink:
                 raise
 
     async def write(self, events: list[CostEvent]) -> None:
-        """The pipeline's batch, on a thread at idle CPU priority (:mod:`.background`)."""
-        await asyncio.to_thread(self._write_in_background, events)
-
-    def _write_in_background(self, events: list[CostEvent]) -> None:
-        with self.background.batch():
-            self.write_sync(events)
+        await asyncio.to_thread(self.write_sync, events)
 
     def claim_sync(self, key: str, at: str) -> bool:
         """True for exactly one caller per ``key`` across every process sharing this database."""
