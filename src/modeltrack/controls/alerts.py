@@ -29,7 +29,7 @@ from .spec import Report, Webhook
 from .tasks import Background
 
 if TYPE_CHECKING:
-    from .budgets import BudgetState
+    from .budgetstate import BudgetState
 
 log = logging.getLogger("modeltrack.controls")
 

@@ -25,7 +25,6 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -33,6 +32,7 @@ from ..events import CostEvent
 from ..metrics import Metrics
 from ..query import Reader
 from ..query.times import stamp
+from .budgetstate import Admission, BudgetState, Refusal
 from .ledger import Ledger
 from .match import DIMENSIONS
 from .spec import Budget
@@ -56,65 +56,6 @@ LEASE_IDLE_SECONDS = 1.0
 LEASE_TTL_MIN_SECONDS = 15.0
 """A hold whose owner stopped renewing it for this long (or 4 ticks, if longer) is returned to the ledger."""
 STORE_TIMEOUT = 5.0
-
-
-class BudgetState:
-    """One budget in one period, in this process."""
-
-    def __init__(self, budget: Budget, period: Period) -> None:
-        self.budget = budget
-        self.period = period
-        self.key = f"{budget.name}|{stamp(period.start)}"
-        self.store_spent = 0
-        self.refreshed_at: float | None = None
-        self.pending: dict[str, int] = {}  # request_id → nano-USD: recorded here, not in the store yet
-        self.pending_total = 0
-        self.granted = 0
-        self.used = 0  # reservations in flight + settled costs, against ``granted``
-        self.last_use = 0.0
-        self.room = 0  # what the ledger had left at its last answer
-        self.full_until = 0.0  # until then, a request larger than ``room`` is refused without asking the ledger
-        self.waiting = 0
-        self.lease = 0  # the size of this process's last lease: the most unreserved money it keeps
-        self.holding = False  # this process holds part of the ledger (and renews its hold every tick)
-        self.stored_since = 0  # this process's spend that reached the store since its last heartbeat
-        self.lock = asyncio.Lock()
-        self.alerted: set[float] = set()
-
-    @property
-    def spent(self) -> int:
-        return self.store_spent + self.pending_total
-
-    @property
-    def free(self) -> int:
-        return self.granted - self.used
-
-    def header(self) -> str:
-        b = self.budget
-        spent, limit = self.spent / 1e9, b.limit_usd
-        return (
-            f"{b.name}; spent={spent:.6f}; limit={limit:.2f}; remaining={max(limit - spent, 0):.6f}; "
-            f"resets={stamp(self.period.end)[:19]}Z"
-        )
-
-    def percent(self) -> float:
-        return 100.0 * self.spent / self.budget.limit_nano
-
-
-@dataclass
-class Refusal:
-    status: int
-    kind: str
-    message: str
-    budget: str
-    retry_after: int
-
-
-@dataclass
-class Admission:
-    reservations: list[tuple[BudgetState, int]] = field(default_factory=list)
-    refusal: Refusal | None = None
-    headers: list[str] = field(default_factory=list)
 
 
 class Budgets:

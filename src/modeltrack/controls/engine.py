@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 from ..events import CostEvent
 from ..metrics import Metrics
 from .alerts import Notifier, send_due_reports
-from .budgets import Admission, Budgets, Refusal
+from .budgets import Budgets
+from .budgetstate import Admission, Refusal
 from .cache import Backend, Entry, MemoryCache, cache_key, open_backend
 from .estimate import bound_tokens
 from .ledger import open_ledger
