@@ -21,7 +21,7 @@ their key includes the user, so a 30-day page read tens of thousands of document
 * The ``user`` dimension is kept in documents of its own, by a hash of the user into the store's user shards
   (:data:`USER_SHARDS` unless it was created with ``?user_shards=N``, recorded in its marks:
   :mod:`.slicemeta`), so a day with many users keeps each document within Firestore's 1 MiB and 20,000 fields.
-* **Keys and prompt ids too** (:data:`SPREAD`): a platform can have thousands of each, a cell is some 80 fields
+* **Keys and prompt ids too** (:data:`SPREAD`): a platform can have thousands of each, a cell is ~75 fields
   at a busy value, and the main document allows 20,000. They are kept in documents of their own, by a hash of
   the value into the store's value shards (:data:`VALUE_SHARDS`, or ``?value_shards=N``), so the main document
   holds only dimensions with a few dozen values a day. A version before this kept them in the main document:
@@ -86,9 +86,9 @@ def part_of(dim: str, value: str | None = None, users: int = USER_SHARDS, values
     if value is None:
         return "main"
     if dim == "user":
-        return f"user{user_shard(value, users)}"
+        return f"user{shard_of(value, users)}"
     if dim in SPREAD:
-        return f"values{user_shard(value, values)}"
+        return f"values{shard_of(value, values)}"
     return "main"
 
 
@@ -102,7 +102,7 @@ def value_parts(values: int = VALUE_SHARDS) -> tuple[str, ...]:
     return tuple(f"values{i}" for i in range(values))
 
 
-def user_shard(value: str, shards: int = USER_SHARDS) -> int:
+def shard_of(value: str, shards: int) -> int:
     """A value's shard of ``shards`` (a user's, a key's, a prompt id's): stable across processes and versions."""
     return int.from_bytes(hashlib.sha256(value.encode()).digest()[:2], "big") % shards
 
