@@ -17,7 +17,7 @@ from typing import Any
 from modeltrack.events import CostEvent, new_request_id, rfc3339
 from modeltrack.metrics import Metrics
 from modeltrack.pipeline import Pipeline
-from modeltrack.sinks import open_sink
+from modeltrack.sinks import ProcessWriter, open_sink
 
 
 def event(i: int) -> CostEvent:
@@ -54,12 +54,14 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, int(len(values) * p))]
 
 
-async def run(store: str, n: int, spool: str, journal: bool = True) -> dict[str, Any]:
+async def run(store: str, n: int, spool: str, journal: bool = True, writer: str = "process") -> dict[str, Any]:
     """Phase 1: a producer enqueues n events as fast as it can while the flusher writes (end-to-end rate and
-    enqueue latency). Phase 2: n events are queued first, then drained (the store-bound rate)."""
+    enqueue latency). Phase 2: n events are queued first, then drained (the store-bound rate). ``writer``: the
+    store written by a child process (the proxy's default) or by a thread of this one."""
     metrics = Metrics()
+    sink = open_sink(store)
     pipeline = Pipeline(
-        open_sink(store),
+        ProcessWriter(sink, store) if writer == "process" else sink,
         metrics,
         spool_dir=spool,
         batch_size=2000,
@@ -94,7 +96,7 @@ async def run(store: str, n: int, spool: str, journal: bool = True) -> dict[str,
     written = metrics.registry.get_sample_value("modeltrack_events_written_total") or 0
     await pipeline.close()
     return {
-        "store": store.split(":", 1)[0] + ("" if journal else " (journal off)"),
+        "store": f"{store.split(':', 1)[0]}, writer {writer}" + ("" if journal else " (journal off)"),
         "events": n,
         "written": int(written),
         "end_to_end_per_s": end_to_end,
@@ -124,6 +126,7 @@ async def main_async(n: int, firestore: bool) -> list[dict[str, Any]]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         rows.append(await run(f"sqlite:///{tmp}/bench.db", n, f"{tmp}/spool-sqlite"))
+        rows.append(await run(f"sqlite:///{tmp}/bench-t.db", n, f"{tmp}/spool-t", writer="thread"))
         rows.append(await run(f"sqlite:///{tmp}/bench-nj.db", n, f"{tmp}/spool-nj", journal=False))
         if firestore:
             from tests.faults import FirestoreEmulator

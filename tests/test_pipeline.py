@@ -67,6 +67,7 @@ async def read_all(sink: Sink) -> list[CostEvent]:
 
 
 async def rollups(sink: Sink, kind: str = "daily") -> list[dict[str, Any]]:
+    sink = getattr(sink, "inner", sink)  # a ProcessWriter writes through a child; its parent's sink reads
     if isinstance(sink, SQLiteSink):
         table = {"daily": "rollup_daily", "hourly": "rollup_hourly", "sessions": "sessions"}[kind]
         return await asyncio.to_thread(sink.rollups_sync, table)
@@ -459,7 +460,9 @@ async def test_sigterm_under_load_drains_and_exits_zero(store_url: str, replay: 
 
 async def test_readyz_reports_store_failure_and_saturation(replay: Any, make_proxy: Any, tmp_path: Path) -> None:
     _, upstream_url = replay
-    proxy = await make_proxy(upstream_url, queue_size=20, ready_store_fail_seconds=0.2, flush_interval_ms=10)
+    proxy = await make_proxy(
+        upstream_url, queue_size=20, ready_store_fail_seconds=0.2, flush_interval_ms=10, store_writer="thread"
+    )  # in-process, so that the short busy timeout below is the writer's own
     pipeline = proxy.pipeline
     sink = pipeline.sink
     assert isinstance(sink, SQLiteSink)

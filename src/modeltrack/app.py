@@ -38,7 +38,7 @@ from .pipeline import Pipeline
 from .pricing import Pricing
 from .providers import Router, build_providers
 from .proxy import Proxy
-from .sinks import describe_store, open_sink
+from .sinks import ProcessWriter, Sink, describe_store, open_sink
 
 log = logging.getLogger("modeltrack")
 
@@ -111,7 +111,8 @@ class ModelTrack:
             self.spans = SpanExport(settings.otel, self.metrics)
             if settings.otel_metrics:
                 self.metrics_mirror = MetricsMirror(settings.otel, self.metrics.registry)
-        self.pipeline = Pipeline.from_settings(sink, self.metrics, settings, on_stored=self._on_stored())
+        writer: Sink = ProcessWriter(sink, settings.store) if settings.store_writer == "process" else sink
+        self.pipeline = Pipeline.from_settings(writer, self.metrics, settings, on_stored=self._on_stored())
         self.providers = build_providers(
             settings.base_urls,
             settings.inject_stream_usage,

@@ -203,6 +203,9 @@ class Settings:
         True,
         "write-ahead journal: events survive kill -9 (a memory copy into a mapped file per request, no syscall)",
     )
+    store_writer: str = _opt(
+        "process", "process: a child process writes the events, off the proxy's GIL; thread: a thread of the proxy"
+    )
     queue_size: int = _opt(100_000, "in-memory queue bound (overflow spools)", lo=1, hi=10**7)
     shutdown_grace: float = _opt(8.0, "seconds in-flight requests get on SIGTERM", lo=0, hi=3600, unit="seconds")
     ready_queue_fraction: float = _opt(
@@ -347,6 +350,8 @@ class Settings:
                 raise ConfigError(
                     f"MODELTRACK_OIDC_DEFAULT_ROLE={self.oidc_default_role}: write viewer, team_admin or org_admin"
                 )
+        if self.store_writer not in ("process", "thread"):
+            raise ConfigError(f"MODELTRACK_STORE_WRITER={self.store_writer}: write process or thread")
         if self.keys_on_store_error not in ("open", "closed"):
             raise ConfigError(f"MODELTRACK_KEYS_ON_STORE_ERROR={self.keys_on_store_error}: write open or closed")
         if self.require_key and self.store.startswith("jsonl:"):

@@ -17,7 +17,6 @@ import contextlib
 import logging
 import os
 import random
-import sqlite3
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -25,33 +24,12 @@ from typing import TYPE_CHECKING, Any
 from .events import CostEvent
 from .journal import Journal, Spool, lock, read_events, unlocked
 from .metrics import Metrics
-from .sinks import Sink
+from .sinks import Sink, is_transient
 
 if TYPE_CHECKING:
     from .config import Settings
 
 log = logging.getLogger("modeltrack.pipeline")
-
-_TRANSIENT_NAMES = {
-    "ServiceUnavailable",
-    "DeadlineExceeded",
-    "Aborted",
-    "ResourceExhausted",
-    "InternalServerError",
-    "RetryError",
-    "TooManyRequests",
-    "GatewayTimeout",
-    "Unknown",
-    "Cancelled",
-}
-
-
-def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, (OSError, ConnectionError, TimeoutError, asyncio.TimeoutError)):
-        return True
-    if isinstance(exc, sqlite3.OperationalError):
-        return True  # busy / locked / disk I/O: all worth another try
-    return type(exc).__name__ in _TRANSIENT_NAMES
 
 
 class Batch(list[CostEvent]):

@@ -6,6 +6,8 @@ pipeline retries after an ambiguous failure safe.
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 from typing import Protocol
 
 from ..events import CostEvent
@@ -35,6 +37,33 @@ class Sink(Protocol):
     async def ping(self) -> bool: ...
 
     async def close(self) -> None: ...
+
+
+_TRANSIENT_NAMES = {
+    "ServiceUnavailable",
+    "DeadlineExceeded",
+    "Aborted",
+    "ResourceExhausted",
+    "InternalServerError",
+    "RetryError",
+    "TooManyRequests",
+    "GatewayTimeout",
+    "Unknown",
+    "Cancelled",
+}
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth another try: the network, a busy database, a store saying "later". A store writer process says so
+    itself (``transient`` on the error it raises here)."""
+    flag = getattr(exc, "transient", None)
+    if flag is not None:
+        return bool(flag)
+    if isinstance(exc, (OSError, ConnectionError, TimeoutError, asyncio.TimeoutError)):
+        return True
+    if isinstance(exc, sqlite3.OperationalError):
+        return True  # busy / locked / disk I/O: all worth another try
+    return type(exc).__name__ in _TRANSIENT_NAMES
 
 
 class StoreURLError(ValueError):

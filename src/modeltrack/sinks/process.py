@@ -1,0 +1,238 @@
+"""The pipeline's store writes, done by a child process: the store's work never holds the proxy's GIL.
+
+Why: the SQLite writer thread held the GIL while it bound each batch's rows, and the event loop waited for it. At
+concurrency 1 that put 2–5 ms on the p99 of a request that arrived during a flush (bench/README.md, "the p99 at
+concurrency 1"); giving the thread a lower priority traded that for a priority inversion. In a process of its own
+the writer shares no lock with the loop, and the kernel runs it on the other core.
+
+It runs at ``SCHED_IDLE`` (Linux): it gets only CPU time nothing else wants. At a mere nice 19 the kernel still
+let it finish its slice while the proxy, woken on the same core, waited 2–4 ms for it (``perf sched timehist``);
+idle, it is preempted at once. In a thread that was unsafe (it held the GIL the loop needed); in a process it
+holds nothing the loop waits for, except SQLite's write lock for the length of a batch. So a writer that is
+starved (runnable, without CPU, for ``starved_after`` seconds: every core busy) is restarted at the normal
+policy for ``normal_for`` seconds, and a batch's transaction never holds that lock long on a busy machine.
+
+Guarantees, unchanged from an in-process sink (tests/test_store_writer.py):
+
+* A batch is stored exactly once. The child answers a batch only after the store accepted it; a batch it had
+  stored when it died is stored again on retry, and the sinks keep one event per ``request_id``. The pipeline's
+  journal, spool and retries are the parent's, as before: the child is only the hand that writes.
+* A child that dies is noticed at once (its pipe closes), the batch fails as a transient error, and the next
+  write starts a new child. A write that is cancelled (a shutdown past its grace) kills the child, whose answer
+  would otherwise be read as the next batch's.
+* Errors cross as their type name and whether they are worth a retry, never as their message.
+* The child ignores SIGINT and SIGTERM (a Ctrl-C reaches the whole process group): the parent drains its queue
+  into it, then closes its stdin, and it exits. If the parent is killed, the closed pipe ends the child too.
+
+Only :meth:`write` goes to the child. Reads, claims and pings are the parent's own sink's: they are rare, and
+the rest of the proxy (budgets, batches, keys) shares that sink.
+
+The wire: the parent sends ``!I`` (payload length) and the batch's JSON lines, each ending in ``\\n`` (the bytes
+the journal already holds); the child answers one JSON line: ``{"ok": true}`` or ``{"error": NAME,
+"transient": BOOL}``. The child's side is :mod:`.writer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import struct
+import sys
+import time
+from typing import Any
+
+import orjson
+
+from ..events import CostEvent
+from .base import Sink
+
+log = logging.getLogger("modeltrack.pipeline")
+
+HEADER = struct.Struct("!I")
+START_TIMEOUT = 60.0
+"""Seconds a new child may take to import and open the store (Firestore's first connection can take seconds)."""
+STOP_TIMEOUT = 10.0
+IDLE = getattr(os, "SCHED_IDLE", None)
+"""The writer's scheduling policy: Linux only; elsewhere it runs at the proxy's priority."""
+
+
+class StoreWriterGone(ConnectionError):
+    """The writer process ended (or never started): transient, the next write starts another."""
+
+
+class RemoteStoreError(Exception):
+    """An error the writer process met, named as it was there (metrics and logs keep the store's own names)."""
+
+    transient = False
+
+
+@functools.cache
+def _state(pid: int) -> str:
+    """The process's state letter from /proc (R: running or runnable); "" when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+    except (OSError, IndexError):
+        return ""
+
+
+@functools.cache
+def remote_error(name: str, transient: bool) -> type[RemoteStoreError]:
+    safe = name if name.isidentifier() else "RemoteStoreError"
+    return type(safe, (RemoteStoreError,), {"transient": transient})
+
+
+class ProcessWriter:
+    """A :class:`~.base.Sink` whose writes a child process performs (``MODELTRACK_STORE_WRITER=process``)."""
+
+    def __init__(
+        self, sink: Sink, url: str, *, idle: bool = True, starved_after: float = 0.5, normal_for: float = 30.0
+    ) -> None:
+        """``sink`` is the parent's own sink for the same ``url`` (reads, claims, pings). ``idle``: run the child
+        at ``SCHED_IDLE`` where the platform has it; ``starved_after`` and ``normal_for`` bound how long it may
+        wait for CPU inside a batch, and how long it then keeps the normal policy."""
+        self.inner = sink
+        self.name = sink.name
+        self.url = url
+        self.idle = idle and IDLE is not None
+        self.starved_after = starved_after
+        self.normal_for = normal_for
+        self._proc: asyncio.subprocess.Process | None = None
+        self._lock = asyncio.Lock()
+        self._normal_until = 0.0  # monotonic time until which the child keeps the normal policy
+        self._at_idle = False
+        self.started = 0  # children started (a restart after a crash or a failed promotion adds one)
+        self.promotions = 0  # times a starved child was restarted at the normal policy
+
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None or self._proc.returncode is not None else self._proc.pid
+
+    async def open(self) -> None:
+        await self.inner.open()
+        async with self._lock:
+            await self._spawn()
+
+    async def _spawn(self) -> None:
+        env = {k: v for k, v in os.environ.items() if k != "PROMETHEUS_MULTIPROC_DIR"}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "modeltrack.sinks.writer",
+            self.url,
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            env=env,
+        )
+        self._proc = proc
+        self._at_idle = False
+        self.started += 1
+        try:
+            await asyncio.wait_for(self._answer(), START_TIMEOUT)  # the store opened, or why not
+        except BaseException:
+            self._kill()
+            raise
+
+    async def _answer(self) -> None:
+        proc = self._proc
+        assert proc is not None and proc.stdout is not None
+        line = await proc.stdout.readline()
+        if not line:
+            self._kill()
+            raise StoreWriterGone("the store writer process ended")
+        reply: dict[str, Any] = orjson.loads(line)
+        if "error" in reply:
+            raise remote_error(str(reply["error"]), bool(reply.get("transient")))("in the store writer process")
+
+    async def write(self, events: list[CostEvent]) -> None:
+        lines: list[bytes] | None = getattr(events, "docs", None)
+        payload = b"".join(lines) if lines else b"".join(ev.to_json() + b"\n" for ev in events)
+        async with self._lock:
+            if self.pid is None:
+                await self._spawn()
+            proc = self._proc
+            assert proc is not None and proc.stdin is not None
+            self._set_policy(proc.pid)
+            watch = asyncio.get_running_loop().call_later(self.starved_after, self._check_starved, proc.pid)
+            try:
+                proc.stdin.write(HEADER.pack(len(payload)))
+                proc.stdin.write(payload)
+                await proc.stdin.drain()
+                await self._answer()
+            except (BrokenPipeError, ConnectionResetError):
+                self._kill()
+                raise StoreWriterGone("the store writer process ended") from None
+            except RemoteStoreError:
+                raise
+            except BaseException:
+                self._kill()  # cancelled mid-batch: its answer must never be taken for the next batch's
+                raise
+            finally:
+                watch.cancel()
+
+    def _set_policy(self, pid: int) -> None:
+        """Idle, unless a starved batch asked for the normal policy less than ``normal_for`` seconds ago."""
+        if not self.idle or self._at_idle or time.monotonic() < self._normal_until:
+            return
+        try:
+            os.sched_setscheduler(pid, IDLE, os.sched_param(0))  # type: ignore[arg-type]  # IDLE: not None here
+        except OSError as exc:  # e.g. a seccomp profile that forbids it: keep the normal policy
+            log.warning(
+                "store writer: cannot run at SCHED_IDLE (%s); it keeps the proxy's priority", type(exc).__name__
+            )
+            self.idle = False
+            return
+        self._at_idle = True
+
+    def _check_starved(self, pid: int) -> None:
+        """A batch has taken ``starved_after`` seconds. If the child is runnable (not waiting on a lock or a disk)
+        and idle, every core is busy and it is starved inside its transaction, holding SQLite's write lock: kill
+        it (the transaction rolls back) and let the batch be retried by a new child, which keeps the normal
+        policy for ``normal_for`` seconds. Raising the child's policy in place would need CAP_SYS_NICE, which a
+        container rarely has; a restart works everywhere, costs ~0.1 s, and happens at most once a period."""
+        if not self._at_idle or self.pid != pid or _state(pid) != "R":
+            return
+        self.promotions += 1
+        self._normal_until = time.monotonic() + self.normal_for
+        log.warning(
+            "store writer starved of CPU for %.1f s (every core is busy): restarted at normal priority for %.0f s",
+            self.starved_after,
+            self.normal_for,
+        )
+        self._kill()  # its batch fails as StoreWriterGone (transient) and is retried
+
+    def _kill(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+
+    async def read(self, since: str | None = None, limit: int | None = None) -> list[CostEvent]:
+        return await self.inner.read(since, limit)
+
+    async def claim(self, key: str, at: str) -> bool:
+        return await self.inner.claim(key, at)
+
+    async def recall(self, key: str) -> str | None:
+        return await self.inner.recall(key)
+
+    async def ping(self) -> bool:
+        return await self.inner.ping()
+
+    async def close(self) -> None:
+        """Close the child's stdin and wait for it to finish the batch it holds and exit; then the parent's sink."""
+        async with self._lock:
+            proc, self._proc = self._proc, None
+            if proc is not None and proc.returncode is None:
+                assert proc.stdin is not None
+                proc.stdin.close()
+                try:
+                    await asyncio.wait_for(proc.wait(), STOP_TIMEOUT)
+                except TimeoutError:
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                    await proc.wait()
+        await self.inner.close()

@@ -1,0 +1,80 @@
+"""The store writer process: ``python -m modeltrack.sinks.writer STORE_URL``, started by :mod:`.process`.
+
+It opens the store, answers ``{"ok": true}`` (or the error it met), then stores each batch it is sent and answers
+each in turn. It ends when its stdin closes. It ignores SIGINT and SIGTERM: its parent decides when it is done
+(and sets its priority). Its stdout carries only answers; anything a library prints goes to stderr, with the logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from typing import BinaryIO
+
+import orjson
+
+from ..events import CostEvent
+from ..logs import setup
+from .base import is_transient, open_sink
+from .process import HEADER
+
+
+class _Batch(list[CostEvent]):
+    """The events with the JSON lines they came as (``docs``): SQLite stores those bytes, not a new encoding."""
+
+    docs: list[bytes] | None = None
+
+
+def _read_exact(inp: BinaryIO, n: int) -> bytes | None:
+    data = inp.read(n)
+    return data if len(data) == n else None
+
+
+def _answer(out: BinaryIO, exc: BaseException | None) -> None:
+    if exc is None:
+        out.write(b'{"ok":true}\n')
+    else:
+        out.write(orjson.dumps({"error": type(exc).__name__, "transient": is_transient(exc)}) + b"\n")
+    out.flush()
+
+
+def main(argv: list[str]) -> int:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    setup("WARNING")
+    url = argv[1]
+    inp = sys.stdin.buffer
+    loop = asyncio.new_event_loop()
+    sink = open_sink(url)
+    try:
+        loop.run_until_complete(sink.open())
+    except Exception as exc:  # noqa: BLE001 - told to the parent, which retries later
+        _answer(out, exc)
+        return 1
+    _answer(out, None)
+    try:
+        while (head := _read_exact(inp, HEADER.size)) is not None:
+            payload = _read_exact(inp, HEADER.unpack(head)[0])
+            if payload is None:
+                break  # the parent went away mid-batch: it will send it again (or its journal will)
+            try:
+                batch = _Batch()
+                batch.docs = payload.splitlines(keepends=True)
+                batch.extend(CostEvent.from_dict(orjson.loads(line)) for line in batch.docs)
+                loop.run_until_complete(sink.write(batch))
+            except Exception as exc:  # noqa: BLE001 - every store error is the parent's to count and retry
+                _answer(out, exc)
+            else:
+                _answer(out, None)
+    finally:
+        loop.run_until_complete(sink.close())
+        loop.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
