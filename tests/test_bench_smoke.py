@@ -10,7 +10,12 @@ from bench import pipeline, pricing
 
 async def test_pipeline_bench_harness() -> None:
     rows = await pipeline.main_async(300, firestore=False)
-    assert [r["written"] for r in rows] == [600, 600]
+    assert [r["store"] for r in rows] == [
+        "sqlite, writer process",
+        "sqlite, writer thread",
+        "sqlite, writer process (journal off)",
+    ]
+    assert [r["written"] for r in rows] == [600, 600, 600]
     assert "enqueue p50" in pipeline.markdown(rows)
 
 
