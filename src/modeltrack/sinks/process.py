@@ -178,7 +178,10 @@ class ProcessWriter:
         if not self.idle or self._at_idle or time.monotonic() < self._normal_until:
             return
         try:
-            os.sched_setscheduler(pid, IDLE, os.sched_param(0))  # type: ignore[arg-type]  # IDLE: not None here
+            # Every thread of it: a policy is a thread's, and SQLite runs on the child's worker thread. Threads it
+            # starts later inherit the policy of the thread that starts them.
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                os.sched_setscheduler(int(tid), IDLE, os.sched_param(0))  # type: ignore[arg-type]  # IDLE is set
         except OSError as exc:  # e.g. a seccomp profile that forbids it: keep the normal policy
             log.warning(
                 "store writer: cannot run at SCHED_IDLE (%s); it keeps the proxy's priority", type(exc).__name__
