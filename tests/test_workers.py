@@ -48,3 +48,5 @@ async def test_two_workers_share_the_port_and_the_metrics(replay: Any, tmp_path:
     assert len(sessions) == n
     journals = list((tmp_path / "spool").glob("journal-*"))
     assert journals == []  # both workers drained and cleaned up on SIGTERM
+    # Two workers (and their store writers) opened a new database at once: none may have found it unusable.
+    assert [line for line in proxy.log_path.read_text().splitlines() if " ERROR " in line] == []

@@ -19,6 +19,7 @@ import functools
 import os
 import sqlite3
 import threading
+import time
 from typing import Any
 
 import orjson
@@ -111,7 +112,21 @@ class SQLiteSink:
             os.makedirs(parent, exist_ok=True)
             conn = sqlite3.connect(self.path, check_same_thread=False, timeout=self.busy_timeout, isolation_level=None)
             conn.execute("PRAGMA temp_store=MEMORY")  # the per-batch rollup delta never touches a file
-            migrate(conn)
+            # Processes opening a new database at once (``--workers N``, each with its writer) race to switch it
+            # to WAL, and that switch does not wait on the busy handler: it fails at once. The schema is
+            # idempotent, so try again until the busy timeout (tests/test_workers.py).
+            deadline = time.monotonic() + self.busy_timeout
+            while True:
+                try:
+                    migrate(conn)
+                    break
+                except sqlite3.OperationalError:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    if time.monotonic() > deadline:
+                        conn.close()
+                        raise
+                    time.sleep(0.01)
             self._conn = conn
         return self._conn
 
