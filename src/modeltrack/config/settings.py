@@ -11,95 +11,28 @@ says what to write instead.
 
 from __future__ import annotations
 
-import argparse
 import difflib
-import math
 import os
 from collections.abc import Mapping
-from dataclasses import MISSING, Field, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+
+from . import checks
+from .options import (
+    MIB,
+    OTHER_VARIABLES,
+    PER_PROVIDER,
+    PROVIDERS,
+    ConfigError,
+    _opt,
+    check_base_url,
+    check_range,
+    convert,
+    env_name,
+)
 
 if TYPE_CHECKING:
-    from .otel.target import Target
-
-PROVIDERS = (
-    "openai",
-    "anthropic",
-    "gemini",
-    "azure",
-    "bedrock",
-    "groq",
-    "mistral",
-    "deepseek",
-    "xai",
-    "openrouter",
-    "together",
-    "fireworks",
-    "local",
-    "vertex",
-)
-PER_PROVIDER = {
-    "BASE_URL": "upstream origin, e.g. https://api.openai.com (a path such as /v1 is accepted: the part a request "
-    "path repeats is sent once)",
-    "READ_TIMEOUT": "idle timeout between upstream reads for this provider, seconds",
-    "INJECT_STREAM_USAGE": "true|false: ask chat streams for usage (stream_options.include_usage)",
-}
-OTHER_VARIABLES = {
-    # read elsewhere: the app-side helper (modeltrack.client), the test suite, and the --workers supervisor
-    "MODELTRACK_PROXY_URL",
-    "MODELTRACK_TEAM",
-    "MODELTRACK_APP",
-    "MODELTRACK_FEATURE",
-    "MODELTRACK_USER",
-    "MODELTRACK_SESSION_ID",
-    "MODELTRACK_PROMPT",
-    "MODELTRACK_KEY",
-    "MODELTRACK_FIXTURES",
-    "MODELTRACK_ARTIFACTS",
-    "MODELTRACK_FIRESTORE_EMULATOR",  # scripts/test-tools and the tests: where the emulator is installed
-    "MODELTRACK_WORKER",
-}
-MIB = 1024 * 1024
-
-
-class ConfigError(ValueError):
-    pass
-
-
-def _bool(v: str) -> bool:
-    s = v.strip().lower()
-    if s in ("1", "true", "yes", "on"):
-        return True
-    if s in ("0", "false", "no", "off", ""):
-        return False
-    raise ValueError(f"not a boolean: {v!r} (write true or false)")
-
-
-def _map(v: str) -> dict[str, str]:
-    out = {}
-    for part in v.split(","):
-        if part.strip():
-            k, sep, val = part.partition("=")
-            if not sep:
-                raise ValueError(f"expected NAME=VALUE pairs separated by commas, got {part!r}")
-            out[k.strip()] = val.strip()
-    return out
-
-
-def _opt(
-    default: Any,
-    help: str,
-    *,
-    lo: float | None = None,
-    hi: float | None = None,
-    unit: str = "",
-    secret: bool = False,
-    commands: tuple[str, ...] = ("serve",),
-) -> Any:
-    """A setting: its default, its help, its range (inclusive) and which commands read it."""
-    meta = {"help": help, "lo": lo, "hi": hi, "unit": unit, "secret": secret, "commands": commands}
-    return field(default=default, metadata=meta)
+    from ..otel.target import Target
 
 
 @dataclass
@@ -315,7 +248,7 @@ class Settings:
             inj = env.get(f"MODELTRACK_{p.upper()}_INJECT_STREAM_USAGE")
             if inj is not None:
                 s.inject_stream_usage[p] = convert(_JOURNAL, inj, f"MODELTRACK_{p.upper()}_INJECT_STREAM_USAGE")
-        from .http.egress import proxy_variables
+        from ..http.egress import proxy_variables
 
         s.egress = proxy_variables(env)
         s.otel_env = {k: v for k, v in env.items() if k.startswith("OTEL_")}
@@ -331,25 +264,7 @@ class Settings:
                 check_range(f, getattr(self, f.name), env_name(f))
         for p, t in self.read_timeouts.items():
             check_range(_READ_TIMEOUT, t, f"MODELTRACK_{p.upper()}_READ_TIMEOUT")
-        if self.oidc_issuer:
-            from urllib.parse import urlsplit
-
-            u = urlsplit(self.oidc_issuer)
-            if u.scheme not in ("https", "http") or not u.hostname:
-                raise ConfigError(
-                    f"MODELTRACK_OIDC_ISSUER={self.oidc_issuer}: write the issuer's URL, e.g. https://accounts.google.com"
-                )
-            if u.scheme == "http" and u.hostname not in ("localhost", "127.0.0.1", "::1"):
-                raise ConfigError("MODELTRACK_OIDC_ISSUER: use https (plain http only for a provider on this machine)")
-            if not self.oidc_client_id or not self.oidc_client_secret:
-                raise ConfigError(
-                    "MODELTRACK_OIDC_ISSUER is set: set MODELTRACK_OIDC_CLIENT_ID and MODELTRACK_OIDC_CLIENT_SECRET "
-                    "too (from the provider's client registration)"
-                )
-            if self.oidc_default_role not in ("org_admin", "team_admin", "viewer"):
-                raise ConfigError(
-                    f"MODELTRACK_OIDC_DEFAULT_ROLE={self.oidc_default_role}: write viewer, team_admin or org_admin"
-                )
+        checks.oidc(self)
         if self.store_writer not in ("process", "thread"):
             raise ConfigError(f"MODELTRACK_STORE_WRITER={self.store_writer}: write process or thread")
         if self.keys_on_store_error not in ("open", "closed"):
@@ -359,10 +274,10 @@ class Settings:
                 "MODELTRACK_REQUIRE_KEY=true needs a store that keeps keys: write MODELTRACK_STORE=sqlite:///... or "
                 "firestore://..., not jsonl://"
             )
-        self._check_tenancy()
-        self._check_otel()
-        self._check_vertex()
-        self._check_bedrock()
+        checks.tenancy(self)
+        checks.otel(self)
+        checks.vertex(self)
+        checks.bedrock(self)
         for name, url in self.azure_resources.items():
             if not name or not all(c.isalnum() or c in "-_" for c in name):
                 raise ConfigError(
@@ -401,92 +316,10 @@ class Settings:
 
         return split(self.vertex_regions), split(self.vertex_projects)
 
-    def _check_vertex(self) -> None:
-        import re
-
-        regions, projects = self.vertex()
-        bad = [r for r in regions if not re.fullmatch(r"global|[a-z]+(-[a-z]+)*\d*(-[a-z0-9]+)*", r)]
-        if bad:
-            raise ConfigError(f"MODELTRACK_VERTEX_REGIONS: {bad[0]!r} is not a region; write e.g. us-central1,global")
-        if regions and not projects:
-            raise ConfigError(
-                "MODELTRACK_VERTEX_REGIONS is set: set MODELTRACK_VERTEX_PROJECTS too (the Google Cloud project ids "
-                "/vertex may call, comma-separated), so the proxy is no open relay"
-            )
-        if projects and not regions:
-            raise ConfigError("MODELTRACK_VERTEX_PROJECTS is set: set MODELTRACK_VERTEX_REGIONS too, e.g. us-central1")
-
     def bedrock(self) -> dict[str, str]:
         """Region → endpoint for every region allowed under /bedrock/REGION."""
         regions = tuple(x.strip() for x in self.bedrock_regions.split(",") if x.strip())
         return {r: self.bedrock_endpoints.get(r) or f"https://bedrock-runtime.{r}.amazonaws.com" for r in regions}
-
-    def _check_bedrock(self) -> None:
-        import re
-
-        regions = self.bedrock()
-        bad = [r for r in regions if not re.fullmatch(r"[a-z]{2}(-gov|-iso[a-z]*)?-[a-z]+-\d+", r)]
-        if bad:
-            raise ConfigError(f"MODELTRACK_BEDROCK_REGIONS: {bad[0]!r} is not an AWS region; write e.g. us-east-1")
-        stray = sorted(set(self.bedrock_endpoints) - set(regions))
-        if stray:
-            raise ConfigError(
-                f"MODELTRACK_BEDROCK_ENDPOINTS names {stray[0]!r}, which is not in MODELTRACK_BEDROCK_REGIONS: "
-                "add it there, or remove its endpoint"
-            )
-        for region, url in regions.items():
-            try:
-                check_base_url("bedrock", url)
-            except ConfigError as exc:
-                raise ConfigError(f"MODELTRACK_BEDROCK_ENDPOINTS {region}: {exc}") from None
-
-    def _check_otel(self) -> None:
-        from .otel.target import resolve
-
-        try:
-            self.otel = resolve(self.otel_env, self.otel_endpoint, self.otel_service_name or None)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        if self.otel_metrics and self.otel is None:
-            raise ConfigError(
-                "MODELTRACK_OTEL_METRICS=true needs an OTLP endpoint: MODELTRACK_OTEL_ENDPOINT=http://collector:4318 "
-                "or OTEL_EXPORTER_OTLP_ENDPOINT"
-            )
-        if self.otel is None:
-            return
-        try:
-            import opentelemetry.sdk
-
-            if self.otel.protocol == "grpc":
-                import opentelemetry.exporter.otlp.proto.grpc
-            else:
-                import opentelemetry.exporter.otlp.proto.http  # noqa: F401
-        except ImportError:
-            raise ConfigError(
-                "OpenTelemetry export is on but the OpenTelemetry SDK or its OTLP exporter is not installed: "
-                "pip install 'modeltrack-proxy[server,otel]'"
-            ) from None
-
-    def _check_tenancy(self) -> None:
-        if self.signup not in ("off", "open"):
-            raise ConfigError(f"MODELTRACK_SIGNUP={self.signup}: write off or open")
-        if self.signup == "open" and not self.multi_tenant:
-            raise ConfigError(
-                "MODELTRACK_SIGNUP=open needs MODELTRACK_MULTI_TENANT=true: without it an org's members are not "
-                "narrowed to their org's data"
-            )
-        if not self.multi_tenant:
-            return
-        if self.store.startswith("jsonl:"):
-            raise ConfigError(
-                "MODELTRACK_MULTI_TENANT=true needs a store that keeps orgs and keys: write "
-                "MODELTRACK_STORE=sqlite:///... or firestore://..., not jsonl://"
-            )
-        if self.client_tokens:
-            raise ConfigError(
-                "MODELTRACK_CLIENT_TOKENS carry no org, and MODELTRACK_MULTI_TENANT=true takes only an org's mt_ "
-                "keys: unset MODELTRACK_CLIENT_TOKENS and issue keys (modeltrack admin create keys ...)"
-            )
 
     def shown(self) -> dict[str, str]:
         """Every setting as the start-up line and ``--help`` may show it: secrets only as set/unset."""
@@ -501,10 +334,6 @@ class Settings:
 
 _READ_TIMEOUT = next(f for f in fields(Settings) if f.name == "read_timeout")  # per-provider timeouts share its range
 _JOURNAL = next(f for f in fields(Settings) if f.name == "journal")  # any boolean: parsed alike
-
-
-def env_name(f: Field[Any]) -> str:
-    return "MODELTRACK_" + f.name.upper()
 
 
 def known_names() -> set[str]:
@@ -526,85 +355,3 @@ def check_names(env: Mapping[str, str]) -> None:
     raise ConfigError(
         f"unknown variable{'s' if len(parts) > 1 else ''}: {', '.join(parts)}; `modeltrack serve --help` lists them all"
     )
-
-
-def convert(f: Field[Any], raw: str, name: str | None = None) -> Any:
-    """Parse one value; errors say which variable and what to write."""
-    name = name or env_name(f)
-    t = str(f.type)
-    try:
-        if t == "int":
-            return int(raw.strip().replace("_", ""))
-        if t == "float":
-            value = float(raw)
-            if not math.isfinite(value):
-                raise ValueError("not a finite number")
-            return value
-        if t == "bool":
-            return _bool(raw)
-        if t.startswith("dict"):
-            return _map(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{name}={raw!r}: {exc}; {_expected(f)}") from None
-    return raw
-
-
-def check_range(f: Field[Any], value: Any, name: str) -> None:
-    lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
-    bad = isinstance(value, float) and not math.isfinite(value)
-    if not bad and ((lo is not None and value < lo) or (hi is not None and value > hi)):
-        bad = True
-    if bad:
-        raise ConfigError(f"{name}={value} is out of range; {_expected(f)}")
-
-
-def _expected(f: Field[Any]) -> str:
-    lo, hi, unit = f.metadata.get("lo"), f.metadata.get("hi"), f.metadata.get("unit", "")
-    kind = {"int": "a whole number", "float": "a number", "bool": "true or false"}.get(str(f.type), "a value")
-    if lo is not None and hi is not None:
-        kind += f" from {lo:g} to {hi:g}"
-    return f"write {kind}{f' ({unit})' if unit else ''}"
-
-
-def check_base_url(name: str, url: str) -> None:
-    var = f"MODELTRACK_{name.upper()}_BASE_URL"
-    u = urlsplit(url)
-    if u.scheme not in ("http", "https") or not u.hostname:
-        raise ConfigError(f"{var}={url!r} is not an http(s) URL; write e.g. {var}=https://api.{name}.com")
-    if u.username or u.password:
-        raise ConfigError(f"{var}: credentials in the URL are not sent anywhere; remove them (clients send their keys)")
-    if u.query or u.fragment:
-        raise ConfigError(f"{var}: a query or fragment is not part of an origin; write {u.scheme}://{u.netloc}{u.path}")
-    try:
-        _ = u.port
-    except ValueError:
-        raise ConfigError(f"{var}: the port is not a number") from None
-
-
-def _shown_default(f: Field[Any]) -> str:
-    value = f.default if f.default is not MISSING else (f.default_factory() if f.default_factory is not MISSING else "")
-    return str(value) if value not in ("", {}, None) else "none"
-
-
-def add_arguments(parser: argparse.ArgumentParser, command: str = "serve") -> None:
-    """One ``--flag`` per setting the command reads, with its variable, default and range in the help."""
-    for f in fields(Settings):
-        if f.metadata.get("env") is False or command not in f.metadata.get("commands", ("serve",)):
-            continue
-        lo, hi = f.metadata.get("lo"), f.metadata.get("hi")
-        rng = f"; {lo:g}..{hi:g}" if lo is not None and hi is not None else ""
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"),
-            dest=f.name,
-            default=None,
-            type=lambda raw, _f=f: convert(_f, raw),  # type: ignore[misc]
-            help=f"{f.metadata.get('help', '')} [env {env_name(f)}; default {_shown_default(f)}{rng}]",
-        )
-
-
-def provider_epilog() -> str:
-    lines = ["per-provider variables (PROVIDER: " + ", ".join(p.upper() for p in PROVIDERS) + "):"]
-    for suffix, text in PER_PROVIDER.items():
-        lines.append(f"  MODELTRACK_<PROVIDER>_{suffix}: {text}")
-    lines.append("egress: HTTPS_PROXY / HTTP_PROXY / ALL_PROXY / NO_PROXY are honoured for upstream connections")
-    return "\n".join(lines)
