@@ -47,6 +47,7 @@ USERS = [f"user-{i:04d}" for i in range(5_000)]
 MODELS = [(p, f"{p}-model-{i}") for p in ("openai", "anthropic", "gemini", "bedrock") for i in range(4)]
 KEYS = [f"key_{i:02d}" for i in range(50)]
 PROMPTS = [f"prompt-{i:02d}" for i in range(20)]
+MODEL = MODELS[5][1]  # a model whose drill-down page the bench opens
 
 
 def rows(n: int, days: int, end: datetime, seed: int = 5) -> Any:
@@ -96,7 +97,7 @@ async def seed(sink: Any, n: int, days: int, end: datetime) -> dict[str, float]:
         slices.add_row(acc, row)
     counted = time.perf_counter() - t0
     coll = sink.collection_ref("slices")
-    await coll.document(SLICES_META).set({"since": "", "weeks": ""})
+    await coll.document(SLICES_META).set({"since": "", "weeks": "", "pins": ""})
     t1 = time.perf_counter()
     items = list(acc.items())
     written = len(items)
@@ -145,6 +146,9 @@ async def questions(reader: Any, end: datetime) -> list[tuple[str, Any]]:
         ("breakdown by user (5,000 users)", lambda: breakdown(reader, rng, "user", f)),
         ("breakdown by feature, one team (a team's viewer)", lambda: breakdown(reader, rng, "feature", team)),
         ("breakdown by key (50 keys)", lambda: breakdown(reader, rng, "key_id", f)),
+        ("breakdown by user, one app (its page)", lambda: breakdown(reader, rng, "user", Filters(app="app-07"))),
+        ("breakdown by feature, one app", lambda: breakdown(reader, rng, "feature", Filters(app="app-07"))),
+        ("breakdown by team, one model (its page)", lambda: breakdown(reader, rng, "team", Filters(model=MODEL))),
         ("series by day, one key (its Keys page)", lambda: views.series(reader, rng, "day", Filters(key_id="key_07"))),
         ("series by day", lambda: views.series(reader, rng, "day", f)),
         ("series by day split by team, Europe/Paris", lambda: views.series(reader, paris, "day", f, "team")),

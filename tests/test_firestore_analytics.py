@@ -32,7 +32,7 @@ from modeltrack.query.views import Range
 from modeltrack.query.whatif import whatif
 from modeltrack.sinks.base import StoreURLError, open_sink
 from modeltrack.sinks.firestore import SLICES_META, FirestoreSink
-from modeltrack.sinks.slices import MAPS, SEP, SPREAD, USER_HISTOGRAMS, slice_doc_id, slice_name
+from modeltrack.sinks.slices import MAPS, PINS, SEP, SPREAD, USER_HISTOGRAMS, slice_doc_id, slice_name
 from modeltrack.sinks.sqlite import SQLiteSink
 
 from .seed import history
@@ -66,7 +66,16 @@ QUESTIONS: list[tuple[Filters, tuple[str, ...]]] = [
     (Filters(user="customer-3"), ()),
     (Filters(team="support", user="customer-5"), ("user",)),
     (Filters(provider="openai"), ("provider", "model")),
-    # Not held by one slice: the hourly rollups answer these.
+    # The drill-down pages of an app, a feature and a model: pinned on them.
+    (Filters(app="web"), ("feature",)),
+    (Filters(feature="triage"), ("model", "cache_hit")),
+    (Filters(feature=""), ("app",)),
+    (Filters(model="gpt-4o-2024-08-06"), ("team",)),
+    (Filters(model="gemini-2.5-flash", org="globex"), ("status",)),
+    # Not held by one slice: the hourly rollups answer these (those pins keep no user, key or prompt documents).
+    (Filters(app="bot"), ("user", "cache_hit")),
+    (Filters(app="batch"), ("key_id",)),
+    (Filters(model="gemini-2.5-flash", org="globex"), ("prompt_id",)),
     (Filters(provider="openai"), ("team",)),
     (Filters(), ("team", "model")),
     (Filters(team="search", app="web"), ("feature",)),
@@ -184,7 +193,7 @@ async def test_a_store_written_before_slices_answers_alike_and_migrates_exactly_
         if d.get("slice").startswith("week") or d.get("b") < mark[: len(d.get("b"))]:  # and a day or hour before
             await d.reference.delete()
     meta = sink.collection_ref("slices").document(SLICES_META)
-    await meta.set({"since": mark, "weeks": firestore.DELETE_FIELD}, merge=True)
+    await meta.set({"since": mark, "weeks": firestore.DELETE_FIELD, "pins": firestore.DELETE_FIELD}, merge=True)
     fresh = FirestoreReader(sink)
     reads = await _same(fresh, sq, Filters(), ("team", "cache_hit"))
     assert reads > 100  # before the mark: the hourly rollups
@@ -193,6 +202,7 @@ async def test_a_store_written_before_slices_answers_alike_and_migrates_exactly_
     assert "slices built from" in capsys.readouterr().out
     assert await sink.slices_since() == ""
     assert (await sink.slices_meta()).weeks == ""
+    assert (await sink.slices_meta()).pins == ""
     migrated = FirestoreReader(sink)
     for f, group_by in QUESTIONS:
         await _same(migrated, sq, f, group_by)
@@ -237,6 +247,42 @@ async def test_a_store_written_before_weeks_answers_alike_and_migrates_them(stor
     for f, g in by_user:
         await _same(FirestoreReader(sink), sq, f, g)
     assert await _same(FirestoreReader(sink), sq, Filters(), ("user", "cache_hit")) == (4 + 1 + 31) * names
+    assert await sink.migrate_slices() == 0  # exactly once
+    await later.close()
+
+
+async def test_a_store_written_before_pins_answers_alike_and_migrates_them(stores: Any) -> None:
+    """The slices pinned on the app, the feature and the model came after the team's: a store written before
+    them answers those questions from the hourly rollups until ``admin migrate`` builds them; a writer that
+    opens it marks them from the next UTC midnight."""
+    fs, sq, sink, events = stores
+    hourly = len({(e.timestamp[:13], e.team, e.app, e.feature, e.user, e.model, e.status, e.org) for e in events})
+    pinned = [(f, g) for f, g in QUESTIONS if (sl := slice_for(f, g)) is not None and sl.pin in PINS]
+    assert len(pinned) == 5
+    sliced = {(str(f), g): await _same(fs, sq, f, g) for f, g in pinned}
+    assert max(sliced.values()) <= 1000
+    # What a store written by the version before the pins looks like: no such documents, no mark.
+    async for d in sink.collection_ref("slices").stream():
+        if d.id != SLICES_META and d.get("slice").count(SEP) > 3:
+            await d.reference.delete()
+    meta = sink.collection_ref("slices").document(SLICES_META)
+    await meta.set({"pins": firestore.DELETE_FIELD}, merge=True)
+    assert (await sink.slices_meta()).pins is None
+    for f, g in pinned:
+        assert await _same(FirestoreReader(sink), sq, f, g) >= hourly // 2  # the hourly rollups, streamed whole
+    # A writer of this version opens it (an event after END, which no question here counts): it marks the pins
+    # from the next UTC midnight, and until then readers still answer from the hourly rollups.
+    later = FirestoreSink("modeltrack-test", sink.collection)
+    await later.write([replace(_events()[0], request_id="req_after_end_pins", timestamp=rfc3339(time.time()))])
+    marks = await sink.slices_meta()
+    assert marks.pins == (datetime.now(UTC) + timedelta(days=1)).strftime("%Y-%m-%dT00")
+    assert marks.since == "" and marks.weeks == ""  # the other marks stand
+    for f, g in pinned:
+        assert await _same(FirestoreReader(sink), sq, f, g) >= hourly // 2
+    assert await sink.migrate_slices() > 0
+    assert (await sink.slices_meta()).pins == ""
+    for f, g in pinned:
+        assert await _same(FirestoreReader(sink), sq, f, g) == sliced[(str(f), g)]
     assert await sink.migrate_slices() == 0  # exactly once
     await later.close()
 
@@ -302,7 +348,8 @@ async def test_keys_and_prompt_ids_stay_out_of_the_main_document_and_an_earlier_
     assert {p for parts in where.values() for p in parts} == {"values0", "values1", "values2"}
     # The earlier version's placement: those cells moved into the main documents of their buckets.
     for d in docs:
-        kind, org, team, part = d.get("slice").split(SEP)
+        kind, org, *pin, part = d.get("slice").split(SEP)
+        team = SEP.join(pin)  # a team, or an app's, a feature's or a model's pin
         if part.startswith("values"):
             main_doc = coll.document(slice_doc_id(slice_name(kind, org, team), d.get("b"), 0))
             await main_doc.set({dim: d.get(dim) for dim in SPREAD if dim in d.to_dict()}, merge=True)

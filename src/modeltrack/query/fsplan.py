@@ -17,7 +17,8 @@ from .times import hour_key
 @dataclass(frozen=True)
 class Slice:
     """Which slices answer a question: split by ``dim`` (and what it carries), in the organisation scopes
-    ``orgs``, pinned on a team or not (``ALL``); ``select`` the filters the cells must match."""
+    ``orgs``, pinned on a value of ``pin`` (a team, or one of :data:`slices.PINS`) or not (``ALL``); ``select``
+    the filters the cells must match."""
 
     dim: str
     orgs: tuple[str, ...]
@@ -27,6 +28,7 @@ class Slice:
     only: frozenset[str] | None = None  # these users' cells only: their shards, and a mask on their cells
     users: int = slices.USER_SHARDS  # the store's user shards (slicemeta.Marks.user_shards)
     values: int = slices.VALUE_SHARDS  # and its value shards, for keys and prompt ids
+    pin: str = slices.PIN  # the dimension it is pinned on (when ``pinned`` is not ALL): the team or one of PINS
 
     def names(self, kind: str) -> list[str]:
         """The slice documents' names, for buckets of ``kind``. A key's or a prompt id's cells are in the main
@@ -50,21 +52,28 @@ class Slice:
 
 def slice_for(f: Filters, group_by: tuple[str, ...]) -> Slice | None:
     """The slices that hold a question, or None (then the hourly rollups answer it): every dimension it groups
-    or filters by, besides the organisation and a pinned team, must be carried by one slice."""
+    or filters by, besides the organisation and one pinned dimension, must be carried by one slice. A filter on
+    the team pins the team, as before the other pins; then no pin; then the app, the feature or the model
+    (:data:`slices.PINS`), which only a store's newer buckets have (``Marks.pins``)."""
     wanted = dict(f.items())
     org = wanted.pop("org", None)
     orgs = (org,) if org is not None else ("", slices.ALL)  # events without an org, and every org's
-    team = wanted.get("team")
-    pinned = slices.ALL
-    if team is not None and "team" not in group_by:
-        pinned = wanted.pop("team")
-    needed = {*group_by, *wanted} - {"cache_hit"}
-    for dim in ("provider", "model", *slices.SLICED):
-        if pinned != slices.ALL and dim == slices.PIN:
-            continue
-        if needed <= set(slices.carried(dim)):
-            value = wanted.get(dim) if dim == "user" or dim in slices.SPREAD else None
-            return Slice(dim, orgs, pinned, Filters(**wanted), None if value is None else str(value))
+    for on in (slices.PIN, "", *slices.PINS):
+        rest = dict(wanted)
+        pinned = slices.ALL
+        if on:
+            if on not in rest or on in group_by:
+                continue
+            pinned = slices.pin_of(on, str(rest.pop(on)))
+        needed = {*group_by, *rest} - {"cache_hit"}
+        for dim in ("provider", "model", *slices.SLICED):
+            if dim == on or (on in slices.PINS and (dim == "user" or dim in slices.SPREAD)):
+                continue  # pinned on the app, the feature or the model: main documents only
+            if needed <= set(slices.carried(dim)):
+                value = rest.get(dim) if dim == "user" or dim in slices.SPREAD else None
+                return Slice(
+                    dim, orgs, pinned, Filters(**rest), None if value is None else str(value), pin=on or slices.PIN
+                )
     return None
 
 

@@ -6,6 +6,8 @@ A store written by an older version has events its slices never counted. The ``_
 * ``since``: the first hour (``YYYY-MM-DDTHH``) of the day and hour slices; ``""`` every hour;
 * ``weeks``: the first Monday (``YYYY-MM-DD``) of the user's week documents (:mod:`.slices`, added after the
   day and hour slices); ``""`` every week;
+* ``pins``: the first hour of the slices pinned on the app, the feature and the model (:data:`slices.PINS`,
+  added after the team's); ``""`` every hour;
 * ``orgs``: whether any event has an organisation (the all-organisations slices exist);
 * ``user_shards``: how many documents a bucket's users are spread over (:data:`slices.USER_SHARDS` when absent).
   Set once, by the writer that creates the marks (``?user_shards=N`` on its store URL); every writer and reader
@@ -15,12 +17,13 @@ A store written by an older version has events its slices never counted. The ``_
   read for them).
 
 A writer marks a store before its first write (:func:`mark`): an empty store is covered from the start; one with
-events from the next UTC midnight (day and hour slices) and the next Monday (weeks), the first whole buckets it
-counts. A mark only moves later than the truth, never earlier: readers then answer more from the hourly rollups
-(or days), never from documents that miss events. :func:`migrate` builds what comes before the marks from the
-hourly rollups, exactly once. Held by tests/test_firestore_analytics.py
+events from the next UTC midnight (day and hour slices, and pins) and the next Monday (weeks), the first whole
+buckets it counts. A mark only moves later than the truth, never earlier: readers then answer more from the
+hourly rollups (or days), never from documents that miss events. :func:`migrate` builds what comes before the
+marks from the hourly rollups, exactly once. Held by tests/test_firestore_analytics.py
 (``test_a_store_written_before_slices_answers_alike_and_migrates_exactly_once``,
-``test_a_store_written_before_weeks_answers_alike_and_migrates_them``).
+``test_a_store_written_before_weeks_answers_alike_and_migrates_them``,
+``test_a_store_written_before_pins_answers_alike_and_migrates_them``).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ class Marks:
     orgs: bool
     user_shards: int = slices.USER_SHARDS
     value_shards: int = slices.VALUE_SHARDS
+    pins: str | None = None
 
 
 def _tomorrow() -> str:
@@ -68,13 +72,14 @@ async def read(sink: FirestoreSink) -> Marks:
 
 
 def _marks(doc: dict[str, Any]) -> Marks:
-    since, weeks, users, values = (doc.get(k) for k in ("since", "weeks", "user_shards", "value_shards"))
+    since, weeks, users, values, pins = (doc.get(k) for k in ("since", "weeks", "user_shards", "value_shards", "pins"))
     return Marks(
         since if isinstance(since, str) else None,
         weeks if isinstance(weeks, str) else None,
         bool(doc.get("orgs")),
         users if isinstance(users, int) and users >= 1 else slices.USER_SHARDS,
         values if isinstance(values, int) and values >= 1 else slices.VALUE_SHARDS,
+        pins if isinstance(pins, str) else None,
     )
 
 
@@ -88,7 +93,11 @@ async def mark(sink: FirestoreSink) -> Marks:
     if not snap.exists:
         events = sink.collection_ref("events").limit(1)
         empty = not [d async for d in events.stream(timeout=sink.commit_timeout, retry=None)]
-        first: dict[str, Any] = {"since": "", "weeks": ""} if empty else {"since": _tomorrow(), "weeks": _next_monday()}
+        first: dict[str, Any] = (
+            {"since": "", "weeks": "", "pins": ""}
+            if empty
+            else {"since": _tomorrow(), "weeks": _next_monday(), "pins": _tomorrow()}
+        )
         if sink.user_shards is not None:
             first["user_shards"] = sink.user_shards
         if sink.value_shards is not None:
@@ -104,21 +113,29 @@ async def mark(sink: FirestoreSink) -> Marks:
         # migration set "" in between: a later mark than the truth only costs reads, so no precondition.
         await meta.update({"weeks": _next_monday()}, timeout=sink.commit_timeout, retry=None)
         doc["weeks"] = _next_monday()
+    if not isinstance(doc.get("pins"), str):  # marked by a version without the app, feature and model pins
+        await meta.update({"pins": _tomorrow()}, timeout=sink.commit_timeout, retry=None)
+        doc["pins"] = _tomorrow()
     return _marks(doc)
 
 
+def _pinned_elsewhere(name: str) -> bool:
+    """Whether a slice document's name is pinned on one of :data:`slices.PINS` (not the team, not unpinned)."""
+    return name.count(slices.SEP) > 3
+
+
 async def migrate(sink: FirestoreSink) -> int:
-    """Build the slices of every hour before ``since``, and the week documents of every week before ``weeks``,
-    from the hourly rollups, then mark all of them as covered: exactly once (a covered store is left alone;
-    running it again rebuilds the same documents, which are written whole, not incremented). Returns the hourly
-    documents read.
+    """Build the slices of every hour before ``since``, the week documents of every week before ``weeks``, and
+    the app, feature and model pins of every hour before ``pins``, from the hourly rollups, then mark all of them
+    as covered: exactly once (a covered store is left alone; running it again rebuilds the same documents, which
+    are written whole, not incremented). Returns the hourly documents read.
 
     Run it once every replica writes them (after the rollout): an event of those hours stored *while* it runs
     may be counted in the hourly rollups and not in the slices."""
     from google.cloud import firestore
 
     marks = await read(sink)
-    if marks.since == "" and marks.weeks == "":
+    if marks.since == "" and marks.weeks == "" and marks.pins == "":
         return 0
     meta = sink.collection_ref("slices").document(META)
     # Never opened by a writer that keeps them: mark from the next whole bucket first (writers count from there).
@@ -126,10 +143,13 @@ async def migrate(sink: FirestoreSink) -> int:
         await meta.set({"since": _tomorrow()}, merge=True)
     if marks.weeks is None:
         await meta.set({"weeks": _next_monday()}, merge=True)
+    if marks.pins is None:
+        await meta.set({"pins": _tomorrow()}, merge=True)
     marks = await read(sink)
     hours = marks.since if marks.since else None  # rebuild the day and hour slices of hours before it
     weeks = marks.weeks if marks.weeks else None  # and the week documents of weeks before this Monday
-    until = max(h for h in (hours, weeks and weeks + "T00") if h)
+    pins = marks.pins if marks.pins else None  # and the app, feature and model pins of hours before it
+    until = max(h for h in (hours, weeks and weeks + "T00", pins) if h)
 
     acc: slices.Acc = {}
     read_, orgs = 0, False
@@ -148,7 +168,10 @@ async def migrate(sink: FirestoreSink) -> int:
     def wanted(name: str, bucket: str) -> bool:
         if name.startswith("week" + slices.SEP):
             return weeks is not None and bucket < weeks
-        return hours is not None and (bucket if "T" in bucket else bucket + "T00") < hours
+        hour = bucket if "T" in bucket else bucket + "T00"
+        if _pinned_elsewhere(name):  # written since ``pins`` (a UTC midnight): a day is wholly before or after
+            return pins is not None and hour < pins
+        return hours is not None and hour < hours
 
     coll = sink.collection_ref("slices")
     batch, n = sink.client.batch(), 0
@@ -165,7 +188,7 @@ async def migrate(sink: FirestoreSink) -> int:
         n += sink.shards
     if n:
         await batch.commit(timeout=sink.commit_timeout)
-    done: dict[str, Any] = {"since": "", "weeks": ""}
+    done: dict[str, Any] = {"since": "", "weeks": "", "pins": ""}
     if orgs:
         done["orgs"] = True
     await meta.set(done, merge=True)

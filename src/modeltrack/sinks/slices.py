@@ -18,6 +18,11 @@ their key includes the user, so a 30-day page read tens of thousands of document
 * **Pinned on the team:** the same documents again per team, for every other dimension. A team-scoped viewer
   (whose every question carries ``team=``) and the dashboard's drill-down from a team are then one-dimension
   questions too.
+* **Pinned on the app, the feature and the model** (:data:`PINS`): the main documents again per value of each,
+  so the drill-down pages of an app, a feature or a model (a breakdown by team, app, feature, model, provider,
+  status or processing) read a slice too; by user, key or prompt id they do not (:data:`PINS` says why). A
+  store marks from when they count (``pins``, :mod:`.slicemeta`): before it, those questions are answered from
+  the hourly rollups, as all two-dimension questions were.
 * The ``user`` dimension is kept in documents of its own, by a hash of the user into the store's user shards
   (:data:`USER_SHARDS` unless it was created with ``?user_shards=N``, recorded in its marks:
   :mod:`.slicemeta`), so a day with many users keeps each document within Firestore's 1 MiB and 20,000 fields.
@@ -54,6 +59,12 @@ if TYPE_CHECKING:
 ALL = "*"
 """The organisation scope of every organisation's events together (and the unpinned team)."""
 PIN = "team"
+PINS = ("app", "feature", "model")
+"""The dimensions slices are pinned on besides the team (whose pin is the team's value itself, as before them);
+a pin of these is :func:`pin_of` (its dimension and value). Their slices hold the main document only: the user,
+key and prompt id shards of every pinned value would multiply a commit's documents by ~3.8 (2,263 against 597
+for 427 events of one hour of bench/firestore_scale.py's traffic); the main documents add ~30 %. So a breakdown
+by user, key or prompt id of one app, feature or model is still read from the hourly rollups."""
 USER_SHARDS = 8
 SPREAD = ("key_id", "prompt_id")
 """Dimensions whose values can number in the thousands a day, kept out of the main document (module docstring)."""
@@ -78,6 +89,13 @@ def slice_name(kind: str, org: str, team: str, part: str = "main") -> str:
     ``team`` a team (pinned) or :data:`ALL`; ``part`` ``main`` (every dimension but those apart), ``user{shard}``
     or ``values{shard}`` (:data:`SPREAD`)."""
     return SEP.join((kind, org, team, part))
+
+
+def pin_of(dim: str, value: str) -> str:
+    """The ``team`` of :func:`slice_name` for a slice pinned on ``dim``'s ``value``: the value itself for the team
+    (the only pin before :data:`PINS`), else the dimension and the value. A value never holds :data:`SEP`, so a
+    team's pin never reads as another's."""
+    return value if dim == PIN else dim + SEP + value
 
 
 def part_of(dim: str, value: str | None = None, users: int = USER_SHARDS, values: int = VALUE_SHARDS) -> str:
@@ -148,16 +166,18 @@ def _cells(row: dict[str, Any], users: int, values: int) -> list[tuple[str, str,
     cell = cell_key(row, carried("user"))
     apart = {d: part_of(d, str(row[d]), users, values) for d in ("user", *SPREAD)}
     out = []
+    pins = ((ALL, ""), (team, PIN), *((pin_of(d, str(row[d])), d) for d in PINS))
     for o in (org, ALL) if org else (org,):
-        for pinned in (ALL, team):
+        for pinned, on in pins:
             for kind, bucket in (("day", hour[:10]), ("hour", hour)):
                 main = slice_name(kind, o, pinned)
                 for dim in SLICED:
-                    if pinned != ALL and dim == PIN:
-                        continue
+                    if dim == on or (on in PINS and dim in apart):
+                        continue  # (the other pins keep their main documents only: see PINS)
                     name = slice_name(kind, o, pinned, apart[dim]) if dim in apart else main
                     out.append((name, bucket, dim, cell_key(row, carried(dim))))
-            out.append((slice_name("week", o, pinned, apart["user"]), week, "user", cell))
+            if on in ("", PIN):  # the other pins' user questions read days: 30 a shard, within the goal
+                out.append((slice_name("week", o, pinned, apart["user"]), week, "user", cell))
     # A user cell's histogram goes in a map of its own beside its sums (:data:`USER_HISTOGRAMS`).
     out += [(name, bucket, USER_HISTOGRAMS, cell) for name, bucket, dim, cell in out if dim == "user"]
     return out
