@@ -106,7 +106,7 @@ async def seed(sink: Any, n: int, days: int, end: datetime) -> dict[str, float]:
         batch = sink.client.batch()
         for (name, bucket), dims in part:
             batch.set(coll.document(slices.slice_doc_id(name, bucket, 0)), {"slice": name, "b": bucket, **dims})
-        await batch.commit(timeout=120)
+        await batch.commit(timeout=900)
 
     # Commits of at most 500 documents and ~3 MB (the emulator takes 4 MB a request), four at a time.
     parts: list[list[Any]] = [[]]
@@ -120,6 +120,8 @@ async def seed(sink: Any, n: int, days: int, end: datetime) -> dict[str, float]:
         size += weight
     for i in range(0, len(parts), 4):
         await asyncio.gather(*(commit(part) for part in parts[i : i + 4]))
+        if i % 100 == 0:
+            print(f"seeded {i:,} of {len(parts):,} commits in {time.perf_counter() - t1:.0f} s", flush=True)
     biggest = max((sum(len(cells) for cells in dims.values()) for dims in acc.values()), default=0)
     took = time.perf_counter() - t1
     return {"events": n, "documents": written, "count_s": counted, "write_s": took, "cells": biggest}

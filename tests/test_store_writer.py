@@ -62,6 +62,7 @@ async def test_events_are_written_once_by_an_idle_child(replay: Any, make_proxy:
     assert isinstance(writer, ProcessWriter)
     pid = writer.pid
     assert pid is not None and pid != os.getpid()
+    assert os.sched_getscheduler(pid) == os.SCHED_IDLE  # from its start, before any batch
     await send(proxy.url, range(200))
     await proxy.pipeline.flush()
     threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]

@@ -135,6 +135,7 @@ class ProcessWriter:
         except BaseException:
             self._kill()
             raise
+        self._set_policy(proc.pid)
 
     async def _answer(self) -> None:
         proc = self._proc
