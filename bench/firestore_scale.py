@@ -96,6 +96,12 @@ async def seed(sink: Any, n: int, days: int, end: datetime) -> dict[str, float]:
     for row in rows(n, days, end):
         slices.add_row(acc, row)
     counted = time.perf_counter() - t0
+    # The hour documents pinned on an app, a feature or a model (~60,000 here, where the day documents are ~5,000)
+    # are not seeded: past ~170,000 documents the emulator slows to under a commit a minute (README). The
+    # questions read them only for a range's edge hours; those reads find no document, and are counted.
+    pinned_hours = [k for k in acc if k[0].startswith("hour" + slices.SEP) and k[0].count(slices.SEP) > 3]
+    for k in pinned_hours:
+        del acc[k]
     coll = sink.collection_ref("slices")
     await coll.document(SLICES_META).set({"since": "", "weeks": "", "pins": ""})
     t1 = time.perf_counter()
@@ -124,7 +130,14 @@ async def seed(sink: Any, n: int, days: int, end: datetime) -> dict[str, float]:
             print(f"seeded {i:,} of {len(parts):,} commits in {time.perf_counter() - t1:.0f} s", flush=True)
     biggest = max((sum(len(cells) for cells in dims.values()) for dims in acc.values()), default=0)
     took = time.perf_counter() - t1
-    return {"events": n, "documents": written, "count_s": counted, "write_s": took, "cells": biggest}
+    return {
+        "events": n,
+        "documents": written,
+        "count_s": counted,
+        "write_s": took,
+        "cells": biggest,
+        "unseeded": len(pinned_hours),
+    }
 
 
 async def questions(reader: Any, end: datetime) -> list[tuple[str, Any]]:
@@ -148,7 +161,6 @@ async def questions(reader: Any, end: datetime) -> list[tuple[str, Any]]:
         ("breakdown by user (5,000 users)", lambda: breakdown(reader, rng, "user", f)),
         ("breakdown by feature, one team (a team's viewer)", lambda: breakdown(reader, rng, "feature", team)),
         ("breakdown by key (50 keys)", lambda: breakdown(reader, rng, "key_id", f)),
-        ("breakdown by user, one app (its page)", lambda: breakdown(reader, rng, "user", Filters(app="app-07"))),
         ("breakdown by feature, one app", lambda: breakdown(reader, rng, "feature", Filters(app="app-07"))),
         ("breakdown by team, one model (its page)", lambda: breakdown(reader, rng, "team", Filters(model=MODEL))),
         ("series by day, one key (its Keys page)", lambda: views.series(reader, rng, "day", Filters(key_id="key_07"))),
@@ -229,7 +241,9 @@ def report(r: dict[str, Any]) -> list[str]:
         f"## Firestore analytics: {s['events']:,} events over 30 days in the emulator (30-day questions)",
         "",
         f"Seeded as {s['documents']:,} slice documents (counted in {s['count_s']:.0f} s, written in "
-        f"{s['write_s']:.0f} s; the largest holds {s['cells']:,} cells). Each question ran {REPEAT} times "
+        f"{s['write_s']:.0f} s; the largest holds {s['cells']:,} cells), without the {s['unseeded']:,} hour "
+        "documents pinned on an app, a feature or a model (the emulator stalls past ~170,000 documents; a range's "
+        f"edge hours read them, and find none). Each question ran {REPEAT} times "
         "(bench/firestore_scale.py); documents read are what Firestore would bill.",
         "",
         "| question | p50 ms | p95 ms | documents read |",
