@@ -1,6 +1,6 @@
 """The store writer process (modeltrack.sinks.process): events written by a child at SCHED_IDLE, exactly once
-through its crashes, a starved child restarted at the normal policy, errors that cross by name only, and a child
-that neither dies before its parent has drained nor outlives it."""
+through its crashes, a starved or lagging child restarted at the normal policy, errors that cross by name only,
+and a child that neither dies before its parent has drained nor outlives it."""
 
 from __future__ import annotations
 
@@ -126,6 +126,31 @@ async def test_a_starved_child_is_restarted_at_normal_priority(tmp_path: Path) -
     finally:
         hog.kill()
         hog.wait()
+        await writer.close()
+
+
+async def test_a_writer_that_falls_behind_is_restarted_at_normal_priority(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/events.db"
+    waiting = [0]
+    writer = ProcessWriter(
+        SQLiteSink(str(tmp_path / "events.db")), url, backlog=lambda: waiting[0], behind_after=100, normal_for=60
+    )
+    await writer.open()
+    try:
+        first = writer.pid
+        assert first is not None and os.sched_getscheduler(first) == os.SCHED_IDLE
+        waiting[0] = 99  # less than a batch behind: it stays idle
+        await writer.write([make_event(i) for i in range(50)])
+        assert writer.pid == first and writer.promotions == 0
+        waiting[0] = 100
+        await writer.write([make_event(i) for i in range(50, 100)])
+        assert writer.promotions == 1 and writer.pid not in (None, first)
+        assert os.sched_getscheduler(writer.pid) == os.SCHED_OTHER
+        second = writer.pid
+        await writer.write([make_event(i) for i in range(100, 150)])  # promoted once a period, not once a batch
+        assert writer.pid == second and writer.promotions == 1
+        once(await writer.read(), 150)
+    finally:
         await writer.close()
 
 

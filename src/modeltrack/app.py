@@ -111,7 +111,11 @@ class ModelTrack:
             self.spans = SpanExport(settings.otel, self.metrics)
             if settings.otel_metrics:
                 self.metrics_mirror = MetricsMirror(settings.otel, self.metrics.registry)
-        writer: Sink = ProcessWriter(sink, settings.store) if settings.store_writer == "process" else sink
+        writer: Sink = sink
+        if settings.store_writer == "process":
+            writer = ProcessWriter(
+                sink, settings.store, backlog=lambda: self.pipeline.depth, behind_after=settings.batch_size
+            )
         self.pipeline = Pipeline.from_settings(writer, self.metrics, settings, on_stored=self._on_stored())
         self.providers = build_providers(
             settings.base_urls,

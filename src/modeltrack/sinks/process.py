@@ -10,7 +10,10 @@ let it finish its slice while the proxy, woken on the same core, waited 2–4 ms
 idle, it is preempted at once. In a thread that was unsafe (it held the GIL the loop needed); in a process it
 holds nothing the loop waits for, except SQLite's write lock for the length of a batch. So a writer that is
 starved (runnable, without CPU, for ``starved_after`` seconds: every core busy) is restarted at the normal
-policy for ``normal_for`` seconds, and a batch's transaction never holds that lock long on a busy machine.
+policy for ``normal_for`` seconds, and a batch's transaction never holds that lock long on a busy machine. For
+the same reason a writer that falls behind (a full batch still queued behind the one it is handed) is restarted
+at the normal policy: idle on a machine whose cores are all busy, it would never catch up, and the queue, the
+proxy's memory and then the spool would grow (tests/test_monitoring.py, the random-team flood).
 
 Guarantees, unchanged from an in-process sink (tests/test_store_writer.py):
 
@@ -42,6 +45,7 @@ import os
 import struct
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -69,14 +73,17 @@ class RemoteStoreError(Exception):
     transient = False
 
 
-@functools.cache
-def _state(pid: int) -> str:
-    """The process's state letter from /proc (R: running or runnable); "" when it cannot be read."""
+def _runnable(pid: int) -> bool:
+    """Whether a thread of the process is running or runnable (state R in /proc): the child's main thread waits
+    while SQLite works on its worker thread, so every thread is read. False when /proc cannot be read."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            return f.read().rsplit(b")", 1)[1].split()[0].decode()
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
+                if f.read().rsplit(b")", 1)[1].split()[0] == b"R":
+                    return True
     except (OSError, IndexError):
-        return ""
+        pass
+    return False
 
 
 @functools.cache
@@ -89,17 +96,29 @@ class ProcessWriter:
     """A :class:`~.base.Sink` whose writes a child process performs (``MODELTRACK_STORE_WRITER=process``)."""
 
     def __init__(
-        self, sink: Sink, url: str, *, idle: bool = True, starved_after: float = 0.5, normal_for: float = 30.0
+        self,
+        sink: Sink,
+        url: str,
+        *,
+        idle: bool = True,
+        starved_after: float = 0.5,
+        normal_for: float = 30.0,
+        backlog: Callable[[], int] = lambda: 0,
+        behind_after: int = 2000,
     ) -> None:
         """``sink`` is the parent's own sink for the same ``url`` (reads, claims, pings). ``idle``: run the child
         at ``SCHED_IDLE`` where the platform has it; ``starved_after`` and ``normal_for`` bound how long it may
-        wait for CPU inside a batch, and how long it then keeps the normal policy."""
+        wait for CPU inside a batch, and how long it then keeps the normal policy. ``backlog`` tells how many
+        events wait behind the batch being written (the pipeline's queue): ``behind_after`` or more and the
+        writer is not keeping up, so it, too, is given the normal policy for ``normal_for`` seconds."""
         self.inner = sink
         self.name = sink.name
         self.url = url
         self.idle = idle and IDLE is not None
         self.starved_after = starved_after
         self.normal_for = normal_for
+        self.backlog = backlog
+        self.behind_after = behind_after
         self._proc: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
         self._normal_until = 0.0  # monotonic time until which the child keeps the normal policy
@@ -152,6 +171,11 @@ class ProcessWriter:
         lines: list[bytes] | None = getattr(events, "docs", None)
         payload = b"".join(lines) if lines else b"".join(ev.to_json() + b"\n" for ev in events)
         async with self._lock:
+            if self._at_idle and self.pid is not None and self.backlog() >= self.behind_after:
+                # Every core is busy and the queue grows: idle, the writer would only fall further behind
+                # (tests/test_monitoring.py::test_random_team_flood_keeps_series_bounded). Between two batches
+                # it holds nothing, so a restart costs only the new child's start.
+                self._promote(f"{self.backlog()} events wait for the store")
             if self.pid is None:
                 await self._spawn()
             proc = self._proc
@@ -197,16 +221,19 @@ class ProcessWriter:
         it (the transaction rolls back) and let the batch be retried by a new child, which keeps the normal
         policy for ``normal_for`` seconds. Raising the child's policy in place would need CAP_SYS_NICE, which a
         container rarely has; a restart works everywhere, costs ~0.1 s, and happens at most once a period."""
-        if not self._at_idle or self.pid != pid or _state(pid) != "R":
+        if not self._at_idle or self.pid != pid or not _runnable(pid):
             return
+        self._promote(f"starved of CPU for {self.starved_after:.1f} s inside a batch")
+        # its batch fails as StoreWriterGone (transient) and is retried
+
+    def _promote(self, why: str) -> None:
+        """Kill the idle child; the next write starts one that keeps the normal policy for ``normal_for`` s."""
         self.promotions += 1
         self._normal_until = time.monotonic() + self.normal_for
         log.warning(
-            "store writer starved of CPU for %.1f s (every core is busy): restarted at normal priority for %.0f s",
-            self.starved_after,
-            self.normal_for,
+            "store writer %s (every core is busy): restarted at normal priority for %.0f s", why, self.normal_for
         )
-        self._kill()  # its batch fails as StoreWriterGone (transient) and is retried
+        self._kill()
 
     def _kill(self) -> None:
         proc, self._proc = self._proc, None
