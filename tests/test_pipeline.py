@@ -18,7 +18,7 @@ import pytest
 
 from modeltrack.config import Settings
 from modeltrack.events import CostEvent, new_request_id, rfc3339
-from modeltrack.journal import Journal, read_events
+from modeltrack.journal import Journal, read_events, unlocked
 from modeltrack.metrics import Metrics
 from modeltrack.pipeline import Pipeline, is_transient
 from modeltrack.rollups import LATENCY_BOUNDS_MS
@@ -516,7 +516,8 @@ async def test_unwritable_journal_is_counted_and_events_still_stored(tmp_path: P
 
 def test_journal_segments_rotate_replay_and_close_as_plain_jsonl(tmp_path: Path, caplog: Any) -> None:
     """The memory-mapped journal: segments are reserved up front, so a live (or killed) segment ends in NUL
-    padding that replay must stop at; a closed segment is truncated to exactly the lines written."""
+    padding that replay must stop at; a closed segment is truncated to exactly the lines written; the next
+    segment is made ahead (a spare, empty and locked) and dropped at close."""
     events = [make_event(i) for i in range(40)]
     ids = [e.request_id for e in events]
     lines = [e.to_json() + b"\n" for e in events]
@@ -524,21 +525,30 @@ def test_journal_segments_rotate_replay_and_close_as_plain_jsonl(tmp_path: Path,
     journal = Journal(str(tmp_path), segment_bytes=seg_bytes)
     segs = [journal.append(line) for line in lines]
     assert 0 not in segs and len(set(segs)) >= 8
-    live = journal._paths[segs[-1]]
+    journal.settle()  # closed segments are truncated and closed by the helper thread
+    live = journal.segments()[segs[-1]]
     assert os.path.getsize(live) == seg_bytes  # reserved, NUL-padded
     in_live = [i for i, s in enumerate(segs) if s == segs[-1]]
     assert [e.request_id for e in read_events(live)] == [ids[i] for i in in_live]
     assert "corrupt" not in caplog.text  # the padding is the end of the data, not a torn line
-    # Nothing acked yet: every closed segment is still there, truncated to its lines, and replays in full.
-    closed = sorted(journal._paths[s] for s in set(segs[:-1]) if s != segs[-1])
+    # Nothing acked yet: every closed segment is still there, truncated to its lines, unlocked, and replays in full.
+    closed = sorted(p for s, p in journal.segments().items() if s != segs[-1])
+    assert len(closed) == len(set(segs)) - 1
     assert all(open(p, "rb").read().count(b"\x00") == 0 for p in closed)
+    assert all(unlocked(p) for p in closed) and not unlocked(live)
     replayed = [e.request_id for p in closed for e in read_events(p)]
     assert sorted(replayed) == sorted(ids[: in_live[0]])
+    # Besides the live segment, one spare: reserved, locked, empty (a replay after a kill -9 reads nothing in it).
+    spare = [p for p in tmp_path.iterdir() if str(p) not in journal.segments().values()]
+    assert len(spare) == 1 and journal.owns(str(spare[0])) and not unlocked(str(spare[0]))
+    assert read_events(str(spare[0])) == [] and os.path.getsize(spare[0]) == seg_bytes
     journal.ack(segs)  # acked closed segments are deleted; the live one stays until closed
-    assert [p.name for p in tmp_path.iterdir()] == [os.path.basename(live)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([os.path.basename(live), spare[0].name])
     journal.close()
     assert list(tmp_path.iterdir()) == []
     assert journal.append(b"x" * (seg_bytes + 1)) == 0  # a line larger than a segment: counted as unjournaled
+    assert journal.append(lines[0]) > 0  # a closed journal opens again on the next append
+    journal.close()
 
 
 # --- recovery without traffic --------------------------------------------------------------------------------

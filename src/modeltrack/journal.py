@@ -17,7 +17,9 @@ import logging
 import mmap
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -97,6 +99,47 @@ class Spool:
         )
 
 
+class _Segment(NamedTuple):
+    fd: int
+    map: mmap.mmap
+    path: str
+
+
+def _open_segment(path: str, size: int) -> _Segment:
+    """Create, lock, reserve and map a segment: run on the journal's helper thread, off the event loop."""
+    os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        lock(fd, blocking=True)
+        os.posix_fallocate(fd, 0, size)
+        # Pre-faulted (MAP_POPULATE): otherwise every 4 KiB page's first write is a page fault in some request's
+        # enqueue.
+        seg_map = mmap.mmap(fd, size, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
+    except OSError:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.remove(path)
+        raise
+    return _Segment(fd, seg_map, path)
+
+
+def _retire(seg: _Segment, length: int) -> None:
+    """Unmap a closed segment, truncate it to what was written (plain JSONL) and close it: on the helper thread."""
+    try:
+        seg.map.close()
+        with contextlib.suppress(OSError):
+            os.ftruncate(seg.fd, length)  # drop the reserved tail (the file may be deleted already: harmless)
+    finally:
+        os.close(seg.fd)  # releases the lock
+
+
+def _discard(seg: _Segment) -> None:
+    """An unused spare segment at shutdown: nothing in it, so it goes."""
+    with contextlib.suppress(OSError):
+        os.remove(seg.path)
+    _retire(seg, 0)
+
+
 class Journal:
     """Write-ahead journal: every event is appended before ``enqueue`` returns, so a crash or ``kill -9`` of the
     process loses nothing. Events are acked once stored or spooled; a segment is deleted when it is closed and
@@ -108,6 +151,11 @@ class Journal:
     the kernel writes back even if the process is killed the next instant — the guarantee of an unbuffered
     ``write`` (no fsync; a power cut is out of scope) without a system call per event. Unused space reads as
     NUL bytes, which JSON lines never contain; a closed segment is truncated to what was written.
+
+    Making a segment (reserve and pre-fault 16 MiB) and retiring one (unmap, truncate) take 4-130 ms of system
+    calls: done in the request path, each stalled every request in flight once every ~20,000 events (2 s at the
+    bench's rate; bench/README.md, "the journal's rotation"). A helper thread does both: the next segment is
+    made while the current one fills, so a rotation on the loop is a swap. The system calls release the GIL.
     """
 
     def __init__(self, directory: str, segment_bytes: int = 16 * 1024 * 1024) -> None:
@@ -115,46 +163,53 @@ class Journal:
         self.segment_bytes = segment_bytes
         self._fd = -1
         self._map: mmap.mmap | None = None
+        self._current: _Segment | None = None
         self._pos = 0
         self._seg = 0
+        self._made = 0
         self._paths: dict[int, str] = {}
         self._pending: dict[int, int] = {}
+        self._helper: ThreadPoolExecutor | None = None
+        self._spare: Future[_Segment] | None = None
+        self._spare_path: str | None = None
+        self._work: list[Future[None]] = []
+
+    def _submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        if self._helper is None:
+            self._helper = ThreadPoolExecutor(1, thread_name_prefix="modeltrack-journal")
+        return self._helper.submit(fn, *args)
+
+    def _new_path(self) -> str:
+        self._made += 1
+        return os.path.join(self.dir, f"journal-{os.getpid()}-{time.time_ns()}-{self._made}.jsonl")
 
     def _rotate(self) -> None:
         self._close_segment()
-        os.makedirs(self.dir, mode=0o700, exist_ok=True)
-        self._seg += 1
-        path = os.path.join(self.dir, f"journal-{os.getpid()}-{time.time_ns()}-{self._seg}.jsonl")
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            lock(fd, blocking=True)
-            os.posix_fallocate(fd, 0, self.segment_bytes)
-            # Pre-faulted (MAP_POPULATE): otherwise every 4 KiB page's first write is a page fault in some
-            # request's enqueue.
-            self._map = mmap.mmap(fd, self.segment_bytes, flags=mmap.MAP_SHARED | getattr(mmap, "MAP_POPULATE", 0))
-        except OSError:
-            os.close(fd)
+        spare, self._spare, self._spare_path = self._spare, None, None
+        seg: _Segment | None = None
+        if spare is not None:
             with contextlib.suppress(OSError):
-                os.remove(path)
-            raise
-        self._fd = fd
-        self._pos = 0
-        self._paths[self._seg] = path
+                seg = spare.result()  # ready, nearly always: it was begun when the current segment was
+        if seg is None:
+            seg = _open_segment(self._new_path(), self.segment_bytes)  # the first, or the spare failed: here
+        self._seg += 1
+        self._current = seg
+        self._fd, self._map, self._pos = seg.fd, seg.map, 0
+        self._paths[self._seg] = seg.path
         self._pending[self._seg] = 0
+        self._spare_path = self._new_path()
+        self._spare = self._submit(_open_segment, self._spare_path, self.segment_bytes)
 
     def _close_segment(self) -> None:
-        if self._fd < 0:
+        seg = self._current
+        if seg is None:
             return
-        if self._map is not None:
-            self._map.close()
-            self._map = None
-        with contextlib.suppress(OSError):
-            os.ftruncate(self._fd, self._pos)  # drop the reserved tail: a closed segment is plain JSONL
-        fd, self._fd = self._fd, -1
+        self._current, self._map, self._fd = None, None, -1
         # Deleted (once every event in it is stored) while our lock still holds it: another process's replay
-        # never picks up a segment whose events are all stored. Closing releases the lock.
+        # never picks up a segment whose events are all stored. The helper's close releases the lock.
         self._maybe_delete(self._seg)
-        os.close(fd)
+        self._work = [f for f in self._work if not f.done()]
+        self._work.append(self._submit(_retire, seg, self._pos))
 
     def append(self, line: bytes) -> int:
         """Return the segment id to ack later, or 0 if the journal could not be written (counted)."""
@@ -186,8 +241,33 @@ class Journal:
             self._pending.pop(seg, None)
             self._paths.pop(seg, None)
 
+    def owns(self, path: str) -> bool:
+        """A file this journal holds (a segment, or the spare being made): never another process's to replay."""
+        return path == self._spare_path or path in self._paths.values()
+
+    def segments(self) -> dict[int, str]:
+        """The segments not yet deleted, by id: the current one and closed ones with events not yet acked."""
+        return dict(self._paths)
+
+    def settle(self) -> None:
+        """Wait for the helper's work in progress: closed segments truncated and closed, the spare made."""
+        work: list[Future[Any]] = [*self._work, *([self._spare] if self._spare is not None else [])]
+        for f in work:
+            with contextlib.suppress(OSError):
+                f.result()
+        self._work.clear()
+
     def close(self) -> None:
+        """Close the current segment, drop the unused spare, and wait for the helper to finish both."""
         self._close_segment()
+        spare, self._spare, self._spare_path = self._spare, None, None
+        if spare is not None:
+            with contextlib.suppress(OSError):
+                _discard(spare.result())
+        self.settle()
+        if self._helper is not None:
+            self._helper.shutdown(wait=True)
+            self._helper = None
 
 
 def unlocked(path: str) -> bool:

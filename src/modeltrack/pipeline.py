@@ -230,7 +230,7 @@ class Pipeline:
         return bool(self.spool.files()) or any(unlocked(p) for p in self.spool.files("journal-") if not self._own(p))
 
     def _own(self, path: str) -> bool:
-        return self.journal is not None and path in self.journal._paths.values()
+        return self.journal is not None and self.journal.owns(path)
 
     async def _write_batch(self, batch: list[tuple[CostEvent, int, bytes]]) -> None:
         self._writing += 1
