@@ -114,7 +114,7 @@ class ModelTrack:
         writer: Sink = sink
         if settings.store_writer == "process":
             writer = ProcessWriter(
-                sink, settings.store, backlog=lambda: self.pipeline.depth, behind_after=settings.batch_size
+                sink, settings.store, backlog=lambda: self.pipeline.depth, behind_after=4 * settings.batch_size
             )
         self.pipeline = Pipeline.from_settings(writer, self.metrics, settings, on_stored=self._on_stored())
         self.providers = build_providers(
@@ -191,7 +191,7 @@ class ModelTrack:
     def reload_controls(self) -> None:
         """SIGHUP: load the controls file again (the old rules stay if the new file is invalid)."""
         if self.controls is not None and self.controls.reload():
-            self.proxy.client_tokens = self.proxy.tokens_in_force()
+            self.proxy.reload_tokens()
 
     def _controls_summary(self) -> str:
         c = self.controls
@@ -221,7 +221,7 @@ class ModelTrack:
             f"workers={s.workers}",
             f"store={describe_store(s.store)}",
             f"journal={'on' if s.journal else 'off'}",
-            f"client_tokens={'on' if self.proxy.client_tokens else 'off'}",
+            f"client_tokens={'on' if self.proxy.gate.client_tokens else 'off'}",
             f"controls={self._controls_summary()}",
             f"access_log={'on' if s.access_log else 'off'}",
             "upstreams=" + ", ".join(upstreams),

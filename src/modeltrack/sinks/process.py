@@ -11,9 +11,11 @@ idle, it is preempted at once. In a thread that was unsafe (it held the GIL the 
 holds nothing the loop waits for, except SQLite's write lock for the length of a batch. So a writer that is
 starved (runnable, without CPU, for ``starved_after`` seconds: every core busy) is restarted at the normal
 policy for ``normal_for`` seconds, and a batch's transaction never holds that lock long on a busy machine. For
-the same reason a writer that falls behind (a full batch still queued behind the one it is handed) is restarted
-at the normal policy: idle on a machine whose cores are all busy, it would never catch up, and the queue, the
-proxy's memory and then the spool would grow (tests/test_monitoring.py, the random-team flood).
+the same reason a writer that falls behind (``behind_after`` events, four batches by default, still queued
+behind the one it is handed) is restarted at the normal policy, and keeps it while it is behind: idle on a
+machine whose cores are all busy, it would never catch up, and the queue, the proxy's memory and then the spool
+would grow (tests/test_monitoring.py, the random-team flood). A writer a batch or two behind is left idle: it
+catches up when the load eases, and a restart (a new interpreter starting) would cost the proxy more CPU.
 
 Guarantees, unchanged from an in-process sink (tests/test_store_writer.py):
 
@@ -102,9 +104,9 @@ class ProcessWriter:
         *,
         idle: bool = True,
         starved_after: float = 0.5,
-        normal_for: float = 30.0,
+        normal_for: float = 10.0,
         backlog: Callable[[], int] = lambda: 0,
-        behind_after: int = 2000,
+        behind_after: int = 8000,
     ) -> None:
         """``sink`` is the parent's own sink for the same ``url`` (reads, claims, pings). ``idle``: run the child
         at ``SCHED_IDLE`` where the platform has it; ``starved_after`` and ``normal_for`` bound how long it may
@@ -171,11 +173,16 @@ class ProcessWriter:
         lines: list[bytes] | None = getattr(events, "docs", None)
         payload = b"".join(lines) if lines else b"".join(ev.to_json() + b"\n" for ev in events)
         async with self._lock:
-            if self._at_idle and self.pid is not None and self.backlog() >= self.behind_after:
+            waiting = self.backlog()
+            if waiting >= self.behind_after:
                 # Every core is busy and the queue grows: idle, the writer would only fall further behind
                 # (tests/test_monitoring.py::test_random_team_flood_keeps_series_bounded). Between two batches
-                # it holds nothing, so a restart costs only the new child's start.
-                self._promote(f"{self.backlog()} events wait for the store")
+                # it holds nothing, so a restart costs only the new child's start; it keeps the normal policy
+                # while it is behind, and ``normal_for`` seconds after.
+                if self._at_idle and self.pid is not None:
+                    self._promote(f"{waiting} events wait for the store")
+                else:
+                    self._normal_until = max(self._normal_until, time.monotonic() + self.normal_for)
             if self.pid is None:
                 await self._spawn()
             proc = self._proc
@@ -199,7 +206,8 @@ class ProcessWriter:
                 watch.cancel()
 
     def _set_policy(self, pid: int) -> None:
-        """Idle, unless a starved batch asked for the normal policy less than ``normal_for`` seconds ago."""
+        """Idle, unless a starved or lagging batch asked for the normal policy less than ``normal_for`` seconds
+        ago."""
         if not self.idle or self._at_idle or time.monotonic() < self._normal_until:
             return
         try:
