@@ -21,11 +21,10 @@ from typing import TYPE_CHECKING
 from . import upgrades
 from .access import ClientTokens
 from .accounting import Recorder
-from .accounts.credentials import ProviderKeys, sdk_key
-from .accounts.keyring import Grant, KeyRing
-from .controls.estimate import bound_tokens
+from .accounts.credentials import ProviderKeys
+from .accounts.gate import LOADING, Gate, Refusal, tokens_in_force
+from .accounts.keyring import KeyRing
 from .controls.ratelimit import MemoryRateLedger, RateLimiter, RateRefusal, Ticket, real_tokens
-from .controls.spec import Reserve
 from .exchange import Exchange
 from .http.headers import HeaderView, forward_headers
 from .http.message import Request, RequestError
@@ -44,7 +43,6 @@ if TYPE_CHECKING:
     from .controls import Controls, Decision
 
 log = logging.getLogger("modeltrack.proxy")
-RATE_RESERVE = Reserve()  # a TPM reservation is bounded as a budget's is (controls.estimate)
 
 _BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 _NO_SOCKET = (
@@ -97,20 +95,22 @@ class Proxy:
         provider_keys: ProviderKeys | None = None,
     ) -> None:
         self.router = router
-        self.keyring = keyring  # ModelTrack keys (mt_...) from the store; None: the store keeps none
-        self.ratelimiter = ratelimiter or RateLimiter(MemoryRateLedger())
-        self.provider_keys = provider_keys or ProviderKeys()
-        # Multi-tenant mode: every request carries an org's mt_ key, which fixes the org of everything it makes.
-        self.multi_tenant = settings.multi_tenant
-        self.require_key = settings.require_key or settings.multi_tenant
+        self.env_tokens = client_tokens or ClientTokens()
+        self.controls = controls
+        self.gate = Gate(
+            keyring,
+            ratelimiter or RateLimiter(MemoryRateLedger()),
+            provider_keys or ProviderKeys(),
+            self.tokens_in_force(),
+            multi_tenant=settings.multi_tenant,
+            require_key=settings.require_key,
+        )
+        self.ratelimiter = self.gate.ratelimiter  # (the WebSocket path settles its tickets: upgrades.Owner)
         self.trace_context = settings.otel is not None  # record the client's traceparent for its span
         self.tls = bool(settings.tls_cert)  # the scheme clients reach us by (Anthropic's results_url)
         self.recorder = recorder
         self.metrics: Metrics = recorder.metrics
         self.pools = pools
-        self.env_tokens = client_tokens or ClientTokens()
-        self.controls = controls
-        self.client_tokens = self.tokens_in_force()  # empty = access control off
         self.body_timeout = settings.body_timeout
         self.ws_max_message = settings.websocket_max_message
         self.ws_idle_timeout = settings.websocket_idle_timeout
@@ -123,10 +123,12 @@ class Proxy:
         self.cut_reason = "client_disconnected"
 
     def tokens_in_force(self) -> ClientTokens:
-        """``MODELTRACK_CLIENT_TOKENS`` plus the controls file's tokens (called again after a reload)."""
-        if self.controls is None:
-            return self.env_tokens
-        return self.env_tokens.merged(self.controls.token_attribution())
+        """``MODELTRACK_CLIENT_TOKENS`` plus the controls file's tokens (empty: access control off)."""
+        return tokens_in_force(self.env_tokens, self.controls.token_attribution() if self.controls else None)
+
+    def reload_tokens(self) -> None:
+        """The controls file was loaded again: its tokens may have changed."""
+        self.gate.client_tokens = self.tokens_in_force()
 
     def record(self, ex: Exchange) -> None:
         if not ex.recorded:
@@ -171,39 +173,15 @@ class Proxy:
             )
         if req.method in ("CONNECT", "TRACE"):
             return self.error(conn, None, 405, "method_not_allowed", f"{req.method} is not proxied.")
-        fixed: dict[str, str] | None = None
-        grant: Grant | None = None
-        given = req.header(b"x-modeltrack-key") or b""
-        as_api_key = False
-        if not given and self.keyring is not None and self.provider_keys:
-            found = sdk_key(req.headers)  # the ModelTrack key given to the SDK as its API key
-            if found is not None:
-                given, as_api_key = found[1], True
-        if given.startswith(b"mt_") and self.keyring is not None:
-            # A ModelTrack key from the store: its attribution is fixed, its rules are checked once the model
-            # is known (below). Its value is never logged, recorded or forwarded.
-            if not self.keyring.loaded and not await self.keyring.wait_loaded():
+        gate = self.gate
+        ident = gate.identify(req.headers, req.header(b"x-modeltrack-key") or b"")
+        if ident is LOADING:
+            if not await gate.loaded():
                 return self.error(conn, None, 503, "keys_unavailable", "Keys are still loading; retry in a second.")
-            grant = self.keyring.lookup(given)
-            if grant is None:
-                return self.error(
-                    conn, None, 401, "invalid_key", "This X-ModelTrack-Key is not a valid ModelTrack key."
-                )
-            if self.keyring.stale():
-                return self.error(
-                    conn, None, 503, "keys_unavailable", "Keys cannot be checked: the store is unreachable."
-                )
-            fixed = grant.fixed
-        elif self.client_tokens and not self.multi_tenant:
-            fixed = self.client_tokens.lookup(given)
-            if fixed is None:
-                return self.error(
-                    conn, None, 401, "invalid_client_token", "A valid X-ModelTrack-Key header is required."
-                )
-        elif self.require_key:
-            return self.error(
-                conn, None, 401, "key_required", "Send a ModelTrack key (mt_...) in the X-ModelTrack-Key header."
-            )
+            ident = gate.identify(req.headers, req.header(b"x-modeltrack-key") or b"")
+        if isinstance(ident, Refusal):
+            return self.error(conn, None, *ident)
+        grant, fixed = ident.grant, ident.fixed
         path, _, query = target.partition("?")
         # Only a path with /v1 twice, or with no version at the front, can be a wrong base URL: the usual
         # /v1/... request skips the check.
@@ -263,27 +241,19 @@ class Proxy:
         ticket: Ticket | None = None
         bounds: tuple[int, int] | None = None  # the request's worst-case tokens, once for TPM and budgets
         if grant is not None:
-            refused = grant.refusal(info.model, wall)
-            if refused is not None:
-                return self.error(conn, provider, *refused)
-            assert self.keyring is not None
-            self.keyring.used_now(grant.key_id, wall)
-            if grant.limits:
-                tokens = 0
-                if grant.tpm:
-                    reserve = self.controls.spec.reserve if self.controls is not None else RATE_RESERVE
-                    bounds = bound_tokens(len(raw), body, reserve)
-                    tokens = bounds[0] + bounds[1]
-                taken: Ticket | RateRefusal | None = self.ratelimiter.take_now(grant.limits, tokens)
-                if taken is None:
-                    taken = await self.ratelimiter.admit(grant.limits, tokens)
-                if isinstance(taken, RateRefusal):
-                    return conn.respond(
-                        429,
-                        provider.error_body(429, "rate_limited", taken.message),
-                        extra=b"retry-after: %d\r\n" % taken.retry_after,
-                    )
-                ticket = taken
+            reserve = self.controls.spec.reserve if self.controls is not None else None
+            admitted = gate.admit_now(grant, info.model, wall, len(raw), body, reserve) or await gate.admit(
+                grant, len(raw), body, reserve
+            )
+            if isinstance(admitted, RateRefusal):
+                return conn.respond(
+                    429,
+                    provider.error_body(429, "rate_limited", admitted.message),
+                    extra=b"retry-after: %d\r\n" % admitted.retry_after,
+                )
+            if isinstance(admitted, Refusal):
+                return self.error(conn, provider, *admitted)
+            ticket, bounds = admitted
         lines, attrs = forward_headers(req.headers)
         if "public_base" in info.extra:
             # Anthropic's batch objects: their results_url is rewritten (providers.batches.ResultsURLView), which
@@ -293,24 +263,10 @@ class Proxy:
             tp = req.header(b"traceparent")
             if tp is not None and _TRACEPARENT.fullmatch(tp):
                 attrs["traceparent"] = tp.decode("ascii")
-        if as_api_key and grant is not None:
-            # Swap the ModelTrack key for the team's provider key, in the same header and scheme.
-            secret = self.provider_keys.key_for(
-                grant.team_id, provider.name, None if self.multi_tenant else grant.attrs.get("team")
-            )
-            at = sdk_key(lines)
-            if secret is None or at is None:
-                return self.error(
-                    conn,
-                    provider,
-                    401,
-                    "no_provider_key",
-                    f"No {provider.name} key is configured on the server for this key's team: add one to "
-                    "MODELTRACK_PROVIDER_KEYS_FILE, or send your own provider key with the ModelTrack key in "
-                    "X-ModelTrack-Key.",
-                )
-            name, value = lines[at[0]]
-            lines[at[0]] = (name, value[: value.find(b"mt_")] + secret.encode())
+        if ident.as_api_key and grant is not None:
+            refused = gate.swap_key(grant, provider.name, lines)
+            if refused is not None:
+                return self.error(conn, provider, *refused)
         if fixed:
             attrs.update(fixed)  # a token's own attribution beats the headers
         if socket is not None:

@@ -138,8 +138,7 @@ class FirestoreReader:
         if sl is not None and values is not None and sl.dim == "user" == group_by[0] and sl.value is None:
             sl = replace(sl, only=frozenset(str(v) for v in values))
         since = await self._since() if sl is not None else None
-        if sl is not None and sl.pinned != slices.ALL and sl.pin in slices.PINS:
-            # Pinned on the app, the feature or the model: those documents count from their own mark.
+        if sl is not None and sl.on_a_pin:
             pins = self._marks.pins
             since = None if since is None or pins is None else max(since, pins)
         if sl is not None and not self._marks.orgs and f.org is None:
@@ -185,7 +184,7 @@ class FirestoreReader:
         summed: tuple[str, ...],
     ) -> list[dict[str, Any]]:
         weekly = sl.dim == "user" and not by_hour and self._marks.weeks is not None
-        weekly = weekly and (sl.pinned == slices.ALL or sl.pin not in slices.PINS)  # those pins have no weeks
+        weekly = weekly and not sl.on_a_pin
         if not by_hour and end >= datetime.now(UTC):
             end = fsplan.horizon(start, end, weekly)
         p = stitch.plan(start, end, by_hour, day_zone)

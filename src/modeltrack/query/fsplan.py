@@ -30,6 +30,12 @@ class Slice:
     values: int = slices.VALUE_SHARDS  # and its value shards, for keys and prompt ids
     pin: str = slices.PIN  # the dimension it is pinned on (when ``pinned`` is not ALL): the team or one of PINS
 
+    @property
+    def on_a_pin(self) -> bool:
+        """Pinned on the app, the feature or the model (:data:`slices.PINS`): those documents count from their own
+        mark (``Marks.pins``) and have no week documents."""
+        return self.pinned != slices.ALL and self.pin in slices.PINS
+
     def names(self, kind: str) -> list[str]:
         """The slice documents' names, for buckets of ``kind``. A key's or a prompt id's cells are in the main
         document when a version before :data:`slices.SPREAD` wrote them, in their value shard since: both are
