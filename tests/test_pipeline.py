@@ -542,7 +542,8 @@ def test_journal_segments_rotate_replay_and_close_as_plain_jsonl(tmp_path: Path,
     spare = [p for p in tmp_path.iterdir() if str(p) not in journal.segments().values()]
     assert len(spare) == 1 and journal.owns(str(spare[0])) and not unlocked(str(spare[0]))
     assert read_events(str(spare[0])) == [] and os.path.getsize(spare[0]) == seg_bytes
-    journal.ack(segs)  # acked closed segments are deleted; the live one stays until closed
+    journal.ack(segs)  # acked closed segments are deleted (by the helper); the live one stays until closed
+    journal.settle()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([os.path.basename(live), spare[0].name])
     journal.close()
     assert list(tmp_path.iterdir()) == []

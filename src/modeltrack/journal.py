@@ -133,6 +133,11 @@ def _retire(seg: _Segment, length: int) -> None:
         os.close(seg.fd)  # releases the lock
 
 
+def _remove(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.remove(path)
+
+
 def _discard(seg: _Segment) -> None:
     """An unused spare segment at shutdown: nothing in it, so it goes."""
     with contextlib.suppress(OSError):
@@ -152,10 +157,11 @@ class Journal:
     ``write`` (no fsync; a power cut is out of scope) without a system call per event. Unused space reads as
     NUL bytes, which JSON lines never contain; a closed segment is truncated to what was written.
 
-    Making a segment (reserve and pre-fault 16 MiB) and retiring one (unmap, truncate) take 4-130 ms of system
-    calls: done in the request path, each stalled every request in flight once every ~20,000 events (2 s at the
-    bench's rate; bench/README.md, "the journal's rotation"). A helper thread does both: the next segment is
-    made while the current one fills, so a rotation on the loop is a swap. The system calls release the GIL.
+    Making a segment (reserve and pre-fault 16 MiB), retiring one (unmap, truncate) and deleting one take 4-130
+    ms of system calls: done in the request path, each stalled every request in flight once every ~20,000 events
+    (2 s at the bench's rate; bench/README.md, "the journal's rotation"). A helper thread does all three, in the
+    order they were asked: the next segment is made while the current one fills, so a rotation on the loop is a
+    swap. The system calls release the GIL.
     """
 
     def __init__(self, directory: str, segment_bytes: int = 16 * 1024 * 1024) -> None:
@@ -207,8 +213,8 @@ class Journal:
         self._current, self._map, self._fd = None, None, -1
         # Deleted (once every event in it is stored) while our lock still holds it: another process's replay
         # never picks up a segment whose events are all stored. The helper's close releases the lock.
-        self._maybe_delete(self._seg)
         self._work = [f for f in self._work if not f.done()]
+        self._maybe_delete(self._seg)
         self._work.append(self._submit(_retire, seg, self._pos))
 
     def append(self, line: bytes) -> int:
@@ -236,14 +242,20 @@ class Journal:
 
     def _maybe_delete(self, seg: int) -> None:
         if self._pending.get(seg) == 0 and not (seg == self._seg and self._fd >= 0):
-            with contextlib.suppress(OSError):
-                os.remove(self._paths[seg])
+            # On the helper too: on ext4 mounted with `discard` (usual on cloud VMs), an unlink frees the blocks
+            # and waits for the disk's discard, 20-130 ms here (perf: do_unlinkat → blkdev_issue_discard). The
+            # helper runs its work in order, so a closed segment is still removed before its lock is released.
+            self._work.append(self._submit(_remove, self._paths[seg]))
             self._pending.pop(seg, None)
             self._paths.pop(seg, None)
 
     def owns(self, path: str) -> bool:
         """A file this journal holds (a segment, or the spare being made): never another process's to replay."""
         return path == self._spare_path or path in self._paths.values()
+
+    def owned(self) -> frozenset[str]:
+        """The paths :meth:`owns` (a snapshot, for a thread that lists the directory)."""
+        return frozenset((*self._paths.values(), *([self._spare_path] if self._spare_path else [])))
 
     def segments(self) -> dict[int, str]:
         """The segments not yet deleted, by id: the current one and closed ones with events not yet acked."""
