@@ -23,6 +23,7 @@ from modeltrack.events import CostEvent
 from modeltrack.sinks import ProcessWriter, is_transient, open_sink
 from modeltrack.sinks.process import RemoteStoreError, StoreWriterGone
 from modeltrack.sinks.sqlite import SQLiteSink
+from modeltrack.sinks.writer import STEP
 
 from .proc import wait_http_ok
 from .replay import load
@@ -111,7 +112,8 @@ async def test_a_starved_child_is_restarted_at_normal_priority(tmp_path: Path) -
     try:
         first = writer.pid
         assert first is not None
-        os.sched_setaffinity(first, {cpu})
+        for tid in os.listdir(f"/proc/{first}/task"):  # every thread: SQLite works on the child's worker thread
+            os.sched_setaffinity(int(tid), {cpu})
         batch = [make_event(i) for i in range(500)]
         t0 = time.monotonic()
         with pytest.raises(StoreWriterGone) as gone:
@@ -150,6 +152,21 @@ async def test_a_writer_that_falls_behind_is_restarted_at_normal_priority(tmp_pa
         await writer.write([make_event(i) for i in range(100, 150)])  # promoted once a period, not once a batch
         assert writer.pid == second and writer.promotions == 1
         once(await writer.read(), 150)
+    finally:
+        await writer.close()
+
+
+async def test_a_batch_larger_than_a_step_is_stored_once_in_steps(tmp_path: Path) -> None:
+    """The child writes SQLite in steps of STEP events (yielding the CPU between): a batch of several steps,
+    sent twice (the parent's retry after a step failed), is stored once, every event of it."""
+    url = f"sqlite:///{tmp_path}/events.db"
+    writer = ProcessWriter(SQLiteSink(str(tmp_path / "events.db")), url)
+    await writer.open()
+    try:
+        batch = [make_event(i) for i in range(2 * STEP + 37)]
+        await writer.write(batch)
+        await writer.write(batch)
+        once(await writer.read(), len(batch))
     finally:
         await writer.close()
 

@@ -75,17 +75,24 @@ class RemoteStoreError(Exception):
     transient = False
 
 
-def _runnable(pid: int) -> bool:
-    """Whether a thread of the process is running or runnable (state R in /proc): the child's main thread waits
-    while SQLite works on its worker thread, so every thread is read. False when /proc cannot be read."""
+def _runnable(pid: int) -> dict[int, int]:
+    """The process's threads that are runnable or running (state R), with the CPU time each has had (ns,
+    ``schedstat``); empty when /proc cannot tell."""
+    out: dict[int, int] = {}
     try:
         for tid in os.listdir(f"/proc/{pid}/task"):
             with open(f"/proc/{pid}/task/{tid}/stat", "rb") as f:
-                if f.read().rsplit(b")", 1)[1].split()[0] == b"R":
-                    return True
-    except (OSError, IndexError):
-        pass
-    return False
+                if f.read().rsplit(b")", 1)[1].split()[0] != b"R":
+                    continue
+            with open(f"/proc/{pid}/task/{tid}/schedstat", "rb") as f:
+                out[int(tid)] = int(f.read().split()[0])
+    except (OSError, IndexError, ValueError):
+        return {}
+    return out
+
+
+RECHECK = 0.05
+"""Seconds a thread must stay runnable without running to count as starved (see ProcessWriter._check_starved)."""
 
 
 @functools.cache
@@ -127,6 +134,8 @@ class ProcessWriter:
         self._at_idle = False
         self.started = 0  # children started (a restart after a crash or a failed promotion adds one)
         self.promotions = 0  # times a starved child was restarted at the normal policy
+        self._batches = 0  # batches handed to a child so far; the last one done:
+        self._done = 0
 
     @property
     def pid(self) -> int | None:
@@ -188,7 +197,10 @@ class ProcessWriter:
             proc = self._proc
             assert proc is not None and proc.stdin is not None
             self._set_policy(proc.pid)
-            watch = asyncio.get_running_loop().call_later(self.starved_after, self._check_starved, proc.pid)
+            self._batches += 1
+            watch = asyncio.get_running_loop().call_later(
+                self.starved_after, self._check_starved, proc.pid, self._batches, None
+            )
             try:
                 proc.stdin.write(HEADER.pack(len(payload)))
                 proc.stdin.write(payload)
@@ -203,6 +215,7 @@ class ProcessWriter:
                 self._kill()  # cancelled mid-batch: its answer must never be taken for the next batch's
                 raise
             finally:
+                self._done = self._batches
                 watch.cancel()
 
     def _set_policy(self, pid: int) -> None:
@@ -223,13 +236,22 @@ class ProcessWriter:
             return
         self._at_idle = True
 
-    def _check_starved(self, pid: int) -> None:
-        """A batch has taken ``starved_after`` seconds. If the child is runnable (not waiting on a lock or a disk)
-        and idle, every core is busy and it is starved inside its transaction, holding SQLite's write lock: kill
-        it (the transaction rolls back) and let the batch be retried by a new child, which keeps the normal
-        policy for ``normal_for`` seconds. Raising the child's policy in place would need CAP_SYS_NICE, which a
-        container rarely has; a restart works everywhere, costs ~0.1 s, and happens at most once a period."""
-        if not self._at_idle or self.pid != pid or not _runnable(pid):
+    def _check_starved(self, pid: int, batch: int, seen: dict[int, int] | None) -> None:
+        """A batch has taken ``starved_after`` seconds. If a thread of the idle child is runnable and stays so for
+        :data:`RECHECK` seconds without running at all, every core is busy and it is starved inside its
+        transaction, holding SQLite's write lock: kill it (the transaction rolls back) and let the batch be
+        retried by a new child, which keeps the normal policy for ``normal_for`` seconds. A child waiting on its
+        store (a Firestore commit), or one that runs, is left alone. Raising the child's policy in place would
+        need CAP_SYS_NICE, which a container rarely has; a restart works everywhere, costs ~0.1 s, and happens
+        at most once a period."""
+        if not self._at_idle or self.pid != pid or batch != self._batches or self._done == batch:
+            return
+        now = _runnable(pid)
+        if seen is None:  # first look: which threads are runnable, and how much CPU they have had
+            if now:
+                asyncio.get_running_loop().call_later(RECHECK, self._check_starved, pid, batch, now)
+            return
+        if not any(tid in now and now[tid] == ran for tid, ran in seen.items()):
             return
         self._promote(f"starved of CPU for {self.starved_after:.1f} s inside a batch")
         # its batch fails as StoreWriterGone (transient) and is retried
