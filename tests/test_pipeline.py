@@ -550,6 +550,14 @@ def test_journal_segments_rotate_replay_and_close_as_plain_jsonl(tmp_path: Path,
     assert journal.append(b"x" * (seg_bytes + 1)) == 0  # a line larger than a segment: counted as unjournaled
     assert journal.append(lines[0]) > 0  # a closed journal opens again on the next append
     journal.close()
+    # A replayer holds the file open: the owner deleting it meanwhile (all stored) does not fail the read.
+    (seg,) = journal.segments().values()
+    fd = os.open(seg, os.O_RDONLY)
+    try:
+        os.remove(seg)
+        assert [e.request_id for e in read_events(seg, fd)] == [ids[0]]
+    finally:
+        os.close(fd)
 
 
 # --- recovery without traffic --------------------------------------------------------------------------------

@@ -36,9 +36,11 @@ def lock(fd: int, blocking: bool) -> bool:
         return False
 
 
-def read_events(path: str) -> list[CostEvent]:
+def read_events(path: str, fd: int | None = None) -> list[CostEvent]:
+    """The events of a journal segment or spool file; through ``fd`` when the caller holds the file open (and
+    locked): its owner may delete the path meanwhile, once every event in it is stored."""
     out = []
-    with open(path, "rb") as f:
+    with open(path, "rb") if fd is None else open(os.dup(fd), "rb") as f:
         data = f.read()
     end = data.find(b"\x00")  # a journal segment's reserved, never-written tail (JSON lines hold no NUL)
     if end >= 0:
@@ -188,6 +190,7 @@ class Journal:
         self._spare: Future[_Segment] | None = None
         self._spare_path: str | None = None
         self._work: list[Future[None]] = []
+        self._removing: set[str] = set()  # acked segments the helper has yet to delete
 
     def _submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         if self._helper is None:
@@ -254,17 +257,21 @@ class Journal:
             # On the helper too: on ext4 mounted with `discard` (usual on cloud VMs), an unlink frees the blocks
             # and waits for the disk's discard, 20-130 ms here (perf: do_unlinkat → blkdev_issue_discard). The
             # helper runs its work in order, so a closed segment is still removed before its lock is released.
-            self._work.append(self._submit(_remove, self._paths[seg]))
+            path = self._paths.pop(seg)
+            self._removing.add(path)  # still ours until it is gone: no replay reads it meanwhile
+            done = self._submit(_remove, path)
+            done.add_done_callback(lambda _: self._removing.discard(path))
+            self._work.append(done)
             self._pending.pop(seg, None)
-            self._paths.pop(seg, None)
 
     def owns(self, path: str) -> bool:
         """A file this journal holds (a segment, or the spare being made): never another process's to replay."""
-        return path == self._spare_path or path in self._paths.values()
+        return path == self._spare_path or path in self._removing or path in self._paths.values()
 
     def owned(self) -> frozenset[str]:
         """The paths :meth:`owns` (a snapshot, for a thread that lists the directory)."""
-        return frozenset((*self._paths.values(), *([self._spare_path] if self._spare_path else [])))
+        spare = [self._spare_path] if self._spare_path else []
+        return frozenset((*self._paths.values(), *self._removing, *spare))
 
     def segments(self) -> dict[int, str]:
         """The segments not yet deleted, by id: the current one and closed ones with events not yet acked."""

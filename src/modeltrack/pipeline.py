@@ -334,7 +334,9 @@ class Pipeline:
                     continue  # a live process is writing it
                 if os.fstat(fd).st_nlink == 0:
                     continue
-                events = await asyncio.to_thread(read_events, path)
+                # Read through the descriptor: the owner of a closed journal segment deletes it once every event
+                # in it is stored, maybe while this reads; the events are then stored again, once.
+                events = await asyncio.to_thread(read_events, path, fd)
                 try:
                     for i in range(0, len(events), self.batch_size):
                         await self.sink.write(events[i : i + self.batch_size])
