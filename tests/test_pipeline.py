@@ -514,6 +514,31 @@ async def test_unwritable_journal_is_counted_and_events_still_stored(tmp_path: P
     await pipeline.close()
 
 
+async def test_a_replay_that_fails_does_not_stop_the_flusher(tmp_path: Path, caplog: Any) -> None:
+    """A spool entry replay cannot read (here a directory named like a spool file) is logged by its error's type,
+    and the flusher goes on storing new events: before, the exception ended the flusher, and every later event
+    sat in the queue until the shutdown raised it."""
+    spool = tmp_path / "spool"
+    (spool / "spool-unreadable.jsonl").mkdir(parents=True)
+    sink = SQLiteSink(str(tmp_path / "events.db"))
+    metrics = Metrics()
+    pipeline = Pipeline.from_settings(
+        sink, metrics, Settings(spool_dir=str(spool), batch_size=10, flush_interval_ms=10)
+    )
+    await pipeline.start()
+    for i in range(25):
+        pipeline.enqueue(make_event(i))
+    for _ in range(200):
+        if pipeline.depth == 0 and "replay failed (IsADirectoryError" in caplog.text:
+            break
+        await asyncio.sleep(0.02)
+    for i in range(25, 40):
+        pipeline.enqueue(make_event(i))
+    await pipeline.close()
+    assert "replay failed (IsADirectoryError" in caplog.text
+    await assert_exactly_once(sink, {f"s-{i}" for i in range(40)})
+
+
 def test_journal_segments_rotate_replay_and_close_as_plain_jsonl(tmp_path: Path, caplog: Any) -> None:
     """The memory-mapped journal: segments are reserved up front, so a live (or killed) segment ends in NUL
     padding that replay must stop at; a closed segment is truncated to exactly the lines written; the next

@@ -79,6 +79,7 @@ class Pipeline:
         self._closing = False
         self._writing = 0
         self._journal_failures = 0
+        self._replay_failures = 0
         self.failing_since: float | None = None
         self.on_stored = on_stored
 
@@ -134,7 +135,10 @@ class Pipeline:
             )
             self.failing_since = time.monotonic()
         else:
-            await self.replay()
+            try:
+                await self.replay()
+            except Exception as exc:  # noqa: BLE001 - as in the flusher: never a reason not to start
+                self._replay_failed(exc)
         self._task = asyncio.create_task(self._run(), name="modeltrack-flusher")
 
     async def close(self, grace: float = 10.0) -> None:
@@ -205,11 +209,23 @@ class Pipeline:
             self.metrics.queue_depth.set(len(self._q))
             if self._closing:
                 continue
-            if self.failing_since is not None:
-                if not self._q:
-                    await self._probe()
-            elif await self._has_backlog():
-                await self.replay()
+            try:
+                if self.failing_since is not None:
+                    if not self._q:
+                        await self._probe()
+                elif await self._has_backlog():
+                    await self.replay()
+            except Exception as exc:  # noqa: BLE001 - a replay's surprise must not stop the flusher (and the queue)
+                self._replay_failed(exc)
+
+    def _replay_failed(self, exc: Exception) -> None:
+        self._replay_failures += 1
+        if self._replay_failures in (1, 10, 100) or self._replay_failures % 1000 == 0:
+            log.error(
+                "spool/journal replay failed (%s, %d times so far); new events are still stored",
+                type(exc).__name__,
+                self._replay_failures,
+            )
 
     async def _probe(self) -> None:
         """The store failed and nothing new is queued to find out whether it is back: ask it ourselves, at most
