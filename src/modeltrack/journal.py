@@ -168,11 +168,12 @@ class Journal:
     ``write`` (no fsync; a power cut is out of scope) without a system call per event. Unused space reads as
     NUL bytes, which JSON lines never contain; a closed segment is truncated to what was written.
 
-    Making a segment (reserve and pre-fault 16 MiB), retiring one (unmap, truncate) and deleting one take 4-130
-    ms of system calls: done in the request path, each stalled every request in flight once every ~20,000 events
-    (2 s at the bench's rate; bench/README.md, "the journal's rotation"). A helper thread does all three, in the
-    order they were asked: the next segment is made while the current one fills, so a rotation on the loop is a
-    swap. The system calls release the GIL.
+    Making a segment (reserve and warm 16 MiB), retiring one (unmap, truncate) and deleting one take 4-130 ms of
+    system calls: done in the request path, each stalled every request in flight once every ~20,000 events (2 s
+    at the bench's rate; bench/README.md, "thirteenth session"). A helper thread does all three, in the order
+    they were asked: the next segment is made while the current one fills, so a rotation on the loop is a swap.
+    Each of those calls releases the GIL (hence no MAP_POPULATE: see :func:`_open_segment`). Held by
+    tests/test_pipeline.py (the journal test: the spare, the helper's closes and deletes, a read while deleted).
     """
 
     def __init__(self, directory: str, segment_bytes: int = 16 * 1024 * 1024) -> None:
