@@ -245,7 +245,7 @@ class Pipeline:
     async def _has_backlog(self) -> bool:
         """Spool files, or journal segments of processes that are gone. Asked on a worker thread: listing the
         directory waits for its lock, which an unlink holds while the disk discards the blocks it freed (20-130
-        ms on ext4 mounted with ``discard``; bench/README.md, "the journal's rotation")."""
+        ms on ext4 mounted with ``discard``; bench/README.md, "thirteenth session")."""
         own = self.journal.owned() if self.journal is not None else frozenset()
         return await asyncio.to_thread(self._backlog_files, own)
 

@@ -134,8 +134,8 @@ class ProcessWriter:
         self._at_idle = False
         self.started = 0  # children started (a restart after a crash or a failed promotion adds one)
         self.promotions = 0  # times a starved child was restarted at the normal policy
-        self._batches = 0  # batches handed to a child so far; the last one done:
-        self._done = 0
+        self._batches = 0  # batches handed to a child so far (a starvation check knows its batch by this count)
+        self._done = 0  # the count of the last batch that ended
 
     @property
     def pid(self) -> int | None:
