@@ -157,7 +157,9 @@ async def test_warn_thresholds_send_headers_and_one_webhook_each_across_processe
     slack = [body for name, body in hooks.posts if name == "slack"]
     assert sorted(body["threshold_percent"] for body in generic) == [50, 100]  # once each, across both
     assert all(body["type"] == "budget_threshold" and body["budget"] == "w" for body in generic)
-    assert generic[-1]["spent_usd"] >= generic[-1]["limit_usd"] and "resets" in generic[-1]
+    # The 50 % alert's first post fails and is retried 0.5 s later, so the 100 % alert may arrive first.
+    full = next(body for body in generic if body["threshold_percent"] == 100)
+    assert full["spent_usd"] >= full["limit_usd"] and "resets" in full
     assert len(slack) == 1 and list(slack[0]) == ["text"] and "*s*" in slack[0]["text"] and "75%" in slack[0]["text"]
     assert seen_headers[0] == []  # below every threshold
     assert any(h and h[0].startswith("w; spent=") and "; limit=" in h[0] and "; resets=" in h[0] for h in seen_headers)
