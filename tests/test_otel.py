@@ -10,6 +10,7 @@ with the stored events field by field, through a mapping written here, independe
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from datetime import datetime
 from typing import Any
@@ -317,6 +318,36 @@ async def test_an_exporter_outage_never_blocks_and_drops_are_counted(
     stuck.release.set()
     await asyncio.to_thread(export.close)
     assert count("modeltrack_otel_spans_total", {"outcome": "exported"}) == 3  # what was queued, once it answered
+
+
+async def test_a_shutdown_with_a_hung_receiver_counts_what_is_left_and_says_so_once(
+    aiohttp_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """close() does not wait past its timeout for a receiver that never answers: the batch in flight and the
+    queued ones are counted failed, and one line says how many (not one line a batch)."""
+    from .test_pipeline import make_event
+
+    stuck = Receiver(hang=True)
+    target = Target(endpoint=str((await aiohttp_server(stuck.app())).make_url("")).rstrip("/"))
+    metrics = Metrics()
+    export = SpanExport(target, metrics, max_queued_batches=3, timeout=30)
+    try:
+        export.offer([make_event(0)])
+        await _wait_for(lambda: stuck.arrived == 1)  # the worker holds it, waiting for the answer
+        for i in range(1, 4):
+            export.offer([make_event(i), make_event(i + 10)])  # three batches queued: the queue is full
+        caplog.set_level(logging.WARNING, logger="modeltrack.otel")
+        started = time.monotonic()
+        await asyncio.to_thread(export.close, 0.3)
+        took = time.monotonic() - started
+    finally:
+        stuck.release.set()
+    count = metrics.registry.get_sample_value
+    assert count("modeltrack_otel_spans_total", {"outcome": "failed"}) == 7
+    assert count("modeltrack_otel_spans_total", {"outcome": "exported"}) is None
+    lines = [r.getMessage() for r in caplog.records if r.name == "modeltrack.otel"]
+    assert lines == ["otel: 7 spans still queued at shutdown were not exported (counted failed)"], lines
+    assert took < 3.0 and export.worker is None
 
 
 async def test_metrics_mirror_the_prometheus_ones(aiohttp_server: Any) -> None:

@@ -34,6 +34,12 @@ if TYPE_CHECKING:
     from .target import Target
 
 log = logging.getLogger("modeltrack.otel")
+
+
+class _Closing(Exception):
+    """close() gave up waiting: what is still queued is not given to a new worker."""
+
+
 GATHER_SECONDS = 0.5
 """How long the feeder waits for more stored batches to join a small one (a span is exported at most this much
 later than it would be alone)."""
@@ -78,7 +84,7 @@ class SpanExport:
         """(exported, failed) for one batch, from the worker's answer."""
         with self._lock:
             if self._closing:
-                raise EOFError("closing")
+                raise _Closing
             if self.worker is None or self.worker.poll() is not None:
                 self.worker = self._start()
             worker = self.worker
@@ -115,7 +121,7 @@ class SpanExport:
         with self._lock:  # started now, so its imports are done before the first batch comes
             if not self._closing:
                 self.worker = self._start()
-        last = False
+        last, left = False, 0
         while not last:
             batch, last = self._gather()
             if not batch:
@@ -123,13 +129,19 @@ class SpanExport:
             try:
                 exported, failed = self._send(batch)
             except Exception as exc:  # noqa: BLE001 - the worker died, or a batch would not encode: never the thread
-                log.warning("otel: %d spans not exported (%s); the worker is replaced", len(batch), type(exc).__name__)
-                self._stop_worker(0)
                 exported, failed = 0, len(batch)
+                if isinstance(exc, _Closing) or self._closing:  # close() gave up: logged once, below
+                    left += len(batch)
+                else:
+                    why = type(exc).__name__
+                    log.warning("otel: %d spans not exported (%s); the worker is replaced", len(batch), why)
+                    self._stop_worker(0)
             if exported:
                 self.metrics.otel_spans.labels("exported").inc(exported)
             if failed:
                 self.metrics.otel_spans.labels("failed").inc(failed)
+        if left:
+            log.warning("otel: %d spans still queued at shutdown were not exported (counted failed)", left)
 
     def _stop_worker(self, timeout: float) -> None:
         """End of input for the worker: it exports what it holds and exits (killed after ``timeout``)."""
@@ -149,12 +161,18 @@ class SpanExport:
             worker.stdout.close()
 
     def close(self, timeout: float = 5.0) -> None:
-        """Export what is queued (up to ``timeout``), then stop the thread and the worker."""
+        """Export what is queued (up to ``timeout``), then stop the thread and the worker. What is still queued
+        then is counted ``failed`` and logged once."""
         try:
             self.queue.put(None, timeout=timeout)
-        except queue.Full:
-            pass
+            ended = True
+        except queue.Full:  # the receiver is slower than the store
+            ended = False
         self._thread.join(timeout)
         with self._lock:
             self._closing = True  # a batch still waiting is not given to a new worker
         self._stop_worker(timeout)
+        if not ended:  # the thread now fails what is queued at once: room for the end comes quickly
+            with contextlib.suppress(queue.Full):
+                self.queue.put(None, timeout=timeout)
+        self._thread.join(timeout)
