@@ -25,6 +25,22 @@ def wait_port(port: int, timeout: float = 30) -> None:
     raise RuntimeError(f"port {port} never opened")
 
 
+def rss_parts_kb(pid: int) -> tuple[int, int]:
+    """(anonymous, file-backed) resident memory of a live process, in KiB ((0, 0) once it is gone): the heap,
+    where a leak grows, apart from mapped files (shared libraries, the journal's segments), which are the page
+    cache's."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0, 0
+    fields = {}
+    for line in text.splitlines():
+        if line.startswith(("RssAnon:", "RssFile:", "RssShmem:")):
+            name, _, value = line.partition(":")
+            fields[name] = int(value.split()[0])
+    return fields.get("RssAnon", 0), fields.get("RssFile", 0) + fields.get("RssShmem", 0)
+
+
 def rss_kb(pid: int) -> int:
     """Resident set size of a live process, in KiB (0 once it is gone)."""
     try:
