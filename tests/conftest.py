@@ -13,7 +13,7 @@ from modeltrack.app import ModelTrack
 from modeltrack.config import PROVIDERS, Settings
 from modeltrack.pipeline import Pipeline
 
-from .faults import FirestoreEmulator, RedisServer, Tinyproxy, emulator_running
+from .faults import BigQueryEmulator, FirestoreEmulator, RedisServer, Tinyproxy, emulator_running
 from .replay import ReplayUpstream
 
 
@@ -72,6 +72,14 @@ async def make_proxy(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Pr
 def firestore_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FirestoreEmulator]:
     """The real Firestore emulator on a free loopback port, shared by the session; tests use unique collections."""
     with emulator_running(FirestoreEmulator(free_port(), tmp_path_factory.mktemp("emulator") / "emulator.log")) as emu:
+        yield emu
+
+
+@pytest.fixture(scope="session")
+def bigquery_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BigQueryEmulator]:
+    """A real BigQuery emulator, shared by the session, with ``BIGQUERY_EMULATOR_HOST`` pointing the warehouse's
+    client at it; tests use unique datasets."""
+    with emulator_running(BigQueryEmulator(tmp_path_factory.mktemp("bigquery")), "BIGQUERY_EMULATOR_HOST") as emu:
         yield emu
 
 

@@ -1,5 +1,5 @@
-"""Real servers and fault injection for pipeline tests: the Firestore emulator, and a TCP proxy that can cut
-connections or black-hole responses (the "commit applied, answer lost" ambiguity)."""
+"""Real servers and fault injection for pipeline tests: the Firestore and BigQuery emulators, and a TCP proxy that
+can cut connections or black-hole responses (the "commit applied, answer lost" ambiguity)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from bench.sysinfo import free_port, wait_port
 
@@ -41,41 +42,111 @@ class FirestoreEmulator:
             stderr=out,
             start_new_session=True,
         )
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"emulator exited: {self.log.read_text()[-2000:]}")
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"http://{self.host}/", timeout=1) as r:
-                    if r.status == 200:
-                        return
-            time.sleep(0.25)
-        raise RuntimeError("Firestore emulator did not start in 90 s")
+        _wait_http(self.proc, f"http://{self.host}/", self.log, "Firestore emulator")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, 15)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, 9)
+        _stop_group(self.proc)
+
+
+def _wait_http(proc: subprocess.Popen[bytes], url: str, log: Path, what: str) -> None:
+    """Until ``url`` answers 200 (90 s at most), or ``proc`` exits (its log's end is the error)."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited: {log.read_text()[-2000:]}")
+        with contextlib.suppress(OSError):
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        time.sleep(0.25)
+    raise RuntimeError(f"{what} did not start in 90 s")
+
+
+def _stop_group(proc: subprocess.Popen[bytes] | None) -> None:
+    if proc is not None and proc.poll() is None:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
 
 
 @contextlib.contextmanager
-def emulator_running(emu: FirestoreEmulator) -> Iterator[FirestoreEmulator]:
-    """Started, with ``FIRESTORE_EMULATOR_HOST`` pointing the Firestore client at it; stopped and the variable
-    restored after (the test session's emulator, and the bench's)."""
+def emulator_running(emu: E, variable: str = "FIRESTORE_EMULATOR_HOST") -> Iterator[E]:
+    """Started, with ``variable`` (``FIRESTORE_EMULATOR_HOST``, ``BIGQUERY_EMULATOR_HOST``) pointing the client
+    at it; stopped and the variable restored after (the test session's emulators, and the bench's)."""
     emu.start()
-    old = os.environ.get("FIRESTORE_EMULATOR_HOST")
-    os.environ["FIRESTORE_EMULATOR_HOST"] = emu.host
+    old = os.environ.get(variable)
+    os.environ[variable] = emu.host
     try:
         yield emu
     finally:
         emu.stop()
         if old is None:
-            os.environ.pop("FIRESTORE_EMULATOR_HOST", None)
+            os.environ.pop(variable, None)
         else:
-            os.environ["FIRESTORE_EMULATOR_HOST"] = old
+            os.environ[variable] = old
+
+
+E = TypeVar("E", "FirestoreEmulator", "BigQueryEmulator")
+BQ_VENV = Path(os.environ.get("MODELTRACK_BQ_VENV", Path(__file__).parent.parent / ".venv-bqemulator"))
+
+
+class BigQueryEmulator:
+    """bqemulator (PyPI; scripts/test-tools installs it into its own venv) on free loopback ports, in memory. Its
+    DuckDB loads the spatial extension at start: from the PyPI package beside it, through a ``HOME`` of the
+    emulator's own (DuckDB looks in ``$HOME/.duckdb/extensions``), so nothing of this machine's is touched."""
+
+    project = "modeltrack-test"
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        exe = BQ_VENV / "bin" / "bqemulator"
+        if not exe.exists():
+            raise RuntimeError(f"BigQuery emulator not found at {exe}: run scripts/test-tools")
+        pattern = "lib/python*/site-packages/duckdb_extension_spatial/extensions/v*/*.duckdb_extension"
+        found = sorted(BQ_VENV.glob(pattern))
+        if not found:
+            raise RuntimeError("duckdb-extension-spatial is missing from the emulator's venv: run scripts/test-tools")
+        ext = found[-1]
+        home = self.dir / "home"
+        target = home / ".duckdb" / "extensions" / ext.parent.name / "linux_amd64"
+        target.mkdir(parents=True, exist_ok=True)
+        link = target / ext.name
+        if not link.exists():
+            link.symlink_to(ext)
+        log = open(self.dir / "bqemulator.log", "wb")
+        self.proc = subprocess.Popen(
+            [
+                str(exe),
+                "start",
+                "--rest-port",
+                str(self.port),
+                "--grpc-port",
+                str(free_port()),
+                "--project",
+                self.project,
+                "--log-level",
+                "warning",
+            ],
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "HOME": str(home)},
+            start_new_session=True,
+        )
+        url = f"http://{self.host}/bigquery/v2/projects/{self.project}/datasets"
+        _wait_http(self.proc, url, self.dir / "bqemulator.log", "BigQuery emulator")
+
+    def stop(self) -> None:
+        _stop_group(self.proc)
 
 
 class RedisServer:

@@ -9,7 +9,7 @@ machine that holds the store, recorded in the audit log as ``cli:$USER``).
     modeltrack admin delete keys key_…     # a key is revoked
     modeltrack admin audit --format jsonl > audit.jsonl
     modeltrack admin export > org.yaml && modeltrack admin apply org.yaml [--prune]
-    modeltrack admin migrate               # Firestore: slices for the hours written before them, once
+    modeltrack admin migrate               # Firestore: slices (and warehouse rows) for earlier hours, once
 
 ``field=value`` values are read as JSON when they parse (numbers, lists, null), else as text.
 """
@@ -94,7 +94,8 @@ def parse_fields(pairs: list[str]) -> dict[str, Any]:
 
 
 def run_migrate(args: argparse.Namespace) -> int:
-    """Firestore: the slices of the hours written before them (:meth:`FirestoreSink.migrate_slices`). SQLite
+    """Firestore: the slices of the hours written before them (:meth:`FirestoreSink.migrate_slices`), and the
+    warehouse's rows of the events stored before it (:meth:`FirestoreSink.migrate_warehouse`). SQLite
     rebuilds what it derives from the events whenever it is opened, so it has nothing to migrate."""
     url = store_url(args)
     if not url.startswith("firestore://"):
@@ -108,17 +109,23 @@ def run_migrate(args: argparse.Namespace) -> int:
     sink = open_sink(url)
     assert isinstance(sink, FirestoreSink)
 
-    async def go() -> int:
+    async def go() -> tuple[int, int]:
         try:
-            return await sink.migrate_slices()
+            return await sink.migrate_slices(), await sink.migrate_warehouse()
         finally:
             await sink.close()
 
-    read = asyncio.run(go())
+    read, copied = asyncio.run(go())
     if read:
         print(f"slices built from {read:,} hourly rollup documents; every hour is now answered from them")
     else:
         print("nothing to migrate: the slices already cover every hour")
+    if sink.warehouse is not None:
+        if copied:
+            table = sink.warehouse.table
+            print(f"{copied:,} earlier events copied to the warehouse ({table}); it now holds every hour")
+        else:
+            print("the warehouse already holds every hour")
     return 0
 
 

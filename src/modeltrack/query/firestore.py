@@ -1,7 +1,9 @@
 """Reading the Firestore store: equality filters go to Firestore, the time range is the one range filter, and
 sums happen here (Firestore has no GROUP BY). Rollup shards are summed like any other rows.
 
-Production Firestore needs composite indexes for filtered queries: ``deploy/firestore.indexes.json``.
+Production Firestore needs composite indexes for filtered queries: ``deploy/firestore.indexes.json``. A question
+no slice holds goes to the store's BigQuery warehouse when it has one (:mod:`.bigquery`), else to the hourly
+rollups.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ..events import CostEvent
 from ..rollups import HISTOGRAMS, SUMMED, SUMS, TOKENS, legacy_latency
 from ..sinks import slicemeta, slices
 from ..sinks.firestore import FirestoreSink
+from . import bigquery as warehouse
 from . import fsplan, fsraw, stitch
 from .base import DIMENSIONS, EventFilter, Filters, only
 from .memory import group, row_matches
@@ -36,6 +39,7 @@ class FirestoreReader:
     def __init__(self, sink: FirestoreSink) -> None:
         self.sink = sink
         self.reads = 0  # documents read by aggregations (bench/firestore_scale.py reports it per question)
+        self.warehouse_queries = 0  # questions asked of the BigQuery warehouse
         self._marks = slicemeta.Marks(None, None, True)  # until read from the store
         self._since_at = -SINCE_TTL
 
@@ -144,7 +148,7 @@ class FirestoreReader:
         if sl is not None and not self._marks.orgs and f.org is None:
             sl = replace(sl, orgs=("",))  # no event has an org: the all-organisations slices do not exist
         if sl is None or since is None:
-            return only(await self._hourly(start, end, f, keys), group_by, values)
+            return only(await self._unsliced(start, end, f, keys, summed), group_by, values)
         sl = replace(sl, users=self._marks.user_shards, values=self._marks.value_shards)
         cut = max(start, min(end, hour_start(since))) if since else start
         parts = []
@@ -153,6 +157,27 @@ class FirestoreReader:
         if cut < end:
             parts.append(await self._sliced(sl, cut, end, by_hour, day_zone, keys, summed))
         return only(parts[0] if len(parts) == 1 else stitch.merge(parts, keys, summed), group_by, values)
+
+    async def _unsliced(
+        self, start: datetime, end: datetime, f: Filters, keys: tuple[str, ...], summed: tuple[str, ...]
+    ) -> list[dict[str, Any]]:
+        """A question no slice holds: from the warehouse for the hours it holds every event of (one query), from
+        the hourly rollups for the hours before (streamed whole: linear in events)."""
+        wh = self.sink.warehouse
+        held = None
+        if wh is not None:
+            await self._since()
+            held = self._marks.warehouse
+        if wh is None or held is None:
+            return await self._hourly(start, end, f, keys)
+        cut = max(start, min(end, hour_start(held))) if held else start
+        parts = []
+        if start < cut:
+            parts.append(await self._hourly(start, cut, f, keys))
+        if cut < end:
+            self.warehouse_queries += 1
+            parts.append(await warehouse.aggregate(wh, cut, end, f, keys, summed))
+        return parts[0] if len(parts) == 1 else stitch.merge(parts, keys, summed)
 
     async def _since(self) -> str | None:
         now = time.monotonic()

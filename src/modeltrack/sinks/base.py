@@ -7,6 +7,7 @@ pipeline retries after an ambiguous failure safe.
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 from typing import Protocol
 
@@ -98,24 +99,41 @@ def open_sink(url: str) -> Sink:
         rest = rest.strip("/")
         if not rest:
             raise StoreURLError(
-                "firestore:// needs a project: firestore://PROJECT[/COLLECTION][?shards=N][&user_shards=M][&value_shards=K]"
+                "firestore:// needs a project: "
+                "firestore://PROJECT[/COLLECTION][?shards=N][&user_shards=M][&value_shards=K][&bigquery=DATASET]"
             )
         project, _, collection = rest.partition("/")
         params = dict(p.partition("=")[::2] for p in query.split("&") if p)
-        unknown = set(params) - {"shards", "user_shards", "value_shards"}
+        unknown = set(params) - {"shards", "user_shards", "value_shards", "bigquery"}
         if unknown:
             raise StoreURLError(
-                f"unknown firestore:// option(s): {sorted(unknown)} (supported: shards, user_shards, value_shards)"
+                f"unknown firestore:// option(s): {sorted(unknown)} "
+                "(supported: shards, user_shards, value_shards, bigquery)"
+            )
+        bigquery = params.get("bigquery")
+        if bigquery is not None and not _BQ_DATASET.fullmatch(bigquery):
+            raise StoreURLError(
+                f"?bigquery={bigquery!r} is not a BigQuery dataset: write ?bigquery=DATASET (letters, digits and _) "
+                "or ?bigquery=PROJECT.DATASET for a dataset in another project"
             )
         shards = _count(params, "shards", 1, 1000, "?shards=4 for about four commits a second")
         users = _count(params, "user_shards", None, 4096, "?user_shards=20 for about 10,000 users a day")
         values = _count(params, "value_shards", None, 4096, "?value_shards=8 for about 2,000 keys and prompt ids a day")
         return FirestoreSink(
-            project, collection or "modeltrack", shards=shards or 1, user_shards=users, value_shards=values
+            project,
+            collection or "modeltrack",
+            shards=shards or 1,
+            user_shards=users,
+            value_shards=values,
+            bigquery=bigquery,
         )
     raise StoreURLError(
         f"unsupported store URL scheme (expected sqlite://, jsonl:// or firestore://): {url.split(':', 1)[0]}"
     )
+
+
+_BQ_DATASET = re.compile(r"(?:[a-z][a-z0-9-]{4,28}[a-z0-9]\.)?[A-Za-z_][A-Za-z0-9_]{0,1023}")
+"""A dataset id, optionally after its project's id (Google's rules for both)."""
 
 
 def _fs_path(url: str, scheme: str) -> str:
@@ -146,5 +164,10 @@ def describe_store(url: str) -> str:
         project, _, collection = rest.partition("/")
         emulator = os.environ.get("FIRESTORE_EMULATOR_HOST")
         where = f" (emulator {emulator})" if emulator else ""
-        return f"firestore project={project} collection={collection or 'modeltrack'}{where}"
+        params = dict(p.partition("=")[::2] for p in url.partition("?")[2].split("&") if p)
+        described = f"firestore project={project} collection={collection or 'modeltrack'}{where}"
+        if params.get("bigquery"):
+            bq = os.environ.get("BIGQUERY_EMULATOR_HOST")
+            described += f"; warehouse bigquery dataset={params['bigquery']}" + (f" (emulator {bq})" if bq else "")
+        return described
     return url.split(":", 1)[0]

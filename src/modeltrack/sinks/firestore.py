@@ -57,6 +57,7 @@ from ..rollups import (
     nano_usd,
 )
 from . import slicemeta, slices
+from .bigquery import Warehouse
 
 log = logging.getLogger("modeltrack.sinks.firestore")
 
@@ -105,6 +106,7 @@ class FirestoreSink:
         commit_timeout: float = 10.0,
         user_shards: int | None = None,
         value_shards: int | None = None,
+        bigquery: str | None = None,
     ) -> None:
         """``user_shards`` and ``value_shards``: for a store this writer creates, how many documents a bucket's
         users, and its keys and prompt ids, are spread over (:mod:`.slicemeta`); an existing store keeps its own
@@ -119,6 +121,8 @@ class FirestoreSink:
         self._users = 0  # the store's user shards, known once its marks are read (before the first write)
         self._values = slices.VALUE_SHARDS  # and its value shards
         self._orgs = False
+        # ``?bigquery=[PROJECT.]DATASET``: every event is also a row of the warehouse (.bigquery).
+        self.warehouse = Warehouse(project, bigquery, self.collection) if bigquery else None
 
     @property
     def client(self) -> Any:
@@ -148,6 +152,11 @@ class FirestoreSink:
     async def migrate_slices(self) -> int:
         """Build the slices written before them (``modeltrack admin migrate``): :func:`.slicemeta.migrate`."""
         return await slicemeta.migrate(self)
+
+    async def migrate_warehouse(self) -> int:
+        """Copy the events stored before the warehouse into it (``modeltrack admin migrate``):
+        :func:`.slicemeta.migrate_warehouse`."""
+        return await slicemeta.migrate_warehouse(self)
 
     def _chunks(self, events: list[CostEvent]) -> list[tuple[list[CostEvent], slices.Acc]]:
         """Commits of at most 500 writes (events and the rollup, slice and session documents they add to), each
@@ -179,6 +188,8 @@ class FirestoreSink:
         if not self._users:
             # Where each user's (key's, prompt id's) cells go depends on the store's shards: no write before they
             # are known (a failure here fails the batch, which the pipeline retries like any other).
+            if self.warehouse is not None:
+                await self.warehouse.open()  # the table exists before any reader is told it holds an hour
             marks = await slicemeta.mark(self)
             for what, mine, its in (
                 ("user", self.user_shards, marks.user_shards),
@@ -203,6 +214,10 @@ class FirestoreSink:
         unique = list({ev.request_id: ev for ev in events}.values())
         for chunk, cells in self._chunks(unique):
             await self._commit(chunk, cells)
+        if self.warehouse is not None:
+            # After Firestore holds them: a failure here fails the batch, retried whole (the commits find their
+            # events stored and skip them), and the reader keeps one row per request_id.
+            await self.warehouse.insert(unique)
 
     async def _commit(self, events: list[CostEvent], cells: slices.Acc | None = None) -> None:
         """``cells``: the events' slice cells, when already counted (:meth:`_chunks`)."""
@@ -355,3 +370,5 @@ class FirestoreSink:
         if self._client is not None:
             self._client.close()
             self._client = None
+        if self.warehouse is not None:
+            self.warehouse.close()

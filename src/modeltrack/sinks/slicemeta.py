@@ -15,6 +15,10 @@ A store written by an older version has events its slices never counted. The ``_
 * ``value_shards``: the same for keys and prompt ids (:data:`slices.VALUE_SHARDS` when absent, as for every store
   marked before they had documents of their own: their cells were in the main documents, which readers still
   read for them).
+* ``warehouse``: the first hour the BigQuery warehouse (:mod:`.bigquery`, ``?bigquery=DATASET``) holds every
+  event of; ``""`` every hour; None: no writer with a warehouse has opened the store. Marked from the next whole
+  hour for a store with events (rows are per event, so an hour is a whole bucket); :func:`migrate_warehouse`
+  copies the events before it.
 
 A writer marks a store before its first write (:func:`mark`): an empty store is covered from the start; one with
 events from the next UTC midnight (day and hour slices, and pins) and the next Monday (weeks), the first whole
@@ -32,6 +36,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from ..events import CostEvent
 from ..rollups import HOURLY_DIMENSIONS, SUMMED, legacy_latency
 from . import slices
 
@@ -41,6 +46,7 @@ if TYPE_CHECKING:
 META = "_meta"
 """The document in ``COLL_slices`` that holds the marks."""
 MAX_WRITES = 500
+MAX_COPY = 5_000
 _HOURLY_FIELDS = ("hour", *HOURLY_DIMENSIONS)
 
 
@@ -55,6 +61,11 @@ class Marks:
     user_shards: int = slices.USER_SHARDS
     value_shards: int = slices.VALUE_SHARDS
     pins: str | None = None
+    warehouse: str | None = None
+
+
+def _next_hour() -> str:
+    return (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H")
 
 
 def _tomorrow() -> str:
@@ -72,7 +83,9 @@ async def read(sink: FirestoreSink) -> Marks:
 
 
 def _marks(doc: dict[str, Any]) -> Marks:
-    since, weeks, users, values, pins = (doc.get(k) for k in ("since", "weeks", "user_shards", "value_shards", "pins"))
+    since, weeks, users, values, pins, wh = (
+        doc.get(k) for k in ("since", "weeks", "user_shards", "value_shards", "pins", "warehouse")
+    )
     return Marks(
         since if isinstance(since, str) else None,
         weeks if isinstance(weeks, str) else None,
@@ -80,6 +93,7 @@ def _marks(doc: dict[str, Any]) -> Marks:
         users if isinstance(users, int) and users >= 1 else slices.USER_SHARDS,
         values if isinstance(values, int) and values >= 1 else slices.VALUE_SHARDS,
         pins if isinstance(pins, str) else None,
+        wh if isinstance(wh, str) else None,
     )
 
 
@@ -102,6 +116,8 @@ async def mark(sink: FirestoreSink) -> Marks:
             first["user_shards"] = sink.user_shards
         if sink.value_shards is not None:
             first["value_shards"] = sink.value_shards
+        if sink.warehouse is not None:
+            first["warehouse"] = "" if empty else _next_hour()
         try:
             await meta.create(first, timeout=sink.commit_timeout, retry=None)
             return _marks(first)
@@ -116,6 +132,9 @@ async def mark(sink: FirestoreSink) -> Marks:
     if not isinstance(doc.get("pins"), str):  # marked by a version without the app, feature and model pins
         await meta.update({"pins": _tomorrow()}, timeout=sink.commit_timeout, retry=None)
         doc["pins"] = _tomorrow()
+    if sink.warehouse is not None and not isinstance(doc.get("warehouse"), str):  # the first writer with one
+        doc["warehouse"] = _next_hour()
+        await meta.update({"warehouse": doc["warehouse"]}, timeout=sink.commit_timeout, retry=None)
     return _marks(doc)
 
 
@@ -193,3 +212,37 @@ async def migrate(sink: FirestoreSink) -> int:
         done["orgs"] = True
     await meta.set(done, merge=True)
     return read_
+
+
+async def migrate_warehouse(sink: FirestoreSink) -> int:
+    """Copy the events stored before the warehouse's mark into it, then mark every hour as held; returns the
+    events copied. Exactly once as the reader sees it: a row copied twice (a run interrupted and run again, or an
+    event a writer inserted too) is read once, by its ``request_id``. Run it once every replica writes to the
+    warehouse, as for the slices."""
+    from google.cloud import firestore
+
+    wh = sink.warehouse
+    if wh is None:
+        return 0
+    marks = await read(sink)
+    if marks.warehouse == "":
+        return 0
+    meta = sink.collection_ref("slices").document(META)
+    if marks.warehouse is None:  # never opened by a writer with a warehouse: writers insert from the next hour
+        await meta.set({"warehouse": _next_hour()}, merge=True)
+        marks = await read(sink)
+    assert marks.warehouse is not None
+    until = marks.warehouse + ":00:00"  # events are stamped YYYY-MM-DDTHH:MM:SS.mmmZ
+    await wh.open()
+    copied, chunk = 0, []
+    q = sink.collection_ref("events").where(filter=firestore.FieldFilter("timestamp", "<", until))
+    async for d in q.stream():
+        chunk.append(CostEvent.from_dict(d.to_dict()))
+        if len(chunk) >= MAX_COPY:
+            await wh.insert(chunk)
+            copied, chunk = copied + len(chunk), []
+    if chunk:
+        await wh.insert(chunk)
+        copied += len(chunk)
+    await meta.set({"warehouse": ""}, merge=True)
+    return copied
