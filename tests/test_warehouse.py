@@ -17,10 +17,12 @@ import pytest
 
 from modeltrack.cli.main import main
 from modeltrack.query.base import Filters
+from modeltrack.query.breakdown import SORTS, breakdown
 from modeltrack.query.firestore import FirestoreReader
 from modeltrack.query.fsplan import slice_for
 from modeltrack.query.sqlite import SQLiteReader
 from modeltrack.query.times import zone
+from modeltrack.query.views import Range
 from modeltrack.sinks.base import StoreURLError, describe_store, open_sink
 from modeltrack.sinks.bigquery import warehouse_row
 from modeltrack.sinks.firestore import SLICES_META, FirestoreSink
@@ -82,6 +84,27 @@ async def test_every_question_no_slice_holds_equals_sqlite_from_the_warehouse(st
     asked = fs.warehouse_queries
     await _same(fs, sq, Filters(team="search"), ("model", "cache_hit"))
     assert fs.warehouse_queries == asked
+
+
+async def test_a_breakdown_by_user_of_one_app_equals_sqlites_with_the_top_rows_asked_alone(stores: Any) -> None:
+    """The breakdown ranks the users of one app on its sort's sums, then asks for the top rows' whole figures and
+    previous period: the warehouse limits those queries to the top users (``IN UNNEST``), and every figure equals
+    SQLite's."""
+    fs, sq, _, _ = stores
+    rng = Range(END - timedelta(days=10), END, zone("UTC"), "UTC")
+    for f in (Filters(app="bot"), Filters(key_id="key_2", status="2xx")):
+        for sort in SORTS:
+            for limit in (3, 40):
+                got = await breakdown(fs, rng, "user", f, limit=limit, sort=sort)
+                want = await breakdown(sq, rng, "user", f, limit=limit, sort=sort)
+                assert got == want, (f, sort, limit)
+                assert want["rows"] and want["total"]["latency_p95_ms"] is not None
+    # The users of one app from the warehouse; the totals of one app from the slices pinned on it (a few documents).
+    n = 2 * len(SORTS) * 2
+    assert fs.warehouse_queries >= n and fs.reads <= 100 * n, (fs.warehouse_queries, fs.reads)
+    some = sorted({r["user"] for r in await sq.aggregate(START, END, Filters(app="bot"), ("user",))})[:3]
+    await _same(fs, sq, Filters(app="bot"), ("user", "cache_hit"), values=some)
+    await _same(fs, sq, Filters(model="gemini-2.5-flash"), ("status",), values=[200])
 
 
 async def test_a_batch_written_again_is_counted_once(stores: Any) -> None:

@@ -17,9 +17,16 @@ if TYPE_CHECKING:
     from ..sinks.bigquery import Warehouse
 
 
-def statement(table: str, f: Filters, keys: tuple[str, ...], summed: tuple[str, ...]) -> tuple[str, list[Any]]:
+def statement(
+    table: str,
+    f: Filters,
+    keys: tuple[str, ...],
+    summed: tuple[str, ...],
+    only: tuple[str, list[Any]] | None = None,
+) -> tuple[str, list[Any]]:
     """The SQL and its parameters (``google.cloud.bigquery`` query parameters) for one question over
-    ``[@lo, @hi)``. Column names come from :data:`DIMENSIONS` only; every value is a parameter."""
+    ``[@lo, @hi)``; ``only``: a dimension and the values its rows are limited to (a breakdown's top rows). Column
+    names come from :data:`DIMENSIONS` only; every value is a parameter."""
     from google.cloud import bigquery
 
     for k in keys:
@@ -46,6 +53,13 @@ def statement(table: str, f: Filters, keys: tuple[str, ...], summed: tuple[str, 
         else:
             where.append(f"`{name}` = @f_{name}")
             params.append(bigquery.ScalarQueryParameter(f"f_{name}", "STRING", want or ""))
+    if only is not None:
+        name, values = only
+        if name not in DIMENSIONS:
+            raise ValueError(name)
+        kind = "INT64" if name in ("status", "cache_hit") else "STRING"
+        where.append(f"`{name}` IN UNNEST(@only)")
+        params.append(bigquery.ArrayQueryParameter("only", kind, [int(v) if kind == "INT64" else v for v in values]))
     select = [*(f"`{c}`" for c in group), *(f"SUM(`{s}`) AS `{s}`" for s in sums), "COUNT(*) AS `n`"]
     sql = (
         f"SELECT {', '.join(select)} FROM ("
@@ -83,13 +97,19 @@ def fold(rows: Any, keys: tuple[str, ...], summed: tuple[str, ...]) -> list[dict
 
 
 async def aggregate(
-    wh: Warehouse, start: datetime, end: datetime, f: Filters, keys: tuple[str, ...], summed: tuple[str, ...]
+    wh: Warehouse,
+    start: datetime,
+    end: datetime,
+    f: Filters,
+    keys: tuple[str, ...],
+    summed: tuple[str, ...],
+    only: tuple[str, list[Any]] | None = None,
 ) -> list[dict[str, Any]]:
     """The rows of the whole hours ``[start, end)`` matching ``f``, grouped by ``keys`` (``hour`` among them
-    when the caller splits by hour), with the ``summed`` sums."""
+    when the caller splits by hour), with the ``summed`` sums; ``only`` as :func:`statement`'s."""
     from google.cloud import bigquery
 
-    sql, params = statement(wh.table, f, keys, summed)
+    sql, params = statement(wh.table, f, keys, summed, only)
     params += [
         bigquery.ScalarQueryParameter("lo", "TIMESTAMP", start),
         bigquery.ScalarQueryParameter("hi", "TIMESTAMP", end),

@@ -148,7 +148,8 @@ class FirestoreReader:
         if sl is not None and not self._marks.orgs and f.org is None:
             sl = replace(sl, orgs=("",))  # no event has an org: the all-organisations slices do not exist
         if sl is None or since is None:
-            return only(await self._unsliced(start, end, f, keys, summed), group_by, values)
+            top = (group_by[0], list(values)) if values is not None and group_by else None
+            return only(await self._unsliced(start, end, f, keys, summed, top), group_by, values)
         sl = replace(sl, users=self._marks.user_shards, values=self._marks.value_shards)
         cut = max(start, min(end, hour_start(since))) if since else start
         parts = []
@@ -159,10 +160,17 @@ class FirestoreReader:
         return only(parts[0] if len(parts) == 1 else stitch.merge(parts, keys, summed), group_by, values)
 
     async def _unsliced(
-        self, start: datetime, end: datetime, f: Filters, keys: tuple[str, ...], summed: tuple[str, ...]
+        self,
+        start: datetime,
+        end: datetime,
+        f: Filters,
+        keys: tuple[str, ...],
+        summed: tuple[str, ...],
+        top: tuple[str, list[Any]] | None,
     ) -> list[dict[str, Any]]:
-        """A question no slice holds: from the warehouse for the hours it holds every event of (one query), from
-        the hourly rollups for the hours before (streamed whole: linear in events)."""
+        """A question no slice holds: from the warehouse for the hours it holds every event of (one query; ``top``
+        limits its rows to a breakdown's top values), from the hourly rollups for the hours before (streamed
+        whole: linear in events)."""
         wh = self.sink.warehouse
         held = None
         if wh is not None:
@@ -176,7 +184,7 @@ class FirestoreReader:
             parts.append(await self._hourly(start, cut, f, keys))
         if cut < end:
             self.warehouse_queries += 1
-            parts.append(await warehouse.aggregate(wh, cut, end, f, keys, summed))
+            parts.append(await warehouse.aggregate(wh, cut, end, f, keys, summed, top))
         return parts[0] if len(parts) == 1 else stitch.merge(parts, keys, summed)
 
     async def _since(self) -> str | None:

@@ -122,9 +122,10 @@ class Warehouse:
     async def insert(self, events: Iterable[CostEvent]) -> None:
         rows = [warehouse_row(ev) for ev in events]
         if rows:
-            await asyncio.to_thread(self._insert, rows)
+            await asyncio.to_thread(self.insert_rows, rows)
 
-    def _insert(self, rows: list[dict[str, Any]]) -> None:
+    def insert_rows(self, rows: list[dict[str, Any]]) -> None:
+        """Rows as :func:`warehouse_row` makes them (blocking: called on a worker thread)."""
         if not self._ready:
             self._create()
         for i in range(0, len(rows), INSERT_ROWS):
