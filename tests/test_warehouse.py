@@ -14,6 +14,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from bench.sysinfo import free_port
 
 from modeltrack.cli.main import main
 from modeltrack.query.base import Filters
@@ -23,8 +24,8 @@ from modeltrack.query.fsplan import slice_for
 from modeltrack.query.sqlite import SQLiteReader
 from modeltrack.query.times import zone
 from modeltrack.query.views import Range
-from modeltrack.sinks.base import StoreURLError, describe_store, open_sink
-from modeltrack.sinks.bigquery import warehouse_row
+from modeltrack.sinks.base import StoreURLError, describe_store, is_transient, open_sink
+from modeltrack.sinks.bigquery import WarehouseError, warehouse_row
 from modeltrack.sinks.firestore import SLICES_META, FirestoreSink
 from modeltrack.sinks.sqlite import SQLiteSink
 
@@ -118,6 +119,38 @@ async def test_a_batch_written_again_is_counted_once(stores: Any) -> None:
     assert rows[0]["n"] > len(events)  # the duplicates are really there
     for f, group_by in UNSLICED[:4]:
         await _same(fs, sq, f, group_by)
+
+
+async def test_an_unreachable_warehouse_fails_the_batch_for_a_retry_and_the_retry_counts_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer whose warehouse is unreachable fails its batch within the sink's timeout, as a transient error (the
+    pipeline retries it, never dead-letters it), naming only the error's type, and before Firestore holds any of it
+    (the table is made sure of before a store is marked); the retry stores the events and every row. (A batch
+    that fails after its commit is retried too: test_a_batch_written_again_is_counted_once.)"""
+    events = _events()[:120]
+    SQLiteSink(str(tmp_path / "e.db")).write_sync(events)
+    url = _url(_dataset())
+    monkeypatch.setenv("BIGQUERY_EMULATOR_HOST", f"127.0.0.1:{free_port()}")  # nothing listens there
+    down = open_sink(url)
+    assert isinstance(down, FirestoreSink)
+    with pytest.raises(WarehouseError) as caught:
+        await down.write(events)
+    assert is_transient(caught.value) and str(caught.value).startswith("bigquery: ")
+    assert not any(e.request_id in str(caught.value) for e in events)
+    assert await down.read() == []
+    await down.close()
+    monkeypatch.undo()  # the warehouse is back: the batch's retry, by a new writer
+    up = open_sink(url)
+    assert isinstance(up, FirestoreSink) and up.warehouse is not None
+    await up.write(events)
+    fs, sq = FirestoreReader(up), SQLiteReader(str(tmp_path / "e.db"))
+    rng = (datetime(2026, 10, 1, tzinfo=UTC), datetime(2026, 12, 1, tzinfo=UTC))
+    got = await fs.aggregate(*rng, Filters(app="bot"), ("user", "cache_hit"))
+    assert got and _norm(got) == _norm(await sq.aggregate(*rng, Filters(app="bot"), ("user", "cache_hit")))
+    assert fs.warehouse_queries == 1 and fs.reads == 0
+    await fs.close()
+    await sq.close()
 
 
 async def test_a_store_written_before_its_warehouse_answers_alike_and_migrates_exactly_once(

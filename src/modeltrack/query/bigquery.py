@@ -16,6 +16,9 @@ from .base import DIMENSIONS, Filters
 if TYPE_CHECKING:
     from ..sinks.bigquery import Warehouse
 
+QUERY_TIMEOUT = 30.0
+"""Seconds a question may wait for BigQuery, its retries included (the client's own default is 600 s)."""
+
 
 def statement(
     table: str,
@@ -117,6 +120,8 @@ async def aggregate(
     config = bigquery.QueryJobConfig(query_parameters=params, use_query_cache=True)
 
     def run() -> list[dict[str, Any]]:
-        return fold(wh.client.query(sql, job_config=config).result(), keys, summed)
+        retry = bigquery.DEFAULT_RETRY.with_deadline(QUERY_TIMEOUT)
+        job = wh.client.query(sql, job_config=config, retry=retry, timeout=QUERY_TIMEOUT)
+        return fold(job.result(timeout=QUERY_TIMEOUT), keys, summed)
 
     return await asyncio.to_thread(run)

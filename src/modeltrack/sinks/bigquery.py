@@ -32,7 +32,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..events import CostEvent
-from ..rollups import HOURLY_DIMENSIONS, LATENCY_BUCKETS, SUMS, TTFT_BUCKETS, event_row
+from ..rollups import HOURLY_DIMENSIONS, SUMS, event_row, latency_bucket
 
 INTS = frozenset({"status", "cache_hit", *SUMS, "lt", "ft"})
 COLUMNS = ("request_id", "ts", "hour", *HOURLY_DIMENSIONS, *SUMS, "lt", "ft")
@@ -56,8 +56,8 @@ def warehouse_row(ev: CostEvent) -> dict[str, Any]:
     out: dict[str, Any] = {k: row[k] for k in ("hour", *HOURLY_DIMENSIONS, *SUMS)}
     out["request_id"] = ev.request_id
     out["ts"] = row["hour"] + ":00:00Z"
-    out["lt"] = next(i for i, name in enumerate(LATENCY_BUCKETS) if name in row)
-    out["ft"] = next((i for i, name in enumerate(TTFT_BUCKETS) if name in row), None)
+    out["lt"] = latency_bucket(ev.latency_ms)  # the bucket event_row counted the event in
+    out["ft"] = latency_bucket(ev.ttft_ms) if ev.ttft_ms is not None else None
     return out
 
 
@@ -81,12 +81,15 @@ def client_for(project: str) -> Any:
 class Warehouse:
     """The events table ``PROJECT.DATASET.COLLECTION_events``; created on first use."""
 
-    def __init__(self, project: str, dataset: str, collection: str) -> None:
+    def __init__(self, project: str, dataset: str, collection: str, timeout: float = 10.0) -> None:
+        """``timeout``: seconds a call may take, its retries included (the client's own default is 600 s: a
+        writer would hold its batch that long before the pipeline could retry or spool it)."""
         if "." in dataset:
             project, _, dataset = dataset.partition(".")
         self.project = project
         self.dataset = dataset
         self.table = f"{project}.{dataset}.{collection}_events"
+        self.timeout = timeout
         self._client: Any = None
         self._ready = False
 
@@ -101,13 +104,26 @@ class Warehouse:
         return f"bigquery table={self.table}" + (f" (emulator {where})" if where else "")
 
     async def open(self) -> None:
-        await asyncio.to_thread(self._create)
+        await asyncio.to_thread(self._guarded, self._create)
+
+    @staticmethod
+    def _guarded(work: Any, *args: Any) -> None:
+        """Any failure of the warehouse (unreachable, a permission, a quota) as a :class:`WarehouseError`: the
+        batch is retried, never dead-lettered, since Firestore holds it already; only the error's type is told
+        (a message can quote a row)."""
+        try:
+            work(*args)
+        except WarehouseError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            raise WarehouseError(f"bigquery: {type(exc).__name__}") from None
 
     def _create(self) -> None:
         from google.cloud import bigquery
 
         client = self.client
-        client.create_dataset(f"{self.project}.{self.dataset}", exists_ok=True)
+        bounded = {"retry": bigquery.DEFAULT_RETRY.with_deadline(self.timeout), "timeout": self.timeout}
+        client.create_dataset(f"{self.project}.{self.dataset}", exists_ok=True, **bounded)
         kinds = {"ts": "TIMESTAMP"} | {c: "INT64" for c in INTS}
         schema = [
             bigquery.SchemaField(c, kinds.get(c, "STRING"), mode="NULLABLE" if c == "ft" else "REQUIRED")
@@ -116,21 +132,25 @@ class Warehouse:
         table = bigquery.Table(self.table, schema=schema)
         table.time_partitioning = bigquery.TimePartitioning(field="ts")
         table.clustering_fields = CLUSTERING
-        client.create_table(table, exists_ok=True)
+        client.create_table(table, exists_ok=True, **bounded)
         self._ready = True
 
     async def insert(self, events: Iterable[CostEvent]) -> None:
         rows = [warehouse_row(ev) for ev in events]
         if rows:
-            await asyncio.to_thread(self.insert_rows, rows)
+            await asyncio.to_thread(self._guarded, self.insert_rows, rows)
 
     def insert_rows(self, rows: list[dict[str, Any]]) -> None:
         """Rows as :func:`warehouse_row` makes them (blocking: called on a worker thread)."""
+        from google.cloud import bigquery
+
         if not self._ready:
             self._create()
+        retry = bigquery.DEFAULT_RETRY.with_deadline(self.timeout)
         for i in range(0, len(rows), INSERT_ROWS):
             part = rows[i : i + INSERT_ROWS]
-            errors = self.client.insert_rows_json(self.table, part, row_ids=[r["request_id"] for r in part])
+            ids = [r["request_id"] for r in part]
+            errors = self.client.insert_rows_json(self.table, part, row_ids=ids, retry=retry, timeout=self.timeout)
             if errors:
                 # Only the reasons: a row's values are attribution, never in a log line.
                 reasons = sorted({e.get("reason", "?") for err in errors for e in err.get("errors", [])})

@@ -122,7 +122,7 @@ class FirestoreSink:
         self._values = slices.VALUE_SHARDS  # and its value shards
         self._orgs = False
         # ``?bigquery=[PROJECT.]DATASET``: every event is also a row of the warehouse (.bigquery).
-        self.warehouse = Warehouse(project, bigquery, self.collection) if bigquery else None
+        self.warehouse = Warehouse(project, bigquery, self.collection, commit_timeout) if bigquery else None
 
     @property
     def client(self) -> Any:
