@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -103,17 +104,22 @@ def _norm(rows: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     return sorted(tuple(sorted((k, v) for k, v in r.items() if v != 0 or k in ("status", "cache_hit"))) for r in rows)
 
 
-@pytest.fixture
-async def stores(tmp_path: Path) -> Any:
+async def both_stores(sink: FirestoreSink, tmp_path: Path) -> AsyncIterator[Any]:
+    """The same events in ``sink`` and in a SQLite store: (Firestore reader, SQLite reader, sink, events)."""
     events = _events()
     SQLiteSink(str(tmp_path / "e.db")).write_sync(events)
-    sink = FirestoreSink("modeltrack-test", f"t{uuid.uuid4().hex[:12]}")
     await sink.write(events)
     fs = FirestoreReader(sink)
     sq = SQLiteReader(str(tmp_path / "e.db"))
     yield fs, sq, sink, events
     await fs.close()
     await sq.close()
+
+
+@pytest.fixture
+async def stores(tmp_path: Path) -> AsyncIterator[Any]:
+    async for both in both_stores(FirestoreSink("modeltrack-test", f"t{uuid.uuid4().hex[:12]}"), tmp_path):
+        yield both
 
 
 async def _same(fs: FirestoreReader, sq: SQLiteReader, f: Filters, group_by: tuple[str, ...], **kw: Any) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from modeltrack.sinks.bigquery import WarehouseError, warehouse_row
 from modeltrack.sinks.firestore import SLICES_META, FirestoreSink
 from modeltrack.sinks.sqlite import SQLiteSink
 
-from .test_firestore_analytics import END, QUESTIONS, START, _events, _norm, _same
+from .test_firestore_analytics import END, QUESTIONS, START, _events, _norm, _same, both_stores
 from .test_spend_controls import MINI_COST, MINI_STREAM, call, mini_body
 
 pytestmark = pytest.mark.usefixtures("firestore_emulator", "bigquery_emulator")
@@ -71,17 +72,11 @@ async def _same_days(fs: FirestoreReader, sq: SQLiteReader, f: Filters, group_by
 
 
 @pytest.fixture
-async def stores(tmp_path: Path) -> Any:
-    events = _events()
-    SQLiteSink(str(tmp_path / "e.db")).write_sync(events)
+async def stores(tmp_path: Path) -> AsyncIterator[Any]:
     sink = open_sink(_url(_dataset()))
     assert isinstance(sink, FirestoreSink) and sink.warehouse is not None
-    await sink.write(events)
-    fs = FirestoreReader(sink)
-    sq = SQLiteReader(str(tmp_path / "e.db"))
-    yield fs, sq, sink, events
-    await fs.close()
-    await sq.close()
+    async for both in both_stores(sink, tmp_path):
+        yield both
 
 
 async def test_every_question_no_slice_holds_equals_sqlite_from_the_warehouse(stores: Any) -> None:

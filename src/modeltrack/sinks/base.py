@@ -103,7 +103,7 @@ def open_sink(url: str) -> Sink:
                 "firestore://PROJECT[/COLLECTION][?shards=N][&user_shards=M][&value_shards=K][&bigquery=DATASET]"
             )
         project, _, collection = rest.partition("/")
-        params = dict(p.partition("=")[::2] for p in query.split("&") if p)
+        params = _params(query)
         unknown = set(params) - {"shards", "user_shards", "value_shards", "bigquery"}
         if unknown:
             raise StoreURLError(
@@ -130,6 +130,11 @@ def open_sink(url: str) -> Sink:
     raise StoreURLError(
         f"unsupported store URL scheme (expected sqlite://, jsonl:// or firestore://): {url.split(':', 1)[0]}"
     )
+
+
+def _params(query: str) -> dict[str, str]:
+    """A store URL's ``?name=value&...`` options (no escaping: every value is a number or an id)."""
+    return dict(p.partition("=")[::2] for p in query.split("&") if p)
 
 
 _BQ_DATASET = re.compile(r"(?:[a-z][a-z0-9-]{4,28}[a-z0-9]\.)?[A-Za-z_][A-Za-z0-9_]{0,1023}")
@@ -164,7 +169,7 @@ def describe_store(url: str) -> str:
         project, _, collection = rest.partition("/")
         emulator = os.environ.get("FIRESTORE_EMULATOR_HOST")
         where = f" (emulator {emulator})" if emulator else ""
-        params = dict(p.partition("=")[::2] for p in url.partition("?")[2].split("&") if p)
+        params = _params(url.partition("?")[2])
         described = f"firestore project={project} collection={collection or 'modeltrack'}{where}"
         if params.get("bigquery"):
             bq = os.environ.get("BIGQUERY_EMULATOR_HOST")
