@@ -1,6 +1,7 @@
 """Spend controls: budgets, routing and the response cache (the engine the proxy calls is :mod:`.engine`)."""
 
-from .engine import Controls, Decision
+from .decision import Decision
+from .engine import Controls
 from .parse import load
 from .spec import ControlsError, ControlsSpec
 

@@ -25,9 +25,12 @@ import struct
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
+
+if TYPE_CHECKING:
+    from ..events import CostEvent
 
 _CREDENTIALS = (b"authorization", b"x-api-key", b"api-key", b"x-goog-api-key")
 _ANSWER_HEADERS = (
@@ -125,6 +128,23 @@ class Entry:
             head["sized"],
             head["meta"],
         )
+
+
+def entry_meta(ev: CostEvent) -> dict[str, Any]:
+    """What a stored entry keeps of the event that captured it: a hit's own event reports these figures (and
+    costs nothing), never the request's body."""
+    return {
+        "model": ev.model,
+        "requested_model": ev.requested_model,
+        "input_tokens": ev.input_tokens,
+        "output_tokens": ev.output_tokens,
+        "cache_read_tokens": ev.cache_read_tokens,
+        "cache_write_tokens": ev.cache_write_tokens,
+        "reasoning_tokens": ev.reasoning_tokens,
+        "cost_usd": ev.cost_usd,
+        "stream": ev.stream,
+        "stored_at": time.time(),
+    }
 
 
 def _credential(headers: list[tuple[bytes, bytes]]) -> bytes:

@@ -17,69 +17,34 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from ..events import CostEvent
 from ..metrics import Metrics
 from .alerts import Notifier, send_due_reports
 from .budgets import Budgets
-from .budgetstate import Admission, Refusal
-from .cache import Backend, Entry, MemoryCache, cache_key, open_backend
+from .budgetstate import Refusal
+from .cache import Backend, Entry, MemoryCache, cache_key, entry_meta, open_backend
+from .decision import Decision, Plan, header_value
 from .estimate import bound_tokens
 from .ledger import open_ledger
 from .parse import load
 from .routing import choose, rewrite
-from .spec import Budget, ControlsError, ControlsSpec, Route
+from .spec import Budget, ControlsError, ControlsSpec
 from .tasks import Background
 
 if TYPE_CHECKING:
     from ..pricing import Pricing
     from ..query import Reader
 
-__all__ = ["Controls", "ControlsError", "ControlsSpec", "Decision", "load"]
+__all__ = ["Controls"]
 
 log = logging.getLogger("modeltrack.controls")
 
 RELOAD_CHECK_SECONDS = 1.0
 REPORT_CHECK_SECONDS = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    """The rules whose scope a combination of attribution, provider and model falls under (a routing rule's
-    trigger and a budget's spend are checked per request)."""
-
-    spec: ControlsSpec
-    routes: tuple[Route, ...]
-    budgets: tuple[Budget, ...]
-    cache_ttl: float | None  # the first matching cache rule's TTL; None: no cache rule applies
-
-    empty: bool = False  # none of the above: the request is not the controls' business
-    blocks: bool = False  # a matching budget refuses when spent: the request reserves its worst case
-
-
-@dataclass(slots=True)
-class Decision:
-    """What the controls decided for one request, and what they need to know when it ends."""
-
-    path: str
-    body: bytes
-    refusal: Refusal | None = None
-    route: Route | None = None
-    routed_from: str | None = None
-    cache_key: str | None = None
-    cache_ttl: float = 0.0
-    hit: Entry | None = None
-    admission: Admission | None = None
-    capture_limit: int = 0  # the largest response the cache keeps (bytes)
-    head: bytes = b""  # response header lines the client gets in addition to the upstream's
-
-    @property
-    def refused(self) -> bool:
-        return self.refusal is not None
 
 
 class Controls:
@@ -291,7 +256,7 @@ class Controls:
             return None
         d = Decision(path, body, admission=adm)
         if adm.headers:
-            d.head = b"".join(b"x-modeltrack-budget: %s\r\n" % _header_value(h) for h in adm.headers)
+            d.head = b"".join(b"x-modeltrack-budget: %s\r\n" % header_value(h) for h in adm.headers)
         return d
 
     async def decide(
@@ -342,7 +307,7 @@ class Controls:
                     values["model"] = route.to
                     matched = tuple(self.budgets.matching(values))  # the budgets of the model that will serve it
                     self.metrics.routed.labels(route.name, "downgrade").inc()
-                    lines.append(b"x-modeltrack-routed-from: %s\r\n" % _header_value(model or ""))
+                    lines.append(b"x-modeltrack-routed-from: %s\r\n" % header_value(model or ""))
         # 2. The response cache.
         if self.cache is not None and spec.cache is not None:
             ttl = self._cache_ttl(spec, p.cache_ttl, attrs)
@@ -386,7 +351,7 @@ class Controls:
                 return d
             d.admission = adm
             for h in adm.headers:
-                lines.append(b"x-modeltrack-budget: %s\r\n" % _header_value(h))
+                lines.append(b"x-modeltrack-budget: %s\r\n" % header_value(h))
         if lines:
             d.head = b"".join(lines)
         return d
@@ -421,18 +386,7 @@ class Controls:
                 self.budgets.settle(d.admission, ev)
         if capture is not None and d.cache_key and self.cache is not None and ev is not None:
             if 200 <= ev.status < 300 and ev.error is None and ev.usage_source not in ("partial", "missing"):
-                capture.meta = {
-                    "model": ev.model,
-                    "requested_model": ev.requested_model,
-                    "input_tokens": ev.input_tokens,
-                    "output_tokens": ev.output_tokens,
-                    "cache_read_tokens": ev.cache_read_tokens,
-                    "cache_write_tokens": ev.cache_write_tokens,
-                    "reasoning_tokens": ev.reasoning_tokens,
-                    "cost_usd": ev.cost_usd,
-                    "stream": ev.stream,
-                    "stored_at": time.time(),
-                }
+                capture.meta = entry_meta(ev)
                 self.background.spawn(self._put(d.cache_key, capture, d.cache_ttl))
             else:
                 self.metrics.response_cache.labels("not_stored").inc()
@@ -469,7 +423,3 @@ def _mtime(path: str | None) -> float | None:
         return os.stat(path).st_mtime_ns / 1e9
     except OSError:
         return None
-
-
-def _header_value(text: str) -> bytes:
-    return "".join(ch for ch in text if ch.isprintable()).encode("latin-1", "replace")[:512]

@@ -6,6 +6,12 @@ middleware chain, a task and a payload stream per request) cost more than everyt
 explicit: when the client's socket buffer fills, ``pause_writing`` tells the exchange to pause reading from the
 upstream socket, so a slow client slows its upstream down instead of growing a buffer.
 
+A connection is one object made of three classes, one module each, so that no method call on the hot path goes
+through a second object: :class:`~modeltrack.http.writer.ResponseWriter` (the response half),
+:class:`~modeltrack.http.reader.RequestReader` (httptools' callbacks, the checks and the queue) and
+:class:`Connection` here (the connection's life, flow control, the WebSocket switch, the task that serves the
+queue in order).
+
 What this server promises, held to nginx's and aiohttp's standard (tests/test_server.py, tests/test_protocols.py):
 
 * bounded header size and time (431, slowloris), bounded body size (413, decided before the body is read when
@@ -32,36 +38,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Protocol, cast
 
-import httptools
-
 from ..logs import log_exception_safely
-from .limits import MAX_HEADER_BYTES, MAX_HEADERS, Limits
-from .message import REASONS, Request, RequestError, overloaded, response_head, too_large
+from .limits import Limits
+from .message import Request
+from .reader import MAX_PIPELINED, RequestReader, TunnelEnd
 
 log = logging.getLogger("modeltrack.http.server")
 
-MAX_PIPELINED = 32  # requests parsed ahead of the one being answered, per connection
 LINGER_SECONDS = 2.0
 """After refusing a request whose body is still arriving, keep reading (and discarding) for this long before
 closing, as nginx's lingering close does: closing a socket with unread data makes the kernel send a reset,
 which can destroy the refusal before the client has read it."""
-
-
-MAX_HELD = 1 << 16
-"""Bytes a client may send after a WebSocket upgrade's head before it is answered (frames sent ahead of the
-``101``): past this, reading pauses until the handler decides."""
-
-
-class TunnelEnd(Protocol):
-    """What a switched connection hands the client's bytes to (:class:`modeltrack.tunnel.Tunnel`)."""
-
-    def from_client(self, data: bytes) -> None: ...
-
-    def client_lost(self) -> None: ...
 
 
 class FlowListener(Protocol):
@@ -75,18 +65,10 @@ class FlowListener(Protocol):
 Handler = Callable[[Request, "Connection"], Awaitable[None]]
 
 
-class _StopParsing(Exception):
-    """Raised from a parser callback: nothing after a refused request is parsed."""
-
-
-_SYNTHETIC = {
-    False: b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n",
-    True: b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-}
-
-
-class Connection(asyncio.Protocol):
-    """The server side of one client connection; also the response writer handed to the handler."""
+class Connection(RequestReader):
+    """The server side of one client connection; also the response writer handed to the handler. Parsing is
+    :class:`~modeltrack.http.reader.RequestReader`'s, writing :class:`~modeltrack.http.writer.ResponseWriter`'s;
+    here are the connection's life, its flow control, the tunnel switch and the task that serves the queue."""
 
     def __init__(
         self,
@@ -97,48 +79,11 @@ class Connection(asyncio.Protocol):
         limits: Limits | None = None,
         on_close: Callable[[Connection], None] | None = None,
     ) -> None:
+        super().__init__(max_body=max_body, header_timeout=header_timeout, limits=limits)
         self._handler = handler
-        self._max_body = max_body
-        self._header_timeout = header_timeout
-        self._limits = limits or Limits()
         self._on_close = on_close
-        self.loop = asyncio.get_running_loop()  # looked up once: each lookup checks the process id (a syscall)
-        self._parser = httptools.HttpRequestParser(self)
-        self.transport: asyncio.Transport | None = None
-        self._queue: deque[Request] = deque()
-        self._current: Request | None = None  # the request whose body is being parsed
-        self._url = b""
-        self._headers: list[tuple[bytes, bytes]] = []
-        self._in_head = False  # between message begin and headers complete: later "headers" are trailers
-        self._synthetic = False  # feeding the synthetic head that resumes a body after an ignored Upgrade
-        self._upgraded: Request | None = None  # a request whose body llhttp left unparsed (Upgrade)
-        self._held: list[bytes] | None = None  # after a WebSocket upgrade's head: not parsed, kept for a tunnel
-        self._held_size = 0
-        self.tunnel: TunnelEnd | None = None  # switched: every byte from the client goes here
-        self._header_bytes = 0
-        # fields the server itself reads, noted as they are parsed (no second scan of the headers)
-        self._hosts = 0
-        self._length: bytes | None = None
-        self._coding: bytes | None = None
-        self._expect: bytes | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._too_big = False
-        self._reading_paused = False
-        self._task: asyncio.Task[None] | None = None
-        self._closing_after = False  # parse nothing more; close once the queued responses are done
-        self._close_now = False  # close after the current response (it was cut short)
-        self._broken = False  # the parser failed: what the client sends next is not read
-        self._lingering = False  # closing: what the client still sends is read and dropped
-        self._discarded = 0
-        self.closed = False
         self.write_paused = False
         self.flow: FlowListener | None = None
-        # per-response state
-        self._started = False
-        self._chunked = False
-        self._finished = False
-        self._head_only = False
-        self._left = -1  # bytes still allowed by a sized response's Content-Length (-1: not sized)
 
     # -- asyncio.Protocol ---------------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -178,211 +123,6 @@ class Connection(asyncio.Protocol):
             if self.flow is not None:
                 self.flow.resume()
 
-    def data_received(self, data: bytes) -> None:
-        if self.tunnel is not None:
-            self.tunnel.from_client(data)
-            return
-        if self._held is not None:
-            self._hold(data)
-            return
-        if self._broken:
-            if self._lingering:
-                self._discarded += len(data)
-                if self._discarded > self._max_body:
-                    self.abort()
-            return
-        try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self._resume_after_upgrade(data[exc.args[0] :])
-        except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, _StopParsing):
-                return
-            self._parse_error()
-        except httptools.HttpParserError:
-            self._parse_error()
-
-    def _parse_error(self) -> None:
-        # The parser's message can quote request bytes: it is never logged, and neither is its type's detail.
-        self._broken = True
-        if self._too_big:
-            error = RequestError(431, "headers_too_large", "The request headers are too large.")
-        else:
-            log.info("malformed request from client")
-            error = RequestError(400, "malformed_request", "The request is not valid HTTP/1.1.")
-        current = self._current
-        if current is not None and not current._done:
-            # Bad framing in a body (a chunk size, a coding): that request fails now, not at the body timeout.
-            current._fail(error)
-            self._current = None
-            self._close_after_queue()
-        else:
-            self._refuse(Request("", b"", [], "1.1"), error)
-
-    def _resume_after_upgrade(self, rest: bytes) -> None:
-        """llhttp stops at the end of a head that asks for ``Upgrade``; we do not upgrade, so parsing goes on as
-        HTTP/1.1 with a fresh parser. A body the upgrading request announced is parsed by feeding the new parser
-        a synthetic head with the same framing, whose callbacks route the body into that request."""
-        self._parser = httptools.HttpRequestParser(self)
-        req, self._upgraded = self._upgraded, None
-        if req is None:
-            self._close_after_queue()  # CONNECT: refused by the handler; what follows is not HTTP
-            return
-        if req.websocket:
-            # What follows is WebSocket frames if the handler tunnels, and is never read if it refuses.
-            req._finish()
-            self._held = []
-            self._close_after_queue()
-            if rest:
-                self._hold(rest)
-            return
-        length = req.header(b"content-length")
-        chunked = req.header(b"transfer-encoding") is not None
-        if req._size == 0 and (chunked or (length is not None and length.strip() not in (b"", b"0"))):
-            self._current = req
-            self._synthetic = True
-            self._parser.feed_data(_SYNTHETIC[True] if chunked else _SYNTHETIC[False] % int(length or b"0"))
-            self._synthetic = False
-        else:
-            req._finish()
-        if rest:
-            self.data_received(rest)
-
-    # -- httptools callbacks ------------------------------------------------------------------------------
-    def on_message_begin(self) -> None:
-        if self._synthetic:
-            return
-        if self._closing_after:
-            raise _StopParsing
-        self._url = b""
-        self._headers = []
-        self._header_bytes = 0
-        self._hosts = 0
-        self._length = self._coding = self._expect = None
-        self._in_head = True
-        self._arm_timer()
-
-    def on_url(self, url: bytes) -> None:
-        if self._synthetic:
-            return
-        self._url += url
-        self._header_bytes += len(url)
-        if self._header_bytes > MAX_HEADER_BYTES:
-            self._too_big = True
-            raise _HeadersTooLarge
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if not self._in_head:
-            return  # a chunked trailer: dropped, never merged into the request's headers
-        self._header_bytes += len(name) + len(value) + 4
-        if self._header_bytes > MAX_HEADER_BYTES or len(self._headers) >= MAX_HEADERS:
-            self._too_big = True
-            raise _HeadersTooLarge
-        self._headers.append((name, value))
-        n = len(name)
-        if n == 4 or n == 6 or n == 14 or n == 17:
-            lname = name.lower()
-            if lname == b"host":
-                self._hosts += 1
-            elif lname == b"content-length":
-                self._length = value
-            elif lname == b"transfer-encoding":
-                self._coding = value
-            elif lname == b"expect":
-                self._expect = value
-
-    def on_headers_complete(self) -> None:
-        if self._synthetic:
-            return
-        self._in_head = False
-        self._cancel_timer()
-        p = self._parser
-        method = p.get_method().decode("ascii", "replace")
-        target = self._url
-        hash_at = target.find(b"#")
-        if hash_at >= 0:
-            target = target[:hash_at]  # a fragment is the client's business, never the upstream's
-        version = p.get_http_version()
-        req = Request(method, target, self._headers, version)
-        req.keep_alive = p.should_keep_alive()
-        if version != "1.1" or self._hosts != 1 or self._coding is not None:
-            error = self._check(version)
-            if error is not None:
-                self._refuse(req, error)
-                return
-        length = self._length
-        declared = int(length) if length is not None and length.strip().isdigit() else 0
-        if declared > self._max_body:
-            req.error = too_large()  # answered 413 without reading the body (and without a 100 Continue)
-        elif not self._limits.admit(declared):
-            self._refuse(req, overloaded())
-            return
-        else:
-            req._admitted = True
-            req._reserved = declared
-            if self._expect is not None and version == "1.1" and self._expect.lower() == b"100-continue":
-                req.expect_continue = True
-        if p.should_upgrade():
-            self._upgraded = req if method != "CONNECT" else None
-            if method == "GET" and not declared and self._coding is None:
-                upgrade = req.header(b"upgrade")
-                req.websocket = upgrade is not None and b"websocket" in upgrade.lower()
-        self._current = req
-        queue = self._queue
-        queue.append(req)
-        if len(queue) >= MAX_PIPELINED:
-            self._pause_reading()  # a client pipelining faster than we answer waits in its own buffers
-        if self._task is None:
-            self._task = self.loop.create_task(self._serve())
-
-    def _check(self, version: str) -> RequestError | None:
-        """Requests refused as nginx and aiohttp refuse them, before a byte of their body is read."""
-        if version != "1.1" and version != "1.0":
-            if version == "0.9":
-                return RequestError(400, "malformed_request", "The request line has no HTTP version.")
-            return RequestError(505, "http_version_not_supported", "Only HTTP/1.0 and HTTP/1.1 are supported.")
-        hosts = self._hosts
-        if hosts != 1 and (hosts > 1 or version == "1.1"):
-            return RequestError(400, "invalid_host", "An HTTP/1.1 request needs exactly one Host header.")
-        coding = self._coding
-        if coding is not None:
-            if version == "1.0":
-                return RequestError(400, "malformed_request", "Transfer-Encoding is not allowed in HTTP/1.0.")
-            if coding.strip().lower() != b"chunked":
-                return RequestError(400, "malformed_request", "The only request transfer coding accepted is chunked.")
-        return None
-
-    def on_body(self, body: bytes) -> None:
-        req = self._current
-        if req is None or req.error is not None:
-            return
-        req._size += len(body)
-        if req._size > self._max_body:
-            req._fail(too_large())
-        elif req._size > req._reserved and not self._limits.take(len(body)):
-            req._reserved += len(body)
-            req._fail(overloaded())
-            self._close_after_queue()
-        else:
-            if req._size > req._reserved:
-                req._reserved = req._size
-            req._parts.append(body)
-
-    def on_message_complete(self) -> None:
-        if self._upgraded is not None and self._current is self._upgraded:
-            return  # llhttp completes an upgrading request at its head; its body is resumed after the exception
-        if self._current is not None:
-            self._current._finish()
-            self._current = None
-
-    def _hold(self, data: bytes) -> None:
-        held = self._held
-        assert held is not None
-        held.append(data)
-        self._held_size += len(data)
-        if self._held_size > MAX_HELD:
-            self._pause_reading()
-
     # -- the WebSocket tunnel -----------------------------------------------------------------------------
     def switch(self, head: bytes, tunnel: TunnelEnd) -> bytes:
         """Answer the upgrade with ``head`` (the upstream's ``101``, as the client should see it) and hand the
@@ -411,30 +151,6 @@ class Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     # -- serving ------------------------------------------------------------------------------------------
-    def _enqueue(self, req: Request) -> None:
-        self._queue.append(req)
-        if len(self._queue) >= MAX_PIPELINED:
-            self._pause_reading()  # a client pipelining faster than we answer waits in its own buffers
-        if self._task is None and not self.closed:
-            self._task = self.loop.create_task(self._serve())
-
-    def _refuse(self, req: Request, error: RequestError) -> None:
-        """Answer ``req`` with ``error`` in its turn (after what is already queued), then close."""
-        req.error = error
-        req.refused = True
-        req._done = True
-        self._close_after_queue()
-        self._enqueue(req)
-
-    def _close_after_queue(self) -> None:
-        self._closing_after = True
-        self._pause_reading()
-
-    def _pause_reading(self) -> None:
-        if not self._reading_paused and self.transport is not None:
-            self._reading_paused = True
-            self.transport.pause_reading()
-
     def _release(self, req: Request) -> None:
         if req._admitted or req._reserved:
             self._limits.release(1 if req._admitted else 0, req._reserved)
@@ -494,110 +210,11 @@ class Connection(asyncio.Protocol):
         finally:
             self._task = None
 
-    # -- the response writer ------------------------------------------------------------------------------
-    def informational(self, status: int, reason: bytes, header_block: bytes) -> None:
-        """An interim response (``103 Early Hints``) before the final one; HTTP/1.0 clients never get one
-        (RFC 9110 §15.2)."""
-        req = self._queue[0] if self._queue else None
-        if req is None or req.version != "1.1" or self._started:
-            return
-        self._write(b"HTTP/1.1 %d %s\r\n%s\r\n" % (status, reason, header_block))
-
-    def start(self, status: int, reason: bytes, header_block: bytes, length: int | None, first: bytes = b"") -> None:
-        """Send the status line and headers (``header_block``: ``name: value\\r\\n`` lines, no framing headers).
-        ``length`` None means the body's size is unknown: chunked for HTTP/1.1 clients, close-delimited for
-        HTTP/1.0. ``first`` (body bytes) rides along in the same write."""
-        self._started = True
-        if not self._queue:
-            # The client left (connection_lost cleared the queue) and the upstream's answer completed in the same
-            # loop turn, before the handler's cancellation ran: nobody to answer; what follows is dropped too.
-            self._head_only = True
-            return
-        req = self._queue[0]
-        if status in (204, 304) or status < 200:
-            length = None  # no body and no framing header (RFC 9110 §8.6)
-            self._head_only = True
-        if length is None and not self._head_only:
-            if req.version == "1.0":
-                req.keep_alive = False
-            else:
-                self._chunked = True
-        head = response_head(status, reason, header_block, length, self._chunked, req.keep_alive, req.version == "1.0")
-        if length is not None and not self._head_only:
-            self._left = length
-        if first and not self._head_only:
-            if self._chunked:
-                head += b"%x\r\n%s\r\n" % (len(first), first)
-            elif self._left >= len(first):
-                self._left -= len(first)
-                head += first
-            else:
-                head += self._clip(first)
-        self._write(head)
-
-    def write(self, data: bytes | memoryview) -> None:
-        if self._head_only or not data:
-            return
-        if self._chunked:
-            self._write(b"%x\r\n%s\r\n" % (len(data), data))
-        elif self._left < 0:
-            self._write(data)
-        elif self._left >= len(data):
-            self._left -= len(data)
-            self._write(data)
-        else:
-            self._write(self._clip(data))
-
-    def _clip(self, data: bytes | memoryview) -> bytes | memoryview:
-        """Never past a sized response's ``Content-Length``: more would be read by the client as the start of
-        the next response."""
-        left = self._left
-        if len(data) > left:
-            log.warning("response body longer than its Content-Length: truncated and closed")
-            data = data[:left]
-            self._close_now = True
-        self._left = left - len(data)
-        return data
-
-    def finish(self) -> None:
-        """The response is complete (the terminating chunk for chunked bodies)."""
-        if self._chunked and not self._head_only:
-            self._write(b"0\r\n\r\n")
-        self._finished = True
-
-    def respond(self, status: int, body: bytes, content_type: bytes = b"application/json", extra: bytes = b"") -> None:
-        """A complete small response in one write."""
-        self.start(
-            status,
-            REASONS.get(status, b"Unknown"),
-            b"content-type: " + content_type + b"\r\n" + extra,
-            len(body),
-            body,
-        )
-        self._finished = True
-
-    def respond_error(self, error: RequestError, body: bytes | None = None) -> None:
-        """A refusal: the provider's error shape when the caller knows the provider, a generic one otherwise."""
-        if body is None:
-            body = b'{"error":{"type":"%s","message":"%s"}}' % (error.kind.encode(), error.message.encode())
-        self.respond(error.status, body, extra=error.extra_headers)
-
-    def abort(self) -> None:
-        """End the connection without completing the response: the client sees the truncation it would see from
-        the upstream."""
-        self._finished = True
-        if self.transport is not None and not self.closed:
-            self.transport.abort() if self._started else self.transport.close()
-
     def keep_alive_off(self) -> None:
         """Close once the current response is done (shutdown); an idle connection closes now."""
         self._closing_after = True
         if self._task is None:
             self.close()
-
-    def close(self) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
 
     def _linger(self) -> None:
         """Half-close after the last response: send FIN, drop what the client still sends, close on its EOF or
@@ -617,28 +234,3 @@ class Connection(asyncio.Protocol):
 
     def eof_received(self) -> bool | None:
         return False  # the client is done sending: close (after a lingering close, that is its end)
-
-    def _write(self, data: bytes | memoryview) -> None:
-        t = self.transport
-        if t is not None and not self.closed and not t.is_closing():
-            t.write(data)
-
-    # -- timers -------------------------------------------------------------------------------------------
-    def _arm_timer(self) -> None:
-        self._cancel_timer()
-        self._timer = self.loop.call_later(self._header_timeout, self._timed_out)
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _timed_out(self) -> None:
-        """No complete request head within the header timeout: idle keep-alive or a slowloris client."""
-        self._timer = None
-        if self._task is None:
-            self.close()
-
-
-class _HeadersTooLarge(Exception):
-    pass
