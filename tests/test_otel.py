@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from datetime import datetime
 from typing import Any
@@ -474,6 +475,54 @@ async def test_a_worker_that_dies_is_replaced_and_its_batch_counted(aiohttp_serv
         receiver.release.set()
         await asyncio.to_thread(export.close)
     assert export.worker is None
+
+
+def _policies(pid: int) -> set[int]:
+    return {os.sched_getscheduler(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
+async def test_the_worker_runs_idle_and_one_that_falls_behind_runs_at_the_normal_policy_for_a_while(
+    aiohttp_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The worker gets only CPU time nothing else wants (SCHED_IDLE). When stored batches pile up behind it, it is
+    replaced by one at the normal policy, nothing lost; once it has kept up for ``normal_for``, that one is set
+    idle again, in place."""
+    from .test_pipeline import make_event
+
+    receiver = Receiver(hang=True)
+    server = await aiohttp_server(receiver.app())
+    metrics = Metrics()
+    count = metrics.registry.get_sample_value
+    target = Target(endpoint=str(server.make_url("")).rstrip("/"))
+    export = SpanExport(target, metrics, max_queued_batches=8, timeout=30, behind_after=3, normal_for=1.0)
+    exported = lambda: count("modeltrack_otel_spans_total", {"outcome": "exported"})  # noqa: E731
+    caplog.set_level(logging.INFO, logger="modeltrack.otel")
+    events = [make_event(i) for i in range(5)]
+    try:
+        export.offer(events[:1])
+        await _wait_for(lambda: receiver.arrived == 1)  # the worker holds it: the receiver has not answered
+        first = export.worker
+        assert first is not None and _policies(first.pid) == {os.SCHED_IDLE}
+        for ev in events[1:4]:
+            export.offer([ev])  # three batches wait behind it
+        receiver.release.set()
+        await _wait_for(lambda: exported() == 4)
+        second = export.worker
+        assert second is not None and second is not first and first.poll() is not None
+        assert _policies(second.pid) == {os.SCHED_OTHER}
+        lines = [r.getMessage() for r in caplog.records if r.name == "modeltrack.otel"]
+        assert lines == ["otel: 3 stored batches wait for export; the exporter runs at nice 19 for now"], lines
+        await asyncio.sleep(1.2)  # kept up for normal_for
+        export.offer(events[4:])
+        await _wait_for(lambda: exported() == 5)
+        assert export.worker is second and _policies(second.pid) == {os.SCHED_IDLE}
+        ids = sorted(sp["attributes"]["modeltrack.request_id"] for sp in receiver.spans)
+        assert ids == sorted(ev.request_id for ev in events)
+        assert count("modeltrack_otel_spans_total", {"outcome": "failed"}) is None
+    finally:
+        receiver.release.set()
+        await asyncio.to_thread(export.close)
 
 
 def test_export_is_off_by_default_and_when_the_sdk_is_disabled() -> None:

@@ -8,8 +8,13 @@ OTLP/HTTP and OTLP/gRPC):
   so what a trace backend holds equals what the store holds, field by field.
 * **Never in the request's way.** The loop only hands a batch to a bounded queue (``put_nowait``). A thread of
   this process sends each batch to the worker and waits for its answer; the worker builds, encodes and sends
-  the spans, on its own GIL and at a lower CPU priority. A slow or dead receiver fills the queue, and what does
-  not fit is dropped and counted (``modeltrack_otel_spans_total{outcome="dropped"}``), never waited for.
+  the spans, on its own GIL and at ``SCHED_IDLE`` (:mod:`modeltrack.sched`): it gets only CPU time the proxy
+  does not want. A slow or dead receiver fills the queue, and what does not fit is dropped and counted
+  (``modeltrack_otel_spans_total{outcome="dropped"}``), never waited for.
+* **Behind, it catches up.** On a machine whose cores the requests keep busy, an idle worker gets no CPU and
+  would fill the queue, then drop. When ``behind_after`` stored batches (half the queue) are waiting as a batch
+  is sent, the worker is replaced by one at the normal policy (nice 19), kept for ``normal_for`` seconds after
+  the last time it was behind; then it is set idle again. What that costs: bench/README.md.
 * **A worker that dies is replaced.** The batch it held is counted ``failed``; the next batch starts a new one.
 """
 
@@ -28,6 +33,8 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from ..sched import IDLE, set_idle
+
 if TYPE_CHECKING:
     from ..events import CostEvent
     from ..metrics import Metrics
@@ -44,17 +51,34 @@ GATHER_SECONDS = 0.5
 """How long the feeder waits for more stored batches to join a small one (a span is exported at most this much
 later than it would be alone)."""
 GATHER_MAX = 2_048
+STOP_SECONDS = 5.0
+"""How long a worker replaced for falling behind may take to exit (it holds no batch then)."""
 
 
 class SpanExport:
     """The exporter's worker process, the thread that feeds it, and their bounded queue of stored batches."""
 
     def __init__(
-        self, target: Target, metrics: Metrics, max_queued_batches: int = 64, timeout: float | None = None
+        self,
+        target: Target,
+        metrics: Metrics,
+        max_queued_batches: int = 64,
+        timeout: float | None = None,
+        *,
+        idle: bool = True,
+        behind_after: int | None = None,
+        normal_for: float = 10.0,
     ) -> None:
+        """``idle``: run the worker at ``SCHED_IDLE`` where the platform allows it, except for ``normal_for``
+        seconds after ``behind_after`` batches (default: half of ``max_queued_batches``) were waiting."""
         self.target = target
         self.metrics = metrics
         self.timeout = timeout
+        self.idle = idle and IDLE is not None
+        self.behind_after = behind_after if behind_after is not None else max(1, max_queued_batches // 2)
+        self.normal_for = normal_for
+        self.at_idle = False  # the running worker's policy
+        self._normal_until = 0.0
         self.queue: queue.Queue[list[CostEvent] | None] = queue.Queue(max_queued_batches)
         self.worker: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()  # the worker is started by the feeder and stopped by close()
@@ -72,13 +96,45 @@ class SpanExport:
     def _start(self) -> subprocess.Popen[bytes]:
         config = orjson.dumps({"target": self.target.to_dict(), "timeout": self.timeout})
         env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")} | dict(self.target.env)
-        return subprocess.Popen(
+        worker = subprocess.Popen(
             [sys.executable, "-m", "modeltrack.otel.worker", config.decode()],
             env=env,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             close_fds=True,
         )
+        self.at_idle = False
+        if time.monotonic() >= self._normal_until:
+            self._set_idle(worker.pid)
+        return worker
+
+    def _set_idle(self, pid: int) -> None:
+        if not self.idle:
+            return
+        try:
+            set_idle(pid)
+        except OSError as exc:  # e.g. a seccomp profile that forbids it: the worker keeps nice 19
+            log.warning("otel: cannot run the exporter at SCHED_IDLE (%s); it keeps nice 19", type(exc).__name__)
+            self.idle = False
+            return
+        self.at_idle = True
+
+    def _pace(self, behind: int) -> None:
+        """Before a batch is sent, with ``behind`` stored batches waiting: an idle worker that fell behind is
+        replaced by one at the normal policy (raising a policy in place needs a privilege); a worker that has
+        kept up for ``normal_for`` seconds is set idle again."""
+        if not self.idle:
+            return
+        if behind >= self.behind_after:
+            self._normal_until = time.monotonic() + self.normal_for
+            if self.at_idle:
+                log.info("otel: %d stored batches wait for export; the exporter runs at nice 19 for now", behind)
+                self._stop_worker(STOP_SECONDS)  # between batches: it holds nothing; the next send starts one
+        elif not self.at_idle and time.monotonic() >= self._normal_until:
+            with self._lock:
+                worker = self.worker
+            if worker is not None and worker.poll() is None:
+                self._set_idle(worker.pid)
 
     def _send(self, batch: list[CostEvent]) -> tuple[int, int]:
         """(exported, failed) for one batch, from the worker's answer."""
@@ -123,10 +179,12 @@ class SpanExport:
                 self.worker = self._start()
         last, left = False, 0
         while not last:
+            behind = self.queue.qsize()
             batch, last = self._gather()
             if not batch:
                 continue
             try:
+                self._pace(behind)
                 exported, failed = self._send(batch)
             except Exception as exc:  # noqa: BLE001 - the worker died, or a batch would not encode: never the thread
                 exported, failed = 0, len(batch)

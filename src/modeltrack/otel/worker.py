@@ -4,8 +4,9 @@
 Why a process: building an SDK span and encoding it for OTLP costs about 100 µs of Python per event, more than
 the proxy spends on the request itself. On a thread of the proxy's process that work holds the GIL the request
 loop needs, and halved the proxy's throughput (bench/results/latest.md). Here it runs beside the proxy, at a
-lower CPU priority (``NICE``): the request path keeps its cores, and spans are built and sent from what the
-requests leave.
+lower CPU priority: ``SCHED_IDLE``, set by the parent, while it keeps up, and ``NICE`` when it has fallen behind
+(:class:`~modeltrack.otel.spans.SpanExport`). The request path keeps its cores, and spans are built and sent from
+what the requests leave.
 
 The protocol on its pipes: the parent writes frames (4-byte big-endian length, then a JSON array of stored cost
 events) to stdin; for each frame the worker exports one span per event and writes one line to stdout,
@@ -24,8 +25,8 @@ import sys
 import orjson
 
 NICE = 19
-"""How much lower the worker's CPU priority is than the proxy's (``nice``): under full load the requests come
-first, and the export catches up when they leave CPU free; with free CPU, it changes nothing."""
+"""How much lower the worker's CPU priority is than the proxy's (``nice``) when it is not at ``SCHED_IDLE``: under
+full load the requests come first, and the export still gets a share; with free CPU, it changes nothing."""
 
 
 def main(argv: list[str]) -> int:

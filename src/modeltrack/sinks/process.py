@@ -53,6 +53,7 @@ from typing import Any
 import orjson
 
 from ..events import CostEvent
+from ..sched import IDLE, set_idle
 from .base import Sink
 
 log = logging.getLogger("modeltrack.pipeline")
@@ -61,8 +62,6 @@ HEADER = struct.Struct("!I")
 START_TIMEOUT = 60.0
 """Seconds a new child may take to import and open the store (Firestore's first connection can take seconds)."""
 STOP_TIMEOUT = 10.0
-IDLE = getattr(os, "SCHED_IDLE", None)
-"""The writer's scheduling policy: Linux only; elsewhere it runs at the proxy's priority."""
 
 
 class StoreWriterGone(ConnectionError):
@@ -224,10 +223,7 @@ class ProcessWriter:
         if not self.idle or self._at_idle or time.monotonic() < self._normal_until:
             return
         try:
-            # Every thread of it: a policy is a thread's, and SQLite runs on the child's worker thread. Threads it
-            # starts later inherit the policy of the thread that starts them.
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                os.sched_setscheduler(int(tid), IDLE, os.sched_param(0))  # type: ignore[arg-type]  # IDLE is set
+            set_idle(pid)  # every thread of it: SQLite runs on the child's worker thread
         except OSError as exc:  # e.g. a seccomp profile that forbids it: keep the normal policy
             log.warning(
                 "store writer: cannot run at SCHED_IDLE (%s); it keeps the proxy's priority", type(exc).__name__

@@ -1,0 +1,24 @@
+"""A helper process's CPU policy: ``SCHED_IDLE``, so that it only gets CPU time nothing else wants.
+
+Why not ``nice 19``: at nice 19 the kernel still lets a helper finish its slice while a proxy thread woken on the
+same core waits, 2-4 ms (``perf sched timehist``, bench/README.md); a ``SCHED_IDLE`` task is preempted at once.
+Used by the store writer (:mod:`modeltrack.sinks.process`) and the span exporter (:mod:`modeltrack.otel.spans`),
+whose parents set it on the child. Lowering a policy needs no privilege; raising it back does (CAP_SYS_NICE, which
+a container rarely has), so a helper that must run at the normal policy again is restarted instead.
+"""
+
+from __future__ import annotations
+
+import os
+
+IDLE = getattr(os, "SCHED_IDLE", None)
+"""Linux only; elsewhere a helper runs at its parent's policy."""
+
+
+def set_idle(pid: int) -> None:
+    """Every thread of process ``pid`` at ``SCHED_IDLE`` (a policy is a thread's; threads it starts later inherit
+    it from the thread that starts them). OSError when the platform or a seccomp profile refuses."""
+    if IDLE is None:
+        raise OSError("SCHED_IDLE is not available on this platform")
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        os.sched_setscheduler(int(tid), IDLE, os.sched_param(0))
