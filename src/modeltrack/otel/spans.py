@@ -12,9 +12,10 @@ OTLP/HTTP and OTLP/gRPC):
   does not want. A slow or dead receiver fills the queue, and what does not fit is dropped and counted
   (``modeltrack_otel_spans_total{outcome="dropped"}``), never waited for.
 * **Behind, it catches up.** On a machine whose cores the requests keep busy, an idle worker gets no CPU and
-  would fill the queue, then drop. When ``behind_after`` stored batches (half the queue) are waiting as a batch
-  is sent, the worker is replaced by one at the normal policy (nice 19), kept for ``normal_for`` seconds after
-  the last time it was behind; then it is set idle again. What that costs: bench/README.md.
+  would fill the queue, then drop. When ``behind_after`` stored batches (half the queue) wait behind the next
+  one as the worker becomes free, the worker is replaced by one at the normal policy (nice 19), kept for
+  ``normal_for`` seconds after the last time it was behind; then it is set idle again. What that costs:
+  bench/README.md.
 * **A worker that dies is replaced.** The batch it held is counted ``failed``; the next batch starts a new one.
 """
 
@@ -122,13 +123,19 @@ class SpanExport:
     def _pace(self, behind: int) -> None:
         """Before a batch is sent, with ``behind`` stored batches waiting: an idle worker that fell behind is
         replaced by one at the normal policy (raising a policy in place needs a privilege); a worker that has
-        kept up for ``normal_for`` seconds is set idle again."""
-        if not self.idle:
+        kept up for ``normal_for`` seconds is set idle again. Not while closing: what is queued then waits for
+        no new worker."""
+        if not self.idle or self._closing:
             return
         if behind >= self.behind_after:
             self._normal_until = time.monotonic() + self.normal_for
             if self.at_idle:
-                log.info("otel: %d stored batches wait for export; the exporter runs at nice 19 for now", behind)
+                log.warning(
+                    "otel: stored batches waiting for export: %d (every core is busy); the exporter restarted at"
+                    " nice 19 for %.0f s",
+                    behind,
+                    self.normal_for,
+                )
                 self._stop_worker(STOP_SECONDS)  # between batches: it holds nothing; the next send starts one
         elif not self.at_idle and time.monotonic() >= self._normal_until:
             with self._lock:
@@ -179,7 +186,7 @@ class SpanExport:
                 self.worker = self._start()
         last, left = False, 0
         while not last:
-            behind = self.queue.qsize()
+            behind = self.queue.qsize() - 1  # stored batches waiting behind the next one, as the worker is free
             batch, last = self._gather()
             if not batch:
                 continue
