@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import threading
 import time
 from datetime import datetime
 from typing import Any
@@ -32,6 +33,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from modeltrack.config import ConfigError, Settings
 from modeltrack.metrics import Metrics
 from modeltrack.otel import MetricsMirror, SpanExport, Target
+from modeltrack.sched import CpuShare
 
 from .test_spend_controls import CLAUDE, MINI_STREAM, mini_body
 
@@ -482,32 +484,36 @@ def _policies(pid: int) -> set[int]:
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
-async def test_the_worker_runs_idle_and_one_that_falls_behind_runs_at_the_normal_policy_for_a_while(
+async def test_the_export_waits_for_a_busy_proxy_and_catches_up_when_it_falls_behind(
     aiohttp_server: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """The worker gets only CPU time nothing else wants (SCHED_IDLE). When stored batches pile up behind it, it is
-    replaced by one at the normal policy, nothing lost; once it has kept up for ``normal_for``, that one is set
-    idle again, in place."""
+    """The worker gets only CPU time nothing else wants (SCHED_IDLE), and while the proxy is busy a batch waits.
+    When batches pile up behind it, the next goes whatever the load, on a worker restarted at the normal policy;
+    once the worker has kept up for ``normal_for``, it is set idle again, in place. Nothing is lost."""
     from .test_pipeline import make_event
 
-    receiver = Receiver(hang=True)
+    receiver = Receiver()
     server = await aiohttp_server(receiver.app())
     metrics = Metrics()
     count = metrics.registry.get_sample_value
     target = Target(endpoint=str(server.make_url("")).rstrip("/"))
-    export = SpanExport(target, metrics, max_queued_batches=8, timeout=30, behind_after=2, normal_for=1.0)
-    exported = lambda: count("modeltrack_otel_spans_total", {"outcome": "exported"})  # noqa: E731
+    busy = threading.Event()
+    busy.set()
+    export = SpanExport(
+        target, metrics, max_queued_batches=8, timeout=30, behind_after=2, normal_for=1.0, busy=busy.is_set
+    )
+    exported = lambda: count("modeltrack_otel_spans_total", {"outcome": "exported"}) or 0  # noqa: E731
     caplog.set_level(logging.WARNING, logger="modeltrack.otel")
-    events = [make_event(i) for i in range(5)]
+    events = [make_event(i) for i in range(4)]
     try:
         export.offer(events[:1])
-        await _wait_for(lambda: receiver.arrived == 1)  # the worker holds it: the receiver has not answered
+        await asyncio.sleep(1.5)  # gathered (0.5 s), then held: the proxy is busy
+        assert receiver.arrived == 0 and exported() == 0
         first = export.worker
         assert first is not None and _policies(first.pid) == {os.SCHED_IDLE}
-        for ev in events[1:4]:
-            export.offer([ev])  # three batches wait: two behind the next
-        receiver.release.set()
-        await _wait_for(lambda: exported() == 4)
+        export.offer(events[1:2])
+        export.offer(events[2:3])  # two batches wait behind the held one: it goes, busy or not
+        await _wait_for(lambda: exported() == 1)
         second = export.worker
         assert second is not None and second is not first and first.poll() is not None
         assert _policies(second.pid) == {os.SCHED_OTHER}
@@ -516,16 +522,30 @@ async def test_the_worker_runs_idle_and_one_that_falls_behind_runs_at_the_normal
             "otel: stored batches waiting for export: 2 (every core is busy); the exporter restarted at nice 19 for 1 s"
         )
         assert lines == [said], lines
+        await asyncio.sleep(1.5)  # the other two, gathered into one batch: held again (nothing waits behind it)
+        assert exported() == 1
+        busy.clear()
+        await _wait_for(lambda: exported() == 3)
         await asyncio.sleep(1.2)  # kept up for normal_for
-        export.offer(events[4:])
-        await _wait_for(lambda: exported() == 5)
+        export.offer(events[3:])
+        await _wait_for(lambda: exported() == 4)
         assert export.worker is second and _policies(second.pid) == {os.SCHED_IDLE}
         ids = sorted(sp["attributes"]["modeltrack.request_id"] for sp in receiver.spans)
         assert ids == sorted(ev.request_id for ev in events)
         assert count("modeltrack_otel_spans_total", {"outcome": "failed"}) is None
     finally:
-        receiver.release.set()
         await asyncio.to_thread(export.close)
+
+
+def test_cpu_share_sees_a_busy_process() -> None:
+    """The default signal a batch waits on: the share of a core this process used since the last look."""
+    share = CpuShare()
+    time.sleep(0.2)
+    assert share() < 0.5  # asleep
+    end = time.process_time() + 0.2
+    while time.process_time() < end:
+        pass
+    assert share() > 0.75  # a core kept busy
 
 
 def test_export_is_off_by_default_and_when_the_sdk_is_disabled() -> None:

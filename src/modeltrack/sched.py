@@ -1,4 +1,5 @@
-"""A helper process's CPU policy: ``SCHED_IDLE``, so that it only gets CPU time nothing else wants.
+"""A helper process's CPU policy: ``SCHED_IDLE``, so that it only gets CPU time nothing else wants; and how much
+CPU this process uses (:class:`CpuShare`), for a helper that should wait while the requests keep it busy.
 
 Why not ``nice 19``: at nice 19 the kernel still lets a helper finish its slice while a proxy thread woken on the
 same core waits, 2-4 ms (``perf sched timehist``, bench/README.md); a ``SCHED_IDLE`` task is preempted at once.
@@ -10,6 +11,7 @@ a container rarely has), so a helper that must run at the normal policy again is
 from __future__ import annotations
 
 import os
+import time
 
 IDLE = getattr(os, "SCHED_IDLE", None)
 """Linux only; elsewhere a helper runs at its parent's policy."""
@@ -22,3 +24,16 @@ def set_idle(pid: int) -> None:
         raise OSError("SCHED_IDLE is not available on this platform")
     for tid in os.listdir(f"/proc/{pid}/task"):
         os.sched_setscheduler(int(tid), IDLE, os.sched_param(0))
+
+
+class CpuShare:
+    """Calling it returns the share of one core this process used (user and system time, every thread) since the
+    previous call, or since it was made: 1.0 is a core kept busy."""
+
+    def __init__(self) -> None:
+        self._at = (time.monotonic(), time.process_time())
+
+    def __call__(self) -> float:
+        now = (time.monotonic(), time.process_time())
+        (wall, cpu), self._at = self._at, now
+        return (now[1] - cpu) / max(now[0] - wall, 1e-6)

@@ -11,11 +11,13 @@ OTLP/HTTP and OTLP/gRPC):
   the spans, on its own GIL and at ``SCHED_IDLE`` (:mod:`modeltrack.sched`): it gets only CPU time the proxy
   does not want. A slow or dead receiver fills the queue, and what does not fit is dropped and counted
   (``modeltrack_otel_spans_total{outcome="dropped"}``), never waited for.
-* **Behind, it catches up.** On a machine whose cores the requests keep busy, an idle worker gets no CPU and
-  would fill the queue, then drop. When ``behind_after`` stored batches (half the queue) wait behind the next
-  one as the worker becomes free, the worker is replaced by one at the normal policy (nice 19), kept for
-  ``normal_for`` seconds after the last time it was behind; then it is set idle again. What that costs:
-  bench/README.md.
+* **It waits for a busy proxy.** While the requests keep this process's core busy, the next batch is held, so
+  the export does not take the CPU the requests need (:meth:`SpanExport._hold`); it goes when the load eases.
+* **Behind, it catches up.** When ``behind_after`` stored batches (half the queue) wait behind the next one, the
+  batch goes whatever the load, and an idle worker is replaced by one at the normal policy (nice 19; an idle
+  one gets no CPU on busy cores), kept for ``normal_for`` seconds after the last time it was behind; then it is
+  set idle again. So a burst of load costs the export a delay, and only a load sustained past half the queue
+  (~6 s at 10,000 req/s) costs the requests CPU; what that costs is in bench/README.md.
 * **A worker that dies is replaced.** The batch it held is counted ``failed``; the next batch starts a new one.
 """
 
@@ -29,12 +31,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import orjson
 
-from ..sched import IDLE, set_idle
+from ..sched import IDLE, CpuShare, set_idle
 
 if TYPE_CHECKING:
     from ..events import CostEvent
@@ -52,8 +54,10 @@ GATHER_SECONDS = 0.5
 """How long the feeder waits for more stored batches to join a small one (a span is exported at most this much
 later than it would be alone)."""
 GATHER_MAX = 2_048
-STOP_SECONDS = 5.0
-"""How long a worker replaced for falling behind may take to exit (it holds no batch then)."""
+BUSY_SHARE = 0.75
+"""A proxy process that used this share of one core or more since the last look is busy: its one event loop is
+close to saturated, and a batch is held (:meth:`SpanExport._hold`). At 2,000 req/s a proxy uses ~0.2 here."""
+HOLD_CHECK_SECONDS = 0.1
 
 
 class SpanExport:
@@ -69,9 +73,12 @@ class SpanExport:
         idle: bool = True,
         behind_after: int | None = None,
         normal_for: float = 10.0,
+        busy: Callable[[], bool] | None = None,
     ) -> None:
         """``idle``: run the worker at ``SCHED_IDLE`` where the platform allows it, except for ``normal_for``
-        seconds after ``behind_after`` batches (default: half of ``max_queued_batches``) were waiting."""
+        seconds after ``behind_after`` batches (default: half of ``max_queued_batches``) were waiting. ``busy``:
+        whether the requests keep this process busy now (default: it used :data:`BUSY_SHARE` of a core or more
+        since the last look), when a batch is held (:meth:`_hold`)."""
         self.target = target
         self.metrics = metrics
         self.timeout = timeout
@@ -80,6 +87,9 @@ class SpanExport:
         self.normal_for = normal_for
         self.at_idle = False  # the running worker's policy
         self._normal_until = 0.0
+        share = CpuShare()
+        self.busy = busy or (lambda: share() >= BUSY_SHARE)
+        self._ending = False  # close() was called: nothing is held any more
         self.queue: queue.Queue[list[CostEvent] | None] = queue.Queue(max_queued_batches)
         self.worker: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()  # the worker is started by the feeder and stopped by close()
@@ -114,11 +124,24 @@ class SpanExport:
             return
         try:
             set_idle(pid)
+        except (ProcessLookupError, FileNotFoundError):  # it just ended: the next send starts another
+            return
         except OSError as exc:  # e.g. a seccomp profile that forbids it: the worker keeps nice 19
             log.warning("otel: cannot run the exporter at SCHED_IDLE (%s); it keeps nice 19", type(exc).__name__)
             self.idle = False
             return
         self.at_idle = True
+
+    def _hold(self) -> int:
+        """Hold the next batch while this process is busy (its requests keep a core) and fewer than
+        ``behind_after`` batches wait behind it; then return how many wait. Even at ``SCHED_IDLE`` a worker that
+        runs beside a saturated proxy costs it ~8 % of its throughput (waking, it waits for the core; bench/
+        README.md), so the export waits for the load to ease, up to the same bound that restarts it."""
+        while True:
+            behind = self.queue.qsize()
+            if behind >= self.behind_after or self._ending or not self.busy():
+                return behind
+            time.sleep(HOLD_CHECK_SECONDS)
 
     def _pace(self, behind: int) -> None:
         """Before a batch is sent, with ``behind`` stored batches waiting: an idle worker that fell behind is
@@ -136,7 +159,9 @@ class SpanExport:
                     behind,
                     self.normal_for,
                 )
-                self._stop_worker(STOP_SECONDS)  # between batches: it holds nothing; the next send starts one
+                # Killed: between batches it holds nothing, and an idle process on busy cores could take long to
+                # exit by itself. The next send starts the new one.
+                self._stop_worker(0)
         elif not self.at_idle and time.monotonic() >= self._normal_until:
             with self._lock:
                 worker = self.worker
@@ -186,12 +211,11 @@ class SpanExport:
                 self.worker = self._start()
         last, left = False, 0
         while not last:
-            behind = self.queue.qsize() - 1  # stored batches waiting behind the next one, as the worker is free
             batch, last = self._gather()
             if not batch:
                 continue
             try:
-                self._pace(behind)
+                self._pace(self._hold())
                 exported, failed = self._send(batch)
             except Exception as exc:  # noqa: BLE001 - the worker died, or a batch would not encode: never the thread
                 exported, failed = 0, len(batch)
@@ -228,6 +252,7 @@ class SpanExport:
     def close(self, timeout: float = 5.0) -> None:
         """Export what is queued (up to ``timeout``), then stop the thread and the worker. What is still queued
         then is counted ``failed`` and logged once."""
+        self._ending = True
         try:
             self.queue.put(None, timeout=timeout)
             ended = True
