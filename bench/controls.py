@@ -192,14 +192,16 @@ def run(tmp: Path, up_port: int, lua: Path, secs: int, plain_url: str) -> dict[s
     return rows
 
 
-def children_cpu(pid: int) -> float:
-    """CPU seconds used so far by a process's children: ModelTrack's OpenTelemetry exporter worker."""
+def children_cpu(pid: int, module: str = "modeltrack.otel.worker") -> float:
+    """CPU seconds used so far by the children of a process that run ``module``: ModelTrack's OpenTelemetry
+    exporter worker, not its store writer (both are children). A worker that was replaced takes its CPU with it."""
     total = 0.0
     for task in Path(f"/proc/{pid}/task").iterdir():
         with contextlib.suppress(OSError):
             for child in (task / "children").read_text().split():
                 with contextlib.suppress(OSError):
-                    total += cpu_seconds(int(child))
+                    if module.encode() in Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0"):
+                        total += cpu_seconds(int(child))
     return total
 
 

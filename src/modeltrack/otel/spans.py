@@ -90,7 +90,7 @@ class SpanExport:
         share = CpuShare()
         self.busy = busy or (lambda: share() >= BUSY_SHARE)
         self._ending = False  # close() was called: nothing is held any more
-        self.queue: queue.Queue[list[CostEvent] | None] = queue.Queue(max_queued_batches)
+        self.queue: queue.Queue[tuple[int, bytes] | None] = queue.Queue(max_queued_batches)  # (events, JSON array)
         self.worker: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()  # the worker is started by the feeder and stopped by close()
         self._closing = False
@@ -98,9 +98,17 @@ class SpanExport:
         self._thread.start()
 
     def offer(self, events: Sequence[CostEvent]) -> None:
-        """From the loop (the pipeline's ``on_stored``): never blocks; a full queue drops the batch, counted."""
+        """From the loop (the pipeline's ``on_stored``): never blocks; a full queue drops the batch, counted. A
+        batch is queued as its JSON (CostEvent is a slotted dataclass: orjson writes it natively): while a busy
+        proxy holds the export, tens of thousands of events wait, and bytes are never scanned by the garbage
+        collector, as event objects would be at every full collection."""
+        if not events:
+            return
+        if self.queue.full():
+            self.metrics.otel_spans.labels("dropped").inc(len(events))
+            return
         try:
-            self.queue.put_nowait(list(events))
+            self.queue.put_nowait((len(events), orjson.dumps(events if isinstance(events, list) else list(events))))
         except queue.Full:
             self.metrics.otel_spans.labels("dropped").inc(len(events))
 
@@ -168,8 +176,8 @@ class SpanExport:
             if worker is not None and worker.poll() is None:
                 self._set_idle(worker.pid)
 
-    def _send(self, batch: list[CostEvent]) -> tuple[int, int]:
-        """(exported, failed) for one batch, from the worker's answer."""
+    def _send(self, payload: bytes) -> tuple[int, int]:
+        """(exported, failed) for one batch (a JSON array of events), from the worker's answer."""
         with self._lock:
             if self._closing:
                 raise _Closing
@@ -178,7 +186,6 @@ class SpanExport:
             worker = self.worker
         stdin, stdout = worker.stdin, worker.stdout
         assert stdin is not None and stdout is not None
-        payload = orjson.dumps(batch)  # CostEvent is a slotted dataclass: orjson writes it natively
         stdin.write(len(payload).to_bytes(4, "big") + payload)
         stdin.flush()
         answer = stdout.readline()
@@ -187,23 +194,28 @@ class SpanExport:
         exported, failed = answer.split()
         return int(exported), int(failed)
 
-    def _gather(self) -> tuple[list[CostEvent], bool]:
-        """The next batch to export, and whether close() asked to stop after it. The store's batches are
-        joined, up to :data:`GATHER_MAX` events or :data:`GATHER_SECONDS` after the first: the worker's cost per
-        span doubles for batches of ten (one OTLP request each) against batches of hundreds."""
+    def _gather(self) -> tuple[int, bytes, bool]:
+        """The next batch to export (how many events, their JSON array), and whether close() asked to stop after
+        it. The store's batches are joined, up to :data:`GATHER_MAX` events or :data:`GATHER_SECONDS` after the
+        first: the worker's cost per span doubles for batches of ten (one OTLP request each) against batches of
+        hundreds."""
         first = self.queue.get()
         if first is None:
-            return [], True
-        batch, deadline = first, time.monotonic() + GATHER_SECONDS
-        while len(batch) < GATHER_MAX:
+            return 0, b"", True
+        count, parts = first[0], [first[1]]
+        deadline, last = time.monotonic() + GATHER_SECONDS, False
+        while count < GATHER_MAX:
             try:
                 more = self.queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 break
             if more is None:
-                return batch, True
-            batch += more
-        return batch, False
+                last = True
+                break
+            count += more[0]
+            parts.append(more[1])
+        payload = parts[0] if len(parts) == 1 else b"[" + b",".join(p[1:-1] for p in parts) + b"]"
+        return count, payload, last
 
     def _run(self) -> None:
         with self._lock:  # started now, so its imports are done before the first batch comes
@@ -211,19 +223,19 @@ class SpanExport:
                 self.worker = self._start()
         last, left = False, 0
         while not last:
-            batch, last = self._gather()
-            if not batch:
+            count, payload, last = self._gather()
+            if not count:
                 continue
             try:
                 self._pace(self._hold())
-                exported, failed = self._send(batch)
+                exported, failed = self._send(payload)
             except Exception as exc:  # noqa: BLE001 - the worker died, or a batch would not encode: never the thread
-                exported, failed = 0, len(batch)
+                exported, failed = 0, count
                 if isinstance(exc, _Closing) or self._closing:  # close() gave up: logged once, below
-                    left += len(batch)
+                    left += count
                 else:
                     why = type(exc).__name__
-                    log.warning("otel: %d spans not exported (%s); the worker is replaced", len(batch), why)
+                    log.warning("otel: %d spans not exported (%s); the worker is replaced", count, why)
                     self._stop_worker(0)
             if exported:
                 self.metrics.otel_spans.labels("exported").inc(exported)
