@@ -104,13 +104,11 @@ class SpanExport:
         collector, as event objects would be at every full collection."""
         if not events:
             return
-        if self.queue.full():
-            self.metrics.otel_spans.labels("dropped").inc(len(events))
-            return
-        try:
-            self.queue.put_nowait((len(events), orjson.dumps(events if isinstance(events, list) else list(events))))
-        except queue.Full:
-            self.metrics.otel_spans.labels("dropped").inc(len(events))
+        if not self.queue.full():  # a batch about to be dropped is not encoded first
+            with contextlib.suppress(queue.Full):
+                self.queue.put_nowait((len(events), orjson.dumps(list(events))))
+                return
+        self.metrics.otel_spans.labels("dropped").inc(len(events))
 
     def _start(self) -> subprocess.Popen[bytes]:
         config = orjson.dumps({"target": self.target.to_dict(), "timeout": self.timeout})
@@ -162,8 +160,7 @@ class SpanExport:
             self._normal_until = time.monotonic() + self.normal_for
             if self.at_idle:
                 log.warning(
-                    "otel: stored batches waiting for export: %d (every core is busy); the exporter restarted at"
-                    " nice 19 for %.0f s",
+                    "otel: stored batches waiting for export: %d; the exporter restarted at nice 19 for %.0f s",
                     behind,
                     self.normal_for,
                 )
