@@ -8,10 +8,11 @@ lower CPU priority: ``SCHED_IDLE``, set by the parent, while it keeps up, and ``
 (:class:`~modeltrack.otel.spans.SpanExport`). The request path keeps its cores, and spans are built and sent from
 what the requests leave.
 
-The protocol on its pipes: the parent writes frames (4-byte big-endian length, then a JSON array of stored cost
-events) to stdin; for each frame the worker exports one span per event and writes one line to stdout,
-``<exported> <failed>``. End of stdin: export what is left, shut the exporter down, exit. Nothing else is on
-stdout; the SDK's own warnings go to stderr, as the proxy's logs do. Held by tests/test_otel.py.
+The protocol on its pipes: the parent writes frames (4-byte big-endian length, then the stored cost events, one
+JSON object per line, as the store was given them) to stdin; for each frame the worker exports one span per event
+and writes one line to stdout, ``<exported> <failed>``. End of stdin: export what is left, shut the exporter
+down, exit. Nothing else is on stdout; the SDK's own warnings go to stderr, as the proxy's logs do. Held by
+tests/test_otel.py.
 """
 
 from __future__ import annotations
@@ -55,7 +56,7 @@ def main(argv: list[str]) -> int:
             if len(head) < 4:
                 return 0
             payload = stdin.read(int.from_bytes(head, "big"))
-            events = [CostEvent.from_dict(d) for d in orjson.loads(payload)]
+            events = [CostEvent.from_dict(orjson.loads(line)) for line in payload.splitlines()]
             exported = failed = 0
             for i in range(0, len(events), EXPORT_CHUNK):
                 part = events[i : i + EXPORT_CHUNK]
