@@ -5,7 +5,14 @@ holds, the rate buckets, the accounts. Shared by their three modules so that eac
   handler when several processes open a new database at once, as ``--workers N`` do);
 * used from worker threads (``asyncio.to_thread``) under one lock per object;
 * a change is one ``BEGIN IMMEDIATE`` transaction (:meth:`SideDB.transaction`), so processes on the same file
-  serialise on SQLite's write lock.
+  serialise on SQLite's write lock;
+* **the store's writer checkpoints the WAL, not these connections.** SQLite checkpoints on a commit that finds the
+  WAL past the committing connection's ``wal_autocheckpoint``. The events fill the WAL; with SQLite's default
+  (1,000 pages) here, the budget ledger's heartbeat, a connection of the proxy's own process, crossed it first
+  and copied the events' pages into the database on the proxy's thread pool: ~3 µs of the proxy's CPU a request
+  at saturation (bench/README.md, sixteenth session). These connections checkpoint only past twice the store's
+  threshold, which the writer (in its own process, at ``SCHED_IDLE``) reaches first while it writes; so an idle
+  store's WAL is still bounded (tests/test_sqlitedb.py).
 """
 
 from __future__ import annotations
@@ -18,6 +25,11 @@ from collections.abc import Callable
 from typing import TypeVar
 
 T = TypeVar("T")
+
+STORE_CHECKPOINT_PAGES = 10_000
+"""The store's ``wal_autocheckpoint`` (``sinks.sqlschema``): its writer commits a batch every flush, and checkpoints
+the WAL when it holds this many pages (~40 MB), in batches' worth rather than every 4 MB."""
+SIDE_CHECKPOINT_PAGES = 2 * STORE_CHECKPOINT_PAGES
 
 
 class SideDB:
@@ -35,6 +47,7 @@ class SideDB:
             while True:
                 try:
                     conn.execute("PRAGMA journal_mode=WAL")
+                    conn.execute(f"PRAGMA wal_autocheckpoint={SIDE_CHECKPOINT_PAGES}")
                     conn.executescript(self.schema)
                     break
                 except sqlite3.OperationalError:

@@ -23,6 +23,7 @@ from ..rollups import (
     TTFT_BUCKETS,
     latency_bucket,
 )
+from ..sqlitedb import STORE_CHECKPOINT_PAGES
 
 EVENT_COLUMNS = (
     "request_id",
@@ -68,10 +69,10 @@ _ADDED_COLUMNS = {
 }
 """Event columns added after the first version: a database without them gets them, filled from ``doc``."""
 
-SCHEMA = """
+SCHEMA = f"""
 PRAGMA journal_mode=WAL;
 PRAGMA synchronous=NORMAL;
-PRAGMA wal_autocheckpoint=10000;
+PRAGMA wal_autocheckpoint={STORE_CHECKPOINT_PAGES};
 CREATE TABLE IF NOT EXISTS events (
     request_id TEXT PRIMARY KEY,
     timestamp TEXT NOT NULL,
