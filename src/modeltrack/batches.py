@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import re
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -28,11 +29,17 @@ from .controls.tasks import Background
 from .events import rfc3339
 from .providers.batches import BatchNote
 
+if TYPE_CHECKING:
+    from .http.message import Request
+    from .providers import RequestInfo
+
 log = logging.getLogger("modeltrack.batches")
 
 KEPT = ("team", "app", "feature", "user", "session_id", "prompt_id", "properties", "key_id", "org")
 """The creator's attribution that a batch's items inherit."""
 LOOKUP_SECONDS = 2.0
+_HOST = re.compile(rb"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
+"""A ``Host`` header that may go into a ``results_url``: a name or an IP literal, and a port."""
 
 
 def item_request_id(provider: str, batch_id: str, custom_id: str) -> str:
@@ -106,3 +113,30 @@ class BatchRegistry:
 
     async def drain(self) -> None:
         await self.background.drain()
+
+
+async def request_context(
+    registry: BatchRegistry | None,
+    req: Request,
+    provider: str,
+    info: RequestInfo,
+    path: str,
+    up_path: str,
+    fixed: dict[str, str] | None,
+    tls: bool,
+) -> None:
+    """A Batch API call, before it is forwarded: a download of a batch's results learns which batch it is, so its
+    items are metered; an answer with Anthropic's ``results_url`` learns the origin the client used (``tls``: the
+    scheme clients reach the proxy by)."""
+    file_id, batch_id = info.extra.get("file_id"), info.extra.get("batch_results")
+    if registry is not None and (file_id is not None or batch_id is not None):
+        org = fixed.get("org") if fixed else None
+        job = await registry.context(org, provider, file_id=file_id, batch_id=batch_id)
+        if job is not None:
+            info.extra["batch"] = job
+    answers_objects = info.extra.get("batch_api") and batch_id is None  # not the results themselves
+    host = req.header(b"host") if provider == "anthropic" and answers_objects else None
+    if host is not None and _HOST.fullmatch(host):
+        prefix = path[: len(path) - len(up_path)] if path.endswith(up_path) else ""
+        scheme = "https" if tls else "http"
+        info.extra["public_base"] = f"{scheme}://{host.decode('ascii')}{prefix}"

@@ -24,6 +24,7 @@ from .accounting import Recorder
 from .accounts.credentials import ProviderKeys
 from .accounts.gate import LOADING, Gate, Refusal, tokens_in_force
 from .accounts.keyring import KeyRing
+from .batches import request_context
 from .controls.ratelimit import MemoryRateLedger, RateLimiter, RateRefusal, Ticket, real_tokens
 from .exchange import Exchange
 from .http.headers import HeaderView, forward_headers
@@ -33,10 +34,10 @@ from .http.upstream import Unsent
 from .http.upstream_pool import PoolExhausted, UpstreamPool
 from .http.watchdog import Watchdogs
 from .metrics import Metrics
-from .providers import Provider, RequestInfo, Router
+from .providers import Provider, Router
 from .providers.base import loads
 from .providers.realtime import SocketMeter, socket_meter
-from .providers.router import wrong_base_url
+from .providers.router import endpoint_kind, wrong_base_url
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -49,36 +50,9 @@ _NO_SOCKET = (
     "This path does not accept a WebSocket upgrade: ModelTrack tunnels OpenAI Realtime (/v1/realtime), Responses "
     "over WebSocket (/v1/responses) and Gemini Live (/ws/google.ai.generativelanguage.*.BidiGenerateContent)."
 )
-_KINDS: dict[str, str] = {}
-
 
 _TRACEPARENT = re.compile(rb"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
-_HOST = re.compile(rb"[A-Za-z0-9.\-]{1,253}(:[0-9]{1,5})?|\[[0-9A-Fa-f:.]{2,45}\](:[0-9]{1,5})?")
 """W3C Trace Context: version, trace id, parent id, flags (anything else is not continued)."""
-
-
-def endpoint_kind(path: str) -> str:
-    """A bounded name for the operation: ``chat/completions``, ``messages``, ``generateContent``, ``converse``.
-    Memoised (bounded): a service sees a handful of distinct paths over and over."""
-    kind = _KINDS.get(path)
-    if kind is None:
-        if len(_KINDS) >= 4096:
-            _KINDS.clear()
-        kind = _KINDS[path] = _endpoint_kind(path)
-    return kind
-
-
-def _endpoint_kind(path: str) -> str:
-    if ":" in path.rsplit("/", 1)[-1]:
-        return path.rsplit(":", 1)[-1]
-    parts = [p for p in path.split("/") if p]
-    if len(parts) >= 3 and parts[0] == "model":  # bedrock: /model/{id}/{op}
-        return parts[-1]
-    if "deployments" in parts:  # azure: /openai/deployments/{d}/{op...}
-        parts = parts[parts.index("deployments") + 2 :]
-    while parts and (parts[0] in ("v1", "v1beta", "openai", "api", "inference") or parts[0].startswith("v1")):
-        parts = parts[1:]
-    return "/".join(parts[:2]) or "/"
 
 
 class Proxy:
@@ -183,40 +157,10 @@ class Proxy:
             return self.error(conn, None, *ident)
         grant, fixed = ident.grant, ident.fixed
         path, _, query = target.partition("?")
-        # Only a path with /v1 twice, or with no version at the front, can be a wrong base URL: the usual
-        # /v1/... request skips the check.
-        suspect = "/v1/v" in path or not path.startswith(("/v1/", "/v1beta/", "/v1alpha/"))
-        wrong = wrong_base_url(path, self.router.prefixes) if suspect else None
-        if wrong is not None:
-            shape, hint = wrong
-            return self.error(conn, self.router.providers.get(shape), 404, "wrong_base_url", hint)
-        route = self.router.resolve(path, HeaderView(req.headers))
-        if route is None:
-            return self.error(
-                conn,
-                None,
-                404,
-                "unknown_route",
-                "No provider for this path. Use /openai/..., /anthropic/..., /gemini/..., /v1/... (see README).",
-            )
-        provider, up_path = route
-        if provider.multi_origin:
-            # The origin from configuration, chosen by the path (Vertex regions, Azure resources), never a host.
-            located = provider.locate(up_path)
-            if located is None:
-                return self.error(conn, provider, 403, "location_not_allowed", provider.refusal(up_path))
-            pool_name, up_path = located
-            pool = self.pools.get(pool_name)
-        else:
-            pool = self.pools.get(provider.name)
-        if pool is None:
-            return self.error(
-                conn,
-                provider,
-                503,
-                "provider_not_configured",
-                f"Set MODELTRACK_{provider.name.upper()}_BASE_URL to use the /{provider.name} route.",
-            )
+        routed = self._route(req, conn, path)
+        if routed is None:
+            return None
+        provider, up_path, pool = routed
         try:
             if req.complete:
                 raw = await req.read()
@@ -237,7 +181,7 @@ class Proxy:
             info.model, info.stream = socket.model, True
         send = provider.rewrite_body(info, raw, body)  # (may also read the model of a multipart upload)
         if info.extra:
-            await self._batch_context(req, provider.name, info, path, up_path, fixed)
+            await request_context(self.recorder.batches, req, provider.name, info, path, up_path, fixed, self.tls)
         ticket: Ticket | None = None
         bounds: tuple[int, int] | None = None  # the request's worst-case tokens, once for TPM and budgets
         if grant is not None:
@@ -320,18 +264,7 @@ class Proxy:
                 kind=endpoint_kind(up_path),
             )
         del body  # the parsed body can be as large as the request: not kept for the whole exchange
-        origin = pool.origin
-        path = origin.join(up_path) if origin.base_path else up_path
-        up_target = pool.target_prefix + (path + "?" + query if query else path).encode("latin-1")
-        parts = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (req.method.encode("ascii"), up_target, origin.host_header)]
-        if pool.proxy_header:
-            parts.append(pool.proxy_header)
-        parts.extend(b"%s: %s\r\n" % kv for kv in lines)
-        if send or req.method in _BODY_METHODS:
-            parts.append(b"Content-Length: %d\r\n" % len(send))
-        parts.append(b"\r\n")
-        head = b"".join(parts)
-
+        head = self._upstream_head(req.method, pool, up_path, query, lines, send)
         ex = Exchange(self, conn, provider, info, up_path, attrs, start, wall)
         ex.rate_ticket = ticket
         if decision is not None:
@@ -389,24 +322,61 @@ class Proxy:
                 ex.watchdog = None
             self.record(ex)
 
-    async def _batch_context(
-        self, req: Request, provider: str, info: RequestInfo, path: str, up_path: str, fixed: dict[str, str] | None
-    ) -> None:
-        """Batch API calls (modeltrack.batches): a download of a batch's results learns which batch it is, so its
-        items are metered; an answer with Anthropic's ``results_url`` learns the origin the client used."""
-        registry = self.recorder.batches
-        file_id, batch_id = info.extra.get("file_id"), info.extra.get("batch_results")
-        if registry is not None and (file_id is not None or batch_id is not None):
-            org = fixed.get("org") if fixed else None
-            job = await registry.context(org, provider, file_id=file_id, batch_id=batch_id)
-            if job is not None:
-                info.extra["batch"] = job
-        answers_objects = info.extra.get("batch_api") and batch_id is None  # not the results themselves
-        host = req.header(b"host") if provider == "anthropic" and answers_objects else None
-        if host is not None and _HOST.fullmatch(host):
-            prefix = path[: len(path) - len(up_path)] if path.endswith(up_path) else ""
-            scheme = "https" if self.tls else "http"
-            info.extra["public_base"] = f"{scheme}://{host.decode('ascii')}{prefix}"
+    def _route(self, req: Request, conn: Connection, path: str) -> tuple[Provider, str, UpstreamPool] | None:
+        """The provider, its path and the pool a request goes to; None when it has none (answered here)."""
+        # Only a path with /v1 twice, or with no version at the front, can be a wrong base URL: the usual
+        # /v1/... request skips the check.
+        suspect = "/v1/v" in path or not path.startswith(("/v1/", "/v1beta/", "/v1alpha/"))
+        wrong = wrong_base_url(path, self.router.prefixes) if suspect else None
+        if wrong is not None:
+            shape, hint = wrong
+            return self.error(conn, self.router.providers.get(shape), 404, "wrong_base_url", hint)
+        route = self.router.resolve(path, HeaderView(req.headers))
+        if route is None:
+            return self.error(
+                conn,
+                None,
+                404,
+                "unknown_route",
+                "No provider for this path. Use /openai/..., /anthropic/..., /gemini/..., /v1/... (see README).",
+            )
+        provider, up_path = route
+        if provider.multi_origin:
+            # The origin from configuration, chosen by the path (Vertex regions, Azure resources), never a host.
+            located = provider.locate(up_path)
+            if located is None:
+                return self.error(conn, provider, 403, "location_not_allowed", provider.refusal(up_path))
+            pool_name, up_path = located
+            pool = self.pools.get(pool_name)
+        else:
+            pool = self.pools.get(provider.name)
+        if pool is None:
+            return self.error(
+                conn,
+                provider,
+                503,
+                "provider_not_configured",
+                f"Set MODELTRACK_{provider.name.upper()}_BASE_URL to use the /{provider.name} route.",
+            )
+        return provider, up_path, pool
+
+    @staticmethod
+    def _upstream_head(
+        method: str, pool: UpstreamPool, up_path: str, query: str, lines: list[tuple[bytes, bytes]], send: bytes
+    ) -> bytes:
+        """The request line and headers sent upstream: the client's lines (:func:`forward_headers`), the origin's
+        ``Host``, and the length of the body as sent."""
+        origin = pool.origin
+        path = origin.join(up_path) if origin.base_path else up_path
+        up_target = pool.target_prefix + (path + "?" + query if query else path).encode("latin-1")
+        parts = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode("ascii"), up_target, origin.host_header)]
+        if pool.proxy_header:
+            parts.append(pool.proxy_header)
+        parts.extend(b"%s: %s\r\n" % kv for kv in lines)
+        if send or method in _BODY_METHODS:
+            parts.append(b"Content-Length: %d\r\n" % len(send))
+        parts.append(b"\r\n")
+        return b"".join(parts)
 
     def _unreachable(self, conn: Connection, ex: Exchange, pool: UpstreamPool, exc: BaseException) -> None:
         self._fail(conn, ex, 502, "upstream_unreachable", pool.unreachable(ex.provider.name, exc))

@@ -141,3 +141,30 @@ class Router:
         if path.startswith("/v1/"):
             return self.providers["openai"], path
         return None
+
+
+_KINDS: dict[str, str] = {}
+
+
+def endpoint_kind(path: str) -> str:
+    """A bounded name for the operation: ``chat/completions``, ``messages``, ``generateContent``, ``converse``.
+    Memoised (bounded): a service sees a handful of distinct paths over and over."""
+    kind = _KINDS.get(path)
+    if kind is None:
+        if len(_KINDS) >= 4096:
+            _KINDS.clear()
+        kind = _KINDS[path] = _endpoint_kind(path)
+    return kind
+
+
+def _endpoint_kind(path: str) -> str:
+    if ":" in path.rsplit("/", 1)[-1]:
+        return path.rsplit(":", 1)[-1]
+    parts = [p for p in path.split("/") if p]
+    if len(parts) >= 3 and parts[0] == "model":  # bedrock: /model/{id}/{op}
+        return parts[-1]
+    if "deployments" in parts:  # azure: /openai/deployments/{d}/{op...}
+        parts = parts[parts.index("deployments") + 2 :]
+    while parts and (parts[0] in ("v1", "v1beta", "openai", "api", "inference") or parts[0].startswith("v1")):
+        parts = parts[1:]
+    return "/".join(parts[:2]) or "/"
