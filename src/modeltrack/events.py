@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -130,6 +131,16 @@ class CostEvent:
     def from_dict(cls, data: dict[str, Any]) -> CostEvent:
         names = FIELD_NAMES
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def json_lines(events: Sequence[CostEvent]) -> list[bytes]:
+    """Each event's JSON and a newline. Events from the pipeline carry the bytes they were journaled as
+    (``pipeline.Batch.docs``), which every sink and the span exporter take as they are, so no event is encoded
+    twice; a list without them (a replayed batch) is encoded here."""
+    docs: list[bytes] | None = getattr(events, "docs", None)
+    if docs is not None and len(docs) == len(events):
+        return docs
+    return [ev.to_json() + b"\n" for ev in events]
 
 
 FIELD_ORDER = tuple(f.name for f in fields(CostEvent))

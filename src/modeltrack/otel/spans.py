@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from ..events import json_lines
 from ..sched import IDLE, CpuShare, set_idle
 
 if TYPE_CHECKING:
@@ -107,11 +108,8 @@ class SpanExport:
         if not events:
             return
         if not self.queue.full():  # a batch about to be dropped is not encoded first
-            docs: list[bytes] | None = getattr(events, "docs", None)
-            if docs is None or len(docs) != len(events):  # (a replayed batch carries no lines)
-                docs = [ev.to_json() + b"\n" for ev in events]
             with contextlib.suppress(queue.Full):
-                self.queue.put_nowait((len(events), b"".join(docs)))
+                self.queue.put_nowait((len(events), b"".join(json_lines(events))))
                 return
         self.metrics.otel_spans.labels("dropped").inc(len(events))
 

@@ -52,7 +52,7 @@ from typing import Any
 
 import orjson
 
-from ..events import CostEvent
+from ..events import CostEvent, json_lines
 from ..sched import IDLE, set_idle
 from .base import Sink
 
@@ -178,8 +178,7 @@ class ProcessWriter:
             raise remote_error(str(reply["error"]), bool(reply.get("transient")))("in the store writer process")
 
     async def write(self, events: list[CostEvent]) -> None:
-        lines: list[bytes] | None = getattr(events, "docs", None)
-        payload = b"".join(lines) if lines else b"".join(ev.to_json() + b"\n" for ev in events)
+        payload = b"".join(json_lines(events))
         async with self._lock:
             waiting = self.backlog()
             if waiting >= self.behind_after:
