@@ -91,7 +91,7 @@ class SpanExport:
         share = CpuShare()
         self.busy = busy or (lambda: share() >= BUSY_SHARE)
         self._ending = False  # close() was called: nothing is held any more
-        self.queue: queue.Queue[tuple[int, bytes] | None] = queue.Queue(max_queued_batches)  # (events, JSON array)
+        self.queue: queue.Queue[tuple[int, bytes] | None] = queue.Queue(max_queued_batches)  # (events, JSON lines)
         self.worker: subprocess.Popen[bytes] | None = None
         self._lock = threading.Lock()  # the worker is started by the feeder and stopped by close()
         self._closing = False
