@@ -228,7 +228,7 @@ class SpanExport:
             try:
                 self._pace(self._hold())
                 exported, failed = self._send(payload)
-            except Exception as exc:  # noqa: BLE001 - the worker died, or a batch would not encode: never the thread
+            except Exception as exc:  # noqa: BLE001 - the worker died or could not read a batch: never the thread
                 exported, failed = 0, count
                 if isinstance(exc, _Closing) or self._closing:  # close() gave up: logged once, below
                     left += count
