@@ -118,15 +118,19 @@ class Gate:
         token bounds when a TPM limit needed them), a refusal, or None when a limit's lease has run out and
         :meth:`admit` must ask the shared bucket (nothing is taken then). ``reserve``: the controls file's, if
         any."""
-        refused = grant.refusal(model, wall)
-        if refused is not None:
-            return Refusal(*refused)
+        if grant.ruled:
+            refused = grant.refusal(model, wall)
+            if refused is not None:
+                return Refusal(*refused)
         assert self.keyring is not None  # a grant comes from it
         self.keyring.used_now(grant.key_id, wall)
         if not grant.limits:
             return None, None
-        tokens, bounds = self._tokens(grant, body_bytes, body, reserve)
-        taken = self.ratelimiter.take_now(grant.limits, tokens)
+        if grant.tpm:  # (Gate._tokens, inline: once per request with a key)
+            bounds = bound_tokens(body_bytes, body, reserve or RATE_RESERVE)
+            taken = self.ratelimiter.take_now(grant.limits, bounds[0] + bounds[1])
+        else:
+            bounds, taken = None, self.ratelimiter.take_now(grant.limits, 0)
         return None if taken is None else (taken, bounds)
 
     async def admit(

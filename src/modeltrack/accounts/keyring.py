@@ -50,8 +50,13 @@ class Grant:
     """The attribution a request with this key gets (``attrs`` plus ``key_id`` and ``org``): built once here, read
     (never changed) by every request."""
 
+    ruled: bool = field(init=False, compare=False)
+    """The key is revoked, expires or names its models: :meth:`refusal` has something to check (else a request
+    skips the call)."""
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "fixed", {**self.attrs, "key_id": self.key_id, "org": self.org_id})
+        object.__setattr__(self, "ruled", self.revoked or self.expires is not None or bool(self.allowed_models))
 
     def refusal(self, model: str | None, now: float) -> tuple[int, str, str] | None:
         """(status, error type, message) when this key may not make the request, else None."""

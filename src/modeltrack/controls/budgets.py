@@ -300,8 +300,11 @@ class Budgets:
             return
         cost = round(ev.cost_usd * 1e9)
         stamp = ev.timestamp
+        states, now = self._states, self._now()
         for budget in matched:
-            st = self.state(budget)
+            st = states.get(budget.name)
+            if st is None or not st.period.start_ts <= now < st.period.end_ts:
+                st = self.state(budget)  # (its first event, or a new period: the usual event skips the call)
             period = st.period
             if period.lo <= stamp < period.hi:  # Period.contains, inline: once per budgeted event
                 st.pending[ev.request_id] = cost

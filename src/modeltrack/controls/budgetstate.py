@@ -5,7 +5,7 @@ what an admission answers (:class:`Admission`, :class:`Refusal`). The rules that
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..query.times import stamp
 from .spec import Budget
@@ -14,6 +14,27 @@ from .spend import Period
 
 class BudgetState:
     """One budget in one period, in this process."""
+
+    __slots__ = (
+        "alerted",
+        "budget",
+        "full_until",
+        "granted",
+        "holding",
+        "key",
+        "last_use",
+        "lease",
+        "lock",
+        "pending",
+        "pending_total",
+        "period",
+        "refreshed_at",
+        "room",
+        "store_spent",
+        "stored_since",
+        "used",
+        "waiting",
+    )
 
     def __init__(self, budget: Budget, period: Period) -> None:
         self.budget = budget
@@ -64,8 +85,13 @@ class Refusal:
     retry_after: int
 
 
-@dataclass
 class Admission:
-    reservations: list[tuple[BudgetState, int]] = field(default_factory=list)
-    refusal: Refusal | None = None
-    headers: list[str] = field(default_factory=list)
+    """What the budgets answered one request: its reservations (settled when it ends), or a refusal; the warning
+    headers it gets. A plain class with slots: one is made per budgeted request (Budgets.admit_now)."""
+
+    __slots__ = ("headers", "refusal", "reservations")
+
+    def __init__(self, refusal: Refusal | None = None) -> None:
+        self.reservations: list[tuple[BudgetState, int]] = []
+        self.refusal = refusal
+        self.headers: list[str] = []

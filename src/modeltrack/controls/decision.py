@@ -25,21 +25,25 @@ class Plan:
     blocks: bool = False  # a matching budget refuses when spent: the request reserves its worst case
 
 
-@dataclass(slots=True)
 class Decision:
-    """What the controls decided for one request, and what they need to know when it ends."""
+    """What the controls decided for one request, and what they need to know when it ends.
 
-    path: str
-    body: bytes
+    A plain class whose defaults live on the class: the usual controlled request sets three of its eleven fields
+    (Controls.decide_now), so only those are written per request."""
+
     refusal: Refusal | None = None
     route: Route | None = None
     routed_from: str | None = None
     cache_key: str | None = None
     cache_ttl: float = 0.0
     hit: Entry | None = None
-    admission: Admission | None = None
     capture_limit: int = 0  # the largest response the cache keeps (bytes)
     head: bytes = b""  # response header lines the client gets in addition to the upstream's
+
+    def __init__(self, path: str, body: bytes, admission: Admission | None = None) -> None:
+        self.path = path
+        self.body = body
+        self.admission = admission
 
     @property
     def refused(self) -> bool:

@@ -254,7 +254,7 @@ class Controls:
         adm = self.budgets.admit_now(p.budgets, reserve)
         if adm is None:
             return None
-        d = Decision(path, body, admission=adm)
+        d = Decision(path, body, adm)
         if adm.headers:
             d.head = b"".join(b"x-modeltrack-budget: %s\r\n" % header_value(h) for h in adm.headers)
         return d

@@ -176,7 +176,7 @@ def open_rate_ledger(store_url: str, sink: Any) -> RateLedger:
     return MemoryRateLedger()
 
 
-@dataclass
+@dataclass(slots=True)
 class _Lease:
     cells: float = 0.0
     interval: float = 1.0
@@ -192,9 +192,16 @@ class Limit:
     scope: str
     per_minute: int
     unit: str  # "requests" or "tokens"
+    # Worked out once, read per request (RateLimiter.take_now):
+    tokens: bool = field(init=False, compare=False)  # a TPM limit: a request costs its worst-case tokens
+    interval: float = field(init=False, compare=False)  # the bucket's seconds per cell
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tokens", self.unit == "tokens")
+        object.__setattr__(self, "interval", WINDOW / self.per_minute)
 
 
-@dataclass
+@dataclass(slots=True)
 class Ticket:
     """What a request took, to settle TPM to the real tokens."""
 
@@ -225,8 +232,8 @@ class RateLimiter:
         now = time.monotonic()
         for lim in limits:
             lease = leases.get(lim.scope)
-            cost = 1.0 if lim.unit == "requests" else float(max(tokens, 1))
-            if lease is None or lease.cells < cost or lease.interval != WINDOW / lim.per_minute:
+            cost = float(max(tokens, 1)) if lim.tokens else 1.0
+            if lease is None or lease.cells < cost or lease.interval != lim.interval:
                 for done, cells in taken:
                     leases[done.scope].cells += cells
                 return None

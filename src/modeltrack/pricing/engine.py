@@ -60,7 +60,7 @@ class Pricing:
         self._warned: set[str] = set()
         self._plans: dict[tuple[int, datetime, str | None, str | None, tuple[tuple[str, str], ...]], Any] = {}
         self._dearest: dict[tuple[str, datetime], tuple[float, float]] = {}
-        self._linear: dict[tuple[int, int, bool], tuple[Rate, Rate, int]] = {}
+        self._linear: dict[tuple[str, str | None, int], tuple[Rate, Rate, int, Model, bool]] = {}
 
     # --- public API -----------------------------------------------------------------------------------------
 
@@ -243,18 +243,17 @@ class Pricing:
         per model and minute and the bound is two multiplications (it runs for every budgeted request); above it,
         both usages are priced in full. The result is the same either way
         (tests/test_pricing.py::test_the_reservation_bound_is_the_dearer_of_both_full_prices)."""
-        found = self.resolve(provider, model)
-        if found is None:
-            return None
-        m, direct = found
         minute = int(ts // 60)
-        key = (id(m), minute, direct)
-        lin = self._linear.get(key)
+        key = (provider, model, minute)
+        lin = self._linear.get(key)  # one lookup per request: the model as asked for, this minute
         if lin is None:
+            found = self.resolve(provider, model)
+            if found is None:
+                return None
             if len(self._linear) > 4096:
                 self._linear.clear()
-            lin = self._linear[key] = self._linear_rates(m, _ts_minute(minute), direct)
-        r_in, r_out, upto = lin
+            lin = self._linear[key] = (*self._linear_rates(found[0], _ts_minute(minute), found[1]), *found)
+        r_in, r_out, upto, m, direct = lin
         if input_tokens <= upto:
             return float(input_tokens * r_in + output_tokens * r_out) / PICO
         when = _ts_minute(minute)
