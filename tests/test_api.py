@@ -28,7 +28,7 @@ import orjson
 import pytest
 
 from modeltrack.config import ConfigError, Settings
-from modeltrack.events import CostEvent
+from modeltrack.events import CostEvent, rfc3339
 from modeltrack.pricing import Pricing
 from modeltrack.sinks import open_sink
 from modeltrack.ui import create_app
@@ -215,6 +215,30 @@ async def test_the_previous_period_is_compared(store_url: str, aiohttp_client: A
     lo, hi = "2026-11-07T23:00:00", "2026-11-14T23:00:00"
     assert paris["range"] == {"since": lo + ".000Z", "until": hi + ".000Z", "tz": "Europe/Paris"}
     assert paris["total"]["requests"] == len([e for e in events if lo <= e.timestamp < hi])
+
+
+async def test_a_range_reaching_now_reads_today_whole_and_a_past_one_stops_at_its_end(
+    store_url: str, aiohttp_client: Any
+) -> None:
+    """A range that reaches the present is read to the end of its last day (stitch.horizon: nothing is stamped
+    after now, so the day's row holds the same events); one that ends in the past stops at its end."""
+    now = datetime.now(UTC)
+    yesterday = (now - timedelta(days=1)).replace(hour=0, minute=0, second=0, microsecond=0)
+    stamps = [yesterday + timedelta(hours=12), yesterday + timedelta(hours=23), now - timedelta(seconds=5)]
+    events = [replace(e, timestamp=rfc3339(at.timestamp())) for e, at in zip(history(2, 40)[:3], stamps, strict=True)]
+    sink = open_sink(store_url)
+    await sink.open()
+    await sink.write(events)
+    await sink.close()
+    client = await aiohttp_client(create_app(ui_settings(store_url)))
+    for dim in ("team", "user"):  # the attribution rollup and the user one
+        reaching = await get(client, f"/api/v1/breakdown?dimension={dim}&since={yesterday.date()}")
+        assert reaching["total"]["requests"] == 3
+        assert reaching["total"]["cost_usd"] == pytest.approx(usd(events), abs=1e-9)
+        until = (yesterday + timedelta(hours=13)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        past = await get(client, f"/api/v1/breakdown?dimension={dim}&since={yesterday.date()}&until={until}")
+        assert past["total"]["requests"] == 1
+        assert past["total"]["cost_usd"] == pytest.approx(usd(events[:1]), abs=1e-9)
 
 
 # --- sessions -------------------------------------------------------------------------------------------------

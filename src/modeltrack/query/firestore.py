@@ -219,7 +219,7 @@ class FirestoreReader:
         weekly = sl.dim == "user" and not by_hour and self._marks.weeks is not None
         weekly = weekly and not sl.on_a_pin
         if not by_hour and end >= datetime.now(UTC):
-            end = fsplan.horizon(start, end, weekly)
+            end = stitch.horizon(start, end, weekly)
         p = stitch.plan(start, end, by_hour, day_zone)
         if p is None:
             return _rows(await self._cells(sl, "hour", fsplan.hours(start, end), keys, summed, {}), summed)

@@ -83,19 +83,6 @@ def slice_for(f: Filters, group_by: tuple[str, ...]) -> Slice | None:
     return None
 
 
-def horizon(start: datetime, end: datetime, weekly: bool) -> datetime:
-    """Where a range that reaches the present may end instead: at the end of its last UTC day, or of its last
-    week if it holds that week's Monday (``weekly``). An event is stamped when its request was made, so none is
-    stamped after now: extended so, the range holds the same events, and its last day (week) is read from one
-    document instead of an hour's document each (the dashboard's ranges end at the next whole hour)."""
-    last = (end - timedelta(hours=1)).replace(minute=0, second=0, microsecond=0)
-    day = last.replace(hour=0)
-    monday = day - timedelta(days=day.weekday())
-    if weekly and start <= monday:
-        return max(end, monday + timedelta(days=7))
-    return max(end, day + timedelta(days=1))
-
-
 def whole_weeks(days: list[str], since: str) -> tuple[list[str], list[str]]:
     """The UTC weeks (their Mondays) whose seven days are all in ``days`` and that the week documents cover
     (from ``since``, a Monday or ``""``), and the days left to read by day. A week is only read for a question

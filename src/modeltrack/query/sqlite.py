@@ -13,7 +13,7 @@ import sqlite3
 import threading
 from collections.abc import AsyncIterator, Collection
 from dataclasses import replace
-from datetime import datetime, tzinfo
+from datetime import UTC, datetime, tzinfo
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -199,6 +199,8 @@ class SQLiteReader:
             if g not in DIMENSIONS:
                 raise ValueError(g)
         summed = _SUMMED if latency else SUMS
+        if not by_hour and end >= datetime.now(UTC):
+            end = stitch.horizon(start, end, weekly=False)
         table = self._daily_table(f, group_by)
         p = stitch.plan(start, end, by_hour, day_zone) if table is not None else None
         if p is None or table is None:
