@@ -126,11 +126,8 @@ class Gate:
         self.keyring.used_now(grant.key_id, wall)
         if not grant.limits:
             return None, None
-        if grant.tpm:  # (Gate._tokens, inline: once per request with a key)
-            bounds = bound_tokens(body_bytes, body, reserve or RATE_RESERVE)
-            taken = self.ratelimiter.take_now(grant.limits, bounds[0] + bounds[1])
-        else:
-            bounds, taken = None, self.ratelimiter.take_now(grant.limits, 0)
+        tokens, bounds = self._tokens(grant, body_bytes, body, reserve)
+        taken = self.ratelimiter.take_now(grant.limits, tokens)
         return None if taken is None else (taken, bounds)
 
     async def admit(

@@ -130,7 +130,7 @@ def build(
             expires=_epoch(k.get("expires")),
             revoked=bool(k.get("revoked")),
             limits=key_limits,
-            tpm=any(lim.unit == "tokens" for lim in key_limits),
+            tpm=any(lim.tokens for lim in key_limits),
             team_id=team["id"] if team else None,
         )
     return out

@@ -246,12 +246,12 @@ class RateLimiter:
         """Take one request (RPM) or ``tokens`` (TPM, the worst case) from every bucket, or none of them."""
         taken: list[tuple[Limit, float]] = []
         for lim in limits:
-            cost = 1.0 if lim.unit == "requests" else float(max(tokens, 1))
+            cost = float(max(tokens, 1)) if lim.tokens else 1.0
             retry = await self._take(lim, cost)
             if retry is not None:
                 for done, cells in taken:
                     self.leases[done.scope].cells += cells  # back to the lease: nothing was sent
-                what = "requests" if lim.unit == "requests" else "tokens"
+                what = "tokens" if lim.tokens else "requests"
                 return RateRefusal(
                     f"Rate limit {lim.scope.rsplit(':', 1)[0]}: {lim.per_minute:,} {what} per minute; "
                     f"this request needs {cost:,.0f}; retry in {retry} s.",
@@ -261,7 +261,7 @@ class RateLimiter:
         return Ticket(taken)
 
     async def _take(self, lim: Limit, cost: float) -> int | None:
-        interval = WINDOW / lim.per_minute
+        interval = lim.interval
         lease = self.leases.get(lim.scope)
         if lease is None:
             lease = self.leases[lim.scope] = _Lease(interval=interval)
@@ -303,7 +303,7 @@ class RateLimiter:
         if real_tokens is None:
             return
         for lim, cells in ticket.taken:
-            if lim.unit == "tokens":
+            if lim.tokens:
                 self.leases[lim.scope].cells += cells - real_tokens  # may go negative: paid at the next take
 
     def start(self) -> None:
