@@ -340,11 +340,15 @@ async def test_random_team_flood_keeps_series_bounded(replay: Any, tmp_path: Pat
     # Memory is bounded and flat. The heap (anonymous memory, where a leak grows) is 62-77 MB from the first 10k
     # requests on, measured here; it once climbed to 140-160 MB in all: the SQLite sink compiled one multi-row
     # INSERT per batch size and sqlite3 kept 128 of them (sinks/sqlite.py, _chunks). The later samples stay within
-    # 15% of the earlier peak. Mapped files (libraries, the journal's live segment and its spare, 16 MiB each:
+    # 20 MB of the earlier peak: what a store writer starved on a loaded machine leaves queued before it is
+    # promoted (sinks/process.py, four batches behind) raises the heap's high-water mark once, and it stays. Under two
+    # CPU hogs here the queue reached 11,079 events in the last part, +12.3 MB (~1.1 KB each), and CI once saw
+    # +13.9 MB (55 -> 69 MB), which the 15% bound this had failed. A leak of 1 KB a request still fails it over
+    # the last 20,000 requests. Mapped files (libraries, the journal's live segment and its spare, 16 MiB each:
     # journal.py) are counted apart: 16-26 MB here, and what of them is resident moves with the page cache.
     heap = [anon for anon, _ in rss]
     assert max(heap) < 110_000, rss
-    assert max(heap[3:]) < max(heap[:3]) * 1.15, rss
+    assert max(heap[3:]) < max(heap[:3]) + 20_000, rss
     assert max(mapped for _, mapped in rss) < 64_000, rss
     assert len(proxy.events_cli().splitlines()) == n  # events keep every (sanitised) team value
 
