@@ -27,6 +27,7 @@ from .config import ConfigError, Settings
 from .controls import Controls, ControlsSpec
 from .controls.ratelimit import RateLimiter, open_rate_ledger
 from .events import CostEvent
+from .http.coalesce import Coalescer
 from .http.egress import EgressError, route_for
 from .http.limits import Limits
 from .http.message import Request
@@ -125,6 +126,8 @@ class ModelTrack:
             settings.azure_resources,
             settings.bedrock(),
         )
+        self.limits = Limits(settings.max_concurrent_requests, settings.max_buffered_body_bytes)
+        self.coalescer = Coalescer(self.limits)  # one turn's client writes leave together (http.coalesce)
         self.pools = self._pools(settings)
         self.batches = BatchRegistry(sink)
         self.recorder = Recorder(self.pipeline, self.metrics, pricing, settings.access_log, self.batches)
@@ -152,7 +155,6 @@ class ModelTrack:
             ratelimiter=self.ratelimiter,
             provider_keys=ProviderKeys.from_file(settings.provider_keys_file, tuple(self.providers)),
         )
-        self.limits = Limits(settings.max_concurrent_requests, settings.max_buffered_body_bytes)
         self.server_tls = server_tls_context(settings.tls_cert, settings.tls_key)
         self.metrics.queue_capacity.set(settings.queue_size)
         self.connections: set[Connection] = set()
@@ -177,6 +179,7 @@ class ModelTrack:
                     max_connections=settings.upstream_max_connections,
                     max_idle=settings.upstream_max_idle,
                     egress=egress,
+                    coalescer=self.coalescer,
                 )
         return pools
 
@@ -236,6 +239,7 @@ class ModelTrack:
             header_timeout=self.settings.header_timeout,
             limits=self.limits,
             on_close=self.connections.discard,
+            coalescer=self.coalescer,
         )
         self.connections.add(conn)
         return conn

@@ -92,6 +92,7 @@ class RequestReader(ResponseWriter):
 
     def close(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
+            self.flush_held()
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:

@@ -42,6 +42,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol, cast
 
 from ..logs import log_exception_safely
+from .coalesce import Coalescer
 from .limits import Limits
 from .message import Request
 from .reader import MAX_PIPELINED, RequestReader, TunnelEnd
@@ -78,8 +79,12 @@ class Connection(RequestReader):
         header_timeout: float,
         limits: Limits | None = None,
         on_close: Callable[[Connection], None] | None = None,
+        coalescer: Coalescer | None = None,
     ) -> None:
+        """``coalescer``: the process's, to hold the writes made inside upstream reads to the end of the turn
+        (:mod:`modeltrack.http.coalesce`); None writes each at once."""
         super().__init__(max_body=max_body, header_timeout=header_timeout, limits=limits)
+        self._coalescer = coalescer
         self._handler = handler
         self._on_close = on_close
         self.write_paused = False
@@ -169,7 +174,7 @@ class Connection(RequestReader):
                     self.respond_error(req.error)
                 else:
                     if req.expect_continue and req.error is None and self.transport is not None:
-                        self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                        self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
                     try:
                         await self._handler(req, self)
                     except asyncio.CancelledError:
@@ -228,6 +233,7 @@ class Connection(RequestReader):
         self._discarded = 0
         self._reading_paused = False
         t.resume_reading()
+        self.flush_held()
         t.write_eof()
         self._cancel_timer()
         self._timer = self.loop.call_later(LINGER_SECONDS, self.close)

@@ -34,6 +34,7 @@ from typing import Protocol, cast
 
 import httptools
 
+from .coalesce import Coalescer
 from .limits import MAX_HEADER_BYTES
 
 IDLE, BUSY, CLOSED = "idle", "busy", "closed"
@@ -85,8 +86,11 @@ class _OutOfStep(Exception):
 class UpstreamConnection(asyncio.Protocol):
     """One HTTP/1.1 connection to an upstream. Carries one exchange at a time."""
 
-    def __init__(self, pool: Pool) -> None:
+    def __init__(self, pool: Pool, coalescer: Coalescer | None = None) -> None:
+        """``coalescer``: counted in while a read is delivered, so the client writes it causes may be held to
+        the end of the loop's turn (:mod:`modeltrack.http.coalesce`)."""
         self._pool = pool
+        self._coalescer = coalescer
         self._parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.receiver: Receiver | None = None
@@ -164,6 +168,16 @@ class UpstreamConnection(asyncio.Protocol):
             self.close()  # bytes nobody asked for: the connection is out of step
             return
         self._received = True
+        coalescer = self._coalescer
+        if coalescer is None:
+            return self._deliver(data)
+        coalescer.holding += 1
+        try:
+            self._deliver(data)
+        finally:
+            coalescer.holding -= 1
+
+    def _deliver(self, data: bytes) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError:

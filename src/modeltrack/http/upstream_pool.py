@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from .coalesce import Coalescer
 from .egress import EgressRoute, TunnelRefused, open_tunnel
 from .upstream import BUSY, IDLE, UpstreamConnection
 
@@ -140,9 +141,12 @@ class UpstreamPool:
         idle_timeout: float = 30.0,
         egress: EgressRoute | None = None,
         connector: Callable[[UpstreamConnection], Awaitable[None]] | None = None,
+        coalescer: Coalescer | None = None,
     ) -> None:
         """``connector`` opens the socket for a new connection (default: TCP/TLS to the origin, or through the
-        egress proxy); protocol-level tests pass one that attaches a fake transport."""
+        egress proxy); protocol-level tests pass one that attaches a fake transport. ``coalescer``: handed to
+        each connection (:mod:`modeltrack.http.coalesce`)."""
+        self._coalescer = coalescer
         self.origin = origin
         self._tls = tls if origin.scheme == "https" else None
         self._connect_timeout = connect_timeout
@@ -200,7 +204,7 @@ class UpstreamPool:
                 with contextlib.suppress(ValueError):
                     self._waiters.remove(waiter)
         self._open += 1
-        conn = UpstreamConnection(self)
+        conn = UpstreamConnection(self, self._coalescer)
         try:
             async with asyncio.timeout(self._connect_timeout):  # no extra task, unlike wait_for
                 await self._connect(conn)

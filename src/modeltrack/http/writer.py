@@ -7,6 +7,9 @@ clients and close-delimited for HTTP/1.0 ones; nothing is written after a sized 
 (the rest is cut and the connection closed, or the client would read it as the next response); no body and no
 framing header for 1xx, 204 and 304, or for ``HEAD``; ``103 Early Hints`` only to HTTP/1.1 clients; a response
 started after the client left is dropped, never written to a closed transport.
+
+Writes made while upstream reads are delivered may be held to the end of the loop's turn
+(:mod:`modeltrack.http.coalesce`); closing, aborting and half-closing write what is held first.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import asyncio
 import logging
 from collections import deque
 
+from .coalesce import Coalescer
 from .message import REASONS, Request, RequestError, response_head
 
 log = logging.getLogger("modeltrack.http.server")
@@ -35,6 +39,8 @@ class ResponseWriter(asyncio.Protocol):
         self._finished = False
         self._head_only = False
         self._left = -1  # bytes still allowed by a sized response's Content-Length (-1: not sized)
+        self._coalescer: Coalescer | None = None
+        self._unsent: list[bytes | memoryview] | None = None  # writes held to the end of the turn, in order
 
     def informational(self, status: int, reason: bytes, header_block: bytes) -> None:
         """An interim response (``103 Early Hints``) before the final one; HTTP/1.0 clients never get one
@@ -128,9 +134,30 @@ class ResponseWriter(asyncio.Protocol):
         the upstream."""
         self._finished = True
         if self.transport is not None and not self.closed:
+            self.flush_held()
             self.transport.abort() if self._started else self.transport.close()
 
     def _write(self, data: bytes | memoryview) -> None:
         t = self.transport
-        if t is not None and not self.closed and not t.is_closing():
+        if t is None or self.closed or t.is_closing():
+            return
+        unsent = self._unsent
+        if unsent is not None:
+            unsent.append(data)  # behind what is held: a connection's bytes leave in order
+        elif self._coalescer is not None and self._coalescer.hold(self):
+            self._unsent = [data]
+        else:
             t.write(data)
+
+    def flush_held(self) -> None:
+        """Write what is held (the turn ended, or the connection is about to close)."""
+        unsent = self._unsent
+        if unsent is None:
+            return
+        self._unsent = None
+        t = self.transport
+        if t is not None and not self.closed and not t.is_closing():
+            if len(unsent) == 1:
+                t.write(unsent[0])
+            else:
+                t.writelines(unsent)
