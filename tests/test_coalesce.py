@@ -16,7 +16,7 @@ from modeltrack.http.server import Connection
 from modeltrack.http.upstream import UpstreamConnection
 from modeltrack.http.upstream_pool import Origin, UpstreamPool
 
-from .test_protocols import OK, FakeTransport, settle
+from .test_protocols import OK, FakeTransport, send, settle
 
 
 class Relay:
@@ -141,3 +141,81 @@ async def test_a_client_that_left_gets_nothing_and_the_others_get_theirs() -> No
     await asyncio.sleep(0)
     assert t1.buffer == b"" and t2.take() == ANSWER
     rig.release.set()
+
+
+# --- requests, held until the last handler of the turn has started -------------------------------------------
+
+
+class Senders:
+    """Client connections whose handlers each take an upstream connection and send their request at once, as the
+    proxy does when nothing awaits; each notes whether its request had left when ``send`` returned."""
+
+    def __init__(self) -> None:
+        self.rig = Rig()
+        self.left_at_once: list[bool] = []
+        self.upstreams: list[FakeTransport] = []
+
+    async def _handler(self, req: Any, conn: Connection) -> None:
+        up = await self.rig.pool.acquire(fresh=True)
+        t: FakeTransport = up.transport  # type: ignore[assignment]
+        self.upstreams.append(t)
+        up.send(Relay(conn), "POST", b"POST /v1/x HTTP/1.1\r\nHost: up\r\n\r\n", b"{}")
+        self.left_at_once.append(t.buffer != b"")
+        await self.rig.release.wait()
+
+    def clients(self, n: int) -> list[Connection]:
+        """``n`` requests arriving in one read phase: their handlers are created, none has started."""
+        out = []
+        for _ in range(n):
+            conn = Connection(
+                self._handler, max_body=1 << 20, header_timeout=5, limits=self.rig.limits, coalescer=self.rig.coalescer
+            )
+            conn.connection_made(FakeTransport())  # type: ignore[arg-type]
+            conn.data_received(b"POST /v1/x HTTP/1.1\r\nHost: h\r\nContent-Length: 2\r\n\r\n{}")
+            out.append(conn)
+        return out
+
+
+async def test_a_turns_requests_wait_for_its_last_handler_then_leave_together() -> None:
+    s = Senders()
+    s.clients(3)
+    await asyncio.sleep(0)  # the three handlers run their first steps, in order
+    assert s.left_at_once == [False, False, True], "held while a handler of the turn had yet to start"
+    assert all(t.buffer.startswith(b"POST /v1/x HTTP/1.1\r\n") for t in s.upstreams), "all written by then"
+    assert s.rig.coalescer.starting == 0
+    s.rig.release.set()
+
+
+async def test_a_lone_request_is_written_at_once() -> None:
+    s = Senders()
+    s.clients(1)
+    await asyncio.sleep(0)
+    assert s.left_at_once == [True]
+    s.rig.release.set()
+
+
+async def test_a_handler_cancelled_before_it_started_does_not_keep_the_others_waiting() -> None:
+    s = Senders()
+    _, _, gone = s.clients(3)
+    gone.connection_lost(None)  # the client left before its handler ran: that handler never starts
+    await asyncio.sleep(0)
+    assert s.left_at_once == [False, True]
+    assert len(s.upstreams) == 2 and all(t.buffer for t in s.upstreams), "the held request went with the last"
+    assert s.rig.coalescer.starting == 0
+    s.rig.release.set()
+
+
+async def test_a_held_request_whose_connection_closed_was_never_sent_and_may_be_retried() -> None:
+    rig = Rig()
+    rig.limits.admit(0)
+    rig.limits.admit(0)  # two requests in flight
+    rig.coalescer.created()  # and a handler of this turn yet to start
+    up = await rig.pool.acquire(fresh=True)
+    t: FakeTransport = up.transport  # type: ignore[assignment]
+    ex = send(up)
+    assert t.buffer == b""
+    up.connection_lost(None)  # the upstream closed it (an idle keep-alive timeout) before the turn ended
+    t.closed = True
+    assert ex.events == [("error", "bad_response", True)], "provably unsent: the proxy sends it on a fresh one"
+    rig.coalescer.started()  # the turn's flush finds it closed and writes nothing (a write would fail)
+    assert t.buffer == b""

@@ -85,6 +85,7 @@ class RequestReader(ResponseWriter):
         self._broken = False  # the parser failed: what the client sends next is not read
         self._lingering = False  # closing: what the client still sends is read and dropped
         self._discarded = 0
+        self._unstarted = False  # the serving task was created and has not run yet
 
     async def _serve(self) -> None:
         """Answers the queued requests: the connection's (:meth:`modeltrack.http.server.Connection._serve`)."""
@@ -250,7 +251,14 @@ class RequestReader(ResponseWriter):
         if len(queue) >= MAX_PIPELINED:
             self._pause_reading()  # a client pipelining faster than we answer waits in its own buffers
         if self._task is None:
-            self._task = self.loop.create_task(self._serve())
+            self._start_serving()
+
+    def _start_serving(self) -> None:
+        """The task that answers the queue; the coalescer counts it until it starts (:mod:`.coalesce`)."""
+        self._task = self.loop.create_task(self._serve())
+        if self._coalescer is not None:
+            self._unstarted = True
+            self._coalescer.created()
 
     def _check(self, version: str) -> RequestError | None:
         """Requests refused as nginx and aiohttp refuse them, before a byte of their body is read."""
@@ -306,7 +314,7 @@ class RequestReader(ResponseWriter):
         if len(self._queue) >= MAX_PIPELINED:
             self._pause_reading()  # a client pipelining faster than we answer waits in its own buffers
         if self._task is None and not self.closed:
-            self._task = self.loop.create_task(self._serve())
+            self._start_serving()
 
     def _refuse(self, req: Request, error: RequestError) -> None:
         """Answer ``req`` with ``error`` in its turn (after what is already queued), then close."""

@@ -102,6 +102,9 @@ class Connection(RequestReader):
             self.tunnel.client_lost()
         if self._task is not None and not self._task.done():
             self._task.cancel()  # the client is gone: stop the handler (it records what it has)
+            if self._unstarted and self._coalescer is not None:
+                self._unstarted = False
+                self._coalescer.started()  # it never will start: the requests held for it go now
         for req in self._queue:
             self._release(req)
             req._finish()
@@ -164,6 +167,10 @@ class Connection(RequestReader):
 
     async def _serve(self) -> None:
         """Answer queued requests one at a time, in order (HTTP/1.1 pipelining)."""
+        coalescer = self._coalescer
+        if self._unstarted and coalescer is not None:
+            self._unstarted = False
+            coalescer.started()
         try:
             while self._queue and not self.closed:
                 req = self._queue[0]

@@ -88,7 +88,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     def __init__(self, pool: Pool, coalescer: Coalescer | None = None) -> None:
         """``coalescer``: counted in while a read is delivered, so the client writes it causes may be held to
-        the end of the loop's turn (:mod:`modeltrack.http.coalesce`)."""
+        the end of the loop's turn, and asked whether a request should wait for the rest of its turn's
+        (:mod:`modeltrack.http.coalesce`)."""
         self._pool = pool
         self._coalescer = coalescer
         self._parser = httptools.HttpResponseParser(self)
@@ -103,6 +104,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._method = ""
         self._head_request = False
         self._request_bytes = 0
+        self._held: tuple[bytes, bytes] | None = None  # the request, held to the end of the turn
         self._received = False  # any byte of the response arrived
         self._complete = False  # the final response's last byte was parsed
         self._headed = False  # the final response's head was delivered
@@ -129,6 +131,21 @@ class UpstreamConnection(asyncio.Protocol):
         self._close_delimited = False
         self._keep_alive = True
         self._request_bytes = len(head) + len(body)
+        coalescer = self._coalescer
+        if coalescer is not None and coalescer.hold_request(self):
+            self._held = (head, body)  # written with the rest of the turn's requests (http.coalesce)
+        elif body:
+            t.writelines((head, body))
+        else:
+            t.write(head)
+
+    def flush_held(self) -> None:
+        """Write the held request (the turn's last handler started); nothing if the connection closed since."""
+        held, self._held = self._held, None
+        t = self.transport
+        if held is None or t is None or t.is_closing():
+            return
+        head, body = held
         if body:
             t.writelines((head, body))
         else:
@@ -250,7 +267,7 @@ class UpstreamConnection(asyncio.Protocol):
         if self._received:
             return False
         t = self.transport
-        unsent = t is not None and t.get_write_buffer_size() >= self._request_bytes > 0
+        unsent = self._held is not None or (t is not None and t.get_write_buffer_size() >= self._request_bytes > 0)
         return unsent or (self.reused and self._method in _IDEMPOTENT)
 
     # -- httptools callbacks ------------------------------------------------------------------------------
