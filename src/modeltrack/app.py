@@ -127,7 +127,7 @@ class ModelTrack:
             settings.bedrock(),
         )
         self.limits = Limits(settings.max_concurrent_requests, settings.max_buffered_body_bytes)
-        self.coalescer = Coalescer(self.limits)  # one turn's client writes leave together (http.coalesce)
+        self.coalescer = Coalescer(self.limits)  # one loop turn's writes leave together (http.coalesce)
         self.pools = self._pools(settings)
         self.batches = BatchRegistry(sink)
         self.recorder = Recorder(self.pipeline, self.metrics, pricing, settings.access_log, self.batches)

@@ -81,7 +81,8 @@ class Connection(RequestReader):
         on_close: Callable[[Connection], None] | None = None,
         coalescer: Coalescer | None = None,
     ) -> None:
-        """``coalescer``: the process's, to hold the writes made inside upstream reads to the end of the turn
+        """``coalescer``: the process's, which holds the writes made inside upstream reads to the end of the
+        turn, and counts this connection's handler from its creation to its start, for the requests it holds
         (:mod:`modeltrack.http.coalesce`); None writes each at once."""
         super().__init__(max_body=max_body, header_timeout=header_timeout, limits=limits)
         self._coalescer = coalescer
