@@ -68,7 +68,7 @@ class Coalescer:
         self.starting = 0  # handlers created and not yet started
 
     # -- responses, held from upstream reads ----------------------------------------------------------------
-    def hold(self, conn: Held) -> bool:
+    def hold_response(self, conn: Held) -> bool:
         """Whether a client connection's write should be held (it then keeps it, and is flushed at the end of
         the turn)."""
         if not self.holding or self._limits.requests < 2:

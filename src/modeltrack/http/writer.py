@@ -144,7 +144,7 @@ class ResponseWriter(asyncio.Protocol):
         unsent = self._unsent
         if unsent is not None:
             unsent.append(data)  # behind what is held: a connection's bytes leave in order
-        elif self._coalescer is not None and self._coalescer.hold(self):
+        elif self._coalescer is not None and self._coalescer.hold_response(self):
             self._unsent = [data]
         else:
             t.write(data)
