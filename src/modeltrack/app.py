@@ -33,7 +33,7 @@ from .http.limits import Limits
 from .http.message import Request
 from .http.server import Connection
 from .http.upstream_pool import Origin, UpstreamPool
-from .metrics import Metrics, exposition
+from .metrics import WORKER_FOLD_SECONDS, Metrics, exposition
 from .otel import MetricsMirror, SpanExport
 from .pipeline import Pipeline
 from .pricing import Pricing
@@ -108,6 +108,7 @@ class ModelTrack:
             )
         self.spans: SpanExport | None = None
         self.metrics_mirror: MetricsMirror | None = None
+        self._fold_task: asyncio.Task[None] | None = None
         if settings.otel is not None:
             self.spans = SpanExport(settings.otel, self.metrics)
             if settings.otel_metrics:
@@ -185,6 +186,10 @@ class ModelTrack:
 
     async def start(self) -> None:
         await self.pipeline.start()
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self._fold_task = asyncio.create_task(
+                self.metrics.fold_every(WORKER_FOLD_SECONDS), name="modeltrack-metrics-fold"
+            )
         if self.keyring is not None:
             await self.keyring.start()
         self.ratelimiter.start()
@@ -308,7 +313,7 @@ class ModelTrack:
                 return conn.respond(401, b'{"error":{"type":"unauthorized","message":"metrics need a bearer token"}}')
         self.metrics.queue_depth.set(self.pipeline.depth)
         self.metrics.store_up.set(0 if self.pipeline.failing_since is not None else 1)
-        conn.respond(200, exposition(self.metrics.registry), _METRICS_TYPE)
+        conn.respond(200, exposition(self.metrics), _METRICS_TYPE)
 
     # -- shutdown -----------------------------------------------------------------------------------------
     def stop_accepting(self) -> None:
@@ -348,6 +353,10 @@ class ModelTrack:
             await asyncio.to_thread(self.spans.close)
         if self.metrics_mirror is not None:
             await asyncio.to_thread(self.metrics_mirror.close)
+        if self._fold_task is not None:
+            self._fold_task.cancel()  # (it folds once more as it ends: a worker's last requests are counted)
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._fold_task
 
     def _on_stored(self) -> Callable[[list[CostEvent]], None] | None:
         """Who hears of each batch the store accepted: the budgets (their spend between two reads of the store)

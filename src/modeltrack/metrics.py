@@ -3,12 +3,22 @@
 Label values are bounded: each attribution label keeps at most ``label_cap`` distinct values; later values are
 folded into ``__other__`` and counted in ``modeltrack_label_values_folded_total``. Values are sanitised
 (control characters removed, length capped) before they can reach the exposition.
+
+The per-request series (requests, tokens, cost, savings, the duration, overhead and TTFT histograms) are tallied
+in plain lists and folded into prometheus-client's instruments when something reads them (issue O): an
+instrument's ``inc`` takes a lock per call, eight calls a request. Every reader of the registry sees the folded
+values (:class:`_Fold` is the registry's first collector); with ``--workers`` each worker folds every
+``WORKER_FOLD_SECONDS`` and before it exits, so another worker's scrape is at most that far behind
+(tests/test_workers.py scrapes 0.5 s after its last request). The folded exposition is the same, sample
+for sample, as observing each request directly (tests/test_metrics.py::test_tallies_fold_into_the_same_exposition).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import threading
+from bisect import bisect_left
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
@@ -24,14 +34,29 @@ _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 
 _TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 
 
-def exposition(registry: CollectorRegistry) -> bytes:
+INF = float("inf")
+WORKER_FOLD_SECONDS = 0.25
+# A tally's slots: the counters, then each histogram's buckets (+Inf last) and its sum.
+_COUNTED: tuple[str, ...] = ("requests", "input", "output", "cache_read", "cache_write", "reasoning", "cost")
+_COUNTED += ("prompt_savings", "savings", "unpriced")
+_DUR_BOUNDS = (*_DURATION_BUCKETS, INF)
+_OVER_BOUNDS = (*_OVERHEAD_BUCKETS, INF)
+_TTFT_BOUNDS = (*_TTFT_BUCKETS, INF)
+_DUR = len(_COUNTED)
+_OVER = _DUR + len(_DUR_BOUNDS) + 1
+_TTFT = _OVER + len(_OVER_BOUNDS) + 1
+_SLOTS = _TTFT + len(_TTFT_BOUNDS) + 1
+
+
+def exposition(metrics: Metrics) -> bytes:
     """The /metrics body: this process's registry, or — with ``--workers`` (``PROMETHEUS_MULTIPROC_DIR`` set) —
     every worker's values summed by prometheus-client's multiprocess collector."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        metrics.fold()  # this worker's own tallies, now; the others fold every WORKER_FOLD_SECONDS
         combined = CollectorRegistry()
         multiprocess.MultiProcessCollector(combined)  # type: ignore[no-untyped-call]
         return generate_latest(combined)
-    return generate_latest(registry)
+    return generate_latest(metrics.registry)
 
 
 def sanitize(value: str | None, limit: int = MAX_LABEL_LEN) -> str:
@@ -68,6 +93,9 @@ class Metrics:
     def __init__(self, label_cap: int = 100, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        self._lock = threading.Lock()  # the tallies: written on the loop, folded by any reader's thread
+        self._dirty: list[_Series] = []
+        r.register(_Fold(self))  # first, so every collect() of the registry folds before it reads
         attr = ("provider", "model", "team", "app", "feature")
         self.requests = Counter(
             "modeltrack_requests", "Proxied requests.", (*attr, "endpoint", "status_class", "stream"), registry=r
@@ -226,40 +254,82 @@ class Metrics:
 
     def observe(self, ev: CostEvent, overhead_s: float, endpoint_kind: str, savings_usd: float = 0.0) -> None:
         """Count one event. The label work (sanitising, capping, child lookup) is done once per distinct label
-        combination and cached: per event this is a dict lookup and a few ``inc``/``observe`` calls."""
+        combination and cached; per event this adds to the series' tally (:meth:`fold` moves it into the
+        instruments)."""
         status_class = f"{ev.status // 100}xx" if ev.status else "error"
         key = (ev.provider, ev.model, ev.team, ev.app, ev.feature, endpoint_kind, status_class, ev.stream)
         series = self._series.get(key)
         if series is None:
             if len(self._series) >= 10_000:
+                self.fold()
                 self._series.clear()  # bounded: raw values (before capping) could be anything
             series = self._series[key] = self._make_series(ev, endpoint_kind, status_class)
-        series.requests.inc()
         for fold in series.folds:
             fold.inc()
-        c = series.children
-        if ev.input_tokens:
-            (c.get("input") or self._lazy(series, "input")).inc(ev.input_tokens)
-        if ev.output_tokens:
-            (c.get("output") or self._lazy(series, "output")).inc(ev.output_tokens)
-        if ev.cache_read_tokens:
-            (c.get("cache_read") or self._lazy(series, "cache_read")).inc(ev.cache_read_tokens)
-        if ev.cache_write_tokens:
-            (c.get("cache_write") or self._lazy(series, "cache_write")).inc(ev.cache_write_tokens)
-        if ev.reasoning_tokens:
-            (c.get("reasoning") or self._lazy(series, "reasoning")).inc(ev.reasoning_tokens)
-        if ev.cost_usd:
-            (c.get("cost") or self._lazy(series, "cost")).inc(ev.cost_usd)
-        if savings_usd:
-            (c.get("prompt_savings") or self._lazy(series, "prompt_savings")).inc(savings_usd)
-        if ev.saved_usd:
-            (c.get("savings") or self._lazy(series, "savings")).inc(ev.saved_usd)
-        if ev.cost_source == "unpriced":
-            (c.get("unpriced") or self._lazy(series, "unpriced")).inc()
-        series.duration.observe(ev.latency_ms / 1000.0)
-        if ev.ttft_ms is not None:
-            (c.get("ttft") or self._lazy(series, "ttft")).observe(ev.ttft_ms / 1000.0)
-        series.overhead.observe(max(overhead_s, 0.0))
+        duration = ev.latency_ms / 1000.0
+        overhead = max(overhead_s, 0.0)
+        with self._lock:
+            t = series.tally
+            t[0] += 1
+            if ev.input_tokens:
+                t[1] += ev.input_tokens
+            if ev.output_tokens:
+                t[2] += ev.output_tokens
+            if ev.cache_read_tokens:
+                t[3] += ev.cache_read_tokens
+            if ev.cache_write_tokens:
+                t[4] += ev.cache_write_tokens
+            if ev.reasoning_tokens:
+                t[5] += ev.reasoning_tokens
+            if ev.cost_usd:
+                t[6] += ev.cost_usd
+            if savings_usd:
+                t[7] += savings_usd
+            if ev.saved_usd:
+                t[8] += ev.saved_usd
+            if ev.cost_source == "unpriced":
+                t[9] += 1
+            t[_DUR + bisect_left(_DUR_BOUNDS, duration)] += 1
+            t[_OVER - 1] += duration
+            t[_OVER + bisect_left(_OVER_BOUNDS, overhead)] += 1
+            t[_TTFT - 1] += overhead
+            if ev.ttft_ms is not None:
+                ttft = ev.ttft_ms / 1000.0
+                t[_TTFT + bisect_left(_TTFT_BOUNDS, ttft)] += 1
+                t[-1] += ttft
+            if not series.dirty:
+                series.dirty = True
+                self._dirty.append(series)
+
+    def fold(self) -> None:
+        """Move every tally into its instruments (thread-safe; called by any reader of the registry)."""
+        with self._lock:
+            dirty, self._dirty = self._dirty, []
+            for series in dirty:
+                series.dirty = False
+                t, series.tally = series.tally, [0.0] * _SLOTS
+                self._fold(series, t)
+
+    def _fold(self, series: _Series, t: list[float]) -> None:
+        series.requests.inc(t[0])
+        for i, name in enumerate(_COUNTED[1:], 1):
+            if t[i]:
+                (series.children.get(name) or self._lazy(series, name)).inc(t[i])
+        _fold_histogram(series.duration, t, _DUR, len(_DUR_BOUNDS))
+        _fold_histogram(series.overhead, t, _OVER, len(_OVER_BOUNDS))
+        if any(t[_TTFT : _TTFT + len(_TTFT_BOUNDS)]):
+            _fold_histogram(series.children.get("ttft") or self._lazy(series, "ttft"), t, _TTFT, len(_TTFT_BOUNDS))
+
+    async def fold_every(self, seconds: float) -> None:
+        """With ``--workers``: fold every ``seconds`` (another worker's scrape reads this one's files)."""
+        import asyncio
+
+        try:
+            while True:
+                await asyncio.sleep(seconds)
+                self.fold()
+        finally:
+            self.fold()
 
     def _lazy(self, series: _Series, name: str) -> Any:
         """A child that not every event touches, created on its first use (a child is exported, as 0, from the
@@ -299,9 +369,34 @@ class Metrics:
         )
 
 
+def _fold_histogram(child: Any, t: list[float], at: int, n: int) -> None:
+    """Add a tally's bucket counts and sum to a prometheus-client histogram child. prometheus-client has no public
+    call for "n observations in bucket i" (``observe`` takes one value); its ``_buckets`` (per-bucket counts,
+    +Inf last) and ``_sum`` are what ``observe`` adds to, in 0.x (pinned; the test above compares the two)."""
+    for i in range(n):
+        if t[at + i]:
+            child._buckets[i].inc(t[at + i])
+    child._sum.inc(t[at + n])
+
+
+class _Fold:
+    """A collector with no samples of its own: collecting it folds the tallies, before the instruments are read."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> list[Any]:
+        self.metrics.fold()
+        return []
+
+
 @dataclass(slots=True)
 class _Series:
-    """The metric children for one label combination; ``children`` holds those created on first use."""
+    """The metric children for one label combination; ``children`` holds those created on first use; ``tally``
+    what was counted since the last fold (slots: ``_COUNTED``, then each histogram's buckets and sum)."""
 
     requests: Any
     duration: Any
@@ -309,3 +404,5 @@ class _Series:
     folds: tuple[Any, ...]
     labels: tuple[str, ...]
     children: dict[str, Any]
+    tally: list[float] = field(default_factory=lambda: [0.0] * _SLOTS)
+    dirty: bool = False
