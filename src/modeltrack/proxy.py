@@ -284,8 +284,8 @@ class Proxy:
                     return self._fail(conn, ex, 503, "upstream_pool_exhausted", "Every upstream connection is busy.")
                 except TimeoutError:
                     return self._fail(conn, ex, 504, "upstream_timeout", "The upstream did not answer in time.")
-                except OSError as exc:
-                    return self._unreachable(conn, ex, pool, exc)
+                except OSError as unreachable:
+                    return self._unreachable(conn, ex, pool, unreachable)
                 ex.upstream = upstream
                 conn.flow = ex
                 try:

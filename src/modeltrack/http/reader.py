@@ -55,6 +55,8 @@ _SYNTHETIC = {
 class RequestReader(ResponseWriter):
     """Parses the client's bytes into ``_queue``; the connection's ``_serve`` task answers what is queued."""
 
+    __deletable__ = ["_parser"]  # (compiled, an attribute can be deleted only if named here: Connection does)
+
     def __init__(self, *, max_body: int, header_timeout: float, limits: Limits | None) -> None:
         super().__init__()
         self._max_body = max_body
@@ -111,8 +113,8 @@ class RequestReader(ResponseWriter):
             return
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as exc:
-            self._resume_after_upgrade(data[exc.args[0] :])
+        except httptools.HttpParserUpgrade as upgrade:
+            self._resume_after_upgrade(data[upgrade.args[0] :])
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _StopParsing):
                 return

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 import orjson
+from mypy_extensions import mypyc_attr
 
 from ..usage import Usage
 
@@ -72,6 +73,7 @@ class BodyView(Protocol):
     def flush(self) -> bytes: ...
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # (scripts/compile: the providers' plug-ins subclass it)
 class Provider:
     """Base class; subclasses override what differs. Instances are stateless and shared across requests."""
 

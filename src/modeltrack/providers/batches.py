@@ -92,7 +92,7 @@ class FreeMeter:
     """An endpoint that is never billed (file uploads, listings, downloads): the body streams through unread;
     an error answer is read for its code."""
 
-    __slots__ = ("_error", "info", "status")
+    # (No __slots__: SpeechMeter, compiled by scripts/compile, extends it, and mypyc refuses an inherited one.)
 
     ended = False
 

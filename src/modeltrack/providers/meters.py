@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from ..wire.sse import SSEEvent, SSESplitter
 from .base import MeterResult, RequestInfo, error_code, loads
 
@@ -16,6 +18,7 @@ MAX_JSON_BODY = 64 * 1024 * 1024
 """Non-streaming bodies are kept (as references to the chunks, not copied) up to this size for metering."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # (scripts/compile: the providers' plug-ins subclass it)
 class JSONBodyMeter:
     """Meters a non-streaming JSON response: collect chunk references, parse once at the end."""
 
@@ -68,6 +71,7 @@ class JSONBodyMeter:
         raise NotImplementedError
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # (scripts/compile: the providers' plug-ins subclass it)
 class SSEMeter:
     """Meters an SSE response. Subclasses implement ``on_event`` (cheap: byte checks first) and ``result``."""
 

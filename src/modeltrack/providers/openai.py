@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from mypy_extensions import mypyc_attr
+
 from ..usage import Usage, as_int
 from ..wire.multipart import file_part, text_field
 from ..wire.sse import SSEEvent
@@ -302,8 +304,6 @@ class SpeechMeter(FreeMeter):
     count comes from the request (extracted in :meth:`OpenAI.request_info`; the body itself is never kept), and
     the audio streams through unread. An error answer is JSON and is read for its code."""
 
-    __slots__ = ()
-
     def finish(self, complete: bool) -> MeterResult:
         if self.status >= 400:
             return self.error_result(self.info.model)
@@ -319,6 +319,7 @@ class SpeechMeter(FreeMeter):
         )
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # (scripts/compile: the providers' plug-ins subclass it)
 class OpenAI(Provider):
     name = "openai"
     default_base_url = "https://api.openai.com"

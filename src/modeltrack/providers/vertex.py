@@ -50,7 +50,6 @@ def region_origin(region: str) -> str:
 class Vertex(Provider):
     name = "vertex"
     default_base_url = ""
-    multi_origin = True
 
     def __init__(
         self,
@@ -60,6 +59,9 @@ class Vertex(Provider):
         inject_stream_usage: bool | None = None,
     ) -> None:
         super().__init__(base_url, inject_stream_usage)
+        # Set here, not as a class attribute: Provider is compiled (scripts/compile), and a compiled base's
+        # instance attribute hides a subclass's class attribute of the same name.
+        self.multi_origin = True
         self.regions = tuple(regions)
         self.projects = frozenset(projects)
         self._gemini = Gemini()
