@@ -17,6 +17,14 @@ from .faults import BigQueryEmulator, FirestoreEmulator, RedisServer, Tinyproxy,
 from .replay import ReplayUpstream
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Never test a compiled module older than its source (modeltrack/native.py): the old code would run."""
+    from modeltrack import native
+
+    if changed := native.stale():
+        pytest.exit(native.stale_message(changed), returncode=2)
+
+
 @pytest.fixture
 async def replay(aiohttp_server: Any) -> AsyncIterator[tuple[ReplayUpstream, str]]:
     upstream = ReplayUpstream()

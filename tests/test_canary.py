@@ -184,28 +184,26 @@ async def test_canaries_through_timeouts_disconnects_and_a_spooled_shutdown(repl
         assert key.encode() not in blob, f"key leaked into {where}"
 
 
-# The client asks for the usage chunk itself, so the proxy injects nothing and the bytes must match exactly.
-ASKS_FOR_USAGE = b'{"stream":true,"stream_options":{"include_usage":true}}'
-
-
 async def test_a_crashing_meter_costs_the_usage_not_the_event(
     replay: Any, make_proxy: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from modeltrack.providers.meters import SSEMeter
+    # Anthropic's stream meter: an interpreted class (OpenAI's is compiled by scripts/compile, and a compiled
+    # class's methods cannot be replaced).
+    from modeltrack.providers.anthropic import AnthropicStreamMeter
 
     secret_output = "response text that must never be logged"
 
-    def explode(self: SSEMeter, complete: bool) -> None:
+    def explode(self: AnthropicStreamMeter, complete: bool) -> None:
         raise ValueError(f"cannot parse {secret_output!r}")
 
-    monkeypatch.setattr(SSEMeter, "finish", explode)
+    monkeypatch.setattr(AnthropicStreamMeter, "finish", explode)
     upstream, upstream_url = replay
-    upstream.current = load("test_openai__test_run_stream_sync_streams_real_model")
+    upstream.current = load("test_anthropic__test_anthropic_model_web_search_tool_stream")
     proxy = await make_proxy(upstream_url)
     with caplog.at_level(logging.DEBUG):
         async with (
             aiohttp.ClientSession() as s,
-            s.post(proxy.url + "/v1/chat/completions", data=ASKS_FOR_USAGE) as r,
+            s.post(proxy.url + "/v1/messages", data=b'{"stream":true}') as r,
         ):
             body = await r.read()
     assert r.status == 200 and body == upstream.current.body  # the client is unaffected

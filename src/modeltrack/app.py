@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from . import native
 from .access import ClientTokens
 from .accounting import Recorder
 from .accounts import KeyRing, open_accounts
@@ -227,6 +228,7 @@ class ModelTrack:
             + (" (token)" if s.metrics_token else ""),
             f"ui_port={s.ui_port}",
             f"workers={s.workers}",
+            f"compiled={len(native.compiled())} modules (scripts/compile)",
             f"store={describe_store(s.store)}",
             f"journal={'on' if s.journal else 'off'}",
             f"client_tokens={'on' if self.proxy.gate.client_tokens else 'off'}",

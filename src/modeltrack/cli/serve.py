@@ -28,7 +28,11 @@ def add_parser(sub: Any) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
+    from .. import native
 
+    if changed := native.stale():
+        print(f"modeltrack: {native.stale_message(changed)}", file=sys.stderr)
+        return 2
     overrides = {k: v for k, v in vars(args).items() if k not in ("cmd", "func", "sub")}
     try:
         settings = Settings.load(overrides=overrides)
