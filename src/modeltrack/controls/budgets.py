@@ -97,7 +97,7 @@ class Budgets:
                 b.period,
                 b.timezone,
             ):
-                old.budget = b
+                old.bind(b)
                 kept[b.name] = old
         self.budgets = new
         self._states = kept
@@ -108,7 +108,7 @@ class Budgets:
         st = self._states.get(budget.name)
         if st is not None:
             now = self._now()
-            if st.period.start_ts <= now < st.period.end_ts:
+            if st.start_ts <= now < st.end_ts:
                 return st
         st = self._states[budget.name] = BudgetState(budget, Period.of(budget, self.clock()))
         return st
@@ -134,22 +134,23 @@ class Budgets:
         coroutine per request (tests/test_budget_bounds.py::test_the_lease_is_reserved_from_without_awaiting)."""
         adm = Admission()
         now = self._now()
+        states = self._states
         for budget in matched:
-            st = self._states.get(budget.name)
-            if st is None or st.refreshed_at is None or not st.period.start_ts <= now < st.period.end_ts:
+            st = states.get(budget.name)
+            if st is None or st.refreshed_at is None or not st.start_ts <= now < st.end_ts:
                 self.release(adm)
                 return None
             spent = st.store_spent + st.pending_total
-            if budget.action == "block":
-                if spent >= budget.limit_nano or (reserve_nano > 0 and st.granted - st.used < reserve_nano):
+            if st.block:
+                if spent >= st.limit_nano or (reserve_nano > 0 and st.granted - st.used < reserve_nano):
                     self.release(adm)
                     return None
                 if reserve_nano > 0:
                     st.used += reserve_nano
                     st.last_use = time.monotonic()
                     adm.reservations.append((st, reserve_nano))
-            if budget.warn_at and spent >= budget.warn_at[0] / 100 * budget.limit_nano:
-                adm.headers.append(st.header())
+            if 0 <= st.warn_from <= spent:
+                adm.headers += (st.header(),)
         return adm
 
     async def admit(self, matched: Iterable[Budget], reserve_nano: int) -> Admission:
@@ -171,8 +172,8 @@ class Budgets:
                 if refusal is not None:
                     self.release(adm)
                     return Admission(refusal=refusal)
-            if budget.warn_at and st.spent >= budget.warn_at[0] / 100 * budget.limit_nano:
-                adm.headers.append(st.header())
+            if 0 <= st.warn_from <= st.spent:
+                adm.headers += (st.header(),)
         return adm
 
     async def _reserve(self, st: BudgetState, need: int, adm: Admission) -> Refusal | None:
@@ -299,25 +300,26 @@ class Budgets:
         if not matched:
             return
         cost = round(ev.cost_usd * 1e9)
-        stamp = ev.timestamp
+        stamp, rid = ev.timestamp, ev.request_id
         states, now = self._states, self._now()
         for budget in matched:
             st = states.get(budget.name)
-            if st is None or not st.period.start_ts <= now < st.period.end_ts:
+            if st is None or not st.start_ts <= now < st.end_ts:
                 st = self.state(budget)  # (its first event, or a new period: the usual event skips the call)
-            period = st.period
-            if period.lo <= stamp < period.hi:  # Period.contains, inline: once per budgeted event
-                st.pending[ev.request_id] = cost
+            if st.lo <= stamp < st.hi:  # Period.contains, inline: once per budgeted event
+                st.pending[rid] = cost
                 st.pending_total += cost
-                if budget.warn_at:
+                if st.warn_from >= 0:
                     self._check_thresholds(st)
 
     def on_stored(self, events: Iterable[CostEvent]) -> None:
         if not self._states:
             return
+        states = tuple(self._states.values())
         for ev in events:
-            for st in self._states.values():
-                cost = st.pending.pop(ev.request_id, None)
+            rid = ev.request_id
+            for st in states:
+                cost = st.pending.pop(rid, None)
                 if cost is not None:
                     st.pending_total -= cost
                     st.store_spent += cost

@@ -13,32 +13,47 @@ from .spend import Period
 
 
 class BudgetState:
-    """One budget in one period, in this process."""
+    """One budget in one period, in this process.
+
+    What every budgeted request reads (the budget's name, action, limit and first warning threshold, the
+    period's bounds) is copied here from the frozen :class:`Budget` and :class:`Period` (:meth:`bind`): this class
+    is compiled (scripts/compile), so each read is a native field, not an interpreted object's attribute lookup
+    (a dozen of those were a third of a budget's cost on the request path, bench/README.md)."""
 
     __slots__ = (
         "alerted",
+        "block",
         "budget",
+        "end_ts",
         "full_until",
         "granted",
+        "hi",
         "holding",
         "key",
         "last_use",
         "lease",
+        "limit_nano",
+        "lo",
         "lock",
+        "name",
         "pending",
         "pending_total",
         "period",
         "refreshed_at",
         "room",
+        "start_ts",
         "store_spent",
         "stored_since",
         "used",
         "waiting",
+        "warn_from",
     )
 
     def __init__(self, budget: Budget, period: Period) -> None:
-        self.budget = budget
         self.period = period
+        self.start_ts, self.end_ts = period.start_ts, period.end_ts  # epoch seconds: the admission's check
+        self.lo, self.hi = period.lo, period.hi  # stored timestamps: the recorded event's check
+        self.bind(budget)
         self.key = f"{budget.name}|{stamp(period.start)}"
         self.store_spent = 0
         self.refreshed_at: float | None = None
@@ -55,6 +70,15 @@ class BudgetState:
         self.stored_since = 0  # this process's spend that reached the store since its last heartbeat
         self.lock = asyncio.Lock()
         self.alerted: set[float] = set()
+
+    def bind(self, budget: Budget) -> None:
+        """The budget's definition (again, after a reload that changed its limit or thresholds)."""
+        self.budget = budget
+        self.name = budget.name
+        self.block = budget.action == "block"
+        self.limit_nano = budget.limit_nano
+        # The spend from which a request gets the warning header (-1: the budget has no threshold).
+        self.warn_from = budget.warn_at[0] / 100 * self.limit_nano if budget.warn_at else -1.0
 
     @property
     def spent(self) -> int:
@@ -94,4 +118,4 @@ class Admission:
     def __init__(self, refusal: Refusal | None = None) -> None:
         self.reservations: list[tuple[BudgetState, int]] = []
         self.refusal = refusal
-        self.headers: list[str] = []
+        self.headers: tuple[str, ...] = ()  # (a tuple: most admissions warn of nothing, and () is not allocated)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import time as dtime
-from functools import cached_property
 
 from .match import Scope
 
@@ -41,10 +40,10 @@ class Budget:
     action: str = "block"  # block | warn
     webhook: str | None = None
     on_store_error: str = "open"
+    limit_nano: int = field(init=False, repr=False, compare=False)
 
-    @cached_property
-    def limit_nano(self) -> int:
-        return round(self.limit_usd * 1e9)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "limit_nano", round(self.limit_usd * 1e9))
 
 
 @dataclass(frozen=True)
