@@ -76,6 +76,23 @@ async def test_only_digests_are_stored(admin: Admin, store_url: str) -> None:
     assert secret[3:20].encode() not in everything  # not even a part beyond the display prefix
 
 
+async def test_the_key_lookup_digest_is_sha256(admin: Admin) -> None:
+    """The request path digests a presented key with CPython's built-in SHA-256, not OpenSSL's (modeltrack.accounts
+    .keyring.sha256): the same digest as the stored one, so an issued key is found and a near miss is not."""
+    from modeltrack.accounts.keyring import KeyRing, sha256
+
+    for data in (b"", b"mt_", b"x" * 55, b"y" * 64, os.urandom(1 << 20)):
+        assert sha256(data).digest() == hashlib.sha256(data).digest()
+    team, _ = await admin.create(OP, "teams", {"name": "lookup"})
+    key, secret = await admin.create(OP, "keys", {"name": "ci", "team_id": team["id"]})
+    assert secret is not None
+    ring = KeyRing(admin.store)
+    assert await ring.refresh()
+    grant = ring.lookup(secret.encode())
+    assert grant is not None and grant.key_id == key["id"]
+    assert ring.lookup(secret[:-1].encode() + (b"A" if secret[-1] != "A" else b"B")) is None
+
+
 async def test_every_mistake_is_a_json_error_that_says_what(admin: Admin) -> None:
     cases = [
         ("teams", {}, "name: required"),
