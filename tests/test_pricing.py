@@ -383,3 +383,38 @@ def test_the_reservation_bound_is_the_dearer_of_both_full_prices(provider: str) 
                 checked += 1
                 assert abs(got - max(plain, written)) <= 1e-9 * max(1.0, got), (model, ts, inp, out)
     assert checked >= 9 * len(models), (checked, len(models))  # (a few ids resolve to nothing)
+
+
+def test_rounding_matches_the_builtin() -> None:
+    """modeltrack.rounding replaces ``round`` on the request path: ``nearest`` gives exactly ``round(x)`` (halves
+    to even; the same errors for NaN and infinities), and ``nano_usd`` gives the pico-dollar amount rounded to the
+    nano-dollar on its exact value, as Decimal does, halves to even. That is ``round(pico / 1e12, 9)``, the old
+    formula, except where the float quotient's own error decided a tie."""
+    import random
+    from decimal import ROUND_HALF_EVEN
+    from fractions import Fraction
+
+    from modeltrack.rounding import nano_usd, nearest
+
+    rng = random.Random(7)
+    floats = [rng.uniform(-1e7, 1e7) for _ in range(20_000)]
+    floats += [rng.randint(-(10**6), 10**6) + h for h in (0.5, -0.5, 0.25, 0.75, 0.0) for _ in range(2_000)]
+    floats += [rng.random() * 10 ** rng.randint(0, 18) for _ in range(5_000)] + [0.0, -0.0, 0.5, -0.5, 1.5, 2.5]
+    assert [nearest(x) for x in floats] == [round(x) for x in floats]
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises((ValueError, OverflowError)) as builtin:
+            round(bad)
+        with pytest.raises(builtin.type):
+            nearest(bad)
+
+    def exact(pico: int | Fraction) -> float:
+        d = Decimal(pico.numerator) / Decimal(pico.denominator) if isinstance(pico, Fraction) else Decimal(pico)
+        return float((d / 10**12).quantize(Decimal("1e-9"), rounding=ROUND_HALF_EVEN))
+
+    picos: list[int | Fraction] = [rng.randint(0, 10 ** rng.randint(1, 18)) for _ in range(20_000)]
+    picos += [rng.randint(0, 10**12) * 1000 + 500 for _ in range(2_000)]  # ties: half go each way
+    picos += [-p for p in picos[:2_000]] + [Fraction(rng.randint(0, 10**12), rng.randint(1, 9)) for _ in range(2_000)]
+    picos += [Fraction(2 * rng.randint(0, 10**9) + 1, 2) * 1000 for _ in range(500)]  # Fraction ties
+    assert [nano_usd(p) for p in picos] == [exact(p) for p in picos]
+    same = [p for p in picos if isinstance(p, int) and abs(p) < 2**53 and p % 1000 != 500]
+    assert [nano_usd(p) for p in same] == [round(p / 10**12, 9) for p in same]

@@ -21,6 +21,7 @@ from .pricing import Pricing
 from .providers import Meter, MeterResult, RequestInfo
 from .providers.batches import BatchItem
 from .rollups import TOKENS
+from .rounding import nearest
 from .usage import Usage
 
 log = logging.getLogger("modeltrack.proxy")
@@ -133,8 +134,10 @@ class Recorder:
             cache_write_tokens=usage.cache_write_tokens if usage else 0,
             reasoning_tokens=usage.reasoning_tokens if usage else 0,
             cost_usd=cost,
-            latency_ms=round((end - o.start) * 1000, 3),
-            ttft_ms=round((o.first_byte - o.start) * 1000, 3) if o.first_byte is not None and info.stream else None,
+            latency_ms=nearest((end - o.start) * 1e6) / 1000,
+            ttft_ms=nearest((o.first_byte - o.start) * 1e6) / 1000
+            if o.first_byte is not None and info.stream
+            else None,
             team=attrs.get("team"),
             app=attrs.get("app"),
             feature=attrs.get("feature"),

@@ -32,6 +32,7 @@ from ..events import CostEvent
 from ..metrics import Metrics
 from ..query import Reader
 from ..query.times import stamp
+from ..rounding import nearest
 from .budgetstate import Admission, BudgetState, Refusal
 from .ledger import Ledger
 from .match import DIMENSIONS
@@ -278,7 +279,7 @@ class Budgets:
     def settle(self, adm: Admission, ev: CostEvent) -> None:
         """The request ended: its reservation becomes its real cost."""
         if ev.cost_usd is not None:
-            cost = round(ev.cost_usd * 1e9)
+            cost = nearest(ev.cost_usd * 1e9)
         elif ev.status >= 400 or ev.status == 0:
             cost = 0  # never reached a billable answer
         else:
@@ -299,7 +300,7 @@ class Budgets:
         matched = self._matching_key((ev.team, ev.app, ev.feature, ev.user, ev.provider, ev.model, ev.org, ev.key_id))
         if not matched:
             return
-        cost = round(ev.cost_usd * 1e9)
+        cost = nearest(ev.cost_usd * 1e9)
         stamp, rid = ev.timestamp, ev.request_id
         states, now = self._states, self._now()
         for budget in matched:

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..events import CostEvent
 from ..metrics import Metrics
+from ..rounding import nearest
 from .alerts import Notifier, send_due_reports
 from .budgets import Budgets
 from .budgetstate import Refusal
@@ -250,7 +251,7 @@ class Controls:
             bound = self.pricing.bound(provider, model, inp, out, wall)
             if bound is None:
                 return None  # unpriced: decide() reserves the spec's or the provider's dearest bound
-            reserve = round(bound * 1e9) + 1
+            reserve = nearest(bound * 1e9) + 1
         adm = self.budgets.admit_now(p.budgets, reserve)
         if adm is None:
             return None
@@ -344,7 +345,7 @@ class Controls:
                     if bound is None:
                         bound = self.pricing.dearest_bound(provider, inp, out, wall)
                 if bound is not None:
-                    reserve = round(bound * 1e9) + 1
+                    reserve = nearest(bound * 1e9) + 1
             adm = self.budgets.admit_now(matched, reserve) or await self.budgets.admit(matched, reserve)
             if adm.refusal is not None:
                 d.refusal = adm.refusal

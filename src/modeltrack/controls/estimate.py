@@ -18,12 +18,19 @@ from typing import Any
 from .spec import Reserve
 
 _CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
-_CAP_KEYS = frozenset((*_CAPS, "generationConfig", "inferenceConfig"))
 
 
 def output_cap(body: Any) -> int | None:
-    if not isinstance(body, dict) or _CAP_KEYS.isdisjoint(body):
-        return None  # (one C-level pass over the body's keys: a request without a cap, checked for TPM and budgets)
+    if not isinstance(body, dict) or not (
+        "max_tokens" in body
+        or "max_completion_tokens" in body
+        or "max_output_tokens" in body
+        or "generationConfig" in body
+        or "inferenceConfig" in body
+    ):
+        # A request without a cap, checked for TPM and budgets: five dict lookups, compiled to C calls
+        # (``frozenset.isdisjoint`` was a method call, 0.6 µs a request under load, bench/README.md).
+        return None
     for name in _CAPS:
         v = body.get(name)
         if isinstance(v, int) and not isinstance(v, bool) and v > 0:

@@ -28,6 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..rounding import nano_usd
 from ..usage import Usage
 from .load import clause, compile_model, read_data, read_overrides
 from .model import OWN_UNITS, PICO, PROVIDER_IDS, Model, PriceSet, ProviderPrices, Rate, Tiered, Unit
@@ -218,7 +219,7 @@ class Pricing:
             if not any(prices.get(k) for k, n in usage.details.items() if n):
                 return None, "unpriced"
         pico = self.price_pico(model, usage, when, direct, processing, result.variant)
-        return round(float(pico) / PICO, 9), source
+        return nano_usd(pico), source
 
     def same_all_day(self, provider: str, model: str) -> bool:
         """Whether ``model``'s prices hold for whole UTC days: true unless one is a time-of-day rate. Date
@@ -232,7 +233,7 @@ class Pricing:
         if found is None:
             return None
         m, direct = found
-        return round(float(self.price_pico(m, usage, _ts(ts), direct)) / PICO, 9)
+        return nano_usd(self.price_pico(m, usage, _ts(ts), direct))
 
     def bound(self, provider: str, model: str | None, input_tokens: int, output_tokens: int, ts: float) -> float | None:
         """An upper bound of a request's cost before it is sent (a budget reservation): every input token at the
@@ -243,7 +244,7 @@ class Pricing:
         per model and minute and the bound is two multiplications (it runs for every budgeted request); above it,
         both usages are priced in full. The result is the same either way
         (tests/test_pricing.py::test_the_reservation_bound_is_the_dearer_of_both_full_prices)."""
-        minute = int(ts // 60)
+        minute = int(ts) // 60  # (whole seconds first: integer division, not a float's)
         key = (provider, model, minute)
         lin = self._linear.get(key)  # one lookup per request: the model as asked for, this minute
         if lin is None:
@@ -255,6 +256,8 @@ class Pricing:
             lin = self._linear[key] = (*self._linear_rates(found[0], _ts_minute(minute), found[1]), *found)
         r_in, r_out, upto, m, direct = lin
         if input_tokens <= upto:
+            if isinstance(r_in, int) and isinstance(r_out, int):  # the usual rates: native integer arithmetic
+                return float(input_tokens * r_in + output_tokens * r_out) / PICO
             return float(input_tokens * r_in + output_tokens * r_out) / PICO
         when = _ts_minute(minute)
         plain = self.price_pico(m, Usage(input_tokens=input_tokens, output_tokens=output_tokens), when, direct)
@@ -319,7 +322,7 @@ class Pricing:
         when = _ts(ts)
         uncached = replace(usage, input_tokens=usage.input_tokens + usage.cache_read_tokens, cache_read_tokens=0)
         diff = self.price_pico(model, uncached, when, direct) - self.price_pico(model, usage, when, direct)
-        return max(round(float(diff) / PICO, 9), 0.0)
+        return max(nano_usd(diff), 0.0)
 
     def warn_unpriced(self, provider: str, model: str | None) -> None:
         key = f"{provider}:{model}"
