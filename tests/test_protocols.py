@@ -328,6 +328,50 @@ async def test_write_pause_is_idempotent_and_reaches_the_listener_once() -> None
     assert (listener.pauses, listener.resumes) == (1, 1)
 
 
+class SlowHandler:
+    """Answers each request after ``delay`` seconds."""
+
+    def __init__(self, delay: float) -> None:
+        self.delay = delay
+        self.served = 0
+
+    async def __call__(self, req: Request, conn: Connection) -> None:
+        await asyncio.sleep(self.delay)
+        self.served += 1
+        conn.respond(200, b"ok")
+
+
+async def test_the_head_timer_restarts_after_each_response_and_closes_an_idle_connection() -> None:
+    """The head's clock (slowloris, idle keep-alive) starts when the connection opens and after each response,
+    and stops while a request is served. A connection sending a request every 0.2 s outlives several 0.3 s
+    timeouts; a request served for 0.5 s is not cut; once idle, a connection is closed 0.3 s after its last
+    response, not sooner and not much later (the timer is a deadline, re-armed when it fires early:
+    modeltrack.http.reader)."""
+    loop = asyncio.get_running_loop()
+
+    async def closed_after(t: FakeTransport, since: float) -> float:
+        while not t.closed and loop.time() < since + 2:
+            await asyncio.sleep(0.005)
+        assert t.closed, "an idle connection must be closed after the header timeout"
+        return loop.time() - since
+
+    for delays in ([0.0] * 6, [0.5, 0.0, 0.5]):
+        handler = SlowHandler(0.0)
+        conn = Connection(handler, max_body=1 << 20, header_timeout=0.3)
+        t = FakeTransport()
+        conn.connection_made(t)  # type: ignore[arg-type]
+        for n, delay in enumerate(delays, 1):
+            await asyncio.sleep(0.2)
+            handler.delay = delay
+            conn.data_received(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n")
+            while handler.served < n:
+                await asyncio.sleep(0.005)
+            await settle()
+            assert not t.closed, "a connection whose requests come in time, however long they take, stays open"
+        assert 0.25 <= await closed_after(t, loop.time()) < 0.6
+        assert t.take().count(b"HTTP/1.1 200") == len(delays)
+
+
 # --- the upstream client -----------------------------------------------------------------------------------
 
 

@@ -98,7 +98,7 @@ class Connection(RequestReader):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self._cancel_timer()
+        self._stop_timer()
         if self.tunnel is not None:
             self.tunnel.client_lost()
         if self._task is not None and not self._task.done():
@@ -243,7 +243,7 @@ class Connection(RequestReader):
         t.resume_reading()
         self.flush_held()
         t.write_eof()
-        self._cancel_timer()
+        self._stop_timer()
         self._timer = self.loop.call_later(LINGER_SECONDS, self.close)
 
     def eof_received(self) -> bool | None:
