@@ -320,8 +320,9 @@ class Budgets:
         for ev in events:
             rid = ev.request_id
             for st in states:
-                cost = st.pending.pop(rid, None)
+                cost = st.pending.get(rid)  # (get and del: C calls once compiled; dict.pop is a method call)
                 if cost is not None:
+                    del st.pending[rid]
                     st.pending_total -= cost
                     st.store_spent += cost
                     st.stored_since += cost

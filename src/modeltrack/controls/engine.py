@@ -190,10 +190,11 @@ class Controls:
             await asyncio.sleep(REPORT_CHECK_SECONDS)
 
     # -- the request path -------------------------------------------------------------------------------------
-    def plan(self, provider: str, model: str | None, attrs: Mapping[str, Any]) -> Plan | None:
+    def plan(self, provider: str, model: str | None, attrs: dict[str, Any]) -> Plan | None:
         """Which rules a request's attribution, provider and model fall under, or None when none can apply: the
         proxy then treats it as if no controls were loaded. Memoised per combination (bounded, and rebuilt after
-        a reload), so a deployment whose rules match few requests pays one dictionary lookup for the rest."""
+        a reload), so a deployment whose rules match few requests pays one dictionary lookup for the rest. (A
+        ``dict``, not a ``Mapping``: compiled, its reads are C calls, not method calls.)"""
         key = (
             provider,
             model,
@@ -233,7 +234,7 @@ class Controls:
         body: bytes,
         parsed: Any,
         model: str | None,
-        attrs: Mapping[str, Any],
+        attrs: dict[str, Any],
         wall: float,
         bounds: tuple[int, int] | None = None,
     ) -> Decision | None:
