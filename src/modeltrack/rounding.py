@@ -9,7 +9,8 @@ is compiled (scripts/compile):
 * :func:`nano_usd`: pico-dollars to USD rounded to the nano-dollar, ties to even, from the exact integer (not from
   a float quotient, whose own error decides a tie one way or the other).
 
-tests/test_pricing.py::test_rounding_matches_the_builtin holds both to the builtin's results.
+tests/test_pricing.py::test_rounding_matches_the_builtin holds ``nearest`` to the builtin, and ``nano_usd`` to
+``Decimal`` (and to the old ``round(pico / 1e12, 9)`` wherever no tie was decided by a float's error).
 """
 
 from __future__ import annotations

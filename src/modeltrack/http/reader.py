@@ -216,7 +216,7 @@ class RequestReader(ResponseWriter):
         if self._synthetic:
             return
         self._in_head = False
-        self._cancel_timer()
+        self._disarm_timer()
         p = self._parser
         method = p.get_method().decode("ascii", "replace")
         target = self._url
@@ -348,7 +348,7 @@ class RequestReader(ResponseWriter):
         if self._timer is None:
             self._timer = self.loop.call_at(self._deadline, self._timer_fired)
 
-    def _cancel_timer(self) -> None:
+    def _disarm_timer(self) -> None:
         self._deadline = 0.0
 
     def _stop_timer(self) -> None:

@@ -256,7 +256,9 @@ class Pricing:
             lin = self._linear[key] = (*self._linear_rates(found[0], _ts_minute(minute), found[1]), *found)
         r_in, r_out, upto, m, direct = lin
         if input_tokens <= upto:
-            if isinstance(r_in, int) and isinstance(r_out, int):  # the usual rates: native integer arithmetic
+            if isinstance(r_in, int) and isinstance(r_out, int):
+                # The same expression as below, narrowed to integers: compiled, native integer operations. A
+                # Fraction rate (a price with more decimals than a pico-dollar holds) takes the generic line.
                 return float(input_tokens * r_in + output_tokens * r_out) / PICO
             return float(input_tokens * r_in + output_tokens * r_out) / PICO
         when = _ts_minute(minute)
