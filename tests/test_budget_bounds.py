@@ -225,7 +225,7 @@ async def test_deciding_without_awaiting_reaches_the_awaited_decision(tmp_path: 
                 d = controls.decide_now(plan, *args) if fast else None
                 if d is None:
                     d = await slow()
-                held = sum(n for _, n in d.admission.reservations) if d.admission else 0
+                held = d.admission.held if d.admission else 0
                 outcomes.append((d.refusal is None, held, d.head))
                 if d.refusal is None:
                     ev = replace(make_event(0), team="t", cost_usd=0.0003, status=200)

@@ -54,7 +54,7 @@ def test_the_bucket_holds_a_minute_and_refills_at_the_limit() -> None:
 
 async def test_retry_after_is_the_real_wait() -> None:
     limiter = RateLimiter(MemoryRateLedger())
-    limits = [_limit("key:k:rpm", 60)]
+    limits = (_limit("key:k:rpm", 60),)
     admitted = 0
     while not hasattr(await limiter.admit(limits, 0), "retry_after"):
         admitted += 1

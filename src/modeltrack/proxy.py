@@ -197,7 +197,8 @@ class Proxy:
                 )
             if isinstance(admitted, Refusal):
                 return self.error(conn, provider, *admitted)
-            ticket, bounds = admitted
+            bounds = admitted.bounds
+            ticket = admitted if admitted.limits else None
         lines, attrs = forward_headers(req.headers)
         if "public_base" in info.extra:
             # Anthropic's batch objects: their results_url is rewritten (providers.batches.ResultsURLView), which

@@ -41,6 +41,8 @@ class Refusal(NamedTuple):
 
 
 RATE_RESERVE = Reserve()  # a TPM reservation is bounded as a budget's is (controls.estimate)
+UNLIMITED = Ticket((), 0.0)
+"""What :meth:`Gate.admit_now` answers for a key with no rate limits (nothing was taken; one shared record)."""
 
 
 @dataclass(slots=True)
@@ -113,11 +115,11 @@ class Gate:
 
     def admit_now(
         self, grant: Grant, model: str | None, wall: float, body_bytes: int, body: Any, reserve: Reserve | None
-    ) -> tuple[Ticket | None, tuple[int, int] | None] | Refusal | RateRefusal | None:
-        """The key's rules and limits for a request whose model is now known: (the rate ticket, the request's
-        token bounds when a TPM limit needed them), a refusal, or None when a limit's lease has run out and
-        :meth:`admit` must ask the shared bucket (nothing is taken then). ``reserve``: the controls file's, if
-        any."""
+    ) -> Ticket | Refusal | RateRefusal | None:
+        """The key's rules and limits for a request whose model is now known: the rate ticket (its ``bounds``
+        the request's token bounds, when a TPM limit needed them), a refusal, or None when a limit's lease has
+        run out and :meth:`admit` must ask the shared bucket (nothing is taken then). A key without limits gets
+        :data:`UNLIMITED`. ``reserve``: the controls file's, if any."""
         if grant.ruled:
             refused = grant.refusal(model, wall)
             if refused is not None:
@@ -125,27 +127,18 @@ class Gate:
         assert self.keyring is not None  # a grant comes from it
         self.keyring.used_now(grant.key_id, wall)
         if not grant.limits:
-            return None, None
-        tokens, bounds = self._tokens(grant, body_bytes, body, reserve)
-        taken = self.ratelimiter.take_now(grant.limits, tokens)
-        return None if taken is None else (taken, bounds)
-
-    async def admit(
-        self, grant: Grant, body_bytes: int, body: Any, reserve: Reserve | None
-    ) -> tuple[Ticket, tuple[int, int] | None] | RateRefusal:
-        """:meth:`admit_now`'s limits, asking the shared buckets (its rules were checked already)."""
-        tokens, bounds = self._tokens(grant, body_bytes, body, reserve)
-        taken = await self.ratelimiter.admit(grant.limits, tokens)
-        return taken if isinstance(taken, RateRefusal) else (taken, bounds)
-
-    @staticmethod
-    def _tokens(
-        grant: Grant, body_bytes: int, body: Any, reserve: Reserve | None
-    ) -> tuple[int, tuple[int, int] | None]:
+            return UNLIMITED
         if not grant.tpm:
-            return 0, None
+            return self.ratelimiter.take_now(grant.limits, 0)
         bounds = bound_tokens(body_bytes, body, reserve or RATE_RESERVE)
-        return bounds[0] + bounds[1], bounds
+        return self.ratelimiter.take_now(grant.limits, bounds[0] + bounds[1], bounds)
+
+    async def admit(self, grant: Grant, body_bytes: int, body: Any, reserve: Reserve | None) -> Ticket | RateRefusal:
+        """:meth:`admit_now`'s limits, asking the shared buckets (its rules were checked already)."""
+        if not grant.tpm:
+            return await self.ratelimiter.admit(grant.limits, 0)
+        bounds = bound_tokens(body_bytes, body, reserve or RATE_RESERVE)
+        return await self.ratelimiter.admit(grant.limits, bounds[0] + bounds[1], bounds)
 
     def swap_key(self, grant: Grant, provider: str, lines: list[tuple[bytes, bytes]]) -> Refusal | None:
         """Put the team's provider key where the client sent its ModelTrack key as the SDK's API key (same header,

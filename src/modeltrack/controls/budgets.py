@@ -149,7 +149,7 @@ class Budgets:
                 if reserve_nano > 0:
                     st.used += reserve_nano
                     st.last_use = time.monotonic()
-                    adm.reservations.append((st, reserve_nano))
+                    adm.hold(st, reserve_nano)
             if 0 <= st.warn_from <= spent:
                 adm.headers += (st.header(),)
         return adm
@@ -210,7 +210,7 @@ class Budgets:
                 st.waiting -= 1
         st.used += need
         st.last_use = now
-        adm.reservations.append((st, need))
+        adm.hold(st, need)
         return None
 
     def _held(self, st: BudgetState, need: int) -> Refusal:
@@ -272,26 +272,39 @@ class Budgets:
         )
 
     def release(self, adm: Admission) -> None:
-        for st, amount in adm.reservations:
+        st, amount = adm.first, adm.amount
+        if st is not None:
             st.used -= amount
-        adm.reservations.clear()
+            if adm.more is not None:
+                for other in adm.more:
+                    other.used -= amount
+        adm.first = adm.more = None
 
     def settle(self, adm: Admission, ev: CostEvent) -> None:
         """The request ended: its reservation becomes its real cost."""
+        st = adm.first
+        if st is None:
+            return
         if ev.cost_usd is not None:
             cost = nearest(ev.cost_usd * 1e9)
         elif ev.status >= 400 or ev.status == 0:
             cost = 0  # never reached a billable answer
         else:
             cost = -1  # unknown (no usage metered): keep the reservation, the safe side
+        amount = adm.amount
         now = time.monotonic()
-        for st, amount in adm.reservations:
-            st.used += (amount if cost < 0 else cost) - amount
-            st.last_use = now
-            if st.granted - st.used > st.lease > 0:  # more free than one lease (BudgetState.free, inline)
-                # A reservation settled below its worst case: keep one lease, return the rest now (the bound).
-                self.background.spawn(self._give_back(st, st.free - st.lease))
-        adm.reservations.clear()
+        self._settle(st, amount, cost, now)
+        if adm.more is not None:
+            for other in adm.more:
+                self._settle(other, amount, cost, now)
+        adm.first = adm.more = None
+
+    def _settle(self, st: BudgetState, amount: int, cost: int, now: float) -> None:
+        st.used += (amount if cost < 0 else cost) - amount
+        st.last_use = now
+        if st.granted - st.used > st.lease > 0:  # more free than one lease (BudgetState.free, inline)
+            # A reservation settled below its worst case: keep one lease, return the rest now (the bound).
+            self.background.spawn(self._give_back(st, st.free - st.lease))
 
     # -- spend ------------------------------------------------------------------------------------------------
     def on_recorded(self, ev: CostEvent) -> None:

@@ -111,11 +111,36 @@ class Refusal:
 
 class Admission:
     """What the budgets answered one request: its reservations (settled when it ends), or a refusal; the warning
-    headers it gets. A plain class with slots: one is made per budgeted request (Budgets.admit_now)."""
+    headers it gets. One is made per budgeted request (Budgets.admit_now), so the usual one, reserving from one
+    budget, is one object: the first budget's state is a field, only a second one starts a list. Every budget a
+    request reserves from holds the same ``amount`` (the request's worst-case cost)."""
 
-    __slots__ = ("headers", "refusal", "reservations")
+    __slots__ = ("amount", "first", "headers", "more", "refusal")
 
     def __init__(self, refusal: Refusal | None = None) -> None:
-        self.reservations: list[tuple[BudgetState, int]] = []
+        self.first: BudgetState | None = None
+        self.more: list[BudgetState] | None = None
+        self.amount = 0  # nano-USD held in each of them
         self.refusal = refusal
         self.headers: tuple[str, ...] = ()  # (a tuple: most admissions warn of nothing, and () is not allocated)
+
+    def hold(self, st: BudgetState, amount: int) -> None:
+        """Record a reservation of ``amount`` (the same for every budget of one request) from ``st``."""
+        self.amount = amount
+        if self.first is None:
+            self.first = st
+        elif self.more is None:
+            self.more = [st]
+        else:
+            self.more.append(st)
+
+    def states(self) -> list[BudgetState]:
+        """The budgets' states it holds a reservation in."""
+        if self.first is None:
+            return []
+        return [self.first] if self.more is None else [self.first, *self.more]
+
+    @property
+    def held(self) -> int:
+        """What it holds in all of them together, in nano-USD."""
+        return self.amount * len(self.states())

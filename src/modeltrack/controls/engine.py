@@ -381,7 +381,7 @@ class Controls:
 
     def finished(self, d: Decision, ev: CostEvent | None, capture: Entry | None) -> None:
         """The request's event is recorded: settle its reservation, store a captured response."""
-        if d.admission is not None and d.admission.reservations:
+        if d.admission is not None and d.admission.first is not None:
             if ev is None:
                 self.budgets.release(d.admission)
             else:

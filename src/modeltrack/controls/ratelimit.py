@@ -206,9 +206,13 @@ class Limit:
 
 @dataclass(slots=True)
 class Ticket:
-    """What a request took, to settle TPM to the real tokens."""
+    """What a request took, to settle TPM to the real tokens: the limits it drew from (the key's own tuple, not a
+    copy) and what a TPM limit took; an RPM limit took one. One record per keyed request, not a list of pairs:
+    each object a request keeps alive until it ends is also work for the garbage collector (bench/README.md)."""
 
-    taken: list[tuple[Limit, float]]
+    limits: tuple[Limit, ...]
+    cells: float  # what each TPM limit took: the request's worst-case tokens (at least 1)
+    bounds: tuple[int, int] | None = None  # those worst-case (input, output) tokens, handed on to the budgets
 
 
 @dataclass(frozen=True)
@@ -225,43 +229,50 @@ class RateLimiter:
         self._last_error_log = 0.0
         self._task: asyncio.Task[None] | None = None
 
-    def take_now(self, limits: tuple[Limit, ...], tokens: int) -> Ticket | None:
+    def take_now(self, limits: tuple[Limit, ...], tokens: int, bounds: tuple[int, int] | None = None) -> Ticket | None:
         """:meth:`admit` without awaiting, when this process's leases already cover the request (nearly every
         request: a lease holds a tenth of a minute's bucket); None when one does not, and nothing is taken: the
         caller then awaits :meth:`admit`, which asks the shared bucket. Same outcome, no coroutine per request
         (tests/test_ratelimit.py::test_leases_are_taken_without_the_store_until_they_run_out)."""
         leases = self.leases
-        taken: list[tuple[Limit, float]] = []
+        cells = float(max(tokens, 1))
         now = time.monotonic()
+        i = 0
         for lim in limits:
             lease = leases.get(lim.scope)
-            cost = float(max(tokens, 1)) if lim.tokens else 1.0
+            cost = cells if lim.tokens else 1.0
             if lease is None or lease.cells < cost or lease.interval != lim.interval:
-                for done, cells in taken:
-                    leases[done.scope].cells += cells
+                self._put_back(limits, i, cells)
                 return None
             lease.cells -= cost
             lease.last_use = now
-            taken.append((lim, cost))
-        return Ticket(taken)
+            i += 1
+        return Ticket(limits, cells, bounds)
 
-    async def admit(self, limits: list[Limit] | tuple[Limit, ...], tokens: int) -> Ticket | RateRefusal:
+    async def admit(
+        self, limits: tuple[Limit, ...], tokens: int, bounds: tuple[int, int] | None = None
+    ) -> Ticket | RateRefusal:
         """Take one request (RPM) or ``tokens`` (TPM, the worst case) from every bucket, or none of them."""
-        taken: list[tuple[Limit, float]] = []
+        cells = float(max(tokens, 1))
+        i = 0
         for lim in limits:
-            cost = float(max(tokens, 1)) if lim.tokens else 1.0
+            cost = cells if lim.tokens else 1.0
             retry = await self._take(lim, cost)
             if retry is not None:
-                for done, cells in taken:
-                    self.leases[done.scope].cells += cells  # back to the lease: nothing was sent
+                self._put_back(limits, i, cells)  # back to the leases: nothing was sent
                 what = "tokens" if lim.tokens else "requests"
                 return RateRefusal(
                     f"Rate limit {lim.scope.rsplit(':', 1)[0]}: {lim.per_minute:,} {what} per minute; "
                     f"this request needs {cost:,.0f}; retry in {retry} s.",
                     retry,
                 )
-            taken.append((lim, cost))
-        return Ticket(taken)
+            i += 1
+        return Ticket(limits, cells, bounds)
+
+    def _put_back(self, limits: tuple[Limit, ...], n: int, cells: float) -> None:
+        """What the first ``n`` of ``limits`` took for a request that is not sent after all."""
+        for lim in limits[:n]:
+            self.leases[lim.scope].cells += cells if lim.tokens else 1.0
 
     async def _take(self, lim: Limit, cost: float) -> int | None:
         interval = lim.interval
@@ -305,9 +316,9 @@ class RateLimiter:
         """The response was metered: a TPM reservation becomes the real tokens (None: unknown, keep it)."""
         if real_tokens is None:
             return
-        for lim, cells in ticket.taken:
+        for lim in ticket.limits:
             if lim.tokens:
-                self.leases[lim.scope].cells += cells - real_tokens  # may go negative: paid at the next take
+                self.leases[lim.scope].cells += ticket.cells - real_tokens  # may go negative: paid at the next take
 
     def start(self) -> None:
         if self._task is None:
