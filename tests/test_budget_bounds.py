@@ -239,3 +239,36 @@ async def test_deciding_without_awaiting_reaches_the_awaited_decision(tmp_path: 
     admitted = [ok for ok, _, _ in seen[1]]
     assert 0 < admitted.count(True) < len(admitted)  # the budget ran out within the run: refusals compared too
     assert any(head for _, _, head in seen[1])  # the warning header was sent, the same way
+
+
+def test_a_refusal_says_what_is_spent_what_is_held_and_when_to_retry() -> None:
+    """The two refusals a block budget gives, in words a caller can act on: ``budget_exceeded`` names the spend,
+    the limit and the reset, and its Retry-After is the seconds until the period resets; ``budget_busy`` names what
+    requests in flight hold, and its Retry-After is the wait it was given, rounded up."""
+    from datetime import UTC, datetime
+
+    from modeltrack.controls.budgetstate import BudgetState, busy, exhausted
+    from modeltrack.controls.spec import Budget, Scope
+    from modeltrack.controls.spend import Period
+
+    budget = Budget(name="team-a", scope=Scope(), period="daily", timezone="UTC", limit_usd=2.0)
+    now = datetime(2026, 3, 4, 18, 0, tzinfo=UTC)
+    st = BudgetState(budget, Period.of(budget, now))
+    st.store_spent = 1_500_000_000  # $1.50 of $2.00
+
+    spent = exhausted(st, now)
+    assert (spent.status, spent.kind, spent.budget) == (429, "budget_exceeded", "team-a")
+    assert spent.message == (
+        "Budget 'team-a' is exhausted: $1.500000 spent of $2.00 this day; it resets at 2026-03-05T00:00:00Z."
+    )
+    assert spent.retry_after == 6 * 3600
+    too_big = exhausted(st, now, need=700_000_000)
+    assert "cannot cover this request (up to $0.700000; $0.500000 is left)" in too_big.message
+
+    st.room = 100_000_000  # the ledger has $0.10 left: $0.40 is held by requests in flight
+    held = busy(st, 200_000_000, 1.2)
+    assert (held.kind, held.retry_after) == ("budget_busy", 2)
+    assert held.message == (
+        "Budget 'team-a' cannot cover this request right now (up to $0.200000): $1.500000 of $2.00 is spent this "
+        "day and $0.400000 is held by requests in flight; retry in 2 s."
+    )

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import os
 import secrets
 import time
@@ -31,13 +30,11 @@ from typing import Any
 from ..events import CostEvent
 from ..metrics import Metrics
 from ..query import Reader
-from ..query.times import stamp
 from ..rounding import nearest
-from .budgetstate import Admission, BudgetState, Refusal
+from .budgetstate import Admission, BudgetState, Refusal, busy, exhausted
 from .ledger import Ledger
 from .match import DIMENSIONS
 from .spec import Budget
-from .spend import UNIT as _UNIT
 from .spend import Period, store_spend
 from .tasks import Background
 
@@ -180,7 +177,7 @@ class Budgets:
     async def _reserve(self, st: BudgetState, need: int, adm: Admission) -> Refusal | None:
         b = st.budget
         if st.spent >= b.limit_nano:
-            return self._refusal(st, "is exhausted")
+            return exhausted(st, self.clock())
         if need <= 0:
             return None
         now = time.monotonic()
@@ -222,31 +219,10 @@ class Budgets:
             # What is left of this process's lease cannot cover the requests arriving here: back to the ledger,
             # where it adds up with what other processes return.
             self.background.spawn(self._give_back(st))
-        b = st.budget
-        held = max((b.limit_nano - st.room - st.spent) / 1e9, 0.0)
         # Allocated to requests in flight or to other processes' leases: what could still come back.
-        elsewhere = b.limit_nano - st.room - st.spent - max(st.free, 0)
-        if elsewhere <= 0:
-            left = max(b.limit_nano - st.spent, 0) / 1e9
-            return self._refusal(st, f"cannot cover this request (up to ${need / 1e9:.6f}; ${left:.6f} is left)")
-        wait = max(st.full_until - time.monotonic(), LEASE_IDLE_SECONDS)
-        retry = max(1, math.ceil(wait))
-        msg = (
-            f"Budget '{b.name}' cannot cover this request right now (up to ${need / 1e9:.6f}): "
-            f"${st.spent / 1e9:.6f} of ${b.limit_usd:.2f} is spent this {_UNIT[b.period]} and ${held:.6f} is held by "
-            f"requests in flight; retry in {retry} s."
-        )
-        return Refusal(429, "budget_busy", msg, b.name, retry)
-
-    def _refusal(self, st: BudgetState, why: str) -> Refusal:
-        b = st.budget
-        resets = stamp(st.period.end)[:19] + "Z"
-        msg = (
-            f"Budget '{b.name}' {why}: ${st.spent / 1e9:.6f} spent of ${b.limit_usd:.2f} this {_UNIT[b.period]}; "
-            f"it resets at {resets}."
-        )
-        retry = max(1, int((st.period.end - self.clock()).total_seconds()))
-        return Refusal(429, "budget_exceeded", msg, b.name, retry)
+        if st.budget.limit_nano - st.room - st.spent - max(st.free, 0) <= 0:
+            return exhausted(st, self.clock(), need)
+        return busy(st, need, max(st.full_until - time.monotonic(), LEASE_IDLE_SECONDS))
 
     def _store_error(self, st: BudgetState, exc: BaseException) -> Refusal | None:
         b = st.budget

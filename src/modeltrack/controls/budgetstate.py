@@ -1,15 +1,17 @@
 """A budget's state in this process for one period (:class:`BudgetState`: its spend, lease and reservations), and
-what an admission answers (:class:`Admission`, :class:`Refusal`). The rules that move them are
+what an admission answers (:class:`Admission`, a :class:`Refusal` and what it says). The rules that move them are
 :class:`modeltrack.controls.budgets.Budgets`'s."""
 
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass
+from datetime import datetime
 
 from ..query.times import stamp
 from .spec import Budget
-from .spend import Period
+from .spend import UNIT, Period
 
 
 class BudgetState:
@@ -107,6 +109,36 @@ class Refusal:
     message: str
     budget: str
     retry_after: int
+
+
+def exhausted(st: BudgetState, now: datetime, need: int | None = None) -> Refusal:
+    """``budget_exceeded``: the period's spend reached the limit (``need`` None), or what is left of it cannot
+    cover a request's worst case even once every reservation is settled. Retry when the period resets."""
+    b = st.budget
+    if need is None:
+        why = "is exhausted"
+    else:
+        left = max(b.limit_nano - st.spent, 0) / 1e9
+        why = f"cannot cover this request (up to ${need / 1e9:.6f}; ${left:.6f} is left)"
+    msg = (
+        f"Budget '{b.name}' {why}: ${st.spent / 1e9:.6f} spent of ${b.limit_usd:.2f} this {UNIT[b.period]}; "
+        f"it resets at {stamp(st.period.end)[:19]}Z."
+    )
+    return Refusal(429, "budget_exceeded", msg, b.name, max(1, int((st.period.end - now).total_seconds())))
+
+
+def busy(st: BudgetState, need: int, wait: float) -> Refusal:
+    """``budget_busy``: the spend is below the limit, but reservations in flight (here or in other processes) hold
+    the rest. ``wait``: the seconds until one can free up for this request (Budgets._held)."""
+    b = st.budget
+    held = max((b.limit_nano - st.room - st.spent) / 1e9, 0.0)
+    retry = max(1, math.ceil(wait))
+    msg = (
+        f"Budget '{b.name}' cannot cover this request right now (up to ${need / 1e9:.6f}): "
+        f"${st.spent / 1e9:.6f} of ${b.limit_usd:.2f} is spent this {UNIT[b.period]} and ${held:.6f} is held by "
+        f"requests in flight; retry in {retry} s."
+    )
+    return Refusal(429, "budget_busy", msg, b.name, retry)
 
 
 class Admission:
