@@ -128,17 +128,24 @@ class Gate:
         self.keyring.used_now(grant.key_id, wall)
         if not grant.limits:
             return UNLIMITED
-        if not grant.tpm:
-            return self.ratelimiter.take_now(grant.limits, 0)
-        bounds = bound_tokens(body_bytes, body, reserve or RATE_RESERVE)
-        return self.ratelimiter.take_now(grant.limits, bounds[0] + bounds[1], bounds)
+        tokens, bounds = self._tokens(grant, body_bytes, body, reserve)
+        return self.ratelimiter.take_now(grant.limits, tokens, bounds)
 
     async def admit(self, grant: Grant, body_bytes: int, body: Any, reserve: Reserve | None) -> Ticket | RateRefusal:
         """:meth:`admit_now`'s limits, asking the shared buckets (its rules were checked already)."""
+        tokens, bounds = self._tokens(grant, body_bytes, body, reserve)
+        return await self.ratelimiter.admit(grant.limits, tokens, bounds)
+
+    @staticmethod
+    def _tokens(
+        grant: Grant, body_bytes: int, body: Any, reserve: Reserve | None
+    ) -> tuple[int, tuple[int, int] | None]:
+        """What a TPM limit takes (the request's worst-case tokens) and those bounds; (0, None) without one. (A
+        fixed-size tuple: compiled, it is returned unboxed, not allocated.)"""
         if not grant.tpm:
-            return await self.ratelimiter.admit(grant.limits, 0)
+            return 0, None
         bounds = bound_tokens(body_bytes, body, reserve or RATE_RESERVE)
-        return await self.ratelimiter.admit(grant.limits, bounds[0] + bounds[1], bounds)
+        return bounds[0] + bounds[1], bounds
 
     def swap_key(self, grant: Grant, provider: str, lines: list[tuple[bytes, bytes]]) -> Refusal | None:
         """Put the team's provider key where the client sent its ModelTrack key as the SDK's API key (same header,

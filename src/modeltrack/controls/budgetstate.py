@@ -166,13 +166,9 @@ class Admission:
         else:
             self.more.append(st)
 
-    def states(self) -> list[BudgetState]:
-        """The budgets' states it holds a reservation in."""
-        if self.first is None:
-            return []
-        return [self.first] if self.more is None else [self.first, *self.more]
-
     @property
     def held(self) -> int:
-        """What it holds in all of them together, in nano-USD."""
-        return self.amount * len(self.states())
+        """What it holds in all its budgets together, in nano-USD."""
+        if self.first is None:
+            return 0
+        return self.amount * (1 + (len(self.more) if self.more is not None else 0))
