@@ -160,3 +160,48 @@ def test_a_fold_from_another_thread_loses_nothing() -> None:
     assert metrics.registry.get_sample_value("modeltrack_requests_total", labels) == n
     count = metrics.registry.get_sample_value("modeltrack_proxy_overhead_seconds_count", {"provider": ev.provider})
     assert count == n
+
+
+def test_by_org_two_orgs_teams_of_one_name_stay_apart() -> None:
+    """Hosted multi-tenant mode: two orgs' teams named alike are two series, each with its own org's sums; the
+    default (one org) exposes no ``org`` label at all."""
+    rng = random.Random(11)
+    events = []
+    for i in range(400):
+        ev = event(rng)
+        ev.org, ev.team = ("org_a" if i % 3 else "org_b"), "ml"
+        events.append(ev)
+    metrics = Metrics(by_org=True)
+    for ev in events:
+        metrics.observe(ev, 1e-4, "chat")
+    for org in ("org_a", "org_b"):
+        mine = [e for e in events if e.org == org]
+        requests = sum(
+            s.value
+            for f in metrics.registry.collect()
+            if f.name == "modeltrack_requests"
+            for s in f.samples
+            if s.name == "modeltrack_requests_total" and s.labels["org"] == org and s.labels["team"] == "ml"
+        )
+        assert requests == len(mine) > 100
+        cost = sum(
+            s.value
+            for f in metrics.registry.collect()
+            if f.name == "modeltrack_cost_usd"
+            for s in f.samples
+            if s.name == "modeltrack_cost_usd_total" and s.labels["org"] == org
+        )
+        assert abs(cost - sum(e.cost_usd or 0 for e in mine)) < 1e-9
+    # Past the cap, orgs fold into __other__ and are counted like any other label's: with a cap of one, the
+    # first org keeps its name and the next two events (org_a) fold.
+    capped = Metrics(label_cap=1, by_org=True)
+    for ev in events[:3]:
+        capped.observe(ev, 1e-4, "chat")
+    text = exposition(capped).decode()
+    assert [e.org for e in events[:3]] == ["org_b", "org_a", "org_a"]
+    assert 'org="org_b"' in text and 'org="__other__"' in text and 'org="org_a"' not in text
+    assert 'modeltrack_label_values_folded_total{label="org"} 2.0' in text
+    single = Metrics()
+    for ev in events[:3]:
+        single.observe(ev, 1e-4, "chat")
+    assert "org=" not in exposition(single).decode()

@@ -175,6 +175,7 @@ def grafana_vars(expr: str) -> str:
     return (
         expr.replace("$__rate_interval", "1m")
         .replace("$__range", "10m")
+        .replace('"$org"', '".*"')
         .replace('"$team"', '".*"')
         .replace('"$app"', '".*"')
         .replace('"$feature"', '".*"')

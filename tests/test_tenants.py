@@ -32,6 +32,7 @@ from .test_spend_controls import MINI_COST, MINI_STREAM, mini_body, write_contro
 
 OP = Actor.operator("test-operator")
 UI_TOKEN = "ui-operator-token-for-tenants-test"
+METRICS_TOKEN = "metrics-operator-token-for-tenants-test"
 SHARED_PROVIDER_KEY = "sk-provider-shared-by-both-orgs"
 
 
@@ -71,7 +72,12 @@ async def test_two_orgs_share_a_proxy_and_a_dashboard_and_see_nothing_of_each_ot
         await admin.create(OP, "budgets", {"name": "cap", "limit_usd": limit, "period": "daily"}, a["org"])
         controls = write_controls(tmp_path, {"cache": {"ttl_seconds": 60, "rules": [{"match": {"feature": "faq"}}]}})
         proxy = await make_proxy(
-            upstream_url, store=store_url, multi_tenant=True, controls_file=controls, keys_refresh_seconds=0.2
+            upstream_url,
+            store=store_url,
+            multi_tenant=True,
+            controls_file=controls,
+            keys_refresh_seconds=0.2,
+            metrics_token=METRICS_TOKEN,
         )
         await asyncio.sleep(0.5)
         common = {"X-ModelTrack-Session-Id": "shared-session", "X-ModelTrack-Team": "spoofed"}
@@ -104,9 +110,35 @@ async def test_two_orgs_share_a_proxy_and_a_dashboard_and_see_nothing_of_each_ot
         assert len(by_org[b["org"]]) == 5 and all(e.status == 200 for e in by_org[b["org"]])
         spent_a = sum(e.cost_usd or 0 for e in by_org[a["org"]])
         assert 0 < spent_a <= limit + 1e-12
+        await _metrics_are_the_operators_and_split_by_org(proxy.url, orgs, events)
         await _dashboard_is_scoped(aiohttp_client, store_url, orgs, events)
     finally:
         await accounts.close()
+
+
+async def _metrics_are_the_operators_and_split_by_org(
+    url: str, orgs: dict[str, dict[str, Any]], events: list[Any]
+) -> None:
+    """/metrics on the proxy's own port, which every tenant reaches: nothing without the operator's token; with
+    it, the two orgs' teams of one name are two series, each counting its own org's requests."""
+    async with aiohttp.ClientSession() as s:
+        for headers in ({}, {"Authorization": f"Bearer {orgs['A']['key']}"}, {"Authorization": "Bearer wrong"}):
+            async with s.get(url + "/metrics", headers=headers) as r:
+                body = await r.read()
+                assert r.status == 401 and b"modeltrack_requests_total" not in body
+        async with s.get(url + "/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}) as r:
+            assert r.status == 200
+            text = (await r.read()).decode()
+    counted: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("modeltrack_requests_total{"):
+            labels = dict(pair.split("=", 1) for pair in line[line.index("{") + 1 : line.index("}")].split(","))
+            assert labels["team"] == '"ml"', line
+            org = labels["org"].strip('"')
+            counted[org] = counted.get(org, 0) + float(line.rsplit(" ", 1)[1])
+    for me in orgs.values():
+        assert counted.pop(me["org"]) == len([e for e in events if e.org == me["org"]]) > 0
+    assert not counted, counted  # no request without an org, nothing folded together
 
 
 async def _dashboard_is_scoped(
@@ -229,12 +261,18 @@ async def test_a_controls_file_budget_without_an_org_is_refused_in_multi_tenant_
 ) -> None:
     path = write_controls(tmp_path, {"budgets": [{"name": "all", "period": "daily", "limit_usd": 5}]})
     with pytest.raises(ControlsError, match=r"add org: org_\.\.\. to its scope"):
-        await make_proxy("http://127.0.0.1:9", multi_tenant=True, controls_file=path)
+        await make_proxy("http://127.0.0.1:9", multi_tenant=True, controls_file=path, metrics_token=METRICS_TOKEN)
     scoped = write_controls(
         tmp_path, {"budgets": [{"name": "a", "period": "daily", "limit_usd": 5, "match": {"org": "org_a"}}]}, "ok.json"
     )
-    proxy = await make_proxy("http://127.0.0.1:9", multi_tenant=True, controls_file=scoped)
+    proxy = await make_proxy("http://127.0.0.1:9", multi_tenant=True, controls_file=scoped, metrics_token=METRICS_TOKEN)
     assert proxy.service.controls is not None and len(proxy.service.controls.spec.budgets) == 1
+
+
+async def test_a_multi_tenant_proxy_without_a_metrics_token_is_refused_at_start_up(make_proxy: Any) -> None:
+    """/metrics carries every org's spend: a proxy every tenant reaches must not serve it to anyone."""
+    with pytest.raises(ConfigError, match="set MODELTRACK_METRICS_TOKEN to a long random secret"):
+        await make_proxy("http://127.0.0.1:9", multi_tenant=True)
 
 
 def test_an_older_store_gains_the_org_dimension_with_every_sum_kept(tmp_path: Path) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 DS = {"type": "prometheus", "uid": "modeltrack-prometheus"}
-A = 'team=~"$team", app=~"$app", feature=~"$feature", model=~"$model"'
+# ``org`` is a label in hosted multi-tenant mode only; elsewhere its "All" (``.*``) also matches series without it.
+A = 'org=~"$org", team=~"$team", app=~"$app", feature=~"$feature", model=~"$model"'
 F = "{" + A + "}"
 _id = 0
 
@@ -214,7 +215,13 @@ def build() -> dict[str, Any]:
         "refresh": "30s",
         "time": {"from": "now-24h", "to": "now"},
         "templating": {
-            "list": [var("team", "Team"), var("app", "App"), var("feature", "Feature"), var("model", "Model")]
+            "list": [
+                var("org", "Org"),
+                var("team", "Team"),
+                var("app", "App"),
+                var("feature", "Feature"),
+                var("model", "Model"),
+            ]
         },
         "panels": panels,
     }

@@ -24,7 +24,7 @@ from .accounting import Recorder
 from .accounts import KeyRing, open_accounts
 from .accounts.credentials import ProviderKeys
 from .batches import BatchRegistry
-from .config import ConfigError, Settings
+from .config import ConfigError, Settings, checks
 from .controls import Controls, ControlsSpec
 from .controls.ratelimit import RateLimiter, open_rate_ledger
 from .events import CostEvent
@@ -81,7 +81,8 @@ class ModelTrack:
 
     def __init__(self, settings: Settings, pricing: Pricing | None = None) -> None:
         self.settings = settings
-        self.metrics = Metrics(label_cap=settings.metrics_label_cap)
+        checks.proxy(settings)
+        self.metrics = Metrics(label_cap=settings.metrics_label_cap, by_org=settings.multi_tenant)
         pricing = pricing or Pricing.load(settings.pricing_file or None)
         sink = open_sink(settings.store)
         self.controls: Controls | None = None

@@ -1,8 +1,7 @@
 """All Prometheus instruments, in one place, on a registry owned by the app (so tests can run many apps).
 
 Label values are bounded: each attribution label keeps at most ``label_cap`` distinct values; later values are
-folded into ``__other__`` and counted in ``modeltrack_label_values_folded_total``. Values are sanitised
-(control characters removed, length capped) before they can reach the exposition.
+folded into ``__other__`` and counted in ``modeltrack_label_values_folded_total`` (:mod:`modeltrack.labels`).
 
 The per-request series (requests, tokens, cost, savings, the duration, overhead and TTFT histograms) are tallied
 in plain lists and folded into prometheus-client's instruments when something reads them (issue O): an
@@ -11,6 +10,10 @@ values (:class:`_Fold` is the registry's first collector); with ``--workers`` ea
 ``WORKER_FOLD_SECONDS`` and before it exits, so another worker's scrape is at most that far behind
 (tests/test_workers.py scrapes 0.5 s after its last request). The folded exposition is the same, sample
 for sample, as observing each request directly (tests/test_metrics.py::test_tallies_fold_into_the_same_exposition).
+
+In hosted multi-tenant mode (``by_org``) the attribution series carry the request's ``org`` too: team names
+repeat across orgs, and one org's ``ml`` team must not add up with another's
+(tests/test_metrics.py::test_by_org_two_orgs_teams_of_one_name_stay_apart, tests/test_tenants.py).
 """
 
 from __future__ import annotations
@@ -23,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
+from .labels import OTHER, LabelCap
+
 if TYPE_CHECKING:
     from .events import CostEvent
 
-OTHER = "__other__"
-MAX_LABEL_LEN = 64
 
 _OVERHEAD_BUCKETS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1)
 _DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -59,44 +62,17 @@ def exposition(metrics: Metrics) -> bytes:
     return generate_latest(metrics.registry)
 
 
-def sanitize(value: str | None, limit: int = MAX_LABEL_LEN) -> str:
-    if not value:
-        return ""
-    if len(value) <= limit and value.isprintable():
-        return value  # the common case, checked in C
-    clean = "".join(ch for ch in value[: limit * 2] if ch.isprintable())
-    return clean[:limit]
-
-
-class LabelCap:
-    """Bounded set of seen values for one label."""
-
-    __slots__ = ("cap", "folded", "seen")
-
-    def __init__(self, cap: int, folded: Counter, label: str) -> None:
-        self.cap = cap
-        self.seen: set[str] = set()
-        self.folded = folded.labels(label=label)
-
-    def resolve(self, value: str | None) -> str:
-        """The label value to use (``OTHER`` past the cap), without counting the fold."""
-        v = sanitize(value)
-        if v in self.seen:
-            return v
-        if len(self.seen) < self.cap:
-            self.seen.add(v)
-            return v
-        return OTHER
-
-
 class Metrics:
-    def __init__(self, label_cap: int = 100, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, label_cap: int = 100, registry: CollectorRegistry | None = None, by_org: bool = False) -> None:
         self.registry = registry or CollectorRegistry()
+        self.by_org = by_org
         r = self.registry
         self._lock = threading.Lock()  # the tallies: written on the loop, folded by any reader's thread
         self._dirty: list[_Series] = []
         r.register(_Fold(self))  # first, so every collect() of the registry folds before it reads
-        attr = ("provider", "model", "team", "app", "feature")
+        attr: tuple[str, ...] = ("provider", "model", "team", "app", "feature")
+        if by_org:
+            attr = ("org", *attr)
         self.requests = Counter(
             "modeltrack_requests", "Proxied requests.", (*attr, "endpoint", "status_class", "stream"), registry=r
         )
@@ -240,6 +216,7 @@ class Metrics:
         self.cap_app = LabelCap(label_cap, self.folded, "app")
         self.cap_feature = LabelCap(label_cap, self.folded, "feature")
         self.cap_endpoint = LabelCap(label_cap, self.folded, "endpoint")
+        self.cap_org = LabelCap(label_cap, self.folded, "org") if by_org else None
         self._children: dict[tuple[Any, ...], Any] = {}
         self._series: dict[tuple[Any, ...], _Series] = {}
 
@@ -257,7 +234,7 @@ class Metrics:
         combination and cached; per event this adds to the series' tally (:meth:`fold` moves it into the
         instruments)."""
         status_class = f"{ev.status // 100}xx" if ev.status else "error"
-        key = (ev.provider, ev.model, ev.team, ev.app, ev.feature, endpoint_kind, status_class, ev.stream)
+        key = (ev.provider, ev.model, ev.team, ev.app, ev.feature, endpoint_kind, status_class, ev.stream, ev.org)
         series = self._series.get(key)
         if series is None:
             if len(self._series) >= 10_000:
@@ -342,9 +319,9 @@ class Metrics:
         elif name == "prompt_savings":
             child = self._child(self.prompt_cache_savings, *labels)
         elif name == "unpriced":
-            child = self._child(self.unpriced, labels[0], labels[1])
+            child = self._child(self.unpriced, series.provider, series.model)
         elif name == "ttft":
-            child = self._child(self.ttft, labels[0])
+            child = self._child(self.ttft, series.provider)
         else:
             child = self._child(self.tokens, *labels, name)
         series.children[name] = child
@@ -356,7 +333,12 @@ class Metrics:
         values = [cap.resolve(v) for cap, v in zip(caps, raw, strict=True)]
         folds = tuple(cap.folded for cap, v in zip(caps, values, strict=True) if v is OTHER)  # counted per event
         model, team, app, feature, endpoint = values
-        labels = (ev.provider, model, team, app, feature)
+        labels: tuple[str, ...] = (ev.provider, model, team, app, feature)
+        if self.cap_org is not None:
+            org = self.cap_org.resolve(ev.org)
+            if org is OTHER:
+                folds += (self.cap_org.folded,)
+            labels = (org, *labels)
         stream = "true" if ev.stream else "false"
         child = self._child
         return _Series(
@@ -365,6 +347,8 @@ class Metrics:
             overhead=child(self.overhead, ev.provider),
             folds=folds,
             labels=labels,
+            provider=ev.provider,
+            model=model,
             children={},
         )
 
@@ -402,7 +386,9 @@ class _Series:
     duration: Any
     overhead: Any
     folds: tuple[Any, ...]
-    labels: tuple[str, ...]
+    labels: tuple[str, ...]  # the attribution labels: (org,) provider, model, team, app, feature
+    provider: str
+    model: str
     children: dict[str, Any]
     tally: list[float] = field(default_factory=lambda: [0.0] * _SLOTS)
     dirty: bool = False

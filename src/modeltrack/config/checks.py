@@ -69,6 +69,17 @@ def bedrock(s: Settings) -> None:
             raise ConfigError(f"MODELTRACK_BEDROCK_ENDPOINTS {region}: {exc}") from None
 
 
+def proxy(s: Settings) -> None:
+    """What only a proxy (``modeltrack serve``) needs: the dashboard loads the same settings and serves no
+    /metrics."""
+    if s.multi_tenant and not s.metrics_token:
+        raise ConfigError(
+            "MODELTRACK_MULTI_TENANT=true: /metrics shows every org's spend by org, team, app and model; set "
+            "MODELTRACK_METRICS_TOKEN to a long random secret and give it to Prometheus "
+            "(authorization: {credentials: ...} in its scrape config)"
+        )
+
+
 def otel(s: Settings) -> None:
     from ..otel.target import resolve
 

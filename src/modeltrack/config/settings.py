@@ -94,7 +94,7 @@ class Settings:
     multi_tenant: bool = _opt(
         False,
         "hosted mode: every request needs an org's mt_ key; events, rollups, sessions, budgets, cache entries "
-        "and every query are scoped to the key's org",
+        "and every query are scoped to the key's org (a proxy also needs MODELTRACK_METRICS_TOKEN)",
     )
     otel_endpoint: str = _opt(
         "",

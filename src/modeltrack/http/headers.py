@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from ..metrics import sanitize
+from ..labels import sanitize
 
 HOP_BY_HOP = frozenset(
     {
