@@ -104,6 +104,7 @@ async def test_every_mistake_is_a_json_error_that_says_what(admin: Admin) -> Non
         ("keys", {"name": "k", "rpm": -1}, "rpm: must be a whole number from 1"),
         ("keys", {"name": "k", "expires": "tomorrow"}, "expires: must be an RFC 3339 instant"),
         ("keys", {"name": "k", "digest": "ab"}, "digest: written by the server"),
+        ("keys", {"name": "k", "blocked": "yes"}, "blocked: must be true or false"),
         ("keys", {"name": "k", "team_id": "team_nope"}, "team_id: no team team_nope"),
         ("members", {"subject": "a", "role": "boss"}, "role: must be one of org_admin, team_admin, viewer"),
         ("members", {"subject": "a", "role": "team_admin"}, "team_id: required for a team_admin"),
@@ -336,6 +337,19 @@ async def test_keys_in_the_request_path_of_two_replicas(replay: Any, tmp_path: P
                 headers={"X-ModelTrack-Key": secret},
             ) as r:
                 assert r.status == 403 and (await r.json())["error"]["type"] == "model_not_allowed"
+            # Block from the shell, then unblock: both replicas follow each within the stated delay.
+            for blocked, want in (("true", 401), ("false", 200)):
+                changed_at = time.monotonic()
+                assert _cli(store, "update", "keys", key["id"], f"blocked={blocked}").returncode == 0
+                for p in replicas:
+                    while True:
+                        status, body = await _status(s, p.url, secret)
+                        if status == want:
+                            assert want == 200 or body["error"]["type"] == "key_blocked"
+                            break
+                        assert time.monotonic() - changed_at < 5, f"blocked={blocked} not in force after 5 s"
+                        await asyncio.sleep(0.05)
+                assert time.monotonic() - changed_at <= 2.5
             # Revoke from the shell: both replicas refuse it within the stated delay (refresh 1 s + a reload).
             revoked_at = time.monotonic()
             assert _cli(store, "delete", "keys", key["id"]).returncode == 0

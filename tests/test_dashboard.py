@@ -345,6 +345,13 @@ async def test_the_admin_pages_create_show_once_rotate_revoke_and_audit(
         await b.page.wait_for_timeout(100)
         rotated = (await b.page.locator("[data-testid=secret] pre").inner_text()).strip()
     assert rotated.startswith("mt_") and rotated != secret
+    # Block, then unblock: the store follows each click, and the row says which it is.
+    for label, blocked, status in (("Block", True, "blocked"), ("Unblock", False, "active")):
+        button = b.page.locator(f"tr[data-key={key['id']}] [data-testid=block]")
+        assert await button.inner_text() == label
+        await button.click()
+        await b.page.wait_for_selector(f"tr[data-key={key['id']}] [data-testid=status]:text-is('{status}')")
+        assert (await api(server, f"/api/v1/admin/keys/{key['id']}"))["blocked"] is blocked
     await b.page.locator(f"tr[data-key={key['id']}] [data-testid=revoke]").click()
     await b.page.wait_for_selector(f"tr[data-key={key['id']}] [data-testid=status]:text('revoked')")
     await b.open("/audit", shot="audit")

@@ -63,22 +63,26 @@ class Grant:
     limits: tuple[Limit, ...] = ()  # the key's own RPM/TPM, its team's and its org's (controls.ratelimit)
     tpm: bool = False  # one of the limits counts tokens (the request's worst case is then bounded)
     team_id: str | None = None  # for the provider keys held per team (accounts.credentials)
+    blocked: bool = False  # suspended by an admin until unblocked (revoking is for good)
     fixed: dict[str, str] = field(init=False, compare=False)
     """The attribution a request with this key gets (``attrs`` plus ``key_id`` and ``org``): built once here, read
     (never changed) by every request."""
 
     ruled: bool = field(init=False, compare=False)
-    """The key is revoked, expires or names its models: :meth:`refusal` has something to check (else a request
-    skips the call)."""
+    """The key is revoked, blocked, expires or names its models: :meth:`refusal` has something to check (else a
+    request skips the call)."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "fixed", {**self.attrs, "key_id": self.key_id, "org": self.org_id})
-        object.__setattr__(self, "ruled", self.revoked or self.expires is not None or bool(self.allowed_models))
+        ruled = self.revoked or self.blocked or self.expires is not None or bool(self.allowed_models)
+        object.__setattr__(self, "ruled", ruled)
 
     def refusal(self, model: str | None, now: float) -> tuple[int, str, str] | None:
         """(status, error type, message) when this key may not make the request, else None."""
         if self.revoked:
             return 401, "key_revoked", f"ModelTrack key {self.key_id} was revoked."
+        if self.blocked:
+            return 401, "key_blocked", f"ModelTrack key {self.key_id} is blocked: an admin of its org can unblock it."
         if self.expires is not None and now >= self.expires:
             return 401, "key_expired", f"ModelTrack key {self.key_id} has expired."
         if self.allowed_models and not model_allowed(self.allowed_models, model):
@@ -146,6 +150,7 @@ def build(
             allowed_models=tuple(allowed),
             expires=_epoch(k.get("expires")),
             revoked=bool(k.get("revoked")),
+            blocked=bool(k.get("blocked")),
             limits=key_limits,
             tpm=any(lim.tokens for lim in key_limits),
             team_id=team["id"] if team else None,

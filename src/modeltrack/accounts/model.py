@@ -58,6 +58,14 @@ def _count(v: Any) -> int | None:
     return v
 
 
+def _flag(v: Any) -> bool:
+    if v is None:
+        return False  # null clears it, as it clears any optional field
+    if not isinstance(v, bool):
+        raise ValueError("true or false")
+    return v
+
+
 def _usd(v: Any) -> float | None:
     if v is None:
         return None
@@ -131,6 +139,7 @@ SCHEMAS: dict[str, Schema] = {
         "tpm": Field(_count),
         "budget_usd": Field(_usd),
         "budget_period": Field(_period),
+        "blocked": Field(_flag, False, False),
     },
     "members": {
         "subject": Field(_text, True),

@@ -95,10 +95,12 @@ async function keysPage(q, notice) {
     h("td", { text: [k.rpm ? `${k.rpm} rpm` : "", k.tpm ? `${k.tpm} tpm` : ""].filter(Boolean).join(", ") || "-" }),
     h("td", { text: spendText(spent, k), "data-testid": "key-spend" }),
     h("td", { text: k.expires || "never" }), h("td", { text: k.last_used || "never" }),
-    h("td", { text: k.revoked ? `revoked ${k.revoked}` : "active", "data-testid": "status" }),
+    h("td", { text: k.revoked ? `revoked ${k.revoked}` : k.blocked ? "blocked" : "active", "data-testid": "status" }),
     h("td", {}, k.revoked ? null : [
       h("button", { type: "button", text: "Rotate", "data-testid": "rotate", on: { click: () => act(async () => {
         const r = await adminApi("POST", `keys/${k.id}/rotate`); await keysPage(q, secretBox("key", r.secret)); }) } }),
+      h("button", { type: "button", text: k.blocked ? "Unblock" : "Block", "data-testid": "block", on: { click: () => act(async () => {
+        await adminApi("PATCH", `keys/${k.id}`, { blocked: !k.blocked }); await keysPage(q); }) } }),
       h("button", { type: "button", text: "Revoke", "data-testid": "revoke", on: { click: () => act(async () => {
         await adminApi("DELETE", `keys/${k.id}`); await keysPage(q); }) } })])));
   const form = h("form", { class: "row", "data-testid": "create-key" },
