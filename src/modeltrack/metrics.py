@@ -49,6 +49,7 @@ _DUR = len(_COUNTED)
 _OVER = _DUR + len(_DUR_BOUNDS) + 1
 _TTFT = _OVER + len(_OVER_BOUNDS) + 1
 _SLOTS = _TTFT + len(_TTFT_BOUNDS) + 1
+_STATUS_CLASS = ("", "1xx", "2xx", "3xx", "4xx", "5xx")  # by status // 100 (1 to 5): no string built per request
 
 
 def exposition(metrics: Metrics) -> bytes:
@@ -233,8 +234,15 @@ class Metrics:
         """Count one event. The label work (sanitising, capping, child lookup) is done once per distinct label
         combination and cached; per event this adds to the series' tally (:meth:`fold` moves it into the
         instruments)."""
-        status_class = f"{ev.status // 100}xx" if ev.status else "error"
-        key = (ev.provider, ev.model, ev.team, ev.app, ev.feature, endpoint_kind, status_class, ev.stream, ev.org)
+        status = ev.status
+        status_class = (
+            _STATUS_CLASS[status // 100] if 100 <= status < 600 else (f"{status // 100}xx" if status else "error")
+        )
+        key: tuple[Any, ...]
+        if self.by_org:
+            key = (ev.provider, ev.model, ev.team, ev.app, ev.feature, endpoint_kind, status_class, ev.stream, ev.org)
+        else:
+            key = (ev.provider, ev.model, ev.team, ev.app, ev.feature, endpoint_kind, status_class, ev.stream)
         series = self._series.get(key)
         if series is None:
             if len(self._series) >= 10_000:
