@@ -78,7 +78,8 @@ async def test_only_digests_are_stored(admin: Admin, store_url: str) -> None:
 
 async def test_the_key_lookup_digest_is_sha256(admin: Admin) -> None:
     """The request path digests a presented key with CPython's built-in SHA-256, not OpenSSL's (modeltrack.accounts
-    .keyring.sha256): the same digest as the stored one, so an issued key is found and a near miss is not."""
+    .keyring.sha256): the same digest as the stored one, so an issued key is found and a near miss is not; the
+    grant it remembers for a presented key is forgotten at the load that revokes it."""
     import importlib.util
 
     from modeltrack.accounts.keyring import KeyRing, sha256
@@ -95,6 +96,12 @@ async def test_the_key_lookup_digest_is_sha256(admin: Admin) -> None:
     grant = ring.lookup(secret.encode())
     assert grant is not None and grant.key_id == key["id"]
     assert ring.lookup(secret[:-1].encode() + (b"A" if secret[-1] != "A" else b"B")) is None
+    # A found grant is remembered until the next load (KeyRing.lookup): revoking it must still end it there.
+    assert ring.lookup(secret.encode()) is grant
+    await admin.delete(OP, "keys", key["id"])
+    assert await ring.refresh()
+    after = ring.lookup(secret.encode())
+    assert after is not None and after.revoked and after.refusal(None, 0.0) is not None
 
 
 async def test_every_mistake_is_a_json_error_that_says_what(admin: Admin) -> None:

@@ -512,3 +512,21 @@ async def test_read_timeout_per_provider(make_proxy: Any) -> None:
         assert time.monotonic() - t0 < 3, "groq's own 0.3 s idle timeout applies, not the global 30 s"
         (ev,) = await proxy.events()
         assert ev.error == "upstream_idle_timeout"
+
+
+def test_header_names_are_lower_cased_through_a_bounded_memo() -> None:
+    """modeltrack.http.names: the memo answers as ``bytes.lower`` does, for names of any case, and stops growing at
+    its bound (a client sending made-up names cannot grow it); names past the bound are still lower-cased."""
+    from modeltrack.http.names import MEMO_MAX, length_mask, lower, memo_size
+
+    names = [b"X-Made-Up-%d-Name" % i for i in range(MEMO_MAX * 2)]
+    assert [lower(n) for n in names] == [n.lower() for n in names]
+    assert memo_size() <= MEMO_MAX
+    assert lower(b"CONTENT-Length") == b"content-length" and lower(b"X-MODELTRACK-TEAM") == b"x-modeltrack-team"
+    # Fields are dropped whatever their case; a name of another length passes untouched, spelling kept.
+    pairs = [(b"HOST", b"h"), (b"Content-LENGTH", b"3"), (b"TE", b"trailers"), (b"X-Stainless-Lang", b"python")]
+    pairs += [(b"x-MODELTRACK-team", b"ml"), (b"X-Mine-Is-Longer", b"1"), (b"Accept", b"*/*")]
+    out, attrs = forward_headers(pairs)
+    assert out == [(b"X-Stainless-Lang", b"python"), (b"X-Mine-Is-Longer", b"1"), (b"Accept", b"*/*")]
+    assert attrs == {"team": "ml"}
+    assert length_mask([b"ab", b"x" * 80]) == (1 << 2) | (1 << 61)

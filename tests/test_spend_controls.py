@@ -112,6 +112,30 @@ async def test_a_budget_refuses_before_the_upstream_in_each_providers_shape(
     assert spent == pytest.approx(MINI_COST * admitted)
 
 
+async def test_a_budget_counts_each_recorded_request_at_its_cost_before_it_is_stored(
+    replay: Any, make_proxy: Any, tmp_path: Path
+) -> None:
+    """The recorder hands the budgets its own figures (modeltrack.spent: the scope key and the cost, not read back
+    off the event): after each request of team ml, the next one's header shows the sum so far, exactly; another
+    team's request matches nothing and adds nothing."""
+    upstream, upstream_url = replay
+    upstream.current = MINI_STREAM
+    limit = MINI_COST * 50
+    budget = {"name": "ml", "match": {"team": "ml"}, "period": "monthly", "limit_usd": limit, "warn_at": [1]}
+    path = write_controls(tmp_path, {"refresh_seconds": 60, "budgets": [{**budget, "action": "block"}]})
+    proxy = await make_proxy(upstream_url, controls_file=path)
+    spent: list[str] = []
+    async with aiohttp.ClientSession() as s:
+        for team in ("ml", "ml", "other", "ml", "ml"):
+            status, headers, _ = await call(
+                s, proxy.url + "/v1/chat/completions", mini_body(), {"X-ModelTrack-Team": team}
+            )
+            assert status == 200
+            spent += [h.split("; ")[1] for h in headers.getall("X-ModelTrack-Budget", [])]
+    # No header while the spend is below the 1 % threshold (half a request's cost); then the sum so far.
+    assert spent == [f"spent={n * MINI_COST:.6f}" for n in (1, 2, 3)]
+
+
 async def test_warn_thresholds_send_headers_and_one_webhook_each_across_processes(
     replay: Any, make_proxy: Any, aiohttp_server: Any, tmp_path: Path
 ) -> None:

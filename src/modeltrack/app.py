@@ -13,7 +13,7 @@ import signal
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Final
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -42,10 +42,10 @@ from .providers import Router, build_providers
 from .proxy import Proxy
 from .sinks import ProcessWriter, Sink, describe_store, open_sink
 
-log = logging.getLogger("modeltrack")
+log: Final = logging.getLogger("modeltrack")
 
-_METRICS_TYPE = CONTENT_TYPE_LATEST.encode()
-READY_PING_SECONDS = 3.0  # /readyz answers within this even if the store hangs (probes have their own timeouts)
+_METRICS_TYPE: Final = CONTENT_TYPE_LATEST.encode()
+READY_PING_SECONDS: Final = 3.0  # /readyz answers within this even if the store hangs (probes have their own timeouts)
 
 
 def tls_context(ca_bundle: str = "") -> ssl.SSLContext:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from time import perf_counter
-from typing import TYPE_CHECKING, Any, Protocol
+import time
+from typing import TYPE_CHECKING, Any, Final, Protocol
 
 from .events import new_request_id
 from .http.headers import HeaderView, ResponseHead, clean_reason
@@ -29,7 +29,10 @@ if TYPE_CHECKING:
     from .controls.cache import Capture, Entry
     from .controls.ratelimit import Ticket
 
-log = logging.getLogger("modeltrack.proxy")
+# The clocks as C statics: compiled, a call is then one indirect call, not an attribute lookup on the module
+# (~30 ns a call, several a request).
+perf_counter: Final = time.perf_counter
+log: Final = logging.getLogger("modeltrack.proxy")
 
 
 class Owner(Protocol):

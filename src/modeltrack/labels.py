@@ -8,10 +8,12 @@ before they can reach the exposition or a response header (tests/test_metrics.py
 
 from __future__ import annotations
 
+from typing import Final
+
 from prometheus_client import Counter
 
-OTHER = "__other__"
-MAX_LABEL_LEN = 64
+OTHER: Final = "__other__"
+MAX_LABEL_LEN: Final = 64
 
 
 def sanitize(value: str | None, limit: int = MAX_LABEL_LEN) -> str:

@@ -22,7 +22,7 @@ import os
 import threading
 from bisect import bisect_left
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
@@ -32,24 +32,46 @@ if TYPE_CHECKING:
     from .events import CostEvent
 
 
-_OVERHEAD_BUCKETS = (25e-6, 50e-6, 100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3, 25e-3, 50e-3, 0.1)
-_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
-_TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
+_OVERHEAD_BUCKETS: Final[tuple[float, ...]] = (
+    25e-6,
+    50e-6,
+    100e-6,
+    250e-6,
+    500e-6,
+    1e-3,
+    2.5e-3,
+    5e-3,
+    10e-3,
+    25e-3,
+    50e-3,
+    0.1,
+)
+_DURATION_BUCKETS: Final[tuple[float, ...]] = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+_TTFT_BUCKETS: Final[tuple[float, ...]] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
 
 
-INF = float("inf")
-WORKER_FOLD_SECONDS = 0.25
+INF: Final = float("inf")
+WORKER_FOLD_SECONDS: Final = 0.25
 # A tally's slots: the counters, then each histogram's buckets (+Inf last) and its sum.
-_COUNTED: tuple[str, ...] = ("requests", "input", "output", "cache_read", "cache_write", "reasoning", "cost")
-_COUNTED += ("prompt_savings", "savings", "unpriced")
-_DUR_BOUNDS = (*_DURATION_BUCKETS, INF)
-_OVER_BOUNDS = (*_OVERHEAD_BUCKETS, INF)
-_TTFT_BOUNDS = (*_TTFT_BUCKETS, INF)
-_DUR = len(_COUNTED)
-_OVER = _DUR + len(_DUR_BOUNDS) + 1
-_TTFT = _OVER + len(_OVER_BOUNDS) + 1
-_SLOTS = _TTFT + len(_TTFT_BOUNDS) + 1
-_STATUS_CLASS = ("", "1xx", "2xx", "3xx", "4xx", "5xx")  # by status // 100 (1 to 5): no string built per request
+_COUNTED: Final[tuple[str, ...]] = (
+    *("requests", "input", "output", "cache_read", "cache_write", "reasoning", "cost"),
+    *("prompt_savings", "savings", "unpriced"),
+)
+_DUR_BOUNDS: Final[tuple[float, ...]] = (*_DURATION_BUCKETS, INF)
+_OVER_BOUNDS: Final[tuple[float, ...]] = (*_OVERHEAD_BUCKETS, INF)
+_TTFT_BOUNDS: Final[tuple[float, ...]] = (*_TTFT_BUCKETS, INF)
+_DUR: Final = len(_COUNTED)
+_OVER: Final = _DUR + len(_DUR_BOUNDS) + 1
+_TTFT: Final = _OVER + len(_OVER_BOUNDS) + 1
+_SLOTS: Final = _TTFT + len(_TTFT_BOUNDS) + 1
+_STATUS_CLASS: Final[tuple[str, ...]] = (
+    "",
+    "1xx",
+    "2xx",
+    "3xx",
+    "4xx",
+    "5xx",
+)  # by status // 100 (1 to 5): no string built per request
 
 
 def exposition(metrics: Metrics) -> bytes:

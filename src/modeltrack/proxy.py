@@ -15,8 +15,7 @@ import logging
 import re
 import time
 from collections.abc import Mapping
-from time import perf_counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from . import upgrades
 from .access import ClientTokens
@@ -25,7 +24,7 @@ from .accounts.credentials import ProviderKeys
 from .accounts.gate import LOADING, Gate, Refusal, tokens_in_force
 from .accounts.keyring import KeyRing
 from .batches import request_context
-from .controls.ratelimit import MemoryRateLedger, RateLimiter, RateRefusal, Ticket, real_tokens
+from .controls.ratelimit import MemoryRateLedger, RateLimiter, RateRefusal, Ticket
 from .exchange import Exchange
 from .http.headers import HeaderView, forward_headers
 from .http.message import Request, RequestError
@@ -43,15 +42,19 @@ if TYPE_CHECKING:
     from .config import Settings
     from .controls import Controls, Decision
 
-log = logging.getLogger("modeltrack.proxy")
+# The clocks as C statics: compiled, a call is then one indirect call, not an attribute lookup on the module
+# (~30 ns a call, several a request).
+wall_clock: Final = time.time
+perf_counter: Final = time.perf_counter
+log: Final = logging.getLogger("modeltrack.proxy")
 
-_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-_NO_SOCKET = (
+_BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
+_NO_SOCKET: Final = (
     "This path does not accept a WebSocket upgrade: ModelTrack tunnels OpenAI Realtime (/v1/realtime), Responses "
     "over WebSocket (/v1/responses) and Gemini Live (/ws/google.ai.generativelanguage.*.BidiGenerateContent)."
 )
 
-_TRACEPARENT = re.compile(rb"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
+_TRACEPARENT: Final = re.compile(rb"[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
 """W3C Trace Context: version, trace id, parent id, flags (anything else is not continued)."""
 
 
@@ -107,15 +110,20 @@ class Proxy:
     def record(self, ex: Exchange) -> None:
         if not ex.recorded:
             ex.recorded = True
-            ev = ex.event = self.recorder.record(ex, endpoint_kind(ex.endpoint))
-            if ex.rate_ticket is not None:
-                self.ratelimiter.settle(ex.rate_ticket, real_tokens(ev))
             controls = self.controls
+            if controls is None and ex.rate_ticket is None:
+                ex.event = self.recorder.record(ex, endpoint_kind(ex.endpoint))
+                return
+            # A control reads the outcome: the recorder hands over its figures (modeltrack.spent).
+            ev, spent = self.recorder.record_spent(ex, endpoint_kind(ex.endpoint), True)
+            ex.event = ev
+            if ex.rate_ticket is not None:
+                self.ratelimiter.settle(ex.rate_ticket, None if spent is None else spent.tokens)
             if controls is not None:
-                if ev is not None:
-                    controls.on_recorded(ev)
+                if spent is not None:
+                    controls.on_spent(spent)
                 if ex.decision is not None:
-                    controls.finished(ex.decision, ev, None)
+                    controls.finished(ex.decision, ev, None, spent)
 
     def store_capture(self, ex: Exchange) -> None:
         """A response captured for the cache ended: kept if it is complete, 2xx, and metered cleanly."""
@@ -139,7 +147,7 @@ class Proxy:
 
     async def _handle(self, req: Request, conn: Connection) -> None:
         start = perf_counter()
-        wall = time.time()
+        wall = wall_clock()
         target = req.target.decode("latin-1")
         if not target.startswith("/"):
             return self.error(

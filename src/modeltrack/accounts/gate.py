@@ -14,7 +14,8 @@ And :meth:`Gate.swap_key`, for a ModelTrack key given to the SDK as its API key:
 place, in the same header and scheme.
 
 Nothing here awaits on the common path: a request with no key costs a few attribute reads, one with a key a
-SHA-256 and a dict lookup (bench/controls.py measures both). Held by tests/test_accounts.py (keys, their rules,
+dict lookup (the key's SHA-256 is taken once per key and reload: KeyRing.lookup; bench/controls.py and
+bench/instructions.py measure both). Held by tests/test_accounts.py (keys, their rules,
 provider keys in their place), tests/test_ratelimits.py and tests/test_tenants.py.
 """
 
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, Final, NamedTuple
 
 from ..access import ClientTokens
 from ..controls.estimate import bound_tokens
@@ -40,12 +41,12 @@ class Refusal(NamedTuple):
     message: str
 
 
-RATE_RESERVE = Reserve()  # a TPM reservation is bounded as a budget's is (controls.estimate)
-UNLIMITED = Ticket((), 0.0)
+RATE_RESERVE: Final = Reserve()  # a TPM reservation is bounded as a budget's is (controls.estimate)
+UNLIMITED: Final = Ticket((), 0.0)
 """What :meth:`Gate.admit_now` answers for a key with no rate limits (nothing was taken; one shared record)."""
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Identity:
     """Who sent the request: ``grant`` for a ModelTrack key, ``fixed`` the attribution that beats the headers (a
     key's or a client token's), ``as_api_key`` when the key came as the SDK's own API key."""
@@ -54,9 +55,17 @@ class Identity:
     fixed: dict[str, str] | None = None
     as_api_key: bool = False
 
+    def __init__(
+        self, grant: Grant | None = None, fixed: dict[str, str] | None = None, as_api_key: bool = False
+    ) -> None:
+        # Not the dataclass's: compiled, it is a direct call, not an interpreted __init__ (~1,300 instructions).
+        self.grant = grant
+        self.fixed = fixed
+        self.as_api_key = as_api_key
 
-ANONYMOUS = Identity()
-LOADING = Identity()
+
+ANONYMOUS: Final = Identity()
+LOADING: Final = Identity()
 """Returned by :meth:`Gate.identify` while the keys are still loading: await :meth:`Gate.loaded`, then ask again."""
 
 

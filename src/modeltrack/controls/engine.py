@@ -19,11 +19,12 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from ..events import CostEvent
 from ..metrics import Metrics
 from ..rounding import nearest
+from ..spent import Spent
 from .alerts import Notifier, send_due_reports
 from .budgets import Budgets
 from .budgetstate import Refusal
@@ -42,10 +43,10 @@ if TYPE_CHECKING:
 
 __all__ = ["Controls"]
 
-log = logging.getLogger("modeltrack.controls")
+log: Final = logging.getLogger("modeltrack.controls")
 
-RELOAD_CHECK_SECONDS = 1.0
-REPORT_CHECK_SECONDS = 60.0
+RELOAD_CHECK_SECONDS: Final = 1.0
+REPORT_CHECK_SECONDS: Final = 60.0
 
 
 class Controls:
@@ -379,11 +380,14 @@ class Controls:
                 ttl = min(max(float(given), 1.0), 1e8)
         return ttl
 
-    def finished(self, d: Decision, ev: CostEvent | None, capture: Entry | None) -> None:
-        """The request's event is recorded: settle its reservation, store a captured response."""
+    def finished(self, d: Decision, ev: CostEvent | None, capture: Entry | None, spent: Spent | None = None) -> None:
+        """The request's event is recorded: settle its reservation, store a captured response. ``spent``: the
+        recorder's figures for ``ev``, when it worked them out (else they are read off the event)."""
         if d.admission is not None and d.admission.first is not None:
             if ev is None:
                 self.budgets.release(d.admission)
+            elif spent is not None:
+                self.budgets.settle_nano(d.admission, spent.settle_nano)
             else:
                 self.budgets.settle(d.admission, ev)
         if capture is not None and d.cache_key and self.cache is not None and ev is not None:
@@ -404,6 +408,10 @@ class Controls:
 
     def on_recorded(self, ev: CostEvent) -> None:
         self.budgets.on_recorded(ev)
+
+    def on_spent(self, spent: Spent) -> None:
+        """:meth:`on_recorded` with the recorder's figures (modeltrack.spent)."""
+        self.budgets.on_spent(spent)
 
     def on_stored(self, events: list[CostEvent]) -> None:
         self.budgets.on_stored(events)

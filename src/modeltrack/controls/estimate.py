@@ -13,15 +13,26 @@ request and a model that writes more than the default), the excess of each such 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from .spec import Reserve
 
-_CAPS = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+_CAPS: Final[tuple[str, ...]] = ("max_tokens", "max_completion_tokens", "max_output_tokens")
+_CAP_NAMES: Final = frozenset({*_CAPS, "generationConfig", "inferenceConfig"})
 
 
 def output_cap(body: Any) -> int | None:
-    if not isinstance(body, dict) or not (
+    if not isinstance(body, dict):
+        return None
+    if len(body) <= 4:
+        # A small body (a model and its messages, perhaps a stream flag): its few keys are checked against the
+        # names, where five lookups of absent names cost twice as much (callgrind, bench/README.md).
+        for name in body:
+            if name in _CAP_NAMES:
+                break
+        else:
+            return None
+    elif not (
         "max_tokens" in body
         or "max_completion_tokens" in body
         or "max_output_tokens" in body

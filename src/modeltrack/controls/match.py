@@ -10,12 +10,12 @@ import fnmatch
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
-DIMENSIONS = ("team", "app", "feature", "user", "provider", "model", "org", "key_id")
+DIMENSIONS: Final[tuple[str, ...]] = ("team", "app", "feature", "user", "provider", "model", "org", "key_id")
 """``org`` and ``key_id`` are only ever set by a ModelTrack key (never by a header): multi-tenant budgets scope
 on the org, a key's own budget on its id."""
-_GLOB = re.compile(r"[*?\[]")
+_GLOB: Final = re.compile(r"[*?\[]")
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class Scope:
         return ", ".join(parts) or "everything"
 
 
-_CACHE: dict[str, re.Pattern[str]] = {}
+_CACHE: Final[dict[str, re.Pattern[str]]] = {}
 
 
 def _compiled(pattern: str) -> re.Pattern[str]:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import time as dtime
+from typing import Final
 
 from .match import Scope
 
-PERIODS = ("daily", "weekly", "monthly")
-DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
-MIB = 1024 * 1024
+PERIODS: Final[tuple[str, ...]] = ("daily", "weekly", "monthly")
+DAYS: Final[tuple[str, ...]] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+MIB: Final = 1024 * 1024
 
 
 class ControlsError(ValueError):

@@ -35,14 +35,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
+from typing import Final, Protocol
 
 from ..logs import log_exception_safely
 from .limits import Limits
 
-log = logging.getLogger("modeltrack.http.server")
+log: Final = logging.getLogger("modeltrack.http.server")
 
-MAX_HELD = 16
+MAX_HELD: Final = 16
 """Connections whose writes are held at once, in each direction."""
 
 

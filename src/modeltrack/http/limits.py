@@ -8,9 +8,11 @@ closed; everything already admitted is unaffected.
 
 from __future__ import annotations
 
-MAX_HEADER_BYTES = 64 * 1024
+from typing import Final
+
+MAX_HEADER_BYTES: Final = 64 * 1024
 """Request and response header blocks above this are refused (431 from clients, 502 from upstreams)."""
-MAX_HEADERS = 200
+MAX_HEADERS: Final = 200
 
 
 class Limits:

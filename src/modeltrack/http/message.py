@@ -5,9 +5,12 @@ connection protocol so that the proxy, the app and the tests can use them withou
 from __future__ import annotations
 
 import asyncio
+from typing import Final
 
-RETRY_AFTER_SECONDS = 1
-REASONS = {
+from .names import lower
+
+RETRY_AFTER_SECONDS: Final = 1
+REASONS: Final[dict[int, bytes]] = {
     200: b"OK",
     400: b"Bad Request",
     401: b"Unauthorized",
@@ -95,7 +98,7 @@ class Request:
     def header(self, lname: bytes) -> bytes | None:
         """The first value of a header, by lower-case name (a linear scan: requests carry ~10 headers)."""
         for k, v in self.headers:
-            if len(k) == len(lname) and k.lower() == lname:
+            if len(k) == len(lname) and lower(k) == lname:
                 return v
         return None
 

@@ -13,19 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
+from typing import Final, Protocol
 
 import httptools
 
 from .limits import MAX_HEADER_BYTES, MAX_HEADERS, Limits
 from .message import Request, RequestError, overloaded, too_large
+from .names import lower
 from .writer import ResponseWriter
 
-log = logging.getLogger("modeltrack.http.server")
+log: Final = logging.getLogger("modeltrack.http.server")
 
-MAX_PIPELINED = 32  # requests parsed ahead of the one being answered, per connection
+MAX_PIPELINED: Final = 32  # requests parsed ahead of the one being answered, per connection
 
-MAX_HELD = 1 << 16
+MAX_HELD: Final = 1 << 16
 """Bytes a client may send after a WebSocket upgrade's head before it is answered (frames sent ahead of the
 ``101``): past this, reading pauses until the handler decides."""
 
@@ -46,7 +47,7 @@ class _HeadersTooLarge(Exception):
     pass
 
 
-_SYNTHETIC = {
+_SYNTHETIC: Final[dict[bool, bytes]] = {
     False: b"POST / HTTP/1.1\r\nContent-Length: %d\r\n\r\n",
     True: b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
 }
@@ -202,7 +203,7 @@ class RequestReader(ResponseWriter):
         self._headers.append((name, value))
         n = len(name)
         if n == 4 or n == 6 or n == 14 or n == 17:
-            lname = name.lower()
+            lname = lower(name)
             if lname == b"host":
                 self._hosts += 1
             elif lname == b"content-length":

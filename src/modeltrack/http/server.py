@@ -39,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 from ..logs import log_exception_safely
 from .coalesce import Coalescer
@@ -47,9 +47,9 @@ from .limits import Limits
 from .message import Request
 from .reader import MAX_PIPELINED, RequestReader, TunnelEnd
 
-log = logging.getLogger("modeltrack.http.server")
+log: Final = logging.getLogger("modeltrack.http.server")
 
-LINGER_SECONDS = 2.0
+LINGER_SECONDS: Final = 2.0
 """After refusing a request whose body is still arriving, keep reading (and discarding) for this long before
 closing, as nginx's lingering close does: closing a socket with unread data makes the kernel send a reset,
 which can destroy the refusal before the client has read it."""

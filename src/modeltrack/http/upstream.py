@@ -30,15 +30,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 import httptools
 
 from .coalesce import Coalescer
 from .limits import MAX_HEADER_BYTES
+from .names import lower
 
 IDLE, BUSY, CLOSED = "idle", "busy", "closed"
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+_IDEMPOTENT: Final = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 
 
 class Pool(Protocol):
@@ -297,7 +298,10 @@ class UpstreamConnection(asyncio.Protocol):
         length: int | None = None
         codings: list[bytes] = []
         for k, v in self._headers:
-            lk = k.lower()
+            n = len(k)
+            if n != 14 and n != 17:
+                continue  # neither Content-Length nor Transfer-Encoding: not lower-cased
+            lk = lower(k)
             if lk == b"content-length":
                 length = int(v) if v.strip().isdigit() else None
             elif lk == b"transfer-encoding":

@@ -18,15 +18,19 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Final
 from urllib.parse import urlsplit
 
 from .coalesce import Coalescer
 from .egress import EgressRoute, TunnelRefused, open_tunnel
 from .upstream import BUSY, IDLE, UpstreamConnection
 
-log = logging.getLogger("modeltrack.proxy")  # where every upstream failure is reported
+# The clocks as C statics: compiled, a call is then one indirect call, not an attribute lookup on the module
+# (~30 ns a call, several a request).
+monotonic: Final = time.monotonic
+log: Final = logging.getLogger("modeltrack.proxy")  # where every upstream failure is reported
 
-FRESH_RELEASE = 0.002
+FRESH_RELEASE: Final = 0.002
 """Seconds after its release during which a connection is not reused while a new one may be opened instead. An
 upstream that closes right after answering has its FIN on the way for that long; a busy proxy would otherwise
 write the next request into a connection that is already closed, and a POST that may have reached the
@@ -96,8 +100,8 @@ class Origin:
         return base + path
 
 
-_WATCH = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
-SWEEP_EVERY = 0.001
+_WATCH: Final = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
+SWEEP_EVERY: Final = 0.001
 """Idle sockets are checked for a pending EOF or stray bytes (urllib3's ``is_connection_dropped``) by one
 ``poll`` over the whole pool at most this often: a system call per acquire would cost several percent of a
 request's CPU, and with ``FRESH_RELEASE`` above it, a FIN that follows its answer within a millisecond has been
@@ -180,7 +184,7 @@ class UpstreamPool:
         ``ssl.SSLError``, an ``OSError``); :class:`PoolExhausted` when the per-origin cap holds for too long."""
         deadline: float | None = None
         while True:
-            now = time.monotonic()
+            now = monotonic()
             capped = bool(self.max_connections) and self._open >= self.max_connections
             if not fresh:
                 conn = self._take_idle(now, capped)
@@ -314,7 +318,7 @@ class UpstreamPool:
             conn.close()
             return
         conn.state = IDLE
-        conn.idle_since = time.monotonic()
+        conn.idle_since = monotonic()
         self._idle.append(conn)
         if self._waiters:
             self._wake()

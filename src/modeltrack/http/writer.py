@@ -17,11 +17,12 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from typing import Final
 
 from .coalesce import Coalescer
 from .message import REASONS, Request, RequestError, response_head
 
-log = logging.getLogger("modeltrack.http.server")
+log: Final = logging.getLogger("modeltrack.http.server")
 
 
 class ResponseWriter(asyncio.Protocol):

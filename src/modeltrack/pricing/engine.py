@@ -26,7 +26,7 @@ from datetime import UTC, date, datetime
 from fractions import Fraction
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from ..rounding import nano_usd
 from ..usage import Usage
@@ -36,9 +36,9 @@ from .model import OWN_UNITS, PICO, PROVIDER_IDS, Model, PriceSet, ProviderPrice
 if TYPE_CHECKING:
     from ..providers.base import MeterResult
 
-log = logging.getLogger("modeltrack.pricing")
+log: Final = logging.getLogger("modeltrack.pricing")
 
-_COMPACT_DATE = re.compile(r"(-)(20\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?=-|:|$)")
+_COMPACT_DATE: Final = re.compile(r"(-)(20\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?=-|:|$)")
 
 
 class Pricing:
@@ -62,6 +62,9 @@ class Pricing:
         self._plans: dict[tuple[int, datetime, str | None, str | None, tuple[tuple[str, str], ...]], Any] = {}
         self._dearest: dict[tuple[str, datetime], tuple[float, float]] = {}
         self._linear: dict[tuple[str, str | None, int], tuple[Rate, Rate, int, Model, bool]] = {}
+        # The last request's (provider, model, minute) and its rates: the usual request asks what the last one did.
+        self._last_bound: tuple[str, str | None, int] = ("", None, -1)
+        self._last_linear: tuple[Rate, Rate, int, Model, bool] | None = None
 
     # --- public API -----------------------------------------------------------------------------------------
 
@@ -245,15 +248,19 @@ class Pricing:
         both usages are priced in full. The result is the same either way
         (tests/test_pricing.py::test_the_reservation_bound_is_the_dearer_of_both_full_prices)."""
         minute = int(ts) // 60  # (whole seconds first: integer division, not a float's)
-        key = (provider, model, minute)
-        lin = self._linear.get(key)  # one lookup per request: the model as asked for, this minute
-        if lin is None:
-            found = self.resolve(provider, model)
-            if found is None:
-                return None
-            if len(self._linear) > 4096:
-                self._linear.clear()
-            lin = self._linear[key] = (*self._linear_rates(found[0], _ts_minute(minute), found[1]), *found)
+        last = self._last_bound
+        lin = self._last_linear
+        if lin is None or minute != last[2] or model != last[1] or provider != last[0]:
+            key = (provider, model, minute)
+            lin = self._linear.get(key)  # one lookup: the model as asked for, this minute
+            if lin is None:
+                found = self.resolve(provider, model)
+                if found is None:
+                    return None
+                if len(self._linear) > 4096:
+                    self._linear.clear()
+                lin = self._linear[key] = (*self._linear_rates(found[0], _ts_minute(minute), found[1]), *found)
+            self._last_bound, self._last_linear = key, lin
         r_in, r_out, upto, m, direct = lin
         if input_tokens <= upto:
             if isinstance(r_in, int) and isinstance(r_out, int):
@@ -274,7 +281,7 @@ class Pricing:
             self.price_pico(m, Usage(input_tokens=1), when, direct),
             self.price_pico(m, Usage(cache_write_tokens=1), when, direct),
         )
-        return r_in, self.price_pico(m, Usage(output_tokens=1), when, direct), min(starts, default=1 << 62)
+        return r_in, self.price_pico(m, Usage(output_tokens=1), when, direct), min(starts, default=_NO_TIER)
 
     def dearest_bound(self, provider: str, input_tokens: int, output_tokens: int, ts: float) -> float | None:
         """An upper bound of the request's cost at the provider's dearest rates (its overrides and its own price
@@ -343,7 +350,7 @@ def _detail(key: str) -> Any:
 
 
 # How each price unit's count is read off the ledger (see usage.py for the subset relations).
-_COUNTS: dict[str, Any] = {
+_COUNTS: Final[dict[str, Any]] = {
     "input_tokens": lambda u: u.total_input_tokens,
     "cache_read_tokens": lambda u: u.cache_read_tokens,
     "cache_write_tokens": lambda u: u.cache_write_tokens,
@@ -357,6 +364,11 @@ _COUNTS: dict[str, Any] = {
     "web_searches": lambda u: u.web_search_requests,
     "requests": lambda u: 1,
 }
+
+
+_NO_TIER: Final = 1 << 61
+"""The input tokens up to which a model without tiers is linear: more than any request has, and small enough to
+stay a tagged integer, so that compiled, the per-request comparison with it is native (1 << 62 is not)."""
 
 
 @lru_cache(maxsize=4096)

@@ -7,9 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from fractions import Fraction
-from typing import Any
+from typing import Any, Final
 
-PICO = 10**12
+PICO: Final = 10**12
 
 # ModelTrack provider name → genai-prices provider id.
 PROVIDER_IDS = {

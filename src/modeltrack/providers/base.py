@@ -16,8 +16,11 @@ from mypy_extensions import mypyc_attr
 from ..usage import Usage
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class MeterResult:
+    # mypyc compiles a dataclass's methods, but not the ``__init__`` the dataclasses module writes at run time:
+    # built per request, that interpreted ``__init__`` cost ~3,800 CPU instructions (callgrind, bench/README.md).
+
     model: str | None = None
     usage: Usage | None = None
     usage_source: str = "missing"
@@ -37,10 +40,35 @@ class MeterResult:
     """An async job (a video) this answer bills, once: its event id is the job's, and the job is remembered as
     priced (modeltrack.batches), so a later poll bills nothing."""
 
+    def __init__(
+        self,
+        model: str | None = None,
+        usage: Usage | None = None,
+        usage_source: str = "missing",
+        error: str | None = None,
+        zero_cost: bool = False,
+        batch: Any = None,
+        items: Any = None,
+        variant: tuple[tuple[str, str], ...] = (),
+        settles: str | None = None,
+    ) -> None:
+        self.model = model
+        self.usage = usage
+        self.usage_source = usage_source
+        self.error = error
+        self.zero_cost = zero_cost
+        self.batch = batch
+        self.items = items
+        self.variant = variant
+        self.settles = settles
 
-@dataclass(slots=True)
+
+@dataclass(slots=True, init=False)
 class RequestInfo:
     """What a meter may know about the request: never the body, only what was extracted from it."""
+
+    # mypyc compiles a dataclass's methods, but not the ``__init__`` the dataclasses module writes at run time:
+    # built per request, that interpreted ``__init__`` cost ~2,600 CPU instructions (callgrind, bench/README.md).
 
     method: str
     path: str
@@ -48,6 +76,22 @@ class RequestInfo:
     model: str | None = None
     stream: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __init__(
+        self,
+        method: str,
+        path: str,
+        query: str,
+        model: str | None = None,
+        stream: bool = False,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query = query
+        self.model = model
+        self.stream = stream
+        self.extra = {} if extra is None else extra
 
 
 class Meter(Protocol):

@@ -7,14 +7,14 @@ proxy, because the client's bytes are already flowing.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from mypy_extensions import mypyc_attr
 
 from ..wire.sse import SSEEvent, SSESplitter
 from .base import MeterResult, RequestInfo, error_code, loads
 
-MAX_JSON_BODY = 64 * 1024 * 1024
+MAX_JSON_BODY: Final = 64 * 1024 * 1024
 """Non-streaming bodies are kept (as references to the chunks, not copied) up to this size for metering."""
 
 

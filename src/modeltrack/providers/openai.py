@@ -17,7 +17,7 @@ decoded at the end.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 from mypy_extensions import mypyc_attr
 
@@ -31,8 +31,8 @@ from .meters import JSONBodyMeter, SSEMeter, dig
 from .stream_usage import WithheldUsage, inject
 from .videos import VideoMeter
 
-_USAGE_MARKERS = (b'"usage":{', b'"usage": {')
-_RESPONSES_TERMINAL = (b"response.completed", b"response.incomplete", b"response.failed")
+_USAGE_MARKERS: Final[tuple[bytes, ...]] = (b'"usage":{', b'"usage": {')
+_RESPONSES_TERMINAL: Final[tuple[bytes, ...]] = (b"response.completed", b"response.incomplete", b"response.failed")
 
 
 def openai_usage(u: Any, service_tier: Any = None) -> Usage | None:
@@ -242,8 +242,8 @@ class ModerationMeter(JSONBodyMeter):
         return MeterResult(model=nonempty_str(model), usage=Usage(), usage_source="none", zero_cost=True)
 
 
-_AUDIO_IN = ("/audio/transcriptions", "/audio/translations")
-_TEXT_FORMATS = ("text", "srt", "vtt")
+_AUDIO_IN: Final[tuple[str, ...]] = ("/audio/transcriptions", "/audio/translations")
+_TEXT_FORMATS: Final[tuple[str, ...]] = ("text", "srt", "vtt")
 
 
 def transcription_usage(u: Any, duration: Any = None) -> Usage | None:

@@ -7,7 +7,7 @@ from configuration, never from the request, which is what makes the proxy imposs
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Final
 
 from .anthropic import Anthropic
 from .azure import Azure
@@ -50,7 +50,7 @@ def build_providers(
     return out
 
 
-_OPENAI_RESOURCES = (
+_OPENAI_RESOURCES: Final[tuple[str, ...]] = (
     "/chat/completions",
     "/completions",
     "/embeddings",
@@ -105,7 +105,7 @@ def wrong_base_url(path: str, prefixes: tuple[str, ...] = ()) -> tuple[str, str]
     return None
 
 
-_GEMINI_LIVE = "/ws/google.ai.generativelanguage."  # Gemini Live's WebSocket path (google-genai's live.connect)
+_GEMINI_LIVE: Final = "/ws/google.ai.generativelanguage."  # Gemini Live's WebSocket path (google-genai's live.connect)
 
 
 def _gemini_method(path: str) -> bool:
@@ -143,7 +143,7 @@ class Router:
         return None
 
 
-_KINDS: dict[str, str] = {}
+_KINDS: Final[dict[str, str]] = {}
 
 
 def endpoint_kind(path: str) -> str:
