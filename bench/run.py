@@ -329,6 +329,10 @@ def main() -> None:
 
         control_rows = cbench.run(tmp, up_port, lua, secs, targets["modeltrack"])
         print("controls", control_rows, flush=True)
+        from bench import instructions as ibench
+
+        instruction_rows = ibench.run(tmp, up_port, BODY, LOAD_KEY)
+        print("instructions", instruction_rows, flush=True)
 
         n_streams = 100 if args.quick else 500
         paced: dict[str, dict[str, Any]] = {}
@@ -424,7 +428,7 @@ def main() -> None:
             f"LiteLLM: {rows['litellm']['rps']:,.0f} req/s — ModelTrack is "
             f"**{mt['rps'] / max(rows['litellm']['rps'], 1e-9):.1f}×** (target ≥ 20×)."
         )
-    lines += ["", *cbench.report(control_rows, mt)]
+    lines += ["", *cbench.report(control_rows, mt), *ibench.report(instruction_rows)]
     lines += [
         f"## Streams ({n_streams} concurrent, 100 events 20 ms apart; and 8 unpaced streams)",
         "",

@@ -1,0 +1,168 @@
+"""CPU instructions per request, counted by callgrind: a plain request, one with a ModelTrack key and its RPM/TPM
+limits, and one with a block budget on its team too, each through its own ``modeltrack serve`` run under
+``valgrind --tool=callgrind``.
+
+Why beside the wrk rows: on a shared 2-core VM, throughput ratios between two targets move by 10 to 15 points
+from one round to the next (bench/README.md), so a 5 % budget cannot be read off them. An instruction count does
+not depend on the host's other tenants: the same build gives the same count within ~1 % run to run. What it
+leaves out is memory stalls, and it over-counts timers (under valgrind a request takes ~50× longer, so each
+request carries ~50× its share of the once-a-second ticks); both affect the three targets alike.
+
+How: the process starts under callgrind and answers 200 requests to warm up. Its counters are zeroed
+(``callgrind_control --zero``), it idles for ``IDLE_SECONDS`` and they are dumped (``--dump``): its idle rate. Then
+zeroed again, it answers ``N`` more requests from 4 keep-alive connections, and they are dumped again: every
+thread of the process, the store writer's included. *Gross* is that over ``N``; *net* subtracts the idle rate
+for as long as the requests took first.
+"""
+
+from __future__ import annotations
+
+import glob
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from bench.harness import COMMANDS, modeltrack
+
+N = 3000
+CONNECTIONS = 4
+IDLE_SECONDS = 10.0
+
+
+def _fire(port: int, headers: dict[str, str], body: str, n: int) -> None:
+    def one(count: int) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        for _ in range(count):
+            conn.request("POST", "/v1/chat/completions", body, headers)
+            r = conn.getresponse()
+            r.read()
+            if r.status != 200:
+                raise RuntimeError(f"instructions bench: {r.status} from the proxy")
+        conn.close()
+
+    threads = [threading.Thread(target=one, args=(n // CONNECTIONS,)) for _ in range(CONNECTIONS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def _total(path: str) -> int:
+    with open(path) as f:
+        for line in f:
+            if line.startswith(("summary:", "totals:")):
+                return int(line.split()[1])
+    raise RuntimeError(f"no totals in {path}")
+
+
+def _wait_healthy(port: int, proc: subprocess.Popen[bytes], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError("instructions bench: the proxy under valgrind exited")
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/healthz")
+            conn.getresponse().read()
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError("instructions bench: the proxy under valgrind never answered")
+
+
+def _counted(pid: int, out: Path, during: Callable[[], None]) -> tuple[int, int]:
+    """The instructions the process ran while ``during`` ran: (every thread, the event loop's thread alone)."""
+    before = set(glob.glob(f"{out}.{pid}.*"))
+    subprocess.run(["callgrind_control", "--zero", str(pid)], check=True, capture_output=True)
+    during()
+    subprocess.run(["callgrind_control", "--dump", str(pid)], check=True, capture_output=True)
+    dumps = sorted(set(glob.glob(f"{out}.{pid}.*")) - before)  # one file per thread: ``.N-01`` is the main one
+    if not dumps:
+        raise RuntimeError("instructions bench: callgrind wrote no dump")
+    return sum(_total(d) for d in dumps), sum(_total(d) for d in dumps if d.endswith("-01"))
+
+
+def measure(
+    name: str, tmp: Path, up_port: int, body: str, headers: dict[str, str], env: dict[str, str] | None = None
+) -> dict[str, float]:
+    """Instructions per request of one ``modeltrack serve`` under callgrind (its store: ``tmp/{name}.db``):
+    ``gross``, everything the process ran while it answered, over ``N``; ``net``, less what it runs when idle
+    for as long (its timers: see the module docstring)."""
+    p = modeltrack(name, tmp, up_port, env=env)
+    out = tmp / f"callgrind-{name}.out"
+    p.cmd = ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}.%p", *p.cmd]
+    COMMANDS.append(" ".join(p.cmd))
+    log = (tmp / f"{name}.log").open("wb")
+    proc = subprocess.Popen(p.cmd, env={**os.environ, **p.env}, stdout=log, stderr=log)
+    try:
+        _wait_healthy(p.port, proc)
+        _fire(p.port, headers, body, 200)
+        time.sleep(1)
+        idle, idle_loop = (n / IDLE_SECONDS for n in _counted(proc.pid, out, lambda: time.sleep(IDLE_SECONDS)))
+        t0 = time.monotonic()
+        total, loop = _counted(proc.pid, out, lambda: _fire(p.port, headers, body, N))
+        took = time.monotonic() - t0
+        return {
+            "gross": total / N,
+            "net": (total - idle * took) / N,
+            "loop": (loop - idle_loop * took) / N,
+            "idle_per_s": idle,
+        }
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def run(tmp: Path, up_port: int, body: str, auth: str) -> dict[str, dict[str, float]]:
+    """``plain``, ``key`` and ``key_budget`` instructions per request; empty without valgrind."""
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        return {}
+    from bench.controls import KEYED_BUDGET, make_key
+
+    base = {"Content-Type": "application/json", "Authorization": f"Bearer {auth}"}
+    rows = {"plain": measure("cg-plain", tmp, up_port, body, base)}
+    key = make_key(tmp / "cg-key.db")
+    rows["key"] = measure("cg-key", tmp, up_port, body, {**base, "X-ModelTrack-Key": key})
+    controls = tmp / "cg-budget.json"
+    controls.write_text(json.dumps(KEYED_BUDGET))
+    key = make_key(tmp / "cg-key-budget.db")
+    env = {"MODELTRACK_CONTROLS_FILE": str(controls)}
+    rows["key_budget"] = measure("cg-key-budget", tmp, up_port, body, {**base, "X-ModelTrack-Key": key}, env)
+    return rows
+
+
+def report(rows: dict[str, dict[str, float]]) -> list[str]:
+    if not rows:
+        return [
+            "Instructions per request (callgrind): not measured, valgrind is not installed "
+            "(`apt-get install valgrind`).",
+            "",
+        ]
+    plain = rows["plain"]
+    lines = [
+        f"Instructions per request (callgrind, {N:,} requests from {CONNECTIONS} connections, every thread of the "
+        "process; see bench/instructions.py). The host's noise does not move these. *Net* leaves out what the "
+        f"process runs when idle (its timers, measured over {IDLE_SECONDS:.0f} s), which valgrind's slowness "
+        "would otherwise charge to each request ~50 times over:",
+        "",
+        "| target | net instructions per request | vs plain | the event loop's thread (net) | vs plain | gross "
+        "| vs plain | idle, per second |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, label in (("plain", "plain"), ("key", "key + RPM/TPM limits"), ("key_budget", "key + limits + budget")):
+        r = rows[name]
+        lines.append(
+            f"| {label} | {r['net']:,.0f} | {r['net'] / plain['net']:.1%} | {r['loop']:,.0f} | "
+            f"{r['loop'] / plain['loop']:.1%} | {r['gross']:,.0f} | {r['gross'] / plain['gross']:.1%} | "
+            f"{r['idle_per_s']:,.0f} |"
+        )
+    return [*lines, ""]
