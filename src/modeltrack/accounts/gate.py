@@ -89,6 +89,7 @@ class Gate:
         self.client_tokens = client_tokens
         self.multi_tenant = multi_tenant
         self.require_key = require_key or multi_tenant
+        self._last = ANONYMOUS
 
     def identify(self, headers: Any, given: bytes) -> Identity | Refusal:
         """``given``: the X-ModelTrack-Key header's value (or ``b""``); ``headers`` the request's, where a key
@@ -107,7 +108,11 @@ class Gate:
                 return Refusal(401, "invalid_key", "This X-ModelTrack-Key is not a valid ModelTrack key.")
             if keyring.stale():
                 return Refusal(503, "keys_unavailable", "Keys cannot be checked: the store is unreachable.")
-            return Identity(grant, grant.fixed, as_api_key)
+            last = self._last
+            if last.grant is grant and last.as_api_key == as_api_key:
+                return last  # the last request's key (read only, so shared): no record to build and free
+            ident = self._last = Identity(grant, grant.fixed, as_api_key)
+            return ident
         if self.client_tokens and not self.multi_tenant:
             fixed = self.client_tokens.lookup(given)
             if fixed is None:

@@ -320,7 +320,7 @@ class Budgets:
                 if st.warn_from >= 0:
                     self._check_thresholds(st)
 
-    def on_stored(self, events: Iterable[CostEvent]) -> None:
+    def on_stored(self, events: list[CostEvent]) -> None:
         if not self._states:
             return
         states = tuple(self._states.values())
