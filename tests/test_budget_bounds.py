@@ -148,6 +148,40 @@ async def test_the_lease_is_reserved_from_without_awaiting() -> None:
     assert 1_990 <= outcomes[1].count(True) <= 2_000  # half of each reservation settles: up to the limit, no more
 
 
+async def test_an_idle_lease_goes_back_to_the_ledger() -> None:
+    """A process keeps the unreserved part of its lease while it admits requests, and returns it to the ledger at
+    the first tick a second after its last admission: what it holds then is only what requests in flight
+    reserved. A settle is not a use (the lease is idle once admissions stop, whatever settles after)."""
+    from datetime import UTC, datetime, timedelta
+
+    from modeltrack.controls.budgets import LEASE_IDLE_SECONDS, Budgets
+    from modeltrack.controls.ledger import MemoryLedger
+    from modeltrack.controls.match import Scope
+    from modeltrack.controls.spec import Budget
+    from modeltrack.metrics import Metrics
+
+    t = [datetime(2026, 12, 6, 12, tzinfo=UTC)]
+    budget = Budget(name="b", scope=Scope(), period="daily", timezone="UTC", limit_usd=1.0)
+    ledger = MemoryLedger()
+    b = Budgets([budget], ledger, None, Metrics(), 60.0, clock=lambda: t[0])
+    matched = b.matching({})
+    st = b.state(budget)
+    first = await b.admit(matched, 1_000)  # reads the (empty) store, takes a lease from the ledger
+    assert first.refusal is None and st.granted > 1_000 and await ledger.allocated(st.key) == st.granted
+    t[0] += timedelta(seconds=0.5)
+    second = b.admit_now(matched, 1_000, now=0.0)  # (``now`` is the budgets' clock's when one is given)
+    assert second is not None and second.refusal is None
+    b.settle_nano(first, 400)
+    t[0] += timedelta(seconds=LEASE_IDLE_SECONDS)  # a second after the first admission, half after the second
+    await b.tick()
+    assert await ledger.allocated(st.key) == st.granted > 1_400  # kept: admitted half a second ago
+    t[0] += timedelta(seconds=0.6)
+    b.settle_nano(second, 300)  # a settle after the last admission: not a use
+    await b.tick()
+    assert st.granted == st.used == 700 and await ledger.allocated(st.key) == 700  # the rest went back
+    await b.close()
+
+
 async def test_deciding_without_awaiting_reaches_the_awaited_decision(tmp_path: Path) -> None:
     """The proxy asks ``Controls.decide_now`` first and awaits ``decide`` only when it declines. Over the same
     requests (a block budget that runs out, with a warning threshold), both ways admit and refuse the same

@@ -63,7 +63,7 @@ class BudgetState:
         self.pending_total = 0
         self.granted = 0
         self.used = 0  # reservations in flight + settled costs, against ``granted``
-        self.last_use = 0.0
+        self.last_use = 0.0  # the last admission's time (epoch seconds, the budgets' clock); idle after a second
         self.room = 0  # what the ledger had left at its last answer
         self.full_until = 0.0  # until then, a request larger than ``room`` is refused without asking the ledger
         self.waiting = 0

@@ -260,7 +260,7 @@ class Controls:
             if bound is None:
                 return None  # unpriced: decide() reserves the spec's or the provider's dearest bound
             reserve = nearest(bound * 1e9) + 1
-        adm = self.budgets.admit_now(p.budgets, reserve)
+        adm = self.budgets.admit_now(p.budgets, reserve, wall)
         if adm is None:
             return None
         d = Decision(path, body, adm)
@@ -354,7 +354,7 @@ class Controls:
                         bound = self.pricing.dearest_bound(provider, inp, out, wall)
                 if bound is not None:
                     reserve = nearest(bound * 1e9) + 1
-            adm = self.budgets.admit_now(matched, reserve) or await self.budgets.admit(matched, reserve)
+            adm = self.budgets.admit_now(matched, reserve, wall) or await self.budgets.admit(matched, reserve)
             if adm.refusal is not None:
                 d.refusal = adm.refusal
                 return d
