@@ -132,6 +132,18 @@ class Recorder:
         team, app, feature, user = attrs.get("team"), attrs.get("app"), attrs.get("feature"), attrs.get("user")
         org, key_id = attrs.get("org"), attrs.get("key_id")
         usage_source = result.usage_source if usage or o.blocked else "missing"
+        latency_ms = nearest((end - o.start) * 1e6) / 1000
+        first_byte = o.first_byte
+        ttft_ms = nearest((first_byte - o.start) * 1e6) / 1000 if first_byte is not None and info.stream else None
+        tokens = (0, 0, 0, 0, 0)
+        if usage is not None:
+            tokens = (
+                usage.input_tokens,
+                usage.output_tokens,
+                usage.cache_read_tokens,
+                usage.cache_write_tokens,
+                usage.reasoning_tokens,
+            )
         ev = CostEvent(
             timestamp=stamp,
             request_id=rid,
@@ -141,16 +153,14 @@ class Recorder:
             model=model,
             status=status,
             stream=info.stream,
-            input_tokens=usage.input_tokens if usage else 0,
-            output_tokens=usage.output_tokens if usage else 0,
-            cache_read_tokens=usage.cache_read_tokens if usage else 0,
-            cache_write_tokens=usage.cache_write_tokens if usage else 0,
-            reasoning_tokens=usage.reasoning_tokens if usage else 0,
+            input_tokens=tokens[0],
+            output_tokens=tokens[1],
+            cache_read_tokens=tokens[2],
+            cache_write_tokens=tokens[3],
+            reasoning_tokens=tokens[4],
             cost_usd=cost,
-            latency_ms=nearest((end - o.start) * 1e6) / 1000,
-            ttft_ms=nearest((o.first_byte - o.start) * 1e6) / 1000
-            if o.first_byte is not None and info.stream
-            else None,
+            latency_ms=latency_ms,
+            ttft_ms=ttft_ms,
             team=team,
             app=app,
             feature=feature,
@@ -180,12 +190,10 @@ class Recorder:
         self.pipeline.enqueue(ev)
         spent: Spent | None = None
         if want_spent:
-            total = 0
-            if usage is not None:
-                total = usage.input_tokens + usage.output_tokens + usage.cache_read_tokens + usage.cache_write_tokens
-            tokens = limit_tokens(status, cached is not None, usage_source, total)
+            total = tokens[0] + tokens[1] + tokens[2] + tokens[3]
+            limited = limit_tokens(status, cached is not None, usage_source, total)
             key = (team, app, feature, user, provider, model, org, key_id)  # controls.match.DIMENSIONS
-            spent = Spent(key, cost, status, tokens, stamp, rid, o.wall)
+            spent = Spent(key, cost, status, limited, stamp, rid, o.wall)
         if result.settles is not None and self.batches is not None and cost_source != "unpriced":
             self.batches.priced(attrs.get("org"), provider, result.settles)
         if result.items and job is not None and not job["priced"]:
@@ -194,9 +202,28 @@ class Recorder:
                 self.batches.priced(attrs.get("org"), provider, job["file_id"])
         overhead = o.own + (perf_counter() - end)
         prompt_savings = 0.0
-        if ev.cache_read_tokens and cached is None:
+        if tokens[2] and cached is None:
             prompt_savings = self.pricing.cache_savings(provider, result, info.model, o.wall)
-        self.metrics.observe(ev, overhead, endpoint_kind, prompt_savings)
+        # (The event's values as this function holds them: read back off the event, 22 generic lookups.)
+        self.metrics.count(
+            provider,
+            model,
+            team,
+            app,
+            feature,
+            org,
+            endpoint_kind,
+            status,
+            info.stream,
+            tokens,
+            cost,
+            prompt_savings,
+            saved,
+            cost_source == "unpriced",
+            latency_ms,
+            ttft_ms,
+            overhead,
+        )
         if self.access_log:
             self._access(ev, info.method)
         if log.isEnabledFor(logging.DEBUG):

@@ -253,55 +253,100 @@ class Metrics:
         return child
 
     def observe(self, ev: CostEvent, overhead_s: float, endpoint_kind: str, savings_usd: float = 0.0) -> None:
-        """Count one event. The label work (sanitising, capping, child lookup) is done once per distinct label
-        combination and cached; per event this adds to the series' tally (:meth:`fold` moves it into the
-        instruments)."""
-        status = ev.status
+        """Count one event: :meth:`count`, with its values read off the event."""
+        self.count(
+            ev.provider,
+            ev.model,
+            ev.team,
+            ev.app,
+            ev.feature,
+            ev.org,
+            endpoint_kind,
+            ev.status,
+            ev.stream,
+            (ev.input_tokens, ev.output_tokens, ev.cache_read_tokens, ev.cache_write_tokens, ev.reasoning_tokens),
+            ev.cost_usd,
+            savings_usd,
+            ev.saved_usd,
+            ev.cost_source == "unpriced",
+            ev.latency_ms,
+            ev.ttft_ms,
+            overhead_s,
+        )
+
+    def count(
+        self,
+        provider: str,
+        model: str | None,
+        team: str | None,
+        app: str | None,
+        feature: str | None,
+        org: str | None,
+        endpoint_kind: str,
+        status: int,
+        stream: bool,
+        tokens: tuple[int, int, int, int, int],
+        cost_usd: float | None,
+        savings_usd: float,
+        saved_usd: float | None,
+        unpriced: bool,
+        latency_ms: float,
+        ttft_ms: float | None,
+        overhead_s: float,
+    ) -> None:
+        """Count one request, from the values its event is built of. The recorder passes them as it holds them:
+        read back off the event (an interpreted class), they were ~22 generic attribute lookups a request, each
+        through the type's attribute cache (bench/README.md, "twenty-fifth session"). ``tokens``: input, output,
+        cache read, cache write, reasoning. The label work (sanitising, capping, child lookup) is done once per
+        distinct label combination and cached; per request this adds to the series' tally (:meth:`fold` moves it
+        into the instruments)."""
         status_class = (
             _STATUS_CLASS[status // 100] if 100 <= status < 600 else (f"{status // 100}xx" if status else "error")
         )
         key: tuple[Any, ...]
         if self.by_org:
-            key = (ev.provider, ev.model, ev.team, ev.app, ev.feature, endpoint_kind, status_class, ev.stream, ev.org)
+            key = (provider, model, team, app, feature, endpoint_kind, status_class, stream, org)
         else:
-            key = (ev.provider, ev.model, ev.team, ev.app, ev.feature, endpoint_kind, status_class, ev.stream)
+            key = (provider, model, team, app, feature, endpoint_kind, status_class, stream)
         series = self._series.get(key)
         if series is None:
             if len(self._series) >= 10_000:
                 self.fold()
                 self._series.clear()  # bounded: raw values (before capping) could be anything
-            series = self._series[key] = self._make_series(ev, endpoint_kind, status_class)
+            labels = (provider, model, team, app, feature, org)
+            series = self._series[key] = self._make_series(labels, endpoint_kind, status_class, stream)
         for fold in series.folds:
             fold.inc()
-        duration = ev.latency_ms / 1000.0
+        duration = latency_ms / 1000.0
         overhead = max(overhead_s, 0.0)
+        inp, out, cache_read, cache_write, reasoning = tokens
         with self._lock:
             t = series.tally
             t[0] += 1
-            if ev.input_tokens:
-                t[1] += ev.input_tokens
-            if ev.output_tokens:
-                t[2] += ev.output_tokens
-            if ev.cache_read_tokens:
-                t[3] += ev.cache_read_tokens
-            if ev.cache_write_tokens:
-                t[4] += ev.cache_write_tokens
-            if ev.reasoning_tokens:
-                t[5] += ev.reasoning_tokens
-            if ev.cost_usd:
-                t[6] += ev.cost_usd
+            if inp:
+                t[1] += inp
+            if out:
+                t[2] += out
+            if cache_read:
+                t[3] += cache_read
+            if cache_write:
+                t[4] += cache_write
+            if reasoning:
+                t[5] += reasoning
+            if cost_usd:
+                t[6] += cost_usd
             if savings_usd:
                 t[7] += savings_usd
-            if ev.saved_usd:
-                t[8] += ev.saved_usd
-            if ev.cost_source == "unpriced":
+            if saved_usd:
+                t[8] += saved_usd
+            if unpriced:
                 t[9] += 1
             t[_DUR + bisect_left(_DUR_BOUNDS, duration)] += 1
             t[_OVER - 1] += duration
             t[_OVER + bisect_left(_OVER_BOUNDS, overhead)] += 1
             t[_TTFT - 1] += overhead
-            if ev.ttft_ms is not None:
-                ttft = ev.ttft_ms / 1000.0
+            if ttft_ms is not None:
+                ttft = ttft_ms / 1000.0
                 t[_TTFT + bisect_left(_TTFT_BOUNDS, ttft)] += 1
                 t[-1] += ttft
             if not series.dirty:
@@ -357,27 +402,34 @@ class Metrics:
         series.children[name] = child
         return child
 
-    def _make_series(self, ev: CostEvent, endpoint_kind: str, status_class: str) -> _Series:
+    def _make_series(
+        self,
+        raw_labels: tuple[str, str | None, str | None, str | None, str | None, str | None],
+        endpoint_kind: str,
+        status_class: str,
+        is_stream: bool,
+    ) -> _Series:
+        provider, raw_model, raw_team, raw_app, raw_feature, raw_org = raw_labels
         caps = (self.cap_model, self.cap_team, self.cap_app, self.cap_feature, self.cap_endpoint)
-        raw = (ev.model or "unknown", ev.team, ev.app, ev.feature, endpoint_kind)
+        raw = (raw_model or "unknown", raw_team, raw_app, raw_feature, endpoint_kind)
         values = [cap.resolve(v) for cap, v in zip(caps, raw, strict=True)]
         folds = tuple(cap.folded for cap, v in zip(caps, values, strict=True) if v is OTHER)  # counted per event
         model, team, app, feature, endpoint = values
-        labels: tuple[str, ...] = (ev.provider, model, team, app, feature)
+        labels: tuple[str, ...] = (provider, model, team, app, feature)
         if self.cap_org is not None:
-            org = self.cap_org.resolve(ev.org)
+            org = self.cap_org.resolve(raw_org)
             if org is OTHER:
                 folds += (self.cap_org.folded,)
             labels = (org, *labels)
-        stream = "true" if ev.stream else "false"
+        stream = "true" if is_stream else "false"
         child = self._child
         return _Series(
             requests=child(self.requests, *labels, endpoint, status_class, stream),
-            duration=child(self.duration, ev.provider, stream),
-            overhead=child(self.overhead, ev.provider),
+            duration=child(self.duration, provider, stream),
+            overhead=child(self.overhead, provider),
             folds=folds,
             labels=labels,
-            provider=ev.provider,
+            provider=provider,
             model=model,
             children={},
         )
