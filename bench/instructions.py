@@ -13,6 +13,14 @@ How: the process starts under callgrind and answers 200 requests to warm up. Its
 zeroed again, it answers ``N`` more requests from 4 keep-alive connections, and they are dumped again: every
 thread of the process, the store writer's included. *Gross* is that over ``N``; *net* subtracts the idle rate
 for as long as the requests took first.
+
+Each target is measured in ``len(LAYOUTS)`` processes, and the row is their median. Why: CPython finds a class's
+attributes through a 4,096-entry cache indexed by the class's version tag and the *address* of the attribute's
+name. Under valgrind (no address randomisation) a process's layout is the same every run, so which hot (class,
+name) pairs collide in that cache is fixed per process, and differs between processes that load different code:
+misses cost one process 370 and another 2,300 instructions a request (bench/README.md, twenty-fifth session). An
+unused environment variable of a different length per run (``BENCH_LAYOUT_PAD``) moves the interpreter's early
+allocations, and with them its names' addresses: three layouts per target, compared layout by layout.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import http.client
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import threading
 import time
@@ -30,9 +39,10 @@ from pathlib import Path
 
 from bench.harness import COMMANDS, modeltrack
 
-N = 3000
+N = 2000
 CONNECTIONS = 4
 IDLE_SECONDS = 10.0
+LAYOUTS = (0, 9, 40)  # lengths of the unused environment variable that moves each process's layout
 
 
 def _fire(port: int, headers: dict[str, str], body: str, n: int) -> None:
@@ -122,25 +132,31 @@ def measure(
             proc.kill()
 
 
-def run(tmp: Path, up_port: int, body: str, auth: str) -> dict[str, dict[str, float]]:
-    """``plain``, ``key`` and ``key_budget`` instructions per request; empty without valgrind."""
+def run(tmp: Path, up_port: int, body: str, auth: str) -> dict[str, list[dict[str, float]]]:
+    """``plain``, ``key`` and ``key_budget`` instructions per request, one measurement per layout (in the order of
+    :data:`LAYOUTS`); empty without valgrind."""
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         return {}
     from bench.controls import KEYED_BUDGET, make_key
 
     base = {"Content-Type": "application/json", "Authorization": f"Bearer {auth}"}
-    rows = {"plain": measure("cg-plain", tmp, up_port, body, base)}
-    key = make_key(tmp / "cg-key.db")
-    rows["key"] = measure("cg-key", tmp, up_port, body, {**base, "X-ModelTrack-Key": key})
     controls = tmp / "cg-budget.json"
     controls.write_text(json.dumps(KEYED_BUDGET))
-    key = make_key(tmp / "cg-key-budget.db")
-    env = {"MODELTRACK_CONTROLS_FILE": str(controls)}
-    rows["key_budget"] = measure("cg-key-budget", tmp, up_port, body, {**base, "X-ModelTrack-Key": key}, env)
+    rows: dict[str, list[dict[str, float]]] = {"plain": [], "key": [], "key_budget": []}
+    for i, pad in enumerate(LAYOUTS):
+        layout = {"BENCH_LAYOUT_PAD": "x" * pad}
+        rows["plain"].append(measure(f"cg-plain-{i}", tmp, up_port, body, base, layout))
+        key = make_key(tmp / f"cg-key-{i}.db")
+        rows["key"].append(measure(f"cg-key-{i}", tmp, up_port, body, {**base, "X-ModelTrack-Key": key}, layout))
+        key = make_key(tmp / f"cg-key-budget-{i}.db")
+        env = {"MODELTRACK_CONTROLS_FILE": str(controls), **layout}
+        rows["key_budget"].append(
+            measure(f"cg-key-budget-{i}", tmp, up_port, body, {**base, "X-ModelTrack-Key": key}, env)
+        )
     return rows
 
 
-def report(rows: dict[str, dict[str, float]]) -> list[str]:
+def report(rows: dict[str, list[dict[str, float]]]) -> list[str]:
     if not rows:
         return [
             "Instructions per request (callgrind): not measured, valgrind is not installed "
@@ -150,19 +166,29 @@ def report(rows: dict[str, dict[str, float]]) -> list[str]:
     plain = rows["plain"]
     lines = [
         f"Instructions per request (callgrind, {N:,} requests from {CONNECTIONS} connections, every thread of the "
-        "process; see bench/instructions.py). The host's noise does not move these. *Net* leaves out what the "
-        f"process runs when idle (its timers, measured over {IDLE_SECONDS:.0f} s), which valgrind's slowness "
-        "would otherwise charge to each request ~50 times over:",
+        f"process; the median of {len(LAYOUTS)} processes a target, each with its own memory layout; see "
+        "bench/instructions.py). The host's noise does not move these. *Net* leaves out what the process runs "
+        f"when idle (its timers, measured over {IDLE_SECONDS:.0f} s), which valgrind's slowness would otherwise "
+        "charge to each request ~50 times over. *vs plain* is the median of the ratios layout by layout, their "
+        "range beside it:",
         "",
-        "| target | net instructions per request | vs plain | the event loop's thread (net) | vs plain | gross "
-        "| vs plain | idle, per second |",
-        "|---|---|---|---|---|---|---|---|",
+        "| target | net instructions per request | vs plain | (range) | the event loop's thread (net) | vs plain "
+        "| gross | vs plain | idle, per second |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, label in (("plain", "plain"), ("key", "key + RPM/TPM limits"), ("key_budget", "key + limits + budget")):
-        r = rows[name]
+        runs = rows[name]
+
+        def med(field: str, runs: list[dict[str, float]] = runs) -> float:
+            return statistics.median(r[field] for r in runs)
+
+        def ratios(field: str, runs: list[dict[str, float]] = runs) -> list[float]:
+            return [r[field] / p[field] for r, p in zip(runs, plain, strict=True)]
+
+        net = ratios("net")
         lines.append(
-            f"| {label} | {r['net']:,.0f} | {r['net'] / plain['net']:.1%} | {r['loop']:,.0f} | "
-            f"{r['loop'] / plain['loop']:.1%} | {r['gross']:,.0f} | {r['gross'] / plain['gross']:.1%} | "
-            f"{r['idle_per_s']:,.0f} |"
+            f"| {label} | {med('net'):,.0f} | {statistics.median(net):.1%} | {min(net):.1%}–{max(net):.1%} | "
+            f"{med('loop'):,.0f} | {statistics.median(ratios('loop')):.1%} | {med('gross'):,.0f} | "
+            f"{statistics.median(ratios('gross')):.1%} | {med('idle_per_s'):,.0f} |"
         )
     return [*lines, ""]
