@@ -21,7 +21,7 @@ from bench.sysinfo import free_port
 
 from modeltrack.events import CostEvent
 from modeltrack.sinks import ProcessWriter, is_transient, open_sink
-from modeltrack.sinks.process import RemoteStoreError, StoreWriterGone
+from modeltrack.sinks.process import RemoteStoreError
 from modeltrack.sinks.sqlite import SQLiteSink
 from modeltrack.sinks.writer import STEP
 
@@ -116,15 +116,18 @@ async def test_a_starved_child_is_restarted_at_normal_priority(tmp_path: Path) -
             os.sched_setaffinity(int(tid), {cpu})
         batch = [make_event(i) for i in range(500)]
         t0 = time.monotonic()
-        with pytest.raises(StoreWriterGone) as gone:
-            await writer.write(batch)
-        assert is_transient(gone.value)
-        assert 0.3 <= time.monotonic() - t0 < 3.0, "the starved child is noticed after starved_after"
+        # The restart is the writer's own doing, not a store failure: the same write hands the batch to a new
+        # child, at the normal policy, and returns once it is stored. Raised to the pipeline, it was charged to
+        # the batch's retry budget: a slow first attempt (an idle child on a busy machine) then spooled it.
+        await writer.write(batch)
         assert writer.promotions == 1
-        await writer.write(batch)  # the pipeline's retry: a new child, at the normal policy
-        assert writer.pid not in (None, first)
+        assert time.monotonic() - t0 < 3.0, "the starved child is noticed after starved_after, not left to crawl"
+        assert writer.pid not in (None, first) and writer.started == 2
         assert os.sched_getscheduler(writer.pid) == os.SCHED_OTHER
         once(await writer.read(), 500)
+        await writer.write([make_event(i) for i in range(500, 600)])  # the new child keeps the normal policy
+        assert writer.promotions == 1 and writer.started == 2
+        once(await writer.read(), 600)
     finally:
         hog.kill()
         hog.wait()

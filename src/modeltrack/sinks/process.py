@@ -190,31 +190,47 @@ class ProcessWriter:
                     self._promote(f"{waiting} events wait for the store")
                 else:
                     self._normal_until = max(self._normal_until, time.monotonic() + self.normal_for)
-            if self.pid is None:
-                await self._spawn()
-            proc = self._proc
-            assert proc is not None and proc.stdin is not None
-            self._set_policy(proc.pid)
-            self._batches += 1
-            watch = asyncio.get_running_loop().call_later(
-                self.starved_after, self._check_starved, proc.pid, self._batches, None
-            )
-            try:
-                proc.stdin.write(HEADER.pack(len(payload)))
-                proc.stdin.write(payload)
-                await proc.stdin.drain()
-                await self._answer()
-            except (BrokenPipeError, ConnectionResetError):
-                self._kill()
-                raise StoreWriterGone("the store writer process ended") from None
-            except RemoteStoreError:
-                raise
-            except BaseException:
-                self._kill()  # cancelled mid-batch: its answer must never be taken for the next batch's
-                raise
-            finally:
-                self._done = self._batches
-                watch.cancel()
+            while True:
+                promotions = self.promotions
+                try:
+                    await self._send(payload)
+                    return
+                except StoreWriterGone:
+                    if self.promotions == promotions:
+                        raise  # the child died on its own: the pipeline retries, and counts it
+                    # Killed here, to restart it at the normal policy: not the store's failure. Handed at once to
+                    # the new child (which keeps that policy for ``normal_for`` seconds, so this loops at most
+                    # once a period); given to the pipeline as a failure, a slow first attempt used up the batch's
+                    # retry budget and every later batch was spooled (tests/test_store_writer.py, the starved
+                    # child; tests/test_pipeline.py, ten thousand requests on the Firestore emulator).
+
+    async def _send(self, payload: bytes) -> None:
+        """One attempt: the batch to the child (started first if there is none), and its answer."""
+        if self.pid is None:
+            await self._spawn()
+        proc = self._proc
+        assert proc is not None and proc.stdin is not None
+        self._set_policy(proc.pid)
+        self._batches += 1
+        watch = asyncio.get_running_loop().call_later(
+            self.starved_after, self._check_starved, proc.pid, self._batches, None
+        )
+        try:
+            proc.stdin.write(HEADER.pack(len(payload)))
+            proc.stdin.write(payload)
+            await proc.stdin.drain()
+            await self._answer()
+        except (BrokenPipeError, ConnectionResetError):
+            self._kill()
+            raise StoreWriterGone("the store writer process ended") from None
+        except RemoteStoreError:
+            raise
+        except BaseException:
+            self._kill()  # cancelled mid-batch: its answer must never be taken for the next batch's
+            raise
+        finally:
+            self._done = self._batches
+            watch.cancel()
 
     def _set_policy(self, pid: int) -> None:
         """Idle, unless a starved or lagging batch asked for the normal policy less than ``normal_for`` seconds
@@ -245,7 +261,7 @@ class ProcessWriter:
         now = _runnable(pid)  # which threads are runnable, and how much CPU each has had
         if seen is not None and any(tid in now and now[tid] == ran for tid, ran in seen.items()):
             self._promote(f"starved of CPU for {self.starved_after:.1f} s inside a batch")
-            return  # its batch fails as StoreWriterGone (transient) and is retried
+            return  # :meth:`write` hands its batch to a new child at once
         # Not seen starving yet: look again while the batch lasts. One look used to end the watch when it found
         # no thread runnable at that instant, or one that had run a sliver (SCHED_IDLE still gets one), and a
         # starved batch then took seconds (tests/test_store_writer.py, the starved child, failed so).
