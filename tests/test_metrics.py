@@ -3,6 +3,8 @@ what observing each request directly on prometheus-client's instruments gives, s
 
 from __future__ import annotations
 
+import bisect
+import math
 import random
 import threading
 import time
@@ -10,12 +12,15 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from modeltrack.events import CostEvent, new_request_id, rfc3339
-from modeltrack.metrics import (
-    _DURATION_BUCKETS,
-    _OVERHEAD_BUCKETS,
-    _TTFT_BUCKETS,
-    Metrics,
-    exposition,
+from modeltrack.metrics import Metrics, exposition
+from modeltrack.tally import (
+    DUR_BOUNDS,
+    DURATION_BUCKETS,
+    OVER_BOUNDS,
+    OVERHEAD_BUCKETS,
+    TTFT_BOUNDS,
+    TTFT_BUCKETS,
+    slot,
 )
 
 ATTR = ("provider", "model", "team", "app", "feature")
@@ -65,10 +70,10 @@ def direct(events: list[tuple[CostEvent, float, float]]) -> CollectorRegistry:
     prompt = Counter("modeltrack_prompt_cache_savings_usd", "", ATTR, registry=r)
     unpriced = Counter("modeltrack_unpriced_requests", "", ("provider", "model"), registry=r)
     duration = Histogram(
-        "modeltrack_request_duration_seconds", "", ("provider", "stream"), buckets=_DURATION_BUCKETS, registry=r
+        "modeltrack_request_duration_seconds", "", ("provider", "stream"), buckets=DURATION_BUCKETS, registry=r
     )
-    ttft = Histogram("modeltrack_time_to_first_token_seconds", "", ("provider",), buckets=_TTFT_BUCKETS, registry=r)
-    overhead = Histogram("modeltrack_proxy_overhead_seconds", "", ("provider",), buckets=_OVERHEAD_BUCKETS, registry=r)
+    ttft = Histogram("modeltrack_time_to_first_token_seconds", "", ("provider",), buckets=TTFT_BUCKETS, registry=r)
+    overhead = Histogram("modeltrack_proxy_overhead_seconds", "", ("provider",), buckets=OVERHEAD_BUCKETS, registry=r)
     for ev, over, prompt_savings in events:
         labels = (ev.provider, ev.model or "unknown", ev.team or "", ev.app or "", ev.feature or "")
         stream = "true" if ev.stream else "false"
@@ -123,6 +128,17 @@ def test_tallies_fold_into_the_same_exposition() -> None:
     # The exposition text carries them too (a scrape reads through the same fold).
     text = exposition(metrics).decode()
     assert 'modeltrack_request_duration_seconds_bucket{le="+Inf",provider="openai",stream="true"}' in text
+
+
+def test_a_value_finds_the_bucket_bisect_finds() -> None:
+    """``slot`` replaces ``bisect_left`` on the request path: the same bucket for every bound, a hair either side of
+    it, zero, a negative (a clock step), +Inf and NaN."""
+    for bounds in (DUR_BOUNDS, OVER_BOUNDS, TTFT_BOUNDS):
+        finite = bounds[:-1]
+        values = [0.0, -1.0, float("inf"), float("nan"), *finite]
+        values += [math.nextafter(b, -math.inf) for b in finite] + [math.nextafter(b, math.inf) for b in finite]
+        for x in values:
+            assert slot(bounds, x) == bisect.bisect_left(bounds, x), (bounds, x)
 
 
 def test_a_fold_from_another_thread_loses_nothing() -> None:

@@ -4,12 +4,13 @@ Label values are bounded: each attribution label keeps at most ``label_cap`` dis
 folded into ``__other__`` and counted in ``modeltrack_label_values_folded_total`` (:mod:`modeltrack.labels`).
 
 The per-request series (requests, tokens, cost, savings, the duration, overhead and TTFT histograms) are tallied
-in plain lists and folded into prometheus-client's instruments when something reads them (issue O): an
-instrument's ``inc`` takes a lock per call, eight calls a request. Every reader of the registry sees the folded
-values (:class:`_Fold` is the registry's first collector); with ``--workers`` each worker folds every
-``WORKER_FOLD_SECONDS`` and before it exits, so another worker's scrape is at most that far behind
-(tests/test_workers.py scrapes 0.5 s after its last request). The folded exposition is the same, sample
-for sample, as observing each request directly (tests/test_metrics.py::test_tallies_fold_into_the_same_exposition).
+in plain lists (:mod:`modeltrack.tally`) and folded into prometheus-client's instruments when something reads
+them (issue O): an instrument's ``inc`` takes a lock per call, eight calls a request. Every reader of the registry
+sees the folded values (a :class:`~modeltrack.tally.FoldFirst` is the registry's first collector); with
+``--workers`` each worker folds every ``WORKER_FOLD_SECONDS`` and before it exits, so another worker's scrape is at
+most that far behind (tests/test_workers.py scrapes 0.5 s after its last request). The folded exposition is the
+same, sample for sample, as observing each request directly
+(tests/test_metrics.py::test_tallies_fold_into_the_same_exposition).
 
 In hosted multi-tenant mode (``by_org``) the attribution series carry the request's ``org`` too: team names
 repeat across orgs, and one org's ``ml`` team must not add up with another's
@@ -20,58 +21,34 @@ from __future__ import annotations
 
 import os
 import threading
-from bisect import bisect_left
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 from .labels import OTHER, LabelCap
+from .tally import (
+    COUNTED,
+    DUR,
+    DUR_BOUNDS,
+    DURATION_BUCKETS,
+    OVER,
+    OVER_BOUNDS,
+    OVERHEAD_BUCKETS,
+    SLOTS,
+    STATUS_CLASS,
+    TTFT,
+    TTFT_BOUNDS,
+    TTFT_BUCKETS,
+    FoldFirst,
+    Series,
+    fold_histogram,
+    slot,
+)
 
 if TYPE_CHECKING:
     from .events import CostEvent
 
-
-_OVERHEAD_BUCKETS: Final[tuple[float, ...]] = (
-    25e-6,
-    50e-6,
-    100e-6,
-    250e-6,
-    500e-6,
-    1e-3,
-    2.5e-3,
-    5e-3,
-    10e-3,
-    25e-3,
-    50e-3,
-    0.1,
-)
-_DURATION_BUCKETS: Final[tuple[float, ...]] = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
-_TTFT_BUCKETS: Final[tuple[float, ...]] = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60)
-
-
-INF: Final = float("inf")
 WORKER_FOLD_SECONDS: Final = 0.25
-# A tally's slots: the counters, then each histogram's buckets (+Inf last) and its sum.
-_COUNTED: Final[tuple[str, ...]] = (
-    *("requests", "input", "output", "cache_read", "cache_write", "reasoning", "cost"),
-    *("prompt_savings", "savings", "unpriced"),
-)
-_DUR_BOUNDS: Final[tuple[float, ...]] = (*_DURATION_BUCKETS, INF)
-_OVER_BOUNDS: Final[tuple[float, ...]] = (*_OVERHEAD_BUCKETS, INF)
-_TTFT_BOUNDS: Final[tuple[float, ...]] = (*_TTFT_BUCKETS, INF)
-_DUR: Final = len(_COUNTED)
-_OVER: Final = _DUR + len(_DUR_BOUNDS) + 1
-_TTFT: Final = _OVER + len(_OVER_BOUNDS) + 1
-_SLOTS: Final = _TTFT + len(_TTFT_BOUNDS) + 1
-_STATUS_CLASS: Final[tuple[str, ...]] = (
-    "",
-    "1xx",
-    "2xx",
-    "3xx",
-    "4xx",
-    "5xx",
-)  # by status // 100 (1 to 5): no string built per request
 
 
 def exposition(metrics: Metrics) -> bytes:
@@ -91,8 +68,8 @@ class Metrics:
         self.by_org = by_org
         r = self.registry
         self._lock = threading.Lock()  # the tallies: written on the loop, folded by any reader's thread
-        self._dirty: list[_Series] = []
-        r.register(_Fold(self))  # first, so every collect() of the registry folds before it reads
+        self._dirty: list[Series] = []
+        r.register(FoldFirst(self.fold))  # first, so every collect() of the registry folds before it reads
         attr: tuple[str, ...] = ("provider", "model", "team", "app", "feature")
         if by_org:
             attr = ("org", *attr)
@@ -120,21 +97,21 @@ class Metrics:
             "modeltrack_request_duration_seconds",
             "Total request time.",
             ("provider", "stream"),
-            buckets=_DURATION_BUCKETS,
+            buckets=DURATION_BUCKETS,
             registry=r,
         )
         self.ttft = Histogram(
             "modeltrack_time_to_first_token_seconds",
             "Time to the first upstream body byte (streams).",
             ("provider",),
-            buckets=_TTFT_BUCKETS,
+            buckets=TTFT_BUCKETS,
             registry=r,
         )
         self.overhead = Histogram(
             "modeltrack_proxy_overhead_seconds",
             "Request time not spent waiting on the upstream or the client.",
             ("provider",),
-            buckets=_OVERHEAD_BUCKETS,
+            buckets=OVERHEAD_BUCKETS,
             registry=r,
         )
         self.upstream_errors = Counter(
@@ -241,7 +218,7 @@ class Metrics:
         self.cap_endpoint = LabelCap(label_cap, self.folded, "endpoint")
         self.cap_org = LabelCap(label_cap, self.folded, "org") if by_org else None
         self._children: dict[tuple[Any, ...], Any] = {}
-        self._series: dict[tuple[Any, ...], _Series] = {}
+        self._series: dict[tuple[Any, ...], Series] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(...)`` validates and hashes on every call; the children are cached here instead.
@@ -301,7 +278,7 @@ class Metrics:
         distinct label combination and cached; per request this adds to the series' tally (:meth:`fold` moves it
         into the instruments)."""
         status_class = (
-            _STATUS_CLASS[status // 100] if 100 <= status < 600 else (f"{status // 100}xx" if status else "error")
+            STATUS_CLASS[status // 100] if 100 <= status < 600 else (f"{status // 100}xx" if status else "error")
         )
         key: tuple[Any, ...]
         if self.by_org:
@@ -341,13 +318,13 @@ class Metrics:
                 t[8] += saved_usd
             if unpriced:
                 t[9] += 1
-            t[_DUR + bisect_left(_DUR_BOUNDS, duration)] += 1
-            t[_OVER - 1] += duration
-            t[_OVER + bisect_left(_OVER_BOUNDS, overhead)] += 1
-            t[_TTFT - 1] += overhead
+            t[DUR + slot(DUR_BOUNDS, duration)] += 1
+            t[OVER - 1] += duration
+            t[OVER + slot(OVER_BOUNDS, overhead)] += 1
+            t[TTFT - 1] += overhead
             if ttft_ms is not None:
                 ttft = ttft_ms / 1000.0
-                t[_TTFT + bisect_left(_TTFT_BOUNDS, ttft)] += 1
+                t[TTFT + slot(TTFT_BOUNDS, ttft)] += 1
                 t[-1] += ttft
             if not series.dirty:
                 series.dirty = True
@@ -359,18 +336,18 @@ class Metrics:
             dirty, self._dirty = self._dirty, []
             for series in dirty:
                 series.dirty = False
-                t, series.tally = series.tally, [0.0] * _SLOTS
+                t, series.tally = series.tally, [0.0] * SLOTS
                 self._fold(series, t)
 
-    def _fold(self, series: _Series, t: list[float]) -> None:
+    def _fold(self, series: Series, t: list[float]) -> None:
         series.requests.inc(t[0])
-        for i, name in enumerate(_COUNTED[1:], 1):
+        for i, name in enumerate(COUNTED[1:], 1):
             if t[i]:
                 (series.children.get(name) or self._lazy(series, name)).inc(t[i])
-        _fold_histogram(series.duration, t, _DUR, len(_DUR_BOUNDS))
-        _fold_histogram(series.overhead, t, _OVER, len(_OVER_BOUNDS))
-        if any(t[_TTFT : _TTFT + len(_TTFT_BOUNDS)]):
-            _fold_histogram(series.children.get("ttft") or self._lazy(series, "ttft"), t, _TTFT, len(_TTFT_BOUNDS))
+        fold_histogram(series.duration, t, DUR, len(DUR_BOUNDS))
+        fold_histogram(series.overhead, t, OVER, len(OVER_BOUNDS))
+        if any(t[TTFT : TTFT + len(TTFT_BOUNDS)]):
+            fold_histogram(series.children.get("ttft") or self._lazy(series, "ttft"), t, TTFT, len(TTFT_BOUNDS))
 
     async def fold_every(self, seconds: float) -> None:
         """With ``--workers``: fold every ``seconds`` (another worker's scrape reads this one's files)."""
@@ -383,7 +360,7 @@ class Metrics:
         finally:
             self.fold()
 
-    def _lazy(self, series: _Series, name: str) -> Any:
+    def _lazy(self, series: Series, name: str) -> Any:
         """A child that not every event touches, created on its first use (a child is exported, as 0, from the
         moment it exists) and kept on the series."""
         labels = series.labels
@@ -408,7 +385,7 @@ class Metrics:
         endpoint_kind: str,
         status_class: str,
         is_stream: bool,
-    ) -> _Series:
+    ) -> Series:
         provider, raw_model, raw_team, raw_app, raw_feature, raw_org = raw_labels
         caps = (self.cap_model, self.cap_team, self.cap_app, self.cap_feature, self.cap_endpoint)
         raw = (raw_model or "unknown", raw_team, raw_app, raw_feature, endpoint_kind)
@@ -423,7 +400,7 @@ class Metrics:
             labels = (org, *labels)
         stream = "true" if is_stream else "false"
         child = self._child
-        return _Series(
+        return Series(
             requests=child(self.requests, *labels, endpoint, status_class, stream),
             duration=child(self.duration, provider, stream),
             overhead=child(self.overhead, provider),
@@ -433,44 +410,3 @@ class Metrics:
             model=model,
             children={},
         )
-
-
-def _fold_histogram(child: Any, t: list[float], at: int, n: int) -> None:
-    """Add a tally's bucket counts and sum to a prometheus-client histogram child. prometheus-client has no public
-    call for "n observations in bucket i" (``observe`` takes one value); its ``_buckets`` (per-bucket counts,
-    +Inf last) and ``_sum`` are what ``observe`` adds to, in 0.x (pinned; the test above compares the two)."""
-    for i in range(n):
-        if t[at + i]:
-            child._buckets[i].inc(t[at + i])
-    child._sum.inc(t[at + n])
-
-
-class _Fold:
-    """A collector with no samples of its own: collecting it folds the tallies, before the instruments are read."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    def describe(self) -> list[Any]:
-        return []
-
-    def collect(self) -> list[Any]:
-        self.metrics.fold()
-        return []
-
-
-@dataclass(slots=True)
-class _Series:
-    """The metric children for one label combination; ``children`` holds those created on first use; ``tally``
-    what was counted since the last fold (slots: ``_COUNTED``, then each histogram's buckets and sum)."""
-
-    requests: Any
-    duration: Any
-    overhead: Any
-    folds: tuple[Any, ...]
-    labels: tuple[str, ...]  # the attribution labels: (org,) provider, model, team, app, feature
-    provider: str
-    model: str
-    children: dict[str, Any]
-    tally: list[float] = field(default_factory=lambda: [0.0] * _SLOTS)
-    dirty: bool = False
