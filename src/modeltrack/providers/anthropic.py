@@ -15,7 +15,7 @@ import orjson
 
 from ..usage import Usage, as_int
 from ..wire.sse import SSEEvent
-from .base import BodyView, Meter, MeterResult, Provider, RequestInfo, error_code, loads
+from .base import BodyView, Meter, MeterResult, Provider, RequestInfo, error_code, has, loads
 from .batches import BatchObjectMeter, FreeMeter, MessageBatchResultsMeter, ResultsURLView
 from .meters import JSONBodyMeter, SSEMeter, dig
 from .openai import is_sse
@@ -79,11 +79,11 @@ class AnthropicStreamMeter(SSEMeter):
         name = ev.event
         if not name:
             head = ev.data[:40]
-            if b'"message_start"' in head:
+            if has(head, b'"message_start"'):
                 name = b"message_start"
-            elif b'"message_delta"' in head:
+            elif has(head, b'"message_delta"'):
                 name = b"message_delta"
-            elif b'"error"' in head:
+            elif has(head, b'"error"'):
                 name = b"error"
             else:
                 return

@@ -173,6 +173,15 @@ def nonempty_str(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+def has(data: bytes, needle: bytes) -> bool:
+    """``needle in data``, for the meters' byte checks, without CPython's detour: ``bytes.__contains__`` first
+    tries its argument as an integer (``0x7B in data`` is legal), and for a bytes needle that raises, formats and
+    clears a TypeError before it searches: ~5,000 instructions a check under callgrind, where ``find`` takes the
+    buffer at once. A stream's every event passes two to four such checks (bench/README.md, twenty-seventh
+    session)."""
+    return data.find(needle) >= 0
+
+
 def loads(data: bytes) -> Any:
     """orjson.loads that never raises: a meter must survive garbage."""
     try:

@@ -21,7 +21,7 @@ import orjson
 from ..usage import Usage, as_int
 from ..wire.eventstream import EventStreamDecoder
 from .anthropic import anthropic_usage, apply_anthropic_usage
-from .base import Meter, MeterResult, Provider, RequestInfo, error_code, loads
+from .base import Meter, MeterResult, Provider, RequestInfo, error_code, has, loads
 from .meters import JSONBodyMeter
 
 
@@ -122,13 +122,13 @@ class BedrockStreamMeter:
         except ValueError:
             self._error = "invalid_chunk"
             return
-        if b"amazon-bedrock-invocationMetrics" in inner:
+        if has(inner, b"amazon-bedrock-invocationMetrics"):
             doc = loads(inner)
             if isinstance(doc, dict):
                 self._usage = metrics_usage(doc.get("amazon-bedrock-invocationMetrics"))
                 self._source = "stream"
                 self.ended = True
-        if b'"message_start"' in inner[:40] or b'"message_delta"' in inner[:40]:
+        if has(inner[:40], b'"message_start"') or has(inner[:40], b'"message_delta"'):
             doc = loads(inner)
             if isinstance(doc, dict):
                 if self._anthropic is None:

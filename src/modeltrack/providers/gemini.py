@@ -17,7 +17,7 @@ import orjson
 from ..usage import Usage, as_int
 from ..wire.jsonstream import JSONArraySplitter
 from ..wire.sse import SSEEvent
-from .base import Meter, MeterResult, Provider, RequestInfo, error_code, loads
+from .base import Meter, MeterResult, Provider, RequestInfo, error_code, has, loads
 from .batches import FreeMeter, GeminiBatchFileMeter, GeminiBatchMeter
 from .images import ImageCountMeter
 from .meters import JSONBodyMeter, SSEMeter
@@ -102,11 +102,11 @@ class GeminiSSEMeter(SSEMeter):
         self._prev: bytes | None = None  # the one before: a stream cut mid-event leaves a torn last one
 
     def on_event(self, ev: SSEEvent) -> None:
-        if b'"finishReason"' in ev.data:
+        if has(ev.data, b'"finishReason"'):
             self.ended = True  # the last candidate chunk: Gemini streams have no separate end marker
-        if b'"usageMetadata"' in ev.data:
+        if has(ev.data, b'"usageMetadata"'):
             self._prev, self._last = self._last, ev.data
-        elif b'"error"' in ev.data[:32]:
+        elif has(ev.data[:32], b'"error"'):
             self.error_from(ev.data)
 
     def result(self, complete: bool) -> MeterResult:
@@ -140,9 +140,9 @@ class GeminiArrayMeter:
 
     def feed(self, chunk: bytes) -> None:
         for element in self._splitter.feed(chunk):
-            if b'"usageMetadata"' in element:
+            if has(element, b'"usageMetadata"'):
                 self._last = element
-            elif b'"error"' in element[:32]:
+            elif has(element[:32], b'"error"'):
                 obj = loads(element)
                 self._error = error_code(obj.get("error") if isinstance(obj, dict) else None)
 

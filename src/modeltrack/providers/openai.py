@@ -25,7 +25,7 @@ from ..usage import Usage, as_int
 from ..wire.multipart import file_part, text_field
 from ..wire.sse import SSEEvent
 from .audio import audio_seconds
-from .base import BodyView, Meter, MeterResult, Provider, RequestInfo, error_code, loads, nonempty_str
+from .base import BodyView, Meter, MeterResult, Provider, RequestInfo, error_code, has, loads, nonempty_str
 from .batches import BatchObjectMeter, BatchOutputMeter, FreeMeter
 from .meters import JSONBodyMeter, SSEMeter, dig
 from .stream_usage import WithheldUsage, inject
@@ -141,9 +141,9 @@ class OpenAIStreamMeter(SSEMeter):
             obj = loads(data)
             if isinstance(obj, dict):
                 self.model = nonempty_str(obj.get("model"))
-        if b'"usage"' in data and (_USAGE_MARKERS[0] in data or _USAGE_MARKERS[1] in data):
+        if has(data, b'"usage"') and (has(data, _USAGE_MARKERS[0]) or has(data, _USAGE_MARKERS[1])):
             self._prev_usage, self._last_usage = self._last_usage, data
-        if b'"error"' in data:
+        if has(data, b'"error"'):
             obj = loads(data)
             if isinstance(obj, dict) and obj.get("error"):
                 self.error = error_code(obj["error"])
@@ -180,7 +180,7 @@ class ResponsesStreamMeter(SSEMeter):
             # Some servers omit ``event:``; the type is the first key of the data.
             head = data[:64]
             for t in (*_RESPONSES_TERMINAL, b"response.created", b'"error"'):
-                if t in head:
+                if has(head, t):
                     name = t.strip(b'"')
                     break
         if name in _RESPONSES_TERMINAL:

@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, unquote
 
 from ..usage import Usage, as_int
 from .azure import Azure
-from .base import MeterResult, Provider, RequestInfo, error_code, loads, nonempty_str
+from .base import MeterResult, Provider, RequestInfo, error_code, has, loads, nonempty_str
 from .gemini import Gemini, gemini_usage
 from .openai import OpenAI, openai_usage, transcription_usage
 from .vertex import Vertex, is_live
@@ -113,7 +113,7 @@ class SocketMeter:
 
     def _created(self, msg: bytes, now: float) -> bool:
         """A ``response.created`` (both OpenAI socket APIs send one): the response's clock starts."""
-        if b'"response.created"' not in msg[:512]:
+        if not has(msg[:512], b'"response.created"'):
             return False
         obj = loads(msg)
         if isinstance(obj, dict) and obj.get("type") == "response.created":
@@ -175,7 +175,7 @@ class OpenAIRealtimeMeter(SocketMeter):
         head = msg[:96]
         if self._created(msg, now):
             return None
-        if len(self.first_output) < len(self.open) and b"delta" in head and b'"response_id"' in msg:
+        if len(self.first_output) < len(self.open) and has(head, b"delta") and has(msg, b'"response_id"'):
             # The first output of a response (its time to first token): decoded only while a response under way
             # has none yet, so one decode per response, not one per audio delta.
             obj = loads(msg)
@@ -183,7 +183,7 @@ class OpenAIRealtimeMeter(SocketMeter):
             if isinstance(rid, str) and rid in self.open and rid not in self.first_output:
                 self.first_output[rid] = now
             return None
-        if b'"session.created"' in msg or b'"session.updated"' in msg:
+        if has(msg, b'"session.created"') or has(msg, b'"session.updated"'):
             obj = loads(msg)
             if isinstance(obj, dict) and obj.get("type") in ("session.created", "session.updated"):
                 session = _obj(obj.get("session"))
@@ -193,7 +193,7 @@ class OpenAIRealtimeMeter(SocketMeter):
                 asr = asr or _obj(session.get("input_audio_transcription"))
                 self.transcriber = nonempty_str(asr.get("model")) or self.transcriber
             return None
-        if b'"conversation.item.input_audio_transcription.completed"' in msg:
+        if has(msg, b'"conversation.item.input_audio_transcription.completed"'):
             obj = loads(msg)
             if not isinstance(obj, dict) or obj.get("type") != "conversation.item.input_audio_transcription.completed":
                 return None
@@ -201,7 +201,7 @@ class OpenAIRealtimeMeter(SocketMeter):
             usage = transcription_usage(obj.get("usage"))
             source = "stream" if usage else "missing"
             return Turn(MeterResult(model=self.transcriber, usage=usage, usage_source=source), None, None)
-        if b'"response.done"' not in msg:
+        if not has(msg, b'"response.done"'):
             return None
         obj = loads(msg)
         if not isinstance(obj, dict) or obj.get("type") != "response.done":
@@ -236,7 +236,7 @@ class OpenAIResponsesSocketMeter(SocketMeter):
                 self.first_output.setdefault(open_id, now)
 
     def from_client(self, msg: bytes, now: float) -> None:
-        if b'"response.create"' in msg[:256]:
+        if has(msg[:256], b'"response.create"'):
             obj = loads(msg)
             if isinstance(obj, dict) and obj.get("type") == "response.create":
                 self.model = nonempty_str(obj.get("model")) or self.model
@@ -250,7 +250,7 @@ class OpenAIResponsesSocketMeter(SocketMeter):
             return None  # (most messages: one short regex over the head)
         if self._created(msg, now):
             return None
-        if len(self.first_output) < len(self.open) and b"delta" in head:
+        if len(self.first_output) < len(self.open) and has(head, b"delta"):
             self._first_output(now)
             return None
         if not any(t in msg for t in _TERMINAL_MARKERS):
@@ -283,7 +283,7 @@ class GeminiLiveMeter(SocketMeter):
         self.allowed = allowed  # Vertex AI: (projects, region) a session's model may name
 
     def from_client(self, msg: bytes, now: float) -> None:
-        if self.model is None and b'"setup"' in msg[:64]:
+        if self.model is None and has(msg[:64], b'"setup"'):
             obj = loads(msg)
             setup = obj.get("setup") if isinstance(obj, dict) else None
             model = nonempty_str(setup.get("model")) if isinstance(setup, dict) else None
@@ -296,8 +296,8 @@ class GeminiLiveMeter(SocketMeter):
                     self.refused = "location_not_allowed"
 
     def from_server(self, msg: bytes, now: float) -> Turn | None:
-        if b'"usageMetadata"' not in msg:
-            if self.pending is None and b'"serverContent"' in msg[:64]:
+        if not has(msg, b'"usageMetadata"'):
+            if self.pending is None and has(msg[:64], b'"serverContent"'):
                 self.pending = now  # the turn's first output
             return None
         obj = loads(msg)

@@ -21,7 +21,7 @@ from typing import Any
 
 import orjson
 
-from .base import RequestInfo
+from .base import RequestInfo, has
 
 INJECTED = b'"stream_options":{"include_usage":true},'
 
@@ -69,7 +69,7 @@ class WithheldUsage:
 
     @staticmethod
     def _event(event: bytes) -> bytes:
-        if b'"usage"' not in event:
+        if not has(event, b'"usage"'):
             return event
         if _NO_CHOICES.search(event) and _USAGE_OBJECT.search(event):
             return b""  # the usage-only chunk the client never asked for
