@@ -21,6 +21,10 @@ name) pairs collide in that cache is fixed per process, and differs between proc
 misses cost one process 370 and another 2,300 instructions a request (bench/README.md, twenty-fifth session). An
 unused environment variable of a different length per run (``BENCH_LAYOUT_PAD``) moves the interpreter's early
 allocations, and with them its names' addresses: three layouts per target, compared layout by layout.
+
+The plain processes also count a streamed event: ``STREAMS`` SSE chat streams of ``STREAM_EVENTS`` events each,
+unpaced, from the same upstream (its ``/v1/stream``), net of the idle rate as above. Each event is one upstream
+read through the parser, the meter and the client's write; the request's own work is spread over the events.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ from bench.harness import COMMANDS, modeltrack
 N = 2000
 CONNECTIONS = 4
 IDLE_SECONDS = 10.0
+STREAMS = 10
+STREAM_EVENTS = 1000
 LAYOUTS = (0, 9, 40)  # lengths of the unused environment variable that moves each process's layout
 
 
@@ -57,6 +63,23 @@ def _fire(port: int, headers: dict[str, str], body: str, n: int) -> None:
         conn.close()
 
     threads = [threading.Thread(target=one, args=(n // CONNECTIONS,)) for _ in range(CONNECTIONS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def _stream(port: int, headers: dict[str, str], body: str) -> None:
+    def one() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=300)
+        conn.request("POST", f"/v1/stream?n={STREAM_EVENTS}&ms=0", body, headers)
+        r = conn.getresponse()
+        events = r.read().count(b"\n\n")
+        if r.status != 200 or events < STREAM_EVENTS:
+            raise RuntimeError(f"instructions bench: {r.status}, {events} events from the proxy's stream")
+        conn.close()
+
+    threads = [threading.Thread(target=one) for _ in range(STREAMS)]
     for t in threads:
         t.start()
     for t in threads:
@@ -99,11 +122,18 @@ def _counted(pid: int, out: Path, during: Callable[[], None]) -> tuple[int, int]
 
 
 def measure(
-    name: str, tmp: Path, up_port: int, body: str, headers: dict[str, str], env: dict[str, str] | None = None
+    name: str,
+    tmp: Path,
+    up_port: int,
+    body: str,
+    headers: dict[str, str],
+    env: dict[str, str] | None = None,
+    streams: bool = False,
 ) -> dict[str, float]:
     """Instructions per request of one ``modeltrack serve`` under callgrind (its store: ``tmp/{name}.db``):
     ``gross``, everything the process ran while it answered, over ``N``; ``net``, less what it runs when idle
-    for as long (its timers: see the module docstring)."""
+    for as long (its timers: see the module docstring). With ``streams``, also ``stream_event``: net
+    instructions per streamed event."""
     p = modeltrack(name, tmp, up_port, env=env)
     out = tmp / f"callgrind-{name}.out"
     p.cmd = ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}.%p", *p.cmd]
@@ -118,12 +148,17 @@ def measure(
         t0 = time.monotonic()
         total, loop = _counted(proc.pid, out, lambda: _fire(p.port, headers, body, N))
         took = time.monotonic() - t0
-        return {
+        row = {
             "gross": total / N,
             "net": (total - idle * took) / N,
             "loop": (loop - idle_loop * took) / N,
             "idle_per_s": idle,
         }
+        if streams:
+            t0 = time.monotonic()
+            total, _ = _counted(proc.pid, out, lambda: _stream(p.port, headers, body))
+            row["stream_event"] = (total - idle * (time.monotonic() - t0)) / (STREAMS * STREAM_EVENTS)
+        return row
     finally:
         proc.terminate()
         try:
@@ -145,7 +180,7 @@ def run(tmp: Path, up_port: int, body: str, auth: str) -> dict[str, list[dict[st
     rows: dict[str, list[dict[str, float]]] = {"plain": [], "key": [], "key_budget": []}
     for i, pad in enumerate(LAYOUTS):
         layout = {"BENCH_LAYOUT_PAD": "x" * pad}
-        rows["plain"].append(measure(f"cg-plain-{i}", tmp, up_port, body, base, layout))
+        rows["plain"].append(measure(f"cg-plain-{i}", tmp, up_port, body, base, layout, streams=True))
         key = make_key(tmp / f"cg-key-{i}.db")
         rows["key"].append(measure(f"cg-key-{i}", tmp, up_port, body, {**base, "X-ModelTrack-Key": key}, layout))
         key = make_key(tmp / f"cg-key-budget-{i}.db")
@@ -191,4 +226,12 @@ def report(rows: dict[str, list[dict[str, float]]]) -> list[str]:
             f"{med('loop'):,.0f} | {statistics.median(ratios('loop')):.1%} | {med('gross'):,.0f} | "
             f"{statistics.median(ratios('gross')):.1%} | {med('idle_per_s'):,.0f} |"
         )
+    events = [r["stream_event"] for r in plain if "stream_event" in r]
+    if events:
+        lines += [
+            "",
+            f"A streamed event (the plain processes, {STREAMS} unpaced SSE chat streams of {STREAM_EVENTS:,} "
+            f"events each, net): **{statistics.median(events):,.0f}** instructions "
+            f"({min(events):,.0f}–{max(events):,.0f} over the layouts).",
+        ]
     return [*lines, ""]
