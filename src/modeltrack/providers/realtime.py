@@ -253,7 +253,7 @@ class OpenAIResponsesSocketMeter(SocketMeter):
         if len(self.first_output) < len(self.open) and has(head, b"delta"):
             self._first_output(now)
             return None
-        if not any(t in msg for t in _TERMINAL_MARKERS):
+        if not any(has(msg, t) for t in _TERMINAL_MARKERS):
             return None
         obj = loads(msg)
         if not isinstance(obj, dict) or obj.get("type") not in _RESPONSES_TERMINAL:
