@@ -99,7 +99,7 @@ class Pipeline:
     # -- request path -----------------------------------------------------------------------------------
     def enqueue(self, ev: CostEvent) -> None:
         """O(1), no awaiting: journal the event, queue it, wake the flusher when a batch is full."""
-        line = ev.to_json() + b"\n"  # encoded once: journal, spool and store all reuse these bytes
+        line = ev.to_line()  # encoded once: journal, spool and store all reuse these bytes
         seg = 0
         if self.journal is not None:
             seg = self.journal.append(line)

@@ -86,7 +86,7 @@ def run_events(args: argparse.Namespace) -> int:
     out = sys.stdout.buffer
     if args.format == "jsonl":
         for ev in events:
-            out.write(ev.to_json() + b"\n")
+            out.write(ev.to_line())
     elif args.format == "csv":
         out.write(to_csv(events).encode())
     else:

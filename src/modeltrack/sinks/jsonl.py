@@ -25,7 +25,7 @@ class JSONLSink:
         self._written = {e.request_id for e in await self.read()}
 
     def _write(self, events: list[CostEvent]) -> None:
-        lines = [e.to_json() + b"\n" for e in events if e.request_id not in self._written]
+        lines = [e.to_line() for e in events if e.request_id not in self._written]
         if not lines:
             return
         with open(self.path, "ab") as f:

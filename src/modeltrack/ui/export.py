@@ -54,7 +54,7 @@ async def export(api: Api, request: web.Request) -> web.StreamResponse:
             first = True
             async for chunk in reader.iter_events(f, 2000):
                 if fmt == "jsonl":
-                    await resp.write(b"".join(e.to_json() + b"\n" for e in chunk))
+                    await resp.write(b"".join(e.to_line() for e in chunk))
                 else:
                     await resp.write(csv_lines(FIELD_ORDER, (e.to_dict() for e in chunk), first))
                     first = False
