@@ -58,7 +58,7 @@ class CostEvent:
     # module's ``__init__`` is written at run time, so mypyc cannot compile it, and orjson cannot read a mypyc
     # class's unboxed fields (it crashes: never pass a CostEvent to orjson yourself; use ``to_json``). So both are
     # written out below, in field order (test_events.py holds them to the fields). Built and encoded that way, an
-    # event costs ~45,000 fewer CPU instructions (callgrind, bench/README.md).
+    # event costs ~40,000 fewer CPU instructions (callgrind, bench/README.md).
 
     timestamp: str
     request_id: str
@@ -230,8 +230,8 @@ class CostEvent:
 
         Not ``OPT_APPEND_NEWLINE``: orjson returns its whole working buffer (4 KiB or more; 16 KiB for an event,
         by tracemalloc), and a line is kept while it is queued and batched. The concatenation copies it into a
-        ``bytes`` of its own size; with the option, the proxy's heap under a 64-connection flood grew from ~48 to
-        ~85 MB (test_monitoring.py's flood holds it)."""
+        ``bytes`` of its own size; with the option, the proxy's heap under 32-connection wrk runs grew from ~48 to
+        80-114 MB (test_monitoring.py's flood holds it)."""
         return orjson.dumps(self._values()) + b"\n"
 
     def _values(self) -> dict[str, Any]:
