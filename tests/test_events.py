@@ -59,6 +59,23 @@ def test_every_field_is_set_by_the_constructor_and_encoded_in_field_order() -> N
     assert CostEvent.from_dict(orjson.loads(ev.to_json())) == ev
 
 
+def test_each_boolean_is_set_and_encoded_alone() -> None:
+    """The booleans share two values, so the test above cannot tell two of them apart: set each alone in turn."""
+    fields = list(enumerate(dataclasses.fields(CostEvent)))
+    booleans = [f.name for _, f in fields if ANNOTATIONS[f.name].startswith("bool")]
+    assert len(booleans) >= 4
+    for on in booleans:
+        kw = {f.name: _value(i, f.name, ANNOTATIONS[f.name]) for i, f in fields}
+        kw.update({name: name == on for name in booleans})
+        ev = CostEvent(**kw)
+        encoded = orjson.loads(ev.to_json())
+        for name in booleans:
+            assert getattr(ev, name) is (name == on), (on, name)
+            assert encoded[name] is (name == on), (on, name)
+            assert ev.to_dict()[name] is (name == on), (on, name)
+        assert CostEvent.from_dict(encoded) == ev
+
+
 def test_defaults_are_the_dataclass_defaults() -> None:
     required = {f.name: _value(i, f.name, ANNOTATIONS[f.name]) for i, f in enumerate(dataclasses.fields(CostEvent))}
     for f in dataclasses.fields(CostEvent):
