@@ -426,7 +426,8 @@ def test_router_never_raises_and_never_changes_origin(path: str, anthropic: bool
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.tuples(st.binary(min_size=1, max_size=30), st.binary(max_size=60)), max_size=20))
 def test_header_splitting_never_raises(pairs: list[tuple[bytes, bytes]]) -> None:
-    out, attrs = forward_headers(pairs)
+    out, attrs, key = forward_headers(pairs)
+    assert key == next((v for k, v in pairs if k.lower() == b"x-modeltrack-key"), b"")
     assert all(not k.lower().startswith(b"x-modeltrack-") for k, _ in out)
     assert all((k, v) in pairs for k, v in out)
     props = attrs.pop("properties", {})
@@ -438,8 +439,8 @@ def test_custom_properties_are_read_capped_and_never_forwarded() -> None:
     pairs = [(b"X-ModelTrack-Property-Exp-%d" % i, b"arm-%d" % i) for i in range(40)]
     pairs += [(b"x-modeltrack-prompt", b"summary-v3\x00"), (b"X-ModelTrack-Property-", b"nameless"), (b"A", b"1")]
     pairs.append((b"X-ModelTrack-Property-Long", b"v" * 500))
-    out, attrs = forward_headers(pairs)
-    assert out == [(b"A", b"1")]
+    out, attrs, key = forward_headers(pairs)
+    assert out == [(b"A", b"1")] and key == b""
     assert attrs["prompt_id"] == "summary-v3"
     assert attrs["properties"] == {f"exp-{i}": f"arm-{i}" for i in range(16)}  # the first 16 names, lower-cased
 
@@ -526,7 +527,14 @@ def test_header_names_are_lower_cased_through_a_bounded_memo() -> None:
     # Fields are dropped whatever their case; a name of another length passes untouched, spelling kept.
     pairs = [(b"HOST", b"h"), (b"Content-LENGTH", b"3"), (b"TE", b"trailers"), (b"X-Stainless-Lang", b"python")]
     pairs += [(b"x-MODELTRACK-team", b"ml"), (b"X-Mine-Is-Longer", b"1"), (b"Accept", b"*/*")]
-    out, attrs = forward_headers(pairs)
+    out, attrs, key = forward_headers(pairs)
     assert out == [(b"X-Stainless-Lang", b"python"), (b"X-Mine-Is-Longer", b"1"), (b"Accept", b"*/*")]
-    assert attrs == {"team": "ml"}
+    assert attrs == {"team": "ml"} and key == b""
+    # The ModelTrack key: read in any case (the first one), never forwarded, never attribution; also when the
+    # Connection header names it.
+    canary = b"mt_canary_key_5f2a"
+    for connection in ([], [(b"Connection", b"X-ModelTrack-Key, keep-alive")]):
+        pairs = [*connection, (b"X-MODELTRACK-key", canary), (b"x-modeltrack-key", b"mt_second"), (b"A", b"1")]
+        out, attrs, key = forward_headers(pairs)
+        assert key == canary and out == [(b"A", b"1")] and attrs == {}
     assert length_mask([b"ab", b"x" * 80]) == (1 << 2) | (1 << 61)

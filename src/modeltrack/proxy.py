@@ -156,11 +156,12 @@ class Proxy:
         if req.method in ("CONNECT", "TRACE"):
             return self.error(conn, None, 405, "method_not_allowed", f"{req.method} is not proxied.")
         gate = self.gate
-        ident = gate.identify(req.headers, req.header(b"x-modeltrack-key") or b"")
+        lines, attrs, given = forward_headers(req.headers)  # (the X-ModelTrack-Key value read in the same pass)
+        ident = gate.identify(req.headers, given)
         if ident is LOADING:
             if not await gate.loaded():
                 return self.error(conn, None, 503, "keys_unavailable", "Keys are still loading; retry in a second.")
-            ident = gate.identify(req.headers, req.header(b"x-modeltrack-key") or b"")
+            ident = gate.identify(req.headers, given)
         if isinstance(ident, Refusal):
             return self.error(conn, None, *ident)
         grant, fixed = ident.grant, ident.fixed
@@ -207,7 +208,6 @@ class Proxy:
                 return self.error(conn, provider, *admitted)
             bounds = admitted.bounds
             ticket = admitted if admitted.limits else None
-        lines, attrs = forward_headers(req.headers)
         if "public_base" in info.extra:
             # Anthropic's batch objects: their results_url is rewritten (providers.batches.ResultsURLView), which
             # needs the JSON as it is; a small answer is asked for uncompressed.
