@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from modeltrack.controls.cache import Entry, MemoryCache, cache_key
 from modeltrack.controls.estimate import bound_tokens, output_cap
 from modeltrack.controls.ledger import MemoryLedger, SQLiteLedger, grant
-from modeltrack.controls.match import Scope
+from modeltrack.controls.match import Scope, same_key
 from modeltrack.controls.parse import load, parse
 from modeltrack.controls.routing import model_span, rewrite, window_open
 from modeltrack.controls.spec import ControlsError, Reserve, Window
@@ -372,3 +372,19 @@ async def test_a_refusal_leaves_at_most_one_lease_per_other_process_unused(tmp_p
     assert gaps, "the load never reached the limit"
     assert books["settled"] <= limit_nano
     assert max(gaps) <= bound, f"a refusal left {max(gaps) / limit_nano:.1%} unused (bound {bound / limit_nano:.1%})"
+
+
+_VALUES = st.one_of(st.none(), st.sampled_from(["", "a", "team-a", "gpt-4o", "gpt-4o-mini"]), st.integers(0, 2))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_VALUES, max_size=9), st.lists(_VALUES, max_size=9), st.booleans())
+def test_same_key_is_tuple_equality(a: list[Any], b: list[Any], copy: bool) -> None:
+    """The plan and budget memos compare the request's combination with the last one by :func:`same_key`: the
+    answer must be the tuple's own ``==``, for identical objects and for equal ones that are not identical."""
+    ta = tuple(a)
+    tb = tuple("".join(list(v)) if copy and isinstance(v, str) else v for v in b)  # equal strings, other objects
+    assert same_key(ta, tb) == (ta == tb)
+    assert same_key(ta, tuple(ta)) and same_key(ta, tuple("".join(list(v)) if isinstance(v, str) else v for v in ta))
+    assert not same_key(ta, None)
+    assert not same_key(ta, (*ta, None))
