@@ -423,8 +423,11 @@ def test_router_never_raises_and_never_changes_origin(path: str, anthropic: bool
         assert URL(provider.base_url + rest, encoded=True).host == URL(provider.base_url).host
 
 
+_NAMES = st.one_of(st.binary(min_size=1, max_size=30), st.sampled_from([b"X-ModelTrack-Key", b"x-modeltrack-KEY"]))
+
+
 @settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.binary(min_size=1, max_size=30), st.binary(max_size=60)), max_size=20))
+@given(st.lists(st.tuples(_NAMES, st.one_of(st.just(b""), st.binary(max_size=60))), max_size=20))
 def test_header_splitting_never_raises(pairs: list[tuple[bytes, bytes]]) -> None:
     out, attrs, key = forward_headers(pairs)
     assert key == next((v for k, v in pairs if k.lower() == b"x-modeltrack-key"), b"")
@@ -537,4 +540,6 @@ def test_header_names_are_lower_cased_through_a_bounded_memo() -> None:
         pairs = [*connection, (b"X-MODELTRACK-key", canary), (b"x-modeltrack-key", b"mt_second"), (b"A", b"1")]
         out, attrs, key = forward_headers(pairs)
         assert key == canary and out == [(b"A", b"1")] and attrs == {}
+    # The first one counts even when it is empty (no key, as a header scan reads it): a second is not tried.
+    assert forward_headers([(b"X-ModelTrack-Key", b""), (b"X-ModelTrack-Key", canary)])[2] == b""
     assert length_mask([b"ab", b"x" * 80]) == (1 << 2) | (1 << 61)

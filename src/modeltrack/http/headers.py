@@ -77,15 +77,15 @@ def forward_headers(
     raw_headers: Iterable[tuple[bytes, bytes]],
 ) -> tuple[list[tuple[bytes, bytes]], dict[str, Any], bytes]:
     """Split the client's headers into (header lines for the upstream, attribution values, the first
-    ``X-ModelTrack-Key`` value or ``b""``). Attribution is strings, plus ``properties`` (a dict) when
-    ``X-ModelTrack-Property-<name>`` headers were sent.
+    ``X-ModelTrack-Key`` value, even an empty one, or ``b""`` when there is none). Attribution is strings, plus
+    ``properties`` (a dict) when ``X-ModelTrack-Property-<name>`` headers were sent.
 
     The key is read here, in the one pass that already lower-cases every ``x-modeltrack-`` name, rather than by a
-    second scan of the headers (``Request.header``: ~500 CPU instructions a keyed request, bench/README.md). It is
-    a secret: returned apart, never put in the attribution that events are made of."""
+    second scan of the headers (``Request.header``: ~800 CPU instructions a keyed request, bench/README.md,
+    twenty-ninth session). It is a secret: returned apart, never put in the attribution that events are made of."""
     out: list[tuple[bytes, bytes]] = []
     attrs: dict[str, Any] = {}
-    key = b""
+    key: bytes | None = None
     # Typed as a list, so that compiled, each pair is unpacked by index, not by iterating the tuple.
     pairs: list[tuple[bytes, bytes]] = raw_headers if isinstance(raw_headers, list) else list(raw_headers)
     extra_hop: set[bytes] | None = None
@@ -117,7 +117,7 @@ def forward_headers(
             if field is not None:
                 attrs[field] = sanitize(v.decode("latin-1"), MAX_ATTR_LEN)
             elif n == 16 and lk == KEY_HEADER:
-                if not key:
+                if key is None:  # the first one, as a client's first header of a name is read everywhere
                     key = v
             elif len(lk) > len(PROPERTY_PREFIX) and lk.startswith(PROPERTY_PREFIX):
                 props = attrs.setdefault("properties", {})
@@ -126,7 +126,7 @@ def forward_headers(
                     props[name] = sanitize(v.decode("latin-1"), MAX_ATTR_LEN)
             continue
         out.append((k, v))
-    return out, attrs, key
+    return out, attrs, key if key is not None else b""
 
 
 class ResponseHead:
