@@ -218,6 +218,7 @@ async def test_deciding_without_awaiting_reaches_the_awaited_decision(tmp_path: 
             path="/v1/chat/completions",
             query="",
             headers=[],
+            client_key=b"",
             body=body,
             parsed=parsed,
             model="gpt-4o-mini",

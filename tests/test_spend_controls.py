@@ -349,6 +349,25 @@ async def test_a_cache_hit_is_the_same_bytes_at_no_cost(replay: Any, make_proxy:
     assert saved == pytest.approx(sum(e.saved_usd for e in hits))
 
 
+async def test_a_cached_answer_is_never_another_client_tokens(replay: Any, make_proxy: Any, tmp_path: Path) -> None:
+    """Two clients with their own X-ModelTrack-Key tokens, the same provider key and the same attribution: each
+    has its own cache entries: the token is part of the cache key (controls.cache.cache_key)."""
+    upstream, upstream_url = replay
+    upstream.current = MINI_STREAM
+    path = write_controls(tmp_path, {"cache": {"rules": [{"match": {"feature": "faq"}}]}})
+    proxy = await make_proxy(upstream_url, controls_file=path, client_tokens="tok-alpha, tok-beta")
+    body = request_body(MINI_STREAM)
+    url = proxy.url + "/v1/chat/completions"
+    seen = []
+    async with aiohttp.ClientSession(auto_decompress=False) as s:
+        for token in ("tok-alpha", "tok-alpha", "tok-beta", "tok-beta", "tok-alpha"):
+            status, headers, _ = await call(s, url, body, {"X-ModelTrack-Feature": "faq", "X-ModelTrack-Key": token})
+            assert status == 200
+            seen.append(headers["X-ModelTrack-Cache"])
+    assert seen == ["MISS", "HIT", "MISS", "HIT", "HIT"]
+    assert len(upstream.received) == 2
+
+
 async def test_only_complete_successes_are_cached_and_ttls_expire(replay: Any, make_proxy: Any, tmp_path: Path) -> None:
     upstream, upstream_url = replay
     path = write_controls(tmp_path, {"cache": {"ttl_seconds": 60}})

@@ -238,6 +238,7 @@ class Proxy:
                 path=up_path,
                 query=query,
                 headers=req.headers,
+                client_key=given,
                 body=send,
                 parsed=body,
                 model=info.model,

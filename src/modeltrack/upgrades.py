@@ -123,6 +123,7 @@ async def serve(
                 path=up_path,
                 query=query,
                 headers=req.headers,
+                client_key=b"",  # (the cache is off for a socket: the key would not be read)
                 body=b"",
                 parsed=None,
                 model=ev.model,

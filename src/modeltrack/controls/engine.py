@@ -278,12 +278,17 @@ class Controls:
         path: str,
         query: str,
         headers: list[tuple[bytes, bytes]],
+        client_key: bytes,
         body: bytes,
         parsed: Any,
         model: str | None,
         attrs: Mapping[str, Any],
         wall: float,
     ) -> Decision:
+        """The long way to a :class:`Decision`: routing, the response cache, then the budgets. ``client_key``: the
+        request's first ``X-ModelTrack-Key`` value (``b""``: none), as :func:`~modeltrack.http.headers.forward_headers`
+        read it; it is part of the cache key, so that one client's cached answer is never another's
+        (tests/test_spend_controls.py, ``test_a_cached_answer_is_never_another_client_tokens``)."""
         spec = p.spec
         d = Decision(path, body)
         lines: list[bytes] = []
@@ -325,10 +330,8 @@ class Controls:
                 target = (path + "?" + query if query else path).encode("latin-1")
                 routed_to = (d.route.to or "") if d.routed_from is not None and d.route is not None else ""
                 target += b"\0" + routed_to.encode()
-                # The client's ModelTrack key is part of the key (read here: most controlled requests never cache).
-                client_token = next((v for k, v in headers if k.lower() == b"x-modeltrack-key"), b"")
                 d.cache_key = cache_key(
-                    provider, method, target, headers, body, parsed, client_token, attrs.get("org") or ""
+                    provider, method, target, headers, body, parsed, client_key, attrs.get("org") or ""
                 )
                 d.cache_ttl = ttl
                 d.capture_limit = spec.cache.max_entry_bytes
