@@ -238,11 +238,11 @@ async def test_deciding_without_awaiting_reaches_the_awaited_decision(tmp_path: 
             assert controls.decide_now(plan, *args) is None  # the budget's state was never read
             await controls.start()
             taken = await slow()  # takes this process's first lease from the ledger
-            assert taken.admission is not None
-            controls.budgets.release(taken.admission)
+            assert taken.first is not None
+            controls.budgets.release(taken)
             first = controls.decide_now(plan, *args)  # what each decline below is compared with
-            assert first is not None and first.admission is not None
-            controls.budgets.release(first.admission)
+            assert first is not None and first.first is not None
+            controls.budgets.release(first)
             for attrs, model in (
                 ({"team": "routed"}, "gpt-4o-mini"),
                 ({"team": "cached"}, "gpt-4o-mini"),
@@ -260,7 +260,7 @@ async def test_deciding_without_awaiting_reaches_the_awaited_decision(tmp_path: 
                 d = controls.decide_now(plan, *args) if fast else None
                 if d is None:
                     d = await slow()
-                held = d.admission.held if d.admission else 0
+                held = d.held
                 outcomes.append((d.refusal is None, held, d.head))
                 if d.refusal is None:
                     ev = replace(make_event(0), team="t", cost_usd=0.0003, status=200)

@@ -138,13 +138,16 @@ class Budgets:
         return found
 
     # -- admission --------------------------------------------------------------------------------------------
-    def admit_now(self, matched: tuple[Budget, ...], reserve_nano: int, now: float | None = None) -> Admission | None:
+    def admit_now(
+        self, matched: tuple[Budget, ...], reserve_nano: int, now: float | None = None, into: Admission | None = None
+    ) -> Admission | None:
         """:meth:`admit` without awaiting, for the common case: every budget's state is current and read from the
         store, none is spent, and this process's lease covers the reservation. None otherwise, with nothing
         reserved: the caller awaits :meth:`admit`, which refreshes, asks the ledger or refuses. Same outcome, no
         coroutine per request (tests/test_budget_bounds.py::test_the_lease_is_reserved_from_without_awaiting).
-        ``now``: the request's arrival in epoch seconds, when the caller has read the clock already."""
-        adm = Admission()
+        ``now``: the request's arrival in epoch seconds, when the caller has read the clock already. ``into``: an
+        empty admission to fill and return (the request's decision) instead of a new one; left empty on None."""
+        adm = Admission() if into is None else into
         if now is None or self._clocked:
             now = self._now()
         states = self._states
@@ -152,11 +155,13 @@ class Budgets:
             st = states.get(budget.name)
             if st is None or st.refreshed_at is None or not st.start_ts <= now < st.end_ts:
                 self.release(adm)
+                adm.headers = ()
                 return None
             spent = st.store_spent + st.pending_total
             if st.block:
                 if spent >= st.limit_nano or (reserve_nano > 0 and st.granted - st.used < reserve_nano):
                     self.release(adm)
+                    adm.headers = ()
                     return None
                 if reserve_nano > 0:
                     st.used += reserve_nano

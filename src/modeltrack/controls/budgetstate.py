@@ -143,8 +143,9 @@ def busy(st: BudgetState, need: int, wait: float) -> Refusal:
 
 class Admission:
     """What the budgets answered one request: its reservations (settled when it ends), or a refusal; the warning
-    headers it gets. One is made per budgeted request (Budgets.admit_now), so the usual one, reserving from one
-    budget, is one object: the first budget's state is a field, only a second one starts a list. Every budget a
+    headers it gets. One is filled per budgeted request (Budgets.admit_now: the request's
+    :class:`~modeltrack.controls.decision.Decision`, which is one), so the usual one, reserving from one budget,
+    needs no other object: the first budget's state is a field, only a second one starts a list. Every budget a
     request reserves from holds the same ``amount`` (the request's worst-case cost)."""
 
     __slots__ = ("amount", "first", "headers", "more", "refusal")
@@ -165,6 +166,11 @@ class Admission:
             self.more = [st]
         else:
             self.more.append(st)
+
+    def adopt(self, other: Admission) -> None:
+        """Hold what ``other`` holds, and warn as it warns (``other`` gives them up: it is not settled)."""
+        self.first, self.more, self.amount, self.headers = other.first, other.more, other.amount, other.headers
+        other.first = other.more = None
 
     @property
     def held(self) -> int:

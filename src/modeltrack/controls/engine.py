@@ -84,7 +84,8 @@ class Controls:
         self._mtime = _mtime(path)
         self._tasks: list[asyncio.Task[None]] = []
         self._plans: dict[tuple[str | None, ...], Plan] = {}
-        self._last_plan: tuple[tuple[str | None, ...] | None, Plan | None] = (None, None)  # the last key, its plan
+        self._last_plan_key: tuple[str | None, ...] | None = None  # the last request's combination, and its plan
+        self._last_plan: Plan | None = None
         self.background = Background()
 
     @classmethod
@@ -209,7 +210,8 @@ class Controls:
             attrs.get("key_id"),
         )
         spec = self.spec
-        last_key, p = self._last_plan
+        last_key = self._last_plan_key
+        p = self._last_plan
         # The last request's combination (a busy key): compared, mostly identical strings, where hashing the
         # 8-tuple and looking it up costs ~900 CPU instructions (bench/README.md, twenty-fourth session).
         if p is None or not same_key(key, last_key):
@@ -229,7 +231,8 @@ class Controls:
             empty = not routes and not budgets and ttl is None
             blocks = any(b.action == "block" for b in budgets)
             p = self._plans[key] = Plan(spec, routes, budgets, ttl, empty, blocks)
-        self._last_plan = (key, p)
+        self._last_plan_key = key  # (two fields, not a pair: no tuple to build and free per request)
+        self._last_plan = p
         if p.empty and not (spec.cache is not None and attrs.get("cache")):
             return None
         return p
@@ -261,12 +264,11 @@ class Controls:
             if bound is None:
                 return None  # unpriced: decide() reserves the spec's or the provider's dearest bound
             reserve = nearest(bound * 1e9) + 1
-        adm = self.budgets.admit_now(p.budgets, reserve, wall)
-        if adm is None:
+        d = Decision(path, body)
+        if self.budgets.admit_now(p.budgets, reserve, wall, d) is None:
             return None
-        d = Decision(path, body, adm)
-        if adm.headers:
-            d.head = b"".join(b"x-modeltrack-budget: %s\r\n" % header_value(h) for h in adm.headers)
+        if d.headers:
+            d.head = b"".join(b"x-modeltrack-budget: %s\r\n" % header_value(h) for h in d.headers)
         return d
 
     async def decide(
@@ -358,12 +360,13 @@ class Controls:
                         bound = self.pricing.dearest_bound(provider, inp, out, wall)
                 if bound is not None:
                     reserve = nearest(bound * 1e9) + 1
-            adm = self.budgets.admit_now(matched, reserve, wall) or await self.budgets.admit(matched, reserve)
+            adm = self.budgets.admit_now(matched, reserve, wall, d) or await self.budgets.admit(matched, reserve)
             if adm.refusal is not None:
                 d.refusal = adm.refusal
                 return d
-            d.admission = adm
-            for h in adm.headers:
+            if adm is not d:
+                d.adopt(adm)
+            for h in d.headers:
                 lines.append(b"x-modeltrack-budget: %s\r\n" % header_value(h))
         if lines:
             d.head = b"".join(lines)
@@ -393,13 +396,13 @@ class Controls:
     def finished(self, d: Decision, ev: CostEvent | None, capture: Entry | None, spent: Spent | None = None) -> None:
         """The request's event is recorded: settle its reservation, store a captured response. ``spent``: the
         recorder's figures for ``ev``, when it worked them out (else they are read off the event)."""
-        if d.admission is not None and d.admission.first is not None:
+        if d.first is not None:  # (the decision is the request's admission: what it reserved)
             if ev is None:
-                self.budgets.release(d.admission)
+                self.budgets.release(d)
             elif spent is not None:
-                self.budgets.settle_nano(d.admission, spent.settle_nano)
+                self.budgets.settle_nano(d, spent.settle_nano)
             else:
-                self.budgets.settle(d.admission, ev)
+                self.budgets.settle(d, ev)
         if capture is not None and d.cache_key and self.cache is not None and ev is not None:
             if 200 <= ev.status < 300 and ev.error is None and ev.usage_source not in ("partial", "missing"):
                 capture.meta = entry_meta(ev)
