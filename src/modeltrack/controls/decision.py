@@ -30,7 +30,7 @@ class Decision(Admission):
 
     It is the request's :class:`Admission` too (the budgets' reservations it holds, their warnings): the usual
     controlled request makes one record, not two, and frees one (Controls.decide_now, whose budgets reserve into
-    it; ~300 CPU instructions a budgeted request, bench/README.md, thirtieth session). A plain class whose
+    it; ~340 CPU instructions a budgeted request, bench/README.md, thirtieth session). A plain class whose
     defaults live on the class: the usual controlled request sets few of its fields, so only those are written
     per request."""
 
