@@ -349,7 +349,7 @@ async def test_a_cache_hit_is_the_same_bytes_at_no_cost(replay: Any, make_proxy:
     assert saved == pytest.approx(sum(e.saved_usd for e in hits))
 
 
-async def test_a_cached_answer_is_never_another_client_tokens(replay: Any, make_proxy: Any, tmp_path: Path) -> None:
+async def test_each_client_token_has_its_own_cached_answers(replay: Any, make_proxy: Any, tmp_path: Path) -> None:
     """Two clients with their own X-ModelTrack-Key tokens, the same provider key and the same attribution: each
     has its own cache entries: the token is part of the cache key (controls.cache.cache_key)."""
     upstream, upstream_url = replay

@@ -290,7 +290,7 @@ class Controls:
         """The long way to a :class:`Decision`: routing, the response cache, then the budgets. ``client_key``: the
         request's first ``X-ModelTrack-Key`` value (``b""``: none), as :func:`~modeltrack.http.headers.forward_headers`
         read it; it is part of the cache key, so that one client's cached answer is never another's
-        (tests/test_spend_controls.py, ``test_a_cached_answer_is_never_another_client_tokens``)."""
+        (tests/test_spend_controls.py, ``test_each_client_token_has_its_own_cached_answers``)."""
         spec = p.spec
         d = Decision(path, body)
         lines: list[bytes] = []
