@@ -32,7 +32,6 @@ from .cache import Backend, Entry, MemoryCache, cache_key, entry_meta, open_back
 from .decision import Decision, Plan, header_value
 from .estimate import bound_tokens
 from .ledger import open_ledger
-from .match import same_key
 from .parse import load
 from .routing import choose, rewrite
 from .spec import Budget, ControlsError, ControlsSpec
@@ -214,7 +213,7 @@ class Controls:
         p = self._last_plan
         # The last request's combination (a busy key): compared, mostly identical strings, where hashing the
         # 8-tuple and looking it up costs ~900 CPU instructions (bench/README.md, twenty-fourth session).
-        if p is None or not same_key(key, last_key):
+        if p is None or key != last_key:
             p = self._plans.get(key)
         if p is None or p.spec is not spec:
             if len(self._plans) >= 4096 or (p is not None and p.spec is not spec):

@@ -49,24 +49,6 @@ class Scope:
         return ", ".join(parts) or "everything"
 
 
-def same_key(a: tuple[object, ...], b: tuple[object, ...] | None) -> bool:
-    """``a == b`` for two combinations of attribution values (:data:`DIMENSIONS`, or a plan's): the memos ask it of
-    every controlled request, against the last request's. Each element is compared by identity first, then by
-    value. Measured apart, it costs about what the tuple's own ``==`` does (370 against 392 CPU instructions for
-    eight, one of them equal but not identical; bench/README.md, thirtieth session, which corrects the
-    twenty-ninth's larger claim): CPython's tuple comparison also checks identity first. The same answer as
-    ``==``, which also counts an element identical to itself as equal
-    (tests/test_controls.py::test_same_key_is_tuple_equality)."""
-    if b is None or len(a) != len(b):
-        return False
-    for i in range(len(a)):
-        x = a[i]
-        y = b[i]
-        if x is not y and x != y:
-            return False
-    return True
-
-
 _CACHE: Final[dict[str, re.Pattern[str]]] = {}
 
 
