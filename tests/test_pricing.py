@@ -418,3 +418,45 @@ def test_rounding_matches_the_builtin() -> None:
     assert [nano_usd(p) for p in picos] == [exact(p) for p in picos]
     same = [p for p in picos if isinstance(p, int) and abs(p) < 2**53 and p % 1000 != 500]
     assert [nano_usd(p) for p in same] == [round(p / 10**12, 9) for p in same]
+
+
+def test_each_request_is_priced_in_its_own_context_whatever_came_before(tmp_path: Path) -> None:
+    """The engine keeps the last request's price plan (its model, minute, service tier, batch processing and
+    variant) for the next one. Requests that alternate between those contexts are each priced as a fresh engine
+    prices them alone, and the contexts do price differently (so a plan reused across them would show)."""
+    overrides = tmp_path / "prices.yaml"
+    overrides.write_text(
+        "models:\n  - model: sora-2-pro\n    prices: {output_video_seconds: 0.30}\n"
+        "    price_variants:\n      - when: {size: 1792x1024}\n        prices: {output_video_seconds: 0.50}\n"
+    )
+    tokens = {"input_tokens": 1_000_000, "output_tokens": 1_000_000}
+    asks: list[tuple[str, MeterResult, bool]] = [
+        ("openai", MeterResult(model="gpt-6.1-terra", usage=Usage(**tokens)), False),
+        ("openai", MeterResult(model="gpt-6.1-terra", usage=Usage(**tokens)), True),  # its batch prices
+        ("openai", MeterResult(model="gpt-5", usage=Usage(**tokens)), False),
+        ("openai", MeterResult(model="gpt-5", usage=Usage(**tokens, service_tier="priority")), False),
+        ("openai", MeterResult(model="sora-2-pro", usage=Usage(details={"output_video_seconds": 8})), False),
+        (
+            "openai",
+            MeterResult(
+                model="sora-2-pro", usage=Usage(details={"output_video_seconds": 8}), variant=(("size", "1792x1024"),)
+            ),
+            False,
+        ),
+    ]
+
+    def alone(i: int) -> tuple[float | None, str]:
+        provider, result, batch = asks[i]
+        return Pricing.load(str(overrides)).cost(provider, result, None, PEAK, batch=batch)
+
+    want = [alone(i) for i in range(len(asks))]
+    for a, b in ((0, 1), (2, 3), (4, 5)):
+        assert want[a][0] != want[b][0], (asks[a], asks[b])  # each pair's contexts price differently
+    shared = Pricing.load(str(overrides))
+    order = [0, 1, 0, 0, 1, 1, 2, 3, 3, 2, 4, 5, 4, 0, 5, 5, 3, 1, 2, 4]
+    for i in order:
+        provider, result, batch = asks[i]
+        assert shared.cost(provider, result, None, PEAK, batch=batch) == want[i], asks[i]
+    # The same model a minute apart, with the minutes alternating: the same answer each time.
+    for ts in (PEAK, PEAK + 60, PEAK, PEAK + 120):
+        assert shared.cost(*asks[0][:2], None, ts) == want[0]

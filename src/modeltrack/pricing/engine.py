@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from fractions import Fraction
@@ -41,6 +42,21 @@ log: Final = logging.getLogger("modeltrack.pricing")
 _COMPACT_DATE: Final = re.compile(r"(-)(20\d{2})(0[1-9]|1[0-2])(0[1-9]|[12]\d|3[01])(?=-|:|$)")
 
 
+_PlanKey = tuple[int, datetime, str | None, str | None, tuple[tuple[str, str], ...]]
+
+
+class _Step:
+    """One price unit of a plan (:meth:`Pricing._plan`): how its count is read off the usage, its rate, and the
+    positions of the priced units carved out of it. A native class, so that compiled, the per-request loop
+    reads its fields directly (a tuple of three, unpacked, took an iterator per unit)."""
+
+    def __init__(self, count: Callable[[Usage], int], rate: Rate | Tiered, descendants: tuple[int, ...]) -> None:
+        self.count = count
+        self.tiered: Tiered | None = rate if isinstance(rate, Tiered) else None
+        self.rate: Rate = rate.base if isinstance(rate, Tiered) else rate  # (for a tiered one: self.tiered.at)
+        self.descendants = descendants
+
+
 class Pricing:
     def __init__(self, data: dict[str, Any], overrides: list[Model] | None = None) -> None:
         self.source = f"{data.get('source', '?')} {data.get('source_version', '?')}"
@@ -59,7 +75,16 @@ class Pricing:
         self.overrides = overrides or []
         self._cache: dict[tuple[str, str], tuple[Model, bool] | None] = {}
         self._warned: set[str] = set()
-        self._plans: dict[tuple[int, datetime, str | None, str | None, tuple[tuple[str, str], ...]], Any] = {}
+        self._plans: dict[_PlanKey, tuple[_Step, ...]] = {}
+        # The last plan price_pico used, and what it was for (its memo's usual answer, without the dict's key).
+        self._last_plan: tuple[_Step, ...] | None = None
+        self._last_plan_model: Model | None = None
+        self._last_plan_when: datetime | None = None
+        self._last_plan_tier: str | None = None
+        self._last_plan_processing: str | None = None
+        self._last_plan_variant: tuple[tuple[str, str], ...] = ()
+        self._last_minute = 0
+        self._last_when = _ts_minute(0)
         self._dearest: dict[tuple[str, datetime], tuple[float, float]] = {}
         self._linear: dict[tuple[str, str | None, int], tuple[Rate, Rate, int, Model, bool]] = {}
         # The last request's (provider, model, minute) and its rates: the usual request asks what the last one did.
@@ -154,38 +179,61 @@ class Pricing:
         ``variant``: more of the price context the answer fixed (a video's ``size``), matched against the
         override file's ``price_variants``."""
         tier = usage.service_tier if direct else None
-        key = (id(model), when, tier, processing, variant)
-        plan = self._plans.get(key)
-        if plan is None:
-            if len(self._plans) > 10_000:
-                self._plans.clear()
-            context = {"service_tier": tier} if tier else {}
-            context.update(variant)
-            if processing:
-                context["processing"] = processing
-            plan = self._plans[key] = self._plan(model.price_set(when, context or None))
+        last = self._last_plan
+        # The last request's model, minute, tier and variant (the usual request asks what the last one did): a
+        # few identity checks, where building the 5-tuple key, hashing it and looking it up costs ~1,000 CPU
+        # instructions. ``when`` is the same object within a minute (``_ts_minute`` is memoised).
+        if (
+            last is None
+            or model is not self._last_plan_model
+            or when is not self._last_plan_when
+            or tier != self._last_plan_tier
+            or processing != self._last_plan_processing
+            or variant != self._last_plan_variant
+        ):
+            key = (id(model), when, tier, processing, variant)
+            last = self._plans.get(key)
+            if last is None:
+                if len(self._plans) > 10_000:
+                    self._plans.clear()
+                context = {"service_tier": tier} if tier else {}
+                context.update(variant)
+                if processing:
+                    context["processing"] = processing
+                last = self._plans[key] = self._plan(model.price_set(when, context or None))
+            self._last_plan, self._last_plan_model, self._last_plan_when = last, model, when
+            self._last_plan_tier, self._last_plan_processing, self._last_plan_variant = tier, processing, variant
         total_input = usage.total_input_tokens
         leaves: list[int] = []
         total: int | Fraction = 0
-        for getter, rate, descendants in plan:
-            value = getter(usage)
-            for j in descendants:
+        for step in last:
+            value: int = step.count(usage)
+            for j in step.descendants:
                 value -= leaves[j]
             if value < 0:
                 value = 0
             leaves.append(value)
             if value:
-                total += (rate.at(total_input) if isinstance(rate, Tiered) else rate) * value
+                tiered = step.tiered
+                total += (tiered.at(total_input) if tiered is not None else step.rate) * value
         return total
 
-    def _plan(self, prices: PriceSet) -> tuple[tuple[Any, Rate | Tiered, tuple[int, ...]], ...]:
+    def _when(self, ts: float) -> datetime:
+        """``_ts(ts)``, the last minute's answer kept: an event's minute is nearly always the last one's, and
+        the memoised call hashes its argument (~600 CPU instructions)."""
+        minute = int(ts // 60)
+        if minute != self._last_minute:
+            self._last_minute, self._last_when = minute, _ts_minute(minute)
+        return self._last_when
+
+    def _plan(self, prices: PriceSet) -> tuple[_Step, ...]:
         """genai-prices' leaf decomposition, precomputed: units ordered most-specific first, each with the
         positions of its priced descendants, whose leaf counts are subtracted from its own count."""
         order = sorted((self.units[k] for k in prices if k in self.units), key=lambda u: (-len(u.dims), u.usage_key))
         plan = []
         for i, unit in enumerate(order):
             desc = tuple(j for j in range(i) if unit.dims <= order[j].dims)
-            plan.append((_COUNTS.get(unit.usage_key) or _detail(unit.usage_key), prices[unit.usage_key], desc))
+            plan.append(_Step(_COUNTS.get(unit.usage_key) or _detail(unit.usage_key), prices[unit.usage_key], desc))
         return tuple(plan)
 
     def cost(
@@ -207,7 +255,7 @@ class Pricing:
         if found is None:
             return None, "unpriced"
         model, direct = found
-        when = _ts(ts)
+        when = self._when(ts)
         source = "priced" if model.source != "override" else "override"
         processing = None
         if batch:
