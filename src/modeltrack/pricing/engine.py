@@ -180,9 +180,10 @@ class Pricing:
         override file's ``price_variants``."""
         tier = usage.service_tier if direct else None
         last = self._last_plan
-        # The last request's model, minute, tier and variant (the usual request asks what the last one did): a
-        # few identity checks, where building the 5-tuple key, hashing it and looking it up costs ~1,000 CPU
-        # instructions. ``when`` is the same object within a minute (``_ts_minute`` is memoised).
+        # The last request's model, minute, tier, processing and variant (the usual request asks what the last
+        # one did): a few identity checks, where building the 5-tuple key, hashing it and looking it up costs
+        # ~1,000 CPU instructions. ``when`` is the same object within a minute (``_ts_minute`` is memoised).
+        # Held by tests/test_pricing.py::test_each_request_is_priced_in_its_own_context_whatever_came_before.
         if (
             last is None
             or model is not self._last_plan_model
