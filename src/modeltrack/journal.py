@@ -17,6 +17,7 @@ import logging
 import mmap
 import os
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, NamedTuple
@@ -247,9 +248,12 @@ class Journal:
         return self._seg
 
     def ack(self, segs: Iterable[int]) -> None:
-        for seg in segs:
+        """The events with these segment ids (one id per event; 0, an unjournaled event, is skipped) are stored.
+        Counted by ``Counter`` (in C) and applied once per segment: a batch of 2,000 events spans one or two
+        segments, and a decrement per event held the event loop ~0.25 ms per 800 events (bench/README.md)."""
+        for seg, n in Counter(segs).items():
             if seg:
-                self._pending[seg] -= 1
+                self._pending[seg] -= n
                 if self._pending[seg] == 0 and seg != self._seg:
                     self._maybe_delete(seg)
 

@@ -178,7 +178,7 @@ class ProcessWriter:
             raise remote_error(str(reply["error"]), bool(reply.get("transient")))("in the store writer process")
 
     async def write(self, events: list[CostEvent]) -> None:
-        payload = b"".join(json_lines(events))
+        payload = json_lines(events)
         async with self._lock:
             waiting = self.backlog()
             if waiting >= self.behind_after:
@@ -204,8 +204,11 @@ class ProcessWriter:
                     # retry budget and every later batch was spooled (tests/test_store_writer.py, the starved
                     # child; tests/test_pipeline.py, ten thousand requests on the Firestore emulator).
 
-    async def _send(self, payload: bytes) -> None:
-        """One attempt: the batch to the child (started first if there is none), and its answer."""
+    async def _send(self, payload: list[bytes]) -> None:
+        """One attempt: the batch's lines to the child (started first if there is none), and its answer. The lines
+        go as they are (``writelines``, one ``writev``): joined first, 1,000 lines of 700 bytes took the event
+        loop 0.18-0.36 ms to join and send through the pipe, against 0.13-0.17 ms (bench/README.md,
+        "thirty-second session")."""
         if self.pid is None:
             await self._spawn()
         proc = self._proc
@@ -216,8 +219,7 @@ class ProcessWriter:
             self.starved_after, self._check_starved, proc.pid, self._batches, None
         )
         try:
-            proc.stdin.write(HEADER.pack(len(payload)))
-            proc.stdin.write(payload)
+            proc.stdin.writelines([HEADER.pack(sum(map(len, payload))), *payload])
             await proc.stdin.drain()
             await self._answer()
         except (BrokenPipeError, ConnectionResetError):
