@@ -20,6 +20,7 @@ import pytest
 from bench.sysinfo import free_port
 
 from modeltrack.events import CostEvent
+from modeltrack.sched import SpareCores
 from modeltrack.sinks import ProcessWriter, is_transient, open_sink
 from modeltrack.sinks.process import RemoteStoreError
 from modeltrack.sinks.sqlite import SQLiteSink
@@ -163,6 +164,114 @@ async def test_a_writer_that_falls_behind_is_restarted_at_normal_priority(tmp_pa
         once(await writer.read(), 150)
     finally:
         await writer.close()
+
+
+async def test_a_promoted_writer_is_idle_again_once_its_period_is_over_and_it_has_caught_up(tmp_path: Path) -> None:
+    """After a burst the writer must not keep the proxy's priority: requests would wait behind it. Past its
+    ``normal_for`` seconds it stays at the normal policy only while it is still behind; the first batch that finds
+    it caught up makes the same child idle again (no restart)."""
+    url = f"sqlite:///{tmp_path}/events.db"
+    waiting = [100]
+    writer = ProcessWriter(
+        SQLiteSink(str(tmp_path / "events.db")),
+        url,
+        backlog=lambda: waiting[0],
+        behind_after=100,
+        normal_for=0.5,
+        starved_after=60,
+        spare_cores=lambda: 0.0,  # a busy machine: the period is not cut short
+    )
+    await writer.open()
+    try:
+        await writer.write([make_event(i) for i in range(50)])
+        assert writer.promotions == 1 and writer.pid is not None
+        promoted = writer.pid
+        assert os.sched_getscheduler(promoted) == os.SCHED_OTHER
+        waiting[0] = 0
+        await writer.write([make_event(i) for i in range(50, 100)])  # caught up, but within its period
+        assert os.sched_getscheduler(promoted) == os.SCHED_OTHER
+        await asyncio.sleep(0.6)
+        waiting[0] = 150
+        await writer.write([make_event(i) for i in range(100, 150)])  # past its period, still behind
+        assert writer.pid == promoted and os.sched_getscheduler(promoted) == os.SCHED_OTHER
+        waiting[0] = 99
+        await writer.write([make_event(i) for i in range(150, 200)])  # past its period and caught up
+        assert writer.pid == promoted and writer.promotions == 1
+        assert all(os.sched_getscheduler(int(tid)) == os.SCHED_IDLE for tid in os.listdir(f"/proc/{promoted}/task"))
+        once(await writer.read(), 200)
+    finally:
+        await writer.close()
+
+
+async def test_a_promoted_writer_goes_back_to_idle_early_once_the_machine_has_cores_to_spare(tmp_path: Path) -> None:
+    """A burst promoted the writer for ``normal_for`` seconds; when the burst is over (caught up, half a core or
+    more idle) it goes back to idle before then, after ``min_normal`` seconds, without a restart. Once a period:
+    promoted again within ``normal_for`` of that, it keeps the whole period, however idle the machine looks (a
+    CPU quota can keep the machine's idle time from it)."""
+    url = f"sqlite:///{tmp_path}/events.db"
+    waiting, spare = [100], [0.0]
+    writer = ProcessWriter(
+        SQLiteSink(str(tmp_path / "events.db")),
+        url,
+        backlog=lambda: waiting[0],
+        behind_after=100,
+        normal_for=60,
+        min_normal=0.3,
+        starved_after=60,
+        spare_cores=lambda: spare[0],
+    )
+
+    def policies(pid: int) -> set[int]:
+        return {os.sched_getscheduler(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
+
+    await writer.open()
+    try:
+        await writer.write([make_event(i) for i in range(50)])
+        assert writer.promotions == 1 and writer.pid is not None
+        first = writer.pid
+        waiting[0], spare[0] = 0, 1.5
+        await writer.write([make_event(i) for i in range(50, 100)])  # caught up and idle cores, but too soon
+        assert policies(first) == {os.SCHED_OTHER}
+        await asyncio.sleep(0.35)
+        spare[0] = 0.2
+        await writer.write([make_event(i) for i in range(100, 150)])  # caught up, but the machine is busy
+        assert policies(first) == {os.SCHED_OTHER}
+        spare[0] = 1.5
+        await writer.write([make_event(i) for i in range(150, 200)])
+        assert writer.pid == first and policies(first) == {os.SCHED_IDLE}
+        waiting[0] = 100
+        await writer.write([make_event(i) for i in range(200, 250)])  # behind again: restarted
+        assert writer.promotions == 2 and writer.pid not in (None, first)
+        second = writer.pid
+        waiting[0] = 0
+        await asyncio.sleep(0.35)
+        await writer.write([make_event(i) for i in range(250, 300)])  # idle cores, but once a period
+        assert writer.pid == second and policies(second) == {os.SCHED_OTHER}
+        once(await writer.read(), 300)
+    finally:
+        await writer.close()
+
+
+def test_spare_cores_sees_the_machine_busy_and_idle() -> None:
+    """The signal a promoted writer goes back to idle on: the machine's idle cores since the last look, read from
+    /proc/stat; with a busy loop on every core there are none. Unreadable, it says none (never a reason to lower
+    a writer early)."""
+    spare = SpareCores()
+    time.sleep(0.3)
+    idle = spare()
+    cores = os.cpu_count() or 1
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(cores)]
+    try:
+        time.sleep(0.3)  # the hogs start
+        spare()
+        time.sleep(0.3)
+        busy = spare()
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+    assert 0.0 <= busy < 0.5 and busy < idle - 0.5 and idle <= cores + 0.1
+    assert SpareCores("/nonexistent/stat")() == 0.0
 
 
 async def test_a_batch_larger_than_a_step_is_stored_once_in_steps(tmp_path: Path) -> None:

@@ -5,17 +5,21 @@ concurrency 1 that put 2–5 ms on the p99 of a request that arrived during a fl
 concurrency 1"); giving the thread a lower priority traded that for a priority inversion. In a process of its own
 the writer shares no lock with the loop, and the kernel runs it on the other core.
 
-It runs at ``SCHED_IDLE`` (Linux): it gets only CPU time nothing else wants. At a mere nice 19 the kernel still
-let it finish its slice while the proxy, woken on the same core, waited 2–4 ms for it (``perf sched timehist``);
-idle, it is preempted at once. In a thread that was unsafe (it held the GIL the loop needed); in a process it
-holds nothing the loop waits for, except SQLite's write lock for the length of a batch. So a writer that is
-starved (runnable, without CPU, for ``starved_after`` seconds: every core busy) is restarted at the normal
-policy for ``normal_for`` seconds, and a batch's transaction never holds that lock long on a busy machine. For
-the same reason a writer that falls behind (``behind_after`` events, four batches by default, still queued
-behind the one it is handed) is restarted at the normal policy, and keeps it while it is behind: idle on a
-machine whose cores are all busy, it would never catch up, and the queue, the proxy's memory and then the spool
-would grow (tests/test_monitoring.py, the random-team flood). A writer a batch or two behind is left idle: it
-catches up when the load eases, and a restart (a new interpreter starting) would cost the proxy more CPU.
+It runs at ``SCHED_IDLE`` (Linux): it gets only CPU time nothing else wants. At a mere nice 19 the kernel still let
+it finish its slice while the proxy, woken on the same core, waited 2–4 ms for it (``perf sched timehist``); idle,
+it is preempted at once by the tasks of its own task group. (The kernel weighs another autogroup or cgroup as a
+whole: a client started from another session, or in another container, is not one of them, and ``wrk`` so started
+waited up to a tick, 4 ms, behind the writer: bench/README.md, "thirty-second session".) In a thread that was
+unsafe (it held the GIL the loop needed); in a process it holds nothing the loop waits for, except SQLite's write
+lock for the length of a batch. So a writer that is starved (runnable, without CPU, for ``starved_after`` seconds:
+every core busy) is restarted at the normal policy for ``normal_for`` seconds, and a batch's transaction never
+holds that lock long on a busy machine. For the same reason a writer that falls behind (``behind_after`` events,
+four batches by default, still queued behind the one it is handed) is restarted at the normal policy, keeps it for
+``normal_for`` seconds and then while it is still behind, and is made idle again by the first batch after (lowering
+a policy needs no restart): idle on a machine whose cores are all busy, it would never catch up, and the queue, the
+proxy's memory and then the spool would grow (tests/test_monitoring.py, the random-team flood). A writer a batch or
+two behind is left idle: it catches up when the load eases, and a restart (a new interpreter starting) would cost
+the proxy more CPU.
 
 Guarantees, unchanged from an in-process sink (tests/test_store_writer.py):
 
@@ -53,7 +57,7 @@ from typing import Any
 import orjson
 
 from ..events import CostEvent, json_lines
-from ..sched import IDLE, set_idle
+from ..sched import IDLE, SpareCores, set_idle
 from .base import Sink
 
 log = logging.getLogger("modeltrack.pipeline")
@@ -113,12 +117,21 @@ class ProcessWriter:
         normal_for: float = 10.0,
         backlog: Callable[[], int] = lambda: 0,
         behind_after: int = 8000,
+        spare_cores: Callable[[], float] | None = None,
+        min_normal: float = 1.0,
     ) -> None:
         """``sink`` is the parent's own sink for the same ``url`` (reads, claims, pings). ``idle``: run the child
         at ``SCHED_IDLE`` where the platform has it; ``starved_after`` and ``normal_for`` bound how long it may
         wait for CPU inside a batch, and how long it then keeps the normal policy. ``backlog`` tells how many
         events wait behind the batch being written (the pipeline's queue): ``behind_after`` or more and the
-        writer is not keeping up, so it, too, is given the normal policy for ``normal_for`` seconds."""
+        writer is not keeping up, so it, too, is given the normal policy: for ``normal_for`` seconds, and after
+        that for as long as it is still behind. Within those seconds a writer promoted for lagging (a starved
+        one keeps its period) is made idle again as soon as it has caught up, has had the normal policy for
+        ``min_normal`` seconds, and ``spare_cores`` (the machine's idle cores since it was last asked;
+        :class:`~modeltrack.sched.SpareCores` by default) finds half a core idle: the load has eased, and idle
+        it keeps up on what is spare. Once a period at most: a promotion within ``normal_for`` seconds of such
+        an early return keeps the whole period, so a machine whose idle time the writer cannot have (a CPU
+        quota) restarts it at most twice a period."""
         self.inner = sink
         self.name = sink.name
         self.url = url
@@ -130,6 +143,12 @@ class ProcessWriter:
         self._proc: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
         self._normal_until = 0.0  # monotonic time until which the child keeps the normal policy
+        self._behind = False  # the last batch found ``behind_after`` or more events waiting behind it
+        self.spare_cores = spare_cores if spare_cores is not None else SpareCores()
+        self.min_normal = min_normal
+        self._promoted_at = 0.0
+        self._early_at = -1e9  # when the writer last went back to idle before its period was over
+        self._early_ok = False  # this promotion may end early (see ``__init__``)
         self._at_idle = False
         self.started = 0  # children started (a restart after a crash or a failed promotion adds one)
         self.promotions = 0  # times a starved child was restarted at the normal policy
@@ -181,15 +200,17 @@ class ProcessWriter:
         payload = json_lines(events)
         async with self._lock:
             waiting = self.backlog()
-            if waiting >= self.behind_after:
+            self._behind = waiting >= self.behind_after
+            if self._behind and self._at_idle and self.pid is not None:
                 # Every core is busy and the queue grows: idle, the writer would only fall further behind
                 # (tests/test_monitoring.py::test_random_team_flood_keeps_series_bounded). Between two batches
-                # it holds nothing, so a restart costs only the new child's start; it keeps the normal policy
-                # while it is behind, and ``normal_for`` seconds after.
-                if self._at_idle and self.pid is not None:
-                    self._promote(f"{waiting} events wait for the store")
-                else:
-                    self._normal_until = max(self._normal_until, time.monotonic() + self.normal_for)
+                # it holds nothing, so a restart costs only the new child's start. It keeps the normal policy
+                # for ``normal_for`` seconds (so at most one restart a period), then while it is still behind;
+                # the first batch after both finds it idle again (:meth:`_set_policy`). Kept until ``normal_for``
+                # seconds after it was last behind, a writer promoted in a burst ran at the proxy's priority for
+                # the first 10 s after it, and requests waited behind it: p99 at concurrency 1 3.0-4.6 ms in
+                # those 10 s, 1.05-1.46 ms in the next (bench/README.md, "thirty-second session").
+                self._promote(f"{waiting} events wait for the store", lagging=True)
             while True:
                 promotions = self.promotions
                 try:
@@ -236,9 +257,17 @@ class ProcessWriter:
 
     def _set_policy(self, pid: int) -> None:
         """Idle, unless a starved or lagging batch asked for the normal policy less than ``normal_for`` seconds
-        ago."""
-        if not self.idle or self._at_idle or time.monotonic() < self._normal_until:
+        ago, or the writer is still behind. Lowering a running child's policy needs no privilege: no restart."""
+        if not self.idle or self._at_idle or self._behind:
             return
+        now = time.monotonic()
+        if now < self._normal_until:
+            # Asked at every batch, so the spare cores are measured over the time since the last one.
+            spare = self.spare_cores()
+            if not (self._early_ok and now - self._promoted_at >= self.min_normal and spare >= 0.5):
+                return
+            self._early_at = now
+            self._normal_until = now
         try:
             set_idle(pid)  # every thread of it: SQLite runs on the child's worker thread
         except OSError as exc:  # e.g. a seccomp profile that forbids it: keep the normal policy
@@ -269,12 +298,20 @@ class ProcessWriter:
         # starved batch then took seconds (tests/test_store_writer.py, the starved child, failed so).
         asyncio.get_running_loop().call_later(RECHECK, self._check_starved, pid, batch, now or None)
 
-    def _promote(self, why: str) -> None:
+    def _promote(self, why: str, lagging: bool = False) -> None:
         """Kill the idle child; the next write starts one that keeps the normal policy for ``normal_for`` s."""
         self.promotions += 1
-        self._normal_until = time.monotonic() + self.normal_for
+        now = time.monotonic()
+        self._promoted_at = now
+        # A starved child keeps its whole period: the cores the machine has to spare need not be its own (an
+        # affinity, a cpuset, a quota), and it was just seen getting none of them.
+        self._early_ok = lagging and now - self._early_at > self.normal_for
+        self._normal_until = now + self.normal_for
         log.warning(
-            "store writer %s (every core is busy): restarted at normal priority for %.0f s", why, self.normal_for
+            "store writer %s (every core is busy): restarted at normal priority for %s%.0f s",
+            why,
+            "up to " if self._early_ok else "",
+            self.normal_for,
         )
         self._kill()
 
