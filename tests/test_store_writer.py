@@ -136,17 +136,17 @@ async def test_a_starved_child_is_restarted_at_normal_priority(tmp_path: Path) -
         await writer.close()
 
 
-async def test_a_writer_that_falls_behind_is_restarted_at_normal_priority(tmp_path: Path) -> None:
+def lagging_writer(tmp_path: Path, waiting: list[int], **kw: Any) -> ProcessWriter:
+    """A writer told its backlog by ``waiting[0]``, behind from 100 events on, and never promoted for starving:
+    these tests are about the backlog, and a busy machine must not promote it for that."""
     url = f"sqlite:///{tmp_path}/events.db"
+    sink = SQLiteSink(str(tmp_path / "events.db"))
+    return ProcessWriter(sink, url, backlog=lambda: waiting[0], behind_after=100, starved_after=60, **kw)
+
+
+async def test_a_writer_that_falls_behind_is_restarted_at_normal_priority(tmp_path: Path) -> None:
     waiting = [0]
-    writer = ProcessWriter(
-        SQLiteSink(str(tmp_path / "events.db")),
-        url,
-        backlog=lambda: waiting[0],
-        behind_after=100,
-        normal_for=60,
-        starved_after=60,  # this test is about the backlog: a busy machine must not promote it for starving
-    )
+    writer = lagging_writer(tmp_path, waiting, normal_for=60)
     await writer.open()
     try:
         first = writer.pid
@@ -170,17 +170,9 @@ async def test_a_promoted_writer_is_idle_again_once_its_period_is_over_and_it_ha
     """After a burst the writer must not keep the proxy's priority: requests would wait behind it. Past its
     ``normal_for`` seconds it stays at the normal policy only while it is still behind; the first batch that finds
     it caught up makes the same child idle again (no restart)."""
-    url = f"sqlite:///{tmp_path}/events.db"
     waiting = [100]
-    writer = ProcessWriter(
-        SQLiteSink(str(tmp_path / "events.db")),
-        url,
-        backlog=lambda: waiting[0],
-        behind_after=100,
-        normal_for=0.5,
-        starved_after=60,
-        spare_cores=lambda: 0.0,  # a busy machine: the period is not cut short
-    )
+    # A busy machine: the period is not cut short.
+    writer = lagging_writer(tmp_path, waiting, normal_for=0.5, spare_cores=lambda: 0.0)
     await writer.open()
     try:
         await writer.write([make_event(i) for i in range(50)])
@@ -208,18 +200,8 @@ async def test_a_promoted_writer_goes_back_to_idle_early_once_the_machine_has_co
     more idle) it goes back to idle before then, after ``min_normal`` seconds, without a restart. Once a period:
     promoted again within ``normal_for`` of that, it keeps the whole period, however idle the machine looks (a
     CPU quota can keep the machine's idle time from it)."""
-    url = f"sqlite:///{tmp_path}/events.db"
     waiting, spare = [100], [0.0]
-    writer = ProcessWriter(
-        SQLiteSink(str(tmp_path / "events.db")),
-        url,
-        backlog=lambda: waiting[0],
-        behind_after=100,
-        normal_for=60,
-        min_normal=0.3,
-        starved_after=60,
-        spare_cores=lambda: spare[0],
-    )
+    writer = lagging_writer(tmp_path, waiting, normal_for=60, min_normal=0.3, spare_cores=lambda: spare[0])
 
     def policies(pid: int) -> set[int]:
         return {os.sched_getscheduler(int(tid)) for tid in os.listdir(f"/proc/{pid}/task")}
