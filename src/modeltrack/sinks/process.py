@@ -15,11 +15,11 @@ lock for the length of a batch. So a writer that is starved (runnable, without C
 every core busy) is restarted at the normal policy for ``normal_for`` seconds, and a batch's transaction never
 holds that lock long on a busy machine. For the same reason a writer that falls behind (``behind_after`` events,
 four batches by default, still queued behind the one it is handed) is restarted at the normal policy, keeps it for
-``normal_for`` seconds and then while it is still behind, and is made idle again by the first batch after (lowering
-a policy needs no restart): idle on a machine whose cores are all busy, it would never catch up, and the queue, the
-proxy's memory and then the spool would grow (tests/test_monitoring.py, the random-team flood). A writer a batch or
-two behind is left idle: it catches up when the load eases, and a restart (a new interpreter starting) would cost
-the proxy more CPU.
+``normal_for`` seconds (less once the load has eased and the machine has cores to spare) and then while it is still
+behind, and is made idle again by the first batch after (lowering a policy needs no restart): idle on a machine
+whose cores are all busy, it would never catch up, and the queue, the proxy's memory and then the spool would grow
+(tests/test_monitoring.py, the random-team flood). A writer a batch or two behind is left idle: it catches up when
+the load eases, and a restart (a new interpreter starting) would cost the proxy more CPU.
 
 Guarantees, unchanged from an in-process sink (tests/test_store_writer.py):
 
@@ -205,8 +205,9 @@ class ProcessWriter:
                 # Every core is busy and the queue grows: idle, the writer would only fall further behind
                 # (tests/test_monitoring.py::test_random_team_flood_keeps_series_bounded). Between two batches
                 # it holds nothing, so a restart costs only the new child's start. It keeps the normal policy
-                # for ``normal_for`` seconds (so at most one restart a period), then while it is still behind;
-                # the first batch after both finds it idle again (:meth:`_set_policy`). Kept until ``normal_for``
+                # for ``normal_for`` seconds (so at most one restart a period; less once the machine has cores to
+                # spare: see ``__init__``), then while it is still behind; the first batch after finds it idle
+                # again (:meth:`_set_policy`). Kept until ``normal_for``
                 # seconds after it was last behind, a writer promoted in a burst ran at the proxy's priority for
                 # the first 10 s after it, and requests waited behind it: p99 at concurrency 1 3.0-4.6 ms in
                 # those 10 s, 1.05-1.46 ms in the next (bench/README.md, "thirty-second session").
@@ -258,16 +259,19 @@ class ProcessWriter:
     def _set_policy(self, pid: int) -> None:
         """Idle, unless a starved or lagging batch asked for the normal policy less than ``normal_for`` seconds
         ago, or the writer is still behind. Lowering a running child's policy needs no privilege: no restart."""
-        if not self.idle or self._at_idle or self._behind:
+        if not self.idle or self._at_idle:
             return
         now = time.monotonic()
         if now < self._normal_until:
-            # Asked at every batch, so the spare cores are measured over the time since the last one.
+            # Asked at every batch of the period (and at the promotion), so the spare cores are measured over the
+            # time since the last batch, never over an idle hour before the burst.
             spare = self.spare_cores()
-            if not (self._early_ok and now - self._promoted_at >= self.min_normal and spare >= 0.5):
+            if self._behind or not (self._early_ok and now - self._promoted_at >= self.min_normal and spare >= 0.5):
                 return
             self._early_at = now
             self._normal_until = now
+        elif self._behind:
+            return
         try:
             set_idle(pid)  # every thread of it: SQLite runs on the child's worker thread
         except OSError as exc:  # e.g. a seccomp profile that forbids it: keep the normal policy
@@ -307,6 +311,7 @@ class ProcessWriter:
         # affinity, a cpuset, a quota), and it was just seen getting none of them.
         self._early_ok = lagging and now - self._early_at > self.normal_for
         self._normal_until = now + self.normal_for
+        self.spare_cores()  # the period's first measure starts here
         log.warning(
             "store writer %s (every core is busy): restarted at normal priority for %s%.0f s",
             why,
