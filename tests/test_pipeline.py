@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import collections
+import itertools
 import os
 import signal
 import time
@@ -512,6 +513,46 @@ async def test_unwritable_journal_is_counted_and_events_still_stored(tmp_path: P
     assert metrics.registry.get_sample_value("modeltrack_events_dropped_total") == 0
     await assert_exactly_once(sink, {f"s-{i}" for i in range(25)})
     await pipeline.close()
+
+
+async def test_a_written_batch_is_freed_a_step_at_a_time(tmp_path: Path) -> None:
+    """Once the store has a batch, its events are freed a step at a time, one step per turn of the event loop,
+    and all of them in the end: freed in one go, ~900 events held the loop up to 1.4 ms while a request waited
+    (bench/README.md, "thirty-third session")."""
+    import gc
+
+    sink = SQLiteSink(str(tmp_path / "events.db"))
+    pipeline = Pipeline.from_settings(
+        sink, Metrics(), Settings(spool_dir=str(tmp_path / "spool"), batch_size=2000, flush_interval_ms=60_000)
+    )
+    await pipeline.start()
+    loop = asyncio.get_running_loop()
+
+    def alive() -> int:
+        return sum(isinstance(o, CostEvent) for o in gc.get_objects())
+
+    before = alive()
+    for i in range(1000):
+        pipeline.enqueue(make_event(i))
+    counts = [alive() - before]
+    turns: asyncio.Future[None] = loop.create_future()
+
+    def count() -> None:  # once a turn of the loop: the release's steps are callbacks too
+        counts.append(alive() - before)
+        if counts[-1] and len(counts) < 100:
+            loop.call_soon(count)
+        else:
+            turns.set_result(None)
+
+    await pipeline.flush()
+    counts.append(alive() - before)
+    loop.call_soon(count)
+    await asyncio.wait_for(turns, 30)
+    await pipeline.close()
+    assert counts[0] == 1000 and counts[-1] == 0, counts
+    freed = [a - b for a, b in itertools.pairwise(counts[1:])]
+    assert counts[1] > 0, "the whole batch was freed with the flush"
+    assert max(freed) <= 100 and len([f for f in freed if f]) >= 9, counts
 
 
 async def test_a_replay_that_fails_does_not_stop_the_flusher(tmp_path: Path, caplog: Any) -> None:
