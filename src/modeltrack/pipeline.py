@@ -3,7 +3,8 @@
 * ``enqueue`` is synchronous and O(1): request handlers never await store I/O.
 * The flusher writes up to ``batch_size`` events, or whatever is queued every ``flush_interval`` seconds.
 * Transient store errors are retried with exponential backoff and full jitter; after ``max_retries`` the batch
-  goes to the local spool (JSONL, fsync'd) and is replayed later. Permanent errors go to a dead-letter file.
+  goes to the local spool (JSONL, fsync'd) and is replayed later (:mod:`.backlog`). Permanent errors go to a
+  dead-letter file.
 * When the queue is full, new events go straight to the spool. Only if the spool cannot be written is an
   event dropped: counted in ``modeltrack_events_dropped_total`` and logged with its request id.
 * Sinks are idempotent on ``request_id``, so a replay or retry after an ambiguous failure never duplicates.
@@ -17,14 +18,14 @@ import asyncio
 import collections
 import contextlib
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .backlog import Backlog
 from .events import CostEvent, json_lines
-from .journal import Journal, Spool, lock, read_events, unlocked
+from .journal import Journal, Spool
 from .metrics import Metrics
 from .sinks import Sink, is_transient
 
@@ -79,6 +80,7 @@ class Pipeline:
         self.metrics = metrics
         self.spool = Spool(spool_dir)
         self.journal = Journal(spool_dir) if journal else None
+        self.backlog = Backlog(self.spool, self.journal, metrics, batch_size=batch_size)
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.max_queue = max_queue
@@ -249,7 +251,7 @@ class Pipeline:
                 if self.failing_since is not None:
                     if not self._events:
                         await self._probe()
-                elif await self._has_backlog():
+                elif await self.backlog.found():
                     await self.replay()
             except Exception as exc:  # noqa: BLE001 - a replay's surprise must not stop the flusher (and the queue)
                 self._replay_failed(exc)
@@ -271,27 +273,12 @@ class Pipeline:
         if now < self._next_probe:
             return
         self._next_probe = now + self.probe_interval
-        if await self._has_backlog():
+        if await self.backlog.found():
             await self.replay()  # a write is the real test: it clears the failing state only if it succeeds
         elif await self.sink.ping():
             self.failing_since = None
             self.store_down = False
             log.info("store reachable again")
-
-    async def _has_backlog(self) -> bool:
-        """Spool files, or journal segments of processes that are gone. Asked on a worker thread: listing the
-        directory waits for its lock, which an unlink holds while the disk discards the blocks it freed (20-130
-        ms on ext4 mounted with ``discard``; bench/README.md, "thirteenth session")."""
-        own = self.journal.owned() if self.journal is not None else frozenset()
-        return await asyncio.to_thread(self._backlog_files, own)
-
-    def _backlog_files(self, own: frozenset[str]) -> bool:
-        if self.spool.files():
-            return True
-        return any(unlocked(p) for p in self.spool.files("journal-") if p not in own)
-
-    def _own(self, path: str) -> bool:
-        return self.journal is not None and self.journal.owns(path)
 
     async def _write_batch(self, events: Batch, segs: list[int]) -> None:
         self._writing += 1
@@ -375,44 +362,13 @@ class Pipeline:
         self._ack(segs)
 
     async def replay(self) -> int:
-        """Store spooled events and orphaned journals (of dead processes); a file is removed only once all of it
-        is stored. Files another live process holds are skipped (flock)."""
-        replayed = 0
-        paths = self.spool.files() + [p for p in self.spool.files("journal-") if not self._own(p)]
-        for path in paths:
-            if path == self.spool._current:
-                self.spool._current = None  # start a new spool file; this one is being replayed
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                continue
-            try:
-                if not lock(fd, blocking=False):
-                    continue  # a live process is writing it
-                if os.fstat(fd).st_nlink == 0:
-                    continue
-                # Read through the descriptor: the owner of a closed journal segment deletes it once every event
-                # in it is stored, maybe while this reads; the events are then stored again, once.
-                events = await asyncio.to_thread(read_events, path, fd)
-                try:
-                    for i in range(0, len(events), self.batch_size):
-                        await self.sink.write(events[i : i + self.batch_size])
-                        if self.on_stored is not None:
-                            self.on_stored(events[i : i + self.batch_size])
-                except Exception as exc:  # noqa: BLE001 - store still down: keep the file, try later
-                    if self.failing_since is None:
-                        log.warning("replay paused: store unavailable (%s)", type(exc).__name__)
-                        self.failing_since = time.monotonic()
-                    return replayed
-                # A live process's journal segment is unlocked a moment before its owner deletes it (every
-                # event in it stored): whichever of the two removes it first, the other finds it gone. Its events
-                # were stored again, idempotently (the sinks keep one per request_id).
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(path)
-            finally:
-                os.close(fd)
-            replayed += len(events)
-            self.metrics.replayed.inc(len(events))
+        """Store spooled events and orphaned journals (of dead processes): :meth:`.Backlog.replay`."""
+        replayed, exc = await self.backlog.replay(self.sink, self.on_stored)
+        if exc is not None:
+            if self.failing_since is None:
+                log.warning("replay paused: store unavailable (%s)", type(exc).__name__)
+                self.failing_since = time.monotonic()
+            return replayed
         if self.failing_since is not None:
             log.info("store reachable again")
             self.failing_since = None
