@@ -555,6 +555,31 @@ async def test_a_written_batch_is_freed_a_step_at_a_time(tmp_path: Path) -> None
     assert max(freed) <= 100 and len([f for f in freed if f]) >= 9, counts
 
 
+async def test_a_spool_file_is_replayed_while_the_store_is_up(tmp_path: Path) -> None:
+    """A spool file that appears while the store works (another process's, which gave up on a batch) is found by
+    the flusher within its probe interval, and stored."""
+    spool = tmp_path / "spool"
+    sink = SQLiteSink(str(tmp_path / "events.db"))
+    pipeline = Pipeline.from_settings(
+        sink, Metrics(), Settings(spool_dir=str(spool), batch_size=10, flush_interval_ms=10), probe_interval=0.3
+    )
+    await pipeline.start()
+    for i in range(5):
+        pipeline.enqueue(make_event(i))
+    await pipeline.flush()
+    other = b"".join(make_event(i).to_json() + b"\n" for i in range(5, 12))
+    (spool / "spool-1-99999.jsonl").write_bytes(other)
+    for _ in range(100):
+        await asyncio.sleep(0.05)
+        if not list(spool.glob("spool-*")):
+            break
+    replayed = not list(spool.glob("spool-*"))
+    stored = {e.session_id for e in await read_all(sink)}
+    await pipeline.close()  # (which would store a spool file left behind: hence the checks before it)
+    assert replayed and stored == {f"s-{i}" for i in range(12)}, (replayed, len(stored))
+    await assert_exactly_once(sink, {f"s-{i}" for i in range(12)})
+
+
 async def test_a_replay_that_fails_does_not_stop_the_flusher(tmp_path: Path, caplog: Any) -> None:
     """A spool entry replay cannot read (here a directory named like a spool file) is logged by its error's type,
     and the flusher goes on storing new events: before, the exception ended the flusher, and every later event

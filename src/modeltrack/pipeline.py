@@ -80,7 +80,7 @@ class Pipeline:
         self.metrics = metrics
         self.spool = Spool(spool_dir)
         self.journal = Journal(spool_dir) if journal else None
-        self.backlog = Backlog(self.spool, self.journal, metrics, batch_size=batch_size)
+        self.backlog = Backlog(self.spool, self.journal, metrics, batch_size=batch_size, interval=probe_interval)
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.max_queue = max_queue
@@ -251,7 +251,7 @@ class Pipeline:
                 if self.failing_since is not None:
                     if not self._events:
                         await self._probe()
-                elif await self.backlog.found():
+                elif self.backlog.due() and await self.backlog.found():
                     await self.replay()
             except Exception as exc:  # noqa: BLE001 - a replay's surprise must not stop the flusher (and the queue)
                 self._replay_failed(exc)
