@@ -9,7 +9,7 @@
   event dropped: counted in ``modeltrack_events_dropped_total`` and logged with its request id.
 * Sinks are idempotent on ``request_id``, so a replay or retry after an ambiguous failure never duplicates.
 * A written batch's events are let go of :data:`RELEASE_STEP` at a time, one step per turn of the event loop
-  (:func:`release`): freed at once, a batch of ~900 held the loop 0.6-1.4 ms.
+  (:func:`release`): freed at once, a batch of ~900 held the loop 0.5-1.4 ms.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ RELEASE_STEP = 100
 def release(loop: asyncio.AbstractEventLoop, held: list[Any]) -> None:
     """Free the last :data:`RELEASE_STEP` of ``held`` now, and the rest on later turns of ``loop``. A batch freed
     in one go (its last reference dropped as the flusher's step ended) freed ~900 events with their strings and
-    numbers: the step that took the store's answer held the event loop 0.6-1.4 ms where its own work took 0.13
+    numbers: the step that took the store's answer held the event loop 0.5-1.4 ms where its own work took 0.13
     ms, and a request in flight waited that long (bench/README.md, "thirty-third session").
     Callbacks between the steps run in between, so a request waits for one step at most."""
     del held[-RELEASE_STEP:]
