@@ -531,23 +531,28 @@ async def test_a_written_batch_is_freed_a_step_at_a_time(tmp_path: Path) -> None
     def alive() -> int:
         return sum(isinstance(o, CostEvent) for o in gc.get_objects())
 
-    before = alive()
-    for i in range(1000):
-        pipeline.enqueue(make_event(i))
-    counts = [alive() - before]
-    turns: asyncio.Future[None] = loop.create_future()
+    gc.collect()  # and no collection while counting: only what reference counting frees is counted
+    gc.disable()
+    try:
+        before = alive()
+        for i in range(1000):
+            pipeline.enqueue(make_event(i))
+        counts = [alive() - before]
+        turns: asyncio.Future[None] = loop.create_future()
 
-    def count() -> None:  # once a turn of the loop: the release's steps are callbacks too
+        def count() -> None:  # once a turn of the loop: the release's steps are callbacks too
+            counts.append(alive() - before)
+            if counts[-1] > 0 and len(counts) < 100:
+                loop.call_soon(count)
+            else:
+                turns.set_result(None)
+
+        await pipeline.flush()
         counts.append(alive() - before)
-        if counts[-1] and len(counts) < 100:
-            loop.call_soon(count)
-        else:
-            turns.set_result(None)
-
-    await pipeline.flush()
-    counts.append(alive() - before)
-    loop.call_soon(count)
-    await asyncio.wait_for(turns, 30)
+        loop.call_soon(count)
+        await asyncio.wait_for(turns, 30)
+    finally:
+        gc.enable()
     await pipeline.close()
     assert counts[0] == 1000 and counts[-1] == 0, counts
     freed = [a - b for a, b in itertools.pairwise(counts[1:])]
