@@ -32,11 +32,22 @@ from .sinks import Sink
 
 class Backlog:
     def __init__(
-        self, spool: Spool, journal: Journal | None, metrics: Metrics, *, batch_size: int, interval: float
+        self,
+        spool: Spool,
+        journal: Journal | None,
+        sink: Sink,
+        metrics: Metrics,
+        *,
+        batch_size: int,
+        interval: float,
+        on_stored: Callable[[list[CostEvent]], None] | None = None,
     ) -> None:
+        """``on_stored`` is told of each part of a file the store accepted, as the pipeline's is of a batch."""
         self.spool = spool
         self.journal = journal
+        self.sink = sink
         self.metrics = metrics
+        self.on_stored = on_stored
         self.batch_size = batch_size
         self.interval = interval
         self._next = 0.0
@@ -59,9 +70,7 @@ class Backlog:
     def _own(self, path: str) -> bool:
         return self.journal is not None and self.journal.owns(path)
 
-    async def replay(
-        self, sink: Sink, on_stored: Callable[[list[CostEvent]], None] | None
-    ) -> tuple[int, Exception | None]:
+    async def replay(self) -> tuple[int, Exception | None]:
         """Store the spool files and orphaned journal segments, a file at a time. Return the events stored, and
         the store's error if it failed (that file and the later ones are kept, for the next replay)."""
         replayed = 0
@@ -83,9 +92,9 @@ class Backlog:
                 events = await asyncio.to_thread(read_events, path, fd)
                 try:
                     for i in range(0, len(events), self.batch_size):
-                        await sink.write(events[i : i + self.batch_size])
-                        if on_stored is not None:
-                            on_stored(events[i : i + self.batch_size])
+                        await self.sink.write(events[i : i + self.batch_size])
+                        if self.on_stored is not None:
+                            self.on_stored(events[i : i + self.batch_size])
                 except Exception as exc:  # noqa: BLE001 - store still down: keep the file, try later
                     return replayed, exc
                 # A live process's journal segment is unlocked a moment before its owner deletes it (every

@@ -80,7 +80,9 @@ class Pipeline:
         self.metrics = metrics
         self.spool = Spool(spool_dir)
         self.journal = Journal(spool_dir) if journal else None
-        self.backlog = Backlog(self.spool, self.journal, metrics, batch_size=batch_size, interval=probe_interval)
+        self.backlog = Backlog(
+            self.spool, self.journal, sink, metrics, batch_size=batch_size, interval=probe_interval, on_stored=on_stored
+        )
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self.max_queue = max_queue
@@ -363,7 +365,7 @@ class Pipeline:
 
     async def replay(self) -> int:
         """Store spooled events and orphaned journals (of dead processes): :meth:`.Backlog.replay`."""
-        replayed, exc = await self.backlog.replay(self.sink, self.on_stored)
+        replayed, exc = await self.backlog.replay()
         if exc is not None:
             if self.failing_since is None:
                 log.warning("replay paused: store unavailable (%s)", type(exc).__name__)
