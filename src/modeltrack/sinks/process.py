@@ -207,10 +207,10 @@ class ProcessWriter:
                 # it holds nothing, so a restart costs only the new child's start. It keeps the normal policy
                 # for ``normal_for`` seconds (so at most one restart a period; less once the machine has cores to
                 # spare: see ``__init__``), then while it is still behind; the first batch after finds it idle
-                # again (:meth:`_set_policy`). Kept until ``normal_for``
-                # seconds after it was last behind, a writer promoted in a burst ran at the proxy's priority for
-                # the first 10 s after it, and requests waited behind it: p99 at concurrency 1 3.0-4.6 ms in
-                # those 10 s, 1.05-1.46 ms in the next (bench/README.md, "thirty-second session").
+                # again (:meth:`_set_policy`). Kept until ``normal_for`` seconds after it was last behind, a
+                # writer promoted in a burst ran at the proxy's priority for the first 10 s after it, and requests
+                # waited behind it: p99 at concurrency 1 3.0-4.6 ms in those 10 s, 1.05-1.46 ms in the next
+                # (bench/README.md, "thirty-second session").
                 self._promote(f"{waiting} events wait for the store", lagging=True)
             while True:
                 promotions = self.promotions
