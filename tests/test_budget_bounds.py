@@ -183,14 +183,15 @@ async def test_an_idle_lease_goes_back_to_the_ledger() -> None:
 
 
 async def test_deciding_without_awaiting_reaches_the_awaited_decision(tmp_path: Path) -> None:
-    """The proxy asks ``Controls.decide_now`` first and awaits ``decide`` only when it declines. Over the same
-    requests (a block budget that runs out, with a warning threshold), both ways admit and refuse the same
+    """The proxy asks ``Controls.decide_now`` first and awaits ``longway.decide`` only when it declines. Over the
+    same requests (a block budget that runs out, with a warning threshold), both ways admit and refuse the same
     requests, reserve the same amounts and send the same headers; and ``decide_now`` declines, reserving
-    nothing, whenever ``decide`` has more to do: a routing rule, a cache rule or a cache header, an unpriced model,
+    nothing, whenever the long way has more to do: a routing rule, a cache rule or a cache header, an unpriced model,
     a budget state never read."""
     from dataclasses import replace
 
     from modeltrack.controls.engine import Controls
+    from modeltrack.controls.longway import decide
     from modeltrack.controls.parse import parse
     from modeltrack.metrics import Metrics
     from modeltrack.pricing import Pricing
@@ -211,7 +212,8 @@ async def test_deciding_without_awaiting_reaches_the_awaited_decision(tmp_path: 
     seen: list[list[tuple[bool, int, bytes]]] = []
 
     async def slow() -> Any:
-        return await controls.decide(
+        return await decide(
+            controls,
             plan,
             provider="openai",
             method="POST",

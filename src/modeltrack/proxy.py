@@ -24,6 +24,7 @@ from .accounts.credentials import ProviderKeys
 from .accounts.gate import LOADING, Gate, Refusal, tokens_in_force
 from .accounts.keyring import KeyRing
 from .batches import request_context
+from .controls.longway import decide
 from .controls.ratelimit import MemoryRateLedger, RateLimiter, RateRefusal, Ticket
 from .exchange import Exchange
 from .http.headers import HeaderView, forward_headers
@@ -231,7 +232,8 @@ class Proxy:
             assert self.controls is not None
             decision = self.controls.decide_now(
                 plan, provider.name, up_path, send, body, info.model, attrs, wall, bounds if send is raw else None
-            ) or await self.controls.decide(
+            ) or await decide(
+                self.controls,
                 plan,
                 provider=provider.name,
                 method=req.method,

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .accounting import Recorder
 from .accounts.keyring import Grant
+from .controls.longway import decide
 from .controls.ratelimit import RateLimiter, RateRefusal, Ticket, real_tokens
 from .events import CostEvent, new_request_id
 from .http.message import Request
@@ -116,7 +117,8 @@ async def serve(
         # message, after the upgrade was admitted).
         plan = controls.plan(provider.name, ev.model, attrs) if controls is not None else None
         if plan is not None and plan.blocks and controls is not None:
-            d = await controls.decide(
+            d = await decide(
+                controls,
                 plan,
                 provider=provider.name,
                 method="GET",

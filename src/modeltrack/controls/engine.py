@@ -1,8 +1,8 @@
 """Spend controls: budgets, routing and the response cache, called by the proxy at two defined points.
 
-* :meth:`Controls.decide`, once the request's body is read and before anything is sent upstream: client-token
-  attribution is already applied; a routing rule may refuse or downgrade the request; the response cache may
-  answer it; the budgets admit it (reserving its worst-case cost) or refuse it.
+* :meth:`Controls.decide_now`, else :func:`.longway.decide`, once the request's body is read and before anything
+  is sent upstream: client-token attribution is already applied; a routing rule may refuse or downgrade the
+  request; the response cache may answer it; the budgets admit it (reserving its worst-case cost) or refuse it.
 * :meth:`Controls.finished`, when its event is recorded: the reservation is settled to the real cost, and a
   complete 2xx response captured for the cache is stored.
 
@@ -27,13 +27,11 @@ from ..rounding import nearest
 from ..spent import Spent
 from .alerts import Notifier, send_due_reports
 from .budgets import Budgets
-from .budgetstate import Refusal
-from .cache import Backend, Entry, MemoryCache, cache_key, entry_meta, open_backend
+from .cache import Backend, Entry, MemoryCache, entry_meta, open_backend
 from .decision import Decision, Plan, header_value
 from .estimate import bound_tokens
 from .ledger import open_ledger
 from .parse import load
-from .routing import choose, rewrite
 from .spec import Budget, ControlsError, ControlsSpec
 from .tasks import Background
 
@@ -248,12 +246,12 @@ class Controls:
         wall: float,
         bounds: tuple[int, int] | None = None,
     ) -> Decision | None:
-        """:meth:`decide` without awaiting, for the usual controlled request: no routing rule applies, the
-        response cache is not asked, the model has a price, and the budgets admit it from this process's lease
-        (:meth:`Budgets.admit_now`). None otherwise, with nothing reserved: the caller then awaits :meth:`decide`,
-        which reaches the same outcome the long way (tests/test_controls.py, every budget and routing test goes
-        through both). ``bounds`` is the request's token bound when the caller already has it (a TPM limit),
-        computed with this spec's ``reserve``."""
+        """The decision without awaiting, for the usual controlled request: no routing rule applies, the response
+        cache is not asked, the model has a price, and the budgets admit it from this process's lease
+        (:meth:`Budgets.admit_now`). None otherwise, with nothing reserved: the caller then awaits
+        :func:`.longway.decide`, which reaches the same outcome the long way (tests/test_controls.py, every budget
+        and routing test goes through both). ``bounds`` is the request's token bound when the caller already has
+        it (a TPM limit), computed with this spec's ``reserve``."""
         if p.routes or p.cache_ttl is not None or attrs.get("cache"):
             return None
         reserve = 0
@@ -261,7 +259,7 @@ class Controls:
             inp, out = bounds if bounds is not None else bound_tokens(len(body), parsed, p.spec.reserve)
             bound = self.pricing.bound(provider, model, inp, out, wall)
             if bound is None:
-                return None  # unpriced: decide() reserves the spec's or the provider's dearest bound
+                return None  # unpriced: the long way reserves the spec's or the provider's dearest bound
             reserve = nearest(bound * 1e9) + 1
         d = Decision(path, body)
         if self.budgets.admit_now(p.budgets, reserve, wall, d) is None:
@@ -270,127 +268,12 @@ class Controls:
             d.head = b"".join(b"x-modeltrack-budget: %s\r\n" % header_value(h) for h in d.headers)
         return d
 
-    async def decide(
-        self,
-        p: Plan,
-        *,
-        provider: str,
-        method: str,
-        path: str,
-        query: str,
-        headers: list[tuple[bytes, bytes]],
-        client_key: bytes,
-        body: bytes,
-        parsed: Any,
-        model: str | None,
-        attrs: Mapping[str, Any],
-        wall: float,
-    ) -> Decision:
-        """The long way to a :class:`Decision`: routing, the response cache, then the budgets. ``client_key``: the
-        request's first ``X-ModelTrack-Key`` value (``b""``: none), as :func:`~modeltrack.http.headers.forward_headers`
-        read it; it is part of the cache key, so that one client's cached answer is never another's
-        (tests/test_spend_controls.py, ``test_each_client_token_has_its_own_cached_answers``)."""
-        spec = p.spec
-        d = Decision(path, body)
-        lines: list[bytes] = []
-        matched = p.budgets
-        # 1. Routing: refuse, or downgrade to a cheaper model.
-        if p.routes and str(attrs.get("no_route", "")).lower() not in ("true", "1", "yes"):
-            values = {
-                "team": attrs.get("team"),
-                "app": attrs.get("app"),
-                "feature": attrs.get("feature"),
-                "user": attrs.get("user"),
-                "provider": provider,
-                "model": model,
-            }
-            route = choose(p.routes, values, wall, self._percent)
-            if route is not None:
-                if route.action == "block":
-                    self.metrics.routed.labels(route.name, "block").inc()
-                    d.route = route
-                    msg = route.message or (
-                        f"Routing rule '{route.name}' does not allow model {model} for this request."
-                    )
-                    d.refusal = Refusal(route.status, "route_blocked", msg, route.name, 0)
-                    return d
-                sigv4 = any(k.lower() == b"authorization" and v.startswith(b"AWS4-HMAC-SHA256") for k, v in headers)
-                assert route.to is not None
-                changed = rewrite(provider, path, body, route.to, sigv4) if route.to != model else None
-                if changed is not None:
-                    d.path, d.body = changed
-                    d.route, d.routed_from = route, model
-                    values["model"] = route.to
-                    matched = tuple(self.budgets.matching(values))  # the budgets of the model that will serve it
-                    self.metrics.routed.labels(route.name, "downgrade").inc()
-                    lines.append(b"x-modeltrack-routed-from: %s\r\n" % header_value(model or ""))
-        # 2. The response cache.
-        if self.cache is not None and spec.cache is not None:
-            ttl = self._cache_ttl(spec, p.cache_ttl, attrs)
-            if ttl:
-                target = (path + "?" + query if query else path).encode("latin-1")
-                routed_to = (d.route.to or "") if d.routed_from is not None and d.route is not None else ""
-                target += b"\0" + routed_to.encode()
-                d.cache_key = cache_key(
-                    provider, method, target, headers, body, parsed, client_key, attrs.get("org") or ""
-                )
-                d.cache_ttl = ttl
-                d.capture_limit = spec.cache.max_entry_bytes
-                try:
-                    d.hit = await self.cache.get(d.cache_key)
-                except Exception as exc:  # noqa: BLE001 - an unreachable cache is a miss, never an error
-                    self.metrics.response_cache.labels("error").inc()
-                    log.warning("response cache unavailable (%s): treated as a miss", type(exc).__name__)
-                if d.hit is not None:
-                    self.metrics.response_cache.labels("hit").inc()
-                    d.head = b"".join(lines) + b"x-modeltrack-cache: HIT\r\n"
-                    return d  # costs nothing: no reservation, no budget check
-                self.metrics.response_cache.labels("miss").inc()
-                lines.append(b"x-modeltrack-cache: MISS\r\n")
-        # 3. Budgets: reserve the worst case, or refuse.
-        if matched:
-            reserve = 0
-            if p.blocks if matched is p.budgets else any(b.action == "block" for b in matched):
-                inp, out = bound_tokens(len(d.body), parsed, spec.reserve)
-                bound = self.pricing.bound(provider, d.route.to if d.routed_from and d.route else model, inp, out, wall)
-                if bound is None:  # no price for the model asked for: never reserve zero (README, "Spend controls")
-                    bound = spec.reserve.unpriced_usd
-                    if bound is None:
-                        bound = self.pricing.dearest_bound(provider, inp, out, wall)
-                if bound is not None:
-                    reserve = nearest(bound * 1e9) + 1
-            adm = self.budgets.admit_now(matched, reserve, wall, d) or await self.budgets.admit(matched, reserve)
-            if adm.refusal is not None:
-                d.refusal = adm.refusal
-                return d
-            if adm is not d:
-                d.adopt(adm)
-            for h in d.headers:
-                lines.append(b"x-modeltrack-budget: %s\r\n" % header_value(h))
-        if lines:
-            d.head = b"".join(lines)
-        return d
-
-    def _percent(self, budget: str) -> float:
+    def budget_percent(self, budget: str) -> float:
+        """How much of a budget is spent, in percent (0 for a name no budget has): a routing rule's ``when``."""
         for b in self.budgets.budgets:
             if b.name == budget:
                 return self.budgets.state(b).percent()
         return 0.0
-
-    @staticmethod
-    def _cache_ttl(spec: ControlsSpec, rule_ttl: float | None, attrs: Mapping[str, Any]) -> float:
-        """The TTL to cache this request's answer for (0: not cached): the request's ``X-ModelTrack-Cache``
-        (``on``/``off``) and ``X-ModelTrack-Cache-TTL`` over the matching rule over the default."""
-        assert spec.cache is not None
-        asked = str(attrs.get("cache", "")).lower()
-        if asked == "off" or (rule_ttl is None and asked != "on"):
-            return 0.0
-        ttl = rule_ttl or spec.cache.ttl_seconds
-        given = attrs.get("cache_ttl")
-        if given:
-            with contextlib.suppress(ValueError):
-                ttl = min(max(float(given), 1.0), 1e8)
-        return ttl
 
     def finished(self, d: Decision, ev: CostEvent | None, capture: Entry | None, spent: Spent | None = None) -> None:
         """The request's event is recorded: settle its reservation, store a captured response. ``spent``: the
