@@ -19,7 +19,7 @@ import pytest
 
 from modeltrack.config import Settings
 from modeltrack.events import CostEvent, new_request_id, rfc3339
-from modeltrack.journal import Journal, read_events, unlocked
+from modeltrack.journal import Journal, Spool, read_events, unlocked
 from modeltrack.metrics import Metrics
 from modeltrack.pipeline import Pipeline, is_transient
 from modeltrack.rollups import LATENCY_BOUNDS_MS
@@ -583,6 +583,22 @@ async def test_a_spool_file_is_replayed_while_the_store_is_up(tmp_path: Path) ->
     await pipeline.close()  # (which would store a spool file left behind: hence the checks before it)
     assert replayed and stored == {f"s-{i}" for i in range(12)}, (replayed, len(stored))
     await assert_exactly_once(sink, {f"s-{i}" for i in range(12)})
+
+
+def test_a_spool_file_handed_over_for_replay_is_not_appended_to_again(tmp_path: Path) -> None:
+    """Once the file being appended to is handed over for replay, the next append starts a new file; handing over
+    another file changes nothing."""
+    spool = Spool(str(tmp_path / "spool"))
+    spool.append(make_event(0).to_json() + b"\n")
+    (first,) = spool.files()
+    spool.hand_over(str(tmp_path / "spool" / "spool-1-99999.jsonl"))
+    spool.append(make_event(1).to_json() + b"\n")
+    assert spool.files() == [first]
+    spool.hand_over(first)
+    spool.append(make_event(2).to_json() + b"\n")
+    files = spool.files()
+    assert len(files) == 2 and first in files
+    assert [[e.session_id for e in read_events(f)] for f in files] == [["s-0", "s-1"], ["s-2"]]
 
 
 async def test_a_replay_that_fails_does_not_stop_the_flusher(tmp_path: Path, caplog: Any) -> None:

@@ -76,8 +76,7 @@ class Backlog:
         replayed = 0
         paths = self.spool.files() + [p for p in self.spool.files("journal-") if not self._own(p)]
         for path in paths:
-            if path == self.spool._current:
-                self.spool._current = None  # start a new spool file; this one is being replayed
+            self.spool.hand_over(path)
             try:
                 fd = os.open(path, os.O_RDONLY)
             except FileNotFoundError:

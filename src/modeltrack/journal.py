@@ -75,6 +75,12 @@ class Spool:
             self._lines = 0
         return self._current
 
+    def hand_over(self, path: str) -> None:
+        """``path`` is about to be replayed: if it is the file being appended to, the next append starts a new
+        one, so that nothing is written to a file the replay will delete."""
+        if path == self._current:
+            self._current = None
+
     def append(self, data: bytes, dead: bool = False) -> None:
         """Append JSON lines (already encoded) and fsync."""
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
