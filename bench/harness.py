@@ -3,6 +3,7 @@ runs parsed into numbers, and percentiles."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -72,6 +73,17 @@ def wrk(
         lat[f"p{pct}_ms"] = float(val) * _UNITS[unit]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"rps": rps, **lat, "non2xx": float(errors.group(1)) if errors else 0.0}
+
+
+def closed_loop(url: str, seconds: int) -> dict[str, float]:
+    """Each request's own latency at concurrency 1, without wrk's correction (bench/closedloop.py), in a process
+    of its own like wrk."""
+    cmd = [sys.executable, "-m", "bench.closedloop", url, str(seconds)]
+    COMMANDS.append(" ".join(["python", *cmd[1:]]))
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        raise RuntimeError(f"bench.closedloop failed: {done.stderr.strip()[-500:]}")
+    return {k: float(v) for k, v in json.loads(done.stdout).items()}
 
 
 def pct(values: list[float], p: float) -> float:

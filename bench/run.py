@@ -26,7 +26,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.harness import COMMANDS, Proc, modeltrack, pct, scrape, wrk
+from bench.harness import COMMANDS, Proc, closed_loop, modeltrack, pct, scrape, wrk
 from bench.sysinfo import free_port, rss_kb
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -306,6 +306,10 @@ def main() -> None:
                 "c1_p50_ms": r1.get("p50_ms", 0),
                 "c1_p99_ms": r1.get("p99_ms", 0),
             }
+            if name in ("direct", "nginx", "modeltrack"):
+                own = closed_loop(url + "/v1/chat/completions", min(secs, 5))
+                rows[name] |= {"own_p50_ms": own["p50_ms"], "own_p99_ms": own["p99_ms"], "own_n": own["requests"]}
+                rows[name]["own_s"] = min(secs, 5)
             print(name, rows[name], flush=True)
 
         # Scaling: the same proxy with --workers 2 (SO_REUSEPORT), non-streaming load only.
@@ -404,8 +408,21 @@ def main() -> None:
     lines += [
         "",
         f"Added latency at concurrency 1 (ModelTrack − direct): p50 **{mt['c1_p50_ms'] - d['c1_p50_ms']:.3f} ms**, "
-        f"p99 **{mt['c1_p99_ms'] - d['c1_p99_ms']:.3f} ms** (targets ≤ 0.5 / ≤ 1.5 ms). "
-        f"Throughput {mt['rps'] / d['rps']:.0%} of direct (target ≥ 30%), {mt['rps'] / ng['rps']:.0%} of nginx.",
+        f"p99 **{mt['c1_p99_ms'] - d['c1_p99_ms']:.3f} ms** (issue O's targets ≤ 0.2 / ≤ 1 ms; issue 6's ≤ 0.5 / ≤ "
+        f"1.5 ms). Throughput **{mt['rps'] / ng['rps']:.0%} of nginx** (issue O's target ≥ 25%), "
+        f"{mt['rps'] / d['rps']:.0%} of direct (issue 6's target ≥ 30%).",
+        "",
+        "wrk corrects its latencies for coordinated omission: at concurrency 1, each response slower than two mean "
+        "cycles adds a sample for every further cycle it lasted, so one 3 ms stall counts as about ten slow requests. "
+        "The targets are judged on wrk's figures. Beside them, each request's own latency (a closed-loop client that "
+        f"keeps every latency as measured, {mt['own_s']:.0f} s each, bench/closedloop.py): "
+        + ", ".join(
+            f"{n} p50 {rows[n]['own_p50_ms']:.3f} / p99 {rows[n]['own_p99_ms']:.3f} ms "
+            f"({rows[n]['own_n']:,.0f} requests)"
+            for n in ("direct", "nginx", "modeltrack")
+        )
+        + f"; added by ModelTrack p50 **{mt['own_p50_ms'] - d['own_p50_ms']:+.3f} ms**, "
+        f"p99 **{mt['own_p99_ms'] - d['own_p99_ms']:+.3f} ms**.",
     ]
     w2 = rows["modeltrack --workers 2"]
     lines.append(
@@ -444,7 +461,7 @@ def main() -> None:
     lines += [
         "",
         f"Added by ModelTrack: TTFB p99 **{add_ttfb:.2f} ms**, per-event lateness p99 **{add_late:.2f} ms** "
-        f"(targets ≤ 1 ms); bytes identical to direct: **{identical}**. Unpaced throughput "
+        f"(issue O's targets ≤ 5 ms; issue 6's ≤ 1 ms); bytes identical to direct: **{identical}**. Unpaced throughput "
         f"{unpaced['modeltrack']['mb_per_s'] / unpaced['nginx']['mb_per_s']:.0%} of nginx (target ≥ 50%).",
         "",
         "## Memory and the cost pipeline",

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from pathlib import Path
+from typing import Any
 
 import pytest
-from bench import pipeline, pricing
+from aiohttp import web
+from bench import closedloop, pipeline, pricing
 
 
 async def test_pipeline_bench_harness() -> None:
@@ -17,6 +21,41 @@ async def test_pipeline_bench_harness() -> None:
     ]
     assert [r["written"] for r in rows] == [600, 600, 600]
     assert "enqueue p50" in pipeline.markdown(rows)
+
+
+async def test_closed_loop_client_reads_each_kind_of_response(aiohttp_server: Any) -> None:
+    """bench/closedloop.py reads whole responses of either framing, and opens a new connection when the server
+    closes one (as nginx does after 1,000 requests): every request it counts had its whole answer."""
+    served = itertools.count(1)
+    connections: set[Any] = set()
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        n = next(served)
+        connections.add(request.transport)
+        if n % 2:
+            resp = web.Response(body=b'{"ok": true}', content_type="application/json")
+            if n % 5 == 0:
+                resp.force_close()  # ("Connection: close", then the server closes it)
+            return resp
+        chunked = web.StreamResponse()
+        chunked.enable_chunked_encoding()
+        if n % 5 == 0:
+            chunked.force_close()
+        await chunked.prepare(request)
+        await chunked.write(b'{"ok":')
+        await chunked.write(b" true}")
+        await chunked.write_eof()
+        return chunked
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", answer)
+    server = await aiohttp_server(app)
+    r = await asyncio.to_thread(closedloop.measure, str(server.make_url("/v1/chat/completions")), 0.5)
+    total = next(served) - 1
+    assert 10 <= r["requests"] in (total, total - 1)  # (the last one may be answered after the clock ran out)
+    assert 0 < r["p50_ms"] <= r["p99_ms"] <= r["p999_ms"]
+    assert len(connections) >= total // 5
 
 
 def test_pricing_bench_harness() -> None:
