@@ -58,6 +58,16 @@ async def test_closed_loop_client_reads_each_kind_of_response(aiohttp_server: An
     assert len(connections) >= total // 5
 
 
+def test_history_reads_the_committed_results() -> None:
+    """bench/history.py finds every one of issue O's figures in the results `make bench` wrote last."""
+    from bench import history
+
+    r = history.parse((history.ROOT / history.LATEST).read_text())
+    assert None not in r.values(), r
+    assert 0 < r["share"] < 1 and r["rps"] < r["nginx"]
+    assert "| " + r["date"] + " | abc |" in history.table([("abc", r)])
+
+
 def test_pricing_bench_harness() -> None:
     assert pricing.run(500)["events"] == 500
 
