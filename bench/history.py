@@ -1,6 +1,6 @@
-"""Issue O's rows in every committed run of `make bench`, one line a run, read from the git history of
-bench/results/latest.md: the figures drift with the host's hour, so a single run says little, and the README
-shows the latest run with how often each target was met.
+"""Every committed run of `make bench`, read from the git history of bench/results/latest.md: issue O's rows one
+line a run, and for each target `make bench` holds, how many runs met it. The figures drift with the host's hour,
+so a single run says little; the README shows the latest run and those counts.
 
 Run as ``python -m bench.history [--since YYYY-MM-DD]``; prints a Markdown table (bench/README.md keeps one).
 """

@@ -249,9 +249,10 @@ class Controls:
         """The decision without awaiting, for the usual controlled request: no routing rule applies, the response
         cache is not asked, the model has a price, and the budgets admit it from this process's lease
         (:meth:`Budgets.admit_now`). None otherwise, with nothing reserved: the caller then awaits
-        :func:`.longway.decide`, which reaches the same outcome the long way (tests/test_controls.py, every budget
-        and routing test goes through both). ``bounds`` is the request's token bound when the caller already has
-        it (a TPM limit), computed with this spec's ``reserve``."""
+        :func:`.longway.decide`, which reaches the same outcome the long way
+        (tests/test_budget_bounds.py::test_deciding_without_awaiting_reaches_the_awaited_decision). ``bounds`` is
+        the request's token bound when the caller already has it (a TPM limit), computed with this spec's
+        ``reserve``."""
         if p.routes or p.cache_ttl is not None or attrs.get("cache"):
             return None
         reserve = 0

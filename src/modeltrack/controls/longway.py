@@ -1,8 +1,8 @@
 """The long way to a :class:`~.decision.Decision`, for the requests :meth:`.engine.Controls.decide_now` leaves:
 a routing rule that applies, the response cache asked, a model without a price, or budgets that must be read from
 the store before they admit. It awaits (the cache's backend, the budgets' store), so the proxy calls it only when
-the short way returned None, and both reach the same outcome (tests/test_controls.py: every budget and routing
-test goes through both)."""
+the short way returned None. Both reach the same outcome, and the short way declines whenever this one has more
+to do (tests/test_budget_bounds.py::test_deciding_without_awaiting_reaches_the_awaited_decision)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ async def decide(
             if route.action == "block":
                 c.metrics.routed.labels(route.name, "block").inc()
                 d.route = route
-                msg = route.message or (f"Routing rule '{route.name}' does not allow model {model} for this request.")
+                msg = route.message or f"Routing rule '{route.name}' does not allow model {model} for this request."
                 d.refusal = Refusal(route.status, "route_blocked", msg, route.name, 0)
                 return d
             sigv4 = any(k.lower() == b"authorization" and v.startswith(b"AWS4-HMAC-SHA256") for k, v in headers)
