@@ -18,6 +18,7 @@ import sys
 import time
 from urllib.parse import urlsplit
 
+from bench.harness import pct
 from bench.run import BODY, LOAD_KEY
 
 
@@ -80,12 +81,8 @@ def measure(url: str, seconds: float) -> dict[str, float]:
             s.close()
             s, left = _connect(address), b""
     s.close()
-    lat.sort()
-
-    def at(p: float) -> float:
-        return lat[min(len(lat) - 1, int(len(lat) * p))] * 1e3
-
-    return {"requests": float(len(lat)), "p50_ms": at(0.5), "p99_ms": at(0.99), "p999_ms": at(0.999)}
+    ms = [v * 1e3 for v in lat]
+    return {"requests": float(len(ms)), "p50_ms": pct(ms, 0.5), "p99_ms": pct(ms, 0.99), "p999_ms": pct(ms, 0.999)}
 
 
 if __name__ == "__main__":
