@@ -18,8 +18,7 @@ import sys
 import time
 from urllib.parse import urlsplit
 
-from bench.harness import pct
-from bench.run import BODY, LOAD_KEY
+from bench.harness import BODY, LOAD_KEY, pct
 
 
 def _read_response(s: socket.socket, buf: bytes) -> tuple[bytes, bool]:

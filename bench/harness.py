@@ -1,5 +1,5 @@
-"""What every benchmark scenario shares: processes it starts (and the commands it ran, for the report), `wrk`
-runs parsed into numbers, and percentiles."""
+"""What every benchmark scenario shares: the request every client sends, processes it starts (and the commands it
+ran, for the report), `wrk` runs parsed into numbers, and percentiles."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from pathlib import Path
 from bench.sysinfo import free_port, wait_port
 
 COMMANDS: list[str] = []
+LOAD_KEY = "sk-bench-not-a-key"  # a placeholder: the fake upstream checks no key
+BODY = '{"model":"gpt-4o-mini","messages":[{"role":"user","content":"What is the capital of France?"}]}'
 
 
 @dataclass

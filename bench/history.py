@@ -26,11 +26,23 @@ def _num(pattern: str, text: str) -> float | None:
     return float(m.group(1).replace(",", "")) if m else None
 
 
+def _streams(name: str, text: str) -> tuple[float, float] | None:
+    """A target's TTFB p99 and lateness p99 from the streams table."""
+    m = re.search(rf"^\| {name} \| -?[\d.]+ \| (-?[\d.]+) \| -?[\d.]+ \| (-?[\d.]+) \|", text, re.M)
+    return (float(m.group(1)), float(m.group(2))) if m else None
+
+
 def parse(text: str) -> dict[str, Any]:
     """One run's figures (None where that run's report did not have the row yet)."""
     row = r"^\| {} \| ([\d,]+) \|"
     mt, ng = _num(row.format("modeltrack"), text), _num(row.format("nginx"), text)
+    direct, nginx = _streams("direct", text), _streams("nginx", text)
     return {
+        # nginx's own added TTFB / lateness p99 to the same streams: the standard the streams target is read against.
+        "ng_ttfb": nginx[0] - direct[0] if nginx and direct else None,
+        "ng_late": nginx[1] - direct[1] if nginx and direct else None,
+        # Which client timed the streams: aiohttp's until bench/streams.py (its raw protocols) replaced it.
+        "stream_client": "raw" if "bench/streams.py" in text else "aiohttp",
         "date": (re.search(r"^- date: (\S+ \d\d:\d\d)", text, re.M) or [None, "?"])[1],
         "rps": mt,
         "nginx": ng,
@@ -76,16 +88,17 @@ def _f(v: float | None, fmt: str) -> str:
 def table(rows: list[tuple[str, dict[str, Any]]]) -> str:
     lines = [
         "| run (UTC) | commit | req/s, 64 conns | nginx | share of nginx (≥ 25 %) | conc. 1 added p50 / p99 ms "
-        "(≤ 0.2 / ≤ 1) | 500 streams added TTFB / lateness p99 ms (≤ 5) | key + limits / + budget, instructions "
-        "(≤ 105 %) |",
-        "|---|---|---|---|---|---|---|---|",
+        "(≤ 0.2 / ≤ 1) | 500 streams added TTFB / lateness p99 ms (≤ 5) | the same, nginx's | stream client | "
+        "key + limits / + budget, instructions (≤ 105 %) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for commit, r in rows:
         share = "–" if r["share"] is None else f"{r['share']:.0%}"
         lines.append(
             f"| {r['date']} | {commit} | {_f(r['rps'], ',.0f')} | {_f(r['nginx'], ',.0f')} | {share} | "
             f"{_f(r['c1_p50'], '+.3f')} / {_f(r['c1_p99'], '+.3f')} | {_f(r['ttfb'], '+.1f')} / "
-            f"{_f(r['late'], '+.1f')} | {_f(r['key'], '.1f')} / {_f(r['budget'], '.1f')} |"
+            f"{_f(r['late'], '+.1f')} | {_f(r['ng_ttfb'], '+.1f')} / {_f(r['ng_late'], '+.1f')} | "
+            f"{r['stream_client']} | {_f(r['key'], '.1f')} / {_f(r['budget'], '.1f')} |"
         )
     return "\n".join(lines)
 
@@ -97,6 +110,8 @@ TARGETS: dict[str, tuple[str, Any]] = {
     "concurrency 1, added p99 ≤ 1 ms (O)": ("c1_p99", lambda v: v <= 1.0),
     "500 paced streams, added TTFB p99 ≤ 5 ms (O)": ("ttfb", lambda v: v <= 5.0),
     "500 paced streams, added lateness p99 ≤ 5 ms (O)": ("late", lambda v: v <= 5.0),
+    "the same TTFB target, met by nginx (the standard)": ("ng_ttfb", lambda v: v <= 5.0),
+    "the same lateness target, met by nginx": ("ng_late", lambda v: v <= 5.0),
     "key + limits ≤ 105 % of a plain request's instructions (O)": ("key", lambda v: v <= 105.0),
     "key + limits + budget ≤ 105 % (O)": ("budget", lambda v: v <= 105.0),
     "OpenTelemetry export ≥ 95 % of plain's throughput, interleaved (N)": ("otel", lambda v: v >= 95),

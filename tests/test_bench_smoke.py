@@ -58,6 +58,46 @@ async def test_closed_loop_client_reads_each_kind_of_response(aiohttp_server: An
     assert len(connections) >= total // 5
 
 
+async def test_stream_client_times_and_hashes_each_stream() -> None:
+    """bench/streams.py against the bench's own upstream: every stream is read to its end, each event is timed
+    once, the bytes hash alike; a stream cut short, or refused, fails the round instead of counting."""
+    from bench import streams, upstream
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(upstream.Upstream, "127.0.0.1", 0)
+    url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    try:
+        r = await streams.streams(url, 20, 10, 30)
+        assert r["digests"] and len(r["digests"]) == 1
+        assert r["events_per_s"] > 0 and r["mb_per_s"] > 0
+        assert 0 < r["ttfb_p50_ms"] <= r["ttfb_p99_ms"] < 5000
+        # 10 events a stream, 30 ms apart: each is timed against its own due time (event 9 is 270 ms after the first).
+        assert -5 < r["late_p50_ms"] <= r["late_p99_ms"] < 150
+        padded = await streams.streams(url, 2, 3, 0, pad=1000)
+        assert len(padded["digests"]) == 1 and padded["digests"] != r["digests"]
+    finally:
+        server.close()
+
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\ndata:\r\n")
+        await writer.drain()
+        writer.close()
+
+    async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+
+    for handler, error in ((cut, ConnectionError), (refuse, RuntimeError)):
+        bad = await asyncio.start_server(handler, "127.0.0.1", 0)
+        try:
+            with pytest.raises(error):
+                await streams.streams(f"http://127.0.0.1:{bad.sockets[0].getsockname()[1]}", 2, 3, 0)
+        finally:
+            bad.close()
+
+
 def test_history_reads_the_committed_results() -> None:
     """bench/history.py finds every one of issue O's figures in the results `make bench` wrote last."""
     from bench import history
