@@ -6,6 +6,7 @@ pool and framing")."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
 
 import pytest
@@ -507,6 +508,38 @@ async def test_eof_on_an_idle_connection_drops_it_from_the_pool_at_once() -> Non
     assert p.idle_connections == 1
     assert conn.eof_received() is False
     assert conn.state == CLOSED and p.idle_connections == 0 and p.open_connections == 0
+
+
+async def test_an_idle_connection_whose_peer_closed_unseen_is_swept_before_reuse() -> None:
+    """The upstream's FIN is in the socket but the loop has not read it yet (it was busy elsewhere): the pool's
+    sweep, one epoll wait over every open socket, finds it and closes the connection instead of handing it out.
+    Real sockets (socket pairs), since the sweep asks the kernel; 300 idle connections, the oldest one closed."""
+    loop = asyncio.get_running_loop()
+    peers: list[socket.socket] = []
+
+    async def connect(conn: UpstreamConnection) -> None:
+        ours, theirs = socket.socketpair()
+        peers.append(theirs)
+        await loop.create_connection(lambda: conn, sock=ours)
+
+    p = UpstreamPool(Origin.parse("http://up.example:80"), None, 1.0, connector=connect, max_idle=1000)
+    conns = [await p.acquire(fresh=True) for _ in range(300)]
+    try:
+        for conn in conns:
+            send(conn)
+            conn.data_received(OK)
+            age(conn)
+        assert p.idle_connections == 300 and conns[0].state == IDLE
+        peers[0].close()  # no await between this and the acquire: the loop never runs in between
+        again = await p.acquire()
+        assert again is conns[1], "the oldest idle connection had a pending EOF: it must not be handed out"
+        assert conns[0].state == CLOSED and p.idle_connections == 298 and p.open_connections == 299
+    finally:
+        p.close()
+        for conn in conns:
+            conn.close()
+        for peer in peers:
+            peer.close()
 
 
 async def test_a_closing_connection_is_never_handed_out() -> None:

@@ -50,7 +50,7 @@ class Pool(Protocol):
 
     def release(self, conn: UpstreamConnection) -> None: ...
 
-    def forget(self, conn: UpstreamConnection) -> None: ...
+    def forget(self, conn: UpstreamConnection, was_idle: bool) -> None: ...
 
 
 class Receiver(Protocol):
@@ -167,8 +167,9 @@ class UpstreamConnection(asyncio.Protocol):
         """Drop the connection (an abandoned or failed exchange: what is left on it is unusable)."""
         self.receiver = None
         if self.state != CLOSED:
+            was_idle = self.state == IDLE
             self.state = CLOSED
-            self._pool.forget(self)
+            self._pool.forget(self, was_idle)
         if self.transport is not None and not self.transport.is_closing():
             self.transport.abort()
 
@@ -248,8 +249,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.state != CLOSED:
+            was_idle = self.state == IDLE
             self.state = CLOSED
-            self._pool.forget(self)
+            self._pool.forget(self, was_idle)
         receiver, self.receiver = self.receiver, None
         if receiver is None or self._complete:
             return
