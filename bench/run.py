@@ -103,7 +103,8 @@ http {{
   access_log off;
   client_body_temp_path {tmp}/ncb; proxy_temp_path {tmp}/npt; fastcgi_temp_path {tmp}/nft;
   uwsgi_temp_path {tmp}/nut; scgi_temp_path {tmp}/nst;
-  upstream up {{ server 127.0.0.1:{upstream}; keepalive 256; }}
+  # idle connections kept: ModelTrack's default, MODELTRACK_UPSTREAM_MAX_IDLE
+  upstream up {{ server 127.0.0.1:{upstream}; keepalive 1024; }}
   server {{
     listen 127.0.0.1:{port} backlog=4096;
     location / {{

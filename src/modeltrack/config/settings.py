@@ -84,7 +84,13 @@ class Settings:
         lo=0,
         hi=10**6,
     )
-    upstream_max_idle: int = _opt(128, "idle keep-alive connections kept per upstream origin", lo=0, hi=10**6)
+    upstream_max_idle: int = _opt(
+        1024,
+        "idle keep-alive connections kept per upstream origin, each closed after 30 s unused: as many as may be "
+        "open, so a burst's connections serve the next one (a new one costs a connect, or a TLS handshake)",
+        lo=0,
+        hi=10**6,
+    )
     client_tokens: str = _opt(
         "",
         "comma-separated tokens, or @FILE of sha256 hex digests; required in X-ModelTrack-Key",
