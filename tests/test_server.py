@@ -7,6 +7,8 @@ clients, oversized headers, bodiless statuses and HEAD.
 from __future__ import annotations
 
 import asyncio
+import os
+import resource
 import socket
 import subprocess
 import sys
@@ -14,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from bench.sysinfo import free_port, rss_kb
 
-from .proc import ProxyProcess
+from .proc import ProxyProcess, wait_http_ok
 from .rawhttp import RawServer, port_of, post, raw, read_request, read_response
 from .replay import load
 
@@ -311,3 +314,34 @@ async def test_serve_with_the_dashboard_says_ready_only_when_both_answer(tmp_pat
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", ui_port))  # the dashboard stopped with the proxy
+
+
+async def test_the_open_files_limit_is_raised_to_the_hard_limit(tmp_path: Path) -> None:
+    """Started with a soft limit of 256 open files (as many systems start a service with 1,024), the proxy raises
+    it to the hard limit before it listens: a burst of streams holds two sockets each, and the pool keeps its idle
+    upstream connections."""
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard <= 256:
+        pytest.skip(f"this machine's hard limit on open files is {hard}")
+    port = free_port()
+    env = {**os.environ, "MODELTRACK_PORT": str(port), "MODELTRACK_STORE": f"sqlite:///{tmp_path}/events.db"}
+    env["MODELTRACK_SPOOL_DIR"] = str(tmp_path / "spool")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modeltrack", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard)),
+    )
+    try:
+        assert await wait_http_ok(f"http://127.0.0.1:{port}/healthz", 20, alive=lambda: proc.poll() is None)
+        limits = Path(f"/proc/{proc.pid}/limits").read_text()
+        (line,) = [line for line in limits.splitlines() if line.startswith("Max open files")]
+        soft = line.split()[3]
+        if hard == resource.RLIM_INFINITY:
+            assert int(soft) > 256, line
+        else:
+            assert soft == str(hard), line
+    finally:
+        proc.terminate()
+        proc.wait(20)

@@ -122,9 +122,35 @@ def _start_dashboard(settings: Settings) -> Any:
     return None
 
 
+# The most open files a process may ask for on Linux by default (/proc/sys/fs/nr_open), for an unlimited hard limit.
+_NR_OPEN = 1 << 20
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    """Raise this process's soft limit on open files to its hard limit, as Go's runtime does at start; returns
+    (before, after). Why: a stream holds two sockets, the pool keeps up to ``MODELTRACK_UPSTREAM_MAX_IDLE`` idle
+    ones per origin, and many systems start a service with a soft limit of 1,024 (and a hard one far above it),
+    where a burst would make ``accept`` fail. The hard limit is the administrator's, and is left as it is. The
+    workers of ``--workers N`` inherit the raised limit.
+
+    Held by tests/test_server.py::test_the_open_files_limit_is_raised_to_the_hard_limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = _NR_OPEN if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            return soft, soft  # not allowed here (a sandbox, or nr_open lower than the hard limit): keep it
+        return soft, want
+    return soft, soft
+
+
 def _serve(settings: Settings) -> int:
     from ..app import serve
 
+    raise_open_files_limit()
     if settings.workers > 1 and not os.environ.get("MODELTRACK_WORKER"):
         return _supervise(settings)
 
