@@ -542,6 +542,25 @@ async def test_an_idle_connection_whose_peer_closed_unseen_is_swept_before_reuse
             peer.close()
 
 
+async def test_idle_connections_past_the_idle_timeout_are_closed_not_reused() -> None:
+    """The two oldest idle connections are past the idle timeout: both are closed and taken off the list, the
+    third is handed out; a busy connection that closes meanwhile leaves the idle list as it was."""
+    p = pool(idle_timeout=30.0)
+    a, _ = await connected(p)
+    b, _ = await connected(p)
+    c, _ = await connected(p)
+    busy, _ = await connected(p)
+    for conn, seconds in ((a, 40.0), (b, 31.0), (c, 1.0)):
+        send(conn)
+        conn.data_received(OK)
+        age(conn, seconds)
+    busy.close()
+    assert p.idle_connections == 3 and p.open_connections == 3
+    assert await p.acquire() is c
+    assert a.state == CLOSED and b.state == CLOSED
+    assert p.idle_connections == 0 and p.open_connections == 1
+
+
 async def test_a_closing_connection_is_never_handed_out() -> None:
     p = pool()
     conn, t = await connected(p)
