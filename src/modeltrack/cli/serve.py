@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import sys
 from typing import Any
@@ -126,9 +127,9 @@ def _start_dashboard(settings: Settings) -> Any:
 _NR_OPEN = 1 << 20
 
 
-def raise_open_files_limit() -> tuple[int, int]:
-    """Raise this process's soft limit on open files to its hard limit, as Go's runtime does at start; returns
-    (before, after). Why: a stream holds two sockets, the pool keeps up to ``MODELTRACK_UPSTREAM_MAX_IDLE`` idle
+def raise_open_files_limit() -> None:
+    """Raise this process's soft limit on open files to its hard limit, as Go's runtime does at start. Why: a
+    stream holds two sockets, the pool keeps up to ``MODELTRACK_UPSTREAM_MAX_IDLE`` idle
     ones per origin, and many systems start a service with a soft limit of 1,024 (and a hard one far above it),
     where a burst would make ``accept`` fail. The hard limit is the administrator's, and is left as it is. The
     workers of ``--workers N`` inherit the raised limit.
@@ -139,12 +140,9 @@ def raise_open_files_limit() -> tuple[int, int]:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = _NR_OPEN if hard == resource.RLIM_INFINITY else hard
     if soft != resource.RLIM_INFINITY and soft < want:
-        try:
+        # Refused in a sandbox, or where nr_open is below the hard limit: the soft limit then stays as it was.
+        with contextlib.suppress(ValueError, OSError):
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-        except (ValueError, OSError):
-            return soft, soft  # not allowed here (a sandbox, or nr_open lower than the hard limit): keep it
-        return soft, want
-    return soft, soft
 
 
 def _serve(settings: Settings) -> int:
