@@ -286,7 +286,7 @@ class CostEvent:
 
 def json_lines(events: Sequence[CostEvent]) -> list[bytes]:
     """Each event's JSON and a newline. Events from the pipeline carry the bytes they were journaled as
-    (``pipeline.Batch.docs``), which every sink and the span exporter take as they are, so no event is encoded
+    (``sinks.Batch.docs``), which every sink and the span exporter take as they are, so no event is encoded
     twice; a list without them (a replayed batch) is encoded here."""
     docs: list[bytes] | None = getattr(events, "docs", None)
     if docs is not None and len(docs) == len(events):

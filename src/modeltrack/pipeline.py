@@ -27,7 +27,7 @@ from .backlog import Backlog
 from .events import CostEvent, json_lines
 from .journal import Journal, Spool
 from .metrics import Metrics
-from .sinks import Sink, is_transient
+from .sinks import Batch, Sink, is_transient
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -47,12 +47,6 @@ def release(loop: asyncio.AbstractEventLoop, held: list[Any]) -> None:
     del held[-RELEASE_STEP:]
     if held:
         loop.call_soon(release, loop, held)
-
-
-class Batch(list[CostEvent]):
-    """A list of events that may carry their JSON encodings (``docs``), so sinks need not encode again."""
-
-    docs: list[bytes] | None = None
 
 
 class Pipeline:

@@ -102,7 +102,7 @@ class SpanExport:
         """From the loop (the pipeline's ``on_stored``): never blocks; a full queue drops the batch, counted. A
         batch is queued as its JSON lines: while a busy proxy holds the export, tens of thousands of events wait,
         and bytes are never scanned by the garbage collector, as event objects would be at every full collection.
-        Those lines are the ones the store was given (the pipeline's ``Batch.docs``, encoded once per event when
+        Those lines are the ones the store was given (``sinks.Batch.docs``, encoded once per event when
         it was journaled), so a span is made from the stored bytes and the loop only joins them: encoding the
         batch again cost the loop ~5 µs a request at saturation (bench/README.md, sixteenth session)."""
         if not events:

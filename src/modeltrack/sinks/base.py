@@ -14,6 +14,15 @@ from typing import Protocol
 from ..events import CostEvent
 
 
+class Batch(list[CostEvent]):
+    """A batch of events that may carry the JSON lines they are encoded as (``docs``), one per event: the
+    pipeline encodes each event once (for its journal) and the writer subprocess receives those lines, so a sink
+    that stores JSON (SQLite) and the span exporter take them as they are. A plain list is a batch too (no
+    ``docs``): every reader looks them up with ``getattr(events, "docs", None)``."""
+
+    docs: list[bytes] | None = None
+
+
 class Sink(Protocol):
     name: str
 

@@ -17,7 +17,7 @@ import orjson
 
 from ..events import CostEvent
 from ..logs import setup
-from .base import is_transient, open_sink
+from .base import Batch, is_transient, open_sink
 from .process import HEADER
 
 STEP = 500
@@ -34,12 +34,6 @@ def yield_cpu() -> None:
     26,800-27,000 unstepped (200 a step: 20,500-24,400)."""
     if hasattr(os, "sched_yield"):
         os.sched_yield()
-
-
-class _Batch(list[CostEvent]):
-    """The events with the JSON lines they came as (``docs``): SQLite stores those bytes, not a new encoding."""
-
-    docs: list[bytes] | None = None
 
 
 def _read_exact(inp: BinaryIO, n: int) -> bytes | None:
@@ -80,7 +74,7 @@ def main(argv: list[str]) -> int:
             try:
                 docs = payload.splitlines(keepends=True)
                 for i in range(0, len(docs), step):
-                    batch = _Batch()
+                    batch = Batch()
                     batch.docs = docs[i : i + step]
                     batch.extend(CostEvent.from_dict(orjson.loads(line)) for line in batch.docs)
                     loop.run_until_complete(sink.write(batch))
