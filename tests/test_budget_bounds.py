@@ -13,7 +13,7 @@ import aiohttp
 import orjson
 import pytest
 
-from modeltrack.pricing import Pricing
+from modeltrack.pricing import Bounds, Pricing
 
 from .test_spend_controls import MINI_COST, MINI_STREAM, call, mini_body, write_controls
 
@@ -22,14 +22,15 @@ UNPRICED = "router/auto-no-such-model"  # a model no price list has, answered by
 
 def test_the_dearest_bound_covers_every_priced_model_of_the_provider() -> None:
     pricing = Pricing.load()
+    bounds = Bounds(pricing)
     now = time.time()
-    dearest = pricing.dearest_bound("openai", 1000, 100, now)
+    dearest = bounds.dearest_bound("openai", 1000, 100, now)
     assert dearest is not None and dearest > 0
     for model in pricing.model_ids("openai"):
-        bound = pricing.bound("openai", model, 1000, 100, now)
+        bound = bounds.bound("openai", model, 1000, 100, now)
         assert bound is None or bound <= dearest + 1e-12, model
     # A provider with no price data of its own reserves at the dearest rates known.
-    anywhere = pricing.dearest_bound("local", 1000, 100, now)
+    anywhere = bounds.dearest_bound("local", 1000, 100, now)
     assert anywhere is not None and anywhere >= dearest
 
 

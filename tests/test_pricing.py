@@ -15,7 +15,7 @@ import genai_prices
 import orjson
 import pytest
 
-from modeltrack.pricing import Pricing, PricingError
+from modeltrack.pricing import Bounds, Pricing, PricingError
 from modeltrack.providers.base import MeterResult
 from modeltrack.usage import Usage
 
@@ -366,14 +366,15 @@ def test_the_reservation_bound_is_the_dearer_of_both_full_prices(provider: str) 
     """A budget reserves ``bound``: for every model of the provider, at sizes below, at and above the input tiers
     (Gemini 2.5 Pro's 200k) and at two times, it equals the dearer full price of the tokens as uncached input and
     as cache writes: the per-token shortcut below the first tier changes nothing."""
-    pricing = Pricing.load()  # its own memo, so the sizes below start from an empty one
+    pricing = Pricing.load()
+    bounds = Bounds(pricing)  # its own memo, so the sizes below start from an empty one
     models = pricing.model_ids(provider)
     assert len(models) > 5
     checked = 0
     for model in models:
         for ts in (PEAK, OFF_PEAK):
             for inp, out in ((1, 0), (1_000, 100), (200_000, 1), (200_001, 7), (1_234_567, 8_192)):
-                got = pricing.bound(provider, model, inp, out, ts)
+                got = bounds.bound(provider, model, inp, out, ts)
                 plain = pricing.price(provider, model, Usage(input_tokens=inp, output_tokens=out), ts)
                 written = pricing.price(provider, model, Usage(cache_write_tokens=inp, output_tokens=out), ts)
                 if plain is None or written is None:  # an id its own provider does not resolve

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from ..events import CostEvent
 from ..metrics import Metrics
+from ..pricing.bounds import Bounds
 from ..rounding import nearest
 from ..spent import Spent
 from .alerts import Notifier, send_due_reports
@@ -69,6 +70,7 @@ class Controls:
         self.path = path
         self.store_url = store_url
         self.pricing = pricing
+        self.bounds = Bounds(pricing)
         self.metrics = metrics
         self.ledger = open_ledger(store_url, sink)
         self.notifier = Notifier(spec.webhooks, sink.claim, metrics, egress)
@@ -258,7 +260,7 @@ class Controls:
         reserve = 0
         if p.blocks:
             inp, out = bounds if bounds is not None else bound_tokens(len(body), parsed, p.spec.reserve)
-            bound = self.pricing.bound(provider, model, inp, out, wall)
+            bound = self.bounds.bound(provider, model, inp, out, wall)
             if bound is None:
                 return None  # unpriced: the long way reserves the spec's or the provider's dearest bound
             reserve = nearest(bound * 1e9) + 1

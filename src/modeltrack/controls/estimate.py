@@ -5,7 +5,7 @@ bounds the input whatever the language (base64 images and PDFs count far fewer t
 over-reserved, never under). Output: the request's own cap (``max_tokens``, ``max_completion_tokens``,
 ``max_output_tokens``, Gemini's ``generationConfig.maxOutputTokens``, Bedrock's ``inferenceConfig.maxTokens``)
 times ``n`` choices, or the controls file's ``reserve.default_max_output_tokens`` when the request sets none.
-Both at the model's dearest applicable rate (:meth:`modeltrack.pricing.Pricing.bound`).
+Both at the model's dearest applicable rate (:meth:`modeltrack.pricing.Bounds.bound`).
 
 When that bound holds, a budget cannot be overshot (README, "Spend controls"); when it does not (no cap in the
 request and a model that writes more than the default), the excess of each such request is the overshoot.

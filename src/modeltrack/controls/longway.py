@@ -105,11 +105,11 @@ async def decide(
         reserve = 0
         if p.blocks if matched is p.budgets else any(b.action == "block" for b in matched):
             inp, out = bound_tokens(len(d.body), parsed, spec.reserve)
-            bound = c.pricing.bound(provider, d.route.to if d.routed_from and d.route else model, inp, out, wall)
+            bound = c.bounds.bound(provider, d.route.to if d.routed_from and d.route else model, inp, out, wall)
             if bound is None:  # no price for the model asked for: never reserve zero (README, "Spend controls")
                 bound = spec.reserve.unpriced_usd
                 if bound is None:
-                    bound = c.pricing.dearest_bound(provider, inp, out, wall)
+                    bound = c.bounds.dearest_bound(provider, inp, out, wall)
             if bound is not None:
                 reserve = nearest(bound * 1e9) + 1
         adm = c.budgets.admit_now(matched, reserve, wall, d) or await c.budgets.admit(matched, reserve)

@@ -116,7 +116,7 @@ class Reserve:
     default_max_output_tokens: int = 16_384
     unpriced_usd: float | None = None
     """What a request for a model with no price reserves; None: its token bound at the provider's dearest rates
-    (:meth:`modeltrack.pricing.Pricing.dearest_bound`). Never zero: an unpriced model may be answered by a priced
+    (:meth:`modeltrack.pricing.Bounds.dearest_bound`). Never zero: an unpriced model may be answered by a priced
     one (``openrouter/auto``), and a zero reservation would let concurrent requests past a block budget."""
 
 

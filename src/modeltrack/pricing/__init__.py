@@ -1,6 +1,8 @@
 """Prices: genai-prices' data and the user's overrides (:mod:`.load`), compiled into :mod:`.model`, priced by
-:class:`.engine.Pricing` the way the provider's invoice does."""
+:class:`.engine.Pricing` the way the provider's invoice does; what a budget reserves before a request is
+:class:`.bounds.Bounds`."""
 
+from .bounds import Bounds
 from .engine import Pricing
 from .load import PACKAGE_PRICES, REPO_PRICES
 from .model import OWN_UNITS, PICO, PROVIDER_IDS, Model, PriceSet, PricingError, Rate, Tiered, Unit
@@ -11,6 +13,7 @@ __all__ = [
     "PICO",
     "PROVIDER_IDS",
     "REPO_PRICES",
+    "Bounds",
     "Model",
     "PriceSet",
     "Pricing",

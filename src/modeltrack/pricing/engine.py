@@ -15,6 +15,8 @@ The ledger mapping (see ``usage.py``) onto price units: total input = uncached +
 a priced sub-unit (cache read, cache write, 1h write, audio, reasoning, ...) is carved out of its parent
 (genai-prices' leaf decomposition), an unpriced one stays in its parent's price. Tiered prices switch *all*
 tokens of the request to the tier rate when total input exceeds the tier start.
+
+What a request may cost before it is sent (a budget's reservation) is :mod:`.bounds`, on top of this.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from typing import TYPE_CHECKING, Any, Final
 from ..rounding import nano_usd
 from ..usage import Usage
 from .load import clause, compile_model, read_data, read_overrides
-from .model import OWN_UNITS, PICO, PROVIDER_IDS, Model, PriceSet, ProviderPrices, Rate, Tiered, Unit
+from .model import OWN_UNITS, PROVIDER_IDS, Model, PriceSet, ProviderPrices, Rate, Tiered, Unit
 
 if TYPE_CHECKING:
     from ..providers.base import MeterResult
@@ -84,12 +86,7 @@ class Pricing:
         self._last_plan_processing: str | None = None
         self._last_plan_variant: tuple[tuple[str, str], ...] = ()
         self._last_minute = 0
-        self._last_when = _ts_minute(0)
-        self._dearest: dict[tuple[str, datetime], tuple[float, float]] = {}
-        self._linear: dict[tuple[str, str | None, int], tuple[Rate, Rate, int, Model, bool]] = {}
-        # The last request's (provider, model, minute) and its rates: the usual request asks what the last one did.
-        self._last_bound: tuple[str, str | None, int] = ("", None, -1)
-        self._last_linear: tuple[Rate, Rate, int, Model, bool] | None = None
+        self._last_when = minute_time(0)
 
     # --- public API -----------------------------------------------------------------------------------------
 
@@ -182,7 +179,7 @@ class Pricing:
         last = self._last_plan
         # The last request's model, minute, tier, processing and variant (the usual request asks what the last
         # one did): a few identity checks, where building the 5-tuple key, hashing it and looking it up costs
-        # ~1,000 CPU instructions. ``when`` is the same object within a minute (``_ts_minute`` is memoised).
+        # ~1,000 CPU instructions. ``when`` is the same object within a minute (``minute_time`` is memoised).
         # Held by tests/test_pricing.py::test_each_request_is_priced_in_its_own_context_whatever_came_before.
         if (
             last is None
@@ -220,12 +217,12 @@ class Pricing:
         return total
 
     def _when(self, ts: float) -> datetime:
-        """``_ts(ts)``, the last minute's answer kept: an event's minute is nearly always the last one's, and
-        ``_ts`` itself (a division and the ``lru_cache`` call, which hashes its argument) cost ~1,200 CPU
+        """``time_of(ts)``, the last minute's answer kept: an event's minute is nearly always the last one's, and
+        ``time_of`` itself (a division and the ``lru_cache`` call, which hashes its argument) cost ~1,200 CPU
         instructions a request by callgrind; this ~330."""
         minute = int(ts // 60)
         if minute != self._last_minute:
-            self._last_minute, self._last_when = minute, _ts_minute(minute)
+            self._last_minute, self._last_when = minute, minute_time(minute)
         return self._last_when
 
     def _plan(self, prices: PriceSet) -> tuple[_Step, ...]:
@@ -286,87 +283,7 @@ class Pricing:
         if found is None:
             return None
         m, direct = found
-        return nano_usd(self.price_pico(m, usage, _ts(ts), direct))
-
-    def bound(self, provider: str, model: str | None, input_tokens: int, output_tokens: int, ts: float) -> float | None:
-        """An upper bound of a request's cost before it is sent (a budget reservation): every input token at the
-        dearer of the uncached and the cache-write rate, every output token at the output rate (reasoning is
-        output). None when the model has no price.
-
-        Below a model's first input tier the price is linear in tokens, so the per-token rates are worked out once
-        per model and minute and the bound is two multiplications (it runs for every budgeted request); above it,
-        both usages are priced in full. The result is the same either way
-        (tests/test_pricing.py::test_the_reservation_bound_is_the_dearer_of_both_full_prices)."""
-        minute = int(ts) // 60  # (whole seconds first: integer division, not a float's)
-        last = self._last_bound
-        lin = self._last_linear
-        if lin is None or minute != last[2] or model != last[1] or provider != last[0]:
-            key = (provider, model, minute)
-            lin = self._linear.get(key)  # one lookup: the model as asked for, this minute
-            if lin is None:
-                found = self.resolve(provider, model)
-                if found is None:
-                    return None
-                if len(self._linear) > 4096:
-                    self._linear.clear()
-                lin = self._linear[key] = (*self._linear_rates(found[0], _ts_minute(minute), found[1]), *found)
-            self._last_bound, self._last_linear = key, lin
-        r_in, r_out, upto, m, direct = lin
-        if input_tokens <= upto:
-            if isinstance(r_in, int) and isinstance(r_out, int):
-                # The same expression as below, narrowed to integers: compiled, native integer operations. A
-                # Fraction rate (a price with more decimals than a pico-dollar holds) takes the generic line.
-                return float(input_tokens * r_in + output_tokens * r_out) / PICO
-            return float(input_tokens * r_in + output_tokens * r_out) / PICO
-        when = _ts_minute(minute)
-        plain = self.price_pico(m, Usage(input_tokens=input_tokens, output_tokens=output_tokens), when, direct)
-        written = self.price_pico(m, Usage(cache_write_tokens=input_tokens, output_tokens=output_tokens), when, direct)
-        return float(max(plain, written)) / PICO
-
-    def _linear_rates(self, m: Model, when: datetime, direct: bool) -> tuple[Rate, Rate, int]:
-        """(input rate, output rate, the input tokens up to which they hold) in pico-dollars per token: the dearer
-        of uncached and cache-write input, and output, at one token each (below every tier's start)."""
-        starts = [r.tiers[0][0] for r in m.price_set(when, None).values() if isinstance(r, Tiered) and r.tiers]
-        r_in = max(
-            self.price_pico(m, Usage(input_tokens=1), when, direct),
-            self.price_pico(m, Usage(cache_write_tokens=1), when, direct),
-        )
-        return r_in, self.price_pico(m, Usage(output_tokens=1), when, direct), min(starts, default=_NO_TIER)
-
-    def dearest_bound(self, provider: str, input_tokens: int, output_tokens: int, ts: float) -> float | None:
-        """An upper bound of the request's cost at the provider's dearest rates (its overrides and its own price
-        data; every provider's when it has none): what a budget reserves for a model with no price, which may
-        be answered by any model (``openrouter/auto``). None only when no model has a price at all.
-
-        The rates are each model's average per token at one million tokens, the top of every tier genai-prices
-        lists, taken separately for input (the dearer of uncached and cache-write) and output; memoised per
-        provider and hour."""
-        when = _ts(ts)
-        key = (provider, when.replace(minute=0, second=0, microsecond=0))
-        rates = self._dearest.get(key)
-        if rates is None:
-            pid = PROVIDER_IDS.get(provider)
-            own = self.providers.get(pid) if pid else None
-            models = [m for m in self.overrides if m.provider in ("*", provider)]
-            models += own.models if own is not None else []
-            if not models:
-                models = list(self.overrides) + [m for pr in self.providers.values() for m in pr.models]
-            mtok = 1_000_000
-            best_in = best_out = 0.0
-            for m in models:
-                inp = max(
-                    self.price_pico(m, Usage(input_tokens=mtok), when),
-                    self.price_pico(m, Usage(cache_write_tokens=mtok), when),
-                )
-                out = self.price_pico(m, Usage(output_tokens=mtok), when)
-                best_in = max(best_in, float(inp) / PICO / mtok)
-                best_out = max(best_out, float(out) / PICO / mtok)
-            if len(self._dearest) > 1024:
-                self._dearest.clear()
-            rates = self._dearest[key] = (best_in, best_out)
-        if not rates[0] and not rates[1]:
-            return None
-        return input_tokens * rates[0] + output_tokens * rates[1]
+        return nano_usd(self.price_pico(m, usage, time_of(ts), direct))
 
     def cache_savings(self, provider: str, result: MeterResult, requested_model: str | None, ts: float) -> float:
         """USD saved by prompt-cache reads: the price of the same request with the cache reads billed as
@@ -378,7 +295,7 @@ class Pricing:
         if found is None:
             return 0.0
         model, direct = found
-        when = _ts(ts)
+        when = time_of(ts)
         uncached = replace(usage, input_tokens=usage.input_tokens + usage.cache_read_tokens, cache_read_tokens=0)
         diff = self.price_pico(model, uncached, when, direct) - self.price_pico(model, usage, when, direct)
         return max(nano_usd(diff), 0.0)
@@ -416,19 +333,14 @@ _COUNTS: Final[dict[str, Any]] = {
 }
 
 
-_NO_TIER: Final = 1 << 61
-"""The input tokens up to which a model without tiers is linear: more than any request has, and small enough to
-stay a tagged integer, so that compiled, the per-request comparison with it is native (1 << 62 is not)."""
-
-
 @lru_cache(maxsize=4096)
-def _ts_minute(minute: int) -> datetime:
+def minute_time(minute: int) -> datetime:
     return datetime.fromtimestamp(minute * 60, UTC)
 
 
-def _ts(ts: float) -> datetime:
+def time_of(ts: float) -> datetime:
     # Price constraints have day/time-of-day granularity: minute resolution is exact enough and cacheable.
-    return _ts_minute(int(ts // 60))
+    return minute_time(int(ts // 60))
 
 
 def _dashed(m: re.Match[str]) -> str:
