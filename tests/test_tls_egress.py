@@ -263,11 +263,12 @@ async def test_the_three_sdks_over_tls_to_the_proxy(
     assert f"listen=https://127.0.0.1:{proxy.port}" in proxy.log_path.read_text()
 
 
-async def test_a_bad_certificate_is_refused_at_start_up(tmp_path: Path, tls_files: dict[str, str]) -> None:
+async def test_a_bad_certificate_or_bundle_is_refused_at_start_up(tmp_path: Path, tls_files: dict[str, str]) -> None:
     (tmp_path / "not-a-key.pem").write_text("not a key")
     for env, expected in (
         ({"MODELTRACK_TLS_CERT": tls_files["MODELTRACK_TLS_CERT"]}, "go together"),
         ({**tls_files, "MODELTRACK_TLS_KEY": str(tmp_path / "not-a-key.pem")}, "cannot load the certificate"),
+        ({"MODELTRACK_CA_BUNDLE": str(tmp_path / "not-a-key.pem")}, "write the path of a PEM file of CA certificates"),
     ):
         proxy = ProxyProcess(tmp_path, env)
         t0 = time.monotonic()

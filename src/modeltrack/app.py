@@ -10,7 +10,6 @@ import hmac
 import logging
 import os
 import signal
-import ssl
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -33,6 +32,7 @@ from .http.egress import EgressError, route_for
 from .http.limits import Limits
 from .http.message import Request
 from .http.server import Connection
+from .http.tls import server_tls_context, tls_context
 from .http.upstream_pool import Origin, UpstreamPool
 from .metrics import WORKER_FOLD_SECONDS, Metrics, exposition
 from .otel import MetricsMirror, SpanExport
@@ -46,34 +46,6 @@ log: Final = logging.getLogger("modeltrack")
 
 _METRICS_TYPE: Final = CONTENT_TYPE_LATEST.encode()
 READY_PING_SECONDS: Final = 3.0  # /readyz answers within this even if the store hangs (probes have their own timeouts)
-
-
-def tls_context(ca_bundle: str = "") -> ssl.SSLContext:
-    """Upstream TLS: verification is always on; a custom bundle adds to (never replaces) the system store."""
-    tls = ssl.create_default_context()
-    if ca_bundle:
-        try:
-            tls.load_verify_locations(cafile=ca_bundle)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigError(f"MODELTRACK_CA_BUNDLE={ca_bundle}: cannot load it ({type(exc).__name__})") from None
-    tls.set_alpn_protocols(["http/1.1"])
-    return tls
-
-
-def server_tls_context(cert: str, key: str) -> ssl.SSLContext | None:
-    """TLS from the app to the proxy (``MODELTRACK_TLS_CERT`` / ``MODELTRACK_TLS_KEY``)."""
-    if not cert:
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    try:
-        ctx.load_cert_chain(cert, key)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(
-            f"MODELTRACK_TLS_CERT/MODELTRACK_TLS_KEY: cannot load the certificate and key ({type(exc).__name__}); "
-            "write the paths of a PEM certificate chain and its unencrypted PEM private key"
-        ) from None
-    ctx.set_alpn_protocols(["http/1.1"])
-    return ctx
 
 
 class ModelTrack:
