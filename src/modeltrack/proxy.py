@@ -49,7 +49,6 @@ wall_clock: Final = time.time
 perf_counter: Final = time.perf_counter
 log: Final = logging.getLogger("modeltrack.proxy")
 
-_BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 _NO_SOCKET: Final = (
     "This path does not accept a WebSocket upgrade: ModelTrack tunnels OpenAI Realtime (/v1/realtime), Responses "
     "over WebSocket (/v1/responses) and Gemini Live (/ws/google.ai.generativelanguage.*.BidiGenerateContent)."
@@ -276,7 +275,7 @@ class Proxy:
                 kind=endpoint_kind(up_path),
             )
         del body  # the parsed body can be as large as the request: not kept for the whole exchange
-        head = self._upstream_head(req.method, pool, up_path, query, lines, send)
+        head = pool.request_head(req.method, up_path, query, lines, send)
         ex = Exchange(self, conn, provider, info, up_path, attrs, start, wall)
         ex.rate_ticket = ticket
         if decision is not None:
@@ -371,24 +370,6 @@ class Proxy:
                 f"Set MODELTRACK_{provider.name.upper()}_BASE_URL to use the /{provider.name} route.",
             )
         return provider, up_path, pool
-
-    @staticmethod
-    def _upstream_head(
-        method: str, pool: UpstreamPool, up_path: str, query: str, lines: list[tuple[bytes, bytes]], send: bytes
-    ) -> bytes:
-        """The request line and headers sent upstream: the client's lines (:func:`forward_headers`), the origin's
-        ``Host``, and the length of the body as sent."""
-        origin = pool.origin
-        path = origin.join(up_path) if origin.base_path else up_path
-        up_target = pool.target_prefix + (path + "?" + query if query else path).encode("latin-1")
-        parts = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode("ascii"), up_target, origin.host_header)]
-        if pool.proxy_header:
-            parts.append(pool.proxy_header)
-        parts.extend(b"%s: %s\r\n" % kv for kv in lines)
-        if send or method in _BODY_METHODS:
-            parts.append(b"Content-Length: %d\r\n" % len(send))
-        parts.append(b"\r\n")
-        return b"".join(parts)
 
     def _unreachable(self, conn: Connection, ex: Exchange, pool: UpstreamPool, exc: BaseException) -> None:
         self._fail(conn, ex, 502, "upstream_unreachable", pool.unreachable(ex.provider.name, exc))

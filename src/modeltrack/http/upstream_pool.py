@@ -100,6 +100,7 @@ class Origin:
         return base + path
 
 
+_BODY_METHODS: Final = frozenset({"POST", "PUT", "PATCH"})
 _WATCH: Final = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 _EPOLL_WATCH: Final = select.EPOLLIN | select.EPOLLPRI | select.EPOLLERR | select.EPOLLHUP
 SWEEP_EVERY: Final = 0.001
@@ -318,6 +319,25 @@ class UpstreamPool:
         fix = f"MODELTRACK_{name.upper()}_BASE_URL" + (" or HTTPS_PROXY/NO_PROXY" if via else "")
         log.warning("upstream %s unreachable at %s%s: %s; check %s", name, self.origin.url, via, why, fix)
         return f"The {name} upstream at {self.origin.url} could not be reached: {why}. Check {fix}."
+
+    def request_head(
+        self, method: str, up_path: str, query: str, lines: list[tuple[bytes, bytes]], send: bytes
+    ) -> bytes:
+        """The request line and headers sent to this origin: its path under the origin's base path (the whole
+        URL when the request goes through a plain-HTTP forward proxy), the origin's ``Host``, the proxy's
+        authorization if any, the client's lines as :func:`.headers.forward_headers` kept them, and the length of
+        the body as sent."""
+        origin = self.origin
+        path = origin.join(up_path) if origin.base_path else up_path
+        up_target = self.target_prefix + (path + "?" + query if query else path).encode("latin-1")
+        parts = [b"%s %s HTTP/1.1\r\nHost: %s\r\n" % (method.encode("ascii"), up_target, origin.host_header)]
+        if self.proxy_header:
+            parts.append(self.proxy_header)
+        parts.extend(b"%s: %s\r\n" % kv for kv in lines)
+        if send or method in _BODY_METHODS:
+            parts.append(b"Content-Length: %d\r\n" % len(send))
+        parts.append(b"\r\n")
+        return b"".join(parts)
 
     def release(self, conn: UpstreamConnection) -> None:
         """Pool a connection after a clean exchange. Idempotent: only a busy connection becomes idle."""
