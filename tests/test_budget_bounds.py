@@ -108,7 +108,8 @@ async def test_the_lease_is_reserved_from_without_awaiting() -> None:
     what awaiting ``admit`` alone admits, and asks the ledger once per lease."""
     from dataclasses import replace
 
-    from modeltrack.controls.budgets import LEASE_FRACTION, Budgets
+    from modeltrack.controls.budgets import Budgets
+    from modeltrack.controls.leases import LEASE_FRACTION
     from modeltrack.controls.ledger import MemoryLedger
     from modeltrack.controls.match import Scope
     from modeltrack.controls.spec import Budget
@@ -155,7 +156,8 @@ async def test_an_idle_lease_goes_back_to_the_ledger() -> None:
     reserved. A settle is not a use (the lease is idle once admissions stop, whatever settles after)."""
     from datetime import UTC, datetime, timedelta
 
-    from modeltrack.controls.budgets import LEASE_IDLE_SECONDS, Budgets
+    from modeltrack.controls.budgets import Budgets
+    from modeltrack.controls.leases import LEASE_IDLE_SECONDS
     from modeltrack.controls.ledger import MemoryLedger
     from modeltrack.controls.match import Scope
     from modeltrack.controls.spec import Budget

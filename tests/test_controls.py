@@ -329,7 +329,8 @@ async def test_a_refusal_leaves_at_most_one_lease_per_other_process_unused(tmp_p
     import random
     from dataclasses import replace
 
-    from modeltrack.controls.budgets import LEASE_FRACTION, Budgets
+    from modeltrack.controls.budgets import Budgets
+    from modeltrack.controls.leases import LEASE_FRACTION
     from modeltrack.controls.spec import Budget
     from modeltrack.metrics import Metrics
 

@@ -6,9 +6,10 @@ Two figures per budget and period, for two jobs:
   period's spend in the store's hourly rollups (re-read every ``refresh_seconds``), plus the events this process
   recorded that are not stored yet, plus those it stored since the last read;
 * **the lease**, what enforcement uses: money taken from the shared ledger (:mod:`.ledger`) before requests are
-  sent. Each request reserves its worst-case cost (:mod:`.estimate`) from this process's lease and is settled to
-  its real cost when it ends, so concurrent requests, in any process or replica, cannot all slip under the limit
-  together. Overshoot happens only where a request costs more than its reservation (README, "Spend controls").
+  sent (:mod:`.leases`). Each request reserves its worst-case cost (:mod:`.estimate`) from this process's lease
+  and is settled to its real cost when it ends, so concurrent requests, in any process or replica, cannot all
+  slip under the limit together. Overshoot happens only where a request costs more than its reservation
+  (README, "Spend controls").
 
 A request is refused when ``spent`` has reached the limit, or when no lease can cover its reservation. When the
 store cannot be reached, a budget fails open (admits, counts ``modeltrack_budget_store_errors_total``) unless it
@@ -20,8 +21,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
@@ -31,7 +30,8 @@ from ..events import CostEvent
 from ..metrics import Metrics
 from ..query import Reader
 from ..spent import Spent
-from .budgetstate import Admission, BudgetState, Refusal, busy, exhausted
+from .budgetstate import Admission, BudgetState, Refusal
+from .leases import LEASE_IDLE_SECONDS, STORE_TIMEOUT, Leases
 from .ledger import Ledger
 from .match import DIMENSIONS
 from .spec import Budget
@@ -42,21 +42,6 @@ from .tasks import Background
 # (~30 ns a call, several a request).
 monotonic: Final = time.monotonic
 log: Final = logging.getLogger("modeltrack.controls")
-
-LEASE_FRACTION: Final = 0.02
-"""A lease is 2 % of the limit (or one request's reservation, if larger): a busy budget costs a ledger round trip
-every ~50 limit-fiftieths of spend, and a dead process can hold back at most that much.
-
-**The early-refusal bound** (issue M, item 4): a process never keeps more unreserved money than one lease. A
-lease is never larger than that (not one per waiting request), and what settled reservations leave over one
-lease goes back to the ledger at once. So when the ledger cannot cover a request, what is neither spent nor
-reserved is at most one lease in each other process, plus less than two of the refused request's reservations
-(this process's leftover and the ledger's rest): 6 % of the limit, plus that, with 4 processes
-(tests/test_controls.py::test_a_refusal_leaves_at_most_one_lease_per_other_process_unused)."""
-LEASE_IDLE_SECONDS: Final = 1.0
-LEASE_TTL_MIN_SECONDS: Final = 15.0
-"""A hold whose owner stopped renewing it for this long (or 4 ticks, if longer) is returned to the ledger."""
-STORE_TIMEOUT: Final = 5.0
 
 
 class Budgets:
@@ -70,7 +55,6 @@ class Budgets:
         on_alert: Callable[[BudgetState, float], None] | None = None,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
-        self.ledger = ledger
         self.reader = reader
         self.metrics = metrics
         self.refresh_seconds = refresh_seconds
@@ -86,7 +70,7 @@ class Budgets:
         self._task: asyncio.Task[None] | None = None
         self.background = Background()
         self._last_error_log = 0.0
-        self.owner = f"{os.getpid()}-{secrets.token_hex(6)}"  # whose holds these are, in the shared ledger
+        self.leases = Leases(ledger, self.background, refresh_seconds, self.clock, self._now)
         self.replace(budgets)
 
     def replace(self, budgets: Iterable[Budget]) -> None:
@@ -181,7 +165,7 @@ class Budgets:
                 if st.refreshed_at is None:
                     await self._refresh(st)
                 if budget.action == "block":
-                    refusal = await self._reserve(st, reserve_nano, adm)
+                    refusal = await self.leases.reserve(st, reserve_nano, adm)
                     if refusal is not None:
                         self.release(adm)
                         self.metrics.budget_blocked.labels(budget.name).inc()
@@ -194,56 +178,6 @@ class Budgets:
             if 0 <= st.warn_from <= st.spent:
                 adm.headers += (st.header(),)
         return adm
-
-    async def _reserve(self, st: BudgetState, need: int, adm: Admission) -> Refusal | None:
-        b = st.budget
-        if st.spent >= b.limit_nano:
-            return exhausted(st, self.clock())
-        if need <= 0:
-            return None
-        now = monotonic()
-        if st.free < need:
-            if now < st.full_until and need > st.room:
-                # The ledger said a moment ago that no lease this large is left: refuse without asking it again
-                # (every refusal would otherwise cost a store transaction). Safe: at worst this refuses for
-                # ``refresh_seconds`` while another process returns an unused lease.
-                return self._held(st, need)
-            st.waiting += 1
-            try:
-                async with st.lock:
-                    if st.free < need:  # not covered by another request's lease fetch while we waited
-                        lease = st.lease = max(need, round(b.limit_nano * LEASE_FRACTION))
-                        deficit = max(0, -st.free)  # what earlier requests cost beyond their reservations
-                        async with asyncio.timeout(STORE_TIMEOUT):
-                            granted, after = await self.ledger.take(
-                                st.key, lease + deficit, need + deficit, b.limit_nano, st.spent, self.owner, self.ttl
-                            )
-                        st.granted += granted
-                        st.holding = st.holding or granted > 0
-                        st.room = b.limit_nano - after
-                        if st.free < need:
-                            st.full_until = monotonic() + self.refresh_seconds
-                            return self._held(st, need)
-            finally:
-                st.waiting -= 1
-        st.used += need
-        st.last_use = self._now()
-        adm.hold(st, need)
-        return None
-
-    def _held(self, st: BudgetState, need: int) -> Refusal:
-        """The spend is below the limit, but reservations in flight (here or in other processes) hold the rest:
-        a temporary refusal, ``budget_busy``. ``Retry-After`` is the earliest a reservation can free up for this
-        request: when this process asks the ledger again (``full_until``), and no sooner than an idle lease
-        elsewhere is returned (:data:`LEASE_IDLE_SECONDS`)."""
-        if st.free > 0 and not st.waiting:
-            # What is left of this process's lease cannot cover the requests arriving here: back to the ledger,
-            # where it adds up with what other processes return.
-            self.background.spawn(self._give_back(st))
-        # Allocated to requests in flight or to other processes' leases: what could still come back.
-        if st.budget.limit_nano - st.room - st.spent - max(st.free, 0) <= 0:
-            return exhausted(st, self.clock(), need)
-        return busy(st, need, max(st.full_until - monotonic(), LEASE_IDLE_SECONDS))
 
     def _store_error(self, st: BudgetState, exc: BaseException) -> Refusal | None:
         b = st.budget
@@ -300,7 +234,7 @@ class Budgets:
         st.used += (amount if cost < 0 else cost) - amount
         if st.granted - st.used > st.lease > 0:  # more free than one lease (BudgetState.free, inline)
             # A reservation settled below its worst case: keep one lease, return the rest now (the bound).
-            self.background.spawn(self._give_back(st, st.free - st.lease))
+            self.background.spawn(self.leases.give_back(st, st.free - st.lease))
 
     # -- spend ------------------------------------------------------------------------------------------------
     def on_recorded(self, ev: CostEvent) -> None:
@@ -365,17 +299,6 @@ class Budgets:
         if self.on_alert is not None:
             self.on_alert(st, max(crossed))  # lower thresholds crossed at the same time are not posted separately
 
-    async def _give_back(self, st: BudgetState, amount: int | None = None) -> None:
-        free = st.free if amount is None else min(amount, st.free)
-        if free <= 0:
-            return
-        st.granted -= free
-        st.room += free  # on its way back to the ledger: what this process knows is left grows by as much
-        try:
-            await self.ledger.give_back(st.key, free, self.owner)
-        except Exception as exc:  # noqa: BLE001 - kept allocated: the budget blocks early, never late
-            log.warning("budget %s: could not return an unused lease (%s)", st.budget.name, type(exc).__name__)
-
     # -- lifecycle --------------------------------------------------------------------------------------------
     def start(self) -> None:
         if self._task is None:
@@ -396,32 +319,11 @@ class Budgets:
             except Exception as exc:  # noqa: BLE001 - shown as a store error; figures stay as they were
                 self._store_error(st, exc)
             if st.free > 0 and now - st.last_use > LEASE_IDLE_SECONDS:
-                await self._give_back(st)
+                await self.leases.give_back(st)
             try:
-                await self._heartbeat_and_reap(st)
+                await self.leases.heartbeat_and_reap(st)
             except Exception as exc:  # noqa: BLE001 - the next tick tries again; a hold lives 4 ticks
                 self._store_error(st, exc)
-
-    @property
-    def ttl(self) -> float:
-        return max(LEASE_TTL_MIN_SECONDS, 4 * self.refresh_seconds)
-
-    async def _heartbeat_and_reap(self, st: BudgetState) -> None:
-        if st.holding:
-            stored, st.stored_since = st.stored_since, 0
-            if not await self.ledger.heartbeat(st.key, self.owner, stored, self.ttl):
-                # Our hold was reaped (this process stalled past its TTL): the ledger no longer counts our free
-                # lease, so it must not be spent. What is in flight settles as usual.
-                log.warning(
-                    "budget %s: this process's hold expired while it was alive; its lease is dropped", st.budget.name
-                )
-                st.granted, st.holding = st.used, False
-        back = await self.ledger.reap(st.key, self.owner)
-        if back:
-            st.room += back
-            log.info(
-                "budget %s: $%.6f held by a process that stopped returned to the ledger", st.budget.name, back / 1e9
-            )
 
     async def close(self) -> None:
         if self._task is not None:
@@ -432,6 +334,4 @@ class Budgets:
         await self.background.drain()
         for st in self._states.values():
             with contextlib.suppress(Exception):
-                await self._give_back(st)
-                if st.holding:
-                    await self.ledger.release(st.key, self.owner)
+                await self.leases.let_go(st)
