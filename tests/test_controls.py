@@ -421,3 +421,32 @@ async def test_the_plan_memos_answer_as_the_rules_do(tmp_path: Path) -> None:
     finally:
         await controls.close()
         await sink.close()
+
+
+async def test_a_reloaded_refresh_interval_reaches_the_leases(tmp_path: Path) -> None:
+    """``refresh_seconds`` sets how often the budgets tick and, with it, how long this process's hold on the
+    ledger lives unrenewed (4 ticks, at least 15 s). A reload that lengthens the interval must lengthen the
+    hold's life too, or the ledger would reap a live process's hold between two of its ticks."""
+    from modeltrack.controls.engine import Controls
+    from modeltrack.metrics import Metrics
+    from modeltrack.pricing import Pricing
+    from modeltrack.sinks import open_sink
+
+    budget = {"name": "team-a", "match": {"team": "a"}, "period": "daily", "limit_usd": 5, "action": "block"}
+    store = f"sqlite:///{tmp_path}/reload.db"
+    sink = open_sink(store)
+    await sink.open()
+    controls = Controls(
+        parse({"refresh_seconds": 1, "budgets": [budget]}),
+        store_url=store,
+        sink=sink,
+        pricing=Pricing.load(),
+        metrics=Metrics(),
+    )
+    try:
+        assert controls.budgets.refresh_seconds == 1 and controls.budgets.leases.ttl == 15
+        controls.apply(parse({"refresh_seconds": 10, "budgets": [budget]}))
+        assert controls.budgets.refresh_seconds == 10 and controls.budgets.leases.ttl == 40
+    finally:
+        await controls.close()
+        await sink.close()

@@ -73,9 +73,13 @@ class Budgets:
         self.leases = Leases(ledger, self.background, refresh_seconds, self.clock, self._now)
         self.replace(budgets)
 
-    def replace(self, budgets: Iterable[Budget]) -> None:
+    def replace(self, budgets: Iterable[Budget], refresh_seconds: float | None = None) -> None:
         """New definitions (a reload): a budget whose scope, period and time zone did not change keeps its state
-        (spend, lease, alerts sent); its limit and thresholds may change."""
+        (spend, lease, alerts sent); its limit and thresholds may change. ``refresh_seconds``, when given, is the
+        file's new interval: the ticks and the leases (a hold's time to live, how long a full ledger is believed)
+        both follow it."""
+        if refresh_seconds is not None:
+            self.refresh_seconds = self.leases.refresh_seconds = refresh_seconds
         new = tuple(budgets)
         kept: dict[str, BudgetState] = {}
         for b in new:

@@ -161,8 +161,7 @@ class Controls:
         if self.store_budgets:
             spec = replace(spec, budgets=spec.budgets + self.store_budgets)
         old = self.spec
-        self.budgets.replace(spec.budgets)
-        self.budgets.refresh_seconds = spec.refresh_seconds
+        self.budgets.replace(spec.budgets, spec.refresh_seconds)
         self.notifier.webhooks = dict(spec.webhooks)
         if (spec.cache is None) != (old.cache is None) or (
             spec.cache is not None and old.cache is not None and spec.cache.backend != old.cache.backend
