@@ -25,6 +25,9 @@ allocations, and with them its names' addresses: three layouts per target, compa
 The plain processes also count a streamed event: ``STREAMS`` SSE chat streams of ``STREAM_EVENTS`` events each,
 unpaced, from the same upstream (its ``/v1/stream``), net of the idle rate as above. Each event is one upstream
 read through the parser, the meter and the client's write; the request's own work is spread over the events.
+And a stream's start: ``STARTS`` one-event streams, each on a new client connection (the upstream connections
+are the pool's kept ones), all of each: the accept, the request, the exchange, its one event, its cost event and
+the close. A burst of new streams waits on the sum of these (bench/README.md, thirty-seventh session).
 """
 
 from __future__ import annotations
@@ -41,13 +44,15 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.harness import COMMANDS, modeltrack
+from bench.harness import COMMANDS, Proc, modeltrack
+from bench.sysinfo import wait_port
 
 N = 2000
 CONNECTIONS = 4
 IDLE_SECONDS = 10.0
 STREAMS = 10
 STREAM_EVENTS = 1000
+STARTS = 400
 LAYOUTS = (0, 9, 40)  # lengths of the unused environment variable that moves each process's layout
 
 
@@ -80,6 +85,27 @@ def _stream(port: int, headers: dict[str, str], body: str) -> None:
         conn.close()
 
     threads = [threading.Thread(target=one) for _ in range(STREAMS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def _starts(port: int, headers: dict[str, str], body: str) -> None:
+    """``STARTS`` one-event streams, each on a new client connection, 4 at a time: what a burst of new streams
+    costs the proxy a stream (bench/README.md, thirty-seventh session: a cold burst's TTFB is the sum of these)."""
+
+    def one(count: int) -> None:
+        for _ in range(count):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            conn.request("POST", "/v1/stream?n=1&ms=0", body, headers)
+            r = conn.getresponse()
+            events = r.read().count(b"\n\n")
+            conn.close()
+            if r.status != 200 or events < 1:
+                raise RuntimeError(f"instructions bench: {r.status}, {events} events from the proxy's stream")
+
+    threads = [threading.Thread(target=one, args=(STARTS // CONNECTIONS,)) for _ in range(CONNECTIONS)]
     for t in threads:
         t.start()
     for t in threads:
@@ -133,7 +159,7 @@ def measure(
     """Instructions per request of one ``modeltrack serve`` under callgrind (its store: ``tmp/{name}.db``):
     ``gross``, everything the process ran while it answered, over ``N``; ``net``, less what it runs when idle
     for as long (its timers: see the module docstring). With ``streams``, also ``stream_event``: net
-    instructions per streamed event."""
+    instructions per streamed event, and ``stream_start``: per one-event stream on a new client connection."""
     p = modeltrack(name, tmp, up_port, env=env)
     out = tmp / f"callgrind-{name}.out"
     p.cmd = ["valgrind", "--tool=callgrind", "--separate-threads=yes", f"--callgrind-out-file={out}.%p", *p.cmd]
@@ -155,21 +181,56 @@ def measure(
             "idle_per_s": idle,
         }
         if streams:
-            t0 = time.monotonic()
-            total, _ = _counted(proc.pid, out, lambda: _stream(p.port, headers, body))
-            row["stream_event"] = (total - idle * (time.monotonic() - t0)) / (STREAMS * STREAM_EVENTS)
+            row["stream_event"] = _net(
+                proc.pid, out, idle, lambda: _stream(p.port, headers, body), STREAMS * STREAM_EVENTS
+            )
+            row["stream_start"] = _net(proc.pid, out, idle, lambda: _starts(p.port, headers, body), STARTS)
         return row
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        _stop(proc)
 
 
-def run(tmp: Path, up_port: int, body: str, auth: str) -> dict[str, list[dict[str, float]]]:
+def measure_nginx(nginx: Proc, tmp: Path, body: str, headers: dict[str, str]) -> dict[str, float]:
+    """The bench's nginx counted the same way, for scale: ``net`` per plain request and ``stream_start``. One
+    process (its configuration says ``master_process off``), the same upstream and requests; as for ModelTrack,
+    what the kernel does for it is not counted."""
+    out = tmp / "callgrind-nginx.out"
+    cmd = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}.%p", *nginx.cmd]
+    COMMANDS.append(" ".join(cmd))
+    log = (tmp / "cg-nginx.log").open("wb")
+    proc = subprocess.Popen(cmd, stdout=log, stderr=log)
+    try:
+        wait_port(nginx.port, timeout=120)
+        _fire(nginx.port, headers, body, 200)
+        time.sleep(1)
+        idle = _counted(proc.pid, out, lambda: time.sleep(IDLE_SECONDS))[0] / IDLE_SECONDS
+        return {
+            "net": _net(proc.pid, out, idle, lambda: _fire(nginx.port, headers, body, N), N),
+            "stream_start": _net(proc.pid, out, idle, lambda: _starts(nginx.port, headers, body), STARTS),
+        }
+    finally:
+        _stop(proc)
+
+
+def _net(pid: int, out: Path, idle: float, during: Callable[[], None], count: int) -> float:
+    """Instructions per unit of what ``during`` did, less the idle rate for as long as it took."""
+    t0 = time.monotonic()
+    total, _ = _counted(pid, out, during)
+    return (total - idle * (time.monotonic() - t0)) / count
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def run(tmp: Path, up_port: int, body: str, auth: str, nginx: Proc | None = None) -> dict[str, list[dict[str, float]]]:
     """``plain``, ``key`` and ``key_budget`` instructions per request, one measurement per layout (in the order of
-    :data:`LAYOUTS`); empty without valgrind."""
+    :data:`LAYOUTS`), and with ``nginx`` (a single-process configuration, not started) ``nginx``, one
+    measurement; empty without valgrind."""
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         return {}
     from bench.controls import KEYED_BUDGET, make_key
@@ -188,6 +249,8 @@ def run(tmp: Path, up_port: int, body: str, auth: str) -> dict[str, list[dict[st
         rows["key_budget"].append(
             measure(f"cg-key-budget-{i}", tmp, up_port, body, {**base, "X-ModelTrack-Key": key}, env)
         )
+    if nginx is not None:
+        rows["nginx"] = [measure_nginx(nginx, tmp, body, base)]
     return rows
 
 
@@ -226,12 +289,38 @@ def report(rows: dict[str, list[dict[str, float]]]) -> list[str]:
             f"{med('loop'):,.0f} | {statistics.median(ratios('loop')):.1%} | {med('gross'):,.0f} | "
             f"{statistics.median(ratios('gross')):.1%} | {med('idle_per_s'):,.0f} |"
         )
-    events = [r["stream_event"] for r in plain if "stream_event" in r]
-    if events:
+    for field, what in (
+        (
+            "stream_event",
+            f"A streamed event (the plain processes, {STREAMS} unpaced SSE chat streams of {STREAM_EVENTS:,} "
+            "events each, net)",
+        ),
+        (
+            "stream_start",
+            f"A stream's start on a new client connection (the plain processes, {STARTS} one-event streams, each "
+            "on a connection of its own, the upstream's kept; all of each, its event and its cost event included; "
+            "net)",
+        ),
+    ):
+        values = [r[field] for r in plain if field in r]
+        if values:
+            lines += [
+                "",
+                f"{what}: **{statistics.median(values):,.0f}** instructions "
+                f"({min(values):,.0f}–{max(values):,.0f} over the layouts).",
+            ]
+    starts = [r["stream_start"] for r in plain if "stream_start" in r]
+    for ng in rows.get("nginx", []):
+        mt_plain = statistics.median(r["net"] for r in plain)
         lines += [
             "",
-            f"A streamed event (the plain processes, {STREAMS} unpaced SSE chat streams of {STREAM_EVENTS:,} "
-            f"events each, net): **{statistics.median(events):,.0f}** instructions "
-            f"({min(events):,.0f}–{max(events):,.0f} over the layouts).",
+            f"nginx, counted the same way for scale (one process, its user-space work only, like ModelTrack's): "
+            f"{ng['net']:,.0f} instructions a plain request (ModelTrack {mt_plain / ng['net']:.1f}×)"
+            + (
+                f", {ng['stream_start']:,.0f} a stream's start (ModelTrack "
+                f"{statistics.median(starts) / ng['stream_start']:.1f}×)."
+                if starts
+                else "."
+            ),
         ]
     return [*lines, ""]

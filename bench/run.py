@@ -91,10 +91,14 @@ def pinned_scaling(tmp: Path, up_port: int, up_pid: int, lua: Path, secs: int) -
     return out
 
 
-def nginx(port: int, upstream: int, tmp: Path) -> Proc:
+def nginx(port: int, upstream: int, tmp: Path, single: bool = False) -> Proc:
+    """The nginx target, one worker; ``single``: no master process either, for callgrind (bench/instructions.py)."""
+    tmp.mkdir(parents=True, exist_ok=True)
     conf = tmp / "nginx.conf"
+    master = "master_process off;" if single else ""
     conf.write_text(f"""
 worker_processes 1;
+{master}
 daemon off;
 pid {tmp}/nginx.pid;
 error_log {tmp}/nginx-error.log warn;
@@ -285,7 +289,8 @@ def main() -> None:
         print("controls", control_rows, flush=True)
         from bench import instructions as ibench
 
-        instruction_rows = ibench.run(tmp, up_port, BODY, LOAD_KEY)
+        ng_single = nginx(free_port(), up_port, tmp / "cg-nginx", single=True)
+        instruction_rows = ibench.run(tmp, up_port, BODY, LOAD_KEY, ng_single)
         print("instructions", instruction_rows, flush=True)
 
         n_streams = 100 if args.quick else 500
