@@ -51,6 +51,11 @@ def parse(text: str) -> dict[str, Any]:
         "c1_p99": _num(r"concurrency 1 \(ModelTrack − direct\): p50 \*\*-?[\d.]+ ms\*\*, p99 \*\*(-?[\d.]+) ms", text),
         "ttfb": _num(r"Added by ModelTrack: TTFB p99 \*\*(-?[\d.]+) ms", text),
         "late": _num(r"per-event lateness p99 \*\*(-?[\d.]+) ms", text),
+        # The same burst again at once, on the upstream connections the first one opened (from 2026-12-08 00:24).
+        "ttfb_again": _num(
+            r"on the upstream connections the first burst opened .*?added by ModelTrack \*\*(-?[\d.]+) ms", text
+        ),
+        "ng_ttfb_again": _num(r"on the upstream connections the first burst opened .*?by nginx (-?[\d.]+) ms", text),
         "key": _num(r"^\| key \+ RPM/TPM limits \| [\d,]+ \| ([\d.]+)%", text),
         "budget": _num(r"^\| key \+ limits \+ budget \| [\d,]+ \| ([\d.]+)%", text),
         # The other targets' rows, for the tally (met) only.
@@ -112,6 +117,11 @@ TARGETS: dict[str, tuple[str, Any]] = {
     "500 paced streams, added lateness p99 ≤ 5 ms (O)": ("late", lambda v: v <= 5.0),
     "the same TTFB target, met by nginx (the standard)": ("ng_ttfb", lambda v: v <= 5.0),
     "the same lateness target, met by nginx": ("ng_late", lambda v: v <= 5.0),
+    "the same burst again, on the kept upstream connections: added TTFB p99 ≤ 5 ms (O)": (
+        "ttfb_again",
+        lambda v: v <= 5.0,
+    ),
+    "the same, by nginx on its kept connections": ("ng_ttfb_again", lambda v: v <= 5.0),
     "key + limits ≤ 105 % of a plain request's instructions (O)": ("key", lambda v: v <= 105.0),
     "key + limits + budget ≤ 105 % (O)": ("budget", lambda v: v <= 105.0),
     "OpenTelemetry export ≥ 95 % of plain's throughput, interleaved (N)": ("otel", lambda v: v >= 95),
@@ -129,7 +139,7 @@ TARGETS: dict[str, tuple[str, Any]] = {
 
 # The streams' figures count only from runs timed by bench/streams.py: aiohttp's client, before it, was slower than
 # what it timed, and its rounds varied by ±100 ms (bench/README.md, thirty-fifth session).
-STREAM_KEYS = frozenset({"ttfb", "late", "ng_ttfb", "ng_late"})
+STREAM_KEYS = frozenset({"ttfb", "late", "ng_ttfb", "ng_late", "ttfb_again", "ng_ttfb_again"})
 
 
 def met(rows: list[tuple[str, dict[str, Any]]]) -> dict[str, tuple[int, int]]:
